@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make dev` serves the API locally, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test bench venv constraints clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: $(STAMP)
+	PORT=$(PORT) $(VENV)/bin/python -m chalicelib.localstack
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/bench.py
+
+constraints: $(STAMP)
+	{ echo "# Exact versions of everything installed, transitive dependencies included (pip freeze)."; \
+	  echo "# Regenerate after changing a requirements file: make constraints"; \
+	  $(VENV)/bin/pip freeze --exclude pip; } > constraints.txt
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,91 @@
+"""The notebooks API: routes that parse the request, call chalicelib, shape the response.
+
+Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/web.py).
+"""
+from chalice import Chalice, CORSConfig, Response
+
+from chalicelib import payloads, services, web
+from chalicelib.config import Settings
+from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
+
+app = Chalice(app_name="notebooks")
+app.register_middleware(web.handle, "http")
+
+NOTEBOOKS = "/_notebooks/notebooks"
+_origin = Settings.from_env().cors_origin  # CORS is decided when the API is built
+CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content-Type"],
+                  expose_headers=["X-Next-Token"]) if _origin else False
+
+
+def route(path, methods, failure):
+    """A route that takes any body type and answers AWS failures with `failure`."""
+    def register(view):
+        return app.route(path, methods=methods, content_types=web.ANY_CONTENT_TYPE, cors=CORS)(
+            web.aws_failures(failure)(view))
+    return register
+
+
+def caller() -> str:
+    """The authenticated username of the current request."""
+    return app.current_request.username
+
+
+def body(lenient: bool = False) -> dict:
+    """The current request's JSON body (`{}` when empty)."""
+    return payloads.parse_body(app.current_request.raw_body, lenient=lenient)
+
+
+def notebooks():
+    """The notebook service."""
+    return services.get().notebooks
+
+
+@route(NOTEBOOKS, ["POST"], "Error occurred while creating the notebook file")
+def create_notebook():
+    return notebooks().create(caller(), body())
+
+
+@route(NOTEBOOKS, ["DELETE"], "Error occurred during notebook deletion")
+def delete_notebooks():
+    notebooks().delete(caller(), body())
+    return "Success"
+
+
+@route(NOTEBOOKS, ["PUT"], "Error occurred while renaming the notebook file")
+def rename_without_id():
+    raise bad_request(NOTEBOOK_ID_MISSING)
+
+
+@route(NOTEBOOKS + "/_all", ["GET"], "Error occurred while retrieving notebook information")
+def list_notebooks():
+    query = app.current_request.query_params or {}
+    limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
+    items, next_token = notebooks().list(caller(), limit, query.get("next_token"))
+    return Response(body=items, headers={"X-Next-Token": next_token} if next_token else {})
+
+
+@route(NOTEBOOKS + "/_count", ["GET"], "Error occurred while retrieving notebook metrics")
+def count_notebooks():
+    return notebooks().count(caller())
+
+
+@route(NOTEBOOKS + "/{notebook_id}", ["GET"], "Error occurred during notebook retrieval")
+def fetch_notebook(notebook_id):
+    return notebooks().fetch(caller(), notebook_id)
+
+
+@route(NOTEBOOKS + "/{notebook_id}", ["PUT"], "Error occurred while renaming the notebook file")
+def rename_notebook(notebook_id):
+    notebooks().rename(caller(), notebook_id, body())
+    return "Rename Successful"
+
+
+@route(NOTEBOOKS + "/{notebook_id}/content", ["GET"], "Error occurred while reading the notebook file")
+def get_content(notebook_id):
+    return notebooks().content(caller(), notebook_id)
+
+
+@route(NOTEBOOKS + "/{notebook_id}/content", ["PUT"], "Error occurred while writing the notebook file")
+def put_content(notebook_id):
+    notebooks().replace_content(caller(), notebook_id, body())
+    return "Success"

@@ -1,0 +1,1 @@
+"""The notebook-jobs service: everything behind the routes in app.py."""

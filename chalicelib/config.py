@@ -1,0 +1,73 @@
+"""Configuration, read from environment variables in this one place.
+
+Every setting has a default that suits the local stack; a deployment sets the
+environment variables in `.chalice/config.json`. `AWS_ENDPOINT_URL` is not read here:
+boto3 honours it itself, which is how tests and the local stack redirect AWS.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+SIX_MB = 6 * 1024 * 1024
+
+
+def _int(env, name, default):
+    value = env.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _float(env, name, default):
+    value = env.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the service needs to know about where it runs."""
+
+    region: str = "us-east-1"
+    bucket: str = "notebooks-files"
+    notebooks_table: str = "notebooks"
+    runs_table: str = "notebooks-runs"
+    users_table: str = "notebooks-users"
+    # name:password,... seeded by the local stack only; never read in a deployment.
+    local_users: str = "admin:admin"
+    cors_origin: Optional[str] = None
+    max_ids: int = 1000
+    max_body_bytes: int = SIX_MB
+    # "lambda" invokes the runner function; "local" hands runs to in-process workers.
+    dispatch: str = "lambda"
+    runner_function: str = "notebooks-dev-runner"
+    runner_arn: Optional[str] = None
+    local_workers: int = os.cpu_count() or 1
+    # A whole run must end before Lambda's 15 minutes; runs past it fail cleanly.
+    run_timeout: float = 840.0
+    # How long a queued run may wait for a runner before it is reported lost.
+    queue_timeout: float = 6 * 3600.0
+    timezone: str = "UTC"
+    rule_prefix: str = "notebooks-"
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        """Build settings from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or d.region,
+            bucket=env.get("NOTEBOOKS_BUCKET", d.bucket),
+            notebooks_table=env.get("NOTEBOOKS_TABLE", d.notebooks_table),
+            runs_table=env.get("NOTEBOOKS_RUNS_TABLE", d.runs_table),
+            users_table=env.get("NOTEBOOKS_USERS_TABLE", d.users_table),
+            local_users=env.get("NOTEBOOKS_USERS", d.local_users),
+            cors_origin=env.get("NOTEBOOKS_CORS_ORIGIN") or None,
+            max_ids=_int(env, "NOTEBOOKS_MAX_IDS", d.max_ids),
+            max_body_bytes=_int(env, "NOTEBOOKS_MAX_BODY_BYTES", d.max_body_bytes),
+            dispatch=env.get("NOTEBOOKS_DISPATCH", d.dispatch),
+            runner_function=env.get("NOTEBOOKS_RUNNER_FUNCTION", d.runner_function),
+            runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
+            local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
+            run_timeout=_float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout),
+            queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
+            timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
+            rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
+        )

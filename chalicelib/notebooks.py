@@ -1,0 +1,275 @@
+"""The notebook service: create, rename, fetch, list, count, delete, and content.
+
+Files live in S3 (files.py), metadata in DynamoDB (metadata.py). Every method takes the
+caller's username: a notebook of another owner is never read, so it is answered exactly
+like an id that does not exist.
+"""
+import base64
+import binascii
+import copy
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+import nbformat
+
+from . import payloads
+from .errors import (
+    NAME_TAKEN, NO_NOTEBOOK_FOUND, NO_NOTEBOOKS_DELETED, NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED,
+    ApiError, bad_request,
+)
+from .files import notebook_key
+from .metadata import Conflict, NameTaken
+
+_UNSCHEDULED = {"period": None, "until": None, "time": None}
+_RENAME_ATTEMPTS = 5
+_DEFAULT_NAME_ATTEMPTS = 50
+
+
+def now_ms(clock=time.time) -> int:
+    """Epoch milliseconds, the unit of every time in responses."""
+    return int(clock() * 1000)
+
+
+def new_notebook() -> nbformat.NotebookNode:
+    """An empty nbformat v4 notebook with a python3 kernelspec."""
+    return nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        }
+    )
+
+
+def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
+    """`value` as a valid nbformat v4 notebook, else a 400 with nbformat's reason."""
+    if not isinstance(value, dict):
+        raise bad_request(f"{field} must be a notebook (a JSON object)")
+    if value.get("nbformat") != 4:
+        raise bad_request(f"Invalid notebook in {field}: nbformat must be 4")
+    notebook = nbformat.from_dict(copy.deepcopy(value))
+    try:
+        nbformat.validate(notebook)
+    except nbformat.ValidationError as error:
+        raise bad_request(f"Invalid notebook in {field}: {error.message}")
+    return notebook
+
+
+def serialise(notebook) -> bytes:
+    """Notebook JSON as stored in S3."""
+    return nbformat.writes(notebook).encode("utf-8")
+
+
+def is_scheduled(item: dict, at_ms: int) -> bool:
+    """Whether the notebook has a schedule whose `until` is still ahead."""
+    schedule = item.get("schedule")
+    return bool(schedule) and int(schedule["until_ms"]) > at_ms
+
+
+def notebook_view(item: dict, at_ms: int, listing: bool = False) -> dict:
+    """The API's notebook object. `last_run` of a never-run notebook: null, or "-" in List."""
+    scheduled = is_scheduled(item, at_ms)
+    schedule = item["schedule"] if scheduled else _UNSCHEDULED
+    last_run = item.get("last_run")
+    return {
+        "notebook_id": item["notebook_id"],
+        "notebook_name": item["notebook_name"],
+        "status": "Scheduled" if scheduled else "Not Scheduled",
+        "schedule": {field: schedule.get(field) for field in _UNSCHEDULED},
+        "created_at": int(item["created_at"]),
+        "updated_at": int(item["updated_at"]),
+        "created_by": item["created_by"],
+        "updated_by": item["updated_by"],
+        "no_of_runs": int(item.get("no_of_runs", 0)),
+        "last_run": int(last_run) if last_run is not None else ("-" if listing else None),
+        "attributes": {"path": f"/notebooks/{item['owner']}/"},
+    }
+
+
+class NotebookService:
+    """Notebooks of one deployment.
+
+    Its dependents are the things that hang off a notebook (its schedule, its runs):
+    each has `forget_notebook(owner, item)`, called when the notebook is deleted.
+    """
+
+    def __init__(self, table, files, settings, clock=time.time):
+        self._table = table
+        self._files = files
+        self._settings = settings
+        self._dependents = []
+        self._clock = clock
+
+    def add_dependent(self, dependent) -> None:
+        """Register something to forget a notebook when it is deleted."""
+        self._dependents.append(dependent)
+
+    def live(self, owner: str, notebook_id) -> dict:
+        """The owner's notebook item, or None when unknown, malformed, or being deleted."""
+        canonical = payloads.canonical_id(notebook_id)
+        item = self._table.get(owner, canonical) if canonical else None
+        return None if item is None or item.get("deleting") else item
+
+    def require(self, owner: str, notebook_id, message: str = NOTEBOOK_ID_INVALID) -> dict:
+        """The owner's live notebook item, else a 400 with `message`."""
+        item = self.live(owner, notebook_id)
+        if item is None:
+            raise bad_request(message)
+        return item
+
+    def create(self, owner: str, body: dict) -> dict:
+        """Create a notebook from the optional `notebook_name` and `content`."""
+        name = body.get("notebook_name")
+        if name is not None:
+            name = payloads.notebook_name(name, field="notebook_name")
+        notebook = parse_notebook(body["content"]) if body.get("content") is not None else new_notebook()
+        data = serialise(notebook)
+        self._check_size(data)
+        notebook_id = str(uuid.uuid4())
+        key = notebook_key(owner, notebook_id)
+        self._files.put(key, data)
+        try:  # the file goes first; if the metadata cannot follow, the file is removed
+            name = self._store_new(owner, notebook_id, name)
+        except BaseException:
+            self._files.delete(key)
+            raise
+        return {
+            "username": owner,
+            "notebook_name": name,
+            "path": f"/notebooks/{owner}/{name}",
+            "notebook_id": notebook_id,
+        }
+
+    def _store_new(self, owner: str, notebook_id: str, name) -> str:
+        created = now_ms(self._clock)
+        item = {
+            "owner": owner, "notebook_id": notebook_id, "created_at": created, "updated_at": created,
+            "created_by": owner, "updated_by": owner, "no_of_runs": 0,
+        }
+        if name is not None:
+            try:
+                self._table.create({**item, "notebook_name": name})
+            except NameTaken:
+                raise ApiError(409, NAME_TAKEN)
+            return name
+        stamp = datetime.fromtimestamp(created / 1000, timezone.utc).strftime("%Y-%m-%d_%H:%M:%S")
+        for attempt in range(1, _DEFAULT_NAME_ATTEMPTS + 1):
+            # Two creates in one second: the second takes _2, the third _3, and so on.
+            candidate = f"{stamp}_{owner}.ipynb" if attempt == 1 else f"{stamp}_{owner}_{attempt}.ipynb"
+            try:
+                self._table.create({**item, "notebook_name": candidate})
+                return candidate
+            except NameTaken:
+                continue
+        raise ApiError(409, NAME_TAKEN)
+
+    def rename(self, owner: str, notebook_id, body: dict) -> None:
+        """Rename the notebook to `new_name`; its file stays where it is."""
+        new_name = payloads.notebook_name(body.get("new_name"))
+        for _ in range(_RENAME_ATTEMPTS):
+            item = self.require(owner, notebook_id, NO_NOTEBOOK_FOUND)
+            if item["notebook_name"] == new_name:
+                return
+            try:
+                self._table.rename(owner, item["notebook_id"], item["notebook_name"], new_name,
+                                   self._touched(owner))
+                return
+            except NameTaken:
+                raise ApiError(409, NAME_TAKEN)
+            except Conflict:
+                continue  # renamed or deleted meanwhile: read it again
+        raise ApiError(409, "The notebook was changed by another request; try again")
+
+    def fetch(self, owner: str, notebook_id) -> dict:
+        """One notebook object."""
+        return notebook_view(self.require(owner, notebook_id), now_ms(self._clock))
+
+    def list(self, owner: str, limit=None, next_token=None) -> tuple:
+        """(notebook objects oldest first, next page's token or None)."""
+        at = now_ms(self._clock)
+        if limit is None and next_token is None:
+            items, last_key = self._table.all(owner), None
+        else:
+            items, last_key = self._table.page(owner, limit, self._decode_token(owner, next_token))
+        views = [notebook_view(item, at, listing=True) for item in items if not item.get("deleting")]
+        return views, self._encode_token(last_key)
+
+    def count(self, owner: str) -> dict:
+        """How many notebooks the owner has, scheduled and not."""
+        at = now_ms(self._clock)
+        items = [item for item in self._table.all(owner) if not item.get("deleting")]
+        scheduled = sum(1 for item in items if is_scheduled(item, at))
+        return {"Total Notebooks": len(items), "Not Scheduled": len(items) - scheduled, "Scheduled": scheduled}
+
+    def delete(self, owner: str, body: dict) -> int:
+        """Delete the listed notebooks the owner has: schedule, runs, file, then metadata.
+
+        Each notebook is first flagged, so a delete that fails halfway is finished by the
+        same request sent again. Ids that are unknown are passed over; none deleted is the
+        seed's status-200 error.
+        """
+        ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
+        canonical = [payloads.canonical_id(value) for value in ids]
+        if None in canonical:
+            raise bad_request(NOTEBOOK_ID_INVALID)
+        deleted = 0
+        for notebook_id in canonical:
+            item = self._table.mark_deleting(owner, notebook_id)
+            if item is None:
+                continue
+            for dependent in self._dependents:
+                dependent.forget_notebook(owner, item)
+            self._files.delete(notebook_key(owner, notebook_id))
+            self._table.remove(owner, notebook_id, item["notebook_name"])
+            deleted += 1
+        if not deleted:
+            raise ApiError(200, NO_NOTEBOOKS_DELETED)
+        return deleted
+
+    def content(self, owner: str, notebook_id) -> dict:
+        """The notebook file, as nbformat JSON."""
+        item = self.require(owner, notebook_id)
+        data = self._files.get(notebook_key(owner, item["notebook_id"]))
+        if data is None:
+            raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
+        return json.loads(data)
+
+    def replace_content(self, owner: str, notebook_id, body: dict) -> None:
+        """Replace the notebook file with `body`, a valid nbformat v4 notebook."""
+        item = self.require(owner, notebook_id)
+        data = serialise(parse_notebook(body, field="body"))
+        self._check_size(data)
+        self._files.put(notebook_key(owner, item["notebook_id"]), data)
+        if not self._table.update(owner, item["notebook_id"], self._touched(owner)):
+            raise bad_request(NOTEBOOK_ID_INVALID)
+
+    def _touched(self, owner: str) -> dict:
+        return {"updated_at": now_ms(self._clock), "updated_by": owner}
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self._settings.max_body_bytes:
+            raise ApiError(413, f"Notebook too large: at most {self._settings.max_body_bytes} bytes")
+
+    @staticmethod
+    def _encode_token(key) -> str:
+        if not key:
+            return None
+        plain = {name: (int(value) if name == "created_at" else value) for name, value in key.items()}
+        return base64.urlsafe_b64encode(json.dumps(plain).encode("utf-8")).decode("ascii")
+
+    @staticmethod
+    def _decode_token(owner: str, token):
+        if token is None:
+            return None
+        try:
+            key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            key = None
+        valid = (
+            isinstance(key, dict) and set(key) == {"owner", "sk", "created_at"} and key["owner"] == owner
+            and isinstance(key["sk"], str) and isinstance(key["created_at"], int)
+        )
+        if not valid:
+            raise bad_request("next_token is invalid")
+        return key

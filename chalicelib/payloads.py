@@ -1,0 +1,128 @@
+"""Request parsing and field validation: every client mistake becomes a 400 naming the field.
+
+Nothing here touches storage, so a request that fails validation changes nothing.
+"""
+import json
+import keyword
+import re
+import unicodedata
+
+import json5
+
+from .errors import MISSING_NEW_NAME, MODULE_REQUIRED, bad_request
+
+MAX_NAME_LENGTH = 255
+MAX_MODULE_LENGTH = 255
+EXTENSION = ".ipynb"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
+
+
+def parse_body(raw, lenient: bool = False) -> dict:
+    """The request body as a dict; an empty body is `{}`.
+
+    `lenient` also accepts JSON5 (unquoted keys), which the seed's own Run sample uses.
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise bad_request("Malformed JSON in request body: not UTF-8")
+    try:
+        value = json.loads(text)
+    except ValueError as strict_error:
+        if not lenient:
+            raise bad_request(f"Malformed JSON in request body: {strict_error}")
+        try:
+            value = json5.loads(text)
+        except ValueError:
+            raise bad_request(f"Malformed JSON in request body: {strict_error}")
+    if not isinstance(value, dict):
+        raise bad_request("Request body must be a JSON object")
+    return value
+
+
+def canonical_id(value) -> str:
+    """The lower-case form of a UUID string, or None when `value` is not one."""
+    if isinstance(value, str) and _UUID.match(value):
+        return value.lower()
+    return None
+
+
+def id_list(body: dict, field: str, missing_message: str, max_ids: int) -> list:
+    """The list of ids in `body[field]`, in order, without repeats; shape errors are 400s.
+
+    Ids are not checked for UUID form here: callers decide how an unknown id is answered.
+    """
+    value = body.get(field)
+    if value is None or value == []:
+        raise bad_request(missing_message)
+    if not isinstance(value, list):
+        raise bad_request(f"{field} must be a list of notebook IDs")
+    if len(value) > max_ids:
+        raise bad_request(f"{field} holds {len(value)} IDs: at most {max_ids} are allowed")
+    if not all(isinstance(item, str) for item in value):
+        raise bad_request(f"{field} must contain only strings")
+    return list(dict.fromkeys(value))
+
+
+def notebook_name(value, field: str = "new_name") -> str:
+    """A valid notebook name from `value`, with `.ipynb` appended when missing.
+
+    Names are NFC-normalised so that two spellings of one Unicode name are one name.
+    """
+    if value is None:
+        raise bad_request(MISSING_NEW_NAME)
+    if not isinstance(value, str):
+        raise bad_request(f"{field} must be a string")
+    name = unicodedata.normalize("NFC", value).strip()
+    if not name:
+        raise bad_request(MISSING_NEW_NAME)
+    if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in name):
+        raise bad_request(f"{field} must not contain control characters")
+    if "/" in name or "\\" in name:
+        raise bad_request(f"{field} must not contain '/' or '\\'")
+    if ".." in name:
+        raise bad_request(f"{field} must not contain '..'")
+    if not name.endswith(EXTENSION):
+        name += EXTENSION
+    if not name[: -len(EXTENSION)].strip():
+        raise bad_request(MISSING_NEW_NAME)
+    if len(name) > MAX_NAME_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def module_name(body: dict) -> str:
+    """The Run request's required `module`."""
+    value = body.get("module")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise bad_request(MODULE_REQUIRED)
+    if not isinstance(value, str):
+        raise bad_request("module must be a string")
+    if len(value) > MAX_MODULE_LENGTH:
+        raise bad_request(f"module is too long: at most {MAX_MODULE_LENGTH} characters")
+    return value
+
+
+def parameters(body: dict) -> dict:
+    """The Run request's optional papermill `parameters`: an object keyed by Python names."""
+    value = body.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("parameters must be a JSON object")
+    for key in value:
+        if not key.isidentifier() or keyword.iskeyword(key):
+            raise bad_request(f"parameters keys must be Python identifiers: {key!r} is not")
+    return value
+
+
+def page_limit(value, maximum: int) -> int:
+    """The List `limit` query parameter: None when absent, else an int in 1..maximum."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= maximum:
+        raise bad_request(f"limit must be an integer from 1 to {maximum}")
+    return int(value)

@@ -1,0 +1,80 @@
+"""Fixtures: moto's mock_aws for every AWS call, and a Chalice test client with users."""
+import base64
+import json
+
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from chalicelib import services
+from chalicelib.config import Settings
+from chalicelib.localstack import provision
+
+USERS = [("admin", "admin"), ("bob", "bob-secret")]
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization header value for HTTP Basic."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """A clean environment that points every AWS client at moto."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "NOTEBOOKS_CORS_ORIGIN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return monkeypatch
+
+
+@pytest.fixture
+def stack(aws_env):
+    """Moto with the bucket, the tables and two users (admin, bob)."""
+    with mock_aws():
+        services.reset()
+        provision(Settings.from_env(), USERS)
+        yield services.get()
+        services.reset()
+
+
+class Api:
+    """A small HTTP client over Chalice's test client, as a given user."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def call(self, method, path, json_body=None, raw=None, user="admin", headers=None):
+        passwords = dict(USERS)
+        sent = {"Content-Type": "application/json"}
+        if user is not None:
+            sent["Authorization"] = basic(user, passwords[user])
+        sent.update(headers or {})
+        body = raw if raw is not None else (json.dumps(json_body) if json_body is not None else b"")
+        return self._client.http.request(method, path, headers=sent, body=body)
+
+    def json(self, method, path, json_body=None, expect=200, **kwargs):
+        response = self.call(method, path, json_body, **kwargs)
+        assert response.status_code == expect, (response.status_code, response.body)
+        return json.loads(response.body) if response.body else None
+
+    def create(self, user="admin", **fields):
+        return self.json("POST", "/_notebooks/notebooks/", fields or None, user=user)
+
+
+@pytest.fixture
+def api(stack):
+    import app
+
+    with Client(app.app) as client:
+        yield Api(client)
+
+
+def error(response) -> tuple:
+    """(status, message) of a seed-shaped error body, checking the shape on the way."""
+    body = json.loads(response.body)
+    assert set(body) == {"error"} and set(body["error"]) == {"status", "message"}, body
+    assert body["error"]["status"] == response.status_code
+    return body["error"]["status"], body["error"]["message"]
