@@ -2,6 +2,8 @@
 
 Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/web.py).
 """
+import json
+
 from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import payloads, services, web
@@ -23,6 +25,11 @@ def route(path, methods, failure):
         return app.route(path, methods=methods, content_types=web.ANY_CONTENT_TYPE, cors=CORS)(
             web.aws_failures(failure)(view))
     return register
+
+
+def word(text: str) -> Response:
+    """A bare-word success body, `{"Success"}` in the seed, sent as the JSON string."""
+    return Response(body=json.dumps(text), headers={"Content-Type": "application/json"})
 
 
 def caller() -> str:
@@ -48,7 +55,7 @@ def create_notebook():
 @route(NOTEBOOKS, ["DELETE"], "Error occurred during notebook deletion")
 def delete_notebooks():
     notebooks().delete(caller(), body())
-    return "Success"
+    return word("Success")
 
 
 @route(NOTEBOOKS, ["PUT"], "Error occurred while renaming the notebook file")
@@ -77,7 +84,7 @@ def fetch_notebook(notebook_id):
 @route(NOTEBOOKS + "/{notebook_id}", ["PUT"], "Error occurred while renaming the notebook file")
 def rename_notebook(notebook_id):
     notebooks().rename(caller(), notebook_id, body())
-    return "Rename Successful"
+    return word("Rename Successful")
 
 
 @route(NOTEBOOKS + "/{notebook_id}/content", ["GET"], "Error occurred while reading the notebook file")
@@ -88,4 +95,4 @@ def get_content(notebook_id):
 @route(NOTEBOOKS + "/{notebook_id}/content", ["PUT"], "Error occurred while writing the notebook file")
 def put_content(notebook_id):
     notebooks().replace_content(caller(), notebook_id, body())
-    return "Success"
+    return word("Success")

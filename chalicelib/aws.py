@@ -6,12 +6,26 @@ stack (moto's server, reached through `AWS_ENDPOINT_URL`) can redirect them.
 import threading
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 
 _lock = threading.Lock()
+_session = None
 _clients = {}
 _resources = {}
 _RETRIES = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
+# Service models are large JSON files: load them once per process, not once per session.
+_models = botocore.loaders.create_loader()
+
+
+def _current_session() -> boto3.session.Session:
+    global _session
+    if _session is None:
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _models)
+        _session = boto3.session.Session(botocore_session=core)
+    return _session
 
 
 def client(service: str, region: str):
@@ -19,7 +33,7 @@ def client(service: str, region: str):
     key = (service, region)
     with _lock:  # boto3 sessions are not thread-safe; creating clients is serialised.
         if key not in _clients:
-            _clients[key] = boto3.session.Session().client(service, region_name=region, config=_RETRIES)
+            _clients[key] = _current_session().client(service, region_name=region, config=_RETRIES)
         return _clients[key]
 
 
@@ -28,13 +42,15 @@ def dynamodb_table(name: str, region: str):
     key = (name, region)
     with _lock:
         if key not in _resources:
-            resource = boto3.session.Session().resource("dynamodb", region_name=region, config=_RETRIES)
+            resource = _current_session().resource("dynamodb", region_name=region, config=_RETRIES)
             _resources[key] = resource.Table(name)
         return _resources[key]
 
 
 def reset():
-    """Forget every client, so the next use reads the environment again (tests)."""
+    """Forget the session and every client, so the next use reads the environment again."""
+    global _session
     with _lock:
+        _session = None
         _clients.clear()
         _resources.clear()

@@ -10,6 +10,7 @@ import copy
 import json
 import time
 import uuid
+import warnings
 from datetime import datetime, timezone
 
 import nbformat
@@ -48,8 +49,13 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
         raise bad_request(f"{field} must be a notebook (a JSON object)")
     if value.get("nbformat") != 4:
         raise bad_request(f"Invalid notebook in {field}: nbformat must be 4")
-    notebook = nbformat.from_dict(copy.deepcopy(value))
     try:
+        # normalize() adds what newer minor versions require (cell ids) before validating;
+        # on input it cannot repair it warns, and validate() below gives the reason.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", nbformat.warnings.MissingIDFieldWarning)
+            _, normalized = nbformat.validator.normalize(copy.deepcopy(value))
+        notebook = nbformat.from_dict(normalized)
         nbformat.validate(notebook)
     except nbformat.ValidationError as error:
         raise bad_request(f"Invalid notebook in {field}: {error.message}")
@@ -233,7 +239,7 @@ class NotebookService:
         data = self._files.get(notebook_key(owner, item["notebook_id"]))
         if data is None:
             raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
-        return json.loads(data)
+        return nbformat.reads(data.decode("utf-8"), as_version=4)
 
     def replace_content(self, owner: str, notebook_id, body: dict) -> None:
         """Replace the notebook file with `body`, a valid nbformat v4 notebook."""

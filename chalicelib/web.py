@@ -16,8 +16,10 @@ from .errors import ApiError, error_response
 OPENAPI_PATH = "/_notebooks/openapi.json"
 ANY_CONTENT_TYPE = ["*/*"]  # bodies are parsed by us, whatever the client labels them
 
-access_log = logging.getLogger("notebooks.access")
-error_log = logging.getLogger("notebooks.errors")
+# Not under the "notebooks" logger: Chalice sets its app logger to ERROR.
+access_log = logging.getLogger("chalicelib.access")
+access_log.setLevel(logging.INFO)
+error_log = logging.getLogger("chalicelib.errors")
 
 
 def describe(error: Exception) -> str:
