@@ -32,6 +32,8 @@ class UserStore:
 
     def password_hash(self, username: str):
         """The stored hash of `username`, or None for an unknown user."""
+        if not valid_username(username):
+            return None  # never a user, and not always a valid DynamoDB key
         item = self._table.get_item(Key={"username": username}).get("Item")
         return item["password_hash"] if item else None
 

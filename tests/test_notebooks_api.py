@@ -378,7 +378,8 @@ def test_body_over_the_limit_is_413(api, stack, monkeypatch):
 
 @pytest.mark.parametrize("header", [
     None, "", "Bearer abc", "Basic", "Basic !!!", basic("admin", "wrong"), basic("ghost", "admin"),
-    "Basic " + base64.b64encode(b"no-colon").decode(), basic("", "admin"),
+    "Basic " + base64.b64encode(b"no-colon").decode(), basic("", "admin"), basic("a" * 5000, "x"),
+    basic("a/b", "x"),
 ])
 def test_every_failed_login_gets_the_same_401(api, stack, header):
     before = stored_state(stack.settings)

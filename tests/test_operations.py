@@ -1,0 +1,110 @@
+"""Operations: the users command, CORS, and the real local stack driven over HTTP."""
+import importlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from chalicelib import users
+from chalicelib.localstack import free_port
+
+BASE = "/_notebooks/notebooks"
+
+
+def test_users_command_adds_lists_and_removes(stack, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    assert users.main(["add", "carol", "--password-stdin"]) == 0
+    assert stack.users.password_hash("carol").startswith("scrypt$")
+    assert stack.authenticator.authenticate("Basic Y2Fyb2w6czNjcmV0") == "carol"  # carol:s3cret
+    assert users.main(["list"]) == 0
+    assert capsys.readouterr().out.split() == ["added", "carol", "admin", "bob", "carol"]
+    assert users.main(["remove", "carol"]) == 0
+    assert stack.users.password_hash("carol") is None
+    assert users.main(["remove", "carol"]) == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "", "x" * 65, "bad name"])
+def test_users_command_refuses_names_unfit_for_paths(stack, monkeypatch, name):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert users.main(["add", name, "--password-stdin"]) == 2
+    assert stack.users.password_hash(name) is None
+
+
+def test_cors_is_on_for_the_configured_origin_only(stack, monkeypatch):
+    from chalice.test import Client
+
+    from tests.conftest import basic
+
+    monkeypatch.setenv("NOTEBOOKS_CORS_ORIGIN", "https://ui.example.com")
+    import app
+
+    try:
+        importlib.reload(app)
+        with Client(app.app) as client:
+            response = client.http.get(BASE + "/_count", headers={
+                "Authorization": basic("admin", "admin"), "Origin": "https://ui.example.com"})
+            assert response.status_code == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "https://ui.example.com"
+            assert "X-Next-Token" in response.headers["Access-Control-Expose-Headers"]
+    finally:
+        monkeypatch.delenv("NOTEBOOKS_CORS_ORIGIN")
+        importlib.reload(app)
+
+
+@pytest.fixture(scope="module")
+def local_stack():
+    """`python -m chalicelib.localstack` (what `make dev` runs) on a free port."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "NOTEBOOKS_USERS": "admin:admin,eve:eve-pw"}
+    for name in list(env):
+        if name.startswith("AWS_"):
+            del env[name]  # the local stack needs no AWS settings at all
+    process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            requests.get(url + BASE + "/_count", auth=("admin", "admin"), timeout=2)
+            break
+        except requests.ConnectionError:
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.2)
+    yield url, process
+    if process.poll() is None:
+        process.kill()
+
+
+def test_local_stack_serves_the_api_over_http(local_stack):
+    url, _ = local_stack
+    admin = ("admin", "admin")
+    assert requests.get(url + BASE + "/_count").status_code == 401
+    created = requests.post(url + BASE + "/", auth=admin).json()
+    notebook_id = created["notebook_id"]
+    renamed = requests.put(f"{url}{BASE}/{notebook_id}", auth=admin, json={"new_name": "Résumé 数据"})
+    assert renamed.json() == "Rename Successful"
+    fetched = requests.get(f"{url}{BASE}/{notebook_id}", auth=admin).json()
+    assert fetched["notebook_name"] == "Résumé 数据.ipynb"
+    assert requests.get(f"{url}{BASE}/{notebook_id}", auth=("eve", "eve-pw")).status_code == 400
+    assert [n["notebook_id"] for n in requests.get(url + BASE + "/_all", auth=admin).json()] == [notebook_id]
+    assert requests.get(url + "/" + BASE + "/_count", auth=admin).json()["Total Notebooks"] == 1  # `//` path
+    deleted = requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": [notebook_id]})
+    assert deleted.json() == "Success"
+    gone = requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": [notebook_id]})
+    assert gone.status_code == 200 and gone.json() == {"error": {"status": 200, "message": "No notebooks deleted"}}
+    unknown = requests.get(url + "/no/such/route", auth=admin)
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == 404
+
+
+def test_local_stack_stops_on_ctrl_c(local_stack):
+    _, process = local_stack
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 0
+    output = process.stdout.read()
+    assert "Local-only credentials: admin:admin, eve:eve-pw" in output
