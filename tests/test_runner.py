@@ -1,0 +1,340 @@
+"""The runner against a real ipykernel, on tiny notebooks built in memory."""
+import copy
+import os
+import signal
+import threading
+import time
+
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from chalicelib.runner import NotebookRunner, prepare_lambda_environment
+
+
+def notebook(*cells):
+    """A python3 notebook; plain strings become code cells."""
+    nb = new_notebook(cells=[new_code_cell(cell) if isinstance(cell, str) else cell for cell in cells])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def stdout(cell) -> str:
+    """Everything a cell printed."""
+    return "".join(out.text for out in cell.outputs if out.output_type == "stream" and out.name == "stdout")
+
+
+@pytest.fixture
+def runner():
+    runner = NotebookRunner(run_timeout=20)
+    yield runner
+    runner.close()
+
+
+def test_success_captures_outputs(runner):
+    execution = runner.execute(notebook("print('hello')", "6 * 7"))
+
+    assert execution.error is None
+    first, second = execution.notebook.cells
+    assert stdout(first) == "hello\n"
+    assert second.outputs[0].data["text/plain"] == "42"
+    assert execution.notebook.metadata.papermill["exception"] is None
+
+
+def test_input_notebook_is_not_modified(runner):
+    nb = notebook("print('hello')")
+    before = copy.deepcopy(nb)
+
+    runner.execute(nb, parameters={"x": 1})
+
+    assert nb == before
+
+
+def test_parameters_override_the_tagged_cell(runner):
+    nb = notebook(new_code_cell("x = 1\nlabel = 'default'", metadata={"tags": ["parameters"]}), "print(x * 10, label)")
+
+    execution = runner.execute(nb, parameters={"x": 5, "label": "given"})
+
+    assert execution.error is None
+    cells = execution.notebook.cells
+    assert "injected-parameters" in cells[1].metadata.tags
+    assert stdout(cells[2]) == "50 given\n"
+
+
+@pytest.mark.parametrize("parameters", [None, {}])
+def test_no_parameters_injects_nothing(runner, parameters):
+    nb = notebook(new_code_cell("x = 1", metadata={"tags": ["parameters"]}), "print(x)")
+
+    execution = runner.execute(nb, parameters=parameters)
+
+    assert len(execution.notebook.cells) == 2
+    assert stdout(execution.notebook.cells[1]) == "1\n"
+
+
+def test_failing_cell_is_reported_not_raised(runner):
+    execution = runner.execute(notebook("print('before')", "1 / 0", "print('after')"))
+
+    assert execution.error == {"cell_index": 1, "ename": "ZeroDivisionError", "evalue": "division by zero"}
+    cells = execution.notebook.cells
+    # papermill's marker cells are removed, so cell_index points at the failing cell
+    assert len(cells) == 3
+    assert cells[1].outputs[-1].ename == "ZeroDivisionError"
+    assert stdout(cells[0]) == "before\n"
+    assert cells[2].outputs == []
+
+
+def test_timeout_bounds_the_whole_run():
+    runner = NotebookRunner(run_timeout=2)
+    runner.prewarm()
+    # Each of the first two cells fits in 2 s: only a whole-run deadline stops the second.
+    nb = notebook("import time; time.sleep(0.8)", "time.sleep(1.5)", "time.sleep(30)")
+
+    started = time.monotonic()
+    execution = runner.execute(nb)
+    elapsed = time.monotonic() - started
+
+    assert execution.error["ename"] == "CellTimeoutError"
+    assert execution.error["cell_index"] == 1
+    assert "2 seconds" in execution.error["evalue"]
+    assert elapsed < 4
+    failed = execution.notebook.cells[1]
+    assert failed.outputs[-1].output_type == "error"
+    assert failed.outputs[-1].ename == "CellTimeoutError"
+    assert failed.metadata.papermill["status"] == "failed"
+    assert execution.notebook.cells[2].outputs == []
+
+
+def test_long_cell_times_out_quickly():
+    runner = NotebookRunner(run_timeout=2)
+
+    started = time.monotonic()
+    execution = runner.execute(notebook("print('ok')", "import time; time.sleep(30)"))
+
+    assert time.monotonic() - started < 5
+    assert execution.error["ename"] == "CellTimeoutError"
+    assert execution.error["cell_index"] == 1
+    assert stdout(execution.notebook.cells[0]) == "ok\n"
+
+
+def test_dead_kernel_is_reported_on_its_cell(runner):
+    execution = runner.execute(notebook("print('before')", "import os; os._exit(1)", "print('after')"))
+
+    assert execution.error["ename"] == "DeadKernelError"
+    assert execution.error["cell_index"] == 1
+    cells = execution.notebook.cells
+    assert cells[1].outputs[-1].output_type == "error"
+    assert cells[1].outputs[-1].ename == "DeadKernelError"
+    assert stdout(cells[0]) == "before\n"
+    assert cells[2].outputs == []
+
+    # the runner is still usable afterwards
+    assert runner.execute(notebook("print(1)")).error is None
+
+
+def test_progress_counts_code_cells_and_ends_with_final_figures():
+    runner = NotebookRunner(run_timeout=20, progress_interval=0)
+    nb = notebook(
+        new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        new_markdown_cell("# not counted"),
+        "   ",  # blank: nbclient skips it
+        new_code_cell("print('skipped')", metadata={"tags": ["skip-execution"]}),
+        "y = x + 1",
+        "print(y)",
+    )
+    calls = []
+
+    execution = runner.execute(nb, parameters={"x": 2}, on_progress=lambda done, total: calls.append((done, total)))
+
+    assert execution.error is None
+    # the parameters cell, the injected one and the two plain code cells
+    assert calls[-1] == (4, 4)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert {total for _, total in calls} == {4}
+    assert len(calls) >= 4  # interval 0: one call per executed cell, then the final one
+
+
+def test_progress_is_throttled_but_final_call_always_made():
+    runner = NotebookRunner(run_timeout=20, progress_interval=100)
+    calls = []
+
+    execution = runner.execute(notebook("1", "1 / 0", "3"), on_progress=lambda *figures: calls.append(figures))
+
+    assert execution.error["cell_index"] == 1
+    assert calls == [(2, 3)]
+
+
+def test_checkpoints_carry_the_partial_notebook():
+    runner = NotebookRunner(run_timeout=20, checkpoint_interval=0)
+    snapshots = []
+
+    execution = runner.execute(notebook("print('a')", "print('b')"), on_checkpoint=lambda nb: snapshots.append(copy.deepcopy(nb)))
+
+    assert execution.error is None
+    partial = [nb for nb in snapshots if stdout(nb.cells[0]) == "a\n" and nb.cells[1].outputs == []]
+    assert partial, "no checkpoint taken between the two cells"
+
+
+def test_checkpoints_are_throttled():
+    runner = NotebookRunner(run_timeout=20, checkpoint_interval=1000)
+    snapshots = []
+
+    execution = runner.execute(notebook("1", "2", "3", "4"), on_checkpoint=snapshots.append)
+
+    assert execution.error is None
+    assert snapshots == []
+
+
+def kernel_pid(execution) -> int:
+    return int(stdout(execution.notebook.cells[0]))
+
+
+def test_prewarmed_kernel_is_the_one_that_runs(runner):
+    runner.prewarm()
+    waiting = runner._waiting
+    runner.prewarm()  # a live one is waiting: no-op
+    assert runner._waiting is waiting
+
+    execution = runner.execute(notebook("import os; print(os.getpid())"))
+
+    pid = kernel_pid(execution)
+    assert pid == waiting.km.provisioner.pid
+    assert runner._waiting is None  # execute does not prewarm the next one
+    with pytest.raises(ProcessLookupError):  # shut down and reaped
+        os.kill(pid, 0)
+
+
+def test_dead_prewarmed_kernel_is_replaced(runner):
+    runner.prewarm()
+    dead_pid = runner._waiting.km.provisioner.pid
+    os.kill(dead_pid, signal.SIGKILL)
+    while runner._waiting.is_alive():
+        time.sleep(0.05)
+
+    execution = runner.execute(notebook("import os; print(os.getpid())"))
+
+    assert execution.error is None
+    assert kernel_pid(execution) != dead_pid
+
+
+def test_no_state_leaks_between_runs(runner):
+    first = runner.execute(notebook("import os; print(os.getpid())", "secret = 42"))
+    runner.prewarm()
+    second = runner.execute(notebook("import os; print(os.getpid())", "print(secret)"))
+
+    assert first.error is None
+    assert second.error == {"cell_index": 1, "ename": "NameError", "evalue": "name 'secret' is not defined"}
+    assert kernel_pid(first) != kernel_pid(second)
+
+
+def test_kernel_gets_no_aws_variables(runner, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_PROFILE", "prod")
+    monkeypatch.setenv("RUNNER_TEST_MARKER", "kept")
+
+    execution = runner.execute(
+        notebook(
+            'import os; assert not any(k.startswith("AWS_") for k in os.environ)',
+            'assert os.environ["RUNNER_TEST_MARKER"] == "kept"',
+        )
+    )
+
+    assert execution.error is None
+
+
+def test_each_run_has_a_temporary_folder_removed_afterwards(runner):
+    runner.prewarm()
+    folder = runner._waiting.cwd
+    assert os.path.isdir(folder)
+
+    execution = runner.execute(
+        notebook("import os; open('out.txt', 'w').write('x'); print(os.getcwd())", "print(os.listdir('.'))")
+    )
+
+    assert execution.error is None
+    assert os.path.realpath(stdout(execution.notebook.cells[0]).strip()) == os.path.realpath(folder)
+    assert stdout(execution.notebook.cells[1]) == "['out.txt']\n"
+    assert os.path.realpath(folder) != os.path.realpath(os.getcwd())
+    assert not os.path.exists(folder)
+
+
+def test_close_removes_the_waiting_kernel_and_its_folder():
+    runner = NotebookRunner(run_timeout=20)
+    runner.prewarm()
+    waiting = runner._waiting
+
+    runner.close()
+
+    assert not waiting.km.has_kernel
+    assert not os.path.exists(waiting.cwd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_runs_leave_no_open_files_behind(runner):
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    runner.execute(notebook("1"))  # first use may set things up for good
+    before = open_files()
+    for source in ("print(1)", "1 / 0", "import os; os._exit(1)"):
+        runner.execute(notebook(source))
+
+    assert open_files() <= before
+
+
+def test_two_runners_in_threads_run_concurrently():
+    nb = notebook(
+        new_code_cell("name = None", metadata={"tags": ["parameters"]}),
+        "import time; started = time.time(); time.sleep(1.5); print(name, started, time.time())",
+    )
+    ready = threading.Barrier(2)
+    results = {}
+
+    def work(name):
+        runner = NotebookRunner(run_timeout=20)
+        try:
+            runner.prewarm()
+            ready.wait()
+            results[name] = runner.execute(nb, parameters={"name": name})
+        finally:
+            runner.close()
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    spans = {}
+    for name, execution in results.items():
+        assert execution.error is None
+        printed_name, started, ended = stdout(execution.notebook.cells[-1]).split()
+        assert printed_name == name
+        spans[name] = (float(started), float(ended))
+    assert set(spans) == {"one", "two"}
+    # the two sleeps overlapped in time
+    assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values())
+
+
+def test_prepare_lambda_environment_points_everything_at_tmp(monkeypatch):
+    names = [
+        "HOME",
+        "JUPYTER_RUNTIME_DIR",
+        "JUPYTER_DATA_DIR",
+        "JUPYTER_CONFIG_DIR",
+        "IPYTHONDIR",
+        "MPLCONFIGDIR",
+        "XDG_CACHE_HOME",
+    ]
+    for name in names:
+        monkeypatch.setenv(name, "/not/writable")
+
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    prepare_lambda_environment()
+    assert all(os.environ[name] == "/not/writable" for name in names)
+
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
+    prepare_lambda_environment()
+    for name in names:
+        assert os.environ[name].startswith("/tmp"), name
+        assert os.path.isdir(os.environ[name])
+
