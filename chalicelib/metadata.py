@@ -182,6 +182,26 @@ class NotebookTable:
             raise
         return True
 
+    def remove_if(self, owner: str, notebook_id: str, field: str, expected: dict) -> bool:
+        """Remove map attribute `field` only if its entries still equal `expected`.
+
+        A compare-and-delete: False (nothing changed) when `field` changed since it was
+        read, or the notebook is gone.
+        """
+        names = {"#f": field, **{f"#k{i}": key for i, key in enumerate(expected)}}
+        values = {f":k{i}": value for i, value in enumerate(expected.values())}
+        condition = " AND ".join(f"#f.#k{i} = :k{i}" for i in range(len(expected)))
+        try:
+            self._table.update_item(
+                Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #f",
+                ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""
         kwargs = {"IndexName": BY_CREATED, "KeyConditionExpression": "#o = :o",
@@ -228,3 +248,80 @@ class NotebookTable:
                             "ExpressionAttributeValues": {":id": notebook_id}}},
             ]
         )
+
+
+class RunTable:
+    """Run records in the runs table.
+
+    Status moves only forward, each step a conditional write: queued → running (a run is
+    claimed once, so a second delivery of the same invocation does nothing) → succeeded or
+    failed.
+    """
+
+    def __init__(self, table, notebooks: NotebookTable):
+        self._table = table
+        self._client = table.meta.client
+        self._notebooks = notebooks
+        self.name = table.name
+
+    def create(self, run: dict) -> bool:
+        """Store a new run and count it on its notebook, in one transaction.
+
+        False when the notebook is gone (or being deleted) or the run id exists already.
+        """
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
+                    {"Update": {"TableName": self._notebooks.name,
+                                "Key": self._notebooks.key(run["owner"], run["notebook_id"]),
+                                "UpdateExpression": "ADD no_of_runs :one SET last_run = :at",
+                                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting)",
+                                "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]}}},
+                ]
+            )
+        except ClientError as error:
+            if _is_cancelled(error) and "ConditionalCheckFailed" in _cancellation_codes(error):
+                return False
+            raise
+        return True
+
+    def get(self, run_id: str):
+        """The run's item, or None."""
+        return self._table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item")
+
+    def for_notebook(self, notebook_id: str) -> list:
+        """Every run of the notebook, newest first."""
+        items, kwargs = [], {
+            "IndexName": BY_NOTEBOOK, "KeyConditionExpression": "notebook_id = :n",
+            "ExpressionAttributeValues": {":n": notebook_id}, "ScanIndexForward": False,
+        }
+        while True:
+            page = self._table.query(**kwargs)
+            items += page["Items"]
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
+        """Apply `changes` if the run is still in `expected_status`."""
+        expression, names, values = _set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = expected_status
+        try:
+            self._table.update_item(
+                Key={"run_id": run_id}, UpdateExpression="SET " + expression,
+                ConditionExpression="#status = :expected",
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def delete(self, run_ids) -> None:
+        """Delete these run records."""
+        with self._table.batch_writer() as batch:
+            for run_id in run_ids:
+                batch.delete_item(Key={"run_id": run_id})
