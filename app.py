@@ -6,7 +6,7 @@ import json
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import payloads, services, web
+from chalicelib import html, openapi, payloads, services, web
 from chalicelib.config import Settings
 from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
 
@@ -14,6 +14,7 @@ app = Chalice(app_name="notebooks")
 app.register_middleware(web.handle, "http")
 
 NOTEBOOKS = "/_notebooks/notebooks"
+RUNS = "/_notebooks/runs"
 _origin = Settings.from_env().cors_origin  # CORS is decided when the API is built
 CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content-Type"],
                   expose_headers=["X-Next-Token"]) if _origin else False
@@ -96,3 +97,52 @@ def get_content(notebook_id):
 def put_content(notebook_id):
     notebooks().replace_content(caller(), notebook_id, body())
     return word("Success")
+
+
+@route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution")
+def run_notebooks():
+    # The seed's own sample sends unquoted keys: `{nbkIds: [...], module: "notebooks"}`.
+    return services.get().runs.start(caller(), body(lenient=True))
+
+
+@route(NOTEBOOKS + "/_schedule", ["GET", "POST"], "Error occurred during request processing")
+def schedule_notebooks():
+    services.get().scheduler.schedule(caller(), body())
+    return word("Success")
+
+
+@route(NOTEBOOKS + "/_unschedule", ["GET", "POST"], "Error occurred during request processing")
+def unschedule_notebooks():
+    services.get().scheduler.unschedule(caller(), body())
+    return word("Success")
+
+
+@route(NOTEBOOKS + "/{notebook_id}/runs", ["GET"], "Error occurred while retrieving runs")
+def notebook_runs(notebook_id):
+    return services.get().runs.for_notebook(caller(), notebook_id)
+
+
+@route(RUNS + "/{run_id}", ["GET"], "Error occurred while retrieving the run")
+def get_run(run_id):
+    return services.get().runs.get(caller(), run_id)
+
+
+@route(RUNS + "/{run_id}/output", ["GET"], "Error occurred while retrieving the run output")
+def run_output(run_id):
+    output_format = (app.current_request.query_params or {}).get("format", "ipynb")
+    if output_format == "html":
+        return Response(body=services.get().runs.output_html(caller(), run_id), headers=html.HEADERS)
+    if output_format not in ("ipynb", "json"):
+        raise bad_request("format must be html or ipynb")
+    return services.get().runs.output(caller(), run_id)
+
+
+@app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)
+def openapi_document():
+    return openapi.document()
+
+
+@app.lambda_function(name="runner")
+def runner(event, context):
+    """The runner function: executes runs dispatched by the API and fired by schedules."""
+    return services.get().lambda_executor().handle(event)

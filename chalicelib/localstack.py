@@ -9,11 +9,11 @@ import re
 import signal
 import socket
 import sys
-import threading
 
 from . import aws, services
 from .config import Settings
 from .metadata import create_tables
+from .schedules import LocalEventClock
 from .users import UserStore, parse_user_list
 
 
@@ -105,6 +105,10 @@ def main() -> int:
     settings = Settings.from_env()
     users = parse_user_list(settings.local_users)
     provision(settings, users)
+    local = services.get()
+    local.dispatcher.start()  # the local Lambda: workers, each with a kernel started ahead
+    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix, local.dispatcher.dispatch)
+    clock.start()
     server = serve("127.0.0.1", port)
     # Ctrl-C and SIGTERM both end serve_forever; everything started here stops after it.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -117,6 +121,8 @@ def main() -> int:
         pass
     finally:
         server.server.server_close()
+        clock.stop()
+        local.dispatcher.stop()
         embedded_aws.stop()
     return 0
 

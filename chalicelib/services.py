@@ -9,8 +9,11 @@ from . import aws
 from .auth import Authenticator
 from .config import Settings
 from .files import NotebookFiles
-from .metadata import NotebookTable
+from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
+from .runner import NotebookRunner, prepare_lambda_environment
+from .runs import LambdaDispatcher, LocalDispatcher, RunExecutor, RunService
+from .schedules import Scheduler
 from .users import UserStore
 
 
@@ -19,12 +22,44 @@ class Services:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.users = UserStore(aws.dynamodb_table(settings.users_table, settings.region))
+        region = settings.region
+        self.users = UserStore(aws.dynamodb_table(settings.users_table, region))
         self.authenticator = Authenticator(self.users)
-        self.files = NotebookFiles(aws.client("s3", settings.region), settings.bucket)
-        self.notebooks = NotebookService(
-            NotebookTable(aws.dynamodb_table(settings.notebooks_table, settings.region)), self.files, settings
-        )
+        self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
+        notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
+        self.notebooks = NotebookService(notebook_table, self.files, settings)
+        if settings.dispatch == "local":
+            self.dispatcher = LocalDispatcher(self.local_executor, settings.local_workers)
+        else:
+            self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
+        self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
+                               self.notebooks, self.files, self.dispatcher, settings)
+        self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
+                                   self.runner_arn)
+        self.notebooks.add_dependent(self.scheduler)
+        self.notebooks.add_dependent(self.runs)
+        self._runner_arn = settings.runner_arn
+        self._lambda_executor = None
+
+    def runner_arn(self) -> str:
+        """The runner function's ARN, the target of schedule rules."""
+        if self._runner_arn is None:
+            account = aws.client("sts", self.settings.region).get_caller_identity()["Account"]
+            self._runner_arn = (f"arn:aws:lambda:{self.settings.region}:{account}:function:"
+                                f"{self.settings.runner_function}")
+        return self._runner_arn
+
+    def local_executor(self) -> tuple:
+        """(executor, runner) for one local worker thread: each has its own kernel."""
+        runner = NotebookRunner(self.settings.run_timeout)
+        return RunExecutor(self.runs, self.files, self.scheduler, runner), runner
+
+    def lambda_executor(self) -> RunExecutor:
+        """The executor of this Lambda container; its runner keeps a kernel warm between runs."""
+        if self._lambda_executor is None:
+            prepare_lambda_environment()  # before the first kernel: only /tmp is writable
+            self._lambda_executor, _ = self.local_executor()
+        return self._lambda_executor
 
 
 _lock = threading.Lock()

@@ -102,6 +102,44 @@ def test_local_stack_serves_the_api_over_http(local_stack):
     assert unknown.status_code == 404 and unknown.json()["error"]["status"] == 404
 
 
+def wait_for_run(url, run_id, auth, seconds=60):
+    """The run's record once it has ended (polling, as a client would)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        record = requests.get(f"{url}/_notebooks/runs/{run_id}", auth=auth).json()
+        if record["status"] in ("succeeded", "failed"):
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not end: {record}")
+
+
+def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
+    url, _ = local_stack
+    admin = ("admin", "admin")
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "print('ran in the local stack')"}]}
+    notebook_id = requests.post(url + BASE + "/", auth=admin, json={"content": notebook}).json()["notebook_id"]
+    # curl -X GET 'https://host//_notebooks/notebooks/_run' --data '{nbkIds: [...], module: "notebooks"}'
+    response = requests.request("GET", url + "//_notebooks/notebooks/_run", auth=admin,
+                                headers={"Content-Type": "application/json"},
+                                data='{nbkIds: ["%s"], module: "notebooks"}' % notebook_id)
+    [run] = response.json()["runs"]
+    assert run["status"] == "queued"
+    record = wait_for_run(url, run["run_id"], admin)
+    assert record["status"] == "succeeded", record
+    output = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=admin).json()
+    assert output["cells"][0]["outputs"][0]["text"] == "ran in the local stack\n"
+    page = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output?format=html", auth=admin)
+    assert "ran in the local stack" in page.text and "sandbox" in page.headers["Content-Security-Policy"]
+
+
+def test_local_stack_serves_openapi_without_credentials(local_stack):
+    url, _ = local_stack
+    document = requests.get(url + "/_notebooks/openapi.json").json()
+    assert document["openapi"].startswith("3.") and BASE + "/_run" in document["paths"]
+
+
 def test_local_stack_stops_on_ctrl_c(local_stack):
     _, process = local_stack
     process.send_signal(signal.SIGINT)

@@ -1,0 +1,112 @@
+"""The OpenAPI 3 document of the whole API, served without credentials."""
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_IDS = {"type": "array", "items": {"type": "string", "format": "uuid"}, "maxItems": 1000}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict:
+    responses = {"200": {"description": "OK", **_json(ok)}, "401": {"description": "Authentication required", **_json(_ERROR)}}
+    responses.update({str(code): {"description": "Error", **_json(_ERROR)} for code in errors})
+    operation = {"summary": summary, "responses": responses}
+    if body is not None:
+        operation["requestBody"] = {"required": False, **_json(body)}
+    return operation
+
+
+def _path_id(name: str) -> list:
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def document() -> dict:
+    """The OpenAPI document."""
+    word = {"type": "string", "example": "Success"}
+    notebook = {"$ref": "#/components/schemas/Notebook"}
+    run = {"$ref": "#/components/schemas/Run"}
+    ipynb = {"type": "object", "description": "An nbformat v4 notebook"}
+    schedule_body = {"type": "object", "required": ["nbk_ids", "until"], "properties": {
+        "nbk_ids": _IDS, "until": {"type": "string", "example": "2030-12-13 06:50"},
+        "period": {"type": "string", "example": "Monday"}, "time": {"type": "string", "example": "06:50"}}}
+    ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
+    run_body = {"type": "object", "required": ["nbkIds", "module"], "properties": {
+        "nbkIds": _IDS, "module": {"type": "string"}, "parameters": {"type": "object"}}}
+    runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
+        "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
+    nb = "/_notebooks/notebooks"
+    paths = {
+        nb: {
+            "post": _operation("Create a notebook", {"type": "object", "properties": {
+                k: {"type": "string"} for k in ("username", "notebook_name", "path", "notebook_id")}},
+                {"type": "object", "properties": {"notebook_name": {"type": "string"}, "content": ipynb}},
+                errors=(400, 409, 413)),
+            "delete": _operation("Delete notebooks", word, ids_body),
+        },
+        nb + "/_all": {"get": {**_operation("List the caller's notebooks, oldest first",
+                                            {"type": "array", "items": notebook}),
+                               "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                                              {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}},
+        nb + "/_count": {"get": _operation("Count the caller's notebooks", {"type": "object"})},
+        nb + "/_run": {m: _operation("Run notebooks now", runs_started, run_body) for m in ("get", "post")},
+        nb + "/_schedule": {m: _operation("Schedule notebooks weekly or daily", word, schedule_body)
+                            for m in ("get", "post")},
+        nb + "/_unschedule": {m: _operation("Unschedule notebooks", word, ids_body) for m in ("get", "post")},
+        nb + "/{notebook_id}": {
+            "parameters": _path_id("notebook_id"),
+            "get": _operation("Fetch a notebook", notebook),
+            "put": _operation("Rename a notebook", word, {"type": "object", "properties": {
+                "new_name": {"type": "string"}}}, errors=(400, 409)),
+        },
+        nb + "/{notebook_id}/content": {
+            "parameters": _path_id("notebook_id"),
+            "get": _operation("The notebook file", ipynb),
+            "put": _operation("Replace the notebook file", word, ipynb, errors=(400, 413)),
+        },
+        nb + "/{notebook_id}/runs": {"parameters": _path_id("notebook_id"),
+                                     "get": _operation("The notebook's runs, newest first",
+                                                       {"type": "array", "items": run})},
+        "/_notebooks/runs/{run_id}": {"parameters": _path_id("run_id"),
+                                      "get": _operation("One run", run, errors=(404,))},
+        "/_notebooks/runs/{run_id}/output": {
+            "parameters": _path_id("run_id") + [{"name": "format", "in": "query",
+                                                 "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
+            "get": _operation("The executed notebook (format=html: a rendered page)", ipynb, errors=(400, 404)),
+        },
+    }
+    nullable_int = {"type": "integer", "nullable": True}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Notebooks API", "version": "1.0.0",
+                 "description": "Jupyter notebooks as jobs: create, run now, schedule, read outputs."},
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "status": {"type": "integer"}, "message": {"type": "string"}}}}},
+                "Notebook": {"type": "object", "properties": {
+                    "notebook_id": {"type": "string", "format": "uuid"}, "notebook_name": {"type": "string"},
+                    "status": {"type": "string", "enum": ["Scheduled", "Not Scheduled"]},
+                    "schedule": {"type": "object", "properties": {
+                        k: {"type": "string", "nullable": True} for k in ("period", "until", "time")}},
+                    "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
+                    "created_by": {"type": "string"}, "updated_by": {"type": "string"},
+                    "no_of_runs": {"type": "integer"},
+                    "last_run": {"description": "epoch ms; null (Fetch) or \"-\" (List) when never run"},
+                    "attributes": {"type": "object", "properties": {"path": {"type": "string"}}}}},
+                "Run": {"type": "object", "properties": {
+                    "run_id": {"type": "string"}, "notebook_id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "trigger": {"type": "string", "enum": ["manual", "schedule"]},
+                    "module": {"type": "string", "nullable": True}, "parameters": {"type": "object"},
+                    "created_at": {"type": "integer"}, "started_at": nullable_int, "finished_at": nullable_int,
+                    "progress": {"type": "object", "properties": {"done": {"type": "integer"},
+                                                                  "total": {"type": "integer"}}},
+                    "error": {"type": "object", "nullable": True, "properties": {
+                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}}}},
+            },
+        },
+    }

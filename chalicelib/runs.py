@@ -1,0 +1,293 @@
+"""Runs: their records, their dispatch to the runner, and the runner's event handler.
+
+A run is created `queued` by the API (or by a schedule firing), dispatched without
+waiting (Lambda `Event` invocation in AWS, a local worker pool in `make dev`), claimed
+`running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
+notebook in S3. A run whose runner vanished is reported `failed` once its deadline passes.
+"""
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+
+import nbformat
+
+from . import html, payloads
+from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, RUN_NOT_FOUND, ApiError, bad_request
+from .files import notebook_key, output_key, outputs_prefix
+from .notebooks import now_ms, serialise
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+MANUAL, SCHEDULE = "manual", "schedule"
+# After its run timeout, a runner gets this long to report before it is declared lost.
+REPORT_GRACE_SECONDS = 60
+
+
+def run_view(item: dict) -> dict:
+    """The API's run object."""
+    def optional_int(name):
+        return int(item[name]) if item.get(name) is not None else None
+
+    return {
+        "run_id": item["run_id"],
+        "notebook_id": item["notebook_id"],
+        "status": item["status"],
+        "trigger": item["trigger"],
+        "module": item.get("module"),
+        "parameters": json.loads(item.get("parameters", "{}")),
+        "created_at": int(item["created_at"]),
+        "started_at": optional_int("started_at"),
+        "finished_at": optional_int("finished_at"),
+        "progress": {"done": int(item.get("cells_done", 0)), "total": int(item.get("cells_total", 0))},
+        "error": item.get("error"),
+    }
+
+
+class RunService:
+    """Runs as the API sees them: start, read, list, outputs; and run records for the runner."""
+
+    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time):
+        self._table = table
+        self._notebooks = notebooks
+        self._files = files
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._clock = clock
+
+    def start(self, owner: str, body: dict) -> dict:
+        """Validate the whole request, record one queued run per notebook, dispatch them.
+
+        Any unknown id: 400 and nothing runs. Answers before any notebook executes.
+        """
+        field = "nbk_ids" if "nbkIds" not in body and "nbk_ids" in body else "nbkIds"
+        ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
+        module = payloads.module_name(body)
+        parameters = payloads.parameters(body)
+        items = [self._notebooks.live(owner, notebook_id) for notebook_id in ids]
+        if None in items:
+            raise bad_request(NOTEBOOK_ID_INVALID)
+        runs = []
+        for item in items:
+            run = self.record(owner, item["notebook_id"], MANUAL, module=module, parameters=parameters)
+            if run is None:  # deleted since we looked
+                raise bad_request(NOTEBOOK_ID_INVALID)
+            runs.append(run)
+        for run in runs:
+            self._dispatch(run)
+        return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
+
+    def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
+        """Create a queued run and count it on its notebook; None if the notebook is gone
+        or `run_id` exists already."""
+        created = now_ms(self._clock)
+        run = {
+            "run_id": run_id or str(uuid.uuid4()),
+            "notebook_id": notebook_id,
+            "owner": owner,
+            "trigger": trigger,
+            "status": QUEUED,
+            "created_at": created,
+            "deadline_at": created + int(self._settings.queue_timeout * 1000),
+            "parameters": json.dumps(parameters or {}),
+        }
+        if module is not None:
+            run["module"] = module
+        return run if self._table.create(run) else None
+
+    def _dispatch(self, run: dict) -> None:
+        try:
+            self._dispatcher.dispatch({"run_id": run["run_id"]})
+        except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
+            log.warning("dispatch of run %s failed: %s", run["run_id"], error)
+            self.finish(run["run_id"], FAILED, error={"cell_index": None, "ename": "DispatchError",
+                                                      "evalue": f"The run could not be started: {type(error).__name__}"},
+                        expected_status=QUEUED)
+            run["status"] = FAILED
+
+    def get(self, owner: str, run_id: str) -> dict:
+        """One run of the owner (another owner's is answered like an unknown one)."""
+        return run_view(self._require(owner, run_id))
+
+    def for_notebook(self, owner: str, notebook_id) -> list:
+        """The notebook's runs, newest first."""
+        item = self._notebooks.require(owner, notebook_id)
+        return [run_view(self._reap(run)) for run in self._table.for_notebook(item["notebook_id"])]
+
+    def output(self, owner: str, run_id: str) -> nbformat.NotebookNode:
+        """The run's executed notebook (while it runs: its latest checkpoint)."""
+        run = self._require(owner, run_id)
+        data = self._files.get(output_key(owner, run["notebook_id"], run_id))
+        if data is None:
+            raise ApiError(404, "Run output not available yet")
+        return nbformat.reads(data.decode("utf-8"), as_version=4)
+
+    def output_html(self, owner: str, run_id: str) -> str:
+        """The run's executed notebook as a sanitised HTML page."""
+        return html.render(self.output(owner, run_id))
+
+    def forget_notebook(self, owner: str, item: dict) -> None:
+        """Delete the runs of a deleted notebook: outputs first, then records."""
+        self._files.delete_prefix(outputs_prefix(owner, item["notebook_id"]))
+        self._table.delete([run["run_id"] for run in self._table.for_notebook(item["notebook_id"])])
+
+    def claim(self, run_id: str):
+        """Move a queued run to running; the run, or None if another delivery has it."""
+        run = self._table.get(run_id)
+        if run is None or run["status"] != QUEUED:
+            return None
+        started = now_ms(self._clock)
+        changes = {"status": RUNNING, "started_at": started,
+                   "deadline_at": started + int((self._settings.run_timeout + REPORT_GRACE_SECONDS) * 1000)}
+        if not self._table.transition(run_id, QUEUED, changes):
+            return None
+        return {**run, **changes}
+
+    def progress(self, run_id: str, done: int, total: int) -> None:
+        """Record cells done out of cells total on a running run."""
+        self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
+
+    def finish(self, run_id: str, status: str, error=None, expected_status: str = RUNNING) -> bool:
+        """End the run as `status` (with `error` for a failure); False if it was not
+        `expected_status` any more (e.g. declared lost meanwhile)."""
+        changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
+        return self._table.transition(run_id, expected_status, changes)
+
+    def _require(self, owner: str, run_id: str) -> dict:
+        run = self._table.get(run_id) if payloads.canonical_id(run_id) == run_id else None
+        if run is None or run["owner"] != owner:
+            raise ApiError(404, RUN_NOT_FOUND)
+        return self._reap(run)
+
+    def _reap(self, run: dict) -> dict:
+        """A queued or running run past its deadline is failed: its runner is gone."""
+        if run["status"] not in (QUEUED, RUNNING) or now_ms(self._clock) <= int(run["deadline_at"]):
+            return run
+        reason = ("The runner stopped without reporting a result (crashed or timed out)"
+                  if run["status"] == RUNNING else "No runner picked the run up in time")
+        error = {"cell_index": None, "ename": "RunnerLost", "evalue": reason}
+        changes = {"status": FAILED, "finished_at": now_ms(self._clock), "error": error}
+        if self._table.transition(run["run_id"], run["status"], changes):
+            return {**run, **changes}
+        return self._table.get(run["run_id"])
+
+
+class RunExecutor:
+    """The runner function's work: execute one run end to end on a NotebookRunner."""
+
+    def __init__(self, runs: RunService, files, scheduler, runner):
+        self._runs = runs
+        self._files = files
+        self._scheduler = scheduler
+        self._runner = runner
+
+    def handle(self, event: dict) -> dict:
+        """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
+        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge."""
+        if event.get("trigger") == SCHEDULE:
+            run = self._scheduled_run(event["owner"], event["notebook_id"])
+            if run is None:
+                return {"status": "skipped"}
+            run_id = run["run_id"]
+        else:
+            run_id = event["run_id"]
+        return {"run_id": run_id, "status": self.execute(run_id)}
+
+    def _scheduled_run(self, owner: str, notebook_id: str):
+        if self._scheduler.expire_if_past(owner, notebook_id):
+            return None
+        # One id per notebook and minute: a second delivery of the same firing finds it taken.
+        minute = int(time.time() // 60)
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{minute}"))
+        return self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+
+    def execute(self, run_id: str) -> str:
+        """Claim and execute the run; its final status ("skipped" if not ours to run)."""
+        run = self._runs.claim(run_id)
+        if run is None:
+            return "skipped"
+        owner, notebook_id = run["owner"], run["notebook_id"]
+        try:
+            data = self._files.get(notebook_key(owner, notebook_id))
+            if data is None:
+                self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
+                                                         "evalue": "The notebook was deleted before it ran"})
+                return FAILED
+            target = output_key(owner, notebook_id, run_id)
+            execution = self._runner.execute(
+                nbformat.reads(data.decode("utf-8"), as_version=4),
+                parameters=json.loads(run.get("parameters", "{}")),
+                on_progress=lambda done, total: self._runs.progress(run_id, done, total),
+                on_checkpoint=lambda notebook: self._files.put(target, serialise(notebook)),
+            )
+            self._files.put(target, serialise(execution.notebook))
+            status = FAILED if execution.error else SUCCEEDED
+            self._runs.finish(run_id, status, error=execution.error)
+            return status
+        except Exception as error:
+            log.exception("run %s failed in the runner", run_id)
+            self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
+                                                     "evalue": "The runner failed; see its logs"})
+            return FAILED
+        finally:
+            self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
+
+
+class LambdaDispatcher:
+    """Hands runs to the runner function with asynchronous (`Event`) invocations."""
+
+    def __init__(self, lambda_client, function_name: str):
+        self._lambda = lambda_client
+        self._function = function_name
+
+    def dispatch(self, event: dict) -> None:
+        """Invoke the runner with `event`, without waiting for it."""
+        self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
+
+
+class LocalDispatcher:
+    """The local stand-in for Lambda: a bounded pool of worker threads, each with its own
+    runner and a kernel started ahead of need, calling the same handler as the Lambda."""
+
+    def __init__(self, make_executor, workers: int):
+        self._queue = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._work, args=(make_executor,), name=f"runner-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Start the workers."""
+        for thread in self._threads:
+            thread.start()
+
+    def dispatch(self, event: dict) -> None:
+        """Queue `event` for the next free worker."""
+        self._queue.put(event)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the workers finish what they are doing, shut their kernels, and return."""
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _work(self, make_executor) -> None:
+        executor, runner = make_executor()
+        try:
+            runner.prewarm()
+            while not self._stopping.is_set():
+                event = self._queue.get()
+                if event is None:
+                    break
+                try:
+                    executor.handle(event)
+                except Exception:  # noqa: BLE001 - a worker outlives any one event
+                    log.exception("local runner failed on %s", event)
+        finally:
+            runner.close()

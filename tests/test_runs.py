@@ -1,0 +1,290 @@
+"""Runs: the Run endpoint, the runner handler on a real kernel, dispatch, history, outputs."""
+import json
+import re
+import time
+
+import boto3
+import nbformat
+import pytest
+
+from chalicelib.files import output_key
+from chalicelib.runner import NotebookRunner
+from chalicelib.runs import LambdaDispatcher, RunExecutor
+from tests.conftest import error
+from tests.helpers import stored_state
+
+BASE = "/_notebooks/notebooks"
+RUNS = "/_notebooks/runs"
+
+
+class RecordingDispatcher:
+    """Stands in for Lambda's Event invocation: remembers what would have been invoked."""
+
+    def __init__(self):
+        self.events = []
+
+    def dispatch(self, event):
+        self.events.append(event)
+
+
+@pytest.fixture
+def dispatched(stack, monkeypatch):
+    recorder = RecordingDispatcher()
+    monkeypatch.setattr(stack.runs, "_dispatcher", recorder)
+    return recorder
+
+
+@pytest.fixture
+def executor(stack):
+    runner = NotebookRunner(run_timeout=20)
+    yield RunExecutor(stack.runs, stack.files, stack.scheduler, runner)
+    runner.close()
+
+
+def notebook_of(*sources, parameters_cell=None):
+    cells = []
+    if parameters_cell is not None:
+        cell = nbformat.v4.new_code_cell(parameters_cell)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    return nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def run_all(executor, dispatched):
+    """Execute every dispatched event, as the runner function would."""
+    while dispatched.events:
+        executor.handle(dispatched.events.pop(0))
+
+
+def stream_text(notebook):
+    return "".join(o.get("text", "") for cell in notebook["cells"] for o in cell.get("outputs", [])
+                   if o["output_type"] == "stream")
+
+
+def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
+    raw = '{nbkIds: ["%s"], module: "notebooks"}' % notebook_id
+    started = api.json("GET", BASE + "/_run", raw=raw)  # the `//` of the seed: see test_operations
+    [run] = started["runs"]
+    assert run["notebook_id"] == notebook_id and run["status"] == "queued"
+    assert dispatched.events == [{"run_id": run["run_id"]}]
+    fetched = api.json("GET", f"{BASE}/{notebook_id}")
+    assert fetched["no_of_runs"] == 1 and isinstance(fetched["last_run"], int)
+
+    run_all(executor, dispatched)
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "succeeded" and record["trigger"] == "manual" and record["module"] == "notebooks"
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["progress"] == {"done": 1, "total": 1} and record["error"] is None
+    output = api.json("GET", f"{RUNS}/{run['run_id']}/output")
+    assert stream_text(output) == "42\n"
+
+
+def test_post_run_with_parameters(api, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print(greeting * 2)", parameters_cell="greeting = 'x'"))[
+        "notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
+                                                "parameters": {"greeting": "hi"}})["runs"]
+    run_all(executor, dispatched)
+    assert "hihi" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["parameters"] == {"greeting": "hi"}
+
+
+def test_many_notebooks_in_one_request_each_get_a_run(api, dispatched):
+    ids = [api.create()["notebook_id"] for _ in range(3)]
+    runs = api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m"})["runs"]
+    assert [r["notebook_id"] for r in runs] == ids and len({r["run_id"] for r in runs}) == 3
+    assert len(dispatched.events) == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"module": "m"}, "Notebook ID(s) are required"),
+    ({"nbkIds": [], "module": "m"}, "Notebook ID(s) are required"),
+    ({"nbkIds": "{id}"}, "Module name is required"),
+    ({"nbkIds": ["{id}"], "module": ""}, "Module name is required"),
+    ({"nbkIds": ["{id}"], "module": 7}, "module must be a string"),
+    ({"nbkIds": ["{id}", "00000000-0000-4000-8000-000000000000"], "module": "m"}, "Notebook ID invalid."),
+    ({"nbkIds": ["{id}", "nope"], "module": "m"}, "Notebook ID invalid."),
+    ({"nbkIds": ["{id}"], "module": "m", "parameters": [1]}, "parameters must be a JSON object"),
+    ({"nbkIds": ["{id}"], "module": "m", "parameters": {"not valid": 1}}, "parameters keys"),
+    ({"nbkIds": [3], "module": "m"}, "nbkIds must contain only strings"),
+])
+def test_run_validates_everything_before_anything_runs(api, stack, dispatched, body, message):
+    notebook_id = api.create()["notebook_id"]
+    body = json.loads(json.dumps(body).replace("{id}", notebook_id))
+    if body.get("nbkIds") == notebook_id:
+        body["nbkIds"] = [notebook_id]
+    before = stored_state(stack.settings)
+    status, got = error(api.call("POST", BASE + "/_run", body))
+    assert status == 400 and message in got
+    assert dispatched.events == [] and stored_state(stack.settings) == before
+    assert api.json("GET", f"{BASE}/{notebook_id}/runs") == []
+
+
+def test_malformed_run_body_is_400(api, dispatched):
+    assert error(api.call("POST", BASE + "/_run", raw=b"{nbkIds: [")) [0] == 400
+
+
+def test_failing_cell_is_recorded(api, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("x = 1", "1 / 0", "print('never')"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed"
+    assert record["error"]["cell_index"] == 1 and record["error"]["ename"] == "ZeroDivisionError"
+    assert "division by zero" in record["error"]["evalue"]
+    assert "never" not in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
+
+
+def test_cell_timeout_and_dead_kernel_fail_cleanly(api, stack, dispatched):
+    runner = NotebookRunner(run_timeout=2)
+    executor = RunExecutor(stack.runs, stack.files, stack.scheduler, runner)
+    try:
+        slow = api.create(content=notebook_of("import time; time.sleep(60)"))["notebook_id"]
+        dying = api.create(content=notebook_of("print('before')", "import os; os._exit(1)"))["notebook_id"]
+        runs = api.json("POST", BASE + "/_run", {"nbkIds": [slow, dying], "module": "m"})["runs"]
+        run_all(executor, dispatched)
+    finally:
+        runner.close()
+    timed_out, died = (api.json("GET", f"{RUNS}/{r['run_id']}") for r in runs)
+    assert timed_out["status"] == "failed" and timed_out["error"]["ename"] == "CellTimeoutError"
+    assert timed_out["error"]["cell_index"] == 0
+    assert died["status"] == "failed" and died["error"]["ename"] == "DeadKernelError"
+    assert died["error"]["cell_index"] == 1
+
+
+def test_a_second_delivery_of_one_run_does_not_execute_it_again(api, stack, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print('once')"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    event = dispatched.events[0]
+    assert executor.handle(event) == {"run_id": run["run_id"], "status": "succeeded"}
+    finished = api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"]
+    assert executor.handle(event) == {"run_id": run["run_id"], "status": "skipped"}
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == finished
+
+
+def test_a_run_whose_runner_vanished_is_failed_after_its_deadline(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    assert stack.runs.claim(run["run_id"]) is not None  # a runner took it, then died
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "running"
+    later = time.time() + stack.settings.run_timeout + 61
+    stack.runs._clock = lambda: later
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed" and record["error"]["ename"] == "RunnerLost"
+    assert api.json("GET", f"{BASE}/{notebook_id}/runs")[0]["status"] == "failed"
+
+
+def test_runs_and_outputs_belong_to_their_owner(api, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    for path in (f"{RUNS}/{{}}", f"{RUNS}/{{}}/output", f"{RUNS}/{{}}/output?format=html"):
+        mine_for_bob = api.call("GET", path.format(run["run_id"]), user="bob")
+        nobodys = api.call("GET", path.format(unknown), user="bob")
+        assert error(mine_for_bob) == error(nobodys) == (404, "Run not found")
+    assert error(api.call("GET", f"{BASE}/{notebook_id}/runs", user="bob")) == (400, "Notebook ID invalid.")
+    assert error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"}, user="bob")) == (
+        400, "Notebook ID invalid.")
+
+
+def test_run_history_is_newest_first(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    clock = iter(range(1_800_000_000, 1_800_000_100))
+    stack.runs._clock = lambda: next(clock)
+    ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
+           for _ in range(3)]
+    history = api.json("GET", f"{BASE}/{notebook_id}/runs")
+    assert [r["run_id"] for r in history] == ids[::-1]
+    assert api.json("GET", f"{BASE}/{notebook_id}")["no_of_runs"] == 3
+
+
+def test_html_output_is_sanitised_and_served_with_a_strict_csp(api, dispatched, executor):
+    # Built from pieces, so the words checked below appear only in what the code outputs.
+    attack = ("from IPython.display import HTML, display\n"
+              "s, on, js = 'scr' + 'ipt', 'on' + 'error', 'java' + 'script:'\n"
+              "display(HTML(f\"<h2>Report</h2><{s}>fetch('/_notebooks/notebooks/_all')</{s}>\"\n"
+              "             f\"<img src=x {on}=alert(1)><a href='{js}alert(2)'>x</a>\"))")
+    notebook_id = api.create(content=notebook_of(attack))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    response = api.call("GET", f"{RUNS}/{run['run_id']}/output?format=html")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    page = response.body.decode()
+    assert "<h2>Report</h2>" in page
+    assert "<script>fetch(" not in page and "onerror" not in page and "javascript:alert" not in page
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "sandbox" in policy and "script-src" not in policy
+
+
+def test_html_output_shows_plots_as_inline_images(api, dispatched, executor):
+    png = ("import base64\nfrom IPython.display import Image, display\n"
+           "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+           "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))")
+    notebook_id = api.create(content=notebook_of(png))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    page = api.call("GET", f"{RUNS}/{run['run_id']}/output?format=html").body.decode()
+    assert re.search(r'<img [^>]*src="data:image/png;base64,iVBORw0KGgo', page)
+
+
+def test_output_of_a_queued_run_is_not_there_yet(api, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    assert error(api.call("GET", f"{RUNS}/{run['run_id']}/output")) == (404, "Run output not available yet")
+    assert error(api.call("GET", f"{RUNS}/{run['run_id']}/output?format=pdf"))[0] == 400
+
+
+def test_user_code_does_not_get_the_services_aws_credentials(api, dispatched, executor, monkeypatch):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "service-token")
+    code = "import os; print(sorted(k for k in os.environ if k.startswith('AWS_')))"
+    notebook_id = api.create(content=notebook_of(code))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    assert stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output")) == "[]\n"
+
+
+def test_deleting_a_notebook_deletes_its_runs_and_outputs(api, stack, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    assert stack.files.get(output_key("admin", notebook_id, run["run_id"])) is not None
+    api.json("DELETE", BASE, {"nbk_ids": [notebook_id]})
+    assert stack.files.get(output_key("admin", notebook_id, run["run_id"])) is None
+    assert error(api.call("GET", f"{RUNS}/{run['run_id']}")) == (404, "Run not found")
+    assert stored_state(stack.settings) == ([], [])
+
+
+def test_a_run_of_a_notebook_deleted_before_it_ran_fails_clearly(api, stack, dispatched, executor):
+    notebook_id = api.create()["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    stack.files.delete(f"notebooks/admin/{notebook_id}.ipynb")
+    run_all(executor, dispatched)
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed" and record["error"]["ename"] == "NotebookMissing"
+
+
+def test_lambda_dispatch_invokes_the_runner_asynchronously(stack):
+    """The AWS path: an Event invocation of the runner function, checked against moto."""
+    iam = boto3.client("iam", region_name="us-east-1")
+    role = iam.create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    lambda_client = boto3.client("lambda", region_name="us-east-1")
+    lambda_client.create_function(FunctionName="notebooks-dev-runner", Runtime="python3.11", Role=role,
+                                  Handler="app.runner", Code={"ZipFile": b"fake"})
+    invoked = []
+    lambda_client.meta.events.register("provide-client-params.lambda.Invoke",
+                                       lambda params, **_: invoked.append(dict(params)))
+    LambdaDispatcher(lambda_client, "notebooks-dev-runner").dispatch({"run_id": "r-1"})
+    assert invoked == [{"FunctionName": "notebooks-dev-runner", "InvocationType": "Event",
+                        "Payload": b'{"run_id": "r-1"}'}]
+
+
+def test_a_failed_dispatch_fails_the_run_instead_of_leaving_it_queued(api, stack):
+    notebook_id = api.create()["notebook_id"]  # the default dispatcher: Lambda, with no function in moto
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    assert run["status"] == "failed"
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed" and record["error"]["ename"] == "DispatchError"
