@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -138,6 +139,27 @@ def test_local_stack_serves_openapi_without_credentials(local_stack):
     url, _ = local_stack
     document = requests.get(url + "/_notebooks/openapi.json").json()
     assert document["openapi"].startswith("3.") and BASE + "/_run" in document["paths"]
+
+
+def test_local_stack_fires_a_schedule_at_its_minute(local_stack):
+    """Real time: schedule a notebook for the coming minute and see the scheduled run succeed."""
+    url, _ = local_stack
+    admin = ("admin", "admin")
+    notebook_id = requests.post(url + BASE + "/", auth=admin).json()["notebook_id"]
+    now = datetime.now(timezone.utc)
+    # at least 10 s ahead, so the rule exists before its minute comes
+    due = (now + timedelta(seconds=70 if now.second > 50 else 60)).replace(second=0, microsecond=0)
+    body = {"nbk_ids": [notebook_id], "period": due.strftime("%A"), "time": due.strftime("%H:%M"),
+            "until": (due + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M")}
+    assert requests.get(url + BASE + "/_schedule", auth=admin, json=body).json() == "Success"
+    deadline = due.timestamp() + 45
+    runs = []
+    while time.time() < deadline and not runs:
+        time.sleep(1)
+        runs = requests.get(f"{url}{BASE}/{notebook_id}/runs", auth=admin).json()
+    assert len(runs) == 1 and runs[0]["trigger"] == "schedule"
+    assert runs[0]["created_at"] >= due.timestamp() * 1000  # not before its minute
+    assert wait_for_run(url, runs[0]["run_id"], admin)["status"] == "succeeded"
 
 
 def test_local_stack_stops_on_ctrl_c(local_stack):
