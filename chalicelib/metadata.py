@@ -97,6 +97,17 @@ def _is_condition_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
+def _conditional_update(table, **update) -> bool:
+    """`table.update_item(**update)`; False, changing nothing, when its condition fails."""
+    try:
+        table.update_item(**update)
+    except ClientError as error:
+        if _is_condition_failure(error):
+            return False
+        raise
+    return True
+
+
 class NotebookTable:
     """Notebook metadata and name claims in the notebooks table."""
 
@@ -170,17 +181,11 @@ class NotebookTable:
         if remove:
             names.update({f"#r{i}": field for i, field in enumerate(remove)})
             update += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
-        try:
-            self._table.update_item(
-                Key=self.key(owner, notebook_id), UpdateExpression=update,
-                ConditionExpression="attribute_exists(sk) AND attribute_not_exists(deleting)",
-                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _conditional_update(
+            self._table, Key=self.key(owner, notebook_id), UpdateExpression=update,
+            ConditionExpression="attribute_exists(sk) AND attribute_not_exists(deleting)",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+        )
 
     def remove_if(self, owner: str, notebook_id: str, field: str, expected: dict) -> bool:
         """Remove map attribute `field` only if its entries still equal `expected`.
@@ -191,16 +196,10 @@ class NotebookTable:
         names = {"#f": field, **{f"#k{i}": key for i, key in enumerate(expected)}}
         values = {f":k{i}": value for i, value in enumerate(expected.values())}
         condition = " AND ".join(f"#f.#k{i} = :k{i}" for i in range(len(expected)))
-        try:
-            self._table.update_item(
-                Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #f",
-                ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _conditional_update(
+            self._table, Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #f",
+            ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+        )
 
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""
@@ -308,17 +307,11 @@ class RunTable:
         expression, names, values = _set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
-        try:
-            self._table.update_item(
-                Key={"run_id": run_id}, UpdateExpression="SET " + expression,
-                ConditionExpression="#status = :expected",
-                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return _conditional_update(
+            self._table, Key={"run_id": run_id}, UpdateExpression="SET " + expression,
+            ConditionExpression="#status = :expected",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+        )
 
     def delete(self, run_ids) -> None:
         """Delete these run records."""
