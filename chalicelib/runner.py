@@ -55,7 +55,8 @@ class Execution:
 def prepare_lambda_environment() -> None:
     """In AWS Lambda (AWS_LAMBDA_FUNCTION_NAME set), point HOME, JUPYTER_RUNTIME_DIR,
     JUPYTER_DATA_DIR, JUPYTER_CONFIG_DIR, IPYTHONDIR, MPLCONFIGDIR and XDG_CACHE_HOME under
-    /tmp, the only writable place, and create those folders. Elsewhere do nothing.
+    /tmp, the only writable place, create those folders, and put the deployment package
+    on the kernel's PYTHONPATH. Elsewhere do nothing.
 
     Call it once at start-up, before the first kernel starts (kernels inherit it).
     """
@@ -73,6 +74,11 @@ def prepare_lambda_environment() -> None:
     for name, folder in folders.items():
         os.makedirs(folder, exist_ok=True)
         os.environ[name] = folder
+    # The runtime puts the package (ipykernel included) on the handler's sys.path only;
+    # the kernel is a new process and finds it through PYTHONPATH.
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
+    paths = [task_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != task_root]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
 
 
 def _kernel_env() -> dict:

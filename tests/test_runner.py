@@ -338,3 +338,16 @@ def test_prepare_lambda_environment_points_everything_at_tmp(monkeypatch):
         assert os.environ[name].startswith("/tmp"), name
         assert os.path.isdir(os.environ[name])
 
+
+
+def test_prepare_lambda_environment_puts_the_package_on_the_kernels_path(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
+    monkeypatch.setenv("LAMBDA_TASK_ROOT", "/var/task")
+    monkeypatch.setenv("PYTHONPATH", "/var/runtime")
+    for name in ("HOME", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR",
+                 "MPLCONFIGDIR", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    prepare_lambda_environment()
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
+    prepare_lambda_environment()  # idempotent: a warm container calls it again
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
