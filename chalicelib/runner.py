@@ -11,6 +11,7 @@ Threads: one NotebookRunner must be used from one thread only (kernel and client
 that thread's event loop, see jupyter_core.utils.run_sync); separate runners may run in
 separate threads at the same time.
 """
+import ctypes
 import math
 import os
 import shutil
@@ -55,13 +56,15 @@ class Execution:
 def prepare_lambda_environment() -> None:
     """In AWS Lambda (AWS_LAMBDA_FUNCTION_NAME set), point HOME, JUPYTER_RUNTIME_DIR,
     JUPYTER_DATA_DIR, JUPYTER_CONFIG_DIR, IPYTHONDIR, MPLCONFIGDIR and XDG_CACHE_HOME under
-    /tmp, the only writable place, create those folders, and put the deployment package
-    on the kernel's PYTHONPATH. Elsewhere do nothing.
+    /tmp, the only writable place, create those folders, put the deployment package on
+    the kernel's PYTHONPATH, and make this process non-dumpable so that kernels cannot
+    read its credentials through /proc. Elsewhere do nothing.
 
     Call it once at start-up, before the first kernel starts (kernels inherit it).
     """
     if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
         return
+    _forbid_inspection_by_kernels()
     folders = {
         "HOME": _LAMBDA_TMP,
         "JUPYTER_RUNTIME_DIR": f"{_LAMBDA_TMP}/jupyter/runtime",
@@ -79,6 +82,23 @@ def prepare_lambda_environment() -> None:
     task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
     paths = [task_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != task_root]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+
+
+_PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
+
+
+def _forbid_inspection_by_kernels() -> None:
+    """Make this process non-dumpable, as ssh-agent does.
+
+    Lambda's credentials live in this process's environment. Kernels get an environment
+    without them, but run as the same user, and could otherwise read them back from
+    /proc/<runner pid>/environ or /proc/<runner pid>/mem; a non-dumpable process's /proc
+    entries belong to root. The flag is not inherited across exec, so kernels stay
+    ordinary processes.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def _kernel_env() -> dict:

@@ -2,6 +2,8 @@
 import copy
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -351,3 +353,21 @@ def test_prepare_lambda_environment_puts_the_package_on_the_kernels_path(monkeyp
     assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
     prepare_lambda_environment()  # idempotent: a warm container calls it again
     assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
+
+
+def test_in_lambda_the_runner_process_becomes_non_dumpable():
+    """In a child process, since the flag cannot be undone: /proc/<pid>/environ of a
+    non-dumpable process is closed to other processes of the same (non-root) user."""
+    script = (
+        "import ctypes, os\n"
+        "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'notebooks-runner'\n"
+        "os.environ['HOME'] = os.environ['XDG_CACHE_HOME'] = '/tmp'\n"
+        "from chalicelib.runner import prepare_lambda_environment\n"
+        "libc = ctypes.CDLL(None)\n"
+        "before = libc.prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+        "prepare_lambda_environment()\n"
+        "print(before, libc.prctl(3, 0, 0, 0, 0))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.stdout.split() == ["1", "0"]
