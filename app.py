@@ -20,11 +20,12 @@ CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content
                   expose_headers=["X-Next-Token"]) if _origin else False
 
 
-def route(path, methods, failure):
-    """A route that takes any body type and answers AWS failures with `failure`."""
+def route(path, methods, failure, explain=False):
+    """A route that takes any body type and answers AWS failures with `failure`; with
+    `explain`, its 400s take the seed's `failure: {str(e)}` form too."""
     def register(view):
         return app.route(path, methods=methods, content_types=web.ANY_CONTENT_TYPE, cors=CORS)(
-            web.aws_failures(failure)(view))
+            web.seed_failures(failure, explain)(view))
     return register
 
 
@@ -48,12 +49,12 @@ def notebooks():
     return services.get().notebooks
 
 
-@route(NOTEBOOKS, ["POST"], "Error occurred while creating the notebook file")
+@route(NOTEBOOKS, ["POST"], "Error occurred while creating the notebook file", explain=True)
 def create_notebook():
     return notebooks().create(caller(), body())
 
 
-@route(NOTEBOOKS, ["DELETE"], "Error occurred during notebook deletion")
+@route(NOTEBOOKS, ["DELETE"], "Error occurred during notebook deletion", explain=True)
 def delete_notebooks():
     notebooks().delete(caller(), body())
     return word("Success")
@@ -64,7 +65,7 @@ def rename_without_id():
     raise bad_request(NOTEBOOK_ID_MISSING)
 
 
-@route(NOTEBOOKS + "/_all", ["GET"], "Error occurred while retrieving notebook information")
+@route(NOTEBOOKS + "/_all", ["GET"], "Error occurred while retrieving notebook information", explain=True)
 def list_notebooks():
     query = app.current_request.query_params or {}
     limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
@@ -99,19 +100,19 @@ def put_content(notebook_id):
     return word("Success")
 
 
-@route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution")
+@route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution", explain=True)
 def run_notebooks():
     # The seed's own sample sends unquoted keys: `{nbkIds: [...], module: "notebooks"}`.
     return services.get().runs.start(caller(), body(lenient=True))
 
 
-@route(NOTEBOOKS + "/_schedule", ["GET", "POST"], "Error occurred during request processing")
+@route(NOTEBOOKS + "/_schedule", ["GET", "POST"], "Error occurred during request processing", explain=True)
 def schedule_notebooks():
     services.get().scheduler.schedule(caller(), body())
     return word("Success")
 
 
-@route(NOTEBOOKS + "/_unschedule", ["GET", "POST"], "Error occurred during request processing")
+@route(NOTEBOOKS + "/_unschedule", ["GET", "POST"], "Error occurred during request processing", explain=True)
 def unschedule_notebooks():
     services.get().scheduler.unschedule(caller(), body())
     return word("Success")

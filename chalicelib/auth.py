@@ -50,7 +50,7 @@ def parse_basic(header) -> tuple:
         raise unauthorized()
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII header text
         raise unauthorized()
     username, colon, password = decoded.partition(":")
     if not colon or not username:

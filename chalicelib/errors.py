@@ -56,3 +56,8 @@ NO_NOTEBOOKS_DELETED = "No notebooks deleted"
 NAME_TAKEN = "A notebook with that name already exists"
 MODULE_REQUIRED = "Module name is required"
 RUN_NOT_FOUND = "Run not found"
+# Messages the seed gives word for word; others are details in the seed's "{str(e)}" slot.
+FIXED_MESSAGES = frozenset({
+    NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED, RUN_IDS_REQUIRED, NO_NOTEBOOK_FOUND, MISSING_NEW_NAME,
+    NOTEBOOK_ID_MISSING, MODULE_REQUIRED,
+})

@@ -47,7 +47,12 @@ def render(notebook) -> str:
     global _exporter
     with _lock:  # building the exporter loads its templates: once a process, one at a time
         if _exporter is None:
-            config = Config({"SanitizeHTML": {"tags": _TAGS, "attributes": _ATTRIBUTES}})
+            config = Config({"SanitizeHTML": {
+                "tags": _TAGS, "attributes": _ATTRIBUTES,
+                # SVG plots stay: the page embeds them as <img src="data:...">, where
+                # browsers run no script.
+                "safe_output_keys": [*SanitizeHTML().safe_output_keys, "image/svg+xml"],
+            }})
             _exporter = HTMLExporter(config=config)
             _exporter.register_preprocessor(SanitizeHTML, enabled=True)
         body, _ = _exporter.from_notebook_node(notebook)

@@ -33,22 +33,33 @@ def now_ms(clock=time.time) -> int:
     return int(clock() * 1000)
 
 
+PYTHON3_KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
 def new_notebook() -> nbformat.NotebookNode:
     """An empty nbformat v4 notebook with a python3 kernelspec."""
     return nbformat.v4.new_notebook(
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"},
-        }
+        metadata={"kernelspec": dict(PYTHON3_KERNELSPEC), "language_info": {"name": "python"}}
     )
 
 
 def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
-    """`value` as a valid nbformat v4 notebook, else a 400 with nbformat's reason."""
+    """`value` as a valid nbformat v4 notebook, else a 400 with nbformat's reason.
+
+    A notebook without a kernelspec gets python3's, the kernel the runner starts.
+    """
     if not isinstance(value, dict):
         raise bad_request(f"{field} must be a notebook (a JSON object)")
-    if value.get("nbformat") != 4:
+    version, minor = value.get("nbformat"), value.get("nbformat_minor")
+    if type(version) is not int or version != 4:
         raise bad_request(f"Invalid notebook in {field}: nbformat must be 4")
+    if type(minor) is not int or minor < 0:
+        raise bad_request(f"Invalid notebook in {field}: nbformat_minor must be a whole number")
+    cells, metadata = value.get("cells"), value.get("metadata")
+    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
+        raise bad_request(f"Invalid notebook in {field}: cells must be a list of objects")
+    if not isinstance(metadata, dict):
+        raise bad_request(f"Invalid notebook in {field}: metadata must be an object")
     try:
         # normalize() adds what newer minor versions require (cell ids) before validating;
         # on input it cannot repair it warns, and validate() below gives the reason.
@@ -59,6 +70,10 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
         nbformat.validate(notebook)
     except nbformat.ValidationError as error:
         raise bad_request(f"Invalid notebook in {field}: {error.message}")
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        # nbformat's helpers assume the schema holds; odd input can break them first.
+        raise bad_request(f"Invalid notebook in {field}: not an nbformat v4 notebook ({type(error).__name__})")
+    notebook.metadata.setdefault("kernelspec", nbformat.from_dict(PYTHON3_KERNELSPEC))
     return notebook
 
 
@@ -194,7 +209,7 @@ class NotebookService:
     def list(self, owner: str, limit=None, next_token=None) -> tuple:
         """(notebook objects oldest first, next page's token or None)."""
         at = now_ms(self._clock)
-        if limit is None and next_token is None:
+        if limit is None and not next_token:
             items, last_key = self._table.all(owner), None
         else:
             items, last_key = self._table.page(owner, limit, self._decode_token(owner, next_token))
@@ -212,13 +227,12 @@ class NotebookService:
         """Delete the listed notebooks the owner has: schedule, runs, file, then metadata.
 
         Each notebook is first flagged, so a delete that fails halfway is finished by the
-        same request sent again. Ids that are unknown are passed over; none deleted is the
-        seed's status-200 error.
+        same request sent again. Ids that are unknown or malformed are passed over; none
+        deleted is the seed's status-200 error.
         """
         ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
-        canonical = [payloads.canonical_id(value) for value in ids]
-        if None in canonical:
-            raise bad_request(NOTEBOOK_ID_INVALID)
+        # An id that is not even a UUID is, like an unknown one, not a notebook the caller owns.
+        canonical = dict.fromkeys(filter(None, map(payloads.canonical_id, ids)))
         deleted = 0
         for notebook_id in canonical:
             item = self._table.mark_deleting(owner, notebook_id)
@@ -266,7 +280,7 @@ class NotebookService:
 
     @staticmethod
     def _decode_token(owner: str, token):
-        if token is None:
+        if not token:
             return None
         try:
             key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))

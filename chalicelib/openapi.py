@@ -56,7 +56,8 @@ def document() -> dict:
         nb + "/{notebook_id}": {
             "parameters": _path_id("notebook_id"),
             "get": _operation("Fetch a notebook", notebook),
-            "put": _operation("Rename a notebook", word, {"type": "object", "properties": {
+            "put": _operation("Rename a notebook", {"type": "string", "example": "Rename Successful"},
+                              {"type": "object", "properties": {
                 "new_name": {"type": "string"}}}, errors=(400, 409)),
         },
         nb + "/{notebook_id}/content": {

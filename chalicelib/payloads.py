@@ -4,6 +4,7 @@ Nothing here touches storage, so a request that fails validation changes nothing
 """
 import json
 import keyword
+import math
 import re
 import unicodedata
 
@@ -18,10 +19,23 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_body(raw, lenient: bool = False) -> dict:
     """The request body as a dict; an empty body is `{}`.
 
-    `lenient` also accepts JSON5 (unquoted keys), which the seed's own Run sample uses.
+    Strict JSON: no NaN or Infinity, no lone surrogates (they cannot be stored as
+    UTF-8), no nesting deeper than Python can walk. `lenient` also accepts JSON5
+    (unquoted keys), which the seed's own Run sample uses.
     """
     if raw is None or not raw.strip():
         return {}
@@ -29,15 +43,22 @@ def parse_body(raw, lenient: bool = False) -> dict:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
         raise bad_request("Malformed JSON in request body: not UTF-8")
+    options = {"parse_float": _finite, "parse_constant": _no_constants}
     try:
-        value = json.loads(text)
-    except ValueError as strict_error:
-        if not lenient:
-            raise bad_request(f"Malformed JSON in request body: {strict_error}")
         try:
-            value = json5.loads(text)
-        except ValueError:
-            raise bad_request(f"Malformed JSON in request body: {strict_error}")
+            value = json.loads(text, **options)
+        except ValueError as strict_error:
+            if not lenient:
+                raise
+            try:
+                value = json5.loads(text, **options)
+            except ValueError:
+                raise strict_error
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
+        raise bad_request(f"Malformed JSON in request body: {error}")
+    except RecursionError:
+        raise bad_request("Malformed JSON in request body: nested too deeply")
     if not isinstance(value, dict):
         raise bad_request("Request body must be a JSON object")
     return value
@@ -85,12 +106,12 @@ def notebook_name(value, field: str = "new_name") -> str:
         raise bad_request(f"{field} must not contain '/' or '\\'")
     if ".." in name:
         raise bad_request(f"{field} must not contain '..'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters")
     if not name.endswith(EXTENSION):
         name += EXTENSION
     if not name[: -len(EXTENSION)].strip():
         raise bad_request(MISSING_NEW_NAME)
-    if len(name) > MAX_NAME_LENGTH:
-        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters")
     return name
 
 

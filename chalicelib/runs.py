@@ -43,8 +43,16 @@ def run_view(item: dict) -> dict:
         "started_at": optional_int("started_at"),
         "finished_at": optional_int("finished_at"),
         "progress": {"done": int(item.get("cells_done", 0)), "total": int(item.get("cells_total", 0))},
-        "error": item.get("error"),
+        "error": _error_view(item.get("error")),
     }
+
+
+def _error_view(error):
+    """A stored error with its cell index as an int (DynamoDB numbers come back as Decimal)."""
+    if not error:
+        return None
+    index = error.get("cell_index")
+    return {**error, "cell_index": int(index) if index is not None else None}
 
 
 class RunService:

@@ -11,7 +11,7 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import services
-from .errors import ApiError, error_response
+from .errors import FIXED_MESSAGES, ApiError, error_response
 
 OPENAPI_PATH = "/_notebooks/openapi.json"
 ANY_CONTENT_TYPE = ["*/*"]  # bodies are parsed by us, whatever the client labels them
@@ -29,14 +29,21 @@ def describe(error: Exception) -> str:
     return type(error).__name__
 
 
-def aws_failures(message: str):
-    """Decorate a view so that an AWS failure answers 503 `message: <cause>`."""
+def seed_failures(message: str, explain: bool):
+    """Decorate a view so that an AWS failure answers 503 `message: <cause>`, and, with
+    `explain`, a 400 whose message the seed does not fix word for word answers in the
+    seed's form for that endpoint, `message: <detail>`."""
 
     def wrap(view):
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             try:
                 return view(*args, **kwargs)
+            except ApiError as error:
+                if not explain or error.status != 400 or error.message in FIXED_MESSAGES \
+                        or error.message.startswith(message):
+                    raise
+                raise ApiError(400, f"{message}: {error.message}", error.headers) from error
             except (ClientError, BotoCoreError) as error:
                 error_log.warning("AWS failure in %s: %s", view.__name__, error)
                 raise ApiError(503, f"{message}: storage unavailable ({describe(error)})")

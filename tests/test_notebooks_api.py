@@ -96,6 +96,12 @@ def test_create_with_name_and_content(api, stack):
     assert api.json("GET", f"{BASE}/{created['notebook_id']}/content")["cells"][0]["source"] == "print(1)"
 
 
+def test_content_without_a_kernelspec_gets_python3s(api, stack):
+    content = {"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": []}
+    notebook_id = api.create(content=content)["notebook_id"]
+    assert stored_notebook(stack, "admin", notebook_id).metadata.kernelspec.name == "python3"
+
+
 def test_create_with_taken_name_is_409_and_leaves_no_file(api, stack):
     api.create(notebook_name="a.ipynb")
     before = stored_state(stack.settings)
@@ -115,8 +121,16 @@ def test_create_metadata_failure_removes_the_file(api, stack, monkeypatch):
     assert stored_state(stack.settings) == before
 
 
+_V4 = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}}
+
+
 @pytest.mark.parametrize("content, reason", [
-    ({"cells": []}, "nbformat must be 4"),
+    ({"cells": []}, "nbformat must be 4"), ({**_V4, "nbformat": 4.0, "cells": []}, "nbformat must be 4"),
+    ({**_V4, "nbformat_minor": "5", "cells": []}, "nbformat_minor"), ({**_V4, "cells": "x"}, "cells must be"),
+    ({**_V4, "cells": [None]}, "cells must be"), ({**_V4, "cells": [{"cell_type": 5}]}, "Invalid notebook"),
+    ({**_V4, "metadata": None, "cells": []}, "metadata must be"),
+    ({**_V4, "cells": [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": [5],
+                        "execution_count": None}]}, "Invalid notebook"),
     ({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "bogus"}]}, "Invalid notebook"),
     ([1, 2], "must be a notebook"),
 ])
@@ -124,6 +138,7 @@ def test_create_with_invalid_content_is_400(api, stack, content, reason):
     before = stored_state(stack.settings)
     status, message = error(api.call("POST", BASE, {"content": content}))
     assert status == 400 and reason in message
+    assert message.startswith("Error occurred while creating the notebook file: ")
     assert stored_state(stack.settings) == before
 
 
@@ -158,7 +173,7 @@ def test_rename_without_a_new_name(api, body):
 
 @pytest.mark.parametrize("name, why", [
     ("a/b", "'/'"), ("a\\b", "'/' or '\\'"), ("..", "'..'"), ("x..y", "'..'"), ("a\x00b", "control"),
-    ("a\nb", "control"), ("a\x7fb", "control"), ("n" * 250, "too long"), (42, "must be a string"),
+    ("a\nb", "control"), ("a\x7fb", "control"), ("n" * 256, "too long"), (42, "must be a string"),
     (["a"], "must be a string"),
 ])
 def test_rename_rejects_bad_names_and_changes_nothing(api, stack, name, why):
@@ -167,6 +182,11 @@ def test_rename_rejects_bad_names_and_changes_nothing(api, stack, name, why):
     status, message = error(api.call("PUT", f"{BASE}/{notebook_id}", {"new_name": name}))
     assert status == 400 and why in message and "new_name" in message
     assert stored_state(stack.settings) == before
+
+
+def test_the_name_limit_counts_the_name_as_given(api):
+    assert api.create(notebook_name="n" * 255)["notebook_name"] == "n" * 255 + ".ipynb"
+    assert error(api.call("POST", BASE, {"notebook_name": "m" * 256}))[0] == 400
 
 
 def test_unicode_names_work_end_to_end(api):
@@ -274,16 +294,23 @@ def test_delete_of_nothing_known_is_the_seed_200_error(api, stack):
     ({"nbk_ids": []}, "Notebook IDs are required"), ({"nbk_ids": None}, "Notebook IDs are required"),
     ({"nbk_ids": "abc"}, "nbk_ids must be a list"), ({"nbk_ids": [1, 2]}, "nbk_ids must contain only strings"),
     ({"nbk_ids": [{"id": 1}]}, "nbk_ids must contain only strings"),
-    ({"nbk_ids": ["x"] * 1001}, "at most 1000"), ({"nbk_ids": ["not-a-uuid"]}, "Notebook ID invalid."),
+    ({"nbk_ids": ["x"] * 1001}, "at most 1000"),
 ])
 def test_delete_bad_input_is_400_and_changes_nothing(api, stack, body, message):
-    notebook_id = api.create()["notebook_id"]
-    if body and body.get("nbk_ids") == ["not-a-uuid"]:
-        body = {"nbk_ids": [notebook_id, "not-a-uuid"]}  # the valid id must survive too
+    api.create()
     before = stored_state(stack.settings)
     status, got = error(api.call("DELETE", BASE, body))
     assert status == 400 and message in got
     assert stored_state(stack.settings) == before
+
+
+def test_delete_passes_over_ids_that_are_not_uuids_like_unknown_ones(api, stack):
+    notebook_id = api.create()["notebook_id"]
+    before = stored_state(stack.settings)
+    assert error(api.call("DELETE", BASE, {"nbk_ids": ["not-a-uuid", ""]})) == (200, "No notebooks deleted")
+    assert stored_state(stack.settings) == before
+    assert api.json("DELETE", BASE, {"nbk_ids": ["not-a-uuid", notebook_id]}) == "Success"
+    assert stored_state(stack.settings) == ([], [])
 
 
 def test_delete_that_fails_halfway_is_finished_by_a_retry(api, stack, monkeypatch):
@@ -356,6 +383,9 @@ def test_put_invalid_content_gives_nbformats_reason(api, stack):
     ("POST", BASE, b"{not json"), ("POST", BASE, b"[1, 2]"), ("POST", BASE, b'"text"'),
     ("POST", BASE, b"\xff\xfe"), ("DELETE", BASE, b'{"nbk_ids": ['), ("PUT", BASE + "/{id}", b"{'new_name': 'x'}"),
     ("PUT", BASE + "/{id}/content", b"nope"), ("POST", BASE, b'{"notebook_name": 5}'),
+    ("POST", BASE, b'{"notebook_name": "\\ud800"}'), ("PUT", BASE + "/{id}", b'{"new_name": "a\\udfffb"}'),
+    ("POST", BASE, b'{"notebook_name": NaN}'), ("POST", BASE, b'{"x": 1e999}'), ("POST", BASE, b"[" * 100000),
+    ("POST", BASE, b'{"a":' * 100000),
 ])
 def test_malformed_bodies_are_400_and_change_nothing(api, stack, method, path, raw):
     notebook_id = api.create(notebook_name="stay")["notebook_id"]
@@ -379,7 +409,7 @@ def test_body_over_the_limit_is_413(api, stack, monkeypatch):
 @pytest.mark.parametrize("header", [
     None, "", "Bearer abc", "Basic", "Basic !!!", basic("admin", "wrong"), basic("ghost", "admin"),
     "Basic " + base64.b64encode(b"no-colon").decode(), basic("", "admin"), basic("a" * 5000, "x"),
-    basic("a/b", "x"),
+    basic("a/b", "x"), "Basic caf\u00e9", "Basic \u2603\u2603\u2603\u2603",
 ])
 def test_every_failed_login_gets_the_same_401(api, stack, header):
     before = stored_state(stack.settings)

@@ -57,6 +57,7 @@ def test_bad_schedule_fields_are_400s_naming_the_field(api, fields, field):
     body = {"nbk_ids": [notebook_id], **{k: (future() if v == "{future}" else v) for k, v in fields.items()}}
     status, message = error(api.call("POST", BASE + "/_schedule", body))
     assert status == 400 and field in message
+    assert message.startswith("Error occurred during request processing: ")
     assert api.json("GET", f"{BASE}/{notebook_id}")["status"] == "Not Scheduled" and rule_names() == []
 
 
