@@ -6,7 +6,7 @@ import json
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import html, openapi, payloads, services, web
+from chalicelib import openapi, payloads, services, web
 from chalicelib.config import Settings
 from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
 
@@ -131,11 +131,10 @@ def get_run(run_id):
 @route(RUNS + "/{run_id}/output", ["GET"], "Error occurred while retrieving the run output")
 def run_output(run_id):
     output_format = (app.current_request.query_params or {}).get("format", "ipynb")
-    if output_format == "html":
-        return Response(body=services.get().runs.output_html(caller(), run_id), headers=html.HEADERS)
-    if output_format not in ("ipynb", "json"):
-        raise bad_request("format must be html or ipynb")
-    return services.get().runs.output(caller(), run_id)
+    output = services.get().runs.output(caller(), run_id, output_format)
+    if output.location:
+        return Response(body="", status_code=303, headers={"Location": output.location})
+    return Response(body=output.body, headers=output.headers)
 
 
 @app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)

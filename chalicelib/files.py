@@ -40,6 +40,12 @@ class NotebookFiles:
                 return None
             raise
 
+    def download_url(self, key: str, seconds: int = 300) -> str:
+        """A presigned URL that lets whoever holds it download `key` for `seconds`."""
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds
+        )
+
     def delete(self, key: str) -> None:
         """Delete `key`; deleting a missing object succeeds, so retries are safe."""
         self._s3.delete_object(Bucket=self._bucket, Key=key)

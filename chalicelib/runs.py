@@ -11,6 +11,8 @@ import queue
 import threading
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Optional
 
 import nbformat
 
@@ -53,6 +55,16 @@ def _error_view(error):
         return None
     index = error.get("cell_index")
     return {**error, "cell_index": int(index) if index is not None else None}
+
+
+@dataclass
+class RunOutput:
+    """An output ready to send: its body and headers, or, when too large to send, where
+    to download it."""
+
+    body: str
+    headers: dict
+    location: Optional[str] = None
 
 
 class RunService:
@@ -125,17 +137,32 @@ class RunService:
         item = self._notebooks.require(owner, notebook_id)
         return [run_view(self._reap(run)) for run in self._table.for_notebook(item["notebook_id"])]
 
-    def output(self, owner: str, run_id: str) -> nbformat.NotebookNode:
-        """The run's executed notebook (while it runs: its latest checkpoint)."""
+    def output(self, owner: str, run_id: str, output_format: str = "ipynb") -> "RunOutput":
+        """The run's executed notebook (while it runs: its latest checkpoint), as nbformat
+        JSON or (`html`) a sanitised page.
+
+        A response is capped at what Lambda returns (the body limit): a larger notebook is
+        offered as a short-lived S3 download link instead, a larger page is refused.
+        """
+        if output_format not in ("ipynb", "json", "html"):
+            raise bad_request("format must be html or ipynb")
         run = self._require(owner, run_id)
-        data = self._files.get(output_key(owner, run["notebook_id"], run_id))
+        key = output_key(owner, run["notebook_id"], run_id)
+        data = self._files.get(key)
         if data is None:
             raise ApiError(404, "Run output not available yet")
-        return nbformat.reads(data.decode("utf-8"), as_version=4)
-
-    def output_html(self, owner: str, run_id: str) -> str:
-        """The run's executed notebook as a sanitised HTML page."""
-        return html.render(self.output(owner, run_id))
+        notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
+        limit = self._settings.max_body_bytes
+        if output_format == "html":
+            page = html.render(notebook)
+            if len(page.encode("utf-8")) > limit:
+                raise ApiError(413, f"Run output too large to show as HTML (over {limit} bytes): "
+                                    "download it with format=ipynb")
+            return RunOutput(page, html.HEADERS)
+        body = json.dumps(notebook)
+        if len(body.encode("utf-8")) > limit:
+            return RunOutput("", {}, location=self._files.download_url(key))
+        return RunOutput(body, {"Content-Type": "application/json"})
 
     def forget_notebook(self, owner: str, item: dict) -> None:
         """Delete the runs of a deleted notebook: outputs first, then records."""

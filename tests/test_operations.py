@@ -1,9 +1,11 @@
 """Operations: the users command, CORS, and the real local stack driven over HTTP."""
+import base64
 import importlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,6 +141,35 @@ def test_local_stack_serves_openapi_without_credentials(local_stack):
     url, _ = local_stack
     document = requests.get(url + "/_notebooks/openapi.json").json()
     assert document["openapi"].startswith("3.") and BASE + "/_run" in document["paths"]
+
+
+def raw_http(url, request: bytes) -> bytes:
+    """Send `request` as is on a new connection; what comes back."""
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_local_stack_refuses_oversized_and_malformed_lengths_in_the_seed_shape(local_stack):
+    url, _ = local_stack
+    auth = base64.b64encode(b"admin:admin")
+    head = b"POST /_notebooks/notebooks/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + auth + b"\r\n"
+    huge = raw_http(url, head + b"Content-Length: 99999999999\r\n\r\n{")
+    assert huge.startswith(b"HTTP/1.1 413") and b'"status":413' in huge
+    bogus = raw_http(url, head + b"Content-Length: abc\r\n\r\n")
+    assert bogus.startswith(b"HTTP/1.1 400") and b'"status":400' in bogus
+
+
+def test_local_stack_reads_chunked_bodies(local_stack):
+    url, _ = local_stack
+    admin = ("admin", "admin")
+    chunks = (part for part in [b'{"notebook_', b'name": "chunked"}'])  # a generator: sent chunked
+    created = requests.post(url + BASE + "/", auth=admin, data=chunks)
+    assert created.json()["notebook_name"] == "chunked.ipynb"
 
 
 def test_local_stack_fires_a_schedule_at_its_minute(local_stack):

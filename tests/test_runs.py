@@ -1,4 +1,5 @@
 """Runs: the Run endpoint, the runner handler on a real kernel, dispatch, history, outputs."""
+import dataclasses
 import json
 import re
 import time
@@ -247,6 +248,22 @@ def test_html_output_shows_matplotlib_plots_png_and_svg(api, dispatched, executo
     page = api.call("GET", f"{RUNS}/{run['run_id']}/output?format=html").body.decode()
     assert re.search(r'<img [^>]*src="data:image/png;base64,', page)
     assert re.search(r'<img [^>]*src="data:image/svg\+xml;base64,', page)
+
+
+def test_an_output_too_large_for_a_lambda_response_is_offered_as_a_download(api, stack, dispatched, executor):
+    notebook_id = api.create(content=notebook_of("print('x' * 5000)"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    run_all(executor, dispatched)
+    stack.runs._settings = dataclasses.replace(stack.settings, max_body_bytes=4000)
+    response = api.call("GET", f"{RUNS}/{run['run_id']}/output")
+    assert response.status_code == 303
+    download = boto3.client("s3", region_name="us-east-1")  # the presigned URL names its object
+    location = response.headers["Location"]
+    assert f"runs/admin/{notebook_id}/{run['run_id']}.ipynb" in location and "Signature" in location
+    stored = download.get_object(Bucket=stack.settings.bucket, Key=f"runs/admin/{notebook_id}/{run['run_id']}.ipynb")
+    assert "x" * 5000 in stored["Body"].read().decode()
+    status, message = error(api.call("GET", f"{RUNS}/{run['run_id']}/output?format=html"))
+    assert status == 413 and "format=ipynb" in message
 
 
 def test_output_of_a_queued_run_is_not_there_yet(api, dispatched):
