@@ -38,6 +38,7 @@ _SKIP_TAG = "skip-execution"
 # A cell that starts after the deadline still needs a positive timeout: nbclient reads 0 as "none".
 _MIN_CELL_TIMEOUT = 0.01
 _LAMBDA_TMP = "/tmp"
+_KERNEL_READY_SECONDS = 60
 
 
 @dataclass
@@ -108,15 +109,24 @@ def _kernel_env() -> dict:
 
 
 class _Kernel:
-    """A started kernel and the private temporary folder it works in."""
+    """A started kernel, a client already connected to it, and the private temporary
+    folder it works in.
+
+    Connecting is part of the head start: a client's first wait for the kernel ends with
+    a fixed 0.2 s pause to flush its IOPub channel, paid here rather than by the run.
+    """
 
     def __init__(self, kernel_name: str):
         self.cwd = tempfile.mkdtemp(prefix="notebook-run-")
         self.km = AsyncKernelManager(kernel_name=kernel_name)
+        self.kc = None
         try:
             run_sync(self.km.start_kernel)(cwd=self.cwd, env=_kernel_env())
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            run_sync(self.kc.wait_for_ready)(timeout=_KERNEL_READY_SECONDS)
         except BaseException:
-            shutil.rmtree(self.cwd, ignore_errors=True)
+            self.shutdown()
             raise
 
     def is_alive(self) -> bool:
@@ -126,6 +136,8 @@ class _Kernel:
     def shutdown(self) -> None:
         """Kill the kernel (if nbclient has not already) and remove its folder."""
         try:
+            if self.kc is not None and self.kc.channels_running:
+                self.kc.stop_channels()
             # After a normal run nbclient has killed and reaped it; after a crash it only
             # cleaned up, so the dead process is still ours to reap.
             if self.km.has_kernel:
@@ -270,6 +282,7 @@ class _RunnerEngine(NBClientEngine):
             on_cell_execute=run.cell_execute,
             on_cell_executed=run.cell_executed,
         )
+        client.kc = run.kernel.kc  # connected at prewarm: nbclient uses a client it is given
         # nbclient leaves a kernel it was given running, with its client connected, unless
         # asked; the kernel is never reused, so have it kill the kernel and close the client.
         client.execute(cleanup_kc=True)
