@@ -2,7 +2,6 @@
 import base64
 import importlib
 import io
-import json
 import os
 import signal
 import socket
