@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 
 from . import aws, services
 from .config import Settings
@@ -45,15 +46,41 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _embedded_aws_server():
+    """Moto's threaded server, answering one AWS request at a time.
+
+    Moto's backends are not thread-safe: under concurrent requests a DynamoDB transaction
+    loses its atomicity (two notebooks got one name) or fails inside moto. Real DynamoDB
+    is atomic; serialising the embedded one makes it so here too.
+    """
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    one_at_a_time = threading.Lock()
+    moto_app = DomainDispatcherApplication(create_backend_app)
+
+    def serialised_app(environ, start_response):
+        with one_at_a_time:
+            return list(moto_app(environ, start_response))
+
+    class SerialMotoServer(ThreadedMotoServer):
+        def _server_entry(self):
+            self._server = make_server(self._ip_address, self._port, serialised_app, True,
+                                       request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 def start_embedded_aws():
     """Start moto's server on loopback and point this process's AWS clients at it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = _embedded_aws_server()
     server.start()
+    host, port = server.get_host_and_port()
     os.environ.update(LOCAL_AWS_ENV)
-    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
     services.reset()
     return server
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -140,6 +141,26 @@ def test_local_stack_serves_openapi_without_credentials(local_stack):
     url, _ = local_stack
     document = requests.get(url + "/_notebooks/openapi.json").json()
     assert document["openapi"].startswith("3.") and BASE + "/_run" in document["paths"]
+
+
+def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
+    """Many creates at once (many in one second), then many renames to one name."""
+    url, _ = local_stack
+    admin = ("admin", "admin")
+    with ThreadPoolExecutor(16) as pool:
+        created = list(pool.map(lambda _: requests.post(url + BASE + "/", auth=admin), range(32)))
+    assert [response.status_code for response in created] == [200] * 32
+    names = [response.json()["notebook_name"] for response in created]
+    assert len(set(names)) == 32
+    ids = [response.json()["notebook_id"] for response in created]
+    with ThreadPoolExecutor(16) as pool:
+        renamed = list(pool.map(
+            lambda notebook_id: requests.put(f"{url}{BASE}/{notebook_id}", auth=admin, json={"new_name": "one"}),
+            ids))
+    assert sorted(response.status_code for response in renamed) == [200] + [409] * 31
+    listed = [n["notebook_name"] for n in requests.get(url + BASE + "/_all", auth=admin).json()]
+    assert listed.count("one.ipynb") == 1
+    requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
 
 
 def raw_http(url, request: bytes) -> bytes:
