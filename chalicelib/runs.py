@@ -93,11 +93,10 @@ class RunService:
         runs = []
         for item in items:
             run = self.record(owner, item["notebook_id"], MANUAL, module=module, parameters=parameters)
-            if run is None:  # deleted since we looked
+            if run is None:  # deleted since we looked; the runs recorded so far are dispatched
                 raise bad_request(NOTEBOOK_ID_INVALID)
-            runs.append(run)
-        for run in runs:
             self._dispatch(run)
+            runs.append(run)
         return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
