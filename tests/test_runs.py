@@ -323,3 +323,17 @@ def test_a_failed_dispatch_fails_the_run_instead_of_leaving_it_queued(api, stack
     assert run["status"] == "failed"
     record = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert record["status"] == "failed" and record["error"]["ename"] == "DispatchError"
+
+
+def test_the_runner_lambda_entry_point_runs_a_dispatched_run(api, stack, dispatched):
+    """app.runner, the function Chalice deploys, given the payload the API invokes it with."""
+    import app
+
+    notebook_id = api.create(content=notebook_of("print('from the runner function')"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    try:
+        assert app.runner(dispatched.events[0], None) == {"run_id": run["run_id"], "status": "succeeded"}
+        assert app.runner(dispatched.events[0], None)["status"] == "skipped"  # Lambda's retry
+    finally:
+        stack.lambda_executor()._runner.close()  # the warm container's next kernel
+    assert "from the runner function" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
