@@ -122,9 +122,9 @@ class RunService:
             self._dispatcher.dispatch({"run_id": run["run_id"]})
         except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
             log.warning("dispatch of run %s failed: %s", run["run_id"], error)
-            self.finish(run["run_id"], FAILED, error={"cell_index": None, "ename": "DispatchError",
-                                                      "evalue": f"The run could not be started: {type(error).__name__}"},
-                        expected_status=QUEUED)
+            reason = {"cell_index": None, "ename": "DispatchError",
+                      "evalue": f"The run could not be started: {type(error).__name__}"}
+            self.finish(run["run_id"], FAILED, error=reason, expected_status=QUEUED)
             run["status"] = FAILED
 
     def get(self, owner: str, run_id: str) -> dict:
@@ -279,7 +279,8 @@ class LambdaDispatcher:
 
     def dispatch(self, event: dict) -> None:
         """Invoke the runner with `event`, without waiting for it."""
-        self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
+        self._lambda.invoke(FunctionName=self._function, InvocationType="Event",
+                            Payload=json.dumps(event).encode())
 
 
 class LocalDispatcher:
