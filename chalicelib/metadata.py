@@ -201,6 +201,27 @@ class NotebookTable:
             ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 
+    def lock(self, owner: str, notebook_id: str, token: str, now_ms: int, lease_ms: int) -> bool:
+        """Take the notebook's schedule lock for `lease_ms` (free, or its lease expired).
+
+        False when another holder has it, or the notebook's item is gone.
+        """
+        return _conditional_update(
+            self._table, Key=self.key(owner, notebook_id),
+            UpdateExpression="SET schedule_lock = :token, schedule_lock_until = :until",
+            ConditionExpression="attribute_exists(sk) AND "
+                                "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
+            ExpressionAttributeValues={":token": token, ":until": now_ms + lease_ms, ":now": now_ms},
+        )
+
+    def unlock(self, owner: str, notebook_id: str, token: str) -> None:
+        """Release the schedule lock if `token` still holds it."""
+        _conditional_update(
+            self._table, Key=self.key(owner, notebook_id),
+            UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
+            ConditionExpression="schedule_lock = :token", ExpressionAttributeValues={":token": token},
+        )
+
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""
         kwargs = {"IndexName": BY_CREATED, "KeyConditionExpression": "#o = :o",

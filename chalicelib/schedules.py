@@ -17,9 +17,12 @@ stores rules but never fires them.
 """
 import json
 import logging
+import random
 import re
 import threading
 import time
+import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
@@ -37,6 +40,11 @@ _UUID_LENGTH = 36
 _RULE_NAME_CHARS = re.compile(r"[.\-_A-Za-z0-9]*")
 _MAX_DESCRIPTION = 512
 _FAILURE = "Error occurred during request processing: "
+_MINUTE_MS = 60_000
+# A request holds a notebook's schedule lock for at most API Gateway's 29 s; a crashed
+# holder's lease runs out after that.
+_LOCK_LEASE_MS = 30_000
+_LOCK_WAIT_SECONDS = 10
 
 
 def _code(error: ClientError) -> str:
@@ -97,18 +105,22 @@ class Scheduler:
             "until_ms": int(spec.until_utc.timestamp() * 1000), "expression": spec.expression,
         }
         changes = {"schedule": record, "updated_at": int(now * 1000), "updated_by": owner}
-        touched = []  # items as read before this request changed them, for the roll-back
-        try:
-            for item in items:
-                touched.append(item)
-                self._install(owner, item["notebook_id"], record)
-                if not self._table.update(owner, item["notebook_id"], changes):
-                    self._remove_rule(item["notebook_id"])  # deleted meanwhile: leave no rule behind
-        except Exception as error:
-            self._roll_back(owner, touched)
-            if isinstance(error, (ClientError, BotoCoreError)):
-                raise ApiError(400, _FAILURE + _reason(error)) from error
-            raise
+        ids = [item["notebook_id"] for item in items]
+        with self._locked(owner, ids):
+            # Read again under the lock: the roll-back restores what was there just before.
+            items = [item for item in map(lambda nid: self._notebooks.live(owner, nid), ids) if item]
+            touched = []
+            try:
+                for item in items:
+                    touched.append(item)
+                    self._install(owner, item["notebook_id"], record)
+                    if not self._table.update(owner, item["notebook_id"], changes):
+                        self._remove_rule(item["notebook_id"])  # deleted meanwhile: leave no rule behind
+            except Exception as error:
+                self._roll_back(owner, touched)
+                if isinstance(error, (ClientError, BotoCoreError)):
+                    raise ApiError(400, _FAILURE + _reason(error)) from error
+                raise
 
     def unschedule(self, owner: str, body: dict) -> None:
         """Remove the schedules of the listed notebooks (`nbk_ids`); idempotent.
@@ -116,18 +128,20 @@ class Scheduler:
         Ids are all checked first. If AWS fails midway, the notebooks already done stay
         unscheduled and the same request again finishes the rest.
         """
-        items = self._owned_items(owner, body)
+        ids = [item["notebook_id"] for item in self._owned_items(owner, body)]
         changes = {"updated_at": now_ms(self._clock), "updated_by": owner}
         try:
-            for item in items:
-                self._table.update(owner, item["notebook_id"], changes, remove=("schedule",))
-                self._remove_rule(item["notebook_id"])
+            with self._locked(owner, ids):
+                for notebook_id in ids:
+                    self._table.update(owner, notebook_id, changes, remove=("schedule",))
+                    self._remove_rule(notebook_id)
         except (ClientError, BotoCoreError) as error:
             raise ApiError(400, _FAILURE + _reason(error)) from error
 
     def forget_notebook(self, owner: str, item: dict) -> None:
         """Remove a deleted notebook's rule and target, if any (NotebookService.delete calls it)."""
-        self._remove_rule(item["notebook_id"])
+        with self._locked(owner, [item["notebook_id"]]):
+            self._remove_rule(item["notebook_id"])
 
     def expire_if_past(self, owner: str, notebook_id: str) -> bool:
         """For the runner, when a scheduled event arrives: True means do not run.
@@ -144,13 +158,41 @@ class Scheduler:
             if canonical:
                 self._remove_rule(canonical)
             return True
-        if int(schedule["until_ms"]) > now_ms(self._clock):
+        # The firing in `until`'s own minute still runs: `until` 06:50 includes the 06:50 run.
+        if int(schedule["until_ms"]) + _MINUTE_MS > now_ms(self._clock):
             return False
         # Conditional: a reschedule between our read and this write keeps its schedule and rule.
         expired = {"until_ms": schedule["until_ms"], "expression": schedule["expression"]}
-        if self._table.remove_if(owner, canonical, "schedule", expired):
-            self._remove_rule(canonical)
+        with self._locked(owner, [canonical]):
+            if self._table.remove_if(owner, canonical, "schedule", expired):
+                self._remove_rule(canonical)
         return True
+
+    @contextmanager
+    def _locked(self, owner: str, notebook_ids: list):
+        """Hold the schedule locks of these notebooks (in id order, so two requests never
+        wait on each other in a circle): a notebook's rule and stored schedule change
+        together, one request at a time. A notebook whose item is gone needs no lock."""
+        token, held = uuid.uuid4().hex, []
+        try:
+            for notebook_id in sorted(set(notebook_ids)):
+                if self._acquire(owner, notebook_id, token):
+                    held.append(notebook_id)
+            yield
+        finally:
+            for notebook_id in held:
+                self._table.unlock(owner, notebook_id, token)
+
+    def _acquire(self, owner: str, notebook_id: str, token: str) -> bool:
+        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+        while True:
+            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), _LOCK_LEASE_MS):
+                return True
+            if self._table.get(owner, notebook_id) is None:
+                return False
+            if time.monotonic() > deadline:
+                raise ApiError(409, _FAILURE + "another request is changing this notebook's schedule; try again")
+            time.sleep(random.uniform(0.01, 0.05))
 
     def _owned_items(self, owner: str, body: dict) -> list:
         """The items of the listed notebooks, without repeats; a 400 if any is not the owner's."""

@@ -1,16 +1,19 @@
 """Operations: the users command, CORS, and the real local stack driven over HTTP."""
 import base64
 import importlib
+import re
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import pytest
 import requests
 
@@ -60,28 +63,51 @@ def test_cors_is_on_for_the_configured_origin_only(stack, monkeypatch):
         importlib.reload(app)
 
 
+class RunningStack:
+    """A local stack process and everything it has printed (read as it comes, so the
+    pipe never fills and blocks it)."""
+
+    def __init__(self, port: int):
+        env = {**os.environ, "PORT": str(port), "NOTEBOOKS_USERS": "admin:admin,eve:eve-pw"}
+        for name in list(env):
+            if name.startswith("AWS_"):
+                del env[name]  # the local stack needs no AWS settings at all
+        self.process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def embedded_aws(self, service: str):
+        """A client of the stack's embedded AWS, at the address it printed."""
+        [endpoint] = re.findall(r"Embedded AWS \(moto\) on (\S+)", self.output())
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="local", aws_secret_access_key="local")
+
+
 @pytest.fixture(scope="module")
-def local_stack():
+def running_stack():
     """`python -m chalicelib.localstack` (what `make dev` runs) on a free port."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "NOTEBOOKS_USERS": "admin:admin,eve:eve-pw"}
-    for name in list(env):
-        if name.startswith("AWS_"):
-            del env[name]  # the local stack needs no AWS settings at all
-    process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    stack = RunningStack(free_port())
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            requests.get(url + BASE + "/_count", auth=("admin", "admin"), timeout=2)
+            requests.get(stack.url + BASE + "/_count", auth=("admin", "admin"), timeout=2)
             break
         except requests.ConnectionError:
-            assert process.poll() is None, process.stdout.read()
+            assert stack.process.poll() is None, stack.output()
             time.sleep(0.2)
-    yield url, process
-    if process.poll() is None:
-        process.kill()
+    yield stack
+    if stack.process.poll() is None:
+        stack.process.kill()
+
+
+@pytest.fixture
+def local_stack(running_stack):
+    return running_stack.url, running_stack.process
 
 
 def test_local_stack_serves_the_api_over_http(local_stack):
@@ -213,9 +239,35 @@ def test_local_stack_fires_a_schedule_at_its_minute(local_stack):
     assert wait_for_run(url, runs[0]["run_id"], admin)["status"] == "succeeded"
 
 
-def test_local_stack_stops_on_ctrl_c(local_stack):
-    _, process = local_stack
+def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_requests(running_stack):
+    """Schedules and unschedules of the same notebooks at once: afterwards a notebook reads
+    Scheduled exactly when its EventBridge rule exists."""
+    url, admin = running_stack.url, ("admin", "admin")
+    events = running_stack.embedded_aws("events")
+    ids = [requests.post(url + BASE + "/", auth=admin).json()["notebook_id"] for _ in range(3)]
+    until = (datetime.now(timezone.utc) + timedelta(days=7)).strftime("%Y-%m-%d %H:%M")
+
+    def change(step):
+        if step % 3 == 2:
+            return requests.post(url + BASE + "/_unschedule", auth=admin, json={"nbk_ids": ids})
+        return requests.post(url + BASE + "/_schedule", auth=admin,
+                             json={"nbk_ids": ids, "until": until, "time": f"0{step % 10}:00"})
+
+    for _ in range(6):
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(change, range(6)))
+        assert [answer.status_code for answer in answers] == [200] * 6
+        rules = {rule["Name"] for rule in events.list_rules(NamePrefix="notebooks-")["Rules"]}
+        for notebook_id in ids:
+            scheduled = requests.get(f"{url}{BASE}/{notebook_id}", auth=admin).json()["status"] == "Scheduled"
+            assert scheduled == (f"notebooks-{notebook_id}" in rules)
+    requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
+    assert not [r for r in events.list_rules(NamePrefix="notebooks-")["Rules"] if r["Name"][10:] in ids]
+
+
+def test_local_stack_stops_on_ctrl_c(running_stack):
+    process = running_stack.process
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0
-    output = process.stdout.read()
-    assert "Local-only credentials: admin:admin, eve:eve-pw" in output
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert "Local-only credentials: admin:admin, eve:eve-pw" in running_stack.output()

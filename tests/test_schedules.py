@@ -346,29 +346,61 @@ def test_deleting_a_notebook_removes_its_rule(stack, scheduler, events):
     scheduler.forget_notebook("admin", {"notebook_id": notebook_id})  # again: nothing left, no error
 
 
+# --- One change at a time per notebook -------------------------------------------------
+
+def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(stack, scheduler, events, clock,
+                                                                                 monkeypatch):
+    notebook_id = new(stack)
+    table = stack.notebooks._table
+    assert table.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
+    monkeypatch.setattr("chalicelib.schedules._LOCK_WAIT_SECONDS", 0.2)
+    before = snapshot(stack, events)
+    with pytest.raises(ApiError) as raised:
+        scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
+    assert raised.value.status == 409 and "try again" in raised.value.message
+    assert snapshot(stack, events) == before
+    table.unlock("admin", notebook_id, "other-request")
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
+    assert set(rules(events)) == {PREFIX + notebook_id}
+    assert "schedule_lock" not in table.get("admin", notebook_id)  # released after use
+
+
+def test_a_lock_whose_holder_died_is_taken_over_after_its_lease(stack, scheduler, events, clock):
+    notebook_id = new(stack)
+    stack.notebooks._table.lock("admin", notebook_id, "crashed-request", int(clock.now * 1000) - 31_000, 30_000)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
+    assert set(rules(events)) == {PREFIX + notebook_id}
+
+
 # --- Until ----------------------------------------------------------------------------
 
 def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
-    for now, past in [("2030-01-01 12:59:59", False), ("2030-01-01 13:00:00", True),
-                      ("2030-01-01 13:00:30", True), ("2030-01-08 13:00:00", True)]:
+    """The view reads Not Scheduled from `until` on; a firing in `until`'s own minute still
+    runs (until 13:00 includes the 13:00 run); the first firing after that expires it."""
+    for now, shown_scheduled, runs in [
+        ("2030-01-01 12:59:59", True, True), ("2030-01-01 13:00:00", False, True),
+        ("2030-01-01 13:00:59", False, True), ("2030-01-01 13:01:00", False, False),
+        ("2030-01-08 13:00:00", False, False),
+    ]:
         clock.now = NOW
         notebook_id = new(stack)
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": "2030-01-01 13:00"})
         clock.now = epoch(now)
         # The view alone already says Not Scheduled once until has passed, rule or not.
-        assert stack.notebooks.fetch("admin", notebook_id)["status"] == ("Not Scheduled" if past else "Scheduled"), now
+        status = stack.notebooks.fetch("admin", notebook_id)["status"]
+        assert status == ("Scheduled" if shown_scheduled else "Not Scheduled"), now
         assert set(rules(events)) == {PREFIX + notebook_id}, now
-        assert scheduler.expire_if_past("admin", notebook_id) is past, now
-        assert set(rules(events)) == (set() if past else {PREFIX + notebook_id}), now
-        assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is not past, now
-        assert stack.notebooks.count("admin")["Scheduled"] == (0 if past else 1), now
+        assert scheduler.expire_if_past("admin", notebook_id) is not runs, now
+        assert set(rules(events)) == ({PREFIX + notebook_id} if runs else set()), now
+        assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is runs, now
+        assert stack.notebooks.count("admin")["Scheduled"] == (1 if shown_scheduled else 0), now
         stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
 
 
 def test_expiry_keeps_a_schedule_replaced_since_it_was_read(stack, scheduler, events, clock, monkeypatch):
     notebook_id = new(stack)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": "2030-01-01 13:00"})
-    clock.now = epoch("2030-01-01 13:00")
+    clock.now = epoch("2030-01-01 13:01")
     table, real_get = stack.notebooks._table, stack.notebooks._table.get
 
     def read_then_rescheduled(owner, nid):
