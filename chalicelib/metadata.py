@@ -242,6 +242,15 @@ class NotebookTable:
             if not start:
                 return items
 
+    def note_run(self, owner: str, notebook_id: str, at_ms: int) -> None:
+        """Move `last_run` to `at_ms`, unless a later run is already there: conditional, so
+        runs recorded at the same time leave the latest, never an earlier one."""
+        _conditional_update(
+            self._table, Key=self.key(owner, notebook_id), UpdateExpression="SET last_run = :at",
+            ConditionExpression="attribute_exists(sk) AND (attribute_not_exists(last_run) OR last_run < :at)",
+            ExpressionAttributeValues={":at": at_ms},
+        )
+
     def mark_deleting(self, owner: str, notebook_id: str):
         """Flag the notebook as being deleted, so reads treat it as gone; its item, or None.
 
@@ -285,7 +294,8 @@ class RunTable:
         self.name = table.name
 
     def create(self, run: dict) -> bool:
-        """Store a new run and count it on its notebook, in one transaction.
+        """Store a new run and count it on its notebook, in one transaction, then move the
+        notebook's `last_run` to it, unless a later run got there first.
 
         False when the notebook is gone (or being deleted) or the run id exists already.
         """
@@ -295,15 +305,16 @@ class RunTable:
                     {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
                     {"Update": {"TableName": self._notebooks.name,
                                 "Key": self._notebooks.key(run["owner"], run["notebook_id"]),
-                                "UpdateExpression": "ADD no_of_runs :one SET last_run = :at",
+                                "UpdateExpression": "ADD no_of_runs :one",
                                 "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting)",
-                                "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]}}},
+                                "ExpressionAttributeValues": {":one": 1}}},
                 ]
             )
         except ClientError as error:
             if _is_cancelled(error) and "ConditionalCheckFailed" in _cancellation_codes(error):
                 return False
             raise
+        self._notebooks.note_run(run["owner"], run["notebook_id"], run["created_at"])
         return True
 
     def get(self, run_id: str):

@@ -106,12 +106,14 @@ def notebook_name(value, field: str = "new_name") -> str:
         raise bad_request(f"{field} must not contain '/' or '\\'")
     if ".." in name:
         raise bad_request(f"{field} must not contain '..'")
-    if len(name) > MAX_NAME_LENGTH:
-        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters")
     if not name.endswith(EXTENSION):
         name += EXTENSION
-    if not name[: -len(EXTENSION)].strip():
+    stem = name[: -len(EXTENSION)]
+    if not stem.strip():
         raise bad_request(MISSING_NEW_NAME)
+    # The limit is on the name the user chose; `.ipynb` comes on top, given or not.
+    if len(stem) > MAX_NAME_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters before .ipynb")
     return name
 
 

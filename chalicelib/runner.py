@@ -103,9 +103,10 @@ def _forbid_inspection_by_kernels() -> None:
 
 
 def _kernel_env() -> dict:
-    """This process's environment minus AWS_* (credentials, profile, endpoints): user code
-    must not act with the service's AWS identity."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    """This process's environment minus AWS_* (credentials, profile, endpoints) and the
+    service's own NOTEBOOKS_* settings (the local stack's users and passwords among them):
+    user code must not act with the service's identity or read its configuration."""
+    return {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "NOTEBOOKS_"))}
 
 
 class _Kernel:

@@ -146,7 +146,7 @@ class RunService:
         if output_format not in ("ipynb", "json", "html"):
             raise bad_request("format must be html or ipynb")
         run = self._require(owner, run_id)
-        key = output_key(owner, run["notebook_id"], run_id)
+        key = output_key(owner, run["notebook_id"], run["run_id"])
         data = self._files.get(key)
         if data is None:
             raise ApiError(404, "Run output not available yet")
@@ -190,8 +190,13 @@ class RunService:
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
         return self._table.transition(run_id, expected_status, changes)
 
+    def is_gone(self, run_id: str) -> bool:
+        """Whether the run's record was deleted (with its notebook)."""
+        return self._table.get(run_id) is None
+
     def _require(self, owner: str, run_id: str) -> dict:
-        run = self._table.get(run_id) if payloads.canonical_id(run_id) == run_id else None
+        run_id = payloads.canonical_id(run_id)
+        run = self._table.get(run_id) if run_id else None
         if run is None or run["owner"] != owner:
             raise ApiError(404, RUN_NOT_FOUND)
         return self._reap(run)
@@ -259,7 +264,8 @@ class RunExecutor:
             )
             self._files.put(target, serialise(execution.notebook))
             status = FAILED if execution.error else SUCCEEDED
-            self._runs.finish(run_id, status, error=execution.error)
+            if not self._runs.finish(run_id, status, error=execution.error) and self._runs.is_gone(run_id):
+                self._files.delete(target)  # the notebook was deleted while it ran: leave no output
             return status
         except Exception as error:
             log.exception("run %s failed in the runner", run_id)

@@ -275,7 +275,8 @@ def test_output_of_a_queued_run_is_not_there_yet(api, dispatched):
 
 def test_user_code_does_not_get_the_services_aws_credentials(api, dispatched, executor, monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "service-token")
-    code = "import os; print(sorted(k for k in os.environ if k.startswith('AWS_')))"
+    monkeypatch.setenv("NOTEBOOKS_USERS", "admin:admin,eve:secret")  # the local stack's passwords
+    code = "import os; print(sorted(k for k in os.environ if k.startswith(('AWS_', 'NOTEBOOKS_'))))"
     notebook_id = api.create(content=notebook_of(code))["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     run_all(executor, dispatched)
@@ -337,3 +338,34 @@ def test_the_runner_lambda_entry_point_runs_a_dispatched_run(api, stack, dispatc
     finally:
         stack.lambda_executor()._runner.close()  # the warm container's next kernel
     assert "from the runner function" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
+
+
+def test_run_ids_are_read_in_any_case(api, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
+    assert api.json("GET", f"{RUNS}/{run['run_id'].upper()}")["run_id"] == run["run_id"]
+
+
+def test_last_run_never_goes_back_to_an_earlier_run(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    later, earlier = 1_900_000_000, 1_899_999_000
+    for moment in (later, earlier):  # recorded in this order, as concurrent requests may be
+        stack.runs._clock = lambda moment=moment: moment
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
+    fetched = api.json("GET", f"{BASE}/{notebook_id}")
+    assert fetched["last_run"] == later * 1000 and fetched["no_of_runs"] == 2
+
+
+def test_a_notebook_deleted_while_it_runs_leaves_no_output(api, stack, dispatched, executor, monkeypatch):
+    notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
+    api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
+    runner = executor._runner
+    real_execute = runner.execute
+
+    def delete_meanwhile(*args, **kwargs):
+        api.json("DELETE", BASE, {"nbk_ids": [notebook_id]})
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "execute", delete_meanwhile)
+    run_all(executor, dispatched)
+    assert stored_state(stack.settings) == ([], [])
