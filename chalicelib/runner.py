@@ -109,6 +109,14 @@ def _kernel_env() -> dict:
     return {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "NOTEBOOKS_"))}
 
 
+def _stderr_error(cell) -> dict:
+    """{"ename", "evalue"} from the last "Name: message" line a cell wrote to stderr, or {}."""
+    lines = [line for output in cell.get("outputs", []) if output.get("name") == "stderr"
+             for line in output.get("text", "").splitlines() if line.strip()]
+    name, colon, value = (lines[-1] if lines else "").partition(": ")
+    return {"ename": name, "evalue": value} if colon and name.isidentifier() else {}
+
+
 class _Kernel:
     """A started kernel, a client already connected to it, and the private temporary
     folder it works in.
@@ -374,6 +382,8 @@ class NotebookRunner:
             # papermill inserted two marker cells; drop them so cell_index matches the notebook.
             run.notebook = remove_error_markers(run.notebook)
             run.error = {"cell_index": exc.cell_index, "ename": exc.ename, "evalue": exc.evalue}
+            if not exc.evalue:  # e.g. IPython's UsageError: reported on stderr, not as an error output
+                run.error.update(_stderr_error(run.notebook.cells[exc.cell_index]))
         except (CellTimeoutError, DeadKernelError):
             if run.error is None:
                 raise

@@ -371,3 +371,13 @@ def test_in_lambda_the_runner_process_becomes_non_dumpable():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.stdout.split() == ["1", "0"]
+
+
+def test_an_error_ipython_reports_on_stderr_is_named():
+    runner = NotebookRunner(run_timeout=30)
+    try:
+        execution = runner.execute(new_notebook(cells=[new_code_cell("%no_such_magic")]))
+    finally:
+        runner.close()
+    assert execution.error["cell_index"] == 0 and execution.error["ename"] == "UsageError"
+    assert "no_such_magic" in execution.error["evalue"]
