@@ -39,6 +39,9 @@ def provision(settings: Settings, users=()) -> None:
         store.add(name, password)
 
 
+_CONNECTION_BACKLOG = 128
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as probe:
@@ -170,6 +173,9 @@ def serve(host: str, port: int):
     server.server.RequestHandlerClass = functools.partial(
         _request_handler(services.get().settings.max_body_bytes), app_object=application.app, config=config
     )
+    # http.server queues 5 connections; a burst of clients would be reset. Listening again
+    # on the bound socket raises the backlog.
+    server.server.socket.listen(_CONNECTION_BACKLOG)
     return server
 
 

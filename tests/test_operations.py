@@ -189,6 +189,14 @@ def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
     requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
 
 
+def test_local_stack_answers_a_burst_of_clients(local_stack):
+    url, _ = local_stack
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(lambda _: requests.get(url + BASE + "/_count", auth=("admin", "admin"), timeout=60)
+                                .status_code, range(96)))
+    assert answers == [200] * 96
+
+
 def raw_http(url, request: bytes) -> bytes:
     """Send `request` as is on a new connection; what comes back."""
     host, port = url.split("//")[1].split(":")
