@@ -47,6 +47,23 @@ def dynamodb_table(name: str, region: str):
         return _resources[key]
 
 
+def error_code(error: Exception) -> str:
+    """The AWS error code of a botocore ClientError (e.g. "NoSuchKey"), else ""."""
+    response = getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code", "")
+
+
+def all_items(operation, **request) -> list:
+    """Every item of a DynamoDB Query or Scan (`table.query`, `table.scan`), page by page."""
+    items = []
+    while True:
+        page = operation(**request)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def reset():
     """Forget the session and every client, so the next use reads the environment again."""
     global _session

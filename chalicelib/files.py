@@ -4,6 +4,8 @@ Keys use ids, never names, so a rename moves no object and leaves none behind.
 """
 from botocore.exceptions import ClientError
 
+from .aws import error_code
+
 
 def notebook_key(owner: str, notebook_id: str) -> str:
     """Where a notebook's .ipynb lives."""
@@ -36,7 +38,7 @@ class NotebookFiles:
         try:
             return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            if error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise
 

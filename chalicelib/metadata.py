@@ -13,6 +13,8 @@ Runs table:
 """
 from botocore.exceptions import ClientError
 
+from .aws import all_items, error_code
+
 NOTEBOOK_PREFIX = "nb#"
 NAME_PREFIX = "name#"
 BY_CREATED = "by_created"
@@ -90,11 +92,11 @@ def _cancellation_codes(error: ClientError) -> list:
 
 
 def _is_cancelled(error: ClientError) -> bool:
-    return error.response["Error"]["Code"] == "TransactionCanceledException"
+    return error_code(error) == "TransactionCanceledException"
 
 
 def _is_condition_failure(error: ClientError) -> bool:
-    return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    return error_code(error) == "ConditionalCheckFailedException"
 
 
 def _conditional_update(table, **update) -> bool:
@@ -323,16 +325,10 @@ class RunTable:
 
     def for_notebook(self, notebook_id: str) -> list:
         """Every run of the notebook, newest first."""
-        items, kwargs = [], {
-            "IndexName": BY_NOTEBOOK, "KeyConditionExpression": "notebook_id = :n",
-            "ExpressionAttributeValues": {":n": notebook_id}, "ScanIndexForward": False,
-        }
-        while True:
-            page = self._table.query(**kwargs)
-            items += page["Items"]
-            if "LastEvaluatedKey" not in page:
-                return items
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return all_items(
+            self._table.query, IndexName=BY_NOTEBOOK, KeyConditionExpression="notebook_id = :n",
+            ExpressionAttributeValues={":n": notebook_id}, ScanIndexForward=False,
+        )
 
     def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
         """Apply `changes` if the run is still in `expected_status`."""

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import cron, payloads
+from .aws import error_code
 from .errors import NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED, ApiError, bad_request
 from .notebooks import now_ms
 
@@ -47,14 +48,10 @@ _LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
 
 
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
 def _reason(error: Exception) -> str:
     """A short cause for the client: the AWS error code, never the raw message."""
     if isinstance(error, ClientError):
-        code = _code(error) or "UnknownError"
+        code = error_code(error) or "UnknownError"
         if code == "LimitExceededException" and error.operation_name == "PutRule":
             return f"EventBridge rule quota reached ({code})"
         return f"AWS refused {error.operation_name} ({code})"
@@ -227,7 +224,7 @@ class Scheduler:
             self._events.remove_targets(Rule=name, Ids=[TARGET_ID])
             self._events.delete_rule(Name=name)
         except ClientError as error:
-            if _code(error) != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":
                 raise
 
     def _roll_back(self, owner: str, items: list) -> None:
@@ -331,8 +328,8 @@ class LocalEventClock:
             pages = self._events.get_paginator("list_targets_by_rule").paginate(Rule=name)
             targets = [target for page in pages for target in page["Targets"]]
         except ClientError as error:
-            if _code(error) != "ResourceNotFoundException":  # deleted since listed: nothing due
-                logger.error("local event clock: rule %s: cannot list targets (%s)", name, _code(error))
+            if error_code(error) != "ResourceNotFoundException":  # deleted since listed: nothing due
+                logger.error("local event clock: rule %s: cannot list targets (%s)", name, error_code(error))
             return fired
         for target in targets:
             try:

@@ -52,13 +52,8 @@ class UserStore:
 
     def names(self) -> list:
         """Every username, sorted."""
-        names, kwargs = [], {"ProjectionExpression": "username"}
-        while True:
-            page = self._table.scan(**kwargs)
-            names += [item["username"] for item in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return sorted(names)
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = aws.all_items(self._table.scan, ProjectionExpression="username")
+        return sorted(item["username"] for item in items)
 
 
 def parse_user_list(spec: str) -> list:

@@ -11,6 +11,7 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import services
+from .aws import error_code
 from .errors import FIXED_MESSAGES, ApiError, error_response
 
 OPENAPI_PATH = "/_notebooks/openapi.json"
@@ -25,7 +26,7 @@ error_log = logging.getLogger("chalicelib.errors")
 def describe(error: Exception) -> str:
     """A short cause for an AWS failure: its error code, never the raw message."""
     if isinstance(error, ClientError):
-        return error.response.get("Error", {}).get("Code", "AWS error")
+        return error_code(error) or "AWS error"
     return type(error).__name__
 
 
