@@ -145,4 +145,4 @@ def openapi_document():
 @app.lambda_function(name="runner")
 def runner(event, context):
     """The runner function: executes runs dispatched by the API and fired by schedules."""
-    return services.get().lambda_executor().handle(event)
+    return services.get().runner_executor().handle(event)

@@ -3,19 +3,21 @@
 It knows nothing of S3, DynamoDB or HTTP: the caller hands it a notebook, gets back an
 `Execution` (the executed notebook and, if the run failed, where and why) and stores it.
 
-Each run gets a kernel of its own, started without the process's AWS credentials in a
-private temporary folder, and shut down (folder and all) after that one run, so nothing a
-notebook does can reach the next one. `prewarm()` starts the next kernel ahead of need.
+Nothing a notebook does reaches a later run (see sandbox.py): each run gets a kernel of its
+own, started without the process's AWS credentials or service settings, with private,
+fresh folders (working folder, HOME, IPython, Jupyter, TMPDIR: no shared startup file,
+config, kernel spec or history), history kept in memory, and a session key that is never
+written to disk. After the run, the kernel and every process the run started are killed,
+its folders removed, and with `shared_tmp` (Lambda's /tmp) everything else it wrote there
+too. `prewarm()` starts the next kernel ahead of need, only once the previous run is swept.
 
-Threads: one NotebookRunner must be used from one thread only (kernel and client share
-that thread's event loop, see jupyter_core.utils.run_sync); separate runners may run in
-separate threads at the same time.
+One NotebookRunner per process: the sweep ends every process that appeared below this
+process during a run. It must be used from one thread (kernel and client share that
+thread's event loop, see jupyter_core.utils.run_sync).
 """
-import ctypes
 import math
 import os
-import shutil
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 import nbformat
 import papermill
 from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
@@ -32,15 +35,20 @@ from papermill.exceptions import PapermillExecutionError
 from papermill.execute import remove_error_markers
 from papermill.log import logger
 
+from . import sandbox
+
 _ENGINE_NAME = "notebook-runner"
 # nbclient does not run cells with this tag; we pass it explicitly so the progress total agrees.
 _SKIP_TAG = "skip-execution"
 # A cell that starts after the deadline still needs a positive timeout: nbclient reads 0 as "none".
 _MIN_CELL_TIMEOUT = 0.01
-_LAMBDA_TMP = "/tmp"
+LAMBDA_TMP = "/tmp"
 _KERNEL_READY_SECONDS = 60
-
-
+# The folder holding `chalicelib`: the kernel's launcher is imported from it.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Settings of the runner's own process that a kernel must not inherit: the service's
+# identity and configuration, and any pointer to shared Jupyter/IPython folders.
+_PRIVATE_PREFIXES = ("AWS_", "NOTEBOOKS_", "JUPYTER", "IPYTHON", "PYTHONSTARTUP")
 @dataclass
 class Execution:
     """The outcome of one run.
@@ -54,59 +62,69 @@ class Execution:
     error: Optional[dict]
 
 
-def prepare_lambda_environment() -> None:
-    """In AWS Lambda (AWS_LAMBDA_FUNCTION_NAME set), point HOME, JUPYTER_RUNTIME_DIR,
-    JUPYTER_DATA_DIR, JUPYTER_CONFIG_DIR, IPYTHONDIR, MPLCONFIGDIR and XDG_CACHE_HOME under
-    /tmp, the only writable place, create those folders, put the deployment package on
-    the kernel's PYTHONPATH, and make this process non-dumpable so that kernels cannot
-    read its credentials through /proc. Elsewhere do nothing.
+def prepare_lambda_environment(tmp: str = LAMBDA_TMP) -> Optional[str]:
+    """In AWS Lambda (AWS_LAMBDA_FUNCTION_NAME set), point HOME at `tmp`, the only
+    writable place, for the runner process itself, and return `tmp`: the folder every run
+    can write to, which the runner empties after each run. Elsewhere do nothing and
+    return None. Kernels get folders of their own for each run (sandbox.RunFolders).
 
-    Call it once at start-up, before the first kernel starts (kernels inherit it).
+    Call it once at start-up, before the first kernel starts.
     """
     if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        return
-    _forbid_inspection_by_kernels()
-    folders = {
-        "HOME": _LAMBDA_TMP,
-        "JUPYTER_RUNTIME_DIR": f"{_LAMBDA_TMP}/jupyter/runtime",
-        "JUPYTER_DATA_DIR": f"{_LAMBDA_TMP}/jupyter/data",
-        "JUPYTER_CONFIG_DIR": f"{_LAMBDA_TMP}/jupyter/config",
-        "IPYTHONDIR": f"{_LAMBDA_TMP}/ipython",
-        "MPLCONFIGDIR": f"{_LAMBDA_TMP}/matplotlib",
-        "XDG_CACHE_HOME": f"{_LAMBDA_TMP}/.cache",
-    }
-    for name, folder in folders.items():
-        os.makedirs(folder, exist_ok=True)
-        os.environ[name] = folder
-    # The runtime puts the package (ipykernel included) on the handler's sys.path only;
-    # the kernel is a new process and finds it through PYTHONPATH.
-    task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
-    paths = [task_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != task_root]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+        return None
+    os.environ["HOME"] = tmp
+    return tmp
 
 
-_PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
+def _kernel_env(folders: sandbox.RunFolders) -> dict:
+    """The kernel's environment: this process's, minus AWS_* (credentials, profile,
+    endpoints), the service's NOTEBOOKS_* settings (the local stack's users among them)
+    and shared Jupyter/IPython pointers; plus the run's private folders, and this package
+    on PYTHONPATH for the kernel's launcher (on Lambda the runtime puts it on the
+    handler's sys.path only)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(_PRIVATE_PREFIXES)}
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
+    return {**env, **folders.env, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *paths])}
 
 
-def _forbid_inspection_by_kernels() -> None:
-    """Make this process non-dumpable, as ssh-agent does.
+def unsupported_kernel(notebook: NotebookNode) -> Optional[str]:
+    """Why `notebook` cannot run here (its kernel spec names another language), or None.
 
-    Lambda's credentials live in this process's environment. Kernels get an environment
-    without them, but run as the same user, and could otherwise read them back from
-    /proc/<runner pid>/environ or /proc/<runner pid>/mem; a non-dumpable process's /proc
-    entries belong to root. The flag is not inherited across exec, so kernels stay
-    ordinary processes.
+    Only Python kernels exist here; a notebook without a kernel spec, or with any Python
+    kernel's name (python3, a conda environment's), runs on python3.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    spec = notebook.metadata.get("kernelspec") or {}
+    name = str(spec.get("name") or "")
+    language = str(spec.get("language") or notebook.metadata.get("language_info", {}).get("name") or "")
+    if not spec or language.lower() == "python" or (not language and name.lower().startswith("python")):
+        return None
+    return (f"No such kernel: {name or language!r}"
+            + (f" (language {language})" if language else "")
+            + ". This service runs Python notebooks, on the python3 kernel")
 
 
-def _kernel_env() -> dict:
-    """This process's environment minus AWS_* (credentials, profile, endpoints) and the
-    service's own NOTEBOOKS_* settings (the local stack's users and passwords among them):
-    user code must not act with the service's identity or read its configuration."""
-    return {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "NOTEBOOKS_"))}
+class _RunnerKernelSpecs(KernelSpecManager):
+    """The one kernel spec a run may use, fixed in code: none is read from disk, where a
+    notebook could have written one for the next run."""
+
+    def get_kernel_spec(self, kernel_name):
+        return KernelSpec(
+            argv=[sys.executable, "-m", "chalicelib.kernel", "-f", "{connection_file}",
+                  "--HistoryManager.hist_file=:memory:"],  # history: never in a shared file
+            display_name="Python 3", language="python", name="python3",
+        )
+
+
+class _KeyOffDiskKernelManager(AsyncKernelManager):
+    """A kernel manager whose connection file holds no session key: the kernel
+    (chalicelib.kernel) reads the key from its standard input instead."""
+
+    def write_connection_file(self, **kwargs):
+        key, self.session.key = self.session.key, b""
+        try:
+            super().write_connection_file(**kwargs)
+        finally:
+            self.session.key = key
 
 
 def _stderr_error(cell) -> dict:
@@ -118,21 +136,31 @@ def _stderr_error(cell) -> dict:
 
 
 class _Kernel:
-    """A started kernel, a client already connected to it, and the private temporary
-    folder it works in.
+    """A started kernel, a client already connected to it, and the run's private folders.
 
     Connecting is part of the head start: a client's first wait for the kernel ends with
     a fixed 0.2 s pause to flush its IOPub channel, paid here rather than by the run.
     """
 
-    def __init__(self, kernel_name: str):
-        self.cwd = tempfile.mkdtemp(prefix="notebook-run-")
-        self.km = AsyncKernelManager(kernel_name=kernel_name)
+    def __init__(self, shared_tmp: Optional[str]):
+        self.folders = sandbox.RunFolders(base=shared_tmp)
+        self.km = _KeyOffDiskKernelManager(kernel_name="python3", kernel_spec_manager=_RunnerKernelSpecs(),
+                                           connection_file=self.folders.connection_file)
         self.kc = None
         try:
-            run_sync(self.km.start_kernel)(cwd=self.cwd, env=_kernel_env())
+            key_reader, key_writer = os.pipe()  # the key reaches the kernel through its stdin
+            try:
+                os.write(key_writer, self.km.session.key + b"\n")
+                os.close(key_writer)
+                run_sync(self.km.start_kernel)(cwd=self.folders.workdir, env=_kernel_env(self.folders),
+                                               stdin=key_reader)
+            finally:
+                os.close(key_reader)
             self.kc = self.km.client()
             self.kc.start_channels()
+            # As nbclient does for a client it starts: input() fails at once
+            # (StdinNotImplementedError) instead of waiting for an answer nobody sends.
+            self.kc.allow_stdin = False
             run_sync(self.kc.wait_for_ready)(timeout=_KERNEL_READY_SECONDS)
         except BaseException:
             self.shutdown()
@@ -143,7 +171,7 @@ class _Kernel:
         return run_sync(self.km.is_alive)()
 
     def shutdown(self) -> None:
-        """Kill the kernel (if nbclient has not already) and remove its folder."""
+        """Kill the kernel (if nbclient has not already) and remove its folders."""
         try:
             if self.kc is not None and self.kc.channels_running:
                 self.kc.stop_channels()
@@ -152,7 +180,7 @@ class _Kernel:
             if self.km.has_kernel:
                 run_sync(self.km.shutdown_kernel)(now=True)
         finally:
-            shutil.rmtree(self.cwd, ignore_errors=True)
+            self.folders.remove()
 
 
 @dataclass
@@ -310,15 +338,23 @@ class NotebookRunner:
     def __init__(
         self,
         run_timeout: float,
-        kernel_name: str = "python3",
         progress_interval: float = 1.0,
         checkpoint_interval: float = 30.0,
+        shared_tmp: Optional[str] = None,
+        sweep_whole_user: bool = False,
     ):
+        """`shared_tmp`: a folder every run can write to (Lambda's /tmp), which holds the
+        runs' private folders and is emptied after each run; None: the system's
+        temporary folder, left alone. `sweep_whole_user`: after a run, end every new
+        process of this user, not only those below this process (Lambda)."""
         self.run_timeout = run_timeout
-        self.kernel_name = kernel_name
         self.progress_interval = progress_interval
         self.checkpoint_interval = checkpoint_interval
+        self._shared_tmp = shared_tmp
+        self._sweep_whole_user = sweep_whole_user
         self._waiting: Optional[_Kernel] = None
+        self._processes: Optional[sandbox.ProcessSweep] = None
+        sandbox.adopt_orphans()  # a run's orphaned processes stay ours to find and end
 
     def prewarm(self) -> None:
         """Start a fresh kernel ahead of need (no-op if a fresh, live one is already waiting).
@@ -330,7 +366,9 @@ class NotebookRunner:
                 return
             self._waiting.shutdown()
             self._waiting = None
-        self._waiting = _Kernel(self.kernel_name)
+        self._processes = sandbox.ProcessSweep(whole_user=self._sweep_whole_user)
+        self._processes.start()  # whatever exists before the kernel is not the run's
+        self._waiting = _Kernel(self._shared_tmp)
 
     def execute(
         self,
@@ -341,8 +379,12 @@ class NotebookRunner:
     ) -> Execution:
         """Execute `notebook` with papermill, injecting `parameters` (None or {}: none).
 
-        Uses the prewarmed kernel if one is alive, else starts one; either way that kernel
-        is shut down afterwards and its folder removed. It does not prewarm the next one.
+        Uses the prewarmed kernel if one is alive, else starts one. Afterwards that kernel
+        and every process the run started are killed, and its folders (and with
+        `shared_tmp`, everything in it) removed. It does not prewarm the next one.
+
+        A notebook whose kernel spec names another language is not run: the Execution
+        carries the unchanged notebook and a NoSuchKernel error.
 
         on_progress(done, total): total counts the code cells to run, i.e. code cells
         with non-blank source not tagged "skip-execution", papermill's injected-parameters
@@ -357,6 +399,10 @@ class NotebookRunner:
         are returned in Execution.error, not raised.
         """
         deadline = time.monotonic() + self.run_timeout  # starting a kernel now counts too
+        refusal = unsupported_kernel(notebook)
+        if refusal:
+            return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel",
+                                                       "evalue": refusal})
         self.prewarm()
         kernel, self._waiting = self._waiting, None
         run = _Run(
@@ -374,7 +420,7 @@ class NotebookRunner:
                 None,
                 parameters=parameters,
                 engine_name=_ENGINE_NAME,
-                kernel_name=self.kernel_name,
+                kernel_name="python3",
                 progress_bar=False,
                 run=run,
             )
@@ -389,8 +435,15 @@ class NotebookRunner:
                 raise
         finally:
             kernel.shutdown()
+            self._sweep()
         run.report_progress()
         return Execution(notebook=run.notebook, error=run.error)
+
+    def _sweep(self) -> None:
+        """End what the run left: its processes, and what it wrote to the shared folder."""
+        self._processes.sweep()
+        if self._shared_tmp:
+            sandbox.empty_folder(self._shared_tmp)
 
     def close(self) -> None:
         """Shut down any waiting kernel."""

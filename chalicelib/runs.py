@@ -1,14 +1,12 @@
 """Runs: their records, their dispatch to the runner, and the runner's event handler.
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
-waiting (Lambda `Event` invocation in AWS, a local worker pool in `make dev`), claimed
+waiting (Lambda `Event` invocation in AWS, local worker processes in `make dev`), claimed
 `running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
 notebook in S3. A run whose runner vanished is reported `failed` once its deadline passes.
 """
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -275,6 +273,14 @@ class RunExecutor:
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
 
+    def prewarm(self) -> None:
+        """Start the first run's kernel ahead of need."""
+        self._runner.prewarm()
+
+    def close(self) -> None:
+        """Shut down the kernel waiting for the next run."""
+        self._runner.close()
+
 
 class LambdaDispatcher:
     """Hands runs to the runner function with asynchronous (`Event`) invocations."""
@@ -287,48 +293,3 @@ class LambdaDispatcher:
         """Invoke the runner with `event`, without waiting for it."""
         self._lambda.invoke(FunctionName=self._function, InvocationType="Event",
                             Payload=json.dumps(event).encode())
-
-
-class LocalDispatcher:
-    """The local stand-in for Lambda: a bounded pool of worker threads, each with its own
-    runner and a kernel started ahead of need, calling the same handler as the Lambda."""
-
-    def __init__(self, make_executor, workers: int):
-        self._queue = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._work, args=(make_executor,), name=f"runner-{i}", daemon=True)
-            for i in range(max(1, workers))
-        ]
-        self._stopping = threading.Event()
-
-    def start(self) -> None:
-        """Start the workers."""
-        for thread in self._threads:
-            thread.start()
-
-    def dispatch(self, event: dict) -> None:
-        """Queue `event` for the next free worker."""
-        self._queue.put(event)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Let the workers finish what they are doing, shut their kernels, and return."""
-        self._stopping.set()
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
-
-    def _work(self, make_executor) -> None:
-        executor, runner = make_executor()
-        try:
-            runner.prewarm()
-            while not self._stopping.is_set():
-                event = self._queue.get()
-                if event is None:
-                    break
-                try:
-                    executor.handle(event)
-                except Exception:  # noqa: BLE001 - a worker outlives any one event
-                    log.exception("local runner failed on %s", event)
-        finally:
-            runner.close()

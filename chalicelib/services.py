@@ -5,14 +5,15 @@ Nothing is built at import time, so tests and the local stack set the environmen
 """
 import threading
 
-from . import aws
+from . import aws, sandbox
 from .auth import Authenticator
 from .config import Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .runner import NotebookRunner, prepare_lambda_environment
-from .runs import LambdaDispatcher, LocalDispatcher, RunExecutor, RunService
+from .local_lambda import LocalDispatcher
+from .runs import LambdaDispatcher, RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
 
@@ -29,7 +30,7 @@ class Services:
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)
         if settings.dispatch == "local":
-            self.dispatcher = LocalDispatcher(self.local_executor, settings.local_workers)
+            self.dispatcher = LocalDispatcher(settings.local_workers)
         else:
             self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
         self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
@@ -39,7 +40,7 @@ class Services:
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
-        self._lambda_executor = None
+        self._runner_executor = None
 
     def runner_arn(self) -> str:
         """The runner function's ARN, the target of schedule rules."""
@@ -49,17 +50,20 @@ class Services:
                                 f"{self.settings.runner_function}")
         return self._runner_arn
 
-    def local_executor(self) -> tuple:
-        """(executor, runner) for one local worker thread: each has its own kernel."""
-        runner = NotebookRunner(self.settings.run_timeout)
-        return RunExecutor(self.runs, self.files, self.scheduler, runner), runner
+    def runner_executor(self) -> RunExecutor:
+        """The executor of this process, a Lambda container or a local worker process: one
+        per process, since its runner ends every process a run leaves below this one.
 
-    def lambda_executor(self) -> RunExecutor:
-        """The executor of this Lambda container; its runner keeps a kernel warm between runs."""
-        if self._lambda_executor is None:
-            prepare_lambda_environment()  # before the first kernel: only /tmp is writable
-            self._lambda_executor, _ = self.local_executor()
-        return self._lambda_executor
+        The process is made non-dumpable first, so kernels (same user) cannot read its
+        credentials or settings through /proc or attach to it.
+        """
+        if self._runner_executor is None:
+            shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
+            sandbox.forbid_inspection()
+            runner = NotebookRunner(self.settings.run_timeout, shared_tmp=shared_tmp,
+                                    sweep_whole_user=shared_tmp is not None)
+            self._runner_executor = RunExecutor(self.runs, self.files, self.scheduler, runner)
+        return self._runner_executor
 
 
 _lock = threading.Lock()

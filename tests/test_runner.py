@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -245,7 +244,7 @@ def test_kernel_gets_no_aws_variables(runner, monkeypatch):
 
 def test_each_run_has_a_temporary_folder_removed_afterwards(runner):
     runner.prewarm()
-    folder = runner._waiting.cwd
+    folder = runner._waiting.folders.workdir
     assert os.path.isdir(folder)
 
     execution = runner.execute(
@@ -267,7 +266,7 @@ def test_close_removes_the_waiting_kernel_and_its_folder():
     runner.close()
 
     assert not waiting.km.has_kernel
-    assert not os.path.exists(waiting.cwd)
+    assert not os.path.exists(waiting.folders.root)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
@@ -283,94 +282,34 @@ def test_runs_leave_no_open_files_behind(runner):
     assert open_files() <= before
 
 
-def test_two_runners_in_threads_run_concurrently():
-    nb = notebook(
-        new_code_cell("name = None", metadata={"tags": ["parameters"]}),
-        "import time; started = time.time(); time.sleep(1.5); print(name, started, time.time())",
-    )
-    ready = threading.Barrier(2)
-    results = {}
-
-    def work(name):
-        runner = NotebookRunner(run_timeout=20)
-        try:
-            runner.prewarm()
-            ready.wait()
-            results[name] = runner.execute(nb, parameters={"name": name})
-        finally:
-            runner.close()
-
-    threads = [threading.Thread(target=work, args=(name,)) for name in ("one", "two")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-
-    spans = {}
-    for name, execution in results.items():
-        assert execution.error is None
-        printed_name, started, ended = stdout(execution.notebook.cells[-1]).split()
-        assert printed_name == name
-        spans[name] = (float(started), float(ended))
-    assert set(spans) == {"one", "two"}
-    # the two sleeps overlapped in time
-    assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values())
-
-
-def test_prepare_lambda_environment_points_everything_at_tmp(monkeypatch):
-    names = [
-        "HOME",
-        "JUPYTER_RUNTIME_DIR",
-        "JUPYTER_DATA_DIR",
-        "JUPYTER_CONFIG_DIR",
-        "IPYTHONDIR",
-        "MPLCONFIGDIR",
-        "XDG_CACHE_HOME",
-    ]
-    for name in names:
-        monkeypatch.setenv(name, "/not/writable")
-
+def test_prepare_lambda_environment_points_home_at_tmp_only_in_lambda(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", "/not/writable")
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
-    prepare_lambda_environment()
-    assert all(os.environ[name] == "/not/writable" for name in names)
+    assert prepare_lambda_environment(str(tmp_path)) is None
+    assert os.environ["HOME"] == "/not/writable"
 
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
-    prepare_lambda_environment()
-    for name in names:
-        assert os.environ[name].startswith("/tmp"), name
-        assert os.path.isdir(os.environ[name])
+    assert prepare_lambda_environment(str(tmp_path)) == str(tmp_path)
+    assert os.environ["HOME"] == str(tmp_path)
 
 
-
-def test_prepare_lambda_environment_puts_the_package_on_the_kernels_path(monkeypatch):
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
-    monkeypatch.setenv("LAMBDA_TASK_ROOT", "/var/task")
-    monkeypatch.setenv("PYTHONPATH", "/var/runtime")
-    for name in ("HOME", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "IPYTHONDIR",
-                 "MPLCONFIGDIR", "XDG_CACHE_HOME"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
-    prepare_lambda_environment()
-    assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
-    prepare_lambda_environment()  # idempotent: a warm container calls it again
-    assert os.environ["PYTHONPATH"].split(os.pathsep) == ["/var/task", "/var/runtime"]
-
-
-def test_in_lambda_the_runner_process_becomes_non_dumpable():
-    """In a child process, since the flag cannot be undone: /proc/<pid>/environ of a
-    non-dumpable process is closed to other processes of the same (non-root) user."""
+def test_the_runner_process_becomes_non_dumpable_and_adopts_orphans():
+    """In a child process, since neither flag can be undone: /proc/<pid>/environ of a
+    non-dumpable process is closed to other processes of the same (non-root) user, and a
+    subreaper's orphaned descendants are re-parented to it."""
     script = (
-        "import ctypes, os\n"
-        "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'notebooks-runner'\n"
-        "os.environ['HOME'] = os.environ['XDG_CACHE_HOME'] = '/tmp'\n"
-        "from chalicelib.runner import prepare_lambda_environment\n"
+        "import ctypes\n"
+        "from chalicelib import sandbox\n"
         "libc = ctypes.CDLL(None)\n"
-        "before = libc.prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
-        "prepare_lambda_environment()\n"
-        "print(before, libc.prctl(3, 0, 0, 0, 0))\n"
+        "reaper = ctypes.c_int(-1)\n"
+        "before = libc.prctl(3, 0, 0, 0, 0), libc.prctl(37, ctypes.byref(reaper), 0, 0, 0) or reaper.value\n"
+        "sandbox.forbid_inspection(); sandbox.adopt_orphans()\n"
+        "libc.prctl(37, ctypes.byref(reaper), 0, 0, 0)\n"  # PR_GET_CHILD_SUBREAPER
+        "print(*before, libc.prctl(3, 0, 0, 0, 0), reaper.value)\n"  # PR_GET_DUMPABLE
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert result.stdout.split() == ["1", "0"]
+    assert result.stdout.split() == ["1", "0", "0", "1"]
 
 
 def test_an_error_ipython_reports_on_stderr_is_named():

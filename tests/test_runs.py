@@ -336,7 +336,7 @@ def test_the_runner_lambda_entry_point_runs_a_dispatched_run(api, stack, dispatc
         assert app.runner(dispatched.events[0], None) == {"run_id": run["run_id"], "status": "succeeded"}
         assert app.runner(dispatched.events[0], None)["status"] == "skipped"  # Lambda's retry
     finally:
-        stack.lambda_executor()._runner.close()  # the warm container's next kernel
+        stack.runner_executor().close()  # the warm container's next kernel
     assert "from the runner function" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
 
 

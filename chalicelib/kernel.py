@@ -1,0 +1,59 @@
+"""A run's kernel process: ipykernel, started so that only its own runner can talk to it.
+
+The runner starts it as `python -m chalicelib.kernel -f <connection file> [options]` and
+writes the session key on its standard input. The connection file names the ports but
+holds no key, so another notebook that finds the file (same user, same machine) still
+cannot sign a message the kernel would accept. The process makes itself non-dumpable
+before it reads the key, so its memory, environment and file descriptors are closed to
+other processes of the same user, and it cannot be ptrace-attached.
+"""
+import os
+import sys
+import time
+
+from chalicelib.sandbox import forbid_inspection
+
+_CONNECTION_FILE_WAIT_SECONDS = 5.0
+
+
+def _read_key() -> bytes:
+    """The session key from standard input; stdin is then /dev/null, as ipykernel expects
+    (a notebook's input() goes through the frontend, never the process's stdin)."""
+    key = sys.stdin.buffer.readline().rstrip(b"\n")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return key
+
+
+def main() -> None:
+    """Start ipykernel with the key from stdin."""
+    forbid_inspection()
+    key = _read_key()
+    # As ipykernel_launcher does: no module of the working folder shadows ours at start.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    from ipykernel.kernelapp import IPKernelApp
+
+    class RunKernelApp(IPKernelApp):
+        def load_connection_file(self, connection_file=None):
+            # The kernel manager may rewrite the file once right after launch: wait for it.
+            deadline = time.monotonic() + _CONNECTION_FILE_WAIT_SECONDS
+            while True:
+                try:
+                    super().load_connection_file(connection_file)
+                    break
+                except FileNotFoundError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            self.session.key = key
+
+        def write_connection_file(self, **kwargs):
+            """Nothing to write: the runner's file has every port, and ours would add the key."""
+
+    RunKernelApp.launch_instance()
+
+
+if __name__ == "__main__":
+    main()
