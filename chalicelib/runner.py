@@ -389,7 +389,8 @@ class NotebookRunner:
         on_progress(done, total): total counts the code cells to run, i.e. code cells
         with non-blank source not tagged "skip-execution", papermill's injected-parameters
         cell included; done counts those that finished, with or without an error. The last
-        call always carries the final figures (done < total if the run failed).
+        call always carries the final figures. done < total when the run failed, and when the
+        notebook ended itself with `sys.exit(0)`, which papermill counts as a success.
 
         on_checkpoint(notebook) receives the live, partially executed notebook: serialize
         it before returning, since execution goes on mutating it. The final notebook is

@@ -47,7 +47,7 @@ def adopt_orphans() -> None:
 
 
 def _stat_fields(pid: int):
-    """(ppid, start time, uid) of a process, or None if it is gone."""
+    """(ppid, start time, uid, state) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat_file:
             data = stat_file.read()
@@ -55,17 +55,18 @@ def _stat_fields(pid: int):
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
-    return int(fields[1]), int(fields[19]), uid
+    return int(fields[1]), int(fields[19]), uid, fields[0]
 
 
-def _processes() -> dict:
-    """{pid: (ppid, start time, uid)} of every process visible now."""
+def _processes(include_dead: bool = False) -> dict:
+    """{pid: (ppid, start time, uid)} of every process visible now; without
+    `include_dead`, zombies (dead already: only their parent's wait removes them) left out."""
     table = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat_fields(int(name))
-            if fields is not None:
-                table[int(name)] = fields
+            if fields is not None and (include_dead or fields[3] not in (b"Z", b"X")):
+                table[int(name)] = fields[:3]
     return table
 
 
@@ -95,16 +96,17 @@ class ProcessSweep:
 
     With `whole_user`, it also ends every other process of this user that did not exist
     at `start()`, except this process's ancestors: on Lambda, where a container serves
-    one invocation at a time, nothing else of the runner's user may outlive a run.
+    one invocation at a time, nothing else of the runner's user may outlive a run. Never
+    for root, whose processes are the whole machine's.
     """
 
     def __init__(self, whole_user: bool = False):
-        self._whole_user = whole_user
+        self._whole_user = whole_user and os.getuid() != 0
         self._before = set()
 
     def start(self) -> None:
         """Remember what exists now (processes that are not the run's)."""
-        self._before = {(pid, started) for pid, (_, started, _) in _processes().items()}
+        self._before = {(pid, started) for pid, (_, started, _) in _processes(include_dead=True).items()}
 
     def _targets(self) -> list:
         me = os.getpid()
@@ -140,10 +142,10 @@ class ProcessSweep:
         return len(killed)
 
     def _reap(self) -> None:
-        """Collect the exit status of the run's dead children (orphans re-parented here
-        included), so that none stays a zombie."""
+        """Collect the exit status of the run's dead children (its orphans re-parented
+        here), so that none stays a zombie."""
         me = os.getpid()
-        for pid, (ppid, started, _) in _processes().items():
+        for pid, (ppid, started, _) in _processes(include_dead=True).items():
             if ppid == me and (pid, started) not in self._before:
                 try:
                     os.waitpid(pid, os.WNOHANG)

@@ -153,6 +153,16 @@ def test_progress_counts_code_cells_and_ends_with_final_figures():
     assert len(calls) >= 4  # interval 0: one call per executed cell, then the final one
 
 
+def test_sys_exit_zero_succeeds_with_fewer_cells_done_as_in_papermill(runner):
+    seen = []
+    execution = runner.execute(notebook("print(1)", "import sys; sys.exit(0)", "print(3)"),
+                               on_progress=lambda done, total: seen.append((done, total)))
+
+    assert execution.error is None
+    assert seen[-1] == (2, 3)
+    assert execution.notebook.cells[2].outputs == []
+
+
 def test_progress_is_throttled_but_final_call_always_made():
     runner = NotebookRunner(run_timeout=20, progress_interval=100)
     calls = []

@@ -1,0 +1,278 @@
+"""Run isolation: hostile notebooks against the production runner, in Lambda's layout.
+
+`shared` stands for Lambda's /tmp (prepare_lambda_environment() pointed at a private
+folder): the one place every run of a warm container can write to. One user's notebook
+plants everything it can; the next run, another user's, looks for each plant.
+"""
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from chalicelib.runner import NotebookRunner, prepare_lambda_environment
+
+def notebook(*cells, kernelspec=None):
+    """A notebook whose first cell is a papermill parameters cell."""
+    nb = new_notebook(cells=[new_code_cell("shared = None\noutside = None", metadata={"tags": ["parameters"]})]
+                      + [new_code_cell(source) for source in cells])
+    nb.metadata.kernelspec = kernelspec or {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def printed(execution) -> str:
+    return "".join(out.get("text", "") for cell in execution.notebook.cells for out in cell.get("outputs", [])
+                   if out.output_type == "stream")
+
+
+def report(execution) -> dict:
+    """The JSON the observer's last cell printed."""
+    assert execution.error is None, execution.error
+    return json.loads(printed(execution).strip().splitlines()[-1])
+
+
+ATTACK = r'''
+import json, os, subprocess, sys, time
+planted_code = f"print('PLANTED'); open({os.path.join(outside, 'startup-ran')!r}, 'a').write(repr(In) if 'In' in dir() else 'ran')"
+ipython_dirs = {os.environ["IPYTHONDIR"], os.path.expanduser("~/.ipython"), os.path.join(shared, "ipython"),
+                os.path.join(shared, ".ipython")}
+for base in ipython_dirs:
+    os.makedirs(os.path.join(base, "profile_default", "startup"), exist_ok=True)
+    with open(os.path.join(base, "profile_default", "startup", "00-planted.py"), "w") as f:
+        f.write(planted_code)
+    with open(os.path.join(base, "profile_default", "ipython_kernel_config.py"), "w") as f:
+        f.write(f"c.IPKernelApp.exec_lines = [{planted_code!r}]")
+for base in {os.environ["JUPYTER_CONFIG_DIR"], os.path.join(shared, "jupyter", "config")}:
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "jupyter_config.py"), "w") as f:
+        f.write(f"{planted_code}\n")
+password = "hunter2-very-secret"
+with open(os.path.join(shared, "leftover.txt"), "w") as f:
+    f.write(password)
+os.makedirs(os.path.join(shared, "locked", "inner"))
+with open(os.path.join(shared, "locked", "inner", "kept.txt"), "w") as f:
+    f.write(password)
+os.chmod(os.path.join(shared, "locked"), 0)
+'''
+
+# A process that leaves the kernel's session and process group, double-forks (so its
+# parent is gone) and ignores SIGTERM and SIGHUP, then reports its pid and lives on.
+SURVIVOR = r'''
+import os, signal, subprocess, sys, time
+code = """
+import os, signal, sys, time
+if os.fork(): os._exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN)
+with open(sys.argv[1], 'w') as f: f.write(str(os.getpid()))
+while True: time.sleep(0.1)
+"""
+pid_file = os.path.join(outside, "survivor.pid")
+subprocess.Popen([sys.executable, "-c", code, pid_file], start_new_session=True)
+for _ in range(200):
+    if os.path.exists(pid_file) and open(pid_file).read():
+        break
+    time.sleep(0.05)
+print("survivor", open(pid_file).read())
+'''
+
+OBSERVE = r'''
+import glob, json, os
+history = get_ipython().history_manager
+secret = "hunter" + "2-very-secret"  # split, so this cell's own source does not match
+found_in_history = [entry for entry in history.search(f"*{secret}*")] + [
+    path for path in glob.glob(os.path.join(shared, "**", "*.sqlite"), recursive=True)]
+print(json.dumps({
+    "startup_ran": os.path.exists(os.path.join(outside, "startup-ran")),
+    "history_file": str(history.hist_file),
+    "found_in_history": [str(item) for item in found_in_history],
+    "shared_now": sorted(os.listdir(shared)),
+    "home_plants": [os.path.join(folder, name) for folder, _, names in os.walk(os.path.expanduser("~"))
+                    for name in names if "PLANTED" in open(os.path.join(folder, name), errors="replace").read()],
+}))
+'''
+
+
+@pytest.fixture
+def lambda_layout(monkeypatch, tmp_path):
+    """The runner as in a warm Lambda container, with `shared` standing for /tmp, and
+    `outside` a folder the test reads that no sweep touches."""
+    shared, outside = tmp_path / "tmp", tmp_path / "outside"
+    shared.mkdir()
+    outside.mkdir()
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
+    monkeypatch.setenv("HOME", os.environ.get("HOME", "/root"))  # restored after the test
+    shared_tmp = prepare_lambda_environment(str(shared))
+    runner = NotebookRunner(run_timeout=60, shared_tmp=shared_tmp)
+    yield runner, {"shared": str(shared), "outside": str(outside)}
+    runner.close()
+
+
+def test_nothing_one_run_plants_reaches_the_next_users_run(lambda_layout):
+    runner, where = lambda_layout
+    runner.prewarm()
+    attack = runner.execute(notebook(ATTACK), parameters=where)
+    assert attack.error is None, attack.error
+    runner.prewarm()  # the next run's kernel, as the executor starts it after each run
+
+    seen = report(runner.execute(notebook("print('victim code: swordfish')", OBSERVE), parameters=where))
+
+    # Startup files and kernel config planted in every IPython and Jupyter folder did not run.
+    assert seen["startup_ran"] is False
+    # History is kept in memory: the attacker's code (its password literal) is nowhere.
+    assert seen["history_file"] == ":memory:" and seen["found_in_history"] == []
+    # Nothing the attacker wrote in the shared folder survived, however it was protected:
+    # all that is there is the observer's own run folder.
+    assert len(seen["shared_now"]) == 1 and seen["shared_now"][0].startswith("notebook-run-")
+    assert seen["home_plants"] == []  # a fresh HOME
+
+
+def test_a_run_leaves_no_process_behind(lambda_layout):
+    runner, where = lambda_layout
+    execution = runner.execute(notebook(SURVIVOR), parameters=where)
+    assert execution.error is None, execution.error
+    pid = int(printed(execution).split()[-1])
+
+    # Swept before execute() returned: killed with SIGKILL and reaped (no zombie left).
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_path):
+    """In the local stack, workers share one user: a running notebook can find another
+    worker's waiting kernel and its connection file. The file holds no key, so the kernel
+    ignores every message the notebook can make."""
+    victim = NotebookRunner(run_timeout=60)
+    victim.prewarm()
+    attacker = NotebookRunner(run_timeout=60)
+    try:
+        connection_file = victim._waiting.folders.connection_file
+        with open(connection_file) as f:
+            assert json.load(f)["key"] == ""
+        marker = tmp_path / "pwned"
+        attack = notebook(
+            "from jupyter_client import BlockingKernelClient\n"
+            f"client = BlockingKernelClient(connection_file={connection_file!r})\n"
+            "client.load_connection_file()\n"
+            "client.start_channels()\n"
+            f"client.execute(\"open({str(marker)!r}, 'w').write('pwned')\")\n"
+            "try:\n"
+            "    print('reply', client.get_shell_msg(timeout=5)['content']['status'])\n"
+            "except Exception as error:\n"
+            "    print('no reply', type(error).__name__)\n"
+        )
+        execution = attacker.execute(attack)
+
+        assert execution.error is None, execution.error
+        assert "no reply" in printed(execution)
+        assert not marker.exists()
+        # The victim's kernel is unharmed and runs its own notebook.
+        assert victim.execute(notebook("print('mine')")).error is None
+    finally:
+        attacker.close()
+        victim.close()
+
+
+def test_input_fails_at_once_as_with_papermill():
+    runner = NotebookRunner(run_timeout=120)
+    try:
+        execution = runner.execute(notebook("name = input('Your name? ')"))
+    finally:
+        runner.close()
+    # Not CellTimeoutError: the kernel refused stdin instead of waiting for the deadline.
+    assert execution.error["ename"] == "StdinNotImplementedError"
+    assert execution.error["cell_index"] == 1
+
+
+@pytest.mark.parametrize("kernelspec", [
+    {"name": "ir", "display_name": "R", "language": "R"},
+    {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"},
+])
+def test_a_notebook_for_another_language_is_refused_not_run_on_python(kernelspec):
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        nb = notebook("print('this is not R')", kernelspec=kernelspec)
+        execution = runner.execute(nb)
+    finally:
+        runner.close()
+    assert execution.error["ename"] == "NoSuchKernel"
+    assert kernelspec["name"] in execution.error["evalue"]
+    assert runner._waiting is None  # no kernel was started for it
+    assert all(not cell.get("outputs") for cell in execution.notebook.cells)
+
+
+@pytest.mark.parametrize("kernelspec", [
+    None,  # no kernel spec at all
+    {"name": "conda-env-analytics-py", "display_name": "Python (analytics)", "language": "python"},
+])
+def test_python_notebooks_run_whatever_their_kernel_is_called(kernelspec):
+    nb = notebook("print(6 * 7)")
+    if kernelspec is None:
+        del nb.metadata["kernelspec"]
+    else:
+        nb.metadata.kernelspec = kernelspec
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(nb)
+    finally:
+        runner.close()
+    assert execution.error is None and "42" in printed(execution)
+
+
+def test_kernels_are_non_dumpable_so_other_notebooks_cannot_inspect_them():
+    """A non-dumpable process's /proc environ, mem and fd are closed to other processes of
+    the same (non-root) user, and it cannot be ptrace-attached: another notebook cannot
+    lift a kernel's session key from its memory."""
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(notebook("import ctypes; print('dumpable', ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"))
+    finally:
+        runner.close()
+    assert "dumpable 0" in printed(execution)
+
+
+UNPRIVILEGED = ["setpriv", "--reuid=64123", "--regid=64123", "--clear-groups"]
+SYSTEM_PYTHON = "/usr/bin/python3"  # sandbox.py needs only the standard library
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPER = f"""
+import sys
+sys.path.insert(0, {REPO!r})
+from chalicelib import sandbox
+sweep = sandbox.ProcessSweep(whole_user=True)
+sweep.start()
+print("ready", flush=True)
+sys.stdin.readline()
+print("killed", sweep.sweep(), flush=True)
+"""
+
+
+def _can_run_unprivileged() -> bool:
+    if os.getuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
+        return False
+    probe = subprocess.run(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
+                                           "import chalicelib.sandbox"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_run_unprivileged(),
+                    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
+def test_on_lambda_every_new_process_of_the_runners_user_is_swept():
+    """As on Lambda (not root): a process of the runner's user that is not below the
+    runner, started during the run, is killed too; one that was there before is not."""
+    older = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])
+    sweeper = subprocess.Popen(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", SWEEPER], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    stranger = None
+    try:
+        assert sweeper.stdout.readline().strip() == "ready"
+        stranger = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])  # not the sweeper's descendant
+        sweeper.stdin.write("\n")
+        sweeper.stdin.flush()
+        assert sweeper.stdout.readline().split() == ["killed", "1"]
+        assert stranger.wait(timeout=10) == -signal.SIGKILL
+        assert older.poll() is None
+    finally:
+        for process in (older, stranger, sweeper):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
