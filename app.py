@@ -137,6 +137,11 @@ def run_output(run_id):
     return Response(body=output.body, headers=output.headers)
 
 
+@route(RUNS + "/{run_id}/cancel", ["POST"], "Error occurred while cancelling the run")
+def cancel_run(run_id):
+    return services.get().runs.cancel(caller(), run_id)
+
+
 @app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)
 def openapi_document():
     return openapi.document()

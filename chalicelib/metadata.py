@@ -285,8 +285,10 @@ class RunTable:
     """Run records in the runs table.
 
     Status moves only forward, each step a conditional write: queued → running (a run is
-    claimed once, so a second delivery of the same invocation does nothing) → succeeded or
-    failed.
+    claimed once, so a second delivery of the same invocation does nothing) → succeeded,
+    failed or cancelled (a queued run may be cancelled too). A cancel of a running run is
+    a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
+    requested can only end cancelled.
     """
 
     def __init__(self, table, notebooks: NotebookTable):
@@ -330,14 +332,18 @@ class RunTable:
             ExpressionAttributeValues={":n": notebook_id}, ScanIndexForward=False,
         )
 
-    def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
-        """Apply `changes` if the run is still in `expected_status`."""
+    def transition(self, run_id: str, expected_status: str, changes: dict, unless_cancelling: bool = False) -> bool:
+        """Apply `changes` if the run is still in `expected_status` (and, with
+        `unless_cancelling`, no cancel has been requested)."""
         expression, names, values = _set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
+        condition = "#status = :expected"
+        if unless_cancelling:
+            condition += " AND attribute_not_exists(cancel_requested_at)"
         return _conditional_update(
             self._table, Key={"run_id": run_id}, UpdateExpression="SET " + expression,
-            ConditionExpression="#status = :expected",
+            ConditionExpression=condition,
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 

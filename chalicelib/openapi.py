@@ -75,6 +75,10 @@ def document() -> dict:
                                                  "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
             "get": _operation("The executed notebook (format=html: a rendered page)", ipynb, errors=(400, 404)),
         },
+        "/_notebooks/runs/{run_id}/cancel": {
+            "parameters": _path_id("run_id"),
+            "post": _operation("Cancel a queued or running run; the run as it is then", run, errors=(404, 409)),
+        },
     }
     nullable_int = {"type": "integer", "nullable": True}
     return {
@@ -100,7 +104,7 @@ def document() -> dict:
                     "attributes": {"type": "object", "properties": {"path": {"type": "string"}}}}},
                 "Run": {"type": "object", "properties": {
                     "run_id": {"type": "string"}, "notebook_id": {"type": "string"},
-                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
                     "trigger": {"type": "string", "enum": ["manual", "schedule"]},
                     "module": {"type": "string", "nullable": True}, "parameters": {"type": "object"},
                     "created_at": {"type": "integer"}, "started_at": nullable_int, "finished_at": nullable_int,

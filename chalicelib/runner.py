@@ -17,7 +17,9 @@ thread's event loop, see jupyter_core.utils.run_sync).
 """
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -44,6 +46,9 @@ _SKIP_TAG = "skip-execution"
 _MIN_CELL_TIMEOUT = 0.01
 LAMBDA_TMP = "/tmp"
 _KERNEL_READY_SECONDS = 60
+# After a cancel's interrupt, a cell that goes on (it caught KeyboardInterrupt) gets this
+# long before its kernel is killed.
+CANCEL_GRACE_SECONDS = 5.0
 # The folder holding `chalicelib`: the kernel's launcher is imported from it.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Settings of the runner's own process that a kernel must not inherit: the service's
@@ -56,10 +61,13 @@ class Execution:
     `notebook` is the executed notebook (parameters injected; partial if the run failed).
     `error` is None on success, else {"cell_index": int, "ename": str, "evalue": str};
     cell_index indexes `notebook.cells`, whose failing cell also carries an error output.
+    `cancelled`: the run was stopped by cancel(); `notebook` is what ran until then, and
+    `error` is None.
     """
 
     notebook: NotebookNode
     error: Optional[dict]
+    cancelled: bool = False
 
 
 def prepare_lambda_environment(tmp: str = LAMBDA_TMP) -> Optional[str]:
@@ -109,8 +117,9 @@ class _RunnerKernelSpecs(KernelSpecManager):
 
     def get_kernel_spec(self, kernel_name):
         return KernelSpec(
-            argv=[sys.executable, "-m", "chalicelib.kernel", "-f", "{connection_file}",
-                  "--HistoryManager.hist_file=:memory:"],  # history: never in a shared file
+            argv=sandbox.pid_namespace_prefix()
+            + [sys.executable, "-m", "chalicelib.kernel", "-f", "{connection_file}",
+               "--HistoryManager.hist_file=:memory:"],  # history: never in a shared file
             display_name="Python 3", language="python", name="python3",
         )
 
@@ -183,6 +192,10 @@ class _Kernel:
             self.folders.remove()
 
 
+class _Cancelled(Exception):
+    """Raised before a cell of a cancelled run would start."""
+
+
 @dataclass
 class _Run:
     """One execution's settings, callbacks and progress, shared by NotebookRunner.execute
@@ -201,6 +214,7 @@ class _Run:
     done: int = 0
     total: int = 0
     last_progress: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once past)."""
@@ -212,7 +226,9 @@ class _Run:
 
     def cell_execute(self, cell, cell_index, **_):
         """nbclient's on_cell_execute hook: remember the cell, since nbclient's timeout and
-        dead-kernel errors do not say which one they came from."""
+        dead-kernel errors do not say which one they came from; start none once cancelled."""
+        if self.cancelled:
+            raise _Cancelled()
         self.cell_index = cell_index
 
     def cell_executed(self, cell, cell_index, **_):
@@ -354,6 +370,8 @@ class NotebookRunner:
         self._sweep_whole_user = sweep_whole_user
         self._waiting: Optional[_Kernel] = None
         self._processes: Optional[sandbox.ProcessSweep] = None
+        self._executing: Optional[_Run] = None  # read by cancel() from another thread
+        self._executing_lock = threading.Lock()
         sandbox.adopt_orphans()  # a run's orphaned processes stay ours to find and end
 
     def prewarm(self) -> None:
@@ -376,8 +394,10 @@ class NotebookRunner:
         parameters: Optional[dict] = None,
         on_progress: Optional[Callable[[int, int], None]] = None,
         on_checkpoint: Optional[Callable[[NotebookNode], None]] = None,
+        timeout: Optional[float] = None,
     ) -> Execution:
-        """Execute `notebook` with papermill, injecting `parameters` (None or {}: none).
+        """Execute `notebook` with papermill, injecting `parameters` (None or {}: none),
+        within `timeout` seconds (None: the runner's run_timeout).
 
         Uses the prewarmed kernel if one is alive, else starts one. Afterwards that kernel
         and every process the run started are killed, and its folders (and with
@@ -399,7 +419,8 @@ class NotebookRunner:
         Errors in the notebook (a cell's exception, the run's time limit, the kernel dying)
         are returned in Execution.error, not raised.
         """
-        deadline = time.monotonic() + self.run_timeout  # starting a kernel now counts too
+        run_timeout = timeout or self.run_timeout
+        deadline = time.monotonic() + run_timeout  # starting a kernel now counts too
         refusal = unsupported_kernel(notebook)
         if refusal:
             return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel",
@@ -408,13 +429,15 @@ class NotebookRunner:
         kernel, self._waiting = self._waiting, None
         run = _Run(
             kernel=kernel,
-            run_timeout=self.run_timeout,
+            run_timeout=run_timeout,
             deadline=deadline,
             progress_interval=self.progress_interval,
             checkpoint_interval=self.checkpoint_interval,
             on_progress=on_progress,
             on_checkpoint=on_checkpoint,
         )
+        with self._executing_lock:
+            self._executing = run
         try:
             papermill.execute_notebook(
                 notebook,
@@ -432,13 +455,48 @@ class NotebookRunner:
             if not exc.evalue:  # e.g. IPython's UsageError: reported on stderr, not as an error output
                 run.error.update(_stderr_error(run.notebook.cells[exc.cell_index]))
         except (CellTimeoutError, DeadKernelError):
-            if run.error is None:
+            if run.error is None and not run.cancelled:
                 raise
+        except _Cancelled:
+            pass
         finally:
+            with self._executing_lock:
+                self._executing = None
             kernel.shutdown()
             self._sweep()
         run.report_progress()
+        if run.cancelled:
+            return Execution(notebook=run.notebook or notebook, error=None, cancelled=True)
         return Execution(notebook=run.notebook, error=run.error)
+
+    def cancel(self) -> None:
+        """Stop the executing run, if any; safe to call from another thread.
+
+        No further cell starts; the executing cell is interrupted (SIGINT, as Jupyter's
+        interrupt does), and if it goes on regardless its kernel is killed after
+        CANCEL_GRACE_SECONDS. execute() then returns what ran, marked cancelled.
+        """
+        with self._executing_lock:
+            run = self._executing
+            if run is None or run.cancelled:
+                return
+            run.cancelled = True
+            pid = run.kernel.km.provisioner.pid
+        # The kernel leads its process group (and may sit in a PID namespace below the
+        # process jupyter_client started): interrupt the group, as Jupyter does.
+        self._signal_if_executing(run, lambda: os.killpg(pid, signal.SIGINT))
+        timer = threading.Timer(CANCEL_GRACE_SECONDS, self._signal_if_executing,
+                                (run, lambda: os.kill(pid, signal.SIGKILL)))
+        timer.daemon = True
+        timer.start()
+
+    def _signal_if_executing(self, run: "_Run", send: Callable[[], None]) -> None:
+        with self._executing_lock:  # the kernel is shut down (its pid freed) only after this clears
+            if self._executing is run:
+                try:
+                    send()
+                except ProcessLookupError:
+                    pass
 
     def _sweep(self) -> None:
         """End what the run left: its processes, and what it wrote to the shared folder."""

@@ -3,10 +3,12 @@
 A run is created `queued` by the API (or by a schedule firing), dispatched without
 waiting (Lambda `Event` invocation in AWS, local worker processes in `make dev`), claimed
 `running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
-notebook in S3. A run whose runner vanished is reported `failed` once its deadline passes.
+notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
+`failed` once its deadline passes.
 """
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,10 +23,17 @@ from .notebooks import now_ms, serialise
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINAL = (SUCCEEDED, FAILED, CANCELLED)
 MANUAL, SCHEDULE = "manual", "schedule"
 # After its run timeout, a runner gets this long to report before it is declared lost.
 REPORT_GRACE_SECONDS = 60
+# How often a runner looks for a cancel request while its run executes.
+CANCEL_POLL_SECONDS = 2.0
+# How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
+CANCEL_WAIT_SECONDS = 10.0
+# A running run whose runner has not acted on a cancel within this long is ended cancelled.
+CANCEL_DEADLINE_SECONDS = 60
 
 
 def run_view(item: dict) -> dict:
@@ -188,6 +197,52 @@ class RunService:
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
         return self._table.transition(run_id, expected_status, changes)
 
+    def conclude(self, run_id: str, status: str, error=None):
+        """End a running run as `status`, or as `cancelled` if a cancel was requested
+        meanwhile; the final status, or None if the run was not running any more (declared
+        lost, or deleted with its notebook). Exactly one final status wins any race."""
+        if status != CANCELLED:
+            changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
+            if self._table.transition(run_id, RUNNING, changes, unless_cancelling=True):
+                return status
+        if self.finish(run_id, CANCELLED):
+            return CANCELLED
+        return None
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Whether a cancel of the run was requested (or the run is over)."""
+        run = self._table.get(run_id)
+        return run is None or run["status"] != RUNNING or "cancel_requested_at" in run
+
+    def cancel(self, owner: str, run_id: str) -> dict:
+        """Cancel a queued or running run of the owner; the run as it is then.
+
+        A queued run ends `cancelled` at once and never starts. A running run gets a
+        cancel request, which its runner acts on within seconds (interrupting the kernel,
+        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. A
+        finished run: 409.
+        """
+        run = self._require(owner, run_id)
+        run_id = run["run_id"]
+        while run["status"] not in FINAL:
+            if run["status"] == QUEUED and self.finish(run_id, CANCELLED, expected_status=QUEUED):
+                break
+            if run["status"] == RUNNING and self._table.transition(
+                    run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}):
+                return run_view(self._await_end(owner, run_id))
+            run = self._require(owner, run_id)  # it moved on meanwhile: look again
+        else:
+            raise ApiError(409, "Run already finished")
+        return self.get(owner, run_id)
+
+    def _await_end(self, owner: str, run_id: str) -> dict:
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while True:
+            run = self._require(owner, run_id)
+            if run["status"] in FINAL or time.monotonic() > deadline:
+                return run
+            time.sleep(0.25)
+
     def is_gone(self, run_id: str) -> bool:
         """Whether the run's record was deleted (with its notebook)."""
         return self._table.get(run_id) is None
@@ -200,13 +255,21 @@ class RunService:
         return self._reap(run)
 
     def _reap(self, run: dict) -> dict:
-        """A queued or running run past its deadline is failed: its runner is gone."""
-        if run["status"] not in (QUEUED, RUNNING) or now_ms(self._clock) <= int(run["deadline_at"]):
+        """A queued or running run past its deadline is failed: its runner is gone. A
+        running run whose cancel its runner did not act on in time is cancelled."""
+        now = now_ms(self._clock)
+        cancel_at = run.get("cancel_requested_at")
+        if run["status"] == RUNNING and cancel_at is not None and now > int(cancel_at) + CANCEL_DEADLINE_SECONDS * 1000:
+            return self._end_for_runner(run, CANCELLED, None)
+        if run["status"] not in (QUEUED, RUNNING) or now <= int(run["deadline_at"]):
             return run
         reason = ("The runner stopped without reporting a result (crashed or timed out)"
                   if run["status"] == RUNNING else "No runner picked the run up in time")
-        error = {"cell_index": None, "ename": "RunnerLost", "evalue": reason}
-        changes = {"status": FAILED, "finished_at": now_ms(self._clock), "error": error}
+        return self._end_for_runner(run, FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
+
+    def _end_for_runner(self, run: dict, status: str, error) -> dict:
+        """End a run that its runner did not end; the run as it is now."""
+        changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
         if self._table.transition(run["run_id"], run["status"], changes):
             return {**run, **changes}
         return self._table.get(run["run_id"])
@@ -254,17 +317,19 @@ class RunExecutor:
                                                          "evalue": "The notebook was deleted before it ran"})
                 return FAILED
             target = output_key(owner, notebook_id, run_id)
-            execution = self._runner.execute(
-                nbformat.reads(data.decode("utf-8"), as_version=4),
-                parameters=json.loads(run.get("parameters", "{}")),
-                on_progress=lambda done, total: self._runs.progress(run_id, done, total),
-                on_checkpoint=lambda notebook: self._files.put(target, serialise(notebook)),
-            )
+            with _CancelWatch(lambda: self._runs.cancel_requested(run_id), self._runner.cancel):
+                execution = self._runner.execute(
+                    nbformat.reads(data.decode("utf-8"), as_version=4),
+                    parameters=json.loads(run.get("parameters", "{}")),
+                    on_progress=lambda done, total: self._runs.progress(run_id, done, total),
+                    on_checkpoint=lambda notebook: self._files.put(target, serialise(notebook)),
+                )
             self._files.put(target, serialise(execution.notebook))
-            status = FAILED if execution.error else SUCCEEDED
-            if not self._runs.finish(run_id, status, error=execution.error) and self._runs.is_gone(run_id):
+            status = CANCELLED if execution.cancelled else FAILED if execution.error else SUCCEEDED
+            final = self._runs.conclude(run_id, status, error=execution.error)
+            if final is None and self._runs.is_gone(run_id):
                 self._files.delete(target)  # the notebook was deleted while it ran: leave no output
-            return status
+            return final or status
         except Exception as error:
             log.exception("run %s failed in the runner", run_id)
             self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
@@ -280,6 +345,32 @@ class RunExecutor:
     def close(self) -> None:
         """Shut down the kernel waiting for the next run."""
         self._runner.close()
+
+
+class _CancelWatch:
+    """While a run executes, asks `requested()` every CANCEL_POLL_SECONDS, from a thread
+    of its own, and calls `cancel()` (idempotent) whenever it answers yes."""
+
+    def __init__(self, requested, cancel):
+        self._requested, self._cancel = requested, cancel
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cancel-watch", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(CANCEL_POLL_SECONDS):
+            try:
+                if self._requested():
+                    self._cancel()  # again at each poll: the first may come before any cell runs
+            except Exception:  # noqa: BLE001 - a failed look is retried at the next poll
+                log.warning("could not check for a cancel request", exc_info=True)
 
 
 class LambdaDispatcher:

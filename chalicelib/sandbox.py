@@ -7,25 +7,34 @@ another user to find: a startup file, a history database, a kernel spec, a proce
 file. So each run gets fresh folders for everything Jupyter, IPython and common libraries
 read or write, and afterwards everything that run created is ended and removed.
 
-Processes: the runner process becomes a "child subreaper" (prctl), so a process the
-notebook starts and orphans, by double-forking or leaving its session, is re-parented to
-the runner instead of to init. Every process that appeared below the runner during a run
-is therefore found among its descendants, and killed (SIGKILL, which cannot be caught).
+Processes: where the machine allows it, each kernel runs in a PID namespace of its own
+(`pid_namespace_prefix`), which the OS empties when the kernel dies. Besides, the runner
+process is a "child subreaper" (prctl), so a process the notebook starts and orphans, by
+double-forking or leaving its session, is re-parented to the runner instead of to init;
+after the run, every process that appeared below the runner is stopped and killed
+(`ProcessSweep`), and on Lambda every other process of the runner's user too.
 """
 import ctypes
 import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 
 _PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _SWEEP_SECONDS = 10.0
+_LINUX = sys.platform.startswith("linux")
+_DEAD = ("Z", "X")  # /proc/<pid>/stat states
+_STOPPED = ("T", "t")
 
 
 def _prctl(option: int, value: int) -> None:
+    if not _LINUX:
+        return  # prctl and /proc are Linux's: elsewhere (a developer's Mac) runs are not swept
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
@@ -55,24 +64,24 @@ def _stat_fields(pid: int):
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
-    return int(fields[1]), int(fields[19]), uid, fields[0]
+    return int(fields[1]), int(fields[19]), uid, fields[0].decode()
 
 
 def _processes(include_dead: bool = False) -> dict:
-    """{pid: (ppid, start time, uid)} of every process visible now; without
+    """{pid: (ppid, start time, uid, state)} of every process visible now; without
     `include_dead`, zombies (dead already: only their parent's wait removes them) left out."""
     table = {}
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if _LINUX else ():
         if name.isdigit():
             fields = _stat_fields(int(name))
-            if fields is not None and (include_dead or fields[3] not in (b"Z", b"X")):
-                table[int(name)] = fields[:3]
+            if fields is not None and (include_dead or fields[3] not in _DEAD):
+                table[int(name)] = fields
     return table
 
 
 def _descendants(table: dict, root: int) -> set:
     children = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, *_) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, stack = set(), [root]
     while stack:
@@ -83,21 +92,28 @@ def _descendants(table: dict, root: int) -> set:
     return found
 
 
-def _ancestors(table: dict, pid: int) -> set:
-    found = set()
-    while pid in table and table[pid][0] not in found and table[pid][0] > 0:
-        pid = table[pid][0]
-        found.add(pid)
-    return found
+def _signal(pids, signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass  # gone already
 
 
 class ProcessSweep:
-    """Ends every process that appears below this process between `start()` and `sweep()`.
+    """Ends every process a run started: call `start()` before its kernel starts and
+    `sweep()` after the run.
 
-    With `whole_user`, it also ends every other process of this user that did not exist
-    at `start()`, except this process's ancestors: on Lambda, where a container serves
-    one invocation at a time, nothing else of the runner's user may outlive a run. Never
-    for root, whose processes are the whole machine's.
+    Below this process (a subreaper keeps a run's orphans below it): every process that
+    appeared since `start()`. They are stopped (SIGSTOP) pass after pass until none is
+    running, then killed (SIGKILL, which cannot be caught). Stopping first matters: a
+    process that forks and exits in a loop changes pid faster than /proc can be read,
+    but a stopped process cannot fork.
+
+    With `whole_user` (for Lambda, where a container serves one invocation at a time):
+    every process of this user but this one is killed first with kill(-1, SIGKILL),
+    which the OS delivers to all of them under one lock, so none can fork away. Never for
+    root, whose processes are the whole machine's.
     """
 
     def __init__(self, whole_user: bool = False):
@@ -106,38 +122,32 @@ class ProcessSweep:
 
     def start(self) -> None:
         """Remember what exists now (processes that are not the run's)."""
-        self._before = {(pid, started) for pid, (_, started, _) in _processes(include_dead=True).items()}
+        self._before = {(pid, fields[1]) for pid, fields in _processes(include_dead=True).items()}
 
-    def _targets(self) -> list:
-        me = os.getpid()
+    def _targets(self) -> dict:
+        """{pid: state} of the live processes below this one that are the run's."""
         table = _processes()
-        candidates = _descendants(table, me)
-        if self._whole_user:
-            uid = os.getuid()
-            candidates |= {pid for pid, (_, _, owner) in table.items() if owner == uid}
-            candidates -= _ancestors(table, me) | {me}
-        return [pid for pid in candidates if (pid, table[pid][1]) not in self._before]
+        return {pid: table[pid][3] for pid in _descendants(table, os.getpid())
+                if (pid, table[pid][1]) not in self._before}
 
     def sweep(self) -> int:
-        """Kill the run's processes until none is left; how many were killed.
-
-        Repeated because a process may fork while the sweep runs; its children are
-        re-parented to this process when it dies, and the next pass finds them.
-        """
-        killed = set()
+        """Stop, then kill, the run's processes until none is left; how many were killed."""
+        if self._whole_user:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # there was no other process
         deadline = time.monotonic() + _SWEEP_SECONDS
-        while time.monotonic() < deadline:
+        targets = self._targets()
+        while time.monotonic() < deadline and any(state not in _STOPPED for state in targets.values()):
+            _signal([pid for pid, state in targets.items() if state not in _STOPPED], signal.SIGSTOP)
             targets = self._targets()
-            if not targets:
-                break
-            for pid in targets:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
-                except OSError:
-                    pass  # gone already, or not ours to signal
+        killed = set()
+        while targets and time.monotonic() < deadline:
+            _signal(targets, signal.SIGKILL)
+            killed |= set(targets)
             self._reap()
-            time.sleep(0.01)
+            targets = self._targets()
         self._reap()
         return len(killed)
 
@@ -145,12 +155,35 @@ class ProcessSweep:
         """Collect the exit status of the run's dead children (its orphans re-parented
         here), so that none stays a zombie."""
         me = os.getpid()
-        for pid, (ppid, started, _) in _processes(include_dead=True).items():
+        for pid, (ppid, started, *_) in _processes(include_dead=True).items():
             if ppid == me and (pid, started) not in self._before:
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass  # already collected, e.g. by its subprocess.Popen
+
+
+# util-linux's unshare: a user namespace (so no privilege is needed) and a PID namespace
+# whose first process is the kernel, with /proc mounted for it alone. When unshare dies,
+# the kernel gets SIGKILL, and when the kernel dies the OS kills every process in the
+# namespace: nothing the run started can outlive it, however it forks.
+_PID_NAMESPACE = ["unshare", "--user", "--map-current-user", "--pid", "--fork", "--kill-child",
+                  "--mount-proc", "--"]
+_pid_namespace_usable = None
+
+
+def pid_namespace_prefix() -> list:
+    """The command prefix that starts a program in a PID namespace of its own, or [] where
+    this machine does not allow it (no util-linux unshare, or no unprivileged user
+    namespaces: Lambda, macOS, some hardened Linux distributions)."""
+    global _pid_namespace_usable
+    if _pid_namespace_usable is None:
+        try:
+            probe = subprocess.run(_PID_NAMESPACE + ["true"], capture_output=True, timeout=10)
+            _pid_namespace_usable = probe.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _pid_namespace_usable = False
+    return list(_PID_NAMESPACE) if _pid_namespace_usable else []
 
 
 def remove_tree(path: str) -> None:

@@ -8,10 +8,12 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from chalicelib import sandbox
 from chalicelib.runner import NotebookRunner, prepare_lambda_environment
 
 def notebook(*cells, kernelspec=None):
@@ -58,24 +60,29 @@ os.chmod(os.path.join(shared, "locked"), 0)
 '''
 
 # A process that leaves the kernel's session and process group, double-forks (so its
-# parent is gone) and ignores SIGTERM and SIGHUP, then reports its pid and lives on.
+# parent is gone) and ignores SIGTERM and SIGHUP, then lives on, beating in a log.
 SURVIVOR = r'''
-import os, signal, subprocess, sys, time
+import os, subprocess, sys, time
 code = """
 import os, signal, sys, time
 if os.fork(): os._exit(0)
 signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN)
-with open(sys.argv[1], 'w') as f: f.write(str(os.getpid()))
-while True: time.sleep(0.1)
-"""
-pid_file = os.path.join(outside, "survivor.pid")
-subprocess.Popen([sys.executable, "-c", code, pid_file], start_new_session=True)
-for _ in range(200):
-    if os.path.exists(pid_file) and open(pid_file).read():
-        break
+while True:
+    with open(sys.argv[1], 'a') as f: f.write('beat\\n')
     time.sleep(0.05)
-print("survivor", open(pid_file).read())
+"""
+log = os.path.join(outside, "survivor.log")
+subprocess.Popen([sys.executable, "-c", code, log], start_new_session=True)
+while not os.path.exists(log) or len(open(log).read().split()) < 5:
+    time.sleep(0.05)
+print("surviving")
 '''
+
+
+def beats(log) -> int:
+    with open(log) as f:
+        return len(f.read().split())
+
 
 OBSERVE = r'''
 import glob, json, os
@@ -132,10 +139,47 @@ def test_a_run_leaves_no_process_behind(lambda_layout):
     runner, where = lambda_layout
     execution = runner.execute(notebook(SURVIVOR), parameters=where)
     assert execution.error is None, execution.error
-    pid = int(printed(execution).split()[-1])
 
-    # Swept before execute() returned: killed with SIGKILL and reaped (no zombie left).
-    assert not os.path.exists(f"/proc/{pid}")
+    log = os.path.join(where["outside"], "survivor.log")
+    before = beats(log)
+    time.sleep(0.5)
+    assert beats(log) == before  # swept before execute() returned
+
+
+# A process that changes pid all the time: it forks, in a new session, and exits, in a
+# loop, so that by the time its pid is read from /proc it is gone.
+HOPPER = r'''
+import os, subprocess, sys, time
+code = """
+import os, sys, time
+log = sys.argv[1]
+while True:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+"""
+log = os.path.join(outside, "hopper.log")
+subprocess.Popen([sys.executable, "-c", code, log])
+while not os.path.exists(log) or len(open(log).read().split()) < 100:
+    time.sleep(0.05)
+print("hopping")
+'''
+
+
+@pytest.mark.skipif(not sandbox.pid_namespace_prefix(),
+                    reason="this machine gives kernels no PID namespace (no unprivileged user namespaces)")
+def test_a_process_that_keeps_changing_pid_dies_with_its_kernel(lambda_layout):
+    """Faster than /proc can be read: only the kernel's own PID namespace holds it."""
+    runner, where = lambda_layout
+    execution = runner.execute(notebook(HOPPER), parameters=where)
+    assert execution.error is None, execution.error
+    log = os.path.join(where["outside"], "hopper.log")
+
+    hops = beats(log)
+    time.sleep(1)
+    assert beats(log) == hops  # nobody hops any more
 
 
 def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_path):
@@ -256,9 +300,9 @@ def _can_run_unprivileged() -> bool:
 
 @pytest.mark.skipif(not _can_run_unprivileged(),
                     reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
-def test_on_lambda_every_new_process_of_the_runners_user_is_swept():
-    """As on Lambda (not root): a process of the runner's user that is not below the
-    runner, started during the run, is killed too; one that was there before is not."""
+def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
+    """As on Lambda (not root): processes of the runner's user that are not below the
+    runner, whenever they started, are killed too."""
     older = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])
     sweeper = subprocess.Popen(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", SWEEPER], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
@@ -268,9 +312,10 @@ def test_on_lambda_every_new_process_of_the_runners_user_is_swept():
         stranger = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])  # not the sweeper's descendant
         sweeper.stdin.write("\n")
         sweeper.stdin.flush()
-        assert sweeper.stdout.readline().split() == ["killed", "1"]
+        assert sweeper.stdout.readline().split()[0] == "killed"
         assert stranger.wait(timeout=10) == -signal.SIGKILL
-        assert older.poll() is None
+        assert older.wait(timeout=10) == -signal.SIGKILL
+        assert sweeper.wait(timeout=10) == 0  # the sweeper itself lives on
     finally:
         for process in (older, stranger, sweeper):
             if process is not None and process.poll() is None:

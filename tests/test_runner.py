@@ -194,8 +194,11 @@ def test_checkpoints_are_throttled():
     assert snapshots == []
 
 
-def kernel_pid(execution) -> int:
-    return int(stdout(execution.notebook.cells[0]))
+WHICH_KERNEL = "import os; print(os.environ['JUPYTER_RUNTIME_DIR'])"  # each kernel has its own
+
+
+def kernel_of(execution) -> str:
+    return stdout(execution.notebook.cells[0]).strip()
 
 
 def test_prewarmed_kernel_is_the_one_that_runs(runner):
@@ -204,36 +207,35 @@ def test_prewarmed_kernel_is_the_one_that_runs(runner):
     runner.prewarm()  # a live one is waiting: no-op
     assert runner._waiting is waiting
 
-    execution = runner.execute(notebook("import os; print(os.getpid())"))
+    execution = runner.execute(notebook(WHICH_KERNEL))
 
-    pid = kernel_pid(execution)
-    assert pid == waiting.km.provisioner.pid
+    assert kernel_of(execution) == waiting.folders.env["JUPYTER_RUNTIME_DIR"]
     assert runner._waiting is None  # execute does not prewarm the next one
     with pytest.raises(ProcessLookupError):  # shut down and reaped
-        os.kill(pid, 0)
+        os.kill(waiting.km.provisioner.pid, 0)
 
 
 def test_dead_prewarmed_kernel_is_replaced(runner):
     runner.prewarm()
-    dead_pid = runner._waiting.km.provisioner.pid
-    os.kill(dead_pid, signal.SIGKILL)
+    dead = runner._waiting
+    os.kill(dead.km.provisioner.pid, signal.SIGKILL)
     while runner._waiting.is_alive():
         time.sleep(0.05)
 
-    execution = runner.execute(notebook("import os; print(os.getpid())"))
+    execution = runner.execute(notebook(WHICH_KERNEL))
 
     assert execution.error is None
-    assert kernel_pid(execution) != dead_pid
+    assert kernel_of(execution) != dead.folders.env["JUPYTER_RUNTIME_DIR"]
 
 
 def test_no_state_leaks_between_runs(runner):
-    first = runner.execute(notebook("import os; print(os.getpid())", "secret = 42"))
+    first = runner.execute(notebook(WHICH_KERNEL, "secret = 42"))
     runner.prewarm()
-    second = runner.execute(notebook("import os; print(os.getpid())", "print(secret)"))
+    second = runner.execute(notebook(WHICH_KERNEL, "print(secret)"))
 
     assert first.error is None
     assert second.error == {"cell_index": 1, "ename": "NameError", "evalue": "name 'secret' is not defined"}
-    assert kernel_pid(first) != kernel_pid(second)
+    assert kernel_of(first) != kernel_of(second)
 
 
 def test_kernel_gets_no_aws_variables(runner, monkeypatch):
