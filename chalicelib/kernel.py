@@ -1,12 +1,15 @@
 """A run's kernel process: ipykernel, started so that only its own runner can talk to it.
 
-The runner starts it as `python -m chalicelib.kernel -f <connection file> [options]` and
-writes the session key on its standard input. The connection file names the ports but
-holds no key, so another notebook that finds the file (same user, same machine) still
-cannot sign a message the kernel would accept. The process makes itself non-dumpable
-before it reads the key, so its memory, environment and file descriptors are closed to
-other processes of the same user, and it cannot be ptrace-attached.
+The runner starts it as `python -P -m chalicelib.kernel -f <connection file> [options]`
+and writes its secrets on its standard input, as one line of JSON: the session key that
+signs messages and the CurveZMQ key pair that encrypts every channel. The connection
+file names the ports but holds no secret, so another notebook that finds the file or the
+ports (same user, same machine) can neither send the kernel a message it accepts nor read
+what it publishes. The process makes itself non-dumpable before it reads the secrets, so
+its memory, environment and file descriptors are closed to other processes of the same
+user, and it cannot be ptrace-attached.
 """
+import json
 import os
 import sys
 import time
@@ -16,20 +19,20 @@ from chalicelib.sandbox import forbid_inspection
 _CONNECTION_FILE_WAIT_SECONDS = 5.0
 
 
-def _read_key() -> bytes:
-    """The session key from standard input; stdin is then /dev/null, as ipykernel expects
+def _read_secrets() -> dict:
+    """The secrets from standard input; stdin is then /dev/null, as ipykernel expects
     (a notebook's input() goes through the frontend, never the process's stdin)."""
-    key = sys.stdin.buffer.readline().rstrip(b"\n")
+    secrets = {name: value.encode() for name, value in json.loads(sys.stdin.buffer.readline()).items()}
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    return key
+    return secrets
 
 
 def main() -> None:
-    """Start ipykernel with the key from stdin."""
+    """Start ipykernel with the secrets from stdin."""
     forbid_inspection()
-    key = _read_key()
+    secrets = _read_secrets()
     # As ipykernel_launcher does: no module of the working folder shadows ours at start.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
@@ -47,10 +50,12 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.01)
-            self.session.key = key
+            self.session.key = secrets["key"]
+            self.curve_publickey = secrets["curve_publickey"]
+            self.curve_secretkey = secrets["curve_secretkey"]
 
         def write_connection_file(self, **kwargs):
-            """Nothing to write: the runner's file has every port, and ours would add the key."""
+            """Nothing to write: the runner's file has every port, and ours would add the secrets."""
 
     RunKernelApp.launch_instance()
 

@@ -15,6 +15,7 @@ One NotebookRunner per process: the sweep ends every process that appeared below
 process during a run. It must be used from one thread (kernel and client share that
 thread's event loop, see jupyter_core.utils.run_sync).
 """
+import json
 import math
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import Callable, Optional
 
 import nbformat
 import papermill
+import zmq
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_core.utils import run_sync
@@ -118,22 +120,39 @@ class _RunnerKernelSpecs(KernelSpecManager):
     def get_kernel_spec(self, kernel_name):
         return KernelSpec(
             argv=sandbox.pid_namespace_prefix()
-            + [sys.executable, "-m", "chalicelib.kernel", "-f", "{connection_file}",
+            # -P: the working folder is not searched for the launcher's own modules.
+            + [sys.executable, "-P", "-m", "chalicelib.kernel", "-f", "{connection_file}",
                "--HistoryManager.hist_file=:memory:"],  # history: never in a shared file
             display_name="Python 3", language="python", name="python3",
         )
 
 
-class _KeyOffDiskKernelManager(AsyncKernelManager):
-    """A kernel manager whose connection file holds no session key: the kernel
-    (chalicelib.kernel) reads the key from its standard input instead."""
+class _KeysOffDiskKernelManager(AsyncKernelManager):
+    """A kernel manager whose connection file holds no secret: the kernel
+    (chalicelib.kernel) reads them from its standard input instead.
+
+    The secrets: the session key, which signs every message, and a CurveZMQ key pair,
+    which encrypts every channel and without whose public key no client can connect.
+    Another process of the same user that finds the file or the ports can then neither
+    send the kernel a message it accepts nor read what the kernel publishes.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
+
+    def secrets(self) -> bytes:
+        """What the kernel reads from its standard input: one line of JSON."""
+        return json.dumps({"key": self.session.key.decode(), "curve_publickey": self.curve_publickey.decode(),
+                           "curve_secretkey": self.curve_secretkey.decode()}).encode() + b"\n"
 
     def write_connection_file(self, **kwargs):
-        key, self.session.key = self.session.key, b""
+        secrets = self.session.key, self.curve_publickey, self.curve_secretkey
+        self.session.key, self.curve_publickey, self.curve_secretkey = b"", None, None
         try:
             super().write_connection_file(**kwargs)
         finally:
-            self.session.key = key
+            self.session.key, self.curve_publickey, self.curve_secretkey = secrets
 
 
 def _stderr_error(cell) -> dict:
@@ -153,13 +172,13 @@ class _Kernel:
 
     def __init__(self, shared_tmp: Optional[str]):
         self.folders = sandbox.RunFolders(base=shared_tmp)
-        self.km = _KeyOffDiskKernelManager(kernel_name="python3", kernel_spec_manager=_RunnerKernelSpecs(),
-                                           connection_file=self.folders.connection_file)
+        self.km = _KeysOffDiskKernelManager(kernel_name="python3", kernel_spec_manager=_RunnerKernelSpecs(),
+                                            connection_file=self.folders.connection_file)
         self.kc = None
         try:
-            key_reader, key_writer = os.pipe()  # the key reaches the kernel through its stdin
+            key_reader, key_writer = os.pipe()  # the secrets reach the kernel through its stdin
             try:
-                os.write(key_writer, self.km.session.key + b"\n")
+                os.write(key_writer, self.km.secrets())
                 os.close(key_writer)
                 run_sync(self.km.start_kernel)(cwd=self.folders.workdir, env=_kernel_env(self.folders),
                                                stdin=key_reader)

@@ -163,11 +163,12 @@ class ProcessSweep:
                     pass  # already collected, e.g. by its subprocess.Popen
 
 
-# util-linux's unshare: a user namespace (so no privilege is needed) and a PID namespace
-# whose first process is the kernel, with /proc mounted for it alone. When unshare dies,
+# util-linux's unshare: a user namespace (so no privilege is needed), a PID namespace whose
+# first process is the kernel, with /proc mounted for it alone, and an IPC namespace (its
+# own System V IPC objects and POSIX message queues). When unshare dies,
 # the kernel gets SIGKILL, and when the kernel dies the OS kills every process in the
 # namespace: nothing the run started can outlive it, however it forks.
-_PID_NAMESPACE = ["unshare", "--user", "--map-current-user", "--pid", "--fork", "--kill-child",
+_PID_NAMESPACE = ["unshare", "--user", "--map-current-user", "--pid", "--ipc", "--fork", "--kill-child",
                   "--mount-proc", "--"]
 _pid_namespace_usable = None
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -192,7 +193,8 @@ def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_p
     try:
         connection_file = victim._waiting.folders.connection_file
         with open(connection_file) as f:
-            assert json.load(f)["key"] == ""
+            written = json.load(f)
+        assert written["key"] == "" and "curve_secretkey" not in written and "curve_publickey" not in written
         marker = tmp_path / "pwned"
         attack = notebook(
             "from jupyter_client import BlockingKernelClient\n"
@@ -215,6 +217,40 @@ def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_p
     finally:
         attacker.close()
         victim.close()
+
+
+def test_a_notebook_cannot_read_what_another_kernel_publishes(tmp_path):
+    """Ports can be found (the connection file, /proc/net/tcp): every channel is CurveZMQ
+    encrypted, and without the kernel's public key no subscriber completes the handshake."""
+    victim = NotebookRunner(run_timeout=60)
+    victim.prewarm()
+    attacker = NotebookRunner(run_timeout=60)
+    try:
+        with open(victim._waiting.folders.connection_file) as f:
+            iopub = f"tcp://{json.load(f)['ip']}:{json.load(open(victim._waiting.folders.connection_file))['iopub_port']}"
+        results = {}
+        speaker = threading.Thread(target=lambda: results.setdefault("victim", victim.execute(
+            notebook("import time\nfor _ in range(60):\n    print('victim secret: swordfish'); time.sleep(0.1)"))))
+        speaker.start()
+        listener = notebook(
+            "import time, zmq\n"
+            "socket = zmq.Context().socket(zmq.SUB)\n"
+            "socket.setsockopt(zmq.SUBSCRIBE, b'')\n"
+            f"socket.connect({iopub!r})\n"
+            "heard, deadline = [], time.time() + 4\n"
+            "while time.time() < deadline:\n"
+            "    if socket.poll(100):\n"
+            "        heard.append(socket.recv_multipart())\n"
+            "print('heard', len(heard), any(b'swordfish' in part for message in heard for part in message))\n"
+        )
+        overheard = attacker.execute(listener)
+        speaker.join(60)
+    finally:
+        attacker.close()
+        victim.close()
+    assert overheard.error is None, overheard.error
+    assert "heard 0 False" in printed(overheard)
+    assert "swordfish" in printed(results["victim"])  # it did speak all along
 
 
 def test_input_fails_at_once_as_with_papermill():
