@@ -3,12 +3,15 @@
 Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/web.py).
 """
 import json
+import logging
+import os
 
 from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import openapi, payloads, services, web
 from chalicelib.config import Settings
 from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
+from chalicelib.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
 app.register_middleware(web.handle, "http")
@@ -150,4 +153,10 @@ def openapi_document():
 @app.lambda_function(name="runner")
 def runner(event, context):
     """The runner function: executes runs dispatched by the API and fired by schedules."""
-    return services.get().runner_executor().handle(event)
+    try:
+        return services.get().runner_executor().handle(event)
+    except SandboxError:
+        # What a run left could not be removed: end this container, and Lambda starts a
+        # clean one (the run itself was recorded; a retried event finds it done).
+        logging.getLogger(__name__).exception("runner container is unfit for another run")
+        os._exit(1)

@@ -10,11 +10,14 @@ import logging
 import multiprocessing
 import signal
 
+from .sandbox import SandboxError, forbid_inspection
+
 log = logging.getLogger(__name__)
 
 
 def _work(events) -> None:
     """One worker: handle events from the queue until a None arrives (or SIGTERM)."""
+    forbid_inspection()  # before anything: the environment holds the embedded AWS's credentials
     # Ctrl-C reaches the whole process group; the stack stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
@@ -29,6 +32,9 @@ def _work(events) -> None:
                 return
             try:
                 executor.handle(event)
+            except SandboxError:
+                log.exception("worker unfit for another run: it stops")  # as a Lambda container would
+                return
             except Exception:  # noqa: BLE001 - a worker outlives any one event
                 log.exception("local runner failed on %s", event)
     finally:

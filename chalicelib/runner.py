@@ -198,15 +198,19 @@ class _Kernel:
         """Whether the kernel process is still running."""
         return run_sync(self.km.is_alive)()
 
+    def stop(self) -> None:
+        """Kill the kernel (if nbclient has not already) and close the client."""
+        if self.kc is not None and self.kc.channels_running:
+            self.kc.stop_channels()
+        # After a normal run nbclient has killed and reaped it; after a crash it only
+        # cleaned up, so the dead process is still ours to reap.
+        if self.km.has_kernel:
+            run_sync(self.km.shutdown_kernel)(now=True)
+
     def shutdown(self) -> None:
-        """Kill the kernel (if nbclient has not already) and remove its folders."""
+        """Kill the kernel and remove its folders."""
         try:
-            if self.kc is not None and self.kc.channels_running:
-                self.kc.stop_channels()
-            # After a normal run nbclient has killed and reaped it; after a crash it only
-            # cleaned up, so the dead process is still ours to reap.
-            if self.km.has_kernel:
-                run_sync(self.km.shutdown_kernel)(now=True)
+            self.stop()
         finally:
             self.folders.remove()
 
@@ -389,6 +393,7 @@ class NotebookRunner:
         self._sweep_whole_user = sweep_whole_user
         self._waiting: Optional[_Kernel] = None
         self._processes: Optional[sandbox.ProcessSweep] = None
+        self._broken: Optional[str] = None  # why this runner must not run another notebook
         self._executing: Optional[_Run] = None  # read by cancel() from another thread
         self._executing_lock = threading.Lock()
         sandbox.adopt_orphans()  # a run's orphaned processes stay ours to find and end
@@ -397,7 +402,10 @@ class NotebookRunner:
         """Start a fresh kernel ahead of need (no-op if a fresh, live one is already waiting).
 
         Kernel start (~0.6 s) then happens while the caller does other work; execute() uses it.
+        Raises sandbox.SandboxError once a run could not be cleaned up after.
         """
+        if self._broken:
+            raise sandbox.SandboxError(f"a previous run could not be cleaned up after: {self._broken}")
         if self._waiting is not None:
             if self._waiting.is_alive():
                 return
@@ -481,8 +489,7 @@ class NotebookRunner:
         finally:
             with self._executing_lock:
                 self._executing = None
-            kernel.shutdown()
-            self._sweep()
+            self._end_run(kernel)
         run.report_progress()
         if run.cancelled:
             return Execution(notebook=run.notebook or notebook, error=None, cancelled=True)
@@ -517,11 +524,23 @@ class NotebookRunner:
                 except ProcessLookupError:
                     pass
 
-    def _sweep(self) -> None:
-        """End what the run left: its processes, and what it wrote to the shared folder."""
-        self._processes.sweep()
-        if self._shared_tmp:
-            sandbox.empty_folder(self._shared_tmp)
+    def _end_run(self, kernel: "_Kernel") -> None:
+        """Stop the kernel, end every process the run started, remove what it wrote.
+
+        Each step is tried whatever the others did. If any fails, this runner refuses
+        to run another notebook (SandboxError from prewarm and execute), rather than let
+        the next run find what is left: its process must end (on Lambda, a new container).
+        """
+        steps = [kernel.stop, self._processes.sweep, kernel.folders.remove]
+        if self._shared_tmp:  # Lambda: /tmp, /dev/shm and System V IPC are the container's
+            steps += [lambda: sandbox.empty_folder(self._shared_tmp), lambda: sandbox.empty_folder("/dev/shm"),
+                      sandbox.remove_ipc_objects]
+        for step in steps:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - every step runs; any failure is fatal below
+                self._broken = f"{error!r}"
+                logger.error("could not clean up after a run: %r", error)
 
     def close(self) -> None:
         """Shut down any waiting kernel."""

@@ -16,7 +16,6 @@ after the run, every process that appeared below the runner is stopped and kille
 """
 import ctypes
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -69,14 +68,25 @@ def _stat_fields(pid: int):
 
 def _processes(include_dead: bool = False) -> dict:
     """{pid: (ppid, start time, uid, state)} of every process visible now; without
-    `include_dead`, zombies (dead already: only their parent's wait removes them) left out."""
+    `include_dead`, zombies (dead already: only their parent's wait removes them) left
+    out, unless threads of theirs still run."""
     table = {}
     for name in os.listdir("/proc") if _LINUX else ():
         if name.isdigit():
             fields = _stat_fields(int(name))
-            if fields is not None and (include_dead or fields[3] not in _DEAD):
+            if fields is not None and (include_dead or fields[3] not in _DEAD or _has_live_threads(int(name))):
                 table[int(name)] = fields
     return table
+
+
+def _has_live_threads(pid: int) -> bool:
+    """Whether a zombie is only its main thread's: a process whose main thread exited
+    shows as a zombie while its other threads run on, and must still be killed."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("Threads:") and int(line.split()[1]) > 1 for line in status)
+    except OSError:
+        return False
 
 
 def _descendants(table: dict, root: int) -> set:
@@ -139,8 +149,12 @@ class ProcessSweep:
                 pass  # there was no other process
         deadline = time.monotonic() + _SWEEP_SECONDS
         targets = self._targets()
-        while time.monotonic() < deadline and any(state not in _STOPPED for state in targets.values()):
-            _signal([pid for pid, state in targets.items() if state not in _STOPPED], signal.SIGSTOP)
+        while time.monotonic() < deadline:
+            # A zombie listed here has live threads; its state stays "Z" once they stop.
+            running = [pid for pid, state in targets.items() if state not in _STOPPED + _DEAD]
+            if not running:
+                break
+            _signal(running, signal.SIGSTOP)
             targets = self._targets()
         killed = set()
         while targets and time.monotonic() < deadline:
@@ -187,40 +201,95 @@ def pid_namespace_prefix() -> list:
     return list(_PID_NAMESPACE) if _pid_namespace_usable else []
 
 
-def remove_tree(path: str) -> None:
-    """Remove `path` and everything below it, even folders a notebook made unreadable."""
-    def make_writable_and_retry(function, failed_path, _):
-        parent = os.path.dirname(failed_path)
-        for folder in (parent, failed_path):
-            try:
-                os.chmod(folder, stat.S_IRWXU)
-            except OSError:
-                pass
-        if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-            shutil.rmtree(failed_path, ignore_errors=True)
-        else:
-            try:
-                function(failed_path)
-            except OSError:
-                pass
+class SandboxError(Exception):
+    """What a run left could not be removed: the process must not run another notebook."""
 
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=make_writable_and_retry)
-    elif os.path.lexists(path):
-        os.remove(path)
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: str) -> None:
+    """Remove `path` and everything below it, at any depth and whatever the modes a
+    notebook set: each folder is made accessible before it is read, links are never
+    followed, and the walk is iterative (a tree thousands deep exceeds no recursion
+    limit, and fd-relative calls no path length). Raises OSError on what it cannot remove."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    os.chmod(path, stat.S_IRWXU)
+    folders, names = [os.open(path, _DIRECTORY)], [None]
+    try:
+        while folders:
+            folder, deeper = folders[-1], None
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        deeper = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=folder)
+            if deeper is not None:
+                os.chmod(deeper, stat.S_IRWXU, dir_fd=folder)
+                folders.append(os.open(deeper, _DIRECTORY, dir_fd=folder))
+                names.append(deeper)
+                continue
+            os.close(folders.pop())
+            emptied = names.pop()
+            if folders:
+                os.rmdir(emptied, dir_fd=folders[-1])
+    finally:
+        for folder in folders:
+            os.close(folder)
+    os.rmdir(path)
 
 
 def empty_folder(path: str) -> None:
-    """Remove everything inside `path` (what this user may remove), keeping `path` itself."""
-    try:
-        names = os.listdir(path)
-    except OSError:
+    """Remove everything inside `path` that this user owns, keeping `path` itself (what
+    other users own, no run of ours can have written). Raises SandboxError when something
+    of ours is left."""
+    if not os.path.isdir(path):
         return
-    for name in names:
+    left = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                    remove_tree(entry.path)
+            except OSError as error:
+                left.append(f"{entry.path}: {error.strerror or error}")
+    if left:
+        raise SandboxError("could not remove " + "; ".join(left))
+
+
+# System V IPC objects outlive the processes that made them: /proc/sysvipc lists them.
+_SYSV_IPC = {"shm": ("shmid", "shmctl"), "msg": ("msqid", "msgctl"), "sem": ("semid", "semctl")}
+_IPC_RMID = 0
+
+
+def remove_ipc_objects() -> None:
+    """Remove every System V shared memory segment, message queue and semaphore set this
+    user owns (for Lambda, where kernels get no IPC namespace of their own). Never for
+    root, whose objects are the whole machine's."""
+    if not _LINUX or os.getuid() == 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid = os.getuid()
+    for kind, (id_column, control) in _SYSV_IPC.items():
         try:
-            remove_tree(os.path.join(path, name))
+            with open(f"/proc/sysvipc/{kind}") as table:
+                header, *rows = [line.split() for line in table]
         except OSError:
-            pass  # another user's file: nothing a run of ours can have written
+            continue
+        for row in rows:
+            fields = dict(zip(header, row))
+            if int(fields["uid"]) == uid:
+                if kind == "sem":
+                    getattr(libc, control)(int(fields[id_column]), 0, _IPC_RMID)
+                else:
+                    getattr(libc, control)(int(fields[id_column]), _IPC_RMID, None)
 
 
 class RunFolders:
@@ -257,5 +326,5 @@ class RunFolders:
             os.makedirs(folder, mode=0o700, exist_ok=True)
 
     def remove(self) -> None:
-        """Remove the folders and everything the run wrote in them."""
+        """Remove the folders and everything the run wrote in them (OSError if it cannot)."""
         remove_tree(self.root)

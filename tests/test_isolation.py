@@ -6,7 +6,9 @@ plants everything it can; the next run, another user's, looks for each plant.
 """
 import json
 import os
+import random
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -19,7 +21,7 @@ from chalicelib.runner import NotebookRunner, prepare_lambda_environment
 
 def notebook(*cells, kernelspec=None):
     """A notebook whose first cell is a papermill parameters cell."""
-    nb = new_notebook(cells=[new_code_cell("shared = None\noutside = None", metadata={"tags": ["parameters"]})]
+    nb = new_notebook(cells=[new_code_cell("shared = None\noutside = None\ncode = None", metadata={"tags": ["parameters"]})]
                       + [new_code_cell(source) for source in cells])
     nb.metadata.kernelspec = kernelspec or {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
@@ -54,17 +56,29 @@ for base in {os.environ["JUPYTER_CONFIG_DIR"], os.path.join(shared, "jupyter", "
 password = "hunter2-very-secret"
 with open(os.path.join(shared, "leftover.txt"), "w") as f:
     f.write(password)
-os.makedirs(os.path.join(shared, "locked", "inner"))
-with open(os.path.join(shared, "locked", "inner", "kept.txt"), "w") as f:
-    f.write(password)
-os.chmod(os.path.join(shared, "locked"), 0)
+for base in (shared, os.getcwd()):
+    os.makedirs(os.path.join(base, "locked", "inner"))
+    with open(os.path.join(base, "locked", "inner", "kept.txt"), "w") as f:
+        f.write(password)
+    os.chmod(os.path.join(base, "locked", "inner"), 0)
+    os.chmod(os.path.join(base, "locked"), 0)
+    folder = os.open(base, os.O_RDONLY)  # deeper than any recursion limit or path length
+    for _ in range(1200):
+        os.mkdir("d", dir_fd=folder)
+        deeper = os.open("d", os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = deeper
+    os.close(folder)
+# A link in a folder the cleanup must first make writable, to a file outside it.
+os.makedirs(os.path.join(shared, "linkdir"))
+os.symlink(os.path.join(outside, "target.txt"), os.path.join(shared, "linkdir", "link"))
+os.chmod(os.path.join(shared, "linkdir"), 0o500)
 '''
 
-# A process that leaves the kernel's session and process group, double-forks (so its
-# parent is gone) and ignores SIGTERM and SIGHUP, then lives on, beating in a log.
-SURVIVOR = r'''
-import os, subprocess, sys, time
-code = """
+# Processes that outlive their kernel if nothing stops them, each beating in a log.
+# This one leaves the kernel's session and process group, double-forks (so its parent is
+# gone) and ignores SIGTERM and SIGHUP.
+DOUBLE_FORKED = """
 import os, signal, sys, time
 if os.fork(): os._exit(0)
 signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -72,9 +86,23 @@ while True:
     with open(sys.argv[1], 'a') as f: f.write('beat\\n')
     time.sleep(0.05)
 """
+# This one's main thread exits while another thread beats on: it shows as a zombie.
+ZOMBIE_LEADER = """
+import ctypes, os, sys, threading, time
+if os.fork(): os._exit(0)
+def beat():
+    while True:
+        with open(sys.argv[1], 'a') as f: f.write('beat\\n')
+        time.sleep(0.05)
+threading.Thread(target=beat).start()
+time.sleep(0.3)
+ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: this thread only
+"""
+SURVIVOR = r'''
+import os, subprocess, sys, time
 log = os.path.join(outside, "survivor.log")
 subprocess.Popen([sys.executable, "-c", code, log], start_new_session=True)
-while not os.path.exists(log) or len(open(log).read().split()) < 5:
+while not os.path.exists(log) or len(open(log).read().split()) < 10:
     time.sleep(0.05)
 print("surviving")
 '''
@@ -119,6 +147,10 @@ def lambda_layout(monkeypatch, tmp_path):
 
 def test_nothing_one_run_plants_reaches_the_next_users_run(lambda_layout):
     runner, where = lambda_layout
+    target = os.path.join(where["outside"], "target.txt")
+    with open(target, "w") as f:
+        f.write("not the run's")
+    os.chmod(target, 0o400)
     runner.prewarm()
     attack = runner.execute(notebook(ATTACK), parameters=where)
     assert attack.error is None, attack.error
@@ -133,18 +165,25 @@ def test_nothing_one_run_plants_reaches_the_next_users_run(lambda_layout):
     # Nothing the attacker wrote in the shared folder survived, however it was protected:
     # all that is there is the observer's own run folder.
     assert len(seen["shared_now"]) == 1 and seen["shared_now"][0].startswith("notebook-run-")
+    # The cleanup followed no link: the file the attacker's link pointed at is untouched.
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o400
     assert seen["home_plants"] == []  # a fresh HOME
 
 
-def test_a_run_leaves_no_process_behind(lambda_layout):
+@pytest.mark.parametrize("namespace", [True, False], ids=["in a PID namespace", "swept"])
+@pytest.mark.parametrize("code", [DOUBLE_FORKED, ZOMBIE_LEADER], ids=["double-forked", "zombie leader"])
+def test_a_run_leaves_no_process_behind(lambda_layout, monkeypatch, code, namespace):
+    if namespace and not sandbox.pid_namespace_prefix():
+        pytest.skip("this machine gives kernels no PID namespace (no unprivileged user namespaces)")
+    monkeypatch.setattr(sandbox, "_pid_namespace_usable", namespace)
     runner, where = lambda_layout
-    execution = runner.execute(notebook(SURVIVOR), parameters=where)
+    execution = runner.execute(notebook(SURVIVOR), parameters={**where, "code": code})
     assert execution.error is None, execution.error
 
     log = os.path.join(where["outside"], "survivor.log")
     before = beats(log)
     time.sleep(0.5)
-    assert beats(log) == before  # swept before execute() returned
+    assert beats(log) == before  # ended before execute() returned
 
 
 # A process that changes pid all the time: it forks, in a new session, and exits, in a
@@ -222,32 +261,45 @@ def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_p
 def test_a_notebook_cannot_read_what_another_kernel_publishes(tmp_path):
     """Ports can be found (the connection file, /proc/net/tcp): every channel is CurveZMQ
     encrypted, and without the kernel's public key no subscriber completes the handshake."""
-    victim = NotebookRunner(run_timeout=60)
-    victim.prewarm()
+    victim_ready, results, done = threading.Event(), {}, tmp_path / "done"
+
+    def victim_runs():  # a runner is used from one thread: this one
+        victim = NotebookRunner(run_timeout=60)
+        try:
+            victim.prewarm()
+            with open(victim._waiting.folders.connection_file) as f:
+                results["connection"] = json.load(f)
+            victim_ready.set()
+            results["victim"] = victim.execute(notebook(  # it speaks until the attacker is done
+                "import os, time\n"
+                f"while not os.path.exists({str(done)!r}):\n"
+                "    print('victim secret: swordfish'); time.sleep(0.1)"))
+        finally:
+            victim_ready.set()
+            victim.close()
+
+    speaker = threading.Thread(target=victim_runs)
+    speaker.start()
+    assert victim_ready.wait(60) and "connection" in results
+    iopub = f"tcp://{results['connection']['ip']}:{results['connection']['iopub_port']}"
+    listener = notebook(
+        "import time, zmq\n"
+        "socket = zmq.Context().socket(zmq.SUB)\n"
+        "socket.setsockopt(zmq.SUBSCRIBE, b'')\n"
+        f"socket.connect({iopub!r})\n"
+        "heard, deadline = [], time.time() + 4\n"
+        "while time.time() < deadline:\n"
+        "    if socket.poll(100):\n"
+        "        heard.append(socket.recv_multipart())\n"
+        "print('heard', len(heard), any(b'swordfish' in part for message in heard for part in message))\n"
+    )
     attacker = NotebookRunner(run_timeout=60)
     try:
-        with open(victim._waiting.folders.connection_file) as f:
-            iopub = f"tcp://{json.load(f)['ip']}:{json.load(open(victim._waiting.folders.connection_file))['iopub_port']}"
-        results = {}
-        speaker = threading.Thread(target=lambda: results.setdefault("victim", victim.execute(
-            notebook("import time\nfor _ in range(60):\n    print('victim secret: swordfish'); time.sleep(0.1)"))))
-        speaker.start()
-        listener = notebook(
-            "import time, zmq\n"
-            "socket = zmq.Context().socket(zmq.SUB)\n"
-            "socket.setsockopt(zmq.SUBSCRIBE, b'')\n"
-            f"socket.connect({iopub!r})\n"
-            "heard, deadline = [], time.time() + 4\n"
-            "while time.time() < deadline:\n"
-            "    if socket.poll(100):\n"
-            "        heard.append(socket.recv_multipart())\n"
-            "print('heard', len(heard), any(b'swordfish' in part for message in heard for part in message))\n"
-        )
         overheard = attacker.execute(listener)
-        speaker.join(60)
     finally:
         attacker.close()
-        victim.close()
+        done.touch()
+        speaker.join(60)
     assert overheard.error is None, overheard.error
     assert "heard 0 False" in printed(overheard)
     assert "swordfish" in printed(results["victim"])  # it did speak all along
@@ -311,7 +363,9 @@ def test_kernels_are_non_dumpable_so_other_notebooks_cannot_inspect_them():
     assert "dumpable 0" in printed(execution)
 
 
-UNPRIVILEGED = ["setpriv", "--reuid=64123", "--regid=64123", "--clear-groups"]
+# A uid of this test run's own, so that no other process on a shared machine is swept.
+TEST_UID = random.randint(70000, 2**31 - 2)
+UNPRIVILEGED = ["setpriv", f"--reuid={TEST_UID}", f"--regid={TEST_UID}", "--clear-groups"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # sandbox.py needs only the standard library
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPER = f"""
@@ -334,6 +388,17 @@ def _can_run_unprivileged() -> bool:
     return probe.returncode == 0
 
 
+def running_as_test_uid(pid: int) -> None:
+    """Wait until setpriv has become the test's uid and run its program."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as status, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if f"Uid:\t{TEST_UID}" in status.read() and cmdline.read().startswith(b"sleep"):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never ran as {TEST_UID}")
+
+
 @pytest.mark.skipif(not _can_run_unprivileged(),
                     reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
 def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
@@ -346,6 +411,8 @@ def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
     try:
         assert sweeper.stdout.readline().strip() == "ready"
         stranger = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])  # not the sweeper's descendant
+        for process in (older, stranger):
+            running_as_test_uid(process.pid)
         sweeper.stdin.write("\n")
         sweeper.stdin.flush()
         assert sweeper.stdout.readline().split()[0] == "killed"
@@ -357,3 +424,46 @@ def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+IPC_PLANTER = f"""
+import ctypes, sys
+sys.path.insert(0, {REPO!r})
+from chalicelib import sandbox
+libc = ctypes.CDLL(None)
+segment = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+queue = libc.msgget(0, 0o1600)
+assert segment >= 0 and queue >= 0
+def listed(kind, ident):
+    return any(line.split()[1] == str(ident) for line in open(f"/proc/sysvipc/{{kind}}").readlines()[1:])
+print("made", listed("shm", segment), listed("msg", queue))
+sandbox.remove_ipc_objects()
+print("left", listed("shm", segment), listed("msg", queue))
+"""
+
+
+@pytest.mark.skipif(not _can_run_unprivileged(),
+                    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
+def test_on_lambda_system_v_ipc_objects_of_the_runners_user_are_removed():
+    result = subprocess.run(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", IPC_PLANTER], capture_output=True, text=True,
+                            timeout=30)
+    assert result.stdout.split() == ["made", "True", "True", "left", "False", "False"], result.stderr
+
+
+def test_a_run_that_cannot_be_cleaned_up_after_stops_the_runner(lambda_layout, monkeypatch):
+    """Fail closed: rather than let the next run find what is left."""
+    runner, where = lambda_layout
+    real_empty_folder = sandbox.empty_folder
+
+    def empty_folder_that_fails(path):
+        real_empty_folder(path)
+        raise sandbox.SandboxError(f"could not remove {path}/stuck: Device or resource busy")
+
+    monkeypatch.setattr(sandbox, "empty_folder", empty_folder_that_fails)
+    execution = runner.execute(notebook("print('ran')"), parameters=where)
+
+    assert execution.error is None and "ran" in printed(execution)  # the run itself is reported
+    with pytest.raises(sandbox.SandboxError, match="stuck"):
+        runner.prewarm()
+    with pytest.raises(sandbox.SandboxError):
+        runner.execute(notebook("print('never')"), parameters=where)

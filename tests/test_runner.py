@@ -106,11 +106,12 @@ def test_timeout_bounds_the_whole_run():
 
 def test_long_cell_times_out_quickly():
     runner = NotebookRunner(run_timeout=2)
+    runner.prewarm()  # a kernel start on a loaded machine can take most of 2 s
 
     started = time.monotonic()
     execution = runner.execute(notebook("print('ok')", "import time; time.sleep(30)"))
 
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # the run's 2 s, not the cell's 30
     assert execution.error["ename"] == "CellTimeoutError"
     assert execution.error["cell_index"] == 1
     assert stdout(execution.notebook.cells[0]) == "ok\n"
