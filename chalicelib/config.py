@@ -21,6 +21,10 @@ def _float(env, name, default):
     return float(value) if value not in (None, "") else default
 
 
+def _list(env, name) -> tuple:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the service needs to know about where it runs."""
@@ -40,12 +44,31 @@ class Settings:
     runner_function: str = "notebooks-dev-runner"
     runner_arn: Optional[str] = None
     local_workers: int = os.cpu_count() or 1
-    # A whole run must end before Lambda's 15 minutes; runs past it fail cleanly.
+    # A run's default timeout, and the longest that runs on Lambda: a whole run must end
+    # before Lambda's 15 minutes. A run asking for longer runs on Fargate, up to the maximum.
     run_timeout: float = 840.0
+    max_run_timeout: float = 12 * 3600.0
+    # The Fargate engine (all four set by the deployment's template; unset: no Fargate).
+    ecs_cluster: Optional[str] = None
+    ecs_task_definition: Optional[str] = None
+    ecs_subnets: tuple = ()
+    ecs_security_groups: tuple = ()
+    ecs_container: str = "runner"
+    ecs_assign_public_ip: bool = True
     # How long a queued run may wait for a runner before it is reported lost.
     queue_timeout: float = 6 * 3600.0
     timezone: str = "UTC"
     rule_prefix: str = "notebooks-"
+
+    @property
+    def fargate(self) -> bool:
+        """Whether the deployment has a Fargate engine for runs longer than Lambda's."""
+        return bool(self.ecs_cluster and self.ecs_task_definition and self.ecs_subnets)
+
+    def longest_run(self) -> float:
+        """The longest timeout a run may ask for: the maximum where runs can take it (Fargate,
+        or the local stack's workers), else what fits in Lambda."""
+        return self.max_run_timeout if self.fargate or self.dispatch == "local" else self.run_timeout
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -67,6 +90,13 @@ class Settings:
             runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
             local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
             run_timeout=_float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout),
+            max_run_timeout=_float(env, "NOTEBOOKS_MAX_RUN_TIMEOUT", d.max_run_timeout),
+            ecs_cluster=env.get("NOTEBOOKS_ECS_CLUSTER") or None,
+            ecs_task_definition=env.get("NOTEBOOKS_ECS_TASK_DEFINITION") or None,
+            ecs_subnets=_list(env, "NOTEBOOKS_ECS_SUBNETS"),
+            ecs_security_groups=_list(env, "NOTEBOOKS_ECS_SECURITY_GROUPS"),
+            ecs_container=env.get("NOTEBOOKS_ECS_CONTAINER") or d.ecs_container,
+            ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
             queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
             timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),

@@ -371,16 +371,3 @@ class _CancelWatch:
                     self._cancel()  # again at each poll: the first may come before any cell runs
             except Exception:  # noqa: BLE001 - a failed look is retried at the next poll
                 log.warning("could not check for a cancel request", exc_info=True)
-
-
-class LambdaDispatcher:
-    """Hands runs to the runner function with asynchronous (`Event`) invocations."""
-
-    def __init__(self, lambda_client, function_name: str):
-        self._lambda = lambda_client
-        self._function = function_name
-
-    def dispatch(self, event: dict) -> None:
-        """Invoke the runner with `event`, without waiting for it."""
-        self._lambda.invoke(FunctionName=self._function, InvocationType="Event",
-                            Payload=json.dumps(event).encode())

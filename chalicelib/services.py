@@ -13,7 +13,8 @@ from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .runner import NotebookRunner, prepare_lambda_environment
 from .local_lambda import LocalDispatcher
-from .runs import LambdaDispatcher, RunExecutor, RunService
+from .dispatch import LambdaDispatcher
+from .runs import RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
 

@@ -10,7 +10,8 @@ import pytest
 
 from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
-from chalicelib.runs import LambdaDispatcher, RunExecutor
+from chalicelib.dispatch import LambdaDispatcher
+from chalicelib.runs import RunExecutor
 from tests.conftest import error
 from tests.helpers import stored_state
 
