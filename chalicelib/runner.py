@@ -384,8 +384,9 @@ class NotebookRunner:
     ):
         """`shared_tmp`: a folder every run can write to (Lambda's /tmp), which holds the
         runs' private folders and is emptied after each run; None: the system's
-        temporary folder, left alone. `sweep_whole_user`: after a run, end every new
-        process of this user, not only those below this process (Lambda)."""
+        temporary folder, left alone. `sweep_whole_user`: after a run, end every other
+        process of this user, not only those below this process (Lambda), unless kernels
+        run in a PID namespace of their own, which holds all of a run's processes."""
         self.run_timeout = run_timeout
         self.progress_interval = progress_interval
         self.checkpoint_interval = checkpoint_interval
@@ -411,7 +412,10 @@ class NotebookRunner:
                 return
             self._waiting.shutdown()
             self._waiting = None
-        self._processes = sandbox.ProcessSweep(whole_user=self._sweep_whole_user)
+        # In a PID namespace nothing of the run can be elsewhere: the user's other
+        # processes (another function sharing the user, outside Lambda) are left alone.
+        whole_user = self._sweep_whole_user and not sandbox.pid_namespace_prefix()
+        self._processes = sandbox.ProcessSweep(whole_user=whole_user)
         self._processes.start()  # whatever exists before the kernel is not the run's
         self._waiting = _Kernel(self._shared_tmp)
 
