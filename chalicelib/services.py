@@ -11,7 +11,6 @@ from .config import Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
-from .runner import NotebookRunner, prepare_lambda_environment
 from .runs import LambdaDispatcher, LocalDispatcher, RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
@@ -51,12 +50,14 @@ class Services:
 
     def local_executor(self) -> tuple:
         """(executor, runner) for one local worker thread: each has its own kernel."""
+        from .runner import NotebookRunner  # papermill and jupyter: the API function never loads them
         runner = NotebookRunner(self.settings.run_timeout)
         return RunExecutor(self.runs, self.files, self.scheduler, runner), runner
 
     def lambda_executor(self) -> RunExecutor:
         """The executor of this Lambda container; its runner keeps a kernel warm between runs."""
         if self._lambda_executor is None:
+            from .runner import prepare_lambda_environment
             prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             self._lambda_executor, _ = self.local_executor()
         return self._lambda_executor
