@@ -20,6 +20,9 @@ from .metadata import table_definitions
 
 # Chalice's logical ids for app.py's functions and API.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
+# Lambda's runtime for both functions, whichever Python runs `chalice package`; the
+# package's dependencies are built for it (deploy/package.py).
+RUNTIME = "python3.11"
 # Where `make package` writes the functions' code, relative to the template.
 CODE_URI = "./notebooks-lambda.zip"
 # The Lambda package keeps Jupyter's data files (nbconvert's templates) beside the
@@ -227,6 +230,7 @@ def merge_template(settings: Settings = Settings()) -> dict:
                 "MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}},
             API_FUNCTION: {"DependsOn": ["ApiLogGroup"], "Properties": {
                 "FunctionName": {"Fn::Sub": "${AWS::StackName}-api"},
+                "Runtime": RUNTIME,
                 "CodeUri": CODE_URI,
                 "Role": {"Fn::GetAtt": ["ApiRole", "Arn"]},
                 **_environment(**data, NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
@@ -236,6 +240,7 @@ def merge_template(settings: Settings = Settings()) -> dict:
             }},
             RUNNER_FUNCTION: {"DependsOn": ["RunnerLogGroup"], "Properties": {
                 "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
+                "Runtime": RUNTIME,
                 "CodeUri": CODE_URI,
                 "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
                 **_environment(**data),

@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from chalicelib.deployment import CODE_URI, merge_template
+from chalicelib.deployment import CODE_URI, RUNTIME, merge_template
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -36,7 +36,7 @@ CHALICE_STAGE = "dev"
 # Lambda's python3.11 runs on Amazon Linux 2: glibc 2.26. pip accepts a wheel for any
 # glibc up to that (manylinux2014 is 2.17). The patch version matters to wheels that
 # require one (soupsieve: 3.11.5+); Lambda's runtime is a later 3.11 patch release.
-LAMBDA_PYTHON = "3.11.7"
+LAMBDA_PYTHON = RUNTIME.removeprefix("python") + ".7"
 LAMBDA_GLIBC_MINOR = 26
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, LAMBDA_GLIBC_MINOR + 1)]
 PIP_TARGET_OPTIONS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA
+from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
 from chalicelib.localstack import free_port
 from chalicelib.metadata import table_definitions
 from deploy import package
@@ -68,6 +68,13 @@ def test_cfn_lint_finds_nothing(template_file):
     lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template_file)],
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_both_functions_run_the_runtime_the_package_is_built_for(resources):
+    for function in ("APIHandler", "Runner"):
+        assert resources[function]["Properties"]["Runtime"] == RUNTIME
+    assert package.LAMBDA_PYTHON.startswith(RUNTIME.removeprefix("python") + ".")
+    assert f"--python-version {package.LAMBDA_PYTHON}" in " ".join(package.PIP_TARGET_OPTIONS)
 
 
 def test_the_api_is_regional(resources):

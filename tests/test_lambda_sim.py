@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,7 +37,7 @@ import boto3
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.deployment import PACKAGED_JUPYTER_DATA
+from chalicelib.deployment import PACKAGED_JUPYTER_DATA, RUNTIME
 from chalicelib.localstack import _embedded_aws_server
 from chalicelib.metadata import create_tables
 from chalicelib.users import UserStore
@@ -64,6 +65,8 @@ PARAMETERS = {"Stage": STAGE, "AWS::StackName": STACK, "AWS::Region": REGION, "A
 
 def _unavailable() -> str:
     """Why the simulation cannot run here, or ""."""
+    if f"python{sys.version_info.major}.{sys.version_info.minor}" != RUNTIME:
+        return f"needs this machine's Python to be Lambda's {RUNTIME}"
     if os.geteuid() != 0:
         return "needs root (mount namespaces, bind mounts, setpriv)"
     for tool in ("unshare", "setpriv", "mount"):
@@ -377,6 +380,15 @@ def test_every_module_is_compiled_ahead_for_a_read_only_task_root(built):
     assert PACKAGED_JUPYTER_DATA.replace("/var/task/", "") + "/nbconvert/templates/lab/index.html.j2" in names
 
 
+@dataclass
+class Simulation:
+    template: dict
+    task: Path  # the unzipped package
+    aws: EmbeddedAws
+    lambda_service: LambdaService
+    functions: dict  # logical id: its warm SimulatedFunction
+
+
 @pytest.fixture(scope="module")
 def simulation(built, tmp_path_factory):
     template, zipped = built
@@ -391,12 +403,21 @@ def simulation(built, tmp_path_factory):
             (root / function).mkdir()
             functions[function] = SimulatedFunction(root / function, task,
                                                     lambda_environment(function, template, aws, lambda_service))
-        yield template, functions, aws, lambda_service
+        yield Simulation(template, task, aws, lambda_service, functions)
     finally:
         for function in functions.values():
             function.close()
         lambda_service.server.shutdown()
         aws.server.stop()
+
+
+@simulation_only
+def test_the_runner_module_imports_without_home(simulation, tmp_path):
+    """What the runner function loads on its first event, loaded before anything has set HOME."""
+    env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
+    function = SimulatedFunction(tmp_path, simulation.task, {**env, "_HANDLER": "chalicelib.runner.NotebookRunner"})
+    function.close()
+    assert "papermill" in function.init["loaded"]
 
 
 NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
@@ -410,14 +431,14 @@ BASE = "/_notebooks/notebooks"
 
 @simulation_only
 def test_the_api_function_starts_without_the_notebook_machinery(simulation):
-    _, functions, _, _ = simulation
-    assert functions["APIHandler"].init["loaded"] == []
-    assert functions["Runner"].init["loaded"] == []
+    assert simulation.functions["APIHandler"].init["loaded"] == []
+    assert simulation.functions["Runner"].init["loaded"] == []
 
 
 @simulation_only
 def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_would(simulation):
-    template, functions, aws, lambda_service = simulation
+    template, functions = simulation.template, simulation.functions
+    aws, lambda_service = simulation.aws, simulation.lambda_service
     api = ApiGateway(functions["APIHandler"], template)
 
     created = api.json("POST", BASE + "/", {"notebook_name": "simulated"})
