@@ -43,6 +43,7 @@ PIP_TARGET_OPTIONS = [
     *(option for platform in PLATFORMS for option in ("--platform", platform)),
     "--only-binary=:all:", "--implementation", "cp", "--python-version", LAMBDA_PYTHON, "--no-compile",
 ]
+TASK_ROOT = "/var/task"  # where Lambda unzips the package
 # Lambda's limits for a .zip package: zipped when uploaded directly (the deploy commands
 # upload it to S3, where this limit does not apply), and unzipped, always.
 ZIPPED_LIMIT_MB, UNZIPPED_LIMIT_MB = 50, 250
@@ -52,8 +53,9 @@ _NOT_PACKAGED = {"bin"}
 
 
 def _compile(folder: Path) -> None:
-    """Bytecode beside every module, trusted without checking the source's time stamp."""
-    if not compileall.compile_dir(str(folder), quiet=2, workers=0,
+    """Bytecode beside every module, trusted without checking the source's time stamp,
+    naming the source where Lambda has it (so builds in different folders are alike)."""
+    if not compileall.compile_dir(str(folder), quiet=2, workers=0, ddir=TASK_ROOT,
                                   invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH):
         raise SystemExit(f"compiling {folder} failed")
 
@@ -62,7 +64,8 @@ def dependencies(cache: Path = BUILD / "cache") -> Path:
     """A folder with the pinned runtime dependencies for Lambda, compiled; installed once
     per set of pins and options."""
     inputs = [(ROOT / name).read_bytes() for name in ("requirements.txt", "constraints.txt")]
-    key = hashlib.sha256(b"\0".join(inputs + [" ".join(PIP_TARGET_OPTIONS).encode()])).hexdigest()[:16]
+    options = " ".join([*PIP_TARGET_OPTIONS, TASK_ROOT])
+    key = hashlib.sha256(b"\0".join(inputs + [options.encode()])).hexdigest()[:16]
     site = cache / f"site-{key}"
     if (site / ".complete").exists():
         return site
@@ -73,6 +76,9 @@ def dependencies(cache: Path = BUILD / "cache") -> Path:
                     "-r", str(ROOT / "requirements.txt"), "-c", str(ROOT / "constraints.txt")], check=True)
     _compile(site)
     (site / ".complete").touch()
+    for stale in cache.glob("site-*"):  # installed for other pins
+        if stale != site:
+            shutil.rmtree(stale)
     return site
 
 

@@ -18,6 +18,7 @@ schedule's rule carries, one after the other in one warm process.
 import base64
 import json
 import logging
+import marshal
 import os
 import re
 import shlex
@@ -374,7 +375,9 @@ def test_every_module_is_compiled_ahead_for_a_read_only_task_root(built):
             compiled = f"{folder}/__pycache__/{module[:-3]}.cpython-311.pyc".lstrip("/")
             assert compiled in names, source
         # PEP 552 flags: hash-based (1), source not checked (no 2): valid whatever the time stamps.
-        assert int.from_bytes(archive.read("__pycache__/app.cpython-311.pyc")[4:8], "little") == 1
+        app_bytecode = archive.read("__pycache__/app.cpython-311.pyc")
+        assert int.from_bytes(app_bytecode[4:8], "little") == 1
+        assert marshal.loads(app_bytecode[16:]).co_filename == "/var/task/app.py"  # alike wherever built
     assert {"app.py", "chalicelib/runs.py", "chalice/app.py", "IPython/__init__.py"} <= set(sources)
     assert not [name for name in names if name.startswith("bin/")]
     assert PACKAGED_JUPYTER_DATA.replace("/var/task/", "") + "/nbconvert/templates/lab/index.html.j2" in names
