@@ -12,13 +12,10 @@ No resource has a fixed physical name: CloudFormation names them after the stack
 stages (two stacks) live side by side in one account and region, and a stack can be
 created again after deletion although its retained data is still there.
 """
-import json
-import sys
-
 from .config import Settings
 from .metadata import table_definitions
 
-# Chalice's logical ids for app.py's functions and API.
+# Chalice's logical ids for app.py's two functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
 # Lambda's runtime for both functions, whichever Python runs `chalice package`; the
 # package's dependencies are built for it (deploy/package.py).
@@ -128,7 +125,8 @@ def _table_and_indexes(logical_id: str) -> list:
     return [{"Fn::GetAtt": [logical_id, "Arn"]}, {"Fn::Sub": "${" + logical_id + ".Arn}/index/*"}]
 
 
-_RULES = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/notebooks-${Stage}-*"}
+_RULES = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/"
+                    + RULE_PREFIX["Fn::Sub"] + "*"}
 
 
 def _logs(log_group: str) -> dict:
@@ -272,8 +270,3 @@ def merge_template(settings: Settings = Settings()) -> dict:
             "FailedRunnerEventsQueue": {"Value": {"Ref": "FailedRunnerEvents"}},
         },
     }
-
-
-if __name__ == "__main__":
-    json.dump(merge_template(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
