@@ -16,6 +16,7 @@ output as ipynb and HTML; the runner gets the event the API dispatched and the e
 schedule's rule carries, one after the other in one warm process.
 """
 import base64
+import errno
 import json
 import logging
 import marshal
@@ -427,7 +428,9 @@ NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
     {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Simulated"},
     {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
-     "source": "import os, sys\nprint('ran on', sys.prefix, 'home', os.environ.get('HOME') is not None)"},
+     "source": "import os, sys\n"
+               "try:\n    open('/var/task/written', 'w')\nexcept OSError as error:\n    refused = error.errno\n"
+               "print('ran on', sys.prefix, 'as', os.getuid(), 'task root refused writing:', refused)"},
 ]}
 BASE = "/_notebooks/notebooks"
 
@@ -477,7 +480,7 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     assert sorted(r["trigger"] for r in history) == ["manual", "schedule"]
     output = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")
     [printed] = output["cells"][1]["outputs"]
-    assert printed["text"].startswith("ran on /var/lang home")
+    assert printed["text"] == f"ran on /var/lang as {SANDBOX_UID} task root refused writing: {errno.EROFS}\n"
     page = api.request("GET", f"/_notebooks/runs/{run['run_id']}/output", query={"format": "html"})
     assert page["statusCode"] == 200, functions["APIHandler"].output()[-4000:]
     assert "ran on /var/lang" in page["body"] and "<h1" in page["body"]
