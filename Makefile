@@ -4,7 +4,7 @@ VENV := .venv
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench venv constraints clean
+.PHONY: dev test bench venv constraints clean package smoke
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py
+
+# The stack's template and its Lambda package under build/ (no AWS account needed).
+package: $(STAMP)
+	$(VENV)/bin/python -m deploy.package
+
+# A deployed API through the seed's samples and one run: make smoke URL=https://... [SMOKE_USER=admin]
+smoke: $(STAMP)
+	@test -n "$(URL)" || { echo "usage: make smoke URL=<the stack's EndpointURL> [SMOKE_USER=admin]"; exit 2; }
+	$(VENV)/bin/python -m deploy.smoke "$(URL)"
 
 constraints: $(STAMP)
 	{ echo "# Exact versions of everything installed, transitive dependencies included (pip freeze)."; \

@@ -22,6 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chalicelib.localstack import free_port  # noqa: E402
+from init_time import report_init_times  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 BATCH = 20
@@ -118,3 +119,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    report_init_times()

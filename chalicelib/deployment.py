@@ -1,62 +1,257 @@
-"""What a deployed stack needs beyond Chalice's own resources, as a CloudFormation
-template that `chalice package --merge-template .chalice/resources.json` merges in:
+"""The deployed stack beyond Chalice's own resources: a CloudFormation fragment that
+`make package` merges into Chalice's template (`chalice package --merge-template`).
 
-- the bucket and the three tables (designed in metadata.py, defined once there);
-- the runner's name and ARN for the API function (dispatch and schedule targets);
-- a Lambda permission that lets EventBridge invoke the runner, for this service's rules only.
+- the bucket (versioned, encrypted, private, TLS only) and the three tables (designed in
+  metadata.py, defined once there), all retained when the stack is deleted;
+- one IAM role per function, naming exact resources (Ref, GetAtt, ${AWS::Partition});
+- the runner's asynchronous invocation settings, reserved concurrency, /tmp size, a queue
+  for the events it could not take, and both functions' log groups with a retention;
+- parameters for what differs between deployments (Stage, retention days, concurrency).
 
-    python -m chalicelib.deployment > .chalice/resources.json   # after changing a table
+No resource has a fixed physical name: CloudFormation names them after the stack, so two
+stages (two stacks) live side by side in one account and region, and a stack can be
+created again after deletion although its retained data is still there.
 """
-import json
-import sys
-
 from .config import Settings
 from .metadata import table_definitions
 
-# Chalice's logical ids for app.py's functions.
+# Chalice's logical ids for app.py's two functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
+# Lambda's runtime for both functions, whichever Python runs `chalice package`; the
+# package's dependencies are built for it (deploy/package.py).
+RUNTIME = "python3.11"
+# Where `make package` writes the functions' code, relative to the template.
+CODE_URI = "./notebooks-lambda.zip"
+# The Lambda package keeps Jupyter's data files (nbconvert's templates) beside the
+# packages, where `pip install --target` puts them. Named as Jupyter's data folder, it is
+# also where nbconvert looks instead of a home folder, which Lambda's user has none of.
+PACKAGED_JUPYTER_DATA = "/var/task/share/jupyter"
+# Lambda's longest wait for an asynchronous event: also how long a queued run may wait
+# for a runner (NOTEBOOKS_QUEUE_TIMEOUT) before the API reports it lost.
+MAX_EVENT_AGE_SECONDS = 6 * 3600
+RUNNER_RETRY_ATTEMPTS = 2
+LOG_RETENTION_CHOICES = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                         2557, 2922, 3288, 3653]
+RULE_PREFIX = {"Fn::Sub": "notebooks-${Stage}-"}
+
+PARAMETERS = {
+    "Stage": {
+        "Type": "String", "Default": "dev", "AllowedPattern": "^[a-z][a-z0-9-]{0,15}$",
+        "Description": "Stage name (lower case, at most 16 characters): names this stage's schedule rules, "
+                       "notebooks-<Stage>-<notebook id> (EventBridge allows 64 characters)",
+    },
+    "NoncurrentVersionDays": {
+        "Type": "Number", "Default": 30, "MinValue": 1,
+        "Description": "Days an overwritten or deleted notebook file or output stays recoverable",
+    },
+    "RunOutputDays": {
+        "Type": "Number", "Default": 0, "MinValue": 0,
+        "Description": "Days after which executed notebooks (runs/) expire; 0 keeps them",
+    },
+    "RunnerReservedConcurrency": {
+        "Type": "Number", "Default": 10, "MinValue": 0,
+        "Description": "Runs that may execute at once (reserved for the runner, so runs cannot take the "
+                       "API's concurrency); 0 reserves none",
+    },
+    "RunnerEphemeralStorageMB": {
+        "Type": "Number", "Default": 2048, "MinValue": 512, "MaxValue": 10240,
+        "Description": "Size of the runner's /tmp, where notebooks run",
+    },
+    "LogRetentionDays": {
+        "Type": "Number", "Default": 30, "AllowedValues": LOG_RETENTION_CHOICES,
+        "Description": "Days both functions' logs are kept",
+    },
+}
+CONDITIONS = {
+    "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
+    "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
+}
 
 
-def _table(definition: dict) -> dict:
-    properties = {**definition, "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True}}
-    return {"Type": "AWS::DynamoDB::Table", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
+def _retained(resource_type: str, properties: dict) -> dict:
+    return {"Type": resource_type, "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
             "Properties": properties}
 
 
-def merge_template(settings: Settings = Settings()) -> dict:
-    """The CloudFormation resources to merge into Chalice's template."""
-    notebooks, runs, users = (_table(d) for d in table_definitions(settings))
-    bucket = {
-        "Type": "AWS::S3::Bucket",
-        "DeletionPolicy": "Retain",
-        "UpdateReplacePolicy": "Retain",
-        "Properties": {
-            "BucketName": {"Fn::Sub": "notebooks-files-${AWS::AccountId}-${AWS::Region}"},
-            "PublicAccessBlockConfiguration": {
-                "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
-                "RestrictPublicBuckets": True,
-            },
-            "BucketEncryption": {"ServerSideEncryptionConfiguration": [
-                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
-        },
+def _table(definition: dict) -> dict:
+    properties = {key: value for key, value in definition.items() if key != "TableName"}
+    return _retained("AWS::DynamoDB::Table", {
+        **properties,
+        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+        "DeletionProtectionEnabled": True,
+    })
+
+
+def _bucket() -> dict:
+    keep_old_versions = {
+        "Id": "ExpireOldVersions", "Status": "Enabled",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": {"Ref": "NoncurrentVersionDays"}},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
     }
-    shared = {"NOTEBOOKS_BUCKET": {"Ref": "NotebookFiles"}}
-    rules = {"Fn::Sub": "arn:aws:events:${AWS::Region}:${AWS::AccountId}:rule/" + settings.rule_prefix + "*"}
+    expire_outputs = {"Id": "ExpireRunOutputs", "Status": "Enabled", "Prefix": "runs/",
+                      "ExpirationInDays": {"Ref": "RunOutputDays"}}
+    return _retained("AWS::S3::Bucket", {
+        "VersioningConfiguration": {"Status": "Enabled"},
+        "LifecycleConfiguration": {"Rules": [
+            keep_old_versions,
+            {"Fn::If": ["RunOutputsExpire", expire_outputs, {"Ref": "AWS::NoValue"}]},
+        ]},
+        "BucketEncryption": {"ServerSideEncryptionConfiguration": [
+            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        "PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        },
+        "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+    })
+
+
+def _bucket_policy() -> dict:
+    return {"Type": "AWS::S3::BucketPolicy", "Properties": {
+        "Bucket": {"Ref": "NotebookFiles"},
+        "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+            "Sid": "DenyWithoutTLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}, {"Fn::Sub": "${NotebookFiles.Arn}/*"}],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }]},
+    }}
+
+
+def _objects(prefix: str) -> dict:
+    return {"Fn::Sub": "${NotebookFiles.Arn}/" + prefix + "*"}
+
+
+def _table_and_indexes(logical_id: str) -> list:
+    return [{"Fn::GetAtt": [logical_id, "Arn"]}, {"Fn::Sub": "${" + logical_id + ".Arn}/index/*"}]
+
+
+_RULES = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/"
+                    + RULE_PREFIX["Fn::Sub"] + "*"}
+
+
+def _logs(log_group: str) -> dict:
+    return {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": {"Fn::GetAtt": [log_group, "Arn"]}}
+
+
+def api_statements() -> list:
+    """The API function's permissions: its bucket, the notebook and run tables, reading
+    the users table, invoking the runner, and managing this stage's schedule rules."""
+    return [
+        _logs("ApiLogGroup"),
+        {"Sid": "NotebookFiles", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": _objects("")},
+        {"Sid": "ListNotebookFiles", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]}},
+        {"Sid": "NotebooksAndRuns", "Effect": "Allow",
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                    "dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"],
+         "Resource": _table_and_indexes("NotebooksTable") + _table_and_indexes("RunsTable")},
+        {"Sid": "ReadUsers", "Effect": "Allow", "Action": ["dynamodb:GetItem"],
+         "Resource": {"Fn::GetAtt": ["UsersTable", "Arn"]}},
+        {"Sid": "DispatchRuns", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+         "Resource": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]}},
+        {"Sid": "ScheduleRules", "Effect": "Allow",
+         "Action": ["events:PutRule", "events:PutTargets", "events:RemoveTargets", "events:DeleteRule"],
+         "Resource": _RULES},
+    ]
+
+
+def runner_statements() -> list:
+    """The runner's permissions, which executes untrusted code: read notebooks, write
+    (and delete, when the notebook went while it ran) outputs, create and update run
+    records (a schedule's run is counted on its notebook; expiry and its lock update the
+    notebook), delete an expired rule, and report events it could not take. Nothing on
+    the users table, no invoking, no creating rules."""
+    return [
+        _logs("RunnerLogGroup"),
+        {"Sid": "ReadNotebooks", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": _objects("notebooks/")},
+        {"Sid": "WriteOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
+         "Resource": _objects("runs/")},
+        {"Sid": "RunRecords", "Effect": "Allow",
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+         "Resource": {"Fn::GetAtt": ["RunsTable", "Arn"]}},
+        {"Sid": "NotebookRecords", "Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+         "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]}},
+        {"Sid": "RemoveExpiredRule", "Effect": "Allow", "Action": ["events:RemoveTargets", "events:DeleteRule"],
+         "Resource": _RULES},
+        {"Sid": "FailedEvents", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+         "Resource": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}},
+    ]
+
+
+def _role(statements: list) -> dict:
+    return {"Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+        "Policies": [{"PolicyName": "notebooks", "PolicyDocument": {"Version": "2012-10-17",
+                                                                   "Statement": statements}}],
+    }}
+
+
+def _log_group(function_suffix: str) -> dict:
+    # Named as Lambda names it, after the function; deleted with the stack, so that a
+    # stack of the same name can be created again.
+    return {"Type": "AWS::Logs::LogGroup", "Properties": {
+        "LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}-" + function_suffix},
+        "RetentionInDays": {"Ref": "LogRetentionDays"},
+    }}
+
+
+def _environment(**variables) -> dict:
+    return {"Environment": {"Variables": variables}}
+
+
+def merge_template(settings: Settings = Settings()) -> dict:
+    """The CloudFormation fragment to merge into Chalice's template."""
+    notebooks, runs, users = (_table(d) for d in table_definitions(settings))
+    data = {
+        "NOTEBOOKS_BUCKET": {"Ref": "NotebookFiles"},
+        "NOTEBOOKS_TABLE": {"Ref": "NotebooksTable"},
+        "NOTEBOOKS_RUNS_TABLE": {"Ref": "RunsTable"},
+        "NOTEBOOKS_RULE_PREFIX": RULE_PREFIX,
+    }
     return {
+        "Parameters": PARAMETERS,
+        "Conditions": CONDITIONS,
         "Resources": {
-            "NotebookFiles": bucket,
+            "NotebookFiles": _bucket(),
+            "NotebookFilesPolicy": _bucket_policy(),
             "NotebooksTable": notebooks,
             "RunsTable": runs,
             "UsersTable": users,
-            RUNNER_FUNCTION: {"Properties": {
-                "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
-                "Environment": {"Variables": shared},
+            "ApiRole": _role(api_statements()),
+            "RunnerRole": _role(runner_statements()),
+            "ApiLogGroup": _log_group("api"),
+            "RunnerLogGroup": _log_group("runner"),
+            "FailedRunnerEvents": {"Type": "AWS::SQS::Queue", "Properties": {
+                "MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}},
+            API_FUNCTION: {"DependsOn": ["ApiLogGroup"], "Properties": {
+                "FunctionName": {"Fn::Sub": "${AWS::StackName}-api"},
+                "Runtime": RUNTIME,
+                "CodeUri": CODE_URI,
+                "Role": {"Fn::GetAtt": ["ApiRole", "Arn"]},
+                **_environment(**data, NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
+                               JUPYTER_DATA_DIR=PACKAGED_JUPYTER_DATA,
+                               NOTEBOOKS_RUNNER_FUNCTION={"Ref": RUNNER_FUNCTION},
+                               NOTEBOOKS_RUNNER_ARN={"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]}),
             }},
-            API_FUNCTION: {"Properties": {"Environment": {"Variables": {
-                **shared,
-                "NOTEBOOKS_RUNNER_FUNCTION": {"Ref": RUNNER_FUNCTION},
-                "NOTEBOOKS_RUNNER_ARN": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
-            }}}},
+            RUNNER_FUNCTION: {"DependsOn": ["RunnerLogGroup"], "Properties": {
+                "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
+                "Runtime": RUNTIME,
+                "CodeUri": CODE_URI,
+                "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
+                **_environment(**data),
+                "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
+                "ReservedConcurrentExecutions": {"Fn::If": [
+                    "RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]},
+                "EventInvokeConfig": {
+                    "MaximumRetryAttempts": RUNNER_RETRY_ATTEMPTS,
+                    "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
+                    "DestinationConfig": {"OnFailure": {
+                        "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}},
+                },
+            }},
             "RunnerInvokedByScheduleRules": {
                 "Type": "AWS::Lambda::Permission",
                 "Properties": {
@@ -64,14 +259,14 @@ def merge_template(settings: Settings = Settings()) -> dict:
                     "FunctionName": {"Ref": RUNNER_FUNCTION},
                     "Principal": "events.amazonaws.com",
                     "SourceAccount": {"Ref": "AWS::AccountId"},
-                    "SourceArn": rules,
+                    "SourceArn": _RULES,
                 },
             },
         },
-        "Outputs": {"NotebookFilesBucket": {"Value": {"Ref": "NotebookFiles"}}},
+        "Outputs": {
+            "NotebookFilesBucket": {"Value": {"Ref": "NotebookFiles"}},
+            "UsersTable": {"Value": {"Ref": "UsersTable"},
+                           "Description": "NOTEBOOKS_USERS_TABLE for `python -m chalicelib.users`"},
+            "FailedRunnerEventsQueue": {"Value": {"Ref": "FailedRunnerEvents"}},
+        },
     }
-
-
-if __name__ == "__main__":
-    json.dump(merge_template(), sys.stdout, indent=2)
-    sys.stdout.write("\n")

@@ -10,9 +10,6 @@ browser's cached credentials. Plots stay visible: images are inline `data:` URIs
 import threading
 
 import bleach
-from nbconvert import HTMLExporter
-from nbconvert.preprocessors.sanitize import SanitizeHTML
-from traitlets.config import Config
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
@@ -47,6 +44,12 @@ def render(notebook) -> str:
     global _exporter
     with _lock:  # building the exporter loads its templates: once a process, one at a time
         if _exporter is None:
+            # Imported on first use: nbconvert is large, and the API function's start-up
+            # (every cold start) should not wait for it.
+            from nbconvert import HTMLExporter
+            from nbconvert.preprocessors.sanitize import SanitizeHTML
+            from traitlets.config import Config
+
             config = Config({"SanitizeHTML": {
                 "tags": _TAGS, "attributes": _ATTRIBUTES,
                 # SVG plots stay: the page embeds them as <img src="data:...">, where

@@ -11,7 +11,6 @@ from .config import Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
-from .runner import NotebookRunner, prepare_lambda_environment
 from .local_lambda import LocalDispatcher
 from .dispatch import LambdaDispatcher
 from .runs import RunExecutor, RunService
@@ -59,6 +58,7 @@ class Services:
         credentials or settings through /proc or attach to it.
         """
         if self._runner_executor is None:
+            from .runner import NotebookRunner, prepare_lambda_environment  # the API function never loads them
             shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             sandbox.forbid_inspection()
             runner = NotebookRunner(self.settings.run_timeout, shared_tmp=shared_tmp,

@@ -1,41 +1,278 @@
-"""The deployed stack's extra resources: generated from the code, so they cannot drift."""
+"""The deployed stack: its template as `make package` writes it, property by property,
+cfn-lint on it, the API function's start-up, and `make smoke` against the local stack.
+
+The package itself, run as Lambda runs it, is tested in test_lambda_sim.py.
+"""
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from chalicelib.config import Settings
-from chalicelib.deployment import merge_template
+from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
+from chalicelib.localstack import free_port
 from chalicelib.metadata import table_definitions
+from deploy import package
+from tests.test_operations import RunningStack
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
+DATA_TABLES = ("NotebooksTable", "RunsTable", "UsersTable")
+UUID_LENGTH = 36
+EVENTBRIDGE_RULE_NAME_LIMIT = 64
 
 
-def test_committed_merge_template_is_the_generated_one():
-    committed = json.loads((ROOT / ".chalice" / "resources.json").read_text())
-    assert committed == merge_template(), "run: python -m chalicelib.deployment > .chalice/resources.json"
+@pytest.fixture(scope="module")
+def template_file(tmp_path_factory):
+    """The template, written as `make package` writes it, with no AWS settings at all."""
+    out = tmp_path_factory.mktemp("package")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("AWS_")]:
+            patch.delenv(name)
+        template, _ = package.chalice_package(out)
+    return template
 
 
-def test_tables_match_the_table_design():
-    resources = merge_template()["Resources"]
-    for logical_id, definition in zip(("NotebooksTable", "RunsTable", "UsersTable"), table_definitions(Settings())):
-        properties = resources[logical_id]["Properties"]
-        assert {k: properties[k] for k in definition} == definition
+@pytest.fixture(scope="module")
+def template(template_file):
+    return json.loads(template_file.read_text())
 
 
-def test_eventbridge_may_invoke_the_runner_for_this_services_rules_only():
-    permission = merge_template()["Resources"]["RunnerInvokedByScheduleRules"]["Properties"]
+@pytest.fixture(scope="module")
+def resources(template):
+    return template["Resources"]
+
+
+def statements(resources, role: str) -> list:
+    [policy] = resources[role]["Properties"]["Policies"]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def allowed(resources, role: str, action: str) -> list:
+    """The resources on which `role` allows `action` (exact action names or service:*)."""
+    granted = []
+    for statement in statements(resources, role):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Effect"] == "Allow" and (action in actions or action.split(":")[0] + ":*" in actions):
+            found = statement["Resource"]
+            granted += found if isinstance(found, list) else [found]
+    return granted
+
+
+def test_cfn_lint_finds_nothing(template_file):
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template_file)],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_both_functions_run_the_runtime_the_package_is_built_for(resources):
+    for function in ("APIHandler", "Runner"):
+        assert resources[function]["Properties"]["Runtime"] == RUNTIME
+    assert package.LAMBDA_PYTHON.startswith(RUNTIME.removeprefix("python") + ".")
+    assert f"--python-version {package.LAMBDA_PYTHON}" in " ".join(package.PIP_TARGET_OPTIONS)
+
+
+def test_the_api_is_regional(resources):
+    assert resources["RestAPI"]["Properties"]["EndpointConfiguration"] == "REGIONAL"
+
+
+def test_no_resource_has_a_fixed_name_that_a_second_stage_would_collide_with(template, resources):
+    for logical_id, resource in resources.items():
+        properties = resource.get("Properties", {})
+        for key in ("BucketName", "TableName", "QueueName", "RoleName"):
+            assert key not in properties, (logical_id, key)
+    for function, log_group in (("APIHandler", "ApiLogGroup"), ("Runner", "RunnerLogGroup")):
+        name = resources[function]["Properties"]["FunctionName"]["Fn::Sub"]
+        assert name.startswith("${AWS::StackName}-")
+        assert resources[log_group]["Properties"]["LogGroupName"] == {"Fn::Sub": "/aws/lambda/" + name}
+    text = json.dumps(template)
+    assert "arn:aws:" not in text, "hard-coded partition"
+    assert CONFIG["iam_role_arn"] not in text, "Chalice's placeholder role survived the merge"
+
+
+def test_the_bucket_keeps_versions_for_a_configurable_time_and_is_retained(resources):
+    bucket = resources["NotebookFiles"]
+    assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+    properties = bucket["Properties"]
+    assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = properties["LifecycleConfiguration"]["Rules"]
+    assert rules[0]["Status"] == "Enabled"
+    assert rules[0]["NoncurrentVersionExpiration"] == {"NoncurrentDays": {"Ref": "NoncurrentVersionDays"}}
+    condition, expire_outputs, otherwise = rules[1]["Fn::If"]
+    assert condition == "RunOutputsExpire" and otherwise == {"Ref": "AWS::NoValue"}
+    assert expire_outputs["Prefix"] == "runs/" and expire_outputs["ExpirationInDays"] == {"Ref": "RunOutputDays"}
+
+
+def test_the_bucket_is_encrypted_private_and_refuses_plain_http(resources):
+    properties = resources["NotebookFiles"]["Properties"]
+    [encryption] = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    policy = resources["NotebookFilesPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "NotebookFiles"}
+    [deny] = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}, {"Fn::Sub": "${NotebookFiles.Arn}/*"}]
+
+
+def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resources):
+    for logical_id, definition in zip(DATA_TABLES, table_definitions(Settings())):
+        table = resources[logical_id]
+        assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+        properties = table["Properties"]
+        assert {key: properties[key] for key in definition if key != "TableName"} == \
+            {key: value for key, value in definition.items() if key != "TableName"}
+        assert properties["BillingMode"] == "PAY_PER_REQUEST"
+        assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+def test_the_runner_retries_drops_old_events_to_a_queue_and_has_its_own_concurrency_and_tmp(template, resources):
+    runner = resources["Runner"]["Properties"]
+    invoke = runner["EventInvokeConfig"]
+    assert 0 <= invoke["MaximumRetryAttempts"] <= 2
+    # An event Lambda still holds may still start its run: the API waits as long before
+    # it reports a queued run lost.
+    assert invoke["MaximumEventAgeInSeconds"] == MAX_EVENT_AGE_SECONDS
+    assert float(CONFIG["environment_variables"]["NOTEBOOKS_QUEUE_TIMEOUT"]) == MAX_EVENT_AGE_SECONDS
+    assert invoke["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}
+    assert runner["ReservedConcurrentExecutions"] == {"Fn::If": [
+        "RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    assert template["Conditions"]["RunnerConcurrencyReserved"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]}
+    assert runner["EphemeralStorage"] == {"Size": {"Ref": "RunnerEphemeralStorageMB"}}
+    assert template["Parameters"]["RunnerEphemeralStorageMB"]["Default"] >= 1024
+
+
+def test_the_runner_function_has_lambdas_maximum_time_and_the_run_timeout_ends_first(resources):
+    assert resources["Runner"]["Properties"]["Timeout"] == 900
+    assert float(CONFIG["environment_variables"]["NOTEBOOKS_RUN_TIMEOUT"]) < 900
+
+
+def test_both_functions_logs_have_a_retention(resources):
+    for log_group in ("ApiLogGroup", "RunnerLogGroup"):
+        assert resources[log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    for function, log_group in (("APIHandler", "ApiLogGroup"), ("Runner", "RunnerLogGroup")):
+        assert log_group in resources[function]["DependsOn"]
+
+
+def test_each_function_has_a_role_of_its_own(resources):
+    assert resources["APIHandler"]["Properties"]["Role"] == {"Fn::GetAtt": ["ApiRole", "Arn"]}
+    assert resources["Runner"]["Properties"]["Role"] == {"Fn::GetAtt": ["RunnerRole", "Arn"]}
+    for role in ("ApiRole", "RunnerRole"):
+        for statement in statements(resources, role):
+            resource = statement["Resource"]
+            for one in resource if isinstance(resource, list) else [resource]:
+                # Named from this stack: an attribute of one of its resources, or an ARN
+                # built with the stack's partition, region and account.
+                assert "Fn::GetAtt" in one or re.match(r"\$\{\w+\.Arn\}/|arn:\$\{AWS::Partition\}:\w+:\$\{AWS::Region\}:"
+                                                      r"\$\{AWS::AccountId\}:", one["Fn::Sub"]), (role, one)
+            assert statement["Effect"] == "Allow" and not any(a.endswith("*") for a in statement["Action"])
+
+
+def test_the_api_may_use_its_data_read_users_invoke_the_runner_and_manage_its_rules(resources):
+    def may(action):
+        return allowed(resources, "ApiRole", action)
+
+    everything_in_the_bucket = [{"Fn::Sub": "${NotebookFiles.Arn}/*"}]
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert may(action) == everything_in_the_bucket
+    assert may("s3:ListBucket") == [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}]
+    tables = [{"Fn::GetAtt": ["NotebooksTable", "Arn"]}, {"Fn::Sub": "${NotebooksTable.Arn}/index/*"},
+              {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::Sub": "${RunsTable.Arn}/index/*"}]
+    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+                   "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"):
+        assert may(action) == tables
+    assert may("dynamodb:GetItem") == tables + [{"Fn::GetAtt": ["UsersTable", "Arn"]}]
+    assert may("lambda:InvokeFunction") == [{"Fn::GetAtt": ["Runner", "Arn"]}]
+    rules = [{"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/notebooks-${Stage}-*"}]
+    for action in ("events:PutRule", "events:PutTargets", "events:RemoveTargets", "events:DeleteRule"):
+        assert may(action) == rules
+
+
+def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rules_only(resources):
+    def may(action):
+        return allowed(resources, "RunnerRole", action)
+
+    assert may("s3:GetObject") == [{"Fn::Sub": "${NotebookFiles.Arn}/notebooks/*"}]
+    assert may("s3:PutObject") == may("s3:DeleteObject") == [{"Fn::Sub": "${NotebookFiles.Arn}/runs/*"}]
+    assert may("s3:ListBucket") == []
+    for statement in statements(resources, "RunnerRole"):
+        assert "UsersTable" not in json.dumps(statement["Resource"])
+    assert may("dynamodb:PutItem") == [{"Fn::GetAtt": ["RunsTable", "Arn"]}]
+    assert may("dynamodb:DeleteItem") == may("dynamodb:BatchWriteItem") == []
+    assert may("lambda:InvokeFunction") == []
+    assert may("events:PutRule") == may("events:PutTargets") == []
+    assert may("events:DeleteRule") == may("events:RemoveTargets") != []
+    assert may("sqs:SendMessage") == [{"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}]
+
+
+def test_functions_get_their_resources_by_reference(resources):
+    api = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
+    for variables in (api, runner):
+        assert variables["NOTEBOOKS_BUCKET"] == {"Ref": "NotebookFiles"}
+        assert variables["NOTEBOOKS_TABLE"] == {"Ref": "NotebooksTable"}
+        assert variables["NOTEBOOKS_RUNS_TABLE"] == {"Ref": "RunsTable"}
+        assert variables["NOTEBOOKS_RULE_PREFIX"] == {"Fn::Sub": "notebooks-${Stage}-"}
+    assert api["NOTEBOOKS_USERS_TABLE"] == {"Ref": "UsersTable"} and "NOTEBOOKS_USERS_TABLE" not in runner
+    assert api["NOTEBOOKS_RUNNER_FUNCTION"] == {"Ref": "Runner"}
+    assert api["NOTEBOOKS_RUNNER_ARN"] == {"Fn::GetAtt": ["Runner", "Arn"]}
+    assert api["JUPYTER_DATA_DIR"] == PACKAGED_JUPYTER_DATA
+
+
+def test_eventbridge_may_invoke_the_runner_for_this_stages_rules_only(template, resources):
+    permission = resources["RunnerInvokedByScheduleRules"]["Properties"]
     assert permission["Principal"] == "events.amazonaws.com"
     assert permission["FunctionName"] == {"Ref": "Runner"}
-    assert permission["SourceArn"]["Fn::Sub"].endswith(":rule/notebooks-*")
+    assert permission["SourceArn"]["Fn::Sub"].endswith(":rule/notebooks-${Stage}-*")
+    # The longest stage name still leaves room for a notebook id in a rule name.
+    longest_stage = int(re.search(r"\{0,(\d+)\}", template["Parameters"]["Stage"]["AllowedPattern"]).group(1)) + 1
+    assert len(f"notebooks-{'s' * longest_stage}-") + UUID_LENGTH <= EVENTBRIDGE_RULE_NAME_LIMIT
 
 
-def test_the_runner_is_invoked_by_name_and_targeted_by_arn():
-    variables = merge_template()["Resources"]["APIHandler"]["Properties"]["Environment"]["Variables"]
-    assert variables["NOTEBOOKS_RUNNER_FUNCTION"] == {"Ref": "Runner"}
-    assert variables["NOTEBOOKS_RUNNER_ARN"] == {"Fn::GetAtt": ["Runner", "Arn"]}
+def test_the_stack_tells_the_operator_where_the_api_and_the_users_are(template):
+    outputs = template["Outputs"]
+    assert outputs["EndpointURL"]["Value"]["Fn::Sub"].startswith("https://${RestAPI}.execute-api.")
+    assert outputs["UsersTable"]["Value"] == {"Ref": "UsersTable"}
 
 
-def test_the_runner_function_has_lambdas_maximum_time_and_the_run_timeout_ends_first():
-    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
-    runner = config["stages"]["dev"]["lambda_functions"]["runner"]
-    assert runner["lambda_timeout"] == 900
-    assert float(config["environment_variables"]["NOTEBOOKS_RUN_TIMEOUT"]) < 900
+def test_the_api_module_loads_none_of_the_notebook_machinery():
+    probe = ("import sys, app; print(sorted(m for m in ('papermill', 'nbclient', 'ipykernel', 'nbconvert', "
+             "'jupyter_client') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def smoke(url: str, password: str) -> subprocess.CompletedProcess:
+    """`make smoke URL=url SMOKE_USER=admin` with SMOKE_PASSWORD=password."""
+    return subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "smoke", f"URL={url}",
+                           "SMOKE_USER=admin"], cwd=ROOT, env={**os.environ, "SMOKE_PASSWORD": password},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
+    stack = RunningStack(free_port())
+    try:
+        deadline = time.time() + 60
+        while not re.search("Notebooks API on", stack.output()):
+            assert stack.process.poll() is None and time.time() < deadline, stack.output()
+            time.sleep(0.2)
+        passed, refused = smoke(stack.url, "admin"), smoke(stack.url, "not-the-password")
+    finally:
+        stack.process.kill()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "FAIL" not in passed.stdout
+    assert re.search(r"^(\d+) of \1 checks passed$", passed.stdout, re.M), passed.stdout
+    for check in ("Run (the seed's sample) until succeeded", "Run output as HTML", "Schedule", "Delete"):
+        assert f"PASS  {check}" in passed.stdout
+    assert refused.returncode != 0
+    assert "FAIL  Create: POST /_notebooks/notebooks/: HTTP 401" in refused.stdout
+    assert "2 of 3 checks passed" in refused.stdout

@@ -1,0 +1,177 @@
+"""`make package`: the stack's template and its Lambda package, under build/.
+
+    build/template.json          Chalice's SAM template with chalicelib/deployment.py merged in
+    build/notebooks-lambda.zip   the code of both functions (app.py, chalicelib/, dependencies)
+
+Needs no AWS account or credentials. The dependencies are the pinned ones that `make
+test` tests: requirements.txt under constraints.txt, installed by pip for Lambda's
+python3.11 on Amazon Linux 2 (glibc 2.26), whatever machine builds. Every module is
+compiled to bytecode in the package (unchecked hashes, as the zip's timestamps are not
+exact): /var/task is read-only, so Python could cache nothing itself and would compile
+IPython again at every cold start and in every fresh kernel.
+
+The installed dependencies are kept under build/cache/, keyed by the pins, so a second
+build only zips.
+"""
+import argparse
+import compileall
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from chalicelib.deployment import CODE_URI, RUNTIME, merge_template
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+TEMPLATE_NAME = "template.json"
+PACKAGE_NAME = CODE_URI.rsplit("/", 1)[-1]
+CHALICE_STAGE = "dev"
+
+# Lambda's python3.11 runs on Amazon Linux 2: glibc 2.26. pip accepts a wheel for any
+# glibc up to that (manylinux2014 is 2.17). The patch version matters to wheels that
+# require one (soupsieve: 3.11.5+); Lambda's runtime is a later 3.11 patch release.
+LAMBDA_PYTHON = RUNTIME.removeprefix("python") + ".7"
+LAMBDA_GLIBC_MINOR = 26
+PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, LAMBDA_GLIBC_MINOR + 1)]
+PIP_TARGET_OPTIONS = [
+    *(option for platform in PLATFORMS for option in ("--platform", platform)),
+    "--only-binary=:all:", "--implementation", "cp", "--python-version", LAMBDA_PYTHON, "--no-compile",
+]
+TASK_ROOT = "/var/task"  # where Lambda unzips the package
+# Lambda's limits for a .zip package: zipped when uploaded directly (the deploy commands
+# upload it to S3, where this limit does not apply), and unzipped, always.
+ZIPPED_LIMIT_MB, UNZIPPED_LIMIT_MB = 50, 250
+_MB = 1024 * 1024
+# Entry-point scripts name the building machine's Python: of no use on Lambda.
+_NOT_PACKAGED = {"bin"}
+
+
+def _compile(folder: Path) -> None:
+    """Bytecode beside every module, trusted without checking the source's time stamp,
+    naming the source where Lambda has it (so builds in different folders are alike)."""
+    if not compileall.compile_dir(str(folder), quiet=2, workers=0, ddir=TASK_ROOT,
+                                  invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH):
+        raise SystemExit(f"compiling {folder} failed")
+
+
+def dependencies(cache: Path = BUILD / "cache") -> Path:
+    """A folder with the pinned runtime dependencies for Lambda, compiled; installed once
+    per set of pins and options."""
+    inputs = [(ROOT / name).read_bytes() for name in ("requirements.txt", "constraints.txt")]
+    options = " ".join([*PIP_TARGET_OPTIONS, TASK_ROOT])
+    key = hashlib.sha256(b"\0".join(inputs + [options.encode()])).hexdigest()[:16]
+    site = cache / f"site-{key}"
+    if (site / ".complete").exists():
+        return site
+    shutil.rmtree(site, ignore_errors=True)
+    site.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--target", str(site), *PIP_TARGET_OPTIONS,
+                    "-r", str(ROOT / "requirements.txt"), "-c", str(ROOT / "constraints.txt")], check=True)
+    _compile(site)
+    (site / ".complete").touch()
+    for stale in cache.glob("site-*"):  # installed for other pins
+        if stale != site:
+            shutil.rmtree(stale)
+    return site
+
+
+def chalice_package(out: Path) -> tuple:
+    """(template, code): Chalice's SAM template for app.py with
+    deployment.merge_template() merged in, and a folder with the code Chalice packages
+    (app.py, chalicelib/ and Chalice's own runtime module), in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        project = Path(scratch) / "project"
+        (project / ".chalice").mkdir(parents=True)
+        shutil.copy(ROOT / "app.py", project / "app.py")
+        shutil.copytree(ROOT / "chalicelib", project / "chalicelib",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(ROOT / ".chalice" / "config.json", project / ".chalice" / "config.json")
+        merge = Path(scratch) / "resources.json"
+        merge.write_text(json.dumps(merge_template()))
+        # Chalice wants a region even to write a template; the template names none.
+        env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        subprocess.run([str(Path(sys.executable).parent / "chalice"), "package", "--stage", CHALICE_STAGE,
+                        "--merge-template", str(merge), str(Path(scratch) / "out")],
+                       cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+        template = out / TEMPLATE_NAME
+        template.write_text(json.dumps(json.loads((Path(scratch) / "out" / "sam.json").read_text()), indent=2) + "\n")
+        code = out / "code"
+        shutil.rmtree(code, ignore_errors=True)
+        with zipfile.ZipFile(Path(scratch) / "out" / "deployment.zip") as chalice_zip:
+            chalice_zip.extractall(code)
+    return template, code
+
+
+def _add_tree(archive: zipfile.ZipFile, folder: Path, skip=frozenset()) -> None:
+    """Every file under `folder`, in a stable order, readable by Lambda's user."""
+    for directory, subdirectories, files in os.walk(folder):
+        top = Path(directory) == folder
+        subdirectories[:] = sorted(d for d in subdirectories if not (top and d in skip))
+        for name in sorted(files):
+            path = Path(directory, name)
+            if top and name.startswith("."):
+                continue  # the cache's own marker
+            entry = zipfile.ZipInfo(str(path.relative_to(folder)), date_time=(2020, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o100644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as source, archive.open(entry, "w") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+
+
+def write_package(out: Path, code: Path, site: Path) -> Path:
+    """The .zip both functions run: Chalice's package of the app and the dependencies,
+    all compiled."""
+    target = out / PACKAGE_NAME
+    partial = target.with_suffix(".partial")
+    _compile(code)
+    with zipfile.ZipFile(partial, "w", compresslevel=6) as archive:
+        _add_tree(archive, code)
+        _add_tree(archive, site, skip=_NOT_PACKAGED)
+    partial.replace(target)
+    shutil.rmtree(code)
+    return target
+
+
+def sizes(package: Path) -> tuple:
+    """(zipped, unzipped) size of the package in bytes."""
+    with zipfile.ZipFile(package) as archive:
+        return package.stat().st_size, sum(entry.file_size for entry in archive.infolist())
+
+
+def size_report(package: Path) -> str:
+    """The package's sizes against Lambda's limits, one line."""
+    zipped, unzipped = sizes(package)
+    return (f"{package.name} (both functions): {zipped / _MB:.1f} MB zipped "
+            f"(Lambda: {ZIPPED_LIMIT_MB} MB for a direct upload; the deploy commands upload to S3), "
+            f"{unzipped / _MB:.1f} MB unzipped of Lambda's {UNZIPPED_LIMIT_MB} MB")
+
+
+def build(out: Path = BUILD) -> tuple:
+    """(template, package): everything a deploy command needs, in `out`."""
+    template, code = chalice_package(out)
+    return template, write_package(out, code, dependencies())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=BUILD, help="where to write (default: build/)")
+    args = parser.parse_args(argv)
+    template, package = build(args.out)
+    print(f"{template}: the stack's template (SAM)")
+    print(f"{package}: {size_report(package)}")
+    if sizes(package)[1] > UNZIPPED_LIMIT_MB * _MB:
+        print("The package is over Lambda's unzipped limit: it cannot be deployed.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The Lambda simulation: the package `make package` builds, run the way Lambda runs it.
+
+The package is unzipped and each function runs in its own mount namespace with
+- the package read-only at /var/task, Lambda's runtime stand-in (lambda_bootstrap.py) at
+  /var/runtime and this machine's Python 3.11, without its site-packages, at /var/lang;
+- a private 512 MB /tmp, the only writable place;
+- an unprivileged user that has no entry in /etc/passwd, so `~` resolves to nothing,
+  and no HOME;
+- a clean environment: Lambda's variables plus the template's function environment
+  (names resolved as CloudFormation would), with the embedded AWS (moto's server on
+  loopback) as its AWS. The Lambda service itself (the API's asynchronous Invoke of the
+  runner) is this test, which records the event and hands it to the runner.
+
+The API function gets API Gateway proxy events for the seed's samples, a run and its
+output as ipynb and HTML; the runner gets the event the API dispatched and the event the
+schedule's rule carries, one after the other in one warm process.
+"""
+import base64
+import errno
+import json
+import logging
+import marshal
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.deployment import PACKAGED_JUPYTER_DATA, RUNTIME
+from chalicelib.localstack import _embedded_aws_server
+from chalicelib.metadata import create_tables
+from chalicelib.users import UserStore
+from deploy import package
+
+HERE = Path(__file__).resolve().parent
+STACK = "notebooks-sim"
+STAGE = "sim"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+SANDBOX_UID = 993  # Lambda's own user id; no entry in this machine's /etc/passwd
+PASSWORD = "sim-secret"
+# Physical names CloudFormation would give the stack's resources.
+PHYSICAL = {
+    "NotebookFiles": "notebooks-sim-notebookfiles-1a2b3c",
+    "NotebooksTable": "notebooks-sim-NotebooksTable-1A2B3C",
+    "RunsTable": "notebooks-sim-RunsTable-1A2B3C",
+    "UsersTable": "notebooks-sim-UsersTable-1A2B3C",
+    "APIHandler": f"{STACK}-api",
+    "Runner": f"{STACK}-runner",
+}
+PARAMETERS = {"Stage": STAGE, "AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+              "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+
+
+def _unavailable() -> str:
+    """Why the simulation cannot run here, or ""."""
+    if f"python{sys.version_info.major}.{sys.version_info.minor}" != RUNTIME:
+        return f"needs this machine's Python to be Lambda's {RUNTIME}"
+    if os.geteuid() != 0:
+        return "needs root (mount namespaces, bind mounts, setpriv)"
+    for tool in ("unshare", "setpriv", "mount"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (util-linux)"
+    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot make a mount namespace here: {probe.stderr.strip()}"
+    return ""
+
+
+simulation_only = pytest.mark.skipif(bool(_unavailable()), reason=f"Lambda simulation skipped: {_unavailable()}")
+
+
+def resolve(value):
+    """A template value with Ref, Fn::GetAtt and Fn::Sub resolved against this stack."""
+    if isinstance(value, str):
+        return value
+    [(function, argument)] = value.items()
+    if function == "Ref":
+        return PHYSICAL.get(argument) or PARAMETERS[argument]
+    if function == "Fn::GetAtt":
+        logical_id, attribute = argument
+        assert attribute == "Arn" and logical_id in ("APIHandler", "Runner"), argument
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PHYSICAL[logical_id]}"
+    if function == "Fn::Sub":
+        return re.sub(r"\$\{([^}]+)\}", lambda match: resolve({"Ref": match.group(1)}), argument)
+    raise AssertionError(f"unexpected intrinsic {function}")
+
+
+class EmbeddedAws:
+    """Moto's server on loopback, with the stack's bucket, tables and one user."""
+
+    def __init__(self):
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's own request log
+        self.server = _embedded_aws_server()
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        settings = Settings(bucket=PHYSICAL["NotebookFiles"], notebooks_table=PHYSICAL["NotebooksTable"],
+                            runs_table=PHYSICAL["RunsTable"], users_table=PHYSICAL["UsersTable"])
+        self.client("s3").create_bucket(Bucket=settings.bucket)
+        create_tables(self.client("dynamodb"), settings)
+        users = boto3.resource("dynamodb", **self._options()).Table(settings.users_table)
+        UserStore(users).add("admin", PASSWORD)  # as the operator's `chalicelib.users add` would
+
+    def _options(self) -> dict:
+        return {"endpoint_url": self.url, "region_name": REGION, "aws_access_key_id": "sim",
+                "aws_secret_access_key": "sim"}
+
+    def client(self, service: str):
+        return boto3.client(service, **self._options())
+
+
+class LambdaService:
+    """The Lambda service's Invoke API, as far as the API function uses it: it records
+    each asynchronous invocation (function name, event) and accepts it."""
+
+    def __init__(self):
+        self.invocations = []
+        recorded = self.invocations
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                match = re.fullmatch(r"/2015-03-31/functions/([^/]+)/invocations", self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if match and self.headers.get("X-Amz-Invocation-Type") == "Event":
+                    recorded.append((match.group(1), json.loads(body)))
+                    self.send_response(202)
+                else:
+                    self.send_response(400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_service: LambdaService) -> dict:
+    """What Lambda puts in a python3.11 function's environment, the template's variables
+    for that function, and where the (embedded) AWS is."""
+    properties = template["Resources"][function]["Properties"]
+    name = PHYSICAL[function]
+    env = {
+        "AWS_LAMBDA_FUNCTION_NAME": name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(properties["MemorySize"]),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": "2026/01/01/[$LATEST]0123456789abcdef",
+        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "ASIASIMULATION",
+        "AWS_SECRET_ACCESS_KEY": "simulated-secret",
+        "AWS_SESSION_TOKEN": "simulated-token",
+        "LAMBDA_TASK_ROOT": "/var/task",
+        "LAMBDA_RUNTIME_DIR": "/var/runtime",
+        "LANG": "en_US.UTF-8",
+        "TZ": ":UTC",
+        "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+        "PYTHONPATH": "/var/runtime",
+        "_HANDLER": properties["Handler"],
+        "SIMULATED_TIMEOUT_SECONDS": str(properties["Timeout"]),
+        # The embedded AWS, and this test as the Lambda service.
+        "AWS_ENDPOINT_URL": aws.url,
+        "AWS_ENDPOINT_URL_LAMBDA": lambda_service.url,
+    }
+    env.update({key: resolve(value) for key, value in properties["Environment"]["Variables"].items()})
+    return env
+
+
+class SimulatedFunction:
+    """One warm Lambda container of one function: a process in its own mount (and pid)
+    namespace, fed events one at a time."""
+
+    def __init__(self, root: Path, task: Path, env: dict):
+        runtime = root / "runtime"
+        runtime.mkdir()
+        shutil.copy(HERE / "lambda_bootstrap.py", runtime / "bootstrap.py")
+        empty = root / "empty"
+        empty.mkdir()
+        python = Path(sys.base_prefix)  # this machine's Python 3.11, as Lambda's /var/lang
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        script = f"""set -e
+mount --make-rprivate /
+# Lambda's /var: the package, the runtime and the language, all read-only.
+mount -t tmpfs -o size=1m,mode=0755 tmpfs /var
+mkdir /var/task /var/runtime /var/lang
+for pair in "{task}:/var/task" "{runtime}:/var/runtime" "{python}:/var/lang"; do
+  mount --bind "${{pair%%:*}}" "${{pair#*:}}"
+  mount -o remount,bind,ro "${{pair#*:}}"
+done
+mount --bind "{empty}" /var/lang/lib/{version}/site-packages
+mount -o remount,ro /var
+# A private /tmp of Lambda's default size.
+mount -t tmpfs -o size=512m,mode=1777 tmpfs /tmp
+cd /var/task
+exec env -i {" ".join(shlex.quote(f"{key}={value}") for key, value in env.items())} \\
+  setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups --no-new-privs \\
+  /var/lang/bin/{version} /var/runtime/bootstrap.py
+"""
+        self.log = open(root / "log.txt", "w+")
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        self.init = self._answer()
+        assert "init_error" not in self.init, self.init["init_error"] + self.output()
+
+    def _answer(self) -> dict:
+        line = self.process.stdout.readline()
+        assert line, f"the function ended:\n{self.output()}"
+        return json.loads(line)
+
+    def invoke(self, event: dict):
+        """The handler's result for `event`."""
+        self.process.stdin.write(json.dumps(event) + "\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        assert "error" not in answer, answer["error"] + "\n" + answer["trace"] + self.output()
+        return answer["result"]
+
+    def output(self) -> str:
+        """The function's log so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # pid 1 of its namespace: everything in it goes too
+            self.process.wait()
+        self.log.close()
+
+
+def route_of(template: dict, path: str) -> tuple:
+    """(resource, path parameters) of `path` in the deployed API, as API Gateway matches
+    it: literal segments before {parameters}."""
+    paths = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    segments = path.rstrip("/").split("/")
+    candidates = []
+    for resource in paths:
+        parts = resource.split("/")
+        if len(parts) != len(segments):
+            continue
+        if all(part == segment or part.startswith("{") for part, segment in zip(parts, segments)):
+            parameters = {part[1:-1]: segment for part, segment in zip(parts, segments) if part.startswith("{")}
+            candidates.append((len(parameters), resource, parameters))
+    assert candidates, f"no route for {path}"
+    _, resource, parameters = min(candidates)
+    return resource, parameters or None
+
+
+class ApiGateway:
+    """API Gateway in front of the simulated API function: requests as proxy events."""
+
+    def __init__(self, function: SimulatedFunction, template: dict):
+        self.function = function
+        self.template = template
+        self.authorization = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+
+    def request(self, method: str, path: str, body=None, query=None) -> dict:
+        resource, parameters = route_of(self.template, path)
+        headers = {"Authorization": self.authorization, "Content-Type": "application/json",
+                   "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com"}
+        event = {
+            "resource": resource, "path": path, "httpMethod": method,
+            "headers": headers, "multiValueHeaders": {key: [value] for key, value in headers.items()},
+            "queryStringParameters": query,
+            "multiValueQueryStringParameters": {key: [value] for key, value in query.items()} if query else None,
+            "pathParameters": parameters, "stageVariables": None,
+            "requestContext": {"resourcePath": resource, "httpMethod": method, "path": "/api" + path,
+                               "stage": "api", "requestId": str(uuid.uuid4()), "accountId": ACCOUNT,
+                               "identity": {"sourceIp": "127.0.0.1", "userAgent": "lambda-simulation"}},
+            "body": body if body is None or isinstance(body, str) else json.dumps(body),
+            "isBase64Encoded": False,
+        }
+        return self.function.invoke(event)
+
+    def json(self, method: str, path: str, body=None, query=None, expect=200):
+        response = self.request(method, path, body, query)
+        assert response["statusCode"] == expect, response
+        return json.loads(response["body"])
+
+
+@pytest.fixture(scope="module")
+def built():
+    """The template and the package, built as `make package` builds them."""
+    template, zipped = package.build(package.BUILD)
+    return json.loads(template.read_text()), zipped
+
+
+def _pins(text: str) -> dict:
+    """{normalised name: version} of `name==version` lines."""
+    pins = {}
+    for line in text.splitlines():
+        name, equals, version = line.partition("==")
+        if equals and not line.startswith("#"):
+            pins[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+    return pins
+
+
+def _metadata_field(text: str, field: str) -> str:
+    return re.search(rf"^{field}: (.+)$", text, re.M).group(1).strip()
+
+
+def test_the_package_holds_exactly_the_pinned_versions_that_the_tests_test(built):
+    _, zipped = built
+    tested = _pins((package.ROOT / "constraints.txt").read_text())
+    packaged = {}
+    with zipfile.ZipFile(zipped) as archive:
+        for name in archive.namelist():
+            if re.fullmatch(r"[^/]+\.dist-info/METADATA", name):
+                metadata = archive.read(name).decode()
+                packaged[_pins(f"{_metadata_field(metadata, 'Name')}=={_metadata_field(metadata, 'Version')}")
+                         .popitem()[0]] = _metadata_field(metadata, "Version")
+    assert packaged and all(tested.get(name) == version for name, version in packaged.items()), \
+        {name: (version, tested.get(name)) for name, version in packaged.items() if tested.get(name) != version}
+    assert set(_pins((package.ROOT / "requirements.txt").read_text())) <= set(packaged)
+    assert "chalice" not in packaged  # Chalice's runtime module comes from Chalice's own packager
+
+
+def _runs_on_amazon_linux_2(tag: str) -> bool:
+    """Whether a wheel tag (python-abi-platform) fits Lambda's python3.11 on Amazon Linux 2."""
+    python, abi, platform = tag.split("-")
+    if platform == "any":
+        return True
+    glibc = re.fullmatch(r"manylinux_2_(\d+)_x86_64", platform)
+    stable_abi = abi == "abi3" and python.startswith("cp3") and int(python[3:]) <= 11
+    return (python == abi == "cp311" or stable_abi) and (
+        platform in ("manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64")
+        or bool(glibc and int(glibc.group(1)) <= package.LAMBDA_GLIBC_MINOR))
+
+
+def test_compiled_libraries_are_built_for_amazon_linux_2(built):
+    _, zipped = built
+    compiled = []
+    with zipfile.ZipFile(zipped) as archive:
+        for name in archive.namelist():
+            if name.endswith(".dist-info/WHEEL"):
+                tags = re.findall(r"^Tag: (.+)$", archive.read(name).decode(), re.M)
+                assert any(_runs_on_amazon_linux_2(tag) for tag in tags), (name, tags)
+                compiled += [name] if not any(tag.endswith("-any") for tag in tags) else []
+    assert len(compiled) >= 5, compiled  # pyzmq, tornado, psutil, pyyaml, rpds-py, ...
+    assert not _runs_on_amazon_linux_2("cp311-cp311-manylinux_2_28_x86_64")
+    assert not _runs_on_amazon_linux_2("cp312-cp312-manylinux2014_x86_64")
+    assert not _runs_on_amazon_linux_2("cp312-abi3-manylinux2014_x86_64")
+
+
+def test_every_module_is_compiled_ahead_for_a_read_only_task_root(built):
+    _, zipped = built
+    with zipfile.ZipFile(zipped) as archive:
+        names = set(archive.namelist())
+        sources = [name for name in names if name.endswith(".py")]
+        for source in sources:
+            folder, _, module = source.rpartition("/")
+            compiled = f"{folder}/__pycache__/{module[:-3]}.cpython-311.pyc".lstrip("/")
+            assert compiled in names, source
+        # PEP 552 flags: hash-based (1), source not checked (no 2): valid whatever the time stamps.
+        app_bytecode = archive.read("__pycache__/app.cpython-311.pyc")
+        assert int.from_bytes(app_bytecode[4:8], "little") == 1
+        assert marshal.loads(app_bytecode[16:]).co_filename == "/var/task/app.py"  # alike wherever built
+    assert {"app.py", "chalicelib/runs.py", "chalice/app.py", "IPython/__init__.py"} <= set(sources)
+    assert not [name for name in names if name.startswith("bin/")]
+    assert PACKAGED_JUPYTER_DATA.replace("/var/task/", "") + "/nbconvert/templates/lab/index.html.j2" in names
+
+
+@dataclass
+class Simulation:
+    template: dict
+    task: Path  # the unzipped package
+    aws: EmbeddedAws
+    lambda_service: LambdaService
+    functions: dict  # logical id: its warm SimulatedFunction
+
+
+@pytest.fixture(scope="module")
+def simulation(built, tmp_path_factory):
+    template, zipped = built
+    root = tmp_path_factory.mktemp("lambda")
+    task = root / "task"
+    with zipfile.ZipFile(zipped) as archive:
+        archive.extractall(task)
+    aws, lambda_service = EmbeddedAws(), LambdaService()
+    functions = {}
+    try:
+        for function in ("APIHandler", "Runner"):
+            (root / function).mkdir()
+            functions[function] = SimulatedFunction(root / function, task,
+                                                    lambda_environment(function, template, aws, lambda_service))
+        yield Simulation(template, task, aws, lambda_service, functions)
+    finally:
+        for function in functions.values():
+            function.close()
+        lambda_service.server.shutdown()
+        aws.server.stop()
+
+
+@simulation_only
+def test_the_runner_module_imports_without_home(simulation, tmp_path):
+    """What the runner function loads on its first event, loaded before anything has set HOME."""
+    env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
+    function = SimulatedFunction(tmp_path, simulation.task, {**env, "_HANDLER": "chalicelib.runner.NotebookRunner"})
+    function.close()
+    assert "papermill" in function.init["loaded"]
+
+
+NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
+    {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Simulated"},
+    {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
+     "source": "import os, sys\n"
+               "try:\n    open('/var/task/written', 'w')\nexcept OSError as error:\n    refused = error.errno\n"
+               "print('ran on', sys.prefix, 'as', os.getuid(), 'task root refused writing:', refused)"},
+]}
+BASE = "/_notebooks/notebooks"
+
+
+@simulation_only
+def test_the_api_function_starts_without_the_notebook_machinery(simulation):
+    assert simulation.functions["APIHandler"].init["loaded"] == []
+    assert simulation.functions["Runner"].init["loaded"] == []
+
+
+@simulation_only
+def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_would(simulation):
+    template, functions = simulation.template, simulation.functions
+    aws, lambda_service = simulation.aws, simulation.lambda_service
+    api = ApiGateway(functions["APIHandler"], template)
+
+    created = api.json("POST", BASE + "/", {"notebook_name": "simulated"})
+    notebook_id = created["notebook_id"]
+    assert api.json("PUT", f"{BASE}/{notebook_id}/content", NOTEBOOK) == "Success"
+    assert api.json("GET", f"{BASE}/{notebook_id}/content")["cells"][1]["source"] == NOTEBOOK["cells"][1]["source"]
+    assert api.json("PUT", f"{BASE}/{notebook_id}", {"new_name": "renamed"}) == "Rename Successful"
+    assert api.json("GET", f"{BASE}/{notebook_id}")["notebook_name"] == "renamed.ipynb"
+    assert [n["notebook_id"] for n in api.json("GET", BASE + "/_all")] == [notebook_id]
+
+    # The seed's Run sample: a GET with a body, keys unquoted.
+    [run] = api.json("GET", BASE + "/_run", '{nbkIds: ["%s"], module: "notebooks"}' % notebook_id)["runs"]
+    assert run["status"] == "queued"
+    assert lambda_service.invocations == [(PHYSICAL["Runner"], {"run_id": run["run_id"]})]
+
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
+    assert api.json("GET", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": until, "time": "06:50"}) \
+        == "Success"
+    assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
+    [target] = aws.client("events").list_targets_by_rule(Rule=f"notebooks-{STAGE}-{notebook_id}")["Targets"]
+    assert target["Arn"] == resolve({"Fn::GetAtt": ["Runner", "Arn"]})
+
+    # The runner, warm: the API's dispatch, then the rule's event.
+    runner = functions["Runner"]
+    _, dispatched = lambda_service.invocations[0]
+    assert runner.invoke(dispatched) == {"run_id": run["run_id"], "status": "succeeded"}, runner.output()
+    scheduled = runner.invoke(json.loads(target["Input"]))
+    assert scheduled["status"] == "succeeded", runner.output()
+
+    record = api.json("GET", f"/_notebooks/runs/{run['run_id']}")
+    assert record["status"] == "succeeded" and record["progress"] == {"done": 1, "total": 1}
+    history = api.json("GET", f"{BASE}/{notebook_id}/runs")
+    assert sorted(r["trigger"] for r in history) == ["manual", "schedule"]
+    output = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")
+    [printed] = output["cells"][1]["outputs"]
+    assert printed["text"] == f"ran on /var/lang as {SANDBOX_UID} task root refused writing: {errno.EROFS}\n"
+    page = api.request("GET", f"/_notebooks/runs/{run['run_id']}/output", query={"format": "html"})
+    assert page["statusCode"] == 200, functions["APIHandler"].output()[-4000:]
+    assert "ran on /var/lang" in page["body"] and "<h1" in page["body"]
+    assert "sandbox" in page["headers"]["Content-Security-Policy"]
+
+    assert api.json("GET", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}) == "Success"
+    assert aws.client("events").list_rules(NamePrefix=f"notebooks-{STAGE}-")["Rules"] == []
+    assert api.json("DELETE", BASE + "/", {"nbk_ids": [notebook_id]}) == "Success"
+    assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
