@@ -1,21 +1,31 @@
-"""Authentication: HTTP Basic credentials checked against salted scrypt hashes.
+"""Authentication: HTTP Basic credentials checked against salted scrypt hashes, with
+failed logins throttled per username.
 
 Every failure, whatever its cause (no header, bad encoding, unknown user, wrong
 password), raises the same 401, and an unknown user costs the same hash as a known one.
+Past `max_failures` failed logins for one username within a window, every login for that
+name, right password or not, is a 429 with `Retry-After` until the window ends; the
+count lives in DynamoDB, so it holds across Lambda containers, and an unknown name is
+counted and refused exactly like a known one.
 """
 import base64
 import binascii
 import hashlib
 import hmac
+import math
 import os
 import threading
 import time
 
-from .errors import unauthorized
+from botocore.exceptions import ClientError
+
+from .aws import error_code
+from .errors import ApiError, unauthorized
 
 # scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
 _N, _R, _P, _DKLEN = 2**14, 8, 1, 32
 _SCHEME = "scrypt"
+_MAX_USERNAME = 64
 
 
 def hash_password(password: str) -> str:
@@ -58,6 +68,73 @@ def parse_basic(header) -> tuple:
     return username, password
 
 
+def too_many_failures(retry_after: int) -> ApiError:
+    """The answer while a username is throttled: the same for known and unknown names."""
+    return ApiError(429, f"Too many failed logins: try again in {retry_after} seconds",
+                    {"Retry-After": str(retry_after)})
+
+
+class LoginThrottle:
+    """Failed logins per username, in the users table under keys no username can have
+    (`#failed-logins#<name>`; usernames never contain `#`).
+
+    Each login that must pay scrypt first takes one attempt from the name's budget of
+    `max_failures` per `window_seconds`, atomically (a conditional write), so parallel
+    guesses cannot overdraw it; a right password gives its attempt back. The window
+    starts at its first failure and the lock ends with it: no one is locked out longer.
+    """
+
+    KEY_PREFIX = "#failed-logins#"
+
+    def __init__(self, table, max_failures: int, window_seconds: float, clock=time.time):
+        self._table = table
+        self._max_failures = max_failures
+        self._window_ms = int(window_seconds * 1000)
+        self._clock = clock
+
+    def take_attempt(self, username: str) -> None:
+        """Count one login attempt for `username`, else raise the 429."""
+        now = int(self._clock() * 1000)
+        key = {"username": self.KEY_PREFIX + username}
+        try:  # the common case: a window is open and has attempts left
+            self._table.update_item(
+                Key=key, UpdateExpression="ADD failures :one",
+                ConditionExpression="window_start > :cutoff AND failures < :max",
+                ExpressionAttributeValues={":one": 1, ":cutoff": now - self._window_ms, ":max": self._max_failures},
+            )
+            return
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+        record = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+        if record is not None and int(record["window_start"]) > now - self._window_ms:
+            retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
+            raise too_many_failures(max(1, retry_after))
+        # No window, or it ended: open a new one, unless a concurrent login just did.
+        try:
+            self._table.put_item(
+                Item={**key, "window_start": now, "failures": 1,
+                      "expires_at": (now + self._window_ms) // 1000 + 1},  # for a DynamoDB TTL
+                ConditionExpression="attribute_not_exists(username) OR window_start = :seen",
+                ExpressionAttributeValues={":seen": record["window_start"] if record else -1},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            self.take_attempt(username)  # another login opened the window: count in it
+
+    def give_back(self, username: str) -> None:
+        """A right password: its attempt was not a failure."""
+        try:
+            self._table.update_item(
+                Key={"username": self.KEY_PREFIX + username}, UpdateExpression="ADD failures :minus_one",
+                ConditionExpression="failures > :zero", ExpressionAttributeValues={":minus_one": -1, ":zero": 0},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+
+
 class Authenticator:
     """Checks Basic credentials against a user store.
 
@@ -67,8 +144,9 @@ class Authenticator:
     key, so a removed user or a changed password takes effect at once.
     """
 
-    def __init__(self, users, cache_seconds: float = 60.0):
+    def __init__(self, users, cache_seconds: float = 60.0, throttle: LoginThrottle = None):
         self._users = users
+        self._throttle = throttle
         self._cache_seconds = cache_seconds
         self._key = os.urandom(32)
         self._verified = {}
@@ -87,12 +165,18 @@ class Authenticator:
             expires = self._verified.get(fingerprint)
         if stored is not None and expires is not None and expires > now:
             return username
+        # A name longer than any username's limit is never a user: nothing to throttle.
+        throttled = self._throttle is not None and len(username) <= _MAX_USERNAME
+        if throttled:
+            self._throttle.take_attempt(username)
         if stored is None:
             # Spend the same work as a real check, so timing does not reveal who exists.
             verify_password(password, self._dummy())
             raise unauthorized()
         if not verify_password(password, stored):
             raise unauthorized()
+        if throttled:
+            self._throttle.give_back(username)
         with self._lock:
             self._verified = {k: v for k, v in self._verified.items() if v > now}
             self._verified[fingerprint] = now + self._cache_seconds
