@@ -44,7 +44,7 @@ _FAILURE = "Error occurred during request processing: "
 _MINUTE_MS = 60_000
 # A request holds a notebook's schedule lock for at most API Gateway's 29 s; a crashed
 # holder's lease runs out after that.
-_LOCK_LEASE_MS = 30_000
+LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
 
 
@@ -202,7 +202,7 @@ class Scheduler:
     def _acquire(self, owner: str, notebook_id: str, token: str) -> bool:
         deadline = time.monotonic() + _LOCK_WAIT_SECONDS
         while True:
-            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), _LOCK_LEASE_MS):
+            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), LOCK_LEASE_MS):
                 return True
             if self._table.get(owner, notebook_id) is None:
                 return False

@@ -9,6 +9,10 @@ from botocore.exceptions import ReadTimeoutError
 from chalicelib import aws
 
 
+# What the hostile suites tried, printed at the end of the session (tests/conftest.py).
+TALLY = {"fault operations": 0, "fault steps": 0, "race tries": 0, "requests fuzzed": 0}
+
+
 def stored_state(settings) -> tuple:
     """(S3 objects with their ETags, every notebooks-table item): to prove nothing changed."""
     s3 = boto3.client("s3", region_name=settings.region)
@@ -112,7 +116,7 @@ class FaultInjector:
 
     def _before_call(self, model, params, **_):
         with self._lock:
-            self.calls.append(f"{model.service_model.service_name}.{model.name}")
+            self.calls.append((f"{model.service_model.service_name}.{model.name}", params))
             failing = len(self.calls) == self._fail_at
         if failing:
             return self._failure(model)
