@@ -78,10 +78,11 @@ class LoginThrottle:
     """Failed logins per username, in the users table under keys no username can have
     (`#failed-logins#<name>`; usernames never contain `#`).
 
-    Each login that must pay scrypt first takes one attempt from the name's budget of
-    `max_failures` per `window_seconds`, atomically (a conditional write), so parallel
-    guesses cannot overdraw it; a right password gives its attempt back. The window
-    starts at its first failure and the lock ends with it: no one is locked out longer.
+    A window opens at a name's first failure; once `max_failures` failures fall in it,
+    every login for that name is refused until it ends, so no one is locked out longer
+    than `window_seconds`. Failures are counted after the password check, with atomic
+    writes: a burst of right passwords is never refused, and parallel guesses can exceed
+    the budget by at most what is in flight at the moment it runs out.
     """
 
     KEY_PREFIX = "#failed-logins#"
@@ -92,47 +93,47 @@ class LoginThrottle:
         self._window_ms = int(window_seconds * 1000)
         self._clock = clock
 
-    def take_attempt(self, username: str) -> None:
-        """Count one login attempt for `username`, else raise the 429."""
-        now = int(self._clock() * 1000)
-        key = {"username": self.KEY_PREFIX + username}
-        try:  # the common case: a window is open and has attempts left
+    def check(self, username: str) -> None:
+        """Raise the 429 if `username` is locked out now."""
+        record = self._table.get_item(Key=self._key(username), ConsistentRead=True).get("Item")
+        now = self._now_ms()
+        if record is None or int(record["window_start"]) <= now - self._window_ms:
+            return
+        if int(record["failures"]) >= self._max_failures:
+            retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
+            raise too_many_failures(max(1, retry_after))
+
+    def record_failure(self, username: str) -> None:
+        """Count one failed login: in the open window, else in a new one."""
+        now = self._now_ms()
+        cutoff = now - self._window_ms
+        try:
             self._table.update_item(
-                Key=key, UpdateExpression="ADD failures :one",
-                ConditionExpression="window_start > :cutoff AND failures < :max",
-                ExpressionAttributeValues={":one": 1, ":cutoff": now - self._window_ms, ":max": self._max_failures},
+                Key=self._key(username), UpdateExpression="ADD failures :one",
+                ConditionExpression="window_start > :cutoff", ExpressionAttributeValues={":one": 1, ":cutoff": cutoff},
             )
             return
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
-        record = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
-        if record is not None and int(record["window_start"]) > now - self._window_ms:
-            retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
-            raise too_many_failures(max(1, retry_after))
-        # No window, or it ended: open a new one, unless a concurrent login just did.
-        try:
-            self._table.put_item(
-                Item={**key, "window_start": now, "failures": 1,
-                      "expires_at": (now + self._window_ms) // 1000 + 1},  # for a DynamoDB TTL
-                ConditionExpression="attribute_not_exists(username) OR window_start = :seen",
-                ExpressionAttributeValues={":seen": record["window_start"] if record else -1},
-            )
-        except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
-                raise
-            self.take_attempt(username)  # another login opened the window: count in it
-
-    def give_back(self, username: str) -> None:
-        """A right password: its attempt was not a failure."""
         try:
             self._table.update_item(
-                Key={"username": self.KEY_PREFIX + username}, UpdateExpression="ADD failures :minus_one",
-                ConditionExpression="failures > :zero", ExpressionAttributeValues={":minus_one": -1, ":zero": 0},
+                Key=self._key(username),
+                UpdateExpression="SET window_start = :now, failures = :one, expires_at = :expires",
+                ConditionExpression="attribute_not_exists(window_start) OR window_start <= :cutoff",
+                ExpressionAttributeValues={":now": now, ":one": 1, ":cutoff": cutoff,
+                                           ":expires": (now + self._window_ms) // 1000 + 1},  # for a DynamoDB TTL
             )
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
+            self.record_failure(username)  # a concurrent failure opened the window: count in it
+
+    def _key(self, username: str) -> dict:
+        return {"username": self.KEY_PREFIX + username}
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
 
 class Authenticator:
@@ -163,20 +164,24 @@ class Authenticator:
         now = time.monotonic()
         with self._lock:
             expires = self._verified.get(fingerprint)
-        if stored is not None and expires is not None and expires > now:
-            return username
         # A name longer than any username's limit is never a user: nothing to throttle.
         throttled = self._throttle is not None and len(username) <= _MAX_USERNAME
         if throttled:
-            self._throttle.take_attempt(username)
+            # First, and even for a login verified a moment ago: else a guess that hits the
+            # password a user just used would get through a lock, from the cache.
+            self._throttle.check(username)
+        if stored is not None and expires is not None and expires > now:
+            return username
         if stored is None:
             # Spend the same work as a real check, so timing does not reveal who exists.
             verify_password(password, self._dummy())
+            accepted = False
+        else:
+            accepted = verify_password(password, stored)
+        if not accepted:
+            if throttled:
+                self._throttle.record_failure(username)
             raise unauthorized()
-        if not verify_password(password, stored):
-            raise unauthorized()
-        if throttled:
-            self._throttle.give_back(username)
         with self._lock:
             self._verified = {k: v for k, v in self._verified.items() if v > now}
             self._verified[fingerprint] = now + self._cache_seconds

@@ -61,7 +61,7 @@ def _reason(error: Exception) -> str:
 def _refuse(error: Exception) -> None:
     """An AWS refusal of the request (a quota, a validation) as the seed's 400; a transient
     failure (throttling, a 5xx, a timeout) is left to the route, which answers 503."""
-    if isinstance(error, (ClientError, BotoCoreError)) and not is_transient(error):
+    if isinstance(error, ClientError) and not is_transient(error):
         raise ApiError(400, _FAILURE + _reason(error)) from error
 
 

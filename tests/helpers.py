@@ -24,12 +24,6 @@ def stored_state(settings) -> tuple:
     return objects, items
 
 
-def stored_notebook_files(settings) -> set:
-    """Ids of the notebook files in S3."""
-    objects, _ = stored_state(settings)
-    return {key.rsplit("/", 1)[1][: -len(".ipynb")] for key, _ in objects if key.startswith("notebooks/")}
-
-
 def check_invariants(settings, settled: bool = False) -> None:
     """Assert what every operation must leave behind, whichever step failed:
     - every notebook file and run output has its notebook's item, and every live notebook

@@ -1,13 +1,10 @@
-"""Faults and races: every AWS call of every operation failed in turn, and a content PUT
-racing a delete.
+"""Faults: every AWS call of every operation failed in turn.
 
 For each operation and each step k (the k-th AWS call it makes), the k-th call fails
 (throttling, a 5xx or a timeout, in turn); the answer must be an error in the seed's
 shape (503), the stored state must keep its invariants, and the same request again
 must complete the operation.
 """
-import json
-import threading
 import time
 from types import SimpleNamespace
 
@@ -20,10 +17,9 @@ from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
 from chalicelib.runs import RunExecutor
 from tests.conftest import error
-from tests.helpers import TALLY, FaultInjector, check_invariants, stored_notebook_files
+from tests.helpers import TALLY, FaultInjector, check_invariants
 
 BASE = "/_notebooks/notebooks"
-RACE_TRIES = 50
 UNTIL = "2099-01-01 00:00"
 RUNNER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner"
 # Lambda's answer to an Event invocation (moto cannot run the function without Docker).
@@ -132,40 +128,6 @@ def test_every_aws_call_of_an_api_operation_failed_in_turn(api, faults, operatio
     TALLY["fault steps"] += k - 1
     TALLY["fault operations"] += 1
     assert k > 3, f"{operation} made only {k - 1} AWS calls: is the injector on the project's clients?"
-
-
-def test_content_put_racing_a_delete_never_leaves_a_file(api, stack):
-    """Real threads, RACE_TRIES times: whichever wins, no file outlives its notebook."""
-    content = api.json("GET", f"{BASE}/{api.create()['notebook_id']}/content")
-    outcomes = set()
-    for _ in range(RACE_TRIES):
-        notebook_id = stack.notebooks.create("admin", {})["notebook_id"]
-        start = threading.Barrier(2)
-        answers = {}
-
-        def put():
-            start.wait()
-            try:
-                stack.notebooks.replace_content("admin", notebook_id, content)
-                answers["put"] = "ok"
-            except Exception as failure:  # noqa: BLE001 - the answer is what is checked
-                answers["put"] = getattr(failure, "message", repr(failure))
-
-        def delete():
-            start.wait()
-            stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
-
-        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert answers["put"] in ("ok", "Notebook ID invalid."), answers
-        outcomes.add(answers["put"])
-        assert stack.notebooks._table.get("admin", notebook_id) is None
-        assert notebook_id not in stored_notebook_files(stack.settings), "the PUT's file outlived its notebook"
-    check_invariants(stack.settings, settled=True)
-    TALLY["race tries"] += RACE_TRIES
 
 
 @pytest.fixture

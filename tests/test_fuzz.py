@@ -1,12 +1,14 @@
 """Hostile clients: schemathesis against the local stack from its OpenAPI document, every
-route without credentials, the HTTP layer's own refusals, and the bad inputs that used to
-reach a 500. Every answer is in the seed's error shape and changes nothing."""
+route without credentials, the HTTP layer's own refusals, a content PUT racing a delete,
+and the bad inputs that used to reach a 500. Every answer is in the seed's error shape
+and changes nothing."""
 import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +31,7 @@ ADMIN = ("admin", "admin")
 # Schemathesis's time budget: its three phases (examples, coverage, fuzzing) share it.
 FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "45"))
 FUZZ_SEED = os.environ.get("FUZZ_SEED", "20261127")
+RACE_TRIES = 50
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def answered_requests(stack) -> int:
     return sum('"duration_ms"' in line for line in list(stack.lines))
 
 
-def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(fuzzed_stack):
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(fuzzed_stack, tmp_path):
     """Every check but the two that contradict the seed's contract: positive data
     acceptance (the seed answers an unknown id with 400, not 404) and negative data
     rejection (the seed's Run sample is JSON5, so Run accepts more than JSON)."""
@@ -68,7 +71,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(f
         "--workers", "2", "--request-timeout", "20", "--no-color",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    # In a folder of its own: schemathesis keeps a cache of what it found where it runs.
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
     output = result.stdout + result.stderr
     fuzzed = answered_requests(fuzzed_stack) - before
     TALLY["requests fuzzed"] += fuzzed
@@ -144,6 +148,39 @@ def test_a_body_over_the_limit_is_a_413_the_client_reads(fuzzed_stack):
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413 and json.loads(refused.value.read())["error"]["status"] == 413
     assert requests.get(fuzzed_stack.url + BASE + "/_count", auth=ADMIN).status_code == 200  # still serving
+
+
+def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
+    """Over HTTP, with real threads, RACE_TRIES times: whichever wins, no file outlives
+    its notebook, and the PUT answers success or `Notebook ID invalid.`."""
+    url, eve = fuzzed_stack.url, ("eve", "eve-pw")
+    s3 = fuzzed_stack.embedded_aws("s3")
+    # Large enough that validating it takes a while: the delete runs meanwhile.
+    content = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "id": f"c{i}", "metadata": {}, "source": "x" * 1000} for i in range(500)]}
+    answers, deletes = [], []
+    for _ in range(RACE_TRIES):
+        notebook_id = requests.post(url + BASE + "/", auth=eve).json()["notebook_id"]
+        start = threading.Barrier(2)
+
+        def put():
+            start.wait()
+            answers.append(requests.put(f"{url}{BASE}/{notebook_id}/content", auth=eve, json=content).json())
+
+        def delete():
+            start.wait()
+            deletes.append(requests.delete(url + BASE + "/", auth=eve, json={"nbk_ids": [notebook_id]}).json())
+
+        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        left = s3.list_objects_v2(Bucket="notebooks-files", Prefix=f"notebooks/eve/{notebook_id}")
+        assert left.get("KeyCount") == 0, f"the PUT's file outlived notebook {notebook_id}"
+    assert all(a in ("Success", {"error": {"status": 400, "message": "Notebook ID invalid."}}) for a in answers)
+    assert len(answers) == RACE_TRIES and deletes == ["Success"] * RACE_TRIES
+    TALLY["race tries"] += RACE_TRIES
 
 
 # --- the bad inputs that used to reach a 500 ---------------------------------------

@@ -47,6 +47,16 @@ def test_failed_logins_past_the_limit_are_429_with_retry_after_even_for_the_righ
     assert int(login(api, "bob", "guess").headers["Retry-After"]) == WINDOW - 100
 
 
+def test_a_login_verified_a_moment_ago_is_refused_too_while_locked(api, clock):
+    """Else a guess hitting the password the user just used would pass, from its cache."""
+    assert login(api, "bob", "bob-secret").status_code == 200
+    for _ in range(ATTEMPTS):
+        assert login(api, "bob", "guess").status_code == 401
+    assert login(api, "bob", "bob-secret").status_code == 429
+    clock.now += WINDOW
+    assert login(api, "bob", "bob-secret").status_code == 200
+
+
 def test_the_right_user_is_not_locked_out_longer_than_the_window(api, clock):
     for _ in range(ATTEMPTS):
         login(api, "bob", "guess")
@@ -91,3 +101,20 @@ def test_the_count_holds_across_containers(stack, clock):
         first.authenticate(basic("bob", "bob-secret"))
     assert raised.value.status == 429
     assert stack.users.names() == ["admin", "bob"]  # the counts are not users
+
+
+def test_a_burst_of_right_passwords_from_cold_containers_is_never_refused(stack, clock):
+    """Twenty fresh containers at once, after failures that used up all but one attempt."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = aws.dynamodb_table(stack.settings.users_table, stack.settings.region)
+    throttle = LoginThrottle(table, ATTEMPTS, WINDOW, clock=clock)
+    for _ in range(ATTEMPTS - 1):
+        with pytest.raises(Exception):
+            Authenticator(stack.users, throttle=throttle).authenticate(basic("bob", "guess"))
+
+    def cold_login(_):
+        return Authenticator(stack.users, throttle=throttle).authenticate(basic("bob", "bob-secret"))
+
+    with ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(cold_login, range(20))) == ["bob"] * 20
