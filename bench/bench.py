@@ -6,18 +6,18 @@ so that machine noise hits both alike:
      `papermill in.ipynb out.ipynb` (median of ROUNDS);
   2. twenty notebooks in one Run request until all succeed, against twenty sequential
      papermill CLI runs (median of BATCH_ROUNDS).
+  3. load: one client for LOAD_BASELINE_SECONDS, then LOAD_CLIENTS concurrent clients for
+     LOAD_SECONDS, over a mix of every endpoint: throughput, p50 and p99 latency, and the
+     count of 5xx answers and connection errors (both must be zero, else the run fails).
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
-  3. load: LOAD_CLIENTS concurrent clients for LOAD_SECONDS over a mix of every endpoint;
-     throughput, p50 and p99 latency, and the count of 5xx answers and connection errors
-     (both must be zero: the run fails otherwise).
 """
 import os
 import random
 import statistics
-import threading
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +35,8 @@ AUTH = ("admin", "admin")
 POLL_SECONDS = 0.01
 LOAD_CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "50"))
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
+# The same mix from one client, measured just before, as the baseline of the throughput.
+LOAD_BASELINE_SECONDS = float(os.environ.get("BENCH_LOAD_BASELINE_SECONDS", "20"))
 
 
 def one_cell_notebook():
@@ -135,15 +137,16 @@ def load_mix(content):
     ]
 
 
-def load(url, content):
-    """LOAD_CLIENTS clients, each with its own connection and notebooks, for LOAD_SECONDS."""
+def load(url, content, clients=LOAD_CLIENTS, seconds=LOAD_SECONDS):
+    """`clients` clients, each with its own connection and notebooks, for `seconds`:
+    (latencies, answers by status, connection errors, clients, seconds taken)."""
     mix = load_mix(content)
     weights, operations = [w for w, _, _ in mix], [(name, call) for _, name, call in mix]
     create = dict(operations)["create"]
     latencies, statuses, failures, lock = [], {}, [], threading.Lock()
     window = {}
-    start = threading.Barrier(LOAD_CLIENTS + 1, action=lambda: window.update(
-        began=time.perf_counter(), deadline=time.perf_counter() + LOAD_SECONDS))
+    start = threading.Barrier(clients + 1, action=lambda: window.update(
+        began=time.perf_counter(), deadline=time.perf_counter() + seconds))
 
     def client():
         session = requests.Session()
@@ -169,24 +172,31 @@ def load(url, content):
             for status, count in own_statuses.items():
                 statuses[status] = statuses.get(status, 0) + count
 
-    threads = [threading.Thread(target=client) for _ in range(LOAD_CLIENTS)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     start.wait()  # every client has its notebooks: the clock starts
     for thread in threads:
         thread.join()
-    return latencies, statuses, failures, time.perf_counter() - window["began"]
+    return latencies, statuses, failures, clients, time.perf_counter() - window["began"]
 
 
-def report_load(latencies, statuses, failures, seconds):
-    quantiles = statistics.quantiles(latencies, n=100)
-    server_errors = sum(count for status, count in statuses.items() if status >= 500)
-    print(f"load: {LOAD_CLIENTS} concurrent clients for {seconds:.0f} s over every endpoint:")
-    print(f"  {len(latencies)} requests, {len(latencies) / seconds:.0f} requests/s; "
-          f"latency p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms")
-    print(f"  answers by status: {dict(sorted(statuses.items()))}")
-    print(f"  5xx answers: {server_errors}; connection errors: {len(failures)} {sorted(set(failures))[:5]}")
-    if server_errors or failures:
+def report_load(*runs):
+    """Each run's throughput and latency; fails when any answered 5xx or lost a connection."""
+    bad = 0
+    throughputs = []
+    for latencies, statuses, failures, clients, seconds in runs:
+        quantiles = statistics.quantiles(latencies, n=100)
+        server_errors = sum(count for status, count in statuses.items() if status >= 500)
+        throughputs.append(len(latencies) / seconds)
+        print(f"load: {clients} concurrent client(s) for {seconds:.0f} s over every endpoint:")
+        print(f"  {len(latencies)} requests, {throughputs[-1]:.1f} requests/s; "
+              f"latency p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms")
+        print(f"  answers by status: {dict(sorted(statuses.items()))}")
+        print(f"  5xx answers: {server_errors}; connection errors: {len(failures)} {sorted(set(failures))[:5]}")
+        bad += server_errors + len(failures)
+    print(f"  throughput ratio last / first: {throughputs[-1] / throughputs[0]:.2f}x")
+    if bad:
         raise SystemExit("load: the local stack answered 5xx or dropped connections")
 
 
@@ -211,7 +221,7 @@ def main():
             for _ in range(BATCH_ROUNDS):
                 batch_api.append(api_run(session, url, ids))
                 batch_cli.append(papermill_cli(source, BATCH))
-            load_figures = load(url, content)
+            load_figures = [load(url, content, 1, LOAD_BASELINE_SECONDS), load(url, content)]
     finally:
         process.terminate()
         process.wait(timeout=30)
