@@ -6,13 +6,18 @@ so that machine noise hits both alike:
      `papermill in.ipynb out.ipynb` (median of ROUNDS);
   2. twenty notebooks in one Run request until all succeed, against twenty sequential
      papermill CLI runs (median of BATCH_ROUNDS).
+  3. load: one client for LOAD_BASELINE_SECONDS, then LOAD_CLIENTS concurrent clients for
+     LOAD_SECONDS, over a mix of every endpoint: throughput, p50 and p99 latency, and the
+     count of 5xx answers and connection errors (both must be zero, else the run fails).
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
 """
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +34,10 @@ BATCH = 20
 BATCH_ROUNDS = int(os.environ.get("BENCH_BATCH_ROUNDS", "3"))
 AUTH = ("admin", "admin")
 POLL_SECONDS = 0.01
+LOAD_CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "50"))
+LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
+# The same mix from one client, measured just before, as the baseline of the throughput.
+LOAD_BASELINE_SECONDS = float(os.environ.get("BENCH_LOAD_BASELINE_SECONDS", "20"))
 
 
 def one_cell_notebook():
@@ -79,6 +88,119 @@ def papermill_cli(source: Path, count: int = 1) -> float:
     return time.perf_counter() - started
 
 
+def load_mix(content):
+    """[(weight, name, request(session, url, state) -> response)]: every endpoint, weighted
+    towards reads as clients use them; runs are rare, as each one starts a kernel."""
+    nb = "/_notebooks/notebooks"
+
+    def some(state):
+        return random.choice(state["ids"])
+
+    def create(session, url, state):
+        response = session.post(url + nb + "/", json={"content": content})
+        if response.ok:
+            state["ids"].append(response.json()["notebook_id"])
+        return response
+
+    def delete(session, url, state):
+        if len(state["ids"]) < 3:
+            return create(session, url, state)
+        return session.delete(url + nb + "/", json={"nbk_ids": [state["ids"].pop(0)]})
+
+    def run(session, url, state):
+        response = session.post(url + nb + "/_run", json={"nbkIds": [some(state)], "module": "load"})
+        if response.ok:
+            state["runs"].append(response.json()["runs"][0]["run_id"])
+        return response
+
+    def run_id(state):
+        return random.choice(state["runs"]) if state["runs"] else "00000000-0000-4000-8000-000000000000"
+
+    def schedule(session, url, state):
+        return session.post(url + nb + "/_schedule", json={"nbk_ids": [some(state)], "until": "2099-01-01 00:00"})
+
+    return [
+        (15, "fetch", lambda s, u, st: s.get(f"{u}{nb}/{some(st)}")),
+        (12, "list", lambda s, u, st: s.get(f"{u}{nb}/_all?limit=20")),
+        (12, "count", lambda s, u, st: s.get(f"{u}{nb}/_count")),
+        (10, "content GET", lambda s, u, st: s.get(f"{u}{nb}/{some(st)}/content")),
+        (6, "content PUT", lambda s, u, st: s.put(f"{u}{nb}/{some(st)}/content", json=content)),
+        (6, "rename", lambda s, u, st: s.put(f"{u}{nb}/{some(st)}", json={"new_name": f"n{random.random()}"})),
+        (6, "create", create),
+        (5, "delete", delete),
+        (6, "notebook runs", lambda s, u, st: s.get(f"{u}{nb}/{some(st)}/runs")),
+        (6, "run", lambda s, u, st: s.get(f"{u}/_notebooks/runs/{run_id(st)}")),
+        (4, "run output", lambda s, u, st: s.get(f"{u}/_notebooks/runs/{run_id(st)}/output")),
+        (4, "schedule", schedule),
+        (4, "unschedule", lambda s, u, st: s.post(f"{u}{nb}/_unschedule", json={"nbk_ids": [some(st)]})),
+        (3, "openapi", lambda s, u, st: s.get(f"{u}/_notebooks/openapi.json")),
+        (1, "run now", run),
+    ]
+
+
+def load(url, content, clients=LOAD_CLIENTS, seconds=LOAD_SECONDS):
+    """`clients` clients, each with its own connection and notebooks, for `seconds`:
+    (latencies, answers by status, connection errors, clients, seconds taken)."""
+    mix = load_mix(content)
+    weights, operations = [w for w, _, _ in mix], [(name, call) for _, name, call in mix]
+    create = dict(operations)["create"]
+    latencies, statuses, failures, lock = [], {}, [], threading.Lock()
+    window = {}
+    start = threading.Barrier(clients + 1, action=lambda: window.update(
+        began=time.perf_counter(), deadline=time.perf_counter() + seconds))
+
+    def client():
+        session = requests.Session()
+        session.auth = AUTH
+        state = {"ids": [], "runs": []}
+        for _ in range(3):
+            create(session, url, state)  # notebooks of its own to work on
+        start.wait()
+        own_latencies, own_statuses, own_failures = [], {}, []
+        while time.perf_counter() < window["deadline"]:
+            name, call = random.choices(operations, weights)[0]
+            began = time.perf_counter()
+            try:
+                status = call(session, url, state).status_code
+            except requests.RequestException as error:
+                own_failures.append(f"{name}: {type(error).__name__}")
+                continue
+            own_latencies.append(time.perf_counter() - began)
+            own_statuses[status] = own_statuses.get(status, 0) + 1
+        with lock:
+            latencies.extend(own_latencies)
+            failures.extend(own_failures)
+            for status, count in own_statuses.items():
+                statuses[status] = statuses.get(status, 0) + count
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()  # every client has its notebooks: the clock starts
+    for thread in threads:
+        thread.join()
+    return latencies, statuses, failures, clients, time.perf_counter() - window["began"]
+
+
+def report_load(*runs):
+    """Each run's throughput and latency; fails when any answered 5xx or lost a connection."""
+    bad = 0
+    throughputs = []
+    for latencies, statuses, failures, clients, seconds in runs:
+        quantiles = statistics.quantiles(latencies, n=100)
+        server_errors = sum(count for status, count in statuses.items() if status >= 500)
+        throughputs.append(len(latencies) / seconds)
+        print(f"load: {clients} concurrent client(s) for {seconds:.0f} s over every endpoint:")
+        print(f"  {len(latencies)} requests, {throughputs[-1]:.1f} requests/s; "
+              f"latency p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms")
+        print(f"  answers by status: {dict(sorted(statuses.items()))}")
+        print(f"  5xx answers: {server_errors}; connection errors: {len(failures)} {sorted(set(failures))[:5]}")
+        bad += server_errors + len(failures)
+    print(f"  throughput ratio last / first: {throughputs[-1] / throughputs[0]:.2f}x")
+    if bad:
+        raise SystemExit("load: the local stack answered 5xx or dropped connections")
+
+
 def main():
     process, url = start_local_stack()
     session = requests.Session()
@@ -100,6 +222,7 @@ def main():
             for _ in range(BATCH_ROUNDS):
                 batch_api.append(api_run(session, url, ids))
                 batch_cli.append(papermill_cli(source, BATCH))
+            load_figures = [load(url, content, 1, LOAD_BASELINE_SECONDS), load(url, content)]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -115,6 +238,7 @@ def main():
     report("one one-cell notebook, POST /_run to succeeded", single_api, single_cli, "papermill CLI, one run")
     report(f"{BATCH} notebooks in one Run request, until all succeeded", batch_api, batch_cli,
            f"papermill CLI, {BATCH} sequential runs")
+    report_load(*load_figures)
 
 
 if __name__ == "__main__":

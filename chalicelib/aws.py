@@ -53,6 +53,25 @@ def error_code(error: Exception) -> str:
     return response.get("Error", {}).get("Code", "")
 
 
+# Codes of failures that pass: AWS asks the caller to slow down or try again later.
+_TRANSIENT_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ThrottledException", "RequestThrottled", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "SlowDown", "RequestTimeout",
+    "RequestTimeoutException", "TransactionInProgressException", "InternalServerError", "InternalFailure",
+    "ServiceUnavailable", "ServiceUnavailableException",
+})
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether an AWS failure is the service's, not a refusal of the request: a timeout or
+    lost connection, throttling, or a 5xx. The same request later may succeed."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return True  # BotoCoreError: timeouts, connection errors, no answer at all
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or error_code(error) in _TRANSIENT_CODES
+
+
 def all_items(operation, **request) -> list:
     """Every item of a DynamoDB Query or Scan (`table.query`, `table.scan`), page by page."""
     items = []

@@ -59,6 +59,9 @@ class Settings:
     queue_timeout: float = 6 * 3600.0
     timezone: str = "UTC"
     rule_prefix: str = "notebooks-"
+    # Failed logins allowed per username in a window; past them, 429 until it ends.
+    login_attempts: int = 5
+    login_window: float = 300.0
 
     @property
     def fargate(self) -> bool:
@@ -100,4 +103,6 @@ class Settings:
             queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
             timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
+            login_attempts=_int(env, "NOTEBOOKS_LOGIN_ATTEMPTS", d.login_attempts),
+            login_window=_float(env, "NOTEBOOKS_LOGIN_WINDOW", d.login_window),
         )

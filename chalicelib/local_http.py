@@ -1,7 +1,22 @@
 """The local server's HTTP handling: Chalice's local request handler, with fixes for
 clients written against the seed and for bodies Chalice's own handler does not read safely.
+
+Every answer is in the seed's error shape, those http.server gives on its own too: an
+unknown method is a 405, a request line over 64 KiB a 414, a header line over 64 KiB or
+more than 100 headers a 431. A refused request whose body is left unread (too large: 413)
+is answered and then closed lingeringly: the server stops sending, reads and discards what
+the client still sends (up to a bound), and closes only then, so a client that sends its
+whole body before reading (urllib, requests) reads the 413 instead of a reset connection.
 """
 import re
+import socket
+import time
+from http import HTTPStatus
+
+# What a lingering close reads and discards at most, in bytes and in seconds.
+_DRAIN_BYTES = 64 * 1024 * 1024
+_DRAIN_SECONDS = 10.0
+_METHODS = ("GET", "PUT", "POST", "HEAD", "DELETE", "PATCH", "OPTIONS")
 
 
 class _Refused(Exception):
@@ -26,10 +41,41 @@ def request_handler(max_body_bytes: int):
             try:
                 self._body = self._read_body()
             except _Refused as refusal:
-                self.close_connection = True  # the unread body makes the connection unusable
-                self._send_seed_error(refusal.status, refusal.message)
+                self._refuse(refusal.status, refusal.message)
                 return
             super()._generic_handle()
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own refusals (bad request line, 414, 431, unknown method), in
+            the seed's shape. It has no handler for a method it does not know: a 405."""
+            headers = {}
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"Unsupported method: {self.command}"
+                headers["Allow"] = ", ".join(_METHODS)
+            self._refuse(int(code), message or HTTPStatus(code).phrase, headers)
+
+        def _refuse(self, status, message, headers=None):
+            """Answer `status` and close the connection, whose request was not read whole."""
+            self.close_connection = True
+            self._send_seed_error(status, message, {"Connection": "close", **(headers or {})})
+            self._linger()
+
+        def _linger(self):
+            """Stop sending, then read and discard what the client still sends (bounded),
+            so closing with unread data does not reset the connection before the client
+            has read the answer."""
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(1.0)
+                deadline, drained = time.monotonic() + _DRAIN_SECONDS, 0
+                while drained < _DRAIN_BYTES and time.monotonic() < deadline:
+                    chunk = self.connection.recv(65536)
+                    if not chunk:
+                        return
+                    drained += len(chunk)
+            except OSError:
+                pass  # the client went away: nothing left to protect
 
         def _parse_payload(self):
             return dict(self.headers), self._body
@@ -68,8 +114,9 @@ def request_handler(max_body_bytes: int):
             # The gateway's "Missing Authentication Token" means no such route: a 404.
             self._send_seed_error(404, "Not found")
 
-        def _send_seed_error(self, status, message):
-            response = error_response(status, message)
-            self._send_http_response(status, dict(response.headers), response.to_dict()["body"])
+        def _send_seed_error(self, status, message, headers=None):
+            response = error_response(status, message, headers)
+            body = None if self.command == "HEAD" else response.to_dict()["body"]
+            self._send_http_response(status, dict(response.headers), body)
 
     return RequestHandler

@@ -21,7 +21,7 @@ from .errors import (
     ApiError, bad_request,
 )
 from .files import notebook_key
-from .metadata import Conflict, NameTaken
+from .metadata import NOTEBOOK_PREFIX, Conflict, NameTaken
 
 _UNSCHEDULED = {"period": None, "until": None, "time": None}
 _RENAME_ATTEMPTS = 5
@@ -260,8 +260,13 @@ class NotebookService:
         item = self.require(owner, notebook_id)
         data = serialise(parse_notebook(body, field="body"))
         self._check_size(data)
-        self._files.put(notebook_key(owner, item["notebook_id"]), data)
+        key = notebook_key(owner, item["notebook_id"])
+        self._files.put(key, data)
+        # The metadata update is conditional on the notebook being live. If it fails, a
+        # Delete flagged the notebook after our read and may already have removed the
+        # file: our write would outlive it, so it is undone.
         if not self._table.update(owner, item["notebook_id"], self._touched(owner)):
+            self._files.delete(key)
             raise bad_request(NOTEBOOK_ID_INVALID)
 
     def _touched(self, owner: str) -> dict:
@@ -284,12 +289,8 @@ class NotebookService:
             return None
         try:
             key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        except (ValueError, binascii.Error, UnicodeEncodeError):
+        except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
             key = None
-        valid = (
-            isinstance(key, dict) and set(key) == {"owner", "sk", "created_at"} and key["owner"] == owner
-            and isinstance(key["sk"], str) and isinstance(key["created_at"], int)
-        )
-        if not valid:
+        if not payloads.is_page_key(key, owner, NOTEBOOK_PREFIX):
             raise bad_request("next_token is invalid")
         return key

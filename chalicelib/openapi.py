@@ -9,7 +9,10 @@ def _json(schema: dict) -> dict:
 
 
 def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict:
-    responses = {"200": {"description": "OK", **_json(ok)}, "401": {"description": "Authentication required", **_json(_ERROR)}}
+    responses = {"200": {"description": "OK", **_json(ok)},
+                 "401": {"description": "Authentication required", **_json(_ERROR)},
+                 "429": {"description": "Too many failed logins (header Retry-After)", **_json(_ERROR)},
+                 "503": {"description": "Storage unavailable: try again", **_json(_ERROR)}}
     responses.update({str(code): {"description": "Error", **_json(_ERROR)} for code in errors})
     operation = {"summary": summary, "responses": responses}
     if body is not None:
@@ -42,7 +45,9 @@ def document() -> dict:
                 k: {"type": "string"} for k in ("username", "notebook_name", "path", "notebook_id")}},
                 {"type": "object", "properties": {"notebook_name": {"type": "string"}, "content": ipynb}},
                 errors=(400, 409, 413)),
-            "delete": _operation("Delete notebooks", word, ids_body),
+            # The seed answers "No notebooks deleted" as an error body with status 200.
+            "delete": _operation("Delete notebooks", {"oneOf": [word, _ERROR]}, ids_body),
+            "put": _operation("Rename without an id: always 400 `Notebook ID is missing`", _ERROR, {"type": "object"}),
         },
         nb + "/_all": {"get": {**_operation("List the caller's notebooks, oldest first",
                                             {"type": "array", "items": notebook}),

@@ -14,6 +14,11 @@ from .errors import MISSING_NEW_NAME, MODULE_REQUIRED, bad_request
 
 MAX_NAME_LENGTH = 255
 MAX_MODULE_LENGTH = 255
+# Deepest nesting of objects and arrays under a body's field. A notebook needs about 6
+# levels (cells, outputs, data); widget state in metadata a few more.
+MAX_DEPTH = 64
+# Largest epoch-milliseconds value a page token may carry (the year 2286).
+_MAX_EPOCH_MS = 10**13
 EXTENSION = ".ipynb"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
@@ -58,10 +63,32 @@ def parse_body(raw, lenient: bool = False) -> dict:
     except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
         raise bad_request(f"Malformed JSON in request body: {error}")
     except RecursionError:
-        raise bad_request("Malformed JSON in request body: nested too deeply")
+        raise bad_request(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
     if not isinstance(value, dict):
         raise bad_request("Request body must be a JSON object")
+    too_deep = _too_deep_field(value)
+    if too_deep is not None:
+        raise bad_request(f"{too_deep} is nested more than {MAX_DEPTH} levels deep")
     return value
+
+
+def _too_deep_field(body: dict):
+    """The top-level field of `body` that nests deeper than MAX_DEPTH, else None.
+
+    Walked without recursion: what Python's stack cannot hold must be refused here, not
+    found later by nbformat's validator or papermill (a RecursionError, a 500).
+    """
+    for field, value in body.items():
+        pending = [(value, 1)]
+        while pending:
+            node, depth = pending.pop()
+            if depth > MAX_DEPTH:
+                return field
+            if isinstance(node, dict):
+                pending.extend((child, depth + 1) for child in node.values())
+            elif isinstance(node, list):
+                pending.extend((child, depth + 1) for child in node)
+    return None
 
 
 def canonical_id(value) -> str:
@@ -69,6 +96,20 @@ def canonical_id(value) -> str:
     if isinstance(value, str) and _UUID.match(value):
         return value.lower()
     return None
+
+
+def is_page_key(key, owner: str, prefix: str) -> bool:
+    """Whether `key`, decoded from a client's next_token, is a List page key of `owner`:
+    exactly `owner`, `sk` (`prefix` and a UUID) and `created_at` (epoch ms, an int, not a
+    bool), each in range, so a forged token is refused before it reaches DynamoDB."""
+    if not isinstance(key, dict) or set(key) != {"owner", "sk", "created_at"}:
+        return False
+    sk, created_at = key["sk"], key["created_at"]
+    return (
+        key["owner"] == owner
+        and isinstance(sk, str) and sk.startswith(prefix) and _UUID.fullmatch(sk[len(prefix):]) is not None
+        and type(created_at) is int and 0 <= created_at <= _MAX_EPOCH_MS
+    )
 
 
 def id_list(body: dict, field: str, missing_message: str, max_ids: int) -> list:

@@ -288,10 +288,9 @@ class RunExecutor:
         """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
         `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge."""
         if event.get("trigger") == SCHEDULE:
-            run = self._scheduled_run(event["owner"], event["notebook_id"])
-            if run is None:
+            run_id = self._scheduled_run(event["owner"], event["notebook_id"])
+            if run_id is None:
                 return {"status": "skipped"}
-            run_id = run["run_id"]
         else:
             run_id = event["run_id"]
         return {"run_id": run_id, "status": self.execute(run_id)}
@@ -300,9 +299,12 @@ class RunExecutor:
         if self._scheduler.expire_if_past(owner, notebook_id):
             return None
         # One id per notebook and minute: a second delivery of the same firing finds it taken.
+        # If an earlier delivery recorded it and then failed, this one runs it: execute
+        # claims only a run still queued, so the firing runs once.
         minute = int(time.time() // 60)
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{minute}"))
-        return self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        return run_id
 
     def execute(self, run_id: str) -> str:
         """Claim and execute the run; its final status ("skipped" if not ours to run)."""

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import cron, payloads
-from .aws import error_code
+from .aws import error_code, is_transient
 from .errors import NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED, ApiError, bad_request
 from .notebooks import now_ms
 
@@ -44,7 +44,7 @@ _FAILURE = "Error occurred during request processing: "
 _MINUTE_MS = 60_000
 # A request holds a notebook's schedule lock for at most API Gateway's 29 s; a crashed
 # holder's lease runs out after that.
-_LOCK_LEASE_MS = 30_000
+LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
 
 
@@ -56,6 +56,13 @@ def _reason(error: Exception) -> str:
             return f"EventBridge rule quota reached ({code})"
         return f"AWS refused {error.operation_name} ({code})"
     return f"AWS call failed ({type(error).__name__})"
+
+
+def _refuse(error: Exception) -> None:
+    """An AWS refusal of the request (a quota, a validation) as the seed's 400; a transient
+    failure (throttling, a 5xx, a timeout) is left to the route, which answers 503."""
+    if isinstance(error, ClientError) and not is_transient(error):
+        raise ApiError(400, _FAILURE + _reason(error)) from error
 
 
 def _target_input(owner: str, notebook_id: str) -> str:
@@ -115,8 +122,7 @@ class Scheduler:
                         self._remove_rule(item["notebook_id"])  # deleted meanwhile: leave no rule behind
             except Exception as error:
                 self._roll_back(owner, touched)
-                if isinstance(error, (ClientError, BotoCoreError)):
-                    raise ApiError(400, _FAILURE + _reason(error)) from error
+                _refuse(error)
                 raise
 
     def unschedule(self, owner: str, body: dict) -> None:
@@ -130,10 +136,18 @@ class Scheduler:
         try:
             with self._locked(owner, ids):
                 for notebook_id in ids:
-                    self._table.update(owner, notebook_id, changes, remove=("schedule",))
-                    self._remove_rule(notebook_id)
+                    item = self._notebooks.live(owner, notebook_id)  # under the lock: what to restore
+                    if item is None:
+                        continue
+                    try:
+                        self._table.update(owner, notebook_id, changes, remove=("schedule",))
+                        self._remove_rule(notebook_id)
+                    except Exception:
+                        self._roll_back(owner, [item])  # never a rule without its stored schedule
+                        raise
         except (ClientError, BotoCoreError) as error:
-            raise ApiError(400, _FAILURE + _reason(error)) from error
+            _refuse(error)
+            raise
 
     def forget_notebook(self, owner: str, item: dict) -> None:
         """Remove a deleted notebook's rule and target, if any (NotebookService.delete calls it)."""
@@ -178,12 +192,17 @@ class Scheduler:
             yield
         finally:
             for notebook_id in held:
-                self._table.unlock(owner, notebook_id, token)
+                try:
+                    self._table.unlock(owner, notebook_id, token)
+                except (ClientError, BotoCoreError) as error:
+                    # The work is done; the lock's lease frees it for the next request.
+                    logger.warning("schedule unlock of %s failed (%s): its lease will free it",
+                                   notebook_id, _reason(error))
 
     def _acquire(self, owner: str, notebook_id: str, token: str) -> bool:
         deadline = time.monotonic() + _LOCK_WAIT_SECONDS
         while True:
-            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), _LOCK_LEASE_MS):
+            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), LOCK_LEASE_MS):
                 return True
             if self._table.get(owner, notebook_id) is None:
                 return False

@@ -6,7 +6,7 @@ Nothing is built at import time, so tests and the local stack set the environmen
 import threading
 
 from . import aws, sandbox
-from .auth import Authenticator
+from .auth import Authenticator, LoginThrottle
 from .config import Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
@@ -24,8 +24,10 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         region = settings.region
-        self.users = UserStore(aws.dynamodb_table(settings.users_table, region))
-        self.authenticator = Authenticator(self.users)
+        users_table = aws.dynamodb_table(settings.users_table, region)
+        self.users = UserStore(users_table)
+        self.authenticator = Authenticator(
+            self.users, throttle=LoginThrottle(users_table, settings.login_attempts, settings.login_window))
         self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)

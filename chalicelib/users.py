@@ -53,7 +53,8 @@ class UserStore:
     def names(self) -> list:
         """Every username, sorted."""
         items = aws.all_items(self._table.scan, ProjectionExpression="username")
-        return sorted(item["username"] for item in items)
+        # The table also holds failed-login counts, under keys no username can have.
+        return sorted(item["username"] for item in items if valid_username(item["username"]))
 
 
 def parse_user_list(spec: str) -> list:

@@ -78,3 +78,13 @@ def error(response) -> tuple:
     assert set(body) == {"error"} and set(body["error"]) == {"status", "message"}, body
     assert body["error"]["status"] == response.status_code
     return body["error"]["status"], body["error"]["message"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the fault, race and fuzz suites tried, when they ran."""
+    from tests.helpers import TALLY
+
+    if any(TALLY.values()):
+        terminalreporter.write_line(
+            f"hostile suites: {TALLY['fault operations']} operations x their steps = {TALLY['fault steps']} "
+            f"faulted AWS calls; {TALLY['race tries']} race tries; {TALLY['requests fuzzed']} requests fuzzed")

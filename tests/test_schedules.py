@@ -270,7 +270,7 @@ def _report_failed_target(events, rule):
     ("targets_report", "Error occurred during request processing: AWS refused PutTargets "
                        "(ConcurrentModificationException)"),
     ("metadata", "Error occurred during request processing: AWS refused UpdateItem "
-                 "(ProvisionedThroughputExceededException)"),
+                 "(ItemCollectionSizeLimitExceededException)"),
 ])
 def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, monkeypatch, failure, message):
     """The 2nd notebook of the request fails: the 1st (new) loses its rule, and the 3rd
@@ -291,7 +291,7 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
 
         def throttled(owner, notebook_id, changes, remove=()):
             if notebook_id == failing and "schedule" in changes:
-                raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                raise ClientError({"Error": {"Code": "ItemCollectionSizeLimitExceededException", "Message": "full"}},
                                   "UpdateItem")
             return real_update(owner, notebook_id, changes, remove)
 

@@ -1,0 +1,109 @@
+"""HTML output: nothing in a notebook can make the rendered page run script, even when
+the page is saved to disk and opened without its Content-Security-Policy."""
+import base64
+import re
+
+import bs4
+import nbformat
+import pytest
+
+from chalicelib import html
+
+# Links and sources that run script, spelled as attackers spell them.
+SCRIPT_URLS = [
+    "javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "&#106;avascript:alert(1)",
+    "&#x6A;avascript:alert(1)", "java&#9;script:alert(1)", "java&#x0A;script:alert(1)", "vbscript:msgbox(1)",
+    "data:text/html;base64," + base64.b64encode(b"<script>alert(1)</script>").decode(),
+    "data:text/html,<script>alert(1)</script>", "data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=",
+]
+MARKDOWN_ATTACKS = [f"[click]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url] + [
+    f"![image]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url] + [
+    f"<{url}>" for url in SCRIPT_URLS[:3]] + [
+    "[ref][x]\n\n[x]: javascript:alert(1)",
+]
+HTML_ATTACKS = [f'<a href="{url}">x</a>' for url in SCRIPT_URLS] + [
+    f'<img src="{url}">' for url in SCRIPT_URLS if not url.startswith("data:image")] + [
+    '<img src=x onerror="alert(1)">', "<script>alert(1)</script>", '<iframe src="javascript:alert(1)"></iframe>',
+    '<form action="javascript:alert(1)"><button>go</button></form>', '<body onload="alert(1)">',
+    '<object data="javascript:alert(1)"></object>', '<embed src="javascript:alert(1)">',
+    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">', '<base href="javascript:alert(1)//">',
+    '<svg onload="alert(1)"><a xlink:href="javascript:alert(1)"><text>x</text></a></svg>',
+    '<math><a href="javascript:alert(1)">x</a></math>', '<details open ontoggle="alert(1)">',
+]
+SVG_ATTACKS = [
+    '<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(1)</script></svg>',
+    '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">'
+    '<a xlink:href="javascript:alert(1)"><text y="10">x</text></a></svg>',
+    '<svg xmlns="http://www.w3.org/2000/svg"><foreignObject><iframe src="javascript:alert(1)"/></foreignObject></svg>',
+]
+
+
+def markdown_cell(text):
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)])
+
+
+def output(mime, text):
+    cell = nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("display_data", data={mime: text})])
+    return nbformat.v4.new_notebook(cells=[cell])
+
+
+def raw_cell(text):
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_raw_cell(text, metadata={"format": "text/html"})])
+
+
+CASES = (
+    [("markdown cell", markdown_cell(text)) for text in MARKDOWN_ATTACKS + HTML_ATTACKS]
+    + [("markdown output", output("text/markdown", text)) for text in MARKDOWN_ATTACKS + HTML_ATTACKS]
+    + [("html output", output("text/html", text)) for text in HTML_ATTACKS]
+    + [("raw cell", raw_cell(text)) for text in HTML_ATTACKS]
+    + [("svg output", output("image/svg+xml", text)) for text in SVG_ATTACKS]
+    + [("markdown cell", markdown_cell(text)) for text in SVG_ATTACKS]
+)
+
+
+def active_content(page: str) -> list:
+    """What in `page` a browser without a CSP would run, found independently of html.py:
+    script elements, event handlers, and script URLs in any attribute a browser follows."""
+    found = []
+    soup = bs4.BeautifulSoup(page, "html.parser")
+    found += [str(element)[:80] for element in soup.find_all(["script", "iframe", "object", "embed", "base"])]
+    for element in soup.find_all(True):
+        for name, value in element.attrs.items():
+            for item in value if isinstance(value, list) else [value]:
+                url = re.sub(r"[\x00-\x20]", "", item).lower()
+                image = re.match(r"data:image/(png|gif|jpeg);", url) or (
+                    element.name == "img" and name == "src" and url.startswith("data:image/svg+xml"))
+                if name.lower().startswith("on") or name == "http-equiv" or (
+                        url.startswith(("javascript:", "vbscript:", "data:")) and not image):
+                    found.append(f"<{element.name} {name}={item[:60]!r}>")
+    return found
+
+
+@pytest.mark.parametrize("where, notebook", CASES, ids=[f"{where}-{i}" for i, (where, _) in enumerate(CASES)])
+def test_no_attack_string_survives_anywhere(where, notebook):
+    assert active_content(html.render(notebook)) == []
+
+
+def test_the_page_has_no_script_of_its_own_either():
+    """nbconvert's MathJax, RequireJS and Mermaid loaders would run when saved to disk,
+    fetching code from CDNs and feeding it the notebook's text."""
+    page = html.render(markdown_cell("$x^2$ and ```mermaid\ngraph TD; A-->B\n```"))
+    assert "<script" not in page.lower()
+
+
+def test_safe_links_images_and_plots_stay():
+    png = "data:image/png;base64,iVBORw0KGgo="
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="5" height="5"/></svg>'
+    notebook = markdown_cell(f"[docs](https://example.org/a?b=1) [mail](mailto:a@b.c) [top](#top) ![plot]({png})")
+    notebook.cells.append(output("image/svg+xml", svg).cells[0])
+    soup = bs4.BeautifulSoup(html.render(notebook), "html.parser")
+    assert {a.get("href") for a in soup.find_all("a")} >= {"https://example.org/a?b=1", "mailto:a@b.c", "#top"}
+    sources = [img.get("src", "") for img in soup.find_all("img")]
+    assert png in sources and any(src.startswith("data:image/svg+xml;base64,") for src in sources)
+
+
+def test_the_checker_finds_what_it_looks_for():
+    """The test's own detector catches each kind of attack in a page that was not cleaned."""
+    for raw in ['<a href="java\tscript:x">', '<img src=x onerror=y>', '<script>x</script>',
+                '<a href="DATA:text/html,x">', '<svg><a xlink:href="javascript:x"></a></svg>']:
+        assert active_content(raw), raw
