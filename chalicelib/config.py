@@ -35,8 +35,6 @@ class Settings:
     cors_origin: Optional[str] = None
     max_ids: int = 1000
     max_body_bytes: int = SIX_MB
-    # "lambda" invokes the runner function; "local" hands runs to in-process workers.
-    dispatch: str = "lambda"
     runner_function: str = "notebooks-dev-runner"
     runner_arn: Optional[str] = None
     local_workers: int = os.cpu_count() or 1
@@ -62,7 +60,6 @@ class Settings:
             cors_origin=env.get("NOTEBOOKS_CORS_ORIGIN") or None,
             max_ids=_int(env, "NOTEBOOKS_MAX_IDS", d.max_ids),
             max_body_bytes=_int(env, "NOTEBOOKS_MAX_BODY_BYTES", d.max_body_bytes),
-            dispatch=env.get("NOTEBOOKS_DISPATCH", d.dispatch),
             runner_function=env.get("NOTEBOOKS_RUNNER_FUNCTION", d.runner_function),
             runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
             local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
