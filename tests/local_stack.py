@@ -106,8 +106,8 @@ class Process:
 class RunningStack(Process):
     """`python -m chalicelib.localstack` (what `make dev` runs) on a free port."""
 
-    def __init__(self, state: str, port: int, *args):
-        super().__init__([sys.executable, "-m", "chalicelib.localstack", *args], stack_env(state, PORT=str(port)))
+    def __init__(self, state: str, port: int, *args, **env):
+        super().__init__([sys.executable, "-m", "chalicelib.localstack", *args], stack_env(state, PORT=str(port), **env))
         self.state = state
         self.url = f"http://127.0.0.1:{port}"
 
