@@ -25,6 +25,22 @@ def state():
     remove_state(folder)
 
 
+@pytest.fixture
+def launched():
+    """The processes a test starts: whatever of them (and below them) still runs at the
+    end, e.g. after a failure, is killed."""
+    processes = []
+    yield processes
+    for process in processes:
+        if process.process.poll() is None:
+            process.kill_all()
+
+
+def start(launched, stack: RunningStack) -> RunningStack:
+    launched.append(stack)
+    return stack.started()
+
+
 def add_user(stack: RunningStack, name: str, password: str) -> None:
     """The users command, pointed at the stack as the README says (`localstack env`)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
@@ -44,12 +60,12 @@ def snapshot_of(url: str, notebook_ids, run_id) -> dict:
     }
 
 
-def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state):
+def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state, launched):
     """Notebooks, a run and its output, a schedule and a user, through a Ctrl-C and a
     restart, then a kill -9 of every process of the stack and a restart; a run in flight
     at the kill ends failed, and the schedule set before both fires after them."""
     port = free_port()
-    stack = RunningStack(state, port).started()
+    stack = start(launched, RunningStack(state, port))
     url = stack.url
     printing = code_notebook("print('kept')")
     ids = [requests.post(url + BASE + "/", auth=ADMIN, json={"content": printing}).json()["notebook_id"]
@@ -69,7 +85,7 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     processes = descendants(stack.process.pid)
     assert stack.interrupt() == 0
     assert alive(processes) == set()
-    stack = RunningStack(state, port).started()
+    stack = start(launched, RunningStack(state, port))
     assert snapshot_of(url, ids, run["run_id"]) == before
     assert requests.get(url + BASE + "/_count", auth=("carol", "carol-pw")).status_code == 200
 
@@ -83,7 +99,7 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
         time.sleep(0.2)
     time.sleep(2.5)  # "at most a few seconds lost": a snapshot is taken within a second of a change
     stack.kill_all()
-    stack = RunningStack(state, port).started()
+    stack = start(launched, RunningStack(state, port))
     assert snapshot_of(url, ids, run["run_id"]) == before
     assert requests.get(f"{url}{BASE}/{later}", auth=ADMIN).status_code == 200
     interrupted = requests.get(f"{url}/_notebooks/runs/{in_flight['run_id']}", auth=ADMIN).json()
@@ -109,9 +125,13 @@ def project_copy(folder) -> str:
     return copy
 
 
-def chalice_local(project: str, state: str, port: int) -> Process:
+def chalice_local(launched, project: str, state: str, port: int) -> Process:
+    """`chalice local --stage local` in `project`, as a developer starts it."""
     chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
-    server = Process([chalice, "local", "--stage", "local", "--port", str(port)], stack_env(state), cwd=project)
+    env = stack_env(state)
+    del env["NOTEBOOKS_USERS"]  # seeded by the stack, not read by the API
+    server = Process([chalice, "local", "--stage", "local", "--port", str(port)], env, cwd=project)
+    launched.append(server)
     server.wait_for_url(f"http://127.0.0.1:{port}")
     return server
 
@@ -124,14 +144,14 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state(state, tmp_path):
+def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state(state, tmp_path, launched):
     """`make aws`, then `chalice local --stage local` in (a copy of) the project: the
     seed's samples as written, then an edit to app.py reloads the app, and a notebook
     created before is still there. Stopping chalice local leaves `make aws` running."""
-    backend = RunningStack(state, 0, "--no-api").started()
+    backend = start(launched, RunningStack(state, 0, "--no-api"))
     project = project_copy(str(tmp_path))
     port = free_port()
-    server = chalice_local(project, state, port)
+    server = chalice_local(launched, project, state, port)
     url = f"http://127.0.0.1:{port}"
     created = requests.post(url + BASE + "/", auth=ADMIN).json()
     notebook_id = created["notebook_id"]
@@ -167,9 +187,9 @@ def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state
     assert running_stack(state) is None
 
 
-def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_local(state, tmp_path):
+def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_local(state, tmp_path, launched):
     project = project_copy(str(tmp_path))
-    server = chalice_local(project, state, free_port())
+    server = chalice_local(launched, project, state, free_port())
     stack = running_stack(state)
     assert stack is not None
     started = descendants(stack["pid"]) | {stack["pid"]}

@@ -1,6 +1,7 @@
 """Operations: the users command, CORS, and the real local stack driven over HTTP."""
 import base64
 import importlib
+import json
 import re
 import io
 import os
@@ -209,6 +210,107 @@ def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_request
             assert scheduled == (f"notebooks-{notebook_id}" in rules)
     requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
     assert not [r for r in events.list_rules(NamePrefix="notebooks-")["Rules"] if r["Name"][10:] in ids]
+
+
+def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_stack):
+    """The API's runs go through the local Lambda's Invoke API (an Event invocation);
+    delivering the same event again, synchronously, is skipped, as on AWS."""
+    from botocore.exceptions import ClientError
+
+    url = running_stack.url
+    notebook_id = requests.post(url + BASE + "/", auth=ADMIN,
+                                json={"content": code_notebook("print('invoked')")}).json()["notebook_id"]
+    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()["runs"]
+    assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
+    local_lambda = running_stack.local_lambda()
+    again = local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="RequestResponse",
+                                Payload=json.dumps({"run_id": run["run_id"]}).encode())
+    assert again["StatusCode"] == 200 and "FunctionError" not in again
+    assert json.loads(again["Payload"].read()) == {"run_id": run["run_id"], "status": "skipped"}
+    assert local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="DryRun")["StatusCode"] == 204
+    with pytest.raises(ClientError) as unknown:
+        local_lambda.invoke(FunctionName="another-function", Payload=b"{}")
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+HOSTILE_NOTEBOOK = """
+import json, os, boto3, botocore
+found = {"environ": {}, "ports": [], "calls": []}
+# The environment of every process of the stack: its ancestors, the API, the embedded AWS...
+table = {}
+for name in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{name}/stat") as stat:
+            table[int(name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        pass
+stack, grown = {stack_root}, True
+while grown:
+    grown = {pid for pid, parent in table.items() if parent in stack} - stack
+    stack |= grown
+for pid in sorted(stack):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            found["environ"][pid] = environ.read().decode(errors="replace")
+    except OSError:
+        pass
+# Loopback listeners, from /proc/net/tcp; then AWS calls with guessed keys, and none.
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    address, state = line.split()[1], line.split()[3]
+    if state == "0A" and address.startswith("0100007F:"):
+        found["ports"].append(int(address.split(":")[1], 16))
+config = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10)
+for port in sorted(set(found["ports"]) & set(targets)):
+    endpoint = f"http://127.0.0.1:{port}"
+    for key in ("local", "testing", None):
+        signing = {"aws_access_key_id": key, "aws_secret_access_key": key} if key else {
+            "config": config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))}
+        clients = {service: boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                                         **({"config": config} | signing)) for service in ("s3", "dynamodb", "lambda")}
+        for name, call in (("s3", lambda: clients["s3"].list_buckets()),
+                           ("dynamodb", lambda: clients["dynamodb"].scan(TableName="notebooks-users")),
+                           ("lambda", lambda: clients["lambda"].invoke(FunctionName="notebooks-local-runner",
+                                                                       Payload=b'{"run_id": "x"}'))):
+            try:
+                call()
+                found["calls"].append([port, name, key, "answered"])
+            except botocore.exceptions.ClientError as error:
+                found["calls"].append([port, name, key, error.response["Error"]["Code"] or "refused"])
+            except Exception as error:
+                found["calls"].append([port, name, key, type(error).__name__])
+print(json.dumps(found))
+"""
+
+
+def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_stack):
+    """A hostile notebook run through the stack (which runs without root's capabilities
+    when the tests run as root): no /proc environ of the stack's processes that it can
+    read (chalice's reloader's, at least) gives it the users, the key or the servers'
+    addresses, and the embedded AWS and the local Lambda, found on loopback
+    by /proc/net/tcp, refuse whatever key it tries. (It probes only this stack's processes
+    and ports, given as parameters: other programs on a shared machine are not ours.)"""
+    url = running_stack.url
+    stack = running_stack.connection()
+    targets = [int(stack["aws"]["endpoint"].rsplit(":", 1)[1]), int(stack["lambda"]["endpoint"].rsplit(":", 1)[1])]
+    notebook = code_notebook(HOSTILE_NOTEBOOK)
+    notebook["cells"].insert(0, {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]},
+                                 "execution_count": None, "outputs": [], "source": "targets, stack_root = [], 0"})
+    notebook_id = requests.post(url + BASE + "/", auth=ADMIN, json={"content": notebook}).json()["notebook_id"]
+    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={
+        "nbkIds": [notebook_id], "module": "m",
+        "parameters": {"targets": targets, "stack_root": running_stack.process.pid}}).json()["runs"]
+    record = wait_for_run(url, run["run_id"], seconds=120)
+    assert record["status"] == "succeeded", record
+    output = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=ADMIN).json()
+    found = json.loads(output["cells"][-1]["outputs"][-1]["text"])
+    secrets = [stack["aws"]["access_key_id"], stack["aws"]["secret_access_key"], stack["aws"]["endpoint"],
+               stack["lambda"]["endpoint"], "NOTEBOOKS_USERS=", "eve-pw"]
+    assert found["environ"], "no environment of the stack was readable: the probe did not work"
+    assert [(pid, secret) for pid, environ in found["environ"].items() for secret in secrets if secret in environ] == []
+    assert set(targets) <= set(found["ports"])
+    assert len(found["calls"]) == 18
+    assert all(outcome in ("InvalidAccessKeyId", "UnrecognizedClientException", "403") for *_, outcome in found["calls"]), \
+        found["calls"]
 
 
 def test_local_stack_stops_on_ctrl_c_leaving_nothing_behind(running_stack):
