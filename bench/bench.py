@@ -9,6 +9,7 @@ so that machine noise hits both alike:
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
 """
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chalicelib.localstack import free_port  # noqa: E402
+import state_restore  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 BATCH = 20
@@ -35,10 +37,10 @@ def one_cell_notebook():
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
 
 
-def start_local_stack():
+def start_local_stack(state_folder):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin")
+    env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin", NOTEBOOKS_LOCAL_STATE=state_folder)
     process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -79,7 +81,8 @@ def papermill_cli(source: Path, count: int = 1) -> float:
 
 
 def main():
-    process, url = start_local_stack()
+    state_folder = tempfile.mkdtemp(prefix="bench-stack-")
+    process, url = start_local_stack(state_folder)
     session = requests.Session()
     session.auth = AUTH
     content = one_cell_notebook()
@@ -101,7 +104,8 @@ def main():
                 batch_cli.append(papermill_cli(source, BATCH))
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
+        shutil.rmtree(state_folder, ignore_errors=True)
 
     def report(label, ours, peer, peer_label):
         ours_median, peer_median = statistics.median(ours), statistics.median(peer)
@@ -114,6 +118,7 @@ def main():
     report("one one-cell notebook, POST /_run to succeeded", single_api, single_cli, "papermill CLI, one run")
     report(f"{BATCH} notebooks in one Run request, until all succeeded", batch_api, batch_cli,
            f"papermill CLI, {BATCH} sequential runs")
+    state_restore.report()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ a second and only after a request changed something, into its state folder:
 
 A snapshot is taken while no request is being served (under the embedded AWS's request
 lock), so it is one consistent moment of all three services. On start, the snapshot is
-put back through the AWS APIs (CreateBucket, PutObject, CreateTable, BatchWriteItem,
-PutRule, PutTargets). What is kept: buckets and objects (latest version), tables with
+put back: tables and rules through the AWS APIs (CreateTable, BatchWriteItem, PutRule,
+PutTargets), objects straight into moto's S3 (a signed request each would cost seconds
+for thousands of them). What is kept: buckets and objects (latest version), tables with
 their keys, indexes and items, rules and targets; nothing else of moto's (other
 services, object versions, tags, TTL settings) survives a restart.
 
@@ -24,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 SNAPSHOT_FILE = "snapshot.json"
 BLOBS = "blobs"
@@ -32,7 +32,6 @@ LOCK_FILE = "lock"
 FORMAT = 1
 _ACCOUNT = "123456789012"  # moto's account for every access key not made through IAM
 _BATCH_WRITE_ITEMS = 25
-_RESTORE_THREADS = 8
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -195,14 +194,14 @@ class Snapshots:
                 os.remove(os.path.join(blob_folder, name))
 
     def restore(self, client) -> dict:
-        """Put the last snapshot back through the AWS APIs; `client(service, region)`
-        makes a boto3 client of the embedded AWS. Returns what was restored, counted."""
+        """Put the last snapshot back; `client(service, region)` makes a boto3 client of
+        the embedded AWS. Returns what was restored, counted."""
         try:
             with open(self._folder.file(SNAPSHOT_FILE), "rb") as snapshot:
                 state = json.load(snapshot)
         except FileNotFoundError:
             return {"objects": 0, "items": 0, "rules": 0}
-        objects = self._restore_s3(client, state["s3"])
+        objects = self._restore_s3(state["s3"])
         items = 0
         for region, tables in state["dynamodb"].items():
             dynamodb = client("dynamodb", region)
@@ -220,30 +219,27 @@ class Snapshots:
                 rules += 1
         return {"objects": objects, "items": items, "rules": rules}
 
-    def _restore_s3(self, client, buckets: dict) -> int:
+    def _restore_s3(self, buckets: dict) -> int:
+        """Put buckets and objects back straight into moto's S3: through the API, each
+        object would cost a signed HTTP request (about 20 ms), for thousands of them."""
+        s3 = _backends()[0]
         blob_folder = self._folder.file(BLOBS)
-        uploads = []
+        count = 0
         for name, bucket in buckets.items():
-            s3 = client("s3", bucket["region"])
-            location = {} if bucket["region"] == "us-east-1" else {
-                "CreateBucketConfiguration": {"LocationConstraint": bucket["region"]}}
-            s3.create_bucket(Bucket=name, **location)
-            uploads += [(s3, name, key, entry) for key, entry in bucket["objects"].items()]
-
-        def upload(job):
-            s3, bucket, key, entry = job
-            with open(os.path.join(blob_folder, entry["sha256"]), "rb") as blob:
-                content = blob.read()
-            if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-                raise ValueError(f"state folder damaged: the content of s3://{bucket}/{key} changed on disk")
-            extra = {"ContentType": entry["content_type"]} if entry["content_type"] else {}
-            s3.put_object(Bucket=bucket, Key=key, Body=content, Metadata=entry["metadata"], **extra)
-            return bucket, key, entry["sha256"], content
-
-        with ThreadPoolExecutor(_RESTORE_THREADS) as pool:
-            for bucket, key, digest, content in pool.map(upload, uploads):
-                self._blobs[(bucket, key)] = (f'"{hashlib.md5(content).hexdigest()}"', digest)
-        return len(uploads)
+            s3.create_bucket(name, bucket["region"])
+            for key, entry in bucket["objects"].items():
+                with open(os.path.join(blob_folder, entry["sha256"]), "rb") as blob:
+                    content = blob.read()
+                if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+                    raise ValueError(f"state folder damaged: the content of s3://{name}/{key} changed on disk")
+                stored = s3.put_object(name, key, content)
+                metadata = {f"x-amz-meta-{field}": value for field, value in entry["metadata"].items()}
+                if entry["content_type"]:
+                    metadata["content-type"] = entry["content_type"]
+                stored.set_metadata(metadata)
+                self._blobs[(name, key)] = (stored.etag, entry["sha256"])
+                count += 1
+        return count
 
     @staticmethod
     def _restore_items(dynamodb, table: str, items: list) -> int:

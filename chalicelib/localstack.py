@@ -182,15 +182,13 @@ class Stack:
     def start(self) -> dict:
         """Start the processes; what `stack.json` now says."""
         python = [sys.executable, "-m"]
-        stack_file = os.path.join(self.folder, STACK_FILE)
-        if os.path.exists(stack_file):
-            os.remove(stack_file)  # left by a stack that was killed
         env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
         env.update(local_stage_environment())
         self.settings = Settings.from_env(env)
         env.update(self._credentials, NOTEBOOKS_LOCAL_STATE=self.folder,
                    AWS_REGION=self.settings.region, AWS_DEFAULT_REGION=self.settings.region)
         embedded_aws = self._start("embedded AWS", python + ["chalicelib.embedded_aws"], env, True)
+        self._forget_stack_file()  # the embedded AWS holds the folder now: what is there is a killed stack's
         env["AWS_ENDPOINT_URL"] = embedded_aws.address
         os.environ.update({name: value for name, value in env.items() if name.startswith("AWS_")})
         aws.reset()
@@ -201,7 +199,7 @@ class Stack:
                  "lambda": {"endpoint": local_lambda.address}, "pid": os.getpid()}
         old_mask = os.umask(0o077)
         try:
-            atomic_write(stack_file, json.dumps(stack).encode())
+            atomic_write(os.path.join(self.folder, STACK_FILE), json.dumps(stack).encode())
         finally:
             os.umask(old_mask)
         if self._with_api:
@@ -220,8 +218,13 @@ class Stack:
 
     def stop(self) -> None:
         """Stop the processes, the last started first; then forget `stack.json`."""
+        holds_folder = bool(self._services) and self._services[0].address is not None
         while self._services:
             self._services.pop().stop()
+        if holds_folder:
+            self._forget_stack_file()
+
+    def _forget_stack_file(self) -> None:
         try:
             os.remove(os.path.join(self.folder, STACK_FILE))
         except FileNotFoundError:

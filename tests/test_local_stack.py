@@ -65,9 +65,10 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     restart, then a kill -9 of every process of the stack and a restart; a run in flight
     at the kill ends failed, and the schedule set before both fires after them."""
     port = free_port()
-    stack = start(launched, RunningStack(state, port))
+    limit = {"NOTEBOOKS_MAX_BODY_BYTES": "200000"}  # so the output is sent as a presigned S3 link
+    stack = start(launched, RunningStack(state, port, **limit))
     url = stack.url
-    printing = code_notebook("print('kept')")
+    printing = code_notebook("print('kept')", "print('x' * 300000)")
     ids = [requests.post(url + BASE + "/", auth=ADMIN, json={"content": printing}).json()["notebook_id"]
            for _ in range(2)]
     [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": ids[:1], "module": "m"}).json()["runs"]
@@ -80,12 +81,15 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     add_user(stack, "carol", "carol-pw")
     before = snapshot_of(url, ids, run["run_id"])
     assert before["output"]["cells"][0]["outputs"][0]["text"] == "kept\n"
+    link = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=ADMIN, allow_redirects=False)
+    assert link.status_code == 303 and "X-Amz-Credential=" in link.headers["Location"]
+    assert requests.get(link.headers["Location"]).json() == before["output"]  # the embedded AWS takes its key
     assert before["notebooks"][ids[1]]["status"] == "Scheduled"
 
     processes = descendants(stack.process.pid)
     assert stack.interrupt() == 0
     assert alive(processes) == set()
-    stack = start(launched, RunningStack(state, port))
+    stack = start(launched, RunningStack(state, port, **limit))
     assert snapshot_of(url, ids, run["run_id"]) == before
     assert requests.get(url + BASE + "/_count", auth=("carol", "carol-pw")).status_code == 200
 
@@ -99,7 +103,7 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
         time.sleep(0.2)
     time.sleep(2.5)  # "at most a few seconds lost": a snapshot is taken within a second of a change
     stack.kill_all()
-    stack = start(launched, RunningStack(state, port))
+    stack = start(launched, RunningStack(state, port, **limit))
     assert snapshot_of(url, ids, run["run_id"]) == before
     assert requests.get(f"{url}{BASE}/{later}", auth=ADMIN).status_code == 200
     interrupted = requests.get(f"{url}/_notebooks/runs/{in_flight['run_id']}", auth=ADMIN).json()
@@ -199,3 +203,20 @@ def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_l
         assert time.time() < deadline, alive(started)
         time.sleep(0.5)
     assert running_stack(state) is None
+
+
+def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_again(stack, monkeypatch):
+    """What the local Lambda does at start (moto, no processes)."""
+    notebook_id = stack.notebooks.create("admin", {})["notebook_id"]
+    running, queued, done = (stack.runs.record("admin", notebook_id, "manual") for _ in range(3))
+    stack.runs.claim(running["run_id"])
+    stack.runs.claim(done["run_id"])
+    stack.runs.finish(done["run_id"], "succeeded")
+    dispatched = []
+    monkeypatch.setattr(stack.dispatcher, "dispatch", dispatched.append)
+    assert stack.runs.resume_after_restart() == {"failed": 1, "queued": 1}
+    interrupted = stack.runs.get("admin", running["run_id"])
+    assert interrupted["status"] == "failed" and interrupted["error"]["ename"] == "RunnerLost"
+    assert dispatched == [{"run_id": queued["run_id"]}]
+    assert stack.runs.get("admin", queued["run_id"])["status"] == "queued"
+    assert stack.runs.get("admin", done["run_id"])["status"] == "succeeded"
