@@ -6,10 +6,10 @@ any process of the machine, a notebook's kernel included, can find their ports. 
 start of the stack makes a random access key. Its processes get it, with the servers'
 addresses, on their standard input, never in their environment, which /proc shows to
 processes of the same user (`receive_secrets`); and each makes itself non-dumpable before
-reading it. The servers answer only requests whose SigV4 signature names that key: in
-the `Authorization` header
-(`Credential=<key id>/<date>/<region>/<service>/aws4_request`) or, for a presigned URL,
-in the `X-Amz-Credential` query parameter.
+reading it. The servers answer only requests whose signature names that key: in the
+`Authorization` header (SigV4 `Credential=<key id>/<date>/<region>/<service>/aws4_request`,
+or SigV2 `AWS <key id>:<signature>`) or, for a presigned URL, in its `X-Amz-Credential`
+(SigV4) or `AWSAccessKeyId` (SigV2, which boto3 uses for S3 in us-east-1) parameter.
 
 The key id is as random as a secret key (128 bits), so checking it is enough to tell
 this stack's clients from others; the signature itself is not verified (moto does not).
@@ -22,7 +22,8 @@ import secrets
 import sys
 from urllib.parse import parse_qs
 
-_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+# SigV4 (`AWS4-HMAC-SHA256 Credential=<key id>/...`) or SigV2 (`AWS <key id>:<signature>`).
+_SIGNED_BY = re.compile(r"Credential=([^/,\s]+)/|^AWS ([^:\s]+):")
 
 
 def new_credentials() -> dict:
@@ -65,10 +66,11 @@ def receive_secrets() -> None:
 
 def signed_key_id(environ: dict):
     """The access key id a WSGI request is signed with, or None if it is not signed."""
-    found = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+    found = _SIGNED_BY.search(environ.get("HTTP_AUTHORIZATION", ""))
     if found:
-        return found.group(1)
-    credential = parse_qs(environ.get("QUERY_STRING", "")).get("X-Amz-Credential", [""])[0]
+        return found.group(1) or found.group(2)
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    credential = query.get("X-Amz-Credential", query.get("AWSAccessKeyId", [""]))[0]
     return credential.split("/")[0] or None
 
 
