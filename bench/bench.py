@@ -7,6 +7,7 @@ so that machine noise hits both alike:
   2. twenty notebooks in one Run request until all succeed, against twenty sequential
      papermill CLI runs (median of BATCH_ROUNDS).
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
+Then the local stack's state restore (bench/state_restore.py).
 """
 import os
 import shutil

@@ -97,6 +97,12 @@ def _backends():
     return s3_backends[_ACCOUNT]["aws"], dynamodb_backends[_ACCOUNT], events_backends[_ACCOUNT], FakeKey
 
 
+def _items(table):
+    """A moto table's items, unsorted (its all_items() sorts them: 10 times slower)."""
+    for stored in table.items.values():
+        yield from (stored.values() if table.range_key_attr else [stored])
+
+
 def _table_definition(description: dict) -> dict:
     """CreateTable's parameters for a table as DescribeTable shows it."""
     definition = {key: description[key] for key in ("TableName", "KeySchema", "AttributeDefinitions")}
@@ -159,7 +165,7 @@ class Snapshots:
                                  "metadata": {k[len("x-amz-meta-"):]: v for k, v in metadata.items()}}
             buckets[bucket.name] = {"region": bucket.region_name, "objects": objects}
         tables = {region: {name: {"definition": _table_definition(table.describe()["TableDescription"]),
-                                  "items": [item.to_json()["Attributes"] for item in table.all_items()]}
+                                  "items": [item.to_json()["Attributes"] for item in _items(table)]}
                            for name, table in backend.tables.items()}
                   for region, backend in dynamodb.items()}
         rules = {region: [self._rule(rule) for rule in backend.event_buses["default"].rules.values()]
