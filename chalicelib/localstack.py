@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 from . import aws, sandbox
 from .config import Settings

@@ -148,12 +148,16 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state(state, tmp_path, launched):
+def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state(tmp_path, launched):
     """`make aws`, then `chalice local --stage local` in (a copy of) the project: the
     seed's samples as written, then an edit to app.py reloads the app, and a notebook
-    created before is still there. Stopping chalice local leaves `make aws` running."""
-    backend = start(launched, RunningStack(state, 0, "--no-api"))
+    created before is still there. Stopping chalice local leaves `make aws` running.
+    Meanwhile a whole stack on another state folder and ports sees none of it."""
     project = project_copy(str(tmp_path))
+    state = os.path.join(project, ".local-state")  # where it is by default: in the project
+    backend = start(launched, RunningStack(state, 0, "--no-api"))
+    other_state = state_folder()
+    other = start(launched, RunningStack(other_state, free_port()))
     port = free_port()
     server = chalice_local(launched, project, state, port)
     url = f"http://127.0.0.1:{port}"
@@ -182,8 +186,12 @@ def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state
     while not answers(url + "/_notebooks/edited"):
         assert time.time() < deadline, server.output()
         time.sleep(0.5)
-    assert "Restarting local dev server" in server.output()
+    assert server.output().count("Restarting local dev server") == 1  # the snapshots written meanwhile: none
     assert requests.get(f"{url}{BASE}/{notebook_id}", auth=ADMIN).json()["notebook_name"] == "kept.ipynb"
+
+    assert requests.get(other.url + BASE + "/_count", auth=ADMIN).json()["Total Notebooks"] == 0
+    assert other.interrupt() == 0
+    remove_state(other_state)
 
     assert server.interrupt() == 0
     assert running_stack(state) is not None  # `make aws` still runs

@@ -2,19 +2,13 @@
 import base64
 import importlib
 import json
-import re
 import io
 import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import pytest
 import requests
 
