@@ -13,7 +13,7 @@ A snapshot is taken while no request is being served (under the embedded AWS's r
 lock), so it is one consistent moment of all three services. On start, the snapshot is
 put back: tables and rules through the AWS APIs (CreateTable, PutRule, PutTargets),
 objects and items straight into moto's S3 and DynamoDB: a thousand notebooks with their
-runs and outputs take 2.4 s so (`make bench`), 6.3 s through the APIs. What is kept: buckets and objects (latest version), tables with
+runs and outputs take 1.4 to 2.4 s so (`make bench`), 6.3 s through the APIs. What is kept: buckets and objects (latest version), tables with
 their keys, indexes and items, rules and targets; nothing else of moto's (other
 services, object versions, tags, TTL settings) survives a restart.
 
