@@ -13,9 +13,12 @@ A snapshot is taken while no request is being served (under the embedded AWS's r
 lock), so it is one consistent moment of all three services. On start, the snapshot is
 put back: tables and rules through the AWS APIs (CreateTable, PutRule, PutTargets),
 objects and items straight into moto's S3 and DynamoDB: a thousand notebooks with their
-runs and outputs take 1.4 to 2.4 s so (`make bench`), 6.3 s through the APIs. What is kept: buckets and objects (latest version), tables with
-their keys, indexes and items, rules and targets; nothing else of moto's (other
-services, object versions, tags, TTL settings) survives a restart.
+runs and outputs take 1.4 to 2.4 s so (`make bench`), 6.3 s through the APIs.
+
+What is kept: buckets and objects (latest version, content type, user metadata), tables
+with their keys, indexes and items, rules and targets; nothing else of moto's (other
+services, object versions, tags, TTL settings) survives a restart. Not fsync'ed: a crash
+of the stack loses nothing written, a power cut may.
 
 Snapshots read moto's in-memory models (pinned moto version; tested), because reading
 through the APIs would give each service a different moment, and would cost requests.
