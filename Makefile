@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PORT ?= 8000
+AWS_PORT ?= 8001
+LAMBDA_PORT ?= 8002
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench venv constraints clean package smoke
+.PHONY: dev dev-reset aws test bench venv constraints clean package smoke
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +15,20 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(STAMP)
 
+# The local stack: embedded AWS on $(AWS_PORT), local Lambda on $(LAMBDA_PORT), API on $(PORT)
+# (0: any free port); state in $$NOTEBOOKS_LOCAL_STATE (default .local-state).
+LOCALSTACK := PORT=$(PORT) NOTEBOOKS_AWS_PORT=$(AWS_PORT) NOTEBOOKS_LAMBDA_PORT=$(LAMBDA_PORT) \
+	$(VENV)/bin/python -m chalicelib.localstack
+
 dev: $(STAMP)
-	PORT=$(PORT) $(VENV)/bin/python -m chalicelib.localstack
+	$(LOCALSTACK)
+
+dev-reset: $(STAMP)
+	$(LOCALSTACK) --reset
+
+# The embedded AWS and the local Lambda only, for `chalice local --stage local`.
+aws: $(STAMP)
+	$(LOCALSTACK) --no-api
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -8,12 +8,14 @@ import os
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import openapi, payloads, services, web
+from chalicelib import local_api, openapi, payloads, services, web
 from chalicelib.config import Settings
 from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
 from chalicelib.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
+if os.environ.get("NOTEBOOKS_LOCAL_STACK") == "true":  # the `local` stage: `chalice local --stage local`
+    local_api.attach()
 app.register_middleware(web.handle, "http")
 
 NOTEBOOKS = "/_notebooks/notebooks"

@@ -10,9 +10,11 @@ so that machine noise hits both alike:
      LOAD_SECONDS, over a mix of every endpoint: throughput, p50 and p99 latency, and the
      count of 5xx answers and connection errors (both must be zero, else the run fails).
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
+Then the local stack's state restore (bench/state_restore.py).
 """
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +29,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from chalicelib.localstack import free_port  # noqa: E402
-from init_time import report_init_times  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
+import state_restore  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
+from init_time import report_init_times  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 BATCH = 20
@@ -45,10 +48,10 @@ def one_cell_notebook():
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
 
 
-def start_local_stack():
+def start_local_stack(state_folder):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin")
+    env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin", NOTEBOOKS_LOCAL_STATE=state_folder)
     process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -202,7 +205,8 @@ def report_load(*runs):
 
 
 def main():
-    process, url = start_local_stack()
+    state_folder = tempfile.mkdtemp(prefix="bench-stack-")
+    process, url = start_local_stack(state_folder)
     session = requests.Session()
     session.auth = AUTH
     content = one_cell_notebook()
@@ -225,7 +229,8 @@ def main():
             load_figures = [load(url, content, 1, LOAD_BASELINE_SECONDS), load(url, content)]
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
+        shutil.rmtree(state_folder, ignore_errors=True)
 
     def report(label, ours, peer, peer_label):
         ours_median, peer_median = statistics.median(ours), statistics.median(peer)
@@ -239,6 +244,7 @@ def main():
     report(f"{BATCH} notebooks in one Run request, until all succeeded", batch_api, batch_cli,
            f"papermill CLI, {BATCH} sequential runs")
     report_load(*load_figures)
+    state_restore.report()
 
 
 if __name__ == "__main__":

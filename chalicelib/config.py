@@ -39,11 +39,11 @@ class Settings:
     cors_origin: Optional[str] = None
     max_ids: int = 1000
     max_body_bytes: int = SIX_MB
-    # "lambda" invokes the runner function; "local" hands runs to in-process workers.
-    dispatch: str = "lambda"
     runner_function: str = "notebooks-dev-runner"
     runner_arn: Optional[str] = None
     local_workers: int = os.cpu_count() or 1
+    # Served by the local stack (`make dev`, `chalice local --stage local`), not by AWS.
+    local_stack: bool = False
     # A run's default timeout, and the longest that runs on Lambda: a whole run must end
     # before Lambda's 15 minutes. A run asking for longer runs on Fargate, up to the maximum.
     run_timeout: float = 840.0
@@ -71,7 +71,7 @@ class Settings:
     def longest_run(self) -> float:
         """The longest timeout a run may ask for: the maximum where runs can take it (Fargate,
         or the local stack's workers), else what fits in Lambda."""
-        return self.max_run_timeout if self.fargate or self.dispatch == "local" else self.run_timeout
+        return self.max_run_timeout if self.fargate or self.local_stack else self.run_timeout
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -88,10 +88,10 @@ class Settings:
             cors_origin=env.get("NOTEBOOKS_CORS_ORIGIN") or None,
             max_ids=_int(env, "NOTEBOOKS_MAX_IDS", d.max_ids),
             max_body_bytes=_int(env, "NOTEBOOKS_MAX_BODY_BYTES", d.max_body_bytes),
-            dispatch=env.get("NOTEBOOKS_DISPATCH", d.dispatch),
             runner_function=env.get("NOTEBOOKS_RUNNER_FUNCTION", d.runner_function),
             runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
             local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
+            local_stack=env.get("NOTEBOOKS_LOCAL_STACK") == "true",
             run_timeout=_float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout),
             max_run_timeout=_float(env, "NOTEBOOKS_MAX_RUN_TIMEOUT", d.max_run_timeout),
             ecs_cluster=env.get("NOTEBOOKS_ECS_CLUSTER") or None,

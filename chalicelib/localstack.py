@@ -1,34 +1,48 @@
-"""The local stack behind `make dev`: embedded AWS (moto's server on loopback) and Chalice's
-local server, with local stand-ins for Lambda (a worker pool) and the EventBridge clock.
+"""The local stack behind `make dev`: three processes with one job each, started in order
+and stopped in reverse order:
+1. the embedded AWS (embedded_aws.py): moto's server, its state kept in the state folder;
+2. the local Lambda (local_lambda.py): the runner function behind Lambda's Invoke API,
+   and the EventBridge clock;
+3. the API: `chalice local --stage local`, Chalice's own local server with its
+   autoreloader (local_api.py connects it to the other two).
 
-No AWS account and no Docker: everything runs in this one process, and stops with it.
+`python -m chalicelib.localstack` starts all three (`make dev`); with `--no-api`, the
+first two (`make aws`), which `chalice local --stage local` then uses; `env` prints the
+shell commands that point AWS tools at a running stack's embedded AWS.
+
+No AWS account and no Docker. The state folder (`NOTEBOOKS_LOCAL_STATE`, default
+`.local-state` in the repository) holds the embedded AWS's snapshots and, while the stack
+runs, `stack.json`: where its servers listen and the access key they accept, readable by
+this user only. Each start makes a new key.
 """
-import logging
+import argparse
+import json
 import os
+import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 
-from . import aws, services
+from . import aws, sandbox
 from .config import Settings
+from .local_credentials import new_credentials, send_secrets, split_environment
+from .local_state import StateFolder, atomic_write
 from .metadata import create_tables
-from .schedules import LocalEventClock
-from .local_http import request_handler
 from .users import UserStore, parse_user_list
 
-
-# Credentials for the embedded AWS only: moto accepts any, real AWS none of these.
-LOCAL_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STACK_FILE = "stack.json"
+_START_SECONDS = 120
+_STOP_SECONDS = 30
+_WATCH_SECONDS = 0.5
 
 
 def provision(settings: Settings, users=()) -> None:
-    """Create the bucket and tables (if missing) and add `users` [(name, password)]."""
+    """Create the bucket and tables (if missing) and add those of `users` [(name,
+    password)] that do not exist yet."""
     s3 = aws.client("s3", settings.region)
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
     if settings.bucket not in existing:
@@ -36,10 +50,8 @@ def provision(settings: Settings, users=()) -> None:
     create_tables(aws.client("dynamodb", settings.region), settings)
     store = UserStore(aws.dynamodb_table(settings.users_table, settings.region))
     for name, password in users:
-        store.add(name, password)
-
-
-_CONNECTION_BACKLOG = 128
+        if store.password_hash(name) is None:
+            store.add(name, password)
 
 
 def free_port() -> int:
@@ -49,94 +61,216 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _embedded_aws_server():
-    """Moto's threaded server, answering one AWS request at a time.
-
-    Moto's backends are not thread-safe: under concurrent requests a DynamoDB transaction
-    loses its atomicity (two notebooks got one name) or fails inside moto. Real DynamoDB
-    is atomic; serialising the embedded one makes it so here too.
-    """
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    one_at_a_time = threading.Lock()
-    moto_app = DomainDispatcherApplication(create_backend_app)
-
-    def serialised_app(environ, start_response):
-        with one_at_a_time:
-            return list(moto_app(environ, start_response))
-
-    class SerialMotoServer(ThreadedMotoServer):
-        def _server_entry(self):
-            self._server = make_server(self._ip_address, self._port, serialised_app, True,
-                                       request_handler=MotoRequestHandler)
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    return SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+def state_folder() -> str:
+    """The state folder: `NOTEBOOKS_LOCAL_STATE`, or `.local-state` in the repository."""
+    return os.path.abspath(os.environ.get("NOTEBOOKS_LOCAL_STATE") or os.path.join(ROOT, ".local-state"))
 
 
-def start_embedded_aws():
-    """Start moto's server on loopback and point this process's AWS clients at it."""
-    server = _embedded_aws_server()
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(LOCAL_AWS_ENV)
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    services.reset()
-    return server
-
-
-def serve(host: str, port: int):
-    """Chalice's local server for app.py, without its autoreloader (state lives here)."""
-    import functools
-
+def local_stage_environment() -> dict:
+    """The environment variables of `.chalice/config.json`'s `local` stage, as
+    `chalice local --stage local` sets them."""
     from chalice.config import Config
-    from chalice.local import create_local_server
 
-    import app as application
-
-    config = Config.create(chalice_stage="dev", app_name="notebooks", chalice_app=application.app)
-    server = create_local_server(application.app, config, host, port)
-    server.server.RequestHandlerClass = functools.partial(
-        request_handler(services.get().settings.max_body_bytes), app_object=application.app, config=config
-    )
-    # http.server queues 5 connections; a burst of clients would be reset. Listening again
-    # on the bound socket raises the backlog.
-    server.server.socket.listen(_CONNECTION_BACKLOG)
-    return server
+    with open(os.path.join(ROOT, ".chalice", "config.json")) as config_file:
+        return Config(chalice_stage="local", config_from_disk=json.load(config_file)).environment_variables
 
 
-def main() -> int:
-    """`make dev`: embedded AWS, tables, users, workers, clock, and the API on $PORT."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's own request log
-    port = int(os.environ.get("PORT", "8000"))
-    os.environ["NOTEBOOKS_DISPATCH"] = "local"
-    embedded_aws = start_embedded_aws()
-    settings = Settings.from_env()
-    users = parse_user_list(settings.local_users)
-    provision(settings, users)
-    local = services.get()
-    local.dispatcher.start()  # the local Lambda: workers, each with a kernel started ahead
-    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix, local.dispatcher.dispatch)
-    clock.start()
-    server = serve("127.0.0.1", port)
-    # Ctrl-C and SIGTERM both end serve_forever; everything started here stops after it.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    print(f"Embedded AWS (moto) on {os.environ['AWS_ENDPOINT_URL']}", flush=True)
-    print("Local-only credentials: " + ", ".join(f"{name}:{password}" for name, password in users), flush=True)
-    print(f"Notebooks API on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+def running_stack(folder: str):
+    """What `stack.json` says of the stack running on `folder`: {"aws": {"endpoint",
+    "access_key_id", "secret_access_key", "region"}, "lambda": {"endpoint"}, "pid"}, or
+    None if no stack runs there (or is still starting)."""
+    if not StateFolder(folder).in_use():
+        return None
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        with open(os.path.join(folder, STACK_FILE)) as stack_file:
+            return json.load(stack_file)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def client_environment(stack: dict) -> dict:
+    """The environment variables that point boto3 (and the AWS CLI) at a running stack."""
+    return {
+        "AWS_ENDPOINT_URL": stack["aws"]["endpoint"],
+        "AWS_ENDPOINT_URL_LAMBDA": stack["lambda"]["endpoint"],
+        "AWS_ACCESS_KEY_ID": stack["aws"]["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": stack["aws"]["secret_access_key"],
+        "AWS_REGION": stack["aws"]["region"],
+        "AWS_DEFAULT_REGION": stack["aws"]["region"],
+    }
+
+
+def stop_on_signals(watched_pid=None) -> threading.Event:
+    """An event set on SIGTERM or SIGINT, or when `watched_pid` (default: this process's
+    parent) ends: a stack process never outlives what started it."""
+    stopped = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stopped.set())
+    parent = os.getppid()
+
+    def watch():
+        while not stopped.wait(_WATCH_SECONDS):
+            if watched_pid is None and os.getppid() != parent or watched_pid and not process_alive(watched_pid):
+                stopped.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stopped
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         pass
+    return True
+
+
+class _Service:
+    """One process of the stack, in a session of its own (Ctrl-C reaches the stack's
+    supervisor, which stops the processes in order)."""
+
+    def __init__(self, name: str, command: list, env: dict, ours: bool):
+        self.name = name
+        public, secret = split_environment(env)
+        self.process = subprocess.Popen(command, env=public if ours else env, cwd=ROOT, start_new_session=True,
+                                        text=True, stdin=subprocess.PIPE if ours else subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE if ours else None)
+        self.address = None
+        if ours:  # one of ours: it reads its secrets on stdin, then says where it listens
+            send_secrets(self.process.stdin, secret)
+            self.process.stdin.close()
+            line = self.process.stdout.readline()
+            if not line.startswith("ready "):
+                self.process.wait(_START_SECONDS)
+                raise RuntimeError(f"the {name} did not start (exit status {self.process.returncode})")
+            self.address = line.split()[1]
+            threading.Thread(target=self._pass_output, daemon=True).start()
+
+    def _pass_output(self):
+        for line in self.process.stdout:
+            sys.stdout.write(line)
+
+    def stop(self) -> None:
+        """SIGTERM to its process group, SIGKILL if it is not gone in time."""
+        for number, wait in ((signal.SIGTERM, _STOP_SECONDS), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, number)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class Stack:
+    """The local stack's processes (see the module's docstring)."""
+
+    def __init__(self, folder: str, with_api: bool, port: int):
+        self.folder = folder
+        self._with_api = with_api
+        self._port = port
+        self._services = []
+        self._credentials = new_credentials()
+        self.settings = None
+
+    def start(self) -> dict:
+        """Start the processes; what `stack.json` now says."""
+        python = [sys.executable, "-m"]
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        env.update(local_stage_environment())
+        self.settings = Settings.from_env(env)
+        env.update(self._credentials, NOTEBOOKS_LOCAL_STATE=self.folder,
+                   AWS_REGION=self.settings.region, AWS_DEFAULT_REGION=self.settings.region)
+        embedded_aws = self._start("embedded AWS", python + ["chalicelib.embedded_aws"], env, True)
+        self._forget_stack_file()  # the embedded AWS holds the folder now: what is there is a killed stack's
+        env["AWS_ENDPOINT_URL"] = embedded_aws.address
+        os.environ.update({name: value for name, value in env.items() if name.startswith("AWS_")})
+        aws.reset()
+        provision(self.settings, parse_user_list(self.settings.local_users))
+        local_lambda = self._start("local Lambda", python + ["chalicelib.local_lambda"], env, True)
+        stack = {"aws": {"endpoint": embedded_aws.address, "access_key_id": env["AWS_ACCESS_KEY_ID"],
+                         "secret_access_key": env["AWS_SECRET_ACCESS_KEY"], "region": self.settings.region},
+                 "lambda": {"endpoint": local_lambda.address}, "pid": os.getpid()}
+        old_mask = os.umask(0o077)
+        try:
+            atomic_write(os.path.join(self.folder, STACK_FILE), json.dumps(stack).encode())
+        finally:
+            os.umask(old_mask)
+        if self._with_api:
+            api_env = {name: value for name, value in env.items()
+                       if not name.startswith("AWS_") and name != "NOTEBOOKS_USERS"}
+            api_env["NOTEBOOKS_STACK_PID"] = str(os.getpid())
+            chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
+            self._start("API", [chalice, "local", "--stage", "local", "--host", "127.0.0.1",
+                                "--port", str(self._port)], api_env, False)
+        return stack
+
+    def _start(self, name, command, env, ours) -> _Service:
+        service = _Service(name, command, env, ours)
+        self._services.append(service)
+        return service
+
+    def stop(self) -> None:
+        """Stop the processes, the last started first; then forget `stack.json`."""
+        holds_folder = bool(self._services) and self._services[0].address is not None
+        while self._services:
+            self._services.pop().stop()
+        if holds_folder:
+            self._forget_stack_file()
+
+    def _forget_stack_file(self) -> None:
+        try:
+            os.remove(os.path.join(self.folder, STACK_FILE))
+        except FileNotFoundError:
+            pass
+
+
+def main(argv=None) -> int:
+    """`make dev` / `make aws` / the `env` command (see the module's docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m chalicelib.localstack", description=__doc__.split("\n")[0])
+    parser.add_argument("command", nargs="?", choices=["start", "env"], default="start")
+    parser.add_argument("--no-api", action="store_true", help="start the embedded AWS and the local Lambda only")
+    parser.add_argument("--parent", type=int, help="stop when this process ends")
+    parser.add_argument("--reset", action="store_true", help="start with an empty state folder")
+    args = parser.parse_args(argv)
+    folder = state_folder()
+    if args.command == "env":
+        stack = running_stack(folder)
+        if stack is None:
+            print(f"No local stack runs on {folder}.", file=sys.stderr)
+            return 1
+        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in client_environment(stack).items()))
+        return 0
+    if args.reset:
+        if StateFolder(folder).in_use():
+            print(f"A local stack runs on {folder}: stop it first.", file=sys.stderr)
+            return 1
+        shutil.rmtree(folder, ignore_errors=True)
+    sandbox.forbid_inspection()  # the stack's key and the seeded users' passwords are in this process
+    stopped = stop_on_signals(args.parent)
+    port = int(os.environ.get("PORT") or 8000)
+    stack = Stack(folder, with_api=not args.no_api, port=port)
+    try:
+        started = stack.start()
+        users = parse_user_list(stack.settings.local_users)
+        print(f"State folder: {folder}", flush=True)
+        print(f"Embedded AWS on {started['aws']['endpoint']}, local Lambda on {started['lambda']['endpoint']}"
+              " (`python -m chalicelib.localstack env` prints their settings)", flush=True)
+        print("Local-only credentials: " + ", ".join(f"{name}:{password}" for name, password in users)
+              + " (seeded where missing)", flush=True)
+        if not args.no_api:
+            print(f"Notebooks API on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+        stopped.wait()
+    except RuntimeError as error:
+        print(f"The local stack did not start: {error}", file=sys.stderr)
+        return 1
     finally:
-        server.server.server_close()
-        clock.stop()
-        local.dispatcher.stop()
-        embedded_aws.stop()
+        stack.stop()
     return 0
 
 

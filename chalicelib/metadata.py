@@ -332,6 +332,12 @@ class RunTable:
             ExpressionAttributeValues={":n": notebook_id}, ScanIndexForward=False,
         )
 
+    def unfinished(self) -> list:
+        """Every run still queued or running: a Scan, for the local stack's start only."""
+        return all_items(self._table.scan, FilterExpression="#status IN (:queued, :running)",
+                         ExpressionAttributeNames={"#status": "status"},
+                         ExpressionAttributeValues={":queued": "queued", ":running": "running"})
+
     def transition(self, run_id: str, expected_status: str, changes: dict, unless_cancelling: bool = False) -> bool:
         """Apply `changes` if the run is still in `expected_status` (and, with
         `unless_cancelling`, no cancel has been requested)."""

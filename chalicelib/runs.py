@@ -1,7 +1,7 @@
 """Runs: their records, their dispatch to the runner, and the runner's event handler.
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
-waiting (Lambda `Event` invocation in AWS, local worker processes in `make dev`), claimed
+waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
 `running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
 `failed` once its deadline passes.
@@ -133,6 +133,21 @@ class RunService:
                       "evalue": f"The run could not be started: {type(error).__name__}"}
             self.finish(run["run_id"], FAILED, error=reason, expected_status=QUEUED)
             run["status"] = FAILED
+
+    def resume_after_restart(self) -> dict:
+        """After the local Lambda restarts: a run that was running is failed (its kernel
+        died with the stack), a queued one is dispatched again (Lambda's queue of
+        asynchronous invocations survives; the local one did not). {status: count}."""
+        counts = {FAILED: 0, QUEUED: 0}
+        for run in self._table.unfinished():
+            if run["status"] == RUNNING:
+                error = {"cell_index": None, "ename": "RunnerLost",
+                         "evalue": "The local stack stopped while the run was in progress"}
+                counts[FAILED] += self.finish(run["run_id"], FAILED, error=error)
+            else:
+                self._dispatch(run)
+                counts[QUEUED] += 1
+        return counts
 
     def get(self, owner: str, run_id: str) -> dict:
         """One run of the owner (another owner's is answered like an unknown one)."""

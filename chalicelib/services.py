@@ -11,7 +11,6 @@ from .config import Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
-from .local_lambda import LocalDispatcher
 from .dispatch import LambdaDispatcher
 from .runs import RunExecutor, RunService
 from .schedules import Scheduler
@@ -31,10 +30,8 @@ class Services:
         self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)
-        if settings.dispatch == "local":
-            self.dispatcher = LocalDispatcher(settings.local_workers)
-        else:
-            self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
+        # In the local stack too: AWS_ENDPOINT_URL_LAMBDA points boto3 at the local Lambda.
+        self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
         self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
                                self.notebooks, self.files, self.dispatcher, settings)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
@@ -53,7 +50,7 @@ class Services:
         return self._runner_arn
 
     def runner_executor(self) -> RunExecutor:
-        """The executor of this process, a Lambda container or a local worker process: one
+        """The executor of this process, a Lambda container or a local Lambda worker: one
         per process, since its runner ends every process a run leaves below this one.
 
         The process is made non-dumpable first, so kernels (same user) cannot read its

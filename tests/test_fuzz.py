@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,8 @@ from chalicelib.payloads import MAX_DEPTH
 from chalicelib.web import OPENAPI_PATH
 from tests.conftest import error
 from tests.helpers import TALLY, stored_state
-from tests.test_operations import RunningStack, raw_http
+from tests.local_stack import RunningStack, remove_state, state_folder
+from tests.test_operations import raw_http
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "/_notebooks/notebooks"
@@ -39,20 +39,13 @@ RACE_TRIES = 50
 def fuzzed_stack():
     """A local stack of its own. Schemathesis's `ignored_auth` check sends wrong passwords
     for admin on purpose, so failed logins are not throttled here (tests/test_throttling.py)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("NOTEBOOKS_LOGIN_ATTEMPTS", "1000000")
-        stack = RunningStack(free_port())
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            requests.get(stack.url + BASE + "/_count", auth=ADMIN, timeout=2)
-            break
-        except requests.ConnectionError:
-            assert stack.process.poll() is None, stack.output()
-            time.sleep(0.2)
-    yield stack
-    stack.process.kill()
-    stack.process.wait(timeout=30)
+    state = state_folder()
+    stack = RunningStack(state, free_port(), NOTEBOOKS_LOGIN_ATTEMPTS="1000000").started()
+    try:
+        yield stack
+    finally:
+        stack.interrupt()
+        remove_state(state)
 
 
 def answered_requests(stack) -> int:

@@ -39,7 +39,8 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.deployment import PACKAGED_JUPYTER_DATA, RUNTIME
-from chalicelib.localstack import _embedded_aws_server
+from chalicelib.embedded_aws import EmbeddedAws as GuardedMoto
+from chalicelib.local_state import StateFolder
 from chalicelib.metadata import create_tables
 from chalicelib.users import UserStore
 from deploy import package
@@ -51,6 +52,7 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 SANDBOX_UID = 993  # Lambda's own user id; no entry in this machine's /etc/passwd
 PASSWORD = "sim-secret"
+SIM_ACCESS_KEY_ID = "ASIASIMULATION"  # the functions' credentials, as Lambda's role would give
 # Physical names CloudFormation would give the stack's resources.
 PHYSICAL = {
     "NotebookFiles": "notebooks-sim-notebookfiles-1a2b3c",
@@ -101,12 +103,12 @@ def resolve(value):
 class EmbeddedAws:
     """Moto's server on loopback, with the stack's bucket, tables and one user."""
 
-    def __init__(self):
+    def __init__(self, state: Path):
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's own request log
-        self.server = _embedded_aws_server()
+        # The local stack's embedded AWS: it answers only the functions' key.
+        self.server = GuardedMoto(StateFolder(str(state)), SIM_ACCESS_KEY_ID)
         self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
+        self.url = self.server.endpoint
         settings = Settings(bucket=PHYSICAL["NotebookFiles"], notebooks_table=PHYSICAL["NotebooksTable"],
                             runs_table=PHYSICAL["RunsTable"], users_table=PHYSICAL["UsersTable"])
         self.client("s3").create_bucket(Bucket=settings.bucket)
@@ -115,7 +117,7 @@ class EmbeddedAws:
         UserStore(users).add("admin", PASSWORD)  # as the operator's `chalicelib.users add` would
 
     def _options(self) -> dict:
-        return {"endpoint_url": self.url, "region_name": REGION, "aws_access_key_id": "sim",
+        return {"endpoint_url": self.url, "region_name": REGION, "aws_access_key_id": SIM_ACCESS_KEY_ID,
                 "aws_secret_access_key": "sim"}
 
     def client(self, service: str):
@@ -165,7 +167,7 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "ASIASIMULATION",
+        "AWS_ACCESS_KEY_ID": SIM_ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": "simulated-secret",
         "AWS_SESSION_TOKEN": "simulated-token",
         "LAMBDA_TASK_ROOT": "/var/task",
@@ -399,7 +401,7 @@ def simulation(built, tmp_path_factory):
     task = root / "task"
     with zipfile.ZipFile(zipped) as archive:
         archive.extractall(task)
-    aws, lambda_service = EmbeddedAws(), LambdaService()
+    aws, lambda_service = EmbeddedAws(root / "aws-state"), LambdaService()
     functions = {}
     try:
         for function in ("APIHandler", "Runner"):

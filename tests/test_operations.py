@@ -1,24 +1,21 @@
 """Operations: the users command, CORS, and the real local stack driven over HTTP."""
 import base64
 import importlib
-import re
+import json
 import io
 import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import pytest
 import requests
 
 from chalicelib import users
 from chalicelib.localstack import free_port
+from tests.local_stack import (ADMIN, RunningStack, alive, code_notebook, descendants, remove_state,
+                               state_folder, wait_for_run)
 
 BASE = "/_notebooks/notebooks"
 
@@ -63,46 +60,16 @@ def test_cors_is_on_for_the_configured_origin_only(stack, monkeypatch):
         importlib.reload(app)
 
 
-class RunningStack:
-    """A local stack process and everything it has printed (read as it comes, so the
-    pipe never fills and blocks it)."""
-
-    def __init__(self, port: int):
-        env = {**os.environ, "PORT": str(port), "NOTEBOOKS_USERS": "admin:admin,eve:eve-pw"}
-        for name in list(env):
-            if name.startswith("AWS_"):
-                del env[name]  # the local stack needs no AWS settings at all
-        self.process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.url = f"http://127.0.0.1:{port}"
-        self.lines = []
-        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def embedded_aws(self, service: str):
-        """A client of the stack's embedded AWS, at the address it printed."""
-        [endpoint] = re.findall(r"Embedded AWS \(moto\) on (\S+)", self.output())
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
-                            aws_access_key_id="local", aws_secret_access_key="local")
-
-
 @pytest.fixture(scope="module")
 def running_stack():
-    """`python -m chalicelib.localstack` (what `make dev` runs) on a free port."""
-    stack = RunningStack(free_port())
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            requests.get(stack.url + BASE + "/_count", auth=("admin", "admin"), timeout=2)
-            break
-        except requests.ConnectionError:
-            assert stack.process.poll() is None, stack.output()
-            time.sleep(0.2)
+    """`python -m chalicelib.localstack` (what `make dev` runs) on a free port, with a
+    fresh state folder; as `nobody` when the tests run as root."""
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
     yield stack
     if stack.process.poll() is None:
-        stack.process.kill()
+        stack.kill_all()
+    remove_state(state)
 
 
 @pytest.fixture
@@ -131,23 +98,10 @@ def test_local_stack_serves_the_api_over_http(local_stack):
     assert unknown.status_code == 404 and unknown.json()["error"]["status"] == 404
 
 
-def wait_for_run(url, run_id, auth, seconds=60):
-    """The run's record once it has ended (polling, as a client would)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        record = requests.get(f"{url}/_notebooks/runs/{run_id}", auth=auth).json()
-        if record["status"] in ("succeeded", "failed"):
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not end: {record}")
-
-
 def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
     url, _ = local_stack
     admin = ("admin", "admin")
-    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
-        {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
-         "source": "print('ran in the local stack')"}]}
+    notebook = code_notebook("print('ran in the local stack')")
     notebook_id = requests.post(url + BASE + "/", auth=admin, json={"content": notebook}).json()["notebook_id"]
     # curl -X GET 'https://host//_notebooks/notebooks/_run' --data '{nbkIds: [...], module: "notebooks"}'
     response = requests.request("GET", url + "//_notebooks/notebooks/_run", auth=admin,
@@ -226,27 +180,6 @@ def test_local_stack_reads_chunked_bodies(local_stack):
     assert created.json()["notebook_name"] == "chunked.ipynb"
 
 
-def test_local_stack_fires_a_schedule_at_its_minute(local_stack):
-    """Real time: schedule a notebook for the coming minute and see the scheduled run succeed."""
-    url, _ = local_stack
-    admin = ("admin", "admin")
-    notebook_id = requests.post(url + BASE + "/", auth=admin).json()["notebook_id"]
-    now = datetime.now(timezone.utc)
-    # at least 10 s ahead, so the rule exists before its minute comes
-    due = (now + timedelta(seconds=70 if now.second > 50 else 60)).replace(second=0, microsecond=0)
-    body = {"nbk_ids": [notebook_id], "period": due.strftime("%A"), "time": due.strftime("%H:%M"),
-            "until": (due + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M")}
-    assert requests.get(url + BASE + "/_schedule", auth=admin, json=body).json() == "Success"
-    deadline = due.timestamp() + 45
-    runs = []
-    while time.time() < deadline and not runs:
-        time.sleep(1)
-        runs = requests.get(f"{url}{BASE}/{notebook_id}/runs", auth=admin).json()
-    assert len(runs) == 1 and runs[0]["trigger"] == "schedule"
-    assert runs[0]["created_at"] >= due.timestamp() * 1000  # not before its minute
-    assert wait_for_run(url, runs[0]["run_id"], admin)["status"] == "succeeded"
-
-
 def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_requests(running_stack):
     """Schedules and unschedules of the same notebooks at once: afterwards a notebook reads
     Scheduled exactly when its EventBridge rule exists."""
@@ -273,9 +206,111 @@ def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_request
     assert not [r for r in events.list_rules(NamePrefix="notebooks-")["Rules"] if r["Name"][10:] in ids]
 
 
-def test_local_stack_stops_on_ctrl_c(running_stack):
-    process = running_stack.process
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=20) == 0
-    time.sleep(0.2)  # the reader thread takes the last lines
+def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_stack):
+    """The API's runs go through the local Lambda's Invoke API (an Event invocation);
+    delivering the same event again, synchronously, is skipped, as on AWS."""
+    from botocore.exceptions import ClientError
+
+    url = running_stack.url
+    notebook_id = requests.post(url + BASE + "/", auth=ADMIN,
+                                json={"content": code_notebook("print('invoked')")}).json()["notebook_id"]
+    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()["runs"]
+    assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
+    local_lambda = running_stack.local_lambda()
+    again = local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="RequestResponse",
+                                Payload=json.dumps({"run_id": run["run_id"]}).encode())
+    assert again["StatusCode"] == 200 and "FunctionError" not in again
+    assert json.loads(again["Payload"].read()) == {"run_id": run["run_id"], "status": "skipped"}
+    assert local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="DryRun")["StatusCode"] == 204
+    with pytest.raises(ClientError) as unknown:
+        local_lambda.invoke(FunctionName="another-function", Payload=b"{}")
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+HOSTILE_NOTEBOOK = """
+import json, os, boto3, botocore
+found = {"environ": {}, "ports": [], "calls": []}
+# The environment of every process of the stack: its ancestors, the API, the embedded AWS...
+table = {}
+for name in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{name}/stat") as stat:
+            table[int(name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        pass
+stack, grown = {stack_root}, True
+while grown:
+    grown = {pid for pid, parent in table.items() if parent in stack} - stack
+    stack |= grown
+for pid in sorted(stack):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            found["environ"][pid] = environ.read().decode(errors="replace")
+    except OSError:
+        pass
+# Loopback listeners, from /proc/net/tcp; then AWS calls with guessed keys, and none.
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    address, state = line.split()[1], line.split()[3]
+    if state == "0A" and address.startswith("0100007F:"):
+        found["ports"].append(int(address.split(":")[1], 16))
+config = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10)
+for port in sorted(set(found["ports"]) & set(targets)):
+    endpoint = f"http://127.0.0.1:{port}"
+    for key in ("local", "testing", None):
+        signing = {"aws_access_key_id": key, "aws_secret_access_key": key} if key else {
+            "config": config.merge(botocore.config.Config(signature_version=botocore.UNSIGNED))}
+        clients = {service: boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                                         **({"config": config} | signing)) for service in ("s3", "dynamodb", "lambda")}
+        for name, call in (("s3", lambda: clients["s3"].list_buckets()),
+                           ("dynamodb", lambda: clients["dynamodb"].scan(TableName="notebooks-users")),
+                           ("lambda", lambda: clients["lambda"].invoke(FunctionName="notebooks-local-runner",
+                                                                       Payload=b'{"run_id": "x"}'))):
+            try:
+                call()
+                found["calls"].append([port, name, key, "answered"])
+            except botocore.exceptions.ClientError as error:
+                found["calls"].append([port, name, key, error.response["Error"]["Code"] or "refused"])
+            except Exception as error:
+                found["calls"].append([port, name, key, type(error).__name__])
+print(json.dumps(found))
+"""
+
+
+def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_stack):
+    """A hostile notebook run through the stack (which runs without root's capabilities
+    when the tests run as root): no /proc environ of the stack's processes that it can
+    read (chalice's reloader's, at least) gives it the users, the key or the servers'
+    addresses, and the embedded AWS and the local Lambda, found on loopback
+    by /proc/net/tcp, refuse whatever key it tries. (It probes only this stack's processes
+    and ports, given as parameters: other programs on a shared machine are not ours.)"""
+    url = running_stack.url
+    stack = running_stack.connection()
+    targets = [int(stack["aws"]["endpoint"].rsplit(":", 1)[1]), int(stack["lambda"]["endpoint"].rsplit(":", 1)[1])]
+    notebook = code_notebook(HOSTILE_NOTEBOOK)
+    notebook["cells"].insert(0, {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]},
+                                 "execution_count": None, "outputs": [], "source": "targets, stack_root = [], 0"})
+    notebook_id = requests.post(url + BASE + "/", auth=ADMIN, json={"content": notebook}).json()["notebook_id"]
+    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={
+        "nbkIds": [notebook_id], "module": "m",
+        "parameters": {"targets": targets, "stack_root": running_stack.process.pid}}).json()["runs"]
+    record = wait_for_run(url, run["run_id"], seconds=120)
+    assert record["status"] == "succeeded", record
+    output = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=ADMIN).json()
+    found = json.loads(output["cells"][-1]["outputs"][-1]["text"])
+    secrets = [stack["aws"]["access_key_id"], stack["aws"]["secret_access_key"], stack["aws"]["endpoint"],
+               stack["lambda"]["endpoint"], "NOTEBOOKS_USERS=", "eve-pw"]
+    assert found["environ"], "no environment of the stack was readable: the probe did not work"
+    assert [(pid, secret) for pid, environ in found["environ"].items() for secret in secrets if secret in environ] == []
+    assert set(targets) <= set(found["ports"])
+    assert len(found["calls"]) == 18
+    assert all(outcome in ("InvalidAccessKeyId", "UnrecognizedClientException", "403") for *_, outcome in found["calls"]), \
+        found["calls"]
+
+
+def test_local_stack_stops_on_ctrl_c_leaving_nothing_behind(running_stack):
+    processes = descendants(running_stack.process.pid)
+    assert len(processes) >= 4  # embedded AWS, local Lambda and its worker, chalice local
+    assert running_stack.interrupt() == 0
+    assert alive(processes) == set()
+    assert not os.path.exists(os.path.join(running_stack.state, "stack.json"))
     assert "Local-only credentials: admin:admin, eve:eve-pw" in running_stack.output()

@@ -1,0 +1,153 @@
+"""The local stack's embedded AWS: moto's server on loopback, for this stack only, with
+its state kept in a folder (see local_state.py).
+
+`python -m chalicelib.embedded_aws` (started by `chalicelib.localstack`, not by hand):
+- takes the state folder `NOTEBOOKS_LOCAL_STATE` (one process at a time), restores the
+  last snapshot, and serves on `NOTEBOOKS_AWS_PORT` (0: any free port);
+- answers only requests signed with the stack's access key, which it reads on stdin
+  (local_credentials.py) after making itself non-dumpable;
+- prints `ready <endpoint>` on stdout once it serves;
+- takes a snapshot at most every second after a change, and a last one when it stops
+  (SIGTERM, SIGINT, or the process that started it ending).
+"""
+import logging
+import os
+import re
+import sys
+import threading
+
+from .local_credentials import CredentialGuard, receive_secrets
+from .local_state import Snapshots, StateFolder
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SECONDS = 1.0
+# Operations of the JSON protocols (DynamoDB, EventBridge) that change nothing.
+_READ_ONLY = re.compile(r"\.(Get|Describe|List|Query|Scan|BatchGet|TransactGet)")
+
+
+def _changes_state(environ) -> bool:
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return not _READ_ONLY.search(target)
+    return environ.get("REQUEST_METHOD") not in ("GET", "HEAD", "OPTIONS")
+
+
+class SerialApp:
+    """Moto's WSGI application, answering one request at a time, noting changes.
+
+    Moto's backends are not thread-safe: under concurrent requests a DynamoDB transaction
+    loses its atomicity (two notebooks got one name) or fails inside moto. Real DynamoDB
+    is atomic; serialising the embedded one makes it so here too, and lets a snapshot see
+    one moment of everything.
+    """
+
+    def __init__(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        self.lock = threading.Lock()
+        self.changed = False
+        self._moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            if _changes_state(environ):
+                self.changed = True
+            return list(self._moto(environ, start_response))
+
+
+class EmbeddedAws:
+    """Moto's server with a credential guard and snapshots to a state folder."""
+
+    def __init__(self, folder: StateFolder, access_key_id: str, port: int = 0):
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+        from werkzeug.serving import make_server
+
+        self.app = SerialApp()
+        self._snapshots = Snapshots(folder)
+        self._server = make_server("127.0.0.1", port, CredentialGuard(self.app, access_key_id), threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._server.socket.listen(128)  # a burst of clients is queued, not reset
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self._stop = threading.Event()
+        self._threads = []
+
+    def start(self, restore_with=None) -> dict:
+        """Serve in the background; with `restore_with(service, region)` (a client
+        maker), put the last snapshot back first. Returns what was restored."""
+        self._threads.append(threading.Thread(target=self._server.serve_forever, daemon=True))
+        self._threads[-1].start()
+        restored = self._snapshots.restore(restore_with) if restore_with else {}
+        with self.app.lock:
+            self.app.changed = False
+        self._threads.append(threading.Thread(target=self._snapshot_regularly, daemon=True))
+        self._threads[-1].start()
+        return restored
+
+    def snapshot(self) -> None:
+        """Save the state now, if a request changed it since the last snapshot."""
+        with self.app.lock:
+            if not self.app.changed:
+                return
+            state, new_contents = self._snapshots.capture()
+            self.app.changed = False
+        self._snapshots.save(state, new_contents)
+
+    def _snapshot_regularly(self) -> None:
+        while not self._stop.wait(SNAPSHOT_SECONDS):
+            try:
+                self.snapshot()
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                log.exception("embedded AWS: snapshot failed")
+
+    def stop(self) -> None:
+        """Stop serving, then take the last snapshot."""
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.snapshot()
+
+
+def _client_maker(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    config = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=16)
+    return lambda service, region: session.client(service, region_name=region, endpoint_url=endpoint, config=config)
+
+
+def main() -> int:
+    """Run the embedded AWS until SIGTERM or SIGINT (see the module's docstring)."""
+    receive_secrets()
+    logging.basicConfig(level=logging.WARNING, format="embedded AWS: %(message)s", stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    from .localstack import stop_on_signals, state_folder
+
+    folder = StateFolder(state_folder())
+    if not folder.take():
+        print(f"The state folder {folder.path} is in use by another local stack.", file=sys.stderr)
+        return 2
+    server = EmbeddedAws(folder, os.environ["AWS_ACCESS_KEY_ID"], int(os.environ.get("NOTEBOOKS_AWS_PORT") or 0))
+    stopped = stop_on_signals()
+    try:
+        restored = server.start(restore_with=_client_maker(server.endpoint))
+        if any(restored.values()):
+            log.warning("restored %(objects)d objects, %(items)d items and %(rules)d rules", restored)
+        print(f"ready {server.endpoint}", flush=True)
+        stopped.wait()
+    finally:
+        server.stop()
+        folder.release()
+    return 0
+
+
+if __name__ == "__main__":
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is saved and the folder released: skip the interpreter's clean-up, which
+    # takes minutes over moto's objects once they are many.
+    os._exit(status)
