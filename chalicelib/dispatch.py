@@ -7,8 +7,8 @@ Every engine runs the same handler (RunExecutor.handle) on the same code:
   longer run, up to the deployment's maximum;
 - `local`: the local stack's worker processes (local_lambda.py).
 
-A dispatcher answers `engine_for(timeout)`, `dispatch(run)` (the fields to record on the
-run, e.g. the Fargate task's ARN) and `stop(run)` (for cancel).
+A dispatcher answers `engine_for(timeout)`, `dispatch(event)` (the fields to record on
+the run, e.g. the Fargate task's ARN) and `stop(run)` (for cancel).
 """
 import json
 
@@ -26,10 +26,10 @@ class LambdaDispatcher:
         """Every run's engine, when the deployment has no Fargate."""
         return self.engine
 
-    def dispatch(self, run: dict) -> dict:
-        """Invoke the runner with the run's id, without waiting for it."""
-        self._lambda.invoke(FunctionName=self._function, InvocationType="Event",
-                            Payload=json.dumps({"run_id": run["run_id"]}).encode())
+    def dispatch(self, event: dict) -> dict:
+        """Invoke the runner with `event` (a run's `{"run_id"}`, or a schedule rule's
+        input), without waiting for it."""
+        self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
         return {}
 
     def stop(self, run: dict) -> None:

@@ -217,7 +217,7 @@ def main() -> int:
 
     from . import aws, services
     from .localstack import stop_on_signals
-    from .runs import LambdaDispatcher
+    from .dispatch import LambdaDispatcher
     from .schedules import LocalEventClock
 
     receive_secrets()
