@@ -11,7 +11,8 @@ import json
 import sys
 
 from .config import Settings
-from .metadata import table_definitions
+from .files import RESPONSES_PREFIX
+from .metadata import TTL_ATTRIBUTE, table_definitions
 
 # Chalice's logical ids for app.py's functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
@@ -26,6 +27,8 @@ def _table(definition: dict) -> dict:
 def merge_template(settings: Settings = Settings()) -> dict:
     """The CloudFormation resources to merge into Chalice's template."""
     notebooks, runs, users = (_table(d) for d in table_definitions(settings))
+    # Run tokens (token#... items) expire by themselves.
+    notebooks["Properties"]["TimeToLiveSpecification"] = {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     bucket = {
         "Type": "AWS::S3::Bucket",
         "DeletionPolicy": "Retain",
@@ -38,6 +41,9 @@ def merge_template(settings: Settings = Settings()) -> dict:
             },
             "BucketEncryption": {"ServerSideEncryptionConfiguration": [
                 {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+            # Answers too large for a Lambda response wait here for their 5-minute link.
+            "LifecycleConfiguration": {"Rules": [{"Id": "expire-large-responses", "Status": "Enabled",
+                                                  "Prefix": RESPONSES_PREFIX, "ExpirationInDays": 1}]},
         },
     }
     shared = {"NOTEBOOKS_BUCKET": {"Ref": "NotebookFiles"}}

@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 
-from . import aws, services
+from . import aws, embedded_aws, services
 from .config import Settings
 from .metadata import create_tables
 from .schedules import LocalEventClock
@@ -79,6 +79,7 @@ def _embedded_aws_server():
 
 def start_embedded_aws():
     """Start moto's server on loopback and point this process's AWS clients at it."""
+    embedded_aws.install()
     server = _embedded_aws_server()
     server.start()
     host, port = server.get_host_and_port()
