@@ -118,3 +118,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    import scale  # bench/scale.py: what each request costs as what is stored grows
+
+    scale.main()

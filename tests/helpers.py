@@ -41,6 +41,7 @@ class AwsCalls:
         self.answers = answers or {}  # (service, operation) -> a response given instead of calling
         self.calls = collections.Counter()
         self.items_read = 0
+        self.aws_seconds = 0.0  # time inside the AWS stand-in (moto), latency not included
         self._lock = threading.Lock()
         self._patch = None
 
@@ -59,8 +60,10 @@ class AwsCalls:
                 time.sleep(recorder.latency)
             if (service, operation) in recorder.answers:
                 return recorder.answers[(service, operation)]
+            started = time.perf_counter()
             response = original(client, operation, params)
             with recorder._lock:
+                recorder.aws_seconds += time.perf_counter() - started
                 recorder.items_read += _items_in(operation, response)
             return response
 
