@@ -4,9 +4,10 @@
    request works on up to 16 threads (batches.py): under `mock_aws` two transactions
    that add to the same counter could lose one addition, which DynamoDB never does. (The
    local stack's server serialises its requests the same way.)
-2. DynamoDB transactions at the cost of what they touch. Moto's `transact_write_items` keeps a deep copy of the whole table for every action of a
-transaction, to roll back on failure: a 100-action transaction on a table of 10,000
-notebooks copies a million items, seconds of work that real DynamoDB never does. This
+2. DynamoDB transactions at the cost of what they touch. Moto's `transact_write_items`
+   keeps a deep copy of the whole table for every action of a transaction, to roll back
+   on failure: a 100-action transaction on a table of 10,000 notebooks copies a million
+   items, seconds of work that real DynamoDB never does. This
    makes the one copy a transaction needs: the table's mappings copied, only the items
    its actions name deep-copied (a rolled-back transaction restores exactly those),
    everything else shared.

@@ -21,7 +21,8 @@ def fit_output(notebook, limit: int) -> tuple:
     """(bytes to store, error or None): the notebook serialised, at most `limit` bytes
     where dropping outputs can make it so."""
     data = serialise(notebook)
-    if len(data) <= limit:
+    original_size = len(data)
+    if original_size <= limit:
         return data, None
     trimmed = nbformat.from_dict(json.loads(json.dumps(notebook)))
     note = nbformat.v4.new_output("stream", name="stderr", text=OUTPUT_DROPPED)
@@ -40,6 +41,6 @@ def fit_output(notebook, limit: int) -> tuple:
         first_dropped = index
     data = serialise(trimmed)
     error = {"cell_index": first_dropped, "ename": "OutputTooLarge",
-             "evalue": f"The executed notebook was {len(serialise(notebook))} bytes, over the limit of {limit} "
+             "evalue": f"The executed notebook was {original_size} bytes, over the limit of {limit} "
                        f"(NOTEBOOKS_MAX_OUTPUT_BYTES): outputs from cell {first_dropped} on were dropped"}
     return data, error

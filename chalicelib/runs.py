@@ -75,6 +75,11 @@ class RunOutput:
     location: Optional[str] = None
 
 
+def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
+    """The one run id a client token gives a notebook: a retry records the same run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}"))
+
+
 class RunService:
     """Runs as the API sees them: start, read, list, outputs; and run records for the runner."""
 
@@ -127,8 +132,7 @@ class RunService:
             live = self._table.notebooks.get_many(owner, request["notebook_ids"])
             items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
         runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                              json.loads(request["parameters"]),
-                              run_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}")))
+                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item))
                 for item in items]
         existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
         missing = [run for run in runs if run["run_id"] not in existing]
