@@ -8,7 +8,7 @@ import os
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import local_api, openapi, payloads, services, web
+from chalicelib import local_api, openapi, payloads, responses, services, web
 from chalicelib.config import Settings
 from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
 from chalicelib.sandbox import SandboxError
@@ -21,7 +21,7 @@ app.register_middleware(web.handle, "http")
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 _origin = Settings.from_env().cors_origin  # CORS is decided when the API is built
-CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content-Type"],
+CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
                   expose_headers=["X-Next-Token"]) if _origin else False
 
 
@@ -75,7 +75,13 @@ def list_notebooks():
     query = app.current_request.query_params or {}
     limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
     items, next_token = notebooks().list(caller(), limit, query.get("next_token"))
-    return Response(body=items, headers={"X-Next-Token": next_token} if next_token else {})
+    return bounded(items, next_token)
+
+
+def bounded(items: list, next_token) -> Response:
+    """A JSON array with its next page's token; past Lambda's response limit, a 303 to it."""
+    return responses.bounded_json(items, caller(), services.get().files, services.get().settings.max_response_bytes,
+                                  {"X-Next-Token": next_token} if next_token else {})
 
 
 @route(NOTEBOOKS + "/_count", ["GET"], "Error occurred while retrieving notebook metrics")
@@ -108,7 +114,7 @@ def put_content(notebook_id):
 @route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution", explain=True)
 def run_notebooks():
     # The seed's own sample sends unquoted keys: `{nbkIds: [...], module: "notebooks"}`.
-    return services.get().runs.start(caller(), body(lenient=True))
+    return services.get().runs.start(caller(), body(lenient=True), app.current_request.headers.get("idempotency-key"))
 
 
 @route(NOTEBOOKS + "/_schedule", ["GET", "POST"], "Error occurred during request processing", explain=True)
@@ -125,7 +131,10 @@ def unschedule_notebooks():
 
 @route(NOTEBOOKS + "/{notebook_id}/runs", ["GET"], "Error occurred while retrieving runs")
 def notebook_runs(notebook_id):
-    return services.get().runs.for_notebook(caller(), notebook_id)
+    query = app.current_request.query_params or {}
+    limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
+    runs, next_token = services.get().runs.for_notebook(caller(), notebook_id, limit, query.get("next_token"))
+    return bounded(runs, next_token)
 
 
 @route(RUNS + "/{run_id}", ["GET"], "Error occurred while retrieving the run")

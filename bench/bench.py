@@ -10,7 +10,8 @@ so that machine noise hits both alike:
      LOAD_SECONDS, over a mix of every endpoint: throughput, p50 and p99 latency, and the
      count of 5xx answers and connection errors (both must be zero, else the run fails).
 The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and polling.
-Then the local stack's state restore (bench/state_restore.py).
+Then the local stack's state restore (bench/state_restore.py), and the scale table
+(bench/scale.py).
 """
 import os
 import random
@@ -250,3 +251,6 @@ def main():
 if __name__ == "__main__":
     main()
     report_init_times()
+    import scale  # bench/scale.py: what each request costs as what is stored grows
+
+    scale.main()

@@ -63,6 +63,19 @@ class Settings:
     login_attempts: int = 5
     login_window: float = 300.0
 
+    # Lambda returns at most 6 MB; a larger JSON answer is served from S3 (303).
+    max_response_bytes: int = SIX_MB
+    # The largest executed notebook the runner stores; beyond it outputs are dropped.
+    max_output_bytes: int = 64 * 1024 * 1024
+    # A run's `parameters`, as JSON; a run record must stay under DynamoDB's 400 KB.
+    max_parameters_bytes: int = 64 * 1024
+    # Per-user quotas.
+    max_scheduled: int = 1000
+    max_active_runs: int = 2000
+    max_runs_kept: int = 100
+    # AWS calls one request makes at once (what AWS cannot batch).
+    aws_concurrency: int = 16
+
     @property
     def fargate(self) -> bool:
         """Whether the deployment has a Fargate engine for runs longer than Lambda's."""
@@ -105,4 +118,11 @@ class Settings:
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
             login_attempts=_int(env, "NOTEBOOKS_LOGIN_ATTEMPTS", d.login_attempts),
             login_window=_float(env, "NOTEBOOKS_LOGIN_WINDOW", d.login_window),
+            max_response_bytes=_int(env, "NOTEBOOKS_MAX_RESPONSE_BYTES", d.max_response_bytes),
+            max_output_bytes=_int(env, "NOTEBOOKS_MAX_OUTPUT_BYTES", d.max_output_bytes),
+            max_parameters_bytes=_int(env, "NOTEBOOKS_MAX_PARAMETERS_BYTES", d.max_parameters_bytes),
+            max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
+            max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
+            max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
+            aws_concurrency=_int(env, "NOTEBOOKS_AWS_CONCURRENCY", d.aws_concurrency),
         )

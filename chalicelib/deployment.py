@@ -13,7 +13,8 @@ stages (two stacks) live side by side in one account and region, and a stack can
 created again after deletion although its retained data is still there.
 """
 from .config import Settings
-from .metadata import table_definitions
+from .files import RESPONSES_PREFIX
+from .metadata import TTL_ATTRIBUTE, table_definitions
 
 # Chalice's logical ids for app.py's two functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
@@ -95,6 +96,8 @@ def _bucket() -> dict:
         "LifecycleConfiguration": {"Rules": [
             keep_old_versions,
             {"Fn::If": ["RunOutputsExpire", expire_outputs, {"Ref": "AWS::NoValue"}]},
+            # Answers too large for a Lambda response wait here for their 5-minute link.
+            {"Id": "ExpireLargeResponses", "Status": "Enabled", "Prefix": RESPONSES_PREFIX, "ExpirationInDays": 1},
         ]},
         "BucketEncryption": {"ServerSideEncryptionConfiguration": [
             {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
@@ -135,8 +138,10 @@ def _logs(log_group: str) -> dict:
 
 
 def api_statements() -> list:
-    """The API function's permissions: its bucket, the notebook and run tables, reading
-    the users table, invoking the runner, and managing this stage's schedule rules."""
+    """The API function's permissions: its bucket, the notebook and run tables (items
+    one at a time or in transactions, which need the same actions, and BatchGetItem for
+    requests of many ids), reading the users table and counting failed logins there,
+    invoking the runner, and managing this stage's schedule rules."""
     return [
         _logs("ApiLogGroup"),
         {"Sid": "NotebookFiles", "Effect": "Allow",
@@ -145,9 +150,9 @@ def api_statements() -> list:
          "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]}},
         {"Sid": "NotebooksAndRuns", "Effect": "Allow",
          "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                    "dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"],
+                    "dynamodb:Query", "dynamodb:BatchGetItem"],
          "Resource": _table_and_indexes("NotebooksTable") + _table_and_indexes("RunsTable")},
-        {"Sid": "ReadUsers", "Effect": "Allow", "Action": ["dynamodb:GetItem"],
+        {"Sid": "UsersAndLoginFailures", "Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
          "Resource": {"Fn::GetAtt": ["UsersTable", "Arn"]}},
         {"Sid": "DispatchRuns", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
          "Resource": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]}},
@@ -159,19 +164,26 @@ def api_statements() -> list:
 
 def runner_statements() -> list:
     """The runner's permissions, which executes untrusted code: read notebooks, write
-    (and delete, when the notebook went while it ran) outputs, create and update run
-    records (a schedule's run is counted on its notebook; expiry and its lock update the
-    notebook), delete an expired rule, and report events it could not take. Nothing on
-    the users table, no invoking, no creating rules."""
+    (and delete, when the notebook went while it ran) outputs, create and end run
+    records, delete an expired rule, and report events it could not take. A run's end
+    counts it off its owner's active runs (the notebooks table's counters). A schedule
+    firing records its run with the run's pointer and counters in one transaction,
+    removes the notebook's oldest runs past the number kept (their outputs, records and
+    pointers, found by a Query of the notebook's pointers and a BatchGetItem), and an
+    expiry and its lock update the notebook. Nothing on the users table, no invoking, no
+    creating rules."""
     return [
         _logs("RunnerLogGroup"),
         {"Sid": "ReadNotebooks", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": _objects("notebooks/")},
         {"Sid": "WriteOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
          "Resource": _objects("runs/")},
         {"Sid": "RunRecords", "Effect": "Allow",
-         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                    "dynamodb:BatchGetItem"],
          "Resource": {"Fn::GetAtt": ["RunsTable", "Arn"]}},
-        {"Sid": "NotebookRecords", "Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+        {"Sid": "NotebookRecords", "Effect": "Allow",
+         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                    "dynamodb:Query", "dynamodb:BatchGetItem"],
          "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]}},
         {"Sid": "RemoveExpiredRule", "Effect": "Allow", "Action": ["events:RemoveTargets", "events:DeleteRule"],
          "Resource": _RULES},
@@ -205,6 +217,8 @@ def _environment(**variables) -> dict:
 def merge_template(settings: Settings = Settings()) -> dict:
     """The CloudFormation fragment to merge into Chalice's template."""
     notebooks, runs, users = (_table(d) for d in table_definitions(settings))
+    # Run tokens (token#... items) expire by themselves.
+    notebooks["Properties"]["TimeToLiveSpecification"] = {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     data = {
         "NOTEBOOKS_BUCKET": {"Ref": "NotebookFiles"},
         "NOTEBOOKS_TABLE": {"Ref": "NotebooksTable"},

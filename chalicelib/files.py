@@ -6,6 +6,8 @@ from botocore.exceptions import ClientError
 
 from .aws import error_code
 
+_DELETE_OBJECTS_KEYS = 1000  # AWS's limit per DeleteObjects
+
 
 def notebook_key(owner: str, notebook_id: str) -> str:
     """Where a notebook's .ipynb lives."""
@@ -22,6 +24,15 @@ def output_key(owner: str, notebook_id: str, run_id: str) -> str:
     return f"{outputs_prefix(owner, notebook_id)}{run_id}.ipynb"
 
 
+RESPONSES_PREFIX = "responses/"
+
+
+def response_key(owner: str, name: str) -> str:
+    """Where an answer too large for a Lambda response waits for its download (a day,
+    by the bucket's lifecycle rule)."""
+    return f"{RESPONSES_PREFIX}{owner}/{name}.json"
+
+
 class NotebookFiles:
     """Reads and writes .ipynb objects in one bucket."""
 
@@ -29,9 +40,18 @@ class NotebookFiles:
         self._s3 = s3
         self._bucket = bucket
 
-    def put(self, key: str, body: bytes) -> None:
+    def put(self, key: str, body: bytes, content_type: str = "application/x-ipynb+json") -> None:
         """Store `body` (notebook JSON) at `key`."""
-        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/x-ipynb+json")
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=content_type)
+
+    def size(self, key: str):
+        """The size in bytes of the object at `key` (a HEAD: nothing is read), or None."""
+        try:
+            return self._s3.head_object(Bucket=self._bucket, Key=key)["ContentLength"]
+        except ClientError as error:
+            if error_code(error) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
 
     def get(self, key: str):
         """The bytes at `key`, or None when there is no such object."""
@@ -52,10 +72,18 @@ class NotebookFiles:
         """Delete `key`; deleting a missing object succeeds, so retries are safe."""
         self._s3.delete_object(Bucket=self._bucket, Key=key)
 
-    def delete_prefix(self, prefix: str) -> None:
-        """Delete every object under `prefix`."""
+    def keys_under(self, prefix: str) -> list:
+        """Every key under `prefix`."""
         paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": keys, "Quiet": True})
+        return [item["Key"] for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix)
+                for item in page.get("Contents", [])]
+
+    def delete_many(self, keys: list) -> None:
+        """Delete these keys, 1,000 per call (missing ones too: retries are safe)."""
+        for start in range(0, len(keys), _DELETE_OBJECTS_KEYS):
+            chunk = [{"Key": key} for key in keys[start:start + _DELETE_OBJECTS_KEYS]]
+            response = self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": chunk, "Quiet": True})
+            if response.get("Errors"):
+                failure = response["Errors"][0]
+                raise ClientError({"Error": {"Code": failure.get("Code", "DeleteFailed"),
+                                             "Message": failure.get("Message", "")}}, "DeleteObjects")

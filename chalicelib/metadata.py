@@ -1,4 +1,4 @@
-"""Storage of metadata in DynamoDB: notebooks, their names, and run records.
+"""Storage of metadata in DynamoDB: notebooks, their names, per-user counters, run records.
 
 Notebooks table, partitioned by owner, so one user's requests never read another's items:
   hash `owner`, range `sk`:
@@ -6,19 +6,44 @@ Notebooks table, partitioned by owner, so one user's requests never read another
     `name#<name>`       a name claim. Creating and renaming write the notebook and its
                         claims in one transaction, so names are unique per owner and two
                         notebooks never share a name, not even for a moment.
+    `#counts`           the owner's counters: `notebooks`, `scheduled`, `runs_active`, and
+                        one attribute `s_<notebook_id>` (its `until` in epoch ms) per
+                        scheduled notebook. Every write that creates, deletes, schedules,
+                        unschedules or expires a notebook, or starts or ends a run, changes
+                        them in the same transaction, so Count reads this one item and the
+                        quotas are conditions on it.
+    `run#<notebook_id>#<created_at>#<run_id>`  one per run of the notebook, written with
+                        the run: a notebook's runs, newest first, by a consistent Query
+                        (never an index that may lag).
+    `token#<sha256>`    a Run's client token: the request it stands for (24 h, TTL).
   LSI `by_created` (owner, created_at): sparse, as only notebooks carry `created_at`;
-  List is a Query on it, oldest first, and Count a Query of one partition.
+  List is a Query on it, oldest first.
 Runs table:
-  hash `run_id`; GSI `by_notebook` (notebook_id, created_at) for a notebook's history.
+  hash `run_id`.
 """
+import random
+import time
+from typing import Optional
+
 from botocore.exceptions import ClientError
 
 from .aws import all_items, error_code
+from .batches import chunks
 
 NOTEBOOK_PREFIX = "nb#"
 NAME_PREFIX = "name#"
+COUNTS_SK = "#counts"
+RUN_PREFIX = "run#"
+TOKEN_PREFIX = "token#"
+SCHEDULED_PREFIX = "s_"
 BY_CREATED = "by_created"
-BY_NOTEBOOK = "by_notebook"
+TTL_ATTRIBUTE = "expires_at"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE = frozenset({"queued", "running"})
+# AWS limits: actions in one TransactWriteItems, keys in one BatchGetItem.
+_TRANSACTION_ACTIONS = 100
+_BATCH_GET_KEYS = 100
+_CONFLICT_ATTEMPTS = 5
 
 
 def table_definitions(settings) -> list:
@@ -46,10 +71,7 @@ def table_definitions(settings) -> list:
         {
             "TableName": settings.runs_table,
             "KeySchema": key("run_id"),
-            "AttributeDefinitions": attributes(run_id=string, notebook_id=string, created_at=number),
-            "GlobalSecondaryIndexes": [
-                {"IndexName": BY_NOTEBOOK, "KeySchema": key("notebook_id", "created_at"), "Projection": everything}
-            ],
+            "AttributeDefinitions": attributes(run_id=string),
             "BillingMode": "PAY_PER_REQUEST",
         },
         {
@@ -68,6 +90,8 @@ def create_tables(dynamodb, settings) -> None:
         if definition["TableName"] not in existing:
             dynamodb.create_table(**definition)
             dynamodb.get_waiter("table_exists").wait(TableName=definition["TableName"])
+    dynamodb.update_time_to_live(TableName=settings.notebooks_table, TimeToLiveSpecification={
+        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
 
 
 class NameTaken(Exception):
@@ -76,6 +100,10 @@ class NameTaken(Exception):
 
 class Conflict(Exception):
     """A concurrent change won the race; re-read and try again."""
+
+
+class QuotaExceeded(Exception):
+    """A per-user quota (a condition on the owner's counters) refused the write."""
 
 
 def _set_clause(fields: dict, prefix: str = "f") -> tuple:
@@ -110,12 +138,125 @@ def _conditional_update(table, **update) -> bool:
     return True
 
 
+def _transact(client, actions: list) -> Optional[list]:
+    """One TransactWriteItems. None when it committed; else, when a condition failed, the
+    per-action reasons (nothing was written). Retried while DynamoDB reports a concurrent
+    transaction on the same items (TransactionConflict), which boto3 does not retry."""
+    for attempt in range(_CONFLICT_ATTEMPTS):
+        try:
+            client.transact_write_items(TransactItems=actions)
+            return None
+        except ClientError as error:
+            if not _is_cancelled(error):
+                raise
+            codes = _cancellation_codes(error)
+            if "ConditionalCheckFailed" in codes:
+                return codes
+            if "TransactionConflict" not in codes or attempt == _CONFLICT_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _transaction_chunks(entries: list, actions_per_entry: int) -> list:
+    """`entries` cut so that each chunk's actions plus one counter update fit one transaction."""
+    return chunks(entries, (_TRANSACTION_ACTIONS - 1) // actions_per_entry)
+
+
+def _every_page(page) -> list:
+    """Every item of a paged read, `page(start_key)` -> (items, next start key or None)."""
+    items, start = [], None
+    while True:
+        found, start = page(start)
+        items += found
+        if not start:
+            return items
+
+
+def batch_get(client, table_name: str, keys: list) -> list:
+    """The items at `keys` that exist (strongly consistent), 100 keys per BatchGetItem."""
+    items = []
+    for chunk in chunks(keys, _BATCH_GET_KEYS):
+        request = {table_name: {"Keys": chunk, "ConsistentRead": True}}
+        for attempt in range(8):
+            response = client.batch_get_item(RequestItems=request)
+            items += response["Responses"].get(table_name, [])
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))  # throttled: AWS asks to send the rest later
+        else:
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
+                                         "Message": "keys left unprocessed"}}, "BatchGetItem")
+    return items
+
+
+class Tally:
+    """Changes to one owner's counters, made as one Update in a transaction."""
+
+    def __init__(self, notebooks=0, runs_active=0, runs_limit=None, scheduled_limit=None):
+        self.notebooks = notebooks
+        self.runs_active = runs_active
+        self.runs_limit = runs_limit
+        self.scheduled_limit = scheduled_limit
+        self.schedules_set = {}  # notebook id -> until_ms: a scheduled notebook, new or not
+        self.schedules_added = 0  # how many of those were not scheduled before
+        self.schedules_removed = []  # notebook ids that were scheduled
+
+    def action(self, table_name: str, owner: str) -> Optional[dict]:
+        """The Update action, or None when nothing changes."""
+        names, values, adds, sets, conditions = {}, {}, [], [], []
+        scheduled = self.schedules_added - len(self.schedules_removed)
+        for field, delta, limit in (("notebooks", self.notebooks, None),
+                                    ("runs_active", self.runs_active, self.runs_limit),
+                                    ("scheduled", scheduled, self.scheduled_limit)):
+            if delta:
+                names[f"#{field}"] = field
+                values[f":{field}"] = delta
+                adds.append(f"#{field} :{field}")
+            if limit is not None and delta > 0:
+                if delta > limit:
+                    raise QuotaExceeded(field)
+                names[f"#{field}"] = field
+                values[f":{field}_max"] = limit - delta
+                conditions.append(f"(attribute_not_exists(#{field}) OR #{field} <= :{field}_max)")
+        for i, (notebook_id, until_ms) in enumerate(self.schedules_set.items()):
+            names[f"#s{i}"] = SCHEDULED_PREFIX + notebook_id
+            values[f":s{i}"] = until_ms
+            sets.append(f"#s{i} = :s{i}")
+        for i, notebook_id in enumerate(self.schedules_removed):
+            names[f"#r{i}"] = SCHEDULED_PREFIX + notebook_id
+        clauses = (["ADD " + ", ".join(adds)] if adds else []) + (["SET " + ", ".join(sets)] if sets else [])
+        if self.schedules_removed:
+            clauses.append("REMOVE " + ", ".join(f"#r{i}" for i in range(len(self.schedules_removed))))
+        if not clauses:
+            return None
+        update = {"TableName": table_name, "Key": {"owner": owner, "sk": COUNTS_SK},
+                  "UpdateExpression": " ".join(clauses), "ExpressionAttributeNames": names}
+        if values:
+            update["ExpressionAttributeValues"] = values
+        if conditions:
+            update["ConditionExpression"] = " AND ".join(conditions)
+        return {"Update": update}
+
+
+def scheduled_until(counts: dict) -> dict:
+    """From a counters item: scheduled notebook id -> its `until` (epoch ms)."""
+    return {name[len(SCHEDULED_PREFIX):]: int(value) for name, value in counts.items()
+            if name.startswith(SCHEDULED_PREFIX)}
+
+
+def _schedule_presence(item: dict) -> str:
+    """A condition that the notebook's stored schedule is still there, or still absent, as read."""
+    return "attribute_exists(schedule)" if item.get("schedule") else "attribute_not_exists(schedule)"
+
+
 class NotebookTable:
-    """Notebook metadata and name claims in the notebooks table."""
+    """Notebook metadata, name claims, counters, run pointers and Run tokens in the notebooks table."""
 
     def __init__(self, table):
         self._table = table
-        self._client = table.meta.client  # resource client: takes plain Python values
+        self._client = table.meta.client  # resource client: takes plain Python values; thread-safe
         self.name = table.name
 
     def key(self, owner: str, notebook_id: str) -> dict:
@@ -129,21 +270,34 @@ class NotebookTable:
         """The notebook's item (deleting ones included), or None."""
         return self._table.get_item(Key=self.key(owner, notebook_id), ConsistentRead=True).get("Item")
 
+    def get_many(self, owner: str, notebook_ids) -> dict:
+        """notebook id -> item (deleting ones included) of those that exist; 100 per call."""
+        keys = [self.key(owner, notebook_id) for notebook_id in dict.fromkeys(notebook_ids)]
+        return {item["notebook_id"]: item for item in batch_get(self._client, self.name, keys)}
+
+    def counts(self, owner: str) -> dict:
+        """The owner's counters item (see the module's docstring); {} before the first write."""
+        return self._table.get_item(Key={"owner": owner, "sk": COUNTS_SK}, ConsistentRead=True).get("Item") or {}
+
+    def transact(self, owner: str, actions: list, tally: Tally = None) -> Optional[list]:
+        """`actions` and the owner's counters changed by `tally`, all or nothing; the
+        cancellation reasons (the counters' last) when a condition failed, else None."""
+        counter = tally.action(self.name, owner) if tally else None
+        return _transact(self._client, actions + ([counter] if counter else []))
+
     def create(self, item: dict) -> None:
-        """Store a new notebook and claim its name together; NameTaken when it is taken."""
+        """Store a new notebook, claim its name and count it, together; NameTaken when the
+        name is taken."""
         claim = {**self._claim(item["owner"], item["notebook_name"]), "notebook_id": item["notebook_id"]}
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self.name, "Item": {**self.key(item["owner"], item["notebook_id"]), **item},
-                             "ConditionExpression": "attribute_not_exists(sk)"}},
-                    {"Put": {"TableName": self.name, "Item": claim, "ConditionExpression": "attribute_not_exists(sk)"}},
-                ]
-            )
-        except ClientError as error:
-            if _is_cancelled(error) and _cancellation_codes(error)[1:] == ["ConditionalCheckFailed"]:
-                raise NameTaken(item["notebook_name"])
-            raise
+        codes = self.transact(item["owner"], [
+            {"Put": {"TableName": self.name, "Item": {**self.key(item["owner"], item["notebook_id"]), **item},
+                     "ConditionExpression": "attribute_not_exists(sk)"}},
+            {"Put": {"TableName": self.name, "Item": claim, "ConditionExpression": "attribute_not_exists(sk)"}},
+        ], Tally(notebooks=1))
+        if codes and codes[1] == "ConditionalCheckFailed":
+            raise NameTaken(item["notebook_name"])
+        if codes:
+            raise Conflict(item["notebook_id"])
 
     def rename(self, owner: str, notebook_id: str, old_name: str, new_name: str, changes: dict) -> None:
         """Move the notebook from `old_name` to `new_name` in one transaction.
@@ -153,184 +307,301 @@ class NotebookTable:
         """
         expression, names, values = _set_clause({"notebook_name": new_name, **changes})
         values[":old"] = old_name
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Update": {"TableName": self.name, "Key": self.key(owner, notebook_id),
-                                "UpdateExpression": "SET " + expression,
-                                "ConditionExpression": "notebook_name = :old AND attribute_not_exists(deleting)",
-                                "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}},
-                    {"Delete": {"TableName": self.name, "Key": self._claim(owner, old_name)}},
-                    {"Put": {"TableName": self.name,
-                             "Item": {**self._claim(owner, new_name), "notebook_id": notebook_id},
-                             "ConditionExpression": "attribute_not_exists(sk)"}},
-                ]
-            )
-        except ClientError as error:
-            if not _is_cancelled(error):
-                raise
-            codes = _cancellation_codes(error)
-            if codes[0] == "ConditionalCheckFailed":
-                raise Conflict(notebook_id)
-            if codes[2:] == ["ConditionalCheckFailed"]:
-                raise NameTaken(new_name)
-            raise
+        codes = self.transact(owner, [
+            {"Update": {"TableName": self.name, "Key": self.key(owner, notebook_id),
+                        "UpdateExpression": "SET " + expression,
+                        "ConditionExpression": "notebook_name = :old AND attribute_not_exists(deleting)",
+                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}},
+            {"Delete": {"TableName": self.name, "Key": self._claim(owner, old_name)}},
+            {"Put": {"TableName": self.name, "Item": {**self._claim(owner, new_name), "notebook_id": notebook_id},
+                     "ConditionExpression": "attribute_not_exists(sk)"}},
+        ])
+        if codes and codes[0] != "ConditionalCheckFailed" and codes[2] == "ConditionalCheckFailed":
+            raise NameTaken(new_name)
+        if codes:
+            raise Conflict(notebook_id)
 
-    def update(self, owner: str, notebook_id: str, changes: dict, remove: tuple = ()) -> bool:
-        """Set `changes` (and remove `remove`) on a live notebook; False if it is gone."""
+    def update(self, owner: str, notebook_id: str, changes: dict) -> bool:
+        """Set `changes` on a live notebook; False if it is gone."""
         expression, names, values = _set_clause(changes)
-        update = "SET " + expression
-        if remove:
-            names.update({f"#r{i}": field for i, field in enumerate(remove)})
-            update += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         return _conditional_update(
-            self._table, Key=self.key(owner, notebook_id), UpdateExpression=update,
+            self._table, Key=self.key(owner, notebook_id), UpdateExpression="SET " + expression,
             ConditionExpression="attribute_exists(sk) AND attribute_not_exists(deleting)",
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 
-    def remove_if(self, owner: str, notebook_id: str, field: str, expected: dict) -> bool:
-        """Remove map attribute `field` only if its entries still equal `expected`.
+    def set_schedules(self, owner: str, entries: list, limit: Optional[int] = None, committed: list = None) -> list:
+        """Store or clear the schedules of many notebooks, with the owner's counters.
 
-        A compare-and-delete: False (nothing changed) when `field` changed since it was
-        read, or the notebook is gone.
+        `entries`: (item as read, schedule or None, changes). Each write is conditional on
+        the notebook being live with its schedule present or absent as read, and the whole
+        is written in transactions of up to 99 notebooks. A notebook deleted meanwhile is
+        left out. QuotaExceeded when more than `limit` notebooks would be scheduled.
+        Appends each notebook written to `committed` (as it goes: a caller that undoes
+        a failed request knows what was written); returns the ids left out.
         """
-        names = {"#f": field, **{f"#k{i}": key for i, key in enumerate(expected)}}
-        values = {f":k{i}": value for i, value in enumerate(expected.values())}
-        condition = " AND ".join(f"#f.#k{i} = :k{i}" for i in range(len(expected)))
-        return _conditional_update(
-            self._table, Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #f",
-            ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-        )
+        gone = []
+        for chunk in _transaction_chunks(entries, 1):
+            for _ in range(_CONFLICT_ATTEMPTS):
+                codes = self.transact(owner, [self._schedule_action(owner, *entry) for entry in chunk],
+                                      self._schedule_tally(chunk, limit))
+                if codes is None:
+                    if committed is not None:
+                        committed.extend(item["notebook_id"] for item, _, _ in chunk)
+                    break
+                if codes[-1] == "ConditionalCheckFailed" and codes.count("ConditionalCheckFailed") == 1 \
+                        and limit is not None:
+                    raise QuotaExceeded("scheduled")
+                fresh = self.get_many(owner, [item["notebook_id"] for item, _, _ in chunk])
+                live = {nid: item for nid, item in fresh.items() if not item.get("deleting")}
+                gone += [item["notebook_id"] for item, _, _ in chunk if item["notebook_id"] not in live]
+                chunk = [(live[item["notebook_id"]], schedule, changes) for item, schedule, changes in chunk
+                         if item["notebook_id"] in live]
+                if not chunk:
+                    break
+            else:
+                raise Conflict("schedules")
+        return gone
+
+    def _schedule_action(self, owner: str, item: dict, schedule, changes: dict) -> dict:
+        expression, names, values = _set_clause({**changes, **({"schedule": schedule} if schedule else {})})
+        update = "SET " + expression + ("" if schedule else " REMOVE #schedule")
+        if not schedule:
+            names["#schedule"] = "schedule"
+        return {"Update": {"TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
+                           "UpdateExpression": update,
+                           "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                                                  + _schedule_presence(item),
+                           "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+
+    @staticmethod
+    def _schedule_tally(chunk: list, limit) -> Tally:
+        tally = Tally(scheduled_limit=limit)
+        for item, schedule, _ in chunk:
+            if schedule:
+                tally.schedules_set[item["notebook_id"]] = int(schedule["until_ms"])
+                tally.schedules_added += 0 if item.get("schedule") else 1
+            elif item.get("schedule"):
+                tally.schedules_removed.append(item["notebook_id"])
+        return tally
+
+    def expire_schedule(self, owner: str, notebook_id: str, expected: dict) -> bool:
+        """Remove the notebook's schedule (and count it off) only if it still holds
+        `expected` (its `until_ms` and `expression`): a compare-and-delete. False, changing
+        nothing, when it was replaced or removed since it was read."""
+        tally = Tally()
+        tally.schedules_removed.append(notebook_id)
+        codes = self.transact(owner, [{"Update": {
+            "TableName": self.name, "Key": self.key(owner, notebook_id), "UpdateExpression": "REMOVE #f",
+            "ConditionExpression": "attribute_not_exists(deleting) AND #f.#u = :u AND #f.#e = :e",
+            "ExpressionAttributeNames": {"#f": "schedule", "#u": "until_ms", "#e": "expression"},
+            "ExpressionAttributeValues": {":u": expected["until_ms"], ":e": expected["expression"]}}}], tally)
+        return codes is None
 
     def lock(self, owner: str, notebook_id: str, token: str, now_ms: int, lease_ms: int) -> bool:
         """Take the notebook's schedule lock for `lease_ms` (free, or its lease expired).
 
         False when another holder has it, or the notebook's item is gone.
         """
-        return _conditional_update(
-            self._table, Key=self.key(owner, notebook_id),
+        return _conditional_update(self._table, **self._lock_update(owner, notebook_id, token, now_ms, lease_ms))
+
+    def _lock_update(self, owner, notebook_id, token, now_ms, lease_ms) -> dict:
+        return dict(
+            Key=self.key(owner, notebook_id),
             UpdateExpression="SET schedule_lock = :token, schedule_lock_until = :until",
             ConditionExpression="attribute_exists(sk) AND "
                                 "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
             ExpressionAttributeValues={":token": token, ":until": now_ms + lease_ms, ":now": now_ms},
         )
 
+    def lock_many(self, owner: str, notebook_ids: list, token: str, now_ms: int, lease_ms: int) -> bool:
+        """Take the locks of up to 100 notebooks in one transaction: all of them, or (False)
+        none, when one is held or gone."""
+        actions = [{"Update": {"TableName": self.name, **self._lock_update(owner, nid, token, now_ms, lease_ms)}}
+                   for nid in notebook_ids]
+        return self.transact(owner, actions) is None
+
     def unlock(self, owner: str, notebook_id: str, token: str) -> None:
         """Release the schedule lock if `token` still holds it."""
-        _conditional_update(
-            self._table, Key=self.key(owner, notebook_id),
-            UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
-            ConditionExpression="schedule_lock = :token", ExpressionAttributeValues={":token": token},
-        )
+        _conditional_update(self._table, **self._unlock_update(owner, notebook_id, token))
+
+    def _unlock_update(self, owner, notebook_id, token) -> dict:
+        return dict(Key=self.key(owner, notebook_id), UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
+                    ConditionExpression="schedule_lock = :token", ExpressionAttributeValues={":token": token})
+
+    def unlock_many(self, owner: str, notebook_ids: list, token: str) -> None:
+        """Release the locks `token` holds, 100 per transaction (one by one where a chunk
+        holds a lock that was lost, e.g. to an expired lease)."""
+        for chunk in chunks(notebook_ids, _TRANSACTION_ACTIONS):
+            actions = [{"Update": {"TableName": self.name, **self._unlock_update(owner, nid, token)}} for nid in chunk]
+            if self.transact(owner, actions) is not None:
+                for notebook_id in chunk:
+                    self.unlock(owner, notebook_id, token)
 
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""
-        kwargs = {"IndexName": BY_CREATED, "KeyConditionExpression": "#o = :o",
-                  "ExpressionAttributeNames": {"#o": "owner"}, "ExpressionAttributeValues": {":o": owner}}
+        return self._query_page({"IndexName": BY_CREATED, "KeyConditionExpression": "#o = :o",
+                                 "ExpressionAttributeNames": {"#o": "owner"},
+                                 "ExpressionAttributeValues": {":o": owner}}, limit, start_key)
+
+    def _query_page(self, request: dict, limit, start_key) -> tuple:
+        """(items, next_key): one page of a Query of this table."""
         if limit:
-            kwargs["Limit"] = limit
+            request["Limit"] = limit
         if start_key:
-            kwargs["ExclusiveStartKey"] = start_key
-        page = self._table.query(**kwargs)
+            request["ExclusiveStartKey"] = start_key
+        page = self._client.query(TableName=self.name, **request)
         return page["Items"], page.get("LastEvaluatedKey")
 
     def all(self, owner: str) -> list:
         """Every notebook of `owner`, oldest first."""
-        items, start = [], None
-        while True:
-            page, start = self.page(owner, start_key=start)
-            items += page
-            if not start:
-                return items
+        return _every_page(lambda start: self.page(owner, start_key=start))
 
-    def note_run(self, owner: str, notebook_id: str, at_ms: int) -> None:
-        """Move `last_run` to `at_ms`, unless a later run is already there: conditional, so
-        runs recorded at the same time leave the latest, never an earlier one."""
-        _conditional_update(
-            self._table, Key=self.key(owner, notebook_id), UpdateExpression="SET last_run = :at",
-            ConditionExpression="attribute_exists(sk) AND (attribute_not_exists(last_run) OR last_run < :at)",
-            ExpressionAttributeValues={":at": at_ms},
-        )
+    def mark_deleting(self, owner: str, items: list) -> list:
+        """Flag these live notebooks as being deleted, so reads treat them as gone, and
+        count them (and their schedules) off, 99 per transaction. Returns the items
+        flagged now or before (a delete that failed halfway left its flag; the same
+        request again finishes it); a notebook gone meanwhile is left out."""
+        flagged = [item for item in items if item.get("deleting")]
+        pending = [item for item in items if not item.get("deleting")]
+        for chunk in _transaction_chunks(pending, 1):
+            for _ in range(_CONFLICT_ATTEMPTS):
+                tally = Tally(notebooks=-len(chunk))
+                tally.schedules_removed = [item["notebook_id"] for item in chunk if item.get("schedule")]
+                actions = [{"Update": {
+                    "TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
+                    "UpdateExpression": "SET deleting = :t", "ExpressionAttributeValues": {":t": True},
+                    "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                                           + _schedule_presence(item)}} for item in chunk]
+                if self.transact(owner, actions, tally) is None:
+                    flagged += chunk
+                    break
+                fresh = self.get_many(owner, [item["notebook_id"] for item in chunk])
+                flagged += [item for item in fresh.values() if item.get("deleting")]
+                chunk = [item for item in fresh.values() if not item.get("deleting")]
+                if not chunk:
+                    break
+            else:
+                raise Conflict("delete")
+        return flagged
 
-    def mark_deleting(self, owner: str, notebook_id: str):
-        """Flag the notebook as being deleted, so reads treat it as gone; its item, or None.
+    def remove(self, owner: str, items: list) -> None:
+        """Delete these flagged notebooks' items and name claims, 50 per transaction."""
+        for chunk in chunks(items, _TRANSACTION_ACTIONS // 2):
+            actions = []
+            for item in chunk:
+                actions += [
+                    {"Delete": {"TableName": self.name, "Key": self.key(owner, item["notebook_id"])}},
+                    {"Delete": {"TableName": self.name, "Key": self._claim(owner, item["notebook_name"]),
+                                "ConditionExpression": "attribute_not_exists(sk) OR notebook_id = :id",
+                                "ExpressionAttributeValues": {":id": item["notebook_id"]}}},
+                ]
+            if self.transact(owner, actions) is not None:
+                raise Conflict("remove")
 
-        A delete that fails halfway leaves the flag, and the same request again finishes it.
-        """
+    def run_pointer(self, owner: str, notebook_id: str, created_at: int, run_id: str) -> dict:
+        """The item that lists a run under its notebook."""
+        return {"owner": owner, "sk": f"{RUN_PREFIX}{notebook_id}#{created_at:015d}#{run_id}",
+                "notebook_id": notebook_id, "run_id": run_id}
+
+    def run_pointers(self, owner: str, notebook_id: str, limit=None, start_key=None, oldest_first=False) -> tuple:
+        """(pointers, next_key): the notebook's runs, newest first (a consistent Query)."""
+        return self._query_page({"KeyConditionExpression": "#o = :o AND begins_with(sk, :p)",
+                                 "ExpressionAttributeNames": {"#o": "owner"},
+                                 "ExpressionAttributeValues": {":o": owner, ":p": f"{RUN_PREFIX}{notebook_id}#"},
+                                 "ConsistentRead": True, "ScanIndexForward": oldest_first}, limit, start_key)
+
+    def all_run_pointers(self, owner: str, notebook_id: str) -> list:
+        """Every run pointer of the notebook, newest first."""
+        return _every_page(lambda start: self.run_pointers(owner, notebook_id, start_key=start))
+
+    def token(self, owner: str, token_hash: str, now_s: int):
+        """A Run token's item, or None if there is none or it expired."""
+        item = self._table.get_item(Key={"owner": owner, "sk": TOKEN_PREFIX + token_hash},
+                                    ConsistentRead=True).get("Item")
+        return item if item and int(item[TTL_ATTRIBUTE]) > now_s else None
+
+    def claim_token(self, owner: str, token_hash: str, request: dict, now_s: int, ttl_s: int) -> bool:
+        """Store a Run token with the request it stands for; False when another request
+        holds it (unexpired)."""
         try:
-            return self._table.update_item(
-                Key=self.key(owner, notebook_id), UpdateExpression="SET deleting = :t",
-                ConditionExpression="attribute_exists(sk)", ExpressionAttributeValues={":t": True},
-                ReturnValues="ALL_NEW",
-            )["Attributes"]
+            self._table.put_item(
+                Item={"owner": owner, "sk": TOKEN_PREFIX + token_hash, TTL_ATTRIBUTE: now_s + ttl_s, **request},
+                ConditionExpression="attribute_not_exists(sk) OR #e < :now",
+                ExpressionAttributeNames={"#e": TTL_ATTRIBUTE}, ExpressionAttributeValues={":now": now_s})
         except ClientError as error:
             if _is_condition_failure(error):
-                return None
+                return False
             raise
-
-    def remove(self, owner: str, notebook_id: str, name: str) -> None:
-        """Delete the notebook's item and its name claim together."""
-        self._client.transact_write_items(
-            TransactItems=[
-                {"Delete": {"TableName": self.name, "Key": self.key(owner, notebook_id)}},
-                {"Delete": {"TableName": self.name, "Key": self._claim(owner, name),
-                            "ConditionExpression": "attribute_not_exists(sk) OR notebook_id = :id",
-                            "ExpressionAttributeValues": {":id": notebook_id}}},
-            ]
-        )
+        return True
 
 
 class RunTable:
-    """Run records in the runs table.
+    """Run records in the runs table, listed under their notebooks in the notebooks table.
 
     Status moves only forward, each step a conditional write: queued → running (a run is
     claimed once, so a second delivery of the same invocation does nothing) → succeeded,
     failed or cancelled (a queued run may be cancelled too). A cancel of a running run is
     a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
-    requested can only end cancelled.
+    requested can only end cancelled. A run counts as active on its owner's counters from
+    its creation to its end, whichever (or its deletion), in the same transactions.
     """
+
+    # Per run: its record, its pointer, its notebook's update.
+    _ACTIONS_PER_RUN = 3
+    # Per run deleted: its record and its pointer.
+    _ACTIONS_PER_DELETION = 2
 
     def __init__(self, table, notebooks: NotebookTable):
         self._table = table
         self._client = table.meta.client
-        self._notebooks = notebooks
+        self.notebooks = notebooks
         self.name = table.name
 
-    def create(self, run: dict) -> bool:
-        """Store a new run and count it on its notebook, in one transaction, then move the
-        notebook's `last_run` to it, unless a later run got there first.
+    def create(self, owner: str, runs: list, active_limit: Optional[int] = None) -> Optional[str]:
+        """Store new runs of distinct notebooks of `owner`, all or nothing: each with its
+        pointer, counted on its notebook (`no_of_runs`, `runs_kept`, `last_run` moved to
+        it) and on the owner's active runs. At most `runs_per_transaction()` runs.
 
-        False when the notebook is gone (or being deleted) or the run id exists already.
+        None when written; else why not: "quota" (more than `active_limit` active runs),
+        "exists" (a run id is taken), "notebook" (a notebook is gone, being deleted, or
+        has a later `last_run`).
         """
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
-                    {"Update": {"TableName": self._notebooks.name,
-                                "Key": self._notebooks.key(run["owner"], run["notebook_id"]),
-                                "UpdateExpression": "ADD no_of_runs :one",
-                                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting)",
-                                "ExpressionAttributeValues": {":one": 1}}},
-                ]
-            )
-        except ClientError as error:
-            if _is_cancelled(error) and "ConditionalCheckFailed" in _cancellation_codes(error):
-                return False
-            raise
-        self._notebooks.note_run(run["owner"], run["notebook_id"], run["created_at"])
-        return True
+        actions = []
+        for run in runs:
+            actions += [
+                {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
+                {"Put": {"TableName": self.notebooks.name,
+                         "Item": self.notebooks.run_pointer(owner, run["notebook_id"], run["created_at"],
+                                                             run["run_id"])}},
+                {"Update": {"TableName": self.notebooks.name, "Key": self.notebooks.key(owner, run["notebook_id"]),
+                            "UpdateExpression": "ADD no_of_runs :one, runs_kept :one SET last_run = :at",
+                            "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                                                   "(attribute_not_exists(last_run) OR last_run < :at)",
+                            "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]}}},
+            ]
+        codes = self.notebooks.transact(owner, actions, Tally(runs_active=len(runs), runs_limit=active_limit))
+        if codes is None:
+            return None
+        failed = {index % self._ACTIONS_PER_RUN for index, code in enumerate(codes[:len(actions)])
+                  if code == "ConditionalCheckFailed"}
+        if 0 in failed:
+            return "exists"
+        return "notebook" if failed else "quota"
+
+    @classmethod
+    def runs_per_transaction(cls) -> int:
+        """How many runs `create` takes at once."""
+        return (_TRANSACTION_ACTIONS - 1) // cls._ACTIONS_PER_RUN
 
     def get(self, run_id: str):
         """The run's item, or None."""
         return self._table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item")
 
-    def for_notebook(self, notebook_id: str) -> list:
-        """Every run of the notebook, newest first."""
-        return all_items(
-            self._table.query, IndexName=BY_NOTEBOOK, KeyConditionExpression="notebook_id = :n",
-            ExpressionAttributeValues={":n": notebook_id}, ScanIndexForward=False,
-        )
+    def get_many(self, run_ids) -> dict:
+        """run id -> item of those that exist; 100 per call."""
+        keys = [{"run_id": run_id} for run_id in dict.fromkeys(run_ids)]
+        return {item["run_id"]: item for item in batch_get(self._client, self.name, keys)}
 
     def unfinished(self) -> list:
         """Every run still queued or running: a Scan, for the local stack's start only."""
@@ -338,23 +609,57 @@ class RunTable:
                          ExpressionAttributeNames={"#status": "status"},
                          ExpressionAttributeValues={":queued": "queued", ":running": "running"})
 
-    def transition(self, run_id: str, expected_status: str, changes: dict, unless_cancelling: bool = False) -> bool:
-        """Apply `changes` if the run is still in `expected_status` (and, with
-        `unless_cancelling`, no cancel has been requested)."""
+    def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
+        """Apply `changes` if the run is still in `expected_status` (its status stays
+        active: for an end, see `end`)."""
         expression, names, values = _set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
-        condition = "#status = :expected"
-        if unless_cancelling:
-            condition += " AND attribute_not_exists(cancel_requested_at)"
         return _conditional_update(
             self._table, Key={"run_id": run_id}, UpdateExpression="SET " + expression,
-            ConditionExpression=condition,
+            ConditionExpression="#status = :expected",
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 
-    def delete(self, run_ids) -> None:
-        """Delete these run records."""
-        with self._table.batch_writer() as batch:
-            for run_id in run_ids:
-                batch.delete_item(Key={"run_id": run_id})
+    def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
+        """Apply `changes` (a final status among them) if the run is still in the status
+        it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
+        counting it off the owner's active runs in the same transaction."""
+        expression, names, values = _set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = run["status"]
+        condition = "#status = :expected"
+        if unless_cancelling:
+            condition += " AND attribute_not_exists(cancel_requested_at)"
+        action = {"Update": {"TableName": self.name, "Key": {"run_id": run["run_id"]},
+                             "UpdateExpression": "SET " + expression, "ConditionExpression": condition,
+                             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+        active = run["status"] in ACTIVE and changes.get("status") in TERMINAL
+        return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
+
+    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None) -> None:
+        """Delete these runs (given by their pointers) with their pointers, counting the
+        active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
+        that notebook's `runs_kept`. A run whose status changes meanwhile is read again."""
+        for chunk in _transaction_chunks(pointers, self._ACTIONS_PER_DELETION):
+            for _ in range(_CONFLICT_ATTEMPTS):
+                runs = self.get_many(pointer["run_id"] for pointer in chunk)
+                actions, active = [], 0
+                for pointer in chunk:
+                    run = runs.get(pointer["run_id"])
+                    condition = ({"ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                                  "ExpressionAttributeValues": {":s": run["status"]}} if run
+                                 else {"ConditionExpression": "attribute_not_exists(run_id)"})
+                    active += 1 if run and run["status"] in ACTIVE else 0
+                    actions += [{"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
+                                {"Delete": {"TableName": self.notebooks.name,
+                                            "Key": {"owner": owner, "sk": pointer["sk"]}}}]
+                if notebook_id:
+                    actions.append({"Update": {
+                        "TableName": self.notebooks.name, "Key": self.notebooks.key(owner, notebook_id),
+                        "UpdateExpression": "ADD runs_kept :minus", "ConditionExpression": "attribute_exists(sk)",
+                        "ExpressionAttributeValues": {":minus": -len(chunk)}}})
+                if self.notebooks.transact(owner, actions, Tally(runs_active=-active)) is None:
+                    break
+            else:
+                raise Conflict("runs")

@@ -20,6 +20,21 @@ def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict
     return operation
 
 
+def _redirected(operation: dict) -> dict:
+    """An answer that, past Lambda's 6 MB, is a 303 to the same content in S3."""
+    return {**operation, "responses": {**operation["responses"], "303": {
+        "description": "Over Lambda's 6 MB response limit: the same content at a 5-minute S3 link in Location"}}}
+
+
+def _paged(operation: dict) -> dict:
+    """An array answer with `limit`/`next_token` paging, redirected when too large."""
+    responses = _redirected(operation)["responses"]
+    responses["200"] = {**responses["200"], "headers": {"X-Next-Token": {"schema": {"type": "string"}}}}
+    return {**operation, "responses": responses, "parameters": [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}
+
+
 def _path_id(name: str) -> list:
     return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -35,7 +50,11 @@ def document() -> dict:
         "period": {"type": "string", "example": "Monday"}, "time": {"type": "string", "example": "06:50"}}}
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
     run_body = {"type": "object", "required": ["nbkIds", "module"], "properties": {
-        "nbkIds": _IDS, "module": {"type": "string"}, "parameters": {"type": "object"}}}
+        "nbkIds": _IDS, "module": {"type": "string"},
+        "parameters": {"type": "object", "description": "papermill parameters; at most "
+                       "NOTEBOOKS_MAX_PARAMETERS_BYTES (64 KiB) as JSON"},
+        "client_token": {"type": "string", "maxLength": 255,
+                         "description": "the same token again (24 h) creates no new runs"}}}
     runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
         "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
     nb = "/_notebooks/notebooks"
@@ -49,12 +68,13 @@ def document() -> dict:
             "delete": _operation("Delete notebooks", {"oneOf": [word, _ERROR]}, ids_body),
             "put": _operation("Rename without an id: always 400 `Notebook ID is missing`", _ERROR, {"type": "object"}),
         },
-        nb + "/_all": {"get": {**_operation("List the caller's notebooks, oldest first",
-                                            {"type": "array", "items": notebook}),
-                               "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                                              {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}},
+        nb + "/_all": {"get": _paged(_operation("List the caller's notebooks, oldest first",
+                                                {"type": "array", "items": notebook}))},
         nb + "/_count": {"get": _operation("Count the caller's notebooks", {"type": "object"})},
-        nb + "/_run": {m: _operation("Run notebooks now", runs_started, run_body) for m in ("get", "post")},
+        nb + "/_run": {m: {**_operation("Run notebooks now", runs_started, run_body, errors=(400, 409, 429)),
+                           "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                           "schema": {"type": "string", "maxLength": 255}}]}
+                       for m in ("get", "post")},
         nb + "/_schedule": {m: _operation("Schedule notebooks weekly or daily", word, schedule_body)
                             for m in ("get", "post")},
         nb + "/_unschedule": {m: _operation("Unschedule notebooks", word, ids_body) for m in ("get", "post")},
@@ -71,14 +91,15 @@ def document() -> dict:
             "put": _operation("Replace the notebook file", word, ipynb, errors=(400, 413)),
         },
         nb + "/{notebook_id}/runs": {"parameters": _path_id("notebook_id"),
-                                     "get": _operation("The notebook's runs, newest first",
-                                                       {"type": "array", "items": run})},
+                                     "get": _paged(_operation("The notebook's runs, newest first",
+                                                              {"type": "array", "items": run}))},
         "/_notebooks/runs/{run_id}": {"parameters": _path_id("run_id"),
                                       "get": _operation("One run", run, errors=(404,))},
         "/_notebooks/runs/{run_id}/output": {
             "parameters": _path_id("run_id") + [{"name": "format", "in": "query",
                                                  "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
-            "get": _operation("The executed notebook (format=html: a rendered page)", ipynb, errors=(400, 404)),
+            "get": _redirected(_operation("The executed notebook (format=html: a rendered page)", ipynb,
+                                          errors=(400, 404, 413))),
         },
         "/_notebooks/runs/{run_id}/cancel": {
             "parameters": _path_id("run_id"),

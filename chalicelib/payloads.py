@@ -2,13 +2,15 @@
 
 Nothing here touches storage, so a request that fails validation changes nothing.
 """
+import base64
+import binascii
 import json
 import keyword
 import math
 import re
 import unicodedata
 
-import json5
+import pyjson5
 
 from .errors import MISSING_NEW_NAME, MODULE_REQUIRED, bad_request
 
@@ -40,7 +42,8 @@ def parse_body(raw, lenient: bool = False) -> dict:
 
     Strict JSON: no NaN or Infinity, no lone surrogates (they cannot be stored as
     UTF-8), no nesting deeper than Python can walk. `lenient` also accepts JSON5
-    (unquoted keys), which the seed's own Run sample uses.
+    (unquoted keys), which the seed's own Run sample uses, with pyjson5: compiled, its
+    cost linear in the body's size, so a malformed body of megabytes costs milliseconds.
     """
     if raw is None or not raw.strip():
         return {}
@@ -56,10 +59,11 @@ def parse_body(raw, lenient: bool = False) -> dict:
             if not lenient:
                 raise
             try:
-                value = json5.loads(text, **options)
-            except ValueError:
+                value = pyjson5.loads(text)
+            except pyjson5.Json5Exception:
                 raise strict_error
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # JSON5 allows NaN and Infinity, which JSON has no words for.
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
         raise bad_request(f"Malformed JSON in request body: {error}")
     except RecursionError:
@@ -170,8 +174,9 @@ def module_name(body: dict) -> str:
     return value
 
 
-def parameters(body: dict) -> dict:
-    """The Run request's optional papermill `parameters`: an object keyed by Python names."""
+def parameters(body: dict, max_bytes: int) -> dict:
+    """The Run request's optional papermill `parameters`: an object keyed by Python names,
+    at most `max_bytes` as JSON (it is stored with each run)."""
     value = body.get("parameters")
     if value is None:
         return {}
@@ -180,7 +185,48 @@ def parameters(body: dict) -> dict:
     for key in value:
         if not key.isidentifier() or keyword.iskeyword(key):
             raise bad_request(f"parameters keys must be Python identifiers: {key!r} is not")
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > max_bytes:
+        raise bad_request(f"parameters are too large: {size} bytes as JSON, at most {max_bytes}")
     return value
+
+
+MAX_CLIENT_TOKEN_LENGTH = 255
+
+
+def client_token(body: dict, header) -> str:
+    """A Run's optional idempotency token: the `Idempotency-Key` header, else `client_token`
+    in the body; None when neither is given."""
+    value, field = (header, "Idempotency-Key") if header is not None else (body.get("client_token"), "client_token")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{field} must be a non-empty string")
+    if len(value) > MAX_CLIENT_TOKEN_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_CLIENT_TOKEN_LENGTH} characters")
+    return value
+
+
+def page_token(key) -> str:
+    """The `next_token` of a DynamoDB LastEvaluatedKey (None: no next page)."""
+    if not key:
+        return None
+    plain = {name: (int(value) if not isinstance(value, str) else value) for name, value in key.items()}
+    return base64.urlsafe_b64encode(json.dumps(plain).encode("utf-8")).decode("ascii")
+
+
+def page_key(token, valid) -> dict:
+    """The LastEvaluatedKey in a `next_token` (None when there is none); a 400 unless
+    `valid(key)` holds, so a client cannot read past what it may see."""
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
+        key = None
+    if not isinstance(key, dict) or not valid(key):
+        raise bad_request("next_token is invalid")
+    return key
 
 
 def page_limit(value, maximum: int) -> int:

@@ -6,6 +6,7 @@ waiting (an `Event` invocation of the runner function: in AWS, or the local Lamb
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
 `failed` once its deadline passes.
 """
+import hashlib
 import json
 import logging
 import threading
@@ -17,9 +18,13 @@ from typing import Optional
 import nbformat
 
 from . import html, payloads
+from .batches import chunks, in_parallel
 from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, RUN_NOT_FOUND, ApiError, bad_request
 from .files import notebook_key, output_key, outputs_prefix
-from .notebooks import now_ms, serialise
+from .metadata import RUN_PREFIX
+from .notebooks import now_ms
+from .outputs import fit_output
+from .responses import lambda_payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,9 @@ CANCEL_POLL_SECONDS = 2.0
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
 CANCEL_DEADLINE_SECONDS = 60
+# A Run's client token stands for its first request this long.
+TOKEN_SECONDS = 24 * 3600
+RECORD_ATTEMPTS = 5
 
 
 def run_view(item: dict) -> dict:
@@ -74,6 +82,11 @@ class RunOutput:
     location: Optional[str] = None
 
 
+def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
+    """The one run id a client token gives a notebook: a retry records the same run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}"))
+
+
 class RunService:
     """Runs as the API sees them: start, read, list, outputs; and run records for the runner."""
 
@@ -85,30 +98,71 @@ class RunService:
         self._settings = settings
         self._clock = clock
 
-    def start(self, owner: str, body: dict) -> dict:
+    @property
+    def max_output_bytes(self) -> int:
+        """The largest executed notebook the runner stores."""
+        return self._settings.max_output_bytes
+
+    def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
         """Validate the whole request, record one queued run per notebook, dispatch them.
 
-        Any unknown id: 400 and nothing runs. Answers before any notebook executes.
+        Any unknown id: 400 and nothing runs. Answers before any notebook executes. With
+        a client token (`Idempotency-Key` or `client_token`), the same request again
+        creates no new runs: it answers the first one's runs, recording and dispatching
+        any that a first attempt cut short did not.
         """
         field = "nbk_ids" if "nbkIds" not in body and "nbk_ids" in body else "nbkIds"
         ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
         module = payloads.module_name(body)
-        parameters = payloads.parameters(body)
-        items = [self._notebooks.live(owner, notebook_id) for notebook_id in ids]
-        if None in items:
-            raise bad_request(NOTEBOOK_ID_INVALID)
-        runs = []
-        for item in items:
-            run = self.record(owner, item["notebook_id"], MANUAL, module=module, parameters=parameters)
-            if run is None:  # deleted since we looked; the runs recorded so far are dispatched
-                raise bad_request(NOTEBOOK_ID_INVALID)
-            self._dispatch(run)
-            runs.append(run)
+        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
+        token = payloads.client_token(body, idempotency_key)
+        items = self._notebooks.require_many(owner, ids)
+        if token is None:
+            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters) for item in items]
+            self._check_quota(owner, len(runs))
+            self._record_and_dispatch(owner, runs, items)
+        else:
+            runs = self._start_once(owner, token, items, module, parameters)
         return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
 
-    def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
-        """Create a queued run and count it on its notebook; None if the notebook is gone
-        or `run_id` exists already."""
+    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
+        """The runs of the first request with `token`, recorded and dispatched once."""
+        token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        now_s = int(self._clock())
+        request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
+                   "parameters": json.dumps(parameters)}
+        first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
+        if not first:
+            request = self._table.notebooks.token(owner, token_hash, now_s)
+            if request is None:  # expired between our two reads
+                raise ApiError(409, "The client token is being reused; try again")
+            live = self._table.notebooks.get_many(owner, request["notebook_ids"])
+            items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
+        runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
+                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item))
+                for item in items]
+        existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
+        missing = [run for run in runs if run["run_id"] not in existing]
+        if missing:
+            self._check_quota(owner, len(missing))
+            self._record_and_dispatch(owner, missing, [item for item in items
+                                                       if item["notebook_id"] in {r["notebook_id"] for r in missing}])
+        # A first attempt cut short may have recorded runs it never dispatched; the runner
+        # claims a run once, so dispatching a queued run again is harmless.
+        self._dispatch_all([run for run in existing.values() if run["status"] == QUEUED])
+        return [existing.get(run["run_id"], run) for run in runs]
+
+    def _check_quota(self, owner: str, adding: int) -> None:
+        active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
+        if active + adding > self._settings.max_active_runs:
+            raise self._quota_error(active)
+
+    def _quota_error(self, active) -> ApiError:
+        limit = self._settings.max_active_runs
+        return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
+                             f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
+
+    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None) -> dict:
         created = now_ms(self._clock)
         run = {
             "run_id": run_id or str(uuid.uuid4()),
@@ -122,7 +176,81 @@ class RunService:
         }
         if module is not None:
             run["module"] = module
-        return run if self._table.create(run) else None
+        return run
+
+    def _record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
+        """Record `runs` (up to 33 per transaction), then dispatch them concurrently; the
+        runs recorded before a failure are dispatched too, then the failure is raised."""
+        recorded = []
+        try:
+            for chunk in chunks(runs, self._table.runs_per_transaction()):
+                recorded += self._record_chunk(owner, chunk, self._settings.max_active_runs)
+        finally:
+            self._dispatch_all(recorded)
+        self._expire_old_runs(owner, items)
+
+    def _record_chunk(self, owner: str, runs: list, active_limit) -> list:
+        for _ in range(RECORD_ATTEMPTS):
+            why = self._table.create(owner, runs, active_limit)
+            if why is None:
+                return runs
+            if why == "quota":
+                raise self._quota_error(int(self._table.notebooks.counts(owner).get("runs_active", 0)))
+            if why == "exists":  # a concurrent attempt with the same client token got there first
+                taken = self._table.get_many(run["run_id"] for run in runs)
+                runs = [run for run in runs if run["run_id"] not in taken]
+                if not runs:
+                    return []
+                continue
+            items = self._table.notebooks.get_many(owner, [run["notebook_id"] for run in runs])
+            if any(run["notebook_id"] not in items or items[run["notebook_id"]].get("deleting") for run in runs):
+                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted since we looked
+            # A later `last_run` (a clock behind another's): record these just after it.
+            latest = max(int(item.get("last_run", 0)) for item in items.values())
+            created = max(now_ms(self._clock), latest + 1)
+            runs = [{**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
+                    for run in runs]
+        raise ApiError(409, "The notebooks were changed by other requests meanwhile; try again")
+
+    def _dispatch_all(self, runs: list) -> None:
+        in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
+
+    def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
+        """Create a queued run and count it on its notebook; None if the notebook is gone
+        or `run_id` exists already. (Schedule firings: the active-runs quota does not
+        refuse them; the scheduled-notebooks quota bounds them.)"""
+        item = self._notebooks.live(owner, notebook_id)
+        if item is None:
+            return None
+        run = self._new_run(owner, item["notebook_id"], trigger, module, parameters, run_id)
+        try:
+            recorded = self._record_chunk(owner, [run], None)
+        except ApiError:
+            return None
+        if not recorded:
+            return None
+        self._expire_old_runs(owner, [item])
+        return recorded[0]
+
+    def _expire_old_runs(self, owner: str, items: list) -> None:
+        """Keep at most `max_runs_kept` runs per notebook: each notebook that had that many
+        before this run loses its oldest (outputs first, then records). Best effort: what
+        fails here is expired after the notebook's next run."""
+        keep = self._settings.max_runs_kept
+        over = [(item, int(item.get("runs_kept", 0)) + 1 - keep) for item in items
+                if int(item.get("runs_kept", 0)) + 1 > keep]
+
+        def expire(entry):
+            item, excess = entry
+            pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
+                                                             oldest_first=True)
+            self._files.delete_many([output_key(owner, item["notebook_id"], p["run_id"]) for p in pointers])
+            self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
+
+        try:
+            in_parallel(expire, over, self._settings.aws_concurrency)
+        except Exception:  # noqa: BLE001 - the runs were recorded; expiry catches up later
+            log.exception("expiring old runs of %s failed", owner)
 
     def _dispatch(self, run: dict) -> None:
         try:
@@ -153,42 +281,72 @@ class RunService:
         """One run of the owner (another owner's is answered like an unknown one)."""
         return run_view(self._require(owner, run_id))
 
-    def for_notebook(self, owner: str, notebook_id) -> list:
-        """The notebook's runs, newest first."""
+    def for_notebook(self, owner: str, notebook_id, limit=None, next_token=None) -> tuple:
+        """(the notebook's runs newest first, next page's token or None): all of them (at
+        most `max_runs_kept`), or a page of `limit`."""
         item = self._notebooks.require(owner, notebook_id)
-        return [run_view(self._reap(run)) for run in self._table.for_notebook(item["notebook_id"])]
+        nid = item["notebook_id"]
+        prefix = f"{RUN_PREFIX}{nid}#"
+        start = payloads.page_key(next_token, lambda key: (
+            set(key) == {"owner", "sk"} and key["owner"] == owner and isinstance(key["sk"], str)
+            and key["sk"].startswith(prefix)))
+        if limit is None and start is None:
+            pointers, last_key = self._table.notebooks.all_run_pointers(owner, nid), None
+        else:
+            pointers, last_key = self._table.notebooks.run_pointers(owner, nid, limit, start)
+        runs = self._table.get_many(pointer["run_id"] for pointer in pointers)
+        views = [run_view(self._reap(runs[p["run_id"]])) for p in pointers if p["run_id"] in runs]
+        return views, payloads.page_token(last_key)
 
     def output(self, owner: str, run_id: str, output_format: str = "ipynb") -> "RunOutput":
         """The run's executed notebook (while it runs: its latest checkpoint), as nbformat
         JSON or (`html`) a sanitised page.
 
-        A response is capped at what Lambda returns (the body limit): a larger notebook is
-        offered as a short-lived S3 download link instead, a larger page is refused.
+        A response is capped at what Lambda returns: the stored object's size (a HEAD,
+        before reading anything) decides; a larger notebook is offered as a short-lived
+        S3 download link instead, a larger page is refused.
         """
         if output_format not in ("ipynb", "json", "html"):
             raise bad_request("format must be html or ipynb")
         run = self._require(owner, run_id)
         key = output_key(owner, run["notebook_id"], run["run_id"])
+        size = self._files.size(key)
+        if size is None:
+            raise ApiError(404, "Run output not available yet")
+        limit = self._settings.max_response_bytes
+        too_large_page = ApiError(413, f"Run output too large to show as HTML (over {limit} bytes): "
+                                       "download it with format=ipynb")
+        if size > limit:
+            if output_format == "html":
+                raise too_large_page
+            return RunOutput("", {}, location=self._files.download_url(key))
         data = self._files.get(key)
         if data is None:
             raise ApiError(404, "Run output not available yet")
         notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
-        limit = self._settings.max_body_bytes
         if output_format == "html":
             page = html.render(notebook)
-            if len(page.encode("utf-8")) > limit:
-                raise ApiError(413, f"Run output too large to show as HTML (over {limit} bytes): "
-                                    "download it with format=ipynb")
+            if lambda_payload_bytes(page) > limit:
+                raise too_large_page
             return RunOutput(page, html.HEADERS)
         body = json.dumps(notebook)
-        if len(body.encode("utf-8")) > limit:
+        if lambda_payload_bytes(body) > limit:
             return RunOutput("", {}, location=self._files.download_url(key))
         return RunOutput(body, {"Content-Type": "application/json"})
 
-    def forget_notebook(self, owner: str, item: dict) -> None:
-        """Delete the runs of a deleted notebook: outputs first, then records."""
-        self._files.delete_prefix(outputs_prefix(owner, item["notebook_id"]))
-        self._table.delete([run["run_id"] for run in self._table.for_notebook(item["notebook_id"])])
+    def forget_notebooks(self, owner: str, items: list) -> None:
+        """Delete the runs of deleted notebooks: outputs first, then records. Their runs
+        are found by consistent Queries (a Query and a listing per notebook that ever
+        ran, concurrently); then deleted in batches."""
+        ran = [item for item in items if int(item.get("no_of_runs", 0))]
+
+        def find(item):
+            return (self._table.notebooks.all_run_pointers(owner, item["notebook_id"]),
+                    self._files.keys_under(outputs_prefix(owner, item["notebook_id"])))
+
+        found = in_parallel(find, ran, self._settings.aws_concurrency)
+        self._files.delete_many([key for _, keys in found for key in keys])
+        self._table.delete(owner, [pointer for pointers, _ in found for pointer in pointers])
 
     def claim(self, run_id: str):
         """Move a queued run to running; the run, or None if another delivery has it."""
@@ -206,20 +364,23 @@ class RunService:
         """Record cells done out of cells total on a running run."""
         self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
 
-    def finish(self, run_id: str, status: str, error=None, expected_status: str = RUNNING) -> bool:
-        """End the run as `status` (with `error` for a failure); False if it was not
-        `expected_status` any more (e.g. declared lost meanwhile)."""
-        changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
-        return self._table.transition(run_id, expected_status, changes)
+    def finish(self, run_id: str, status: str, error=None, expected_status: str = RUNNING,
+               unless_cancelling: bool = False) -> bool:
+        """End the run as `status` (with `error` for a failure), counting it off its
+        owner's active runs; False if it was not `expected_status` any more (e.g. declared
+        lost meanwhile, or deleted) or, with `unless_cancelling`, a cancel was requested."""
+        run = self._table.get(run_id)
+        if run is None or run["status"] != expected_status:
+            return False
+        return self._table.end(run, {"status": status, "finished_at": now_ms(self._clock), "error": error},
+                               unless_cancelling)
 
     def conclude(self, run_id: str, status: str, error=None):
         """End a running run as `status`, or as `cancelled` if a cancel was requested
         meanwhile; the final status, or None if the run was not running any more (declared
         lost, or deleted with its notebook). Exactly one final status wins any race."""
-        if status != CANCELLED:
-            changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
-            if self._table.transition(run_id, RUNNING, changes, unless_cancelling=True):
-                return status
+        if status != CANCELLED and self.finish(run_id, status, error, unless_cancelling=True):
+            return status
         if self.finish(run_id, CANCELLED):
             return CANCELLED
         return None
@@ -283,9 +444,10 @@ class RunService:
         return self._end_for_runner(run, FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
 
     def _end_for_runner(self, run: dict, status: str, error) -> dict:
-        """End a run that its runner did not end; the run as it is now."""
+        """End a run that its runner did not end, counting it off its owner's active runs;
+        the run as it is now."""
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
-        if self._table.transition(run["run_id"], run["status"], changes):
+        if self._table.end(run, changes):
             return {**run, **changes}
         return self._table.get(run["run_id"])
 
@@ -333,17 +495,19 @@ class RunExecutor:
                 self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
                                                          "evalue": "The notebook was deleted before it ran"})
                 return FAILED
-            target = output_key(owner, notebook_id, run_id)
+            target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
             with _CancelWatch(lambda: self._runs.cancel_requested(run_id), self._runner.cancel):
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
                     on_progress=lambda done, total: self._runs.progress(run_id, done, total),
-                    on_checkpoint=lambda notebook: self._files.put(target, serialise(notebook)),
+                    on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
                 )
-            self._files.put(target, serialise(execution.notebook))
-            status = CANCELLED if execution.cancelled else FAILED if execution.error else SUCCEEDED
-            final = self._runs.conclude(run_id, status, error=execution.error)
+            output, too_large = fit_output(execution.notebook, limit)
+            self._files.put(target, output)
+            error = execution.error or too_large
+            status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
+            final = self._runs.conclude(run_id, status, error=error)
             if final is None and self._runs.is_gone(run_id):
                 self._files.delete(target)  # the notebook was deleted while it ran: leave no output
             return final or status

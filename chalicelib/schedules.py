@@ -8,6 +8,8 @@ leaves at worst a harmless rule without a stored schedule (the runner asks
 notebook that reads Scheduled but has no rule:
 - schedule: rule and target first, then the item; if the item is gone (deleted
   meanwhile), the rule is removed again. An AWS refusal rolls back the whole request.
+  Each stored schedule is counted on its owner's counters in the same transaction
+  (metadata.py), which also enforces the scheduled-notebooks quota.
 - unschedule: the item first, then the rule.
 - expire: the item (conditionally: only if it still holds the expired schedule), then
   the rule.
@@ -30,7 +32,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from . import cron, payloads
 from .aws import error_code, is_transient
-from .errors import NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED, ApiError, bad_request
+from .batches import chunks, in_parallel
+from .errors import NOTEBOOK_IDS_REQUIRED, ApiError, bad_request
+from .metadata import QuotaExceeded
 from .notebooks import now_ms
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ _MINUTE_MS = 60_000
 # holder's lease runs out after that.
 LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
+_LOCKS_PER_TRANSACTION = 100
 
 
 def _reason(error: Exception) -> str:
@@ -97,6 +102,7 @@ class Scheduler:
         Body: `nbk_ids`, `until` ("YYYY-MM-DD HH:MM"), optional `period` (a weekday) and
         `time` ("HH:MM"). Every input is checked before anything changes; if AWS refuses
         a step, everything this request changed is put back and the answer is a 400.
+        Rules are written concurrently, stored schedules 99 per transaction.
         """
         items = self._owned_items(owner, body)
         now = self._clock()
@@ -108,51 +114,65 @@ class Scheduler:
             "period": spec.period, "time": spec.time, "until": spec.until,
             "until_ms": int(spec.until_utc.timestamp() * 1000), "expression": spec.expression,
         }
-        changes = {"schedule": record, "updated_at": int(now * 1000), "updated_by": owner}
+        changes = {"updated_at": int(now * 1000), "updated_by": owner}
         ids = [item["notebook_id"] for item in items]
+        limit = self._settings.max_scheduled
         with self._locked(owner, ids):
             # Read again under the lock: the roll-back restores what was there just before.
-            items = [item for item in map(lambda nid: self._notebooks.live(owner, nid), ids) if item]
-            touched = []
+            items = list(self._notebooks.live_items(owner, ids).values())
+            self._check_quota(owner, sum(1 for item in items if not item.get("schedule")))
+            committed = []
             try:
-                for item in items:
-                    touched.append(item)
-                    self._install(owner, item["notebook_id"], record)
-                    if not self._table.update(owner, item["notebook_id"], changes):
-                        self._remove_rule(item["notebook_id"])  # deleted meanwhile: leave no rule behind
+                self._in_parallel(lambda item: self._install(owner, item["notebook_id"], record), items)
+                gone = self._table.set_schedules(owner, [(item, record, changes) for item in items], limit, committed)
+                self._in_parallel(self._remove_rule, gone)  # deleted meanwhile: leave no rule behind
             except Exception as error:
-                self._roll_back(owner, touched)
+                self._roll_back(owner, items, record, committed)
+                if isinstance(error, QuotaExceeded):
+                    raise self._quota_error() from error
                 _refuse(error)
                 raise
+
+    def _check_quota(self, owner: str, adding: int) -> None:
+        if int(self._table.counts(owner).get("scheduled", 0)) + adding > self._settings.max_scheduled:
+            raise self._quota_error()
+
+    def _quota_error(self) -> ApiError:
+        return ApiError(400, _FAILURE + f"scheduled notebooks quota reached: at most {self._settings.max_scheduled} "
+                                        "per user (NOTEBOOKS_MAX_SCHEDULED)")
 
     def unschedule(self, owner: str, body: dict) -> None:
         """Remove the schedules of the listed notebooks (`nbk_ids`); idempotent.
 
-        Ids are all checked first. If AWS fails midway, the notebooks already done stay
-        unscheduled and the same request again finishes the rest.
+        Ids are all checked first. If AWS fails midway, what was done is put back (never a
+        rule without its stored schedule), and the same request again does it all.
         """
         ids = [item["notebook_id"] for item in self._owned_items(owner, body)]
         changes = {"updated_at": now_ms(self._clock), "updated_by": owner}
         try:
             with self._locked(owner, ids):
-                for notebook_id in ids:
-                    item = self._notebooks.live(owner, notebook_id)  # under the lock: what to restore
-                    if item is None:
-                        continue
-                    try:
-                        self._table.update(owner, notebook_id, changes, remove=("schedule",))
-                        self._remove_rule(notebook_id)
-                    except Exception:
-                        self._roll_back(owner, [item])  # never a rule without its stored schedule
-                        raise
+                items = list(self._notebooks.live_items(owner, ids).values())  # under the lock: what to restore
+                committed = []
+                try:
+                    self._table.set_schedules(owner, [(item, None, changes) for item in items], committed=committed)
+                    self._in_parallel(self._remove_rule, ids)
+                except Exception:
+                    self._roll_back(owner, items, None, committed)  # never a rule without its stored schedule
+                    raise
         except (ClientError, BotoCoreError) as error:
             _refuse(error)
             raise
 
-    def forget_notebook(self, owner: str, item: dict) -> None:
-        """Remove a deleted notebook's rule and target, if any (NotebookService.delete calls it)."""
-        with self._locked(owner, [item["notebook_id"]]):
-            self._remove_rule(item["notebook_id"])
+    def forget_notebooks(self, owner: str, items: list) -> None:
+        """Remove deleted notebooks' rules and targets (NotebookService.delete calls it).
+
+        Only a notebook with a stored schedule, or a schedule change under way (its lock),
+        can have a rule; a rule left by a request that died is removed at its firing.
+        """
+        ids = [item["notebook_id"] for item in items if item.get("schedule") or item.get("schedule_lock")]
+        if ids:
+            with self._locked(owner, ids):
+                self._in_parallel(self._remove_rule, ids)
 
     def expire_if_past(self, owner: str, notebook_id: str) -> bool:
         """For the runner, when a scheduled event arrives: True means do not run.
@@ -175,29 +195,36 @@ class Scheduler:
         # Conditional: a reschedule between our read and this write keeps its schedule and rule.
         expired = {"until_ms": schedule["until_ms"], "expression": schedule["expression"]}
         with self._locked(owner, [canonical]):
-            if self._table.remove_if(owner, canonical, "schedule", expired):
+            if self._table.expire_schedule(owner, canonical, expired):
                 self._remove_rule(canonical)
         return True
+
+    def _in_parallel(self, work, items) -> list:
+        return in_parallel(work, list(items), self._settings.aws_concurrency)
 
     @contextmanager
     def _locked(self, owner: str, notebook_ids: list):
         """Hold the schedule locks of these notebooks (in id order, so two requests never
         wait on each other in a circle): a notebook's rule and stored schedule change
-        together, one request at a time. A notebook whose item is gone needs no lock."""
+        together, one request at a time. A notebook whose item is gone needs no lock.
+        Locks are taken 100 per transaction; a hundred not free at once, one by one."""
         token, held = uuid.uuid4().hex, []
         try:
-            for notebook_id in sorted(set(notebook_ids)):
-                if self._acquire(owner, notebook_id, token):
-                    held.append(notebook_id)
+            for chunk in chunks(sorted(set(notebook_ids)), _LOCKS_PER_TRANSACTION):
+                if self._table.lock_many(owner, chunk, token, now_ms(self._clock), LOCK_LEASE_MS):
+                    held += chunk
+                    continue
+                for notebook_id in chunk:
+                    if self._acquire(owner, notebook_id, token):
+                        held.append(notebook_id)
             yield
         finally:
-            for notebook_id in held:
-                try:
-                    self._table.unlock(owner, notebook_id, token)
-                except (ClientError, BotoCoreError) as error:
-                    # The work is done; the lock's lease frees it for the next request.
-                    logger.warning("schedule unlock of %s failed (%s): its lease will free it",
-                                   notebook_id, _reason(error))
+            try:
+                self._table.unlock_many(owner, held, token)
+            except (ClientError, BotoCoreError) as error:
+                # The work is done; the locks' leases free them for the next request.
+                logger.warning("schedule unlock of %d notebooks failed (%s): their leases will free them",
+                               len(held), _reason(error))
 
     def _acquire(self, owner: str, notebook_id: str, token: str) -> bool:
         deadline = time.monotonic() + _LOCK_WAIT_SECONDS
@@ -213,13 +240,7 @@ class Scheduler:
     def _owned_items(self, owner: str, body: dict) -> list:
         """The items of the listed notebooks, without repeats; a 400 if any is not the owner's."""
         ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
-        items = {}
-        for value in ids:
-            item = self._notebooks.live(owner, value)
-            if item is None:
-                raise bad_request(NOTEBOOK_ID_INVALID)
-            items.setdefault(item["notebook_id"], item)  # one UUID in two spellings is one notebook
-        return list(items.values())
+        return self._notebooks.require_many(owner, ids)
 
     def _install(self, owner: str, notebook_id: str, record: dict) -> None:
         """Create or overwrite the notebook's rule and its runner target."""
@@ -246,25 +267,31 @@ class Scheduler:
             if error_code(error) != "ResourceNotFoundException":
                 raise
 
-    def _roll_back(self, owner: str, items: list) -> None:
-        """Put each notebook's rule and stored schedule back as they were in `items`.
+    def _roll_back(self, owner: str, items: list, record: dict, committed: list) -> None:
+        """Put each notebook's rule and stored schedule back as they were in `items`;
+        `committed`: the notebooks whose stored schedule this request wrote.
 
         Best effort: a failure here is logged and the rest are still restored.
         """
-        for item in items:
-            notebook_id = item["notebook_id"]
-            previous = item.get("schedule")
-            undo = {"updated_at": item["updated_at"], "updated_by": item["updated_by"]}
+        written = set(committed)
+        entries = [({**item, "schedule": record}, item.get("schedule"),
+                    {"updated_at": item["updated_at"], "updated_by": item["updated_by"]})
+                   for item in items if item["notebook_id"] in written]
+        try:
+            self._table.set_schedules(owner, entries)
+        except Exception:
+            logger.exception("schedule roll-back failed for notebooks of %s", owner)
+
+        def restore_rule(item):
             try:
-                if previous is None:
-                    self._table.update(owner, notebook_id, undo, remove=("schedule",))
-                    self._remove_rule(notebook_id)
+                if item.get("schedule") is None:
+                    self._remove_rule(item["notebook_id"])
                 else:
-                    self._install(owner, notebook_id, previous)
-                    if not self._table.update(owner, notebook_id, {**undo, "schedule": previous}):
-                        self._remove_rule(notebook_id)
+                    self._install(owner, item["notebook_id"], item["schedule"])
             except Exception:
-                logger.exception("schedule roll-back failed for notebook %s of %s", notebook_id, owner)
+                logger.exception("schedule roll-back failed for notebook %s of %s", item["notebook_id"], owner)
+
+        self._in_parallel(restore_rule, items)
 
 
 _TICK_SECONDS = 1.0

@@ -6,7 +6,7 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import services
+from chalicelib import embedded_aws, services
 from chalicelib.config import Settings
 from chalicelib.localstack import provision
 
@@ -33,6 +33,7 @@ def aws_env(monkeypatch):
 @pytest.fixture
 def stack(aws_env):
     """Moto with the bucket, the tables and two users (admin, bob)."""
+    embedded_aws.install()
     with mock_aws():
         services.reset()
         provision(Settings.from_env(), USERS)

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,10 @@ import pytest
 from chalicelib.config import Settings
 from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
 from chalicelib.localstack import free_port
-from chalicelib.metadata import table_definitions
+from chalicelib.files import RESPONSES_PREFIX
+from chalicelib.metadata import TTL_ATTRIBUTE, table_definitions
 from deploy import package
-from tests.test_operations import RunningStack
+from tests.local_stack import RunningStack, remove_state, state_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
@@ -106,6 +106,9 @@ def test_the_bucket_keeps_versions_for_a_configurable_time_and_is_retained(resou
     condition, expire_outputs, otherwise = rules[1]["Fn::If"]
     assert condition == "RunOutputsExpire" and otherwise == {"Ref": "AWS::NoValue"}
     assert expire_outputs["Prefix"] == "runs/" and expire_outputs["ExpirationInDays"] == {"Ref": "RunOutputDays"}
+    # Answers too large for a Lambda response (303s to S3) are deleted after a day.
+    assert rules[2] == {"Id": "ExpireLargeResponses", "Status": "Enabled", "Prefix": RESPONSES_PREFIX,
+                        "ExpirationInDays": 1}
 
 
 def test_the_bucket_is_encrypted_private_and_refuses_plain_http(resources):
@@ -131,6 +134,10 @@ def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resou
             {key: value for key, value in definition.items() if key != "TableName"}
         assert properties["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # Run client tokens expire by themselves.
+    assert resources["NotebooksTable"]["Properties"]["TimeToLiveSpecification"] == {
+        "AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert "GlobalSecondaryIndexes" not in resources["RunsTable"]["Properties"]
 
 
 def test_the_runner_retries_drops_old_events_to_a_queue_and_has_its_own_concurrency_and_tmp(template, resources):
@@ -187,10 +194,12 @@ def test_the_api_may_use_its_data_read_users_invoke_the_runner_and_manage_its_ru
     assert may("s3:ListBucket") == [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}]
     tables = [{"Fn::GetAtt": ["NotebooksTable", "Arn"]}, {"Fn::Sub": "${NotebooksTable.Arn}/index/*"},
               {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::Sub": "${RunsTable.Arn}/index/*"}]
-    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
-                   "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem"):
+    users = [{"Fn::GetAtt": ["UsersTable", "Arn"]}]
+    # Transactions (TransactWriteItems) are authorised by their Put, Update and Delete actions.
+    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"):
         assert may(action) == tables
-    assert may("dynamodb:GetItem") == tables + [{"Fn::GetAtt": ["UsersTable", "Arn"]}]
+    assert may("dynamodb:GetItem") == may("dynamodb:UpdateItem") == tables + users  # users: failed logins
+    assert may("dynamodb:Scan") == may("dynamodb:BatchWriteItem") == may("dynamodb:ConditionCheckItem") == []
     assert may("lambda:InvokeFunction") == [{"Fn::GetAtt": ["Runner", "Arn"]}]
     rules = [{"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/notebooks-${Stage}-*"}]
     for action in ("events:PutRule", "events:PutTargets", "events:RemoveTargets", "events:DeleteRule"):
@@ -206,8 +215,14 @@ def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rule
     assert may("s3:ListBucket") == []
     for statement in statements(resources, "RunnerRole"):
         assert "UsersTable" not in json.dumps(statement["Resource"])
-    assert may("dynamodb:PutItem") == [{"Fn::GetAtt": ["RunsTable", "Arn"]}]
-    assert may("dynamodb:DeleteItem") == may("dynamodb:BatchWriteItem") == []
+    runs, notebooks = {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::GetAtt": ["NotebooksTable", "Arn"]}
+    # A firing records its run with its pointer and counters, and removes the oldest runs
+    # past those kept; every run's end counts it off its owner's active runs.
+    for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                   "dynamodb:BatchGetItem"):
+        assert may(action) == [runs, notebooks]
+    assert may("dynamodb:Query") == [notebooks]  # the notebook's run pointers, no index
+    assert may("dynamodb:Scan") == may("dynamodb:BatchWriteItem") == []
     assert may("lambda:InvokeFunction") == []
     assert may("events:PutRule") == may("events:PutTargets") == []
     assert may("events:DeleteRule") == may("events:RemoveTargets") != []
@@ -259,15 +274,13 @@ def smoke(url: str, password: str) -> subprocess.CompletedProcess:
 
 
 def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
-    stack = RunningStack(free_port())
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
     try:
-        deadline = time.time() + 60
-        while not re.search("Notebooks API on", stack.output()):
-            assert stack.process.poll() is None and time.time() < deadline, stack.output()
-            time.sleep(0.2)
         passed, refused = smoke(stack.url, "admin"), smoke(stack.url, "not-the-password")
     finally:
-        stack.process.kill()
+        stack.interrupt()
+        remove_state(state)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "FAIL" not in passed.stdout
     assert re.search(r"^(\d+) of \1 checks passed$", passed.stdout, re.M), passed.stdout

@@ -63,7 +63,8 @@ def notebook_with_everything(service):
 def is_unlock(call) -> bool:
     """The release of a schedule lock: best effort, its lease frees it when it fails."""
     name, params = call
-    return name == "dynamodb.UpdateItem" and b"REMOVE schedule_lock" in params.get("body", b"")
+    return name in ("dynamodb.UpdateItem", "dynamodb.TransactWriteItems") \
+        and b"REMOVE schedule_lock" in params.get("body", b"")
 
 
 def is_dispatch(call) -> bool:
@@ -183,5 +184,6 @@ def test_every_aws_call_of_the_runner_failed_in_turn(faults, executor, monkeypat
 
 
 def aws_runs(service):
-    return [run for item in service.notebooks._table.all("admin")
-            for run in service.runs._table.for_notebook(item["notebook_id"])]
+    table = service.notebooks._table
+    pointers = [pointer for item in table.all("admin") for pointer in table.all_run_pointers("admin", item["notebook_id"])]
+    return list(service.runs._table.get_many(pointer["run_id"] for pointer in pointers).values())

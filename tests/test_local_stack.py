@@ -65,7 +65,7 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     restart, then a kill -9 of every process of the stack and a restart; a run in flight
     at the kill ends failed, and the schedule set before both fires after them."""
     port = free_port()
-    limit = {"NOTEBOOKS_MAX_BODY_BYTES": "200000"}  # so the output is sent as a presigned S3 link
+    limit = {"NOTEBOOKS_MAX_RESPONSE_BYTES": "200000"}  # so the output is sent as a presigned S3 link
     stack = start(launched, RunningStack(state, port, **limit))
     url = stack.url
     printing = code_notebook("print('kept')", "print('x' * 300000)")

@@ -10,7 +10,7 @@ import pytest
 from chalicelib import services
 from chalicelib.files import notebook_key
 from tests.conftest import basic, error
-from tests.helpers import stored_state
+from tests.helpers import leftovers, stored_state
 
 BASE = "/_notebooks/notebooks"
 DEFAULT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}_admin(_\d+)?\.ipynb$")
@@ -278,7 +278,7 @@ def test_count(api):
 def test_delete_removes_file_metadata_and_name(api, stack):
     created = api.create(notebook_name="gone")
     api.json("DELETE", BASE, {"nbk_ids": [created["notebook_id"]]})
-    assert stored_state(stack.settings) == ([], [])
+    assert leftovers(stack.settings) == ([], [])
     assert api.create(notebook_name="gone")["notebook_name"] == "gone.ipynb"
 
 
@@ -310,30 +310,30 @@ def test_delete_passes_over_ids_that_are_not_uuids_like_unknown_ones(api, stack)
     assert error(api.call("DELETE", BASE, {"nbk_ids": ["not-a-uuid", ""]})) == (200, "No notebooks deleted")
     assert stored_state(stack.settings) == before
     assert api.json("DELETE", BASE, {"nbk_ids": ["not-a-uuid", notebook_id]}) == "Success"
-    assert stored_state(stack.settings) == ([], [])
+    assert leftovers(stack.settings) == ([], [])
 
 
 def test_delete_that_fails_halfway_is_finished_by_a_retry(api, stack, monkeypatch):
     notebook_id = api.create()["notebook_id"]
     files = stack.files
-    real_delete = files.delete
+    real_delete = files.delete_many
     calls = []
 
-    def flaky_delete(key):
-        calls.append(key)
+    def flaky_delete(keys):
+        calls.append(keys)
         if len(calls) == 1:
             from botocore.exceptions import EndpointConnectionError
             raise EndpointConnectionError(endpoint_url="s3")
-        real_delete(key)
+        real_delete(keys)
 
-    monkeypatch.setattr(files, "delete", flaky_delete)
+    monkeypatch.setattr(files, "delete_many", flaky_delete)
     status, message = error(api.call("DELETE", BASE, {"nbk_ids": [notebook_id]}))
     assert status == 503 and message.startswith("Error occurred during notebook deletion")
     # half-deleted: hidden from reads, but not lost
     assert error(api.call("GET", f"{BASE}/{notebook_id}")) == (400, "Notebook ID invalid.")
     assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
     assert api.json("DELETE", BASE, {"nbk_ids": [notebook_id]}) == "Success"
-    assert stored_state(stack.settings) == ([], [])
+    assert leftovers(stack.settings) == ([], [])
 
 
 # --- Ownership ---------------------------------------------------------------------

@@ -233,16 +233,18 @@ def test_missing_or_malformed_id_list_is_a_400(stack, scheduler, events):
 def test_a_notebook_deleted_while_being_scheduled_keeps_no_rule(stack, scheduler, events, monkeypatch):
     doomed, kept = new(stack), new(stack)
     table = stack.notebooks._table
-    real_update = table.update
+    real_write = table.set_schedules
 
-    def deleted_first(owner, notebook_id, changes, remove=()):
-        if notebook_id == doomed:  # a Delete lands between our rule and our metadata write
-            table.mark_deleting(owner, notebook_id)
-        return real_update(owner, notebook_id, changes, remove)
+    def deleted_first(owner, entries, *args):
+        # a Delete lands between our rules and our metadata write
+        table.mark_deleting(owner, [table.get(owner, doomed)])
+        monkeypatch.setattr(table, "set_schedules", real_write)
+        return real_write(owner, entries, *args)
 
-    monkeypatch.setattr(table, "update", deleted_first)
+    monkeypatch.setattr(table, "set_schedules", deleted_first)
     scheduler.schedule("admin", {"nbk_ids": [doomed, kept], "until": UNTIL})
     assert set(rules(events)) == {PREFIX + kept}
+    assert stack.notebooks.count("admin") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
 
 
 # --- AWS refusing: all or nothing ---------------------------------------------------
@@ -269,7 +271,7 @@ def _report_failed_target(events, rule):
     ("targets_raise", "Error occurred during request processing: AWS refused PutTargets (AccessDeniedException)"),
     ("targets_report", "Error occurred during request processing: AWS refused PutTargets "
                        "(ConcurrentModificationException)"),
-    ("metadata", "Error occurred during request processing: AWS refused UpdateItem "
+    ("metadata", "Error occurred during request processing: AWS refused TransactWriteItems "
                  "(ItemCollectionSizeLimitExceededException)"),
 ])
 def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, monkeypatch, failure, message):
@@ -279,24 +281,28 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
     make_scheduler(stack, events, clock).schedule(
         "admin", {"nbk_ids": [previous], "until": UNTIL, "period": "Monday", "time": "06:50"})
     clock.now += 60
+    settings = None
     if failure == "quota":
         client = with_quota(events, limit=2)  # `previous` and `first`: `failing` is one rule too many
+        settings = dataclasses.replace(stack.settings, aws_concurrency=1)  # the proxy counts rules, then adds
     elif failure == "targets_raise":
         client = _refuse_targets(events, PREFIX + failing)
     elif failure == "targets_report":
         client = _report_failed_target(events, PREFIX + failing)
     else:
         client = events
-        table, real_update = stack.notebooks._table, stack.notebooks._table.update
+        table, real_transact = stack.notebooks._table, stack.notebooks._table.transact
 
-        def throttled(owner, notebook_id, changes, remove=()):
-            if notebook_id == failing and "schedule" in changes:
+        def throttled(owner, actions, tally=None):
+            if any(action.get("Update", {}).get("Key", {}).get("sk") == "nb#" + failing
+                   and "schedule" in action["Update"].get("ExpressionAttributeNames", {}).values()
+                   for action in actions):
                 raise ClientError({"Error": {"Code": "ItemCollectionSizeLimitExceededException", "Message": "full"}},
-                                  "UpdateItem")
-            return real_update(owner, notebook_id, changes, remove)
+                                  "TransactWriteItems")
+            return real_transact(owner, actions, tally)
 
-        monkeypatch.setattr(table, "update", throttled)
-    scheduler = make_scheduler(stack, client, clock)
+        monkeypatch.setattr(table, "transact", throttled)
+    scheduler = make_scheduler(stack, client, clock, settings)
     before = snapshot(stack, events)
 
     body = {"nbk_ids": [first, failing, previous], "until": "2030-06-01 00:00", "period": "Friday"}
@@ -343,7 +349,7 @@ def test_deleting_a_notebook_removes_its_rule(stack, scheduler, events):
     scheduler.schedule("admin", {"nbk_ids": [notebook_id, other], "until": UNTIL})
     stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
     assert set(rules(events)) == {PREFIX + other}
-    scheduler.forget_notebook("admin", {"notebook_id": notebook_id})  # again: nothing left, no error
+    scheduler.forget_notebooks("admin", [{"notebook_id": notebook_id, "schedule": {"until": UNTIL}}])  # again: no error
 
 
 # --- One change at a time per notebook -------------------------------------------------

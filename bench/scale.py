@@ -1,0 +1,201 @@
+"""`make bench`, scale section: what each request costs as what is stored grows.
+
+In one process on moto (in-process AWS), through Chalice's test client (the whole
+handler: authentication, routing, the service code):
+  1. each operation at 100, 1,000 and 10,000 notebooks of the caller, and at 100 of the
+     caller's with 10,000 of another user's: AWS calls by service and operation,
+     DynamoDB items read, handler time. Notebooks are written straight into the tables,
+     so building 10,000 takes seconds, not an hour of Creates;
+  2. Run, Schedule, Unschedule and Delete of 1,000 ids, with 20 ms added to every AWS
+     call (a wrapper around botocore's call), against API Gateway's 29 s. Lambda
+     invocations are answered by the wrapper (moto would start a container), after the
+     same 20 ms. Moto's own work (serialised, one call at a time) is measured apart:
+     real AWS does it on its side, within the 20 ms;
+  3. the whole List of 20,000 notebooks with 255-character names (11 MB): its 303, and
+     the S3 object it points to.
+"""
+import base64
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+from chalice.test import Client  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from chalicelib import services  # noqa: E402
+from chalicelib.config import Settings  # noqa: E402
+from chalicelib.localstack import provision  # noqa: E402
+from tests.helpers import AwsCalls, seed_notebooks  # noqa: E402
+
+BASE = "/_notebooks/notebooks"
+UNTIL = "2099-03-01 09:15"
+LATENCY = 0.020
+GATEWAY_LIMIT = 29.0
+SIZES = (("100", 100, 0), ("1,000", 1000, 0), ("10,000", 10_000, 0), ("100 + 10,000 others'", 100, 10_000))
+SHORT = {"dynamodb": "ddb", "s3": "s3", "events": "events", "lambda": "lambda", "sts": "sts"}
+INVOKED = {"StatusCode": 202, "Payload": None, "ResponseMetadata": {"HTTPStatusCode": 202}}
+USERS = [("admin", "admin"), ("other", "other")]
+
+
+class Api:
+    def __init__(self, client):
+        self._client = client
+        self._auth = "Basic " + base64.b64encode(b"admin:admin").decode()
+
+    def call(self, method, path, body=None, headers=None):
+        sent = {"Content-Type": "application/json", "Authorization": self._auth, **(headers or {})}
+        response = self._client.http.request(method, path, headers=sent,
+                                             body=json.dumps(body) if body is not None else b"")
+        if response.status_code not in (200, 303):
+            raise SystemExit(f"{method} {path}: {response.status_code} {response.body[:300]}")
+        return json.loads(response.body) if response.status_code == 200 and response.body else None
+
+
+def environment():
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_REGION="us-east-1", NOTEBOOKS_DISPATCH="lambda", NOTEBOOKS_MAX_SCHEDULED="1000",
+                      NOTEBOOKS_RUNNER_ARN="arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner")
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+
+
+def fresh_stack():
+    services.reset()
+    provision(Settings.from_env(), USERS)
+    return services.get()
+
+
+def measure(api, method, path, body=None, latency=0.0, repeat=1) -> tuple:
+    """(calls Counter, items read, median handler seconds, seconds inside moto) of one
+    request (`repeat` times)."""
+    times = []
+    for _ in range(repeat):
+        with AwsCalls(latency=latency, answers={("lambda", "Invoke"): INVOKED}) as calls:
+            started = time.perf_counter()
+            api.call(method, path, body() if callable(body) else body)
+            times.append(time.perf_counter() - started)
+    return calls.calls, calls.items_read, statistics.median(times), calls.aws_seconds
+
+
+def operations(api) -> dict:
+    """{operation: (calls, items read, seconds)} on a notebook of the caller."""
+    notebook_id = api.call("POST", BASE + "/", {"content": {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                                                            "cells": []}})["notebook_id"]
+    others = [api.call("POST", BASE + "/")["notebook_id"] for _ in range(3)]
+    names = iter(range(1000))
+    return {
+        "Create": measure(api, "POST", BASE + "/", repeat=3),
+        "Fetch": measure(api, "GET", f"{BASE}/{notebook_id}", repeat=3),
+        "Rename": measure(api, "PUT", f"{BASE}/{notebook_id}", lambda: {"new_name": f"bench-{next(names)}"}, repeat=3),
+        "Content": measure(api, "GET", f"{BASE}/{notebook_id}/content", repeat=3),
+        "List, a page of 100": measure(api, "GET", BASE + "/_all?limit=100", repeat=3),
+        "Count": measure(api, "GET", BASE + "/_count", repeat=3),
+        "Run (1 id)": measure(api, "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "bench"}, repeat=3),
+        "Runs of a notebook": measure(api, "GET", f"{BASE}/{notebook_id}/runs", repeat=3),
+        "Schedule (1 id)": measure(api, "POST", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": UNTIL},
+                                   repeat=3),
+        "Unschedule (1 id)": measure(api, "POST", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}, repeat=3),
+        "Delete (1 id)": measure(api, "DELETE", BASE, {"nbk_ids": [others[0]]}),
+        "List, whole": measure(api, "GET", BASE + "/_all"),
+    }
+
+
+def describe(calls) -> str:
+    return ", ".join(f"{SHORT.get(service, service)}.{operation} {count}"
+                     for (service, operation), count in sorted(calls.items()))
+
+
+def scale_table() -> list:
+    results = {}
+    for label, mine, theirs in SIZES:
+        with mock_aws():
+            stack = fresh_stack()
+            stack.runner_arn()
+            started = time.perf_counter()
+            seed_notebooks(stack.settings, "admin", mine)
+            if theirs:
+                seed_notebooks(stack.settings, "other", theirs)
+            seeded = time.perf_counter() - started
+            import app
+            with Client(app.app) as client:
+                results[label] = operations(Api(client))
+            print(f"  measured at {label} notebooks (seeded in {seeded:.1f} s)", flush=True)
+    lines = ["| operation | AWS calls (every size) | DynamoDB items read at " + " / ".join(s[0] for s in SIZES)
+             + " | handler ms at " + " / ".join(s[0] for s in SIZES) + " |", "|---|---|---|---|"]
+    for operation in results[SIZES[0][0]]:
+        per_size = [results[label][operation] for label, _, _ in SIZES]
+        calls = {describe(calls) for calls, *_ in per_size}
+        calls_text = calls.pop() if len(calls) == 1 else " / ".join(describe(c) for c, *_ in per_size)
+        lines.append(f"| {operation} | {calls_text} | " + " / ".join(str(items) for _, items, *_ in per_size)
+                     + " | " + " / ".join(f"{seconds * 1000:.0f}" for _, _, seconds, _ in per_size) + " |")
+    return lines
+
+
+def thousand_ids() -> list:
+    lines = ["| 1,000 ids, 20 ms per AWS call | AWS calls | handler s | of which inside moto | "
+             "handler less moto's own work | of API Gateway's 29 s |", "|---|---|---|---|---|---|"]
+    with mock_aws():
+        stack = fresh_stack()
+        stack.runner_arn()
+        ids = seed_notebooks(stack.settings, "admin", 1000)
+        import app
+        with Client(app.app) as client:
+            api = Api(client)
+            for label, method, path, body in [
+                ("Run", "POST", "/_run", {"nbkIds": ids, "module": "bench"}),
+                ("Run again, with a client token", "POST", "/_run",
+                 {"nbkIds": ids, "module": "bench", "client_token": "bench"}),
+                ("Run retried with the same token", "POST", "/_run",
+                 {"nbkIds": ids, "module": "bench", "client_token": "bench"}),
+                ("Schedule", "POST", "/_schedule", {"nbk_ids": ids, "until": UNTIL}),
+                ("Unschedule", "POST", "/_unschedule", {"nbk_ids": ids}),
+                ("Schedule again", "POST", "/_schedule", {"nbk_ids": ids, "until": UNTIL}),
+                ("Delete (scheduled, 2 runs each)", "DELETE", "", {"nbk_ids": ids}),
+            ]:
+                calls, _, seconds, emulation = measure(api, method, BASE + path, body, latency=LATENCY)
+                rest = seconds - emulation
+                lines.append(f"| {label} | {sum(calls.values())} ({describe(calls)}) | {seconds:.1f} | "
+                             f"{emulation:.1f} | {rest:.1f} | {rest / GATEWAY_LIMIT:.0%} |")
+                print(f"  1,000 ids: {label}: {seconds:.1f} s, {emulation:.1f} s in moto", flush=True)
+    return lines
+
+
+def large_list() -> list:
+    """The whole List of 20,000 notebooks with 255-character names, through its redirect."""
+    with mock_aws():
+        stack = fresh_stack()
+        ids = seed_notebooks(stack.settings, "admin", 20_000, name_length=255)
+        import app
+        with Client(app.app) as client:
+            api = Api(client)
+            started = time.perf_counter()
+            response = client.http.request("GET", BASE + "/_all", headers={"Authorization": api._auth})
+            handled = time.perf_counter() - started
+            downloaded = requests.get(response.headers["Location"], timeout=60)
+    listed = downloaded.json()
+    whole = [n["notebook_id"] for n in listed] == ids
+    return [f"Whole List of 20,000 notebooks with 255-character names: HTTP {response.status_code} in "
+            f"{handled:.1f} s, then the S3 object: {len(downloaded.content) / 1e6:.1f} MB, {len(listed)} notebooks, "
+            f"{'all of them, in order' if whole else 'NOT the whole List'}"]
+
+
+def main():
+    environment()
+    print(f"scale: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    table = scale_table()
+    print("\n".join(table), flush=True)
+    print("\n".join(thousand_ids()), flush=True)
+    print("\n".join(large_list()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
