@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, 
 from chalicelib.localstack import free_port
 from chalicelib.metadata import table_definitions
 from deploy import package
-from tests.test_operations import RunningStack
+from tests.local_stack import RunningStack, remove_state, state_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
@@ -259,15 +258,13 @@ def smoke(url: str, password: str) -> subprocess.CompletedProcess:
 
 
 def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
-    stack = RunningStack(free_port())
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
     try:
-        deadline = time.time() + 60
-        while not re.search("Notebooks API on", stack.output()):
-            assert stack.process.poll() is None and time.time() < deadline, stack.output()
-            time.sleep(0.2)
         passed, refused = smoke(stack.url, "admin"), smoke(stack.url, "not-the-password")
     finally:
-        stack.process.kill()
+        stack.interrupt()
+        remove_state(state)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "FAIL" not in passed.stdout
     assert re.search(r"^(\d+) of \1 checks passed$", passed.stdout, re.M), passed.stdout
