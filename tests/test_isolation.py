@@ -235,16 +235,22 @@ def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_p
             written = json.load(f)
         assert written["key"] == "" and "curve_secretkey" not in written and "curve_publickey" not in written
         marker = tmp_path / "pwned"
-        attack = notebook(
-            "from jupyter_client import BlockingKernelClient\n"
-            f"client = BlockingKernelClient(connection_file={connection_file!r})\n"
-            "client.load_connection_file()\n"
-            "client.start_channels()\n"
-            f"client.execute(\"open({str(marker)!r}, 'w').write('pwned')\")\n"
+        attack = notebook(  # an execute_request signed with what the file holds, on the shell port
+            "import json, zmq\n"
+            "from jupyter_client.session import Session\n"
+            f"info = json.load(open({connection_file!r}))\n"
+            "session = Session(key=info['key'].encode(), signature_scheme=info['signature_scheme'])\n"
+            "shell = zmq.Context().socket(zmq.DEALER)\n"
+            "for option, value in ((zmq.SNDTIMEO, 3000), (zmq.RCVTIMEO, 5000), (zmq.LINGER, 0)):\n"
+            "    shell.setsockopt(option, value)\n"
+            "shell.connect(f\"tcp://{info['ip']}:{info['shell_port']}\")\n"
+            f"code = \"open({str(marker)!r}, 'w').write('pwned')\"\n"
             "try:\n"
-            "    print('reply', client.get_shell_msg(timeout=5)['content']['status'])\n"
-            "except Exception as error:\n"
-            "    print('no reply', type(error).__name__)\n"
+            "    session.send(shell, 'execute_request', {'code': code, 'silent': False, 'store_history': False,\n"
+            "                                           'user_expressions': {}, 'allow_stdin': False})\n"
+            "    print('reply', shell.recv_multipart())\n"
+            "except zmq.Again:\n"
+            "    print('no reply')\n"
         )
         execution = attacker.execute(attack)
 
