@@ -8,10 +8,15 @@ ports (same user, same machine) can neither send the kernel a message it accepts
 what it publishes. The process makes itself non-dumpable before it reads the secrets, so
 its memory, environment and file descriptors are closed to other processes of the same
 user, and it cannot be ptrace-attached.
+
+The runner keeps its end of that pipe open for the kernel's life, so the pipe doubles
+as a lifeline: when the runner process dies, however abruptly (SIGKILL included), the
+kernel sees end-of-file and exits, taking its PID namespace's processes with it.
 """
 import json
 import os
 import sys
+import threading
 import time
 
 from chalicelib.sandbox import forbid_inspection
@@ -21,12 +26,31 @@ _CONNECTION_FILE_WAIT_SECONDS = 5.0
 
 def _read_secrets() -> dict:
     """The secrets from standard input; stdin is then /dev/null, as ipykernel expects
-    (a notebook's input() goes through the frontend, never the process's stdin)."""
-    secrets = {name: value.encode() for name, value in json.loads(sys.stdin.buffer.readline()).items()}
+    (a notebook's input() goes through the frontend, never the process's stdin), and the
+    pipe is watched on a descriptor of its own, not inherited by the notebook's processes."""
+    line = b""
+    while not line.endswith(b"\n"):  # unbuffered: nothing after the line may be consumed
+        chunk = os.read(0, 1)
+        if not chunk:
+            sys.exit("the runner closed the kernel's standard input before its secrets")
+        line += chunk
+    secrets = {name: value.encode() for name, value in json.loads(line).items()}
+    lifeline = os.dup(0)  # dup() gives a close-on-exec descriptor
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    threading.Thread(target=_exit_when_runner_gone, args=(lifeline,), name="lifeline", daemon=True).start()
     return secrets
+
+
+def _exit_when_runner_gone(lifeline: int) -> None:
+    """Block until the runner's end of the pipe closes, then end this process at once.
+
+    os._exit, not a signal: as the first process of a PID namespace, the kernel ignores
+    signals sent from inside it, SIGKILL included."""
+    while os.read(lifeline, 4096):
+        pass
+    os._exit(1)
 
 
 def main() -> None:

@@ -175,11 +175,12 @@ class _Kernel:
         self.km = _KeysOffDiskKernelManager(kernel_name="python3", kernel_spec_manager=_RunnerKernelSpecs(),
                                             connection_file=self.folders.connection_file)
         self.kc = None
+        # The secrets reach the kernel through its stdin. Our end stays open while the
+        # kernel lives: the kernel exits when it closes, even if this process is killed.
+        key_reader, self._lifeline = os.pipe()
         try:
-            key_reader, key_writer = os.pipe()  # the secrets reach the kernel through its stdin
             try:
-                os.write(key_writer, self.km.secrets())
-                os.close(key_writer)
+                os.write(self._lifeline, self.km.secrets())
                 run_sync(self.km.start_kernel)(cwd=self.folders.workdir, env=_kernel_env(self.folders),
                                                stdin=key_reader)
             finally:
@@ -204,8 +205,13 @@ class _Kernel:
             self.kc.stop_channels()
         # After a normal run nbclient has killed and reaped it; after a crash it only
         # cleaned up, so the dead process is still ours to reap.
-        if self.km.has_kernel:
-            run_sync(self.km.shutdown_kernel)(now=True)
+        try:
+            if self.km.has_kernel:
+                run_sync(self.km.shutdown_kernel)(now=True)
+        finally:
+            if self._lifeline is not None:
+                os.close(self._lifeline)
+                self._lifeline = None
 
     def shutdown(self) -> None:
         """Kill the kernel and remove its folders."""

@@ -10,6 +10,7 @@ import random
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -220,6 +221,52 @@ def test_a_process_that_keeps_changing_pid_dies_with_its_kernel(lambda_layout):
     hops = beats(log)
     time.sleep(1)
     assert beats(log) == hops  # nobody hops any more
+
+
+# A runner process that starts a kernel, says where its connection file is, and waits.
+WAITING_RUNNER = r'''
+from chalicelib.runner import NotebookRunner
+runner = NotebookRunner(run_timeout=60)
+runner.prewarm()
+print(runner._waiting.folders.connection_file, flush=True)
+input()
+'''
+
+
+def processes_naming(text: str) -> list:
+    """The pids whose command line contains `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("namespace", [True, False], ids=["in a PID namespace", "without"])
+def test_a_waiting_kernel_dies_with_its_killed_runner(namespace):
+    """A local worker killed with SIGKILL runs no clean-up: its waiting kernel must not
+    live on, holding a run's folders and ports."""
+    if namespace and not sandbox.pid_namespace_prefix():
+        pytest.skip("this machine gives kernels no PID namespace (no unprivileged user namespaces)")
+    code = ("from chalicelib import sandbox\n"
+            f"sandbox._pid_namespace_usable = {namespace}\n" + WAITING_RUNNER)
+    runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        connection_file = runner.stdout.readline().strip()
+        assert connection_file and processes_naming(connection_file)  # the kernel is up
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 10
+        while processes_naming(connection_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_naming(connection_file) == []
+    finally:
+        runner.kill()
 
 
 def test_a_notebook_cannot_drive_a_waiting_kernel_from_its_connection_file(tmp_path):
