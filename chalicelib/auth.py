@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from .aws import error_code
 from .errors import ApiError, unauthorized
+from .metadata import TTL_ATTRIBUTE
 
 # scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
 _N, _R, _P, _DKLEN = 2**14, 8, 1, 32
@@ -119,7 +120,7 @@ class LoginThrottle:
         try:
             self._table.update_item(
                 Key=self._key(username),
-                UpdateExpression="SET window_start = :now, failures = :one, expires_at = :expires",
+                UpdateExpression=f"SET window_start = :now, failures = :one, {TTL_ATTRIBUTE} = :expires",
                 ConditionExpression="attribute_not_exists(window_start) OR window_start <= :cutoff",
                 ExpressionAttributeValues={":now": now, ":one": 1, ":cutoff": cutoff,
                                            ":expires": (now + self._window_ms) // 1000 + 1},  # for a DynamoDB TTL

@@ -217,8 +217,9 @@ def _environment(**variables) -> dict:
 def merge_template(settings: Settings = Settings()) -> dict:
     """The CloudFormation fragment to merge into Chalice's template."""
     notebooks, runs, users = (_table(d) for d in table_definitions(settings))
-    # Run tokens (token#... items) expire by themselves.
-    notebooks["Properties"]["TimeToLiveSpecification"] = {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    # Run tokens (token#... items) and failed-login windows expire by themselves.
+    for table in (notebooks, users):
+        table["Properties"]["TimeToLiveSpecification"] = {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     data = {
         "NOTEBOOKS_BUCKET": {"Ref": "NotebookFiles"},
         "NOTEBOOKS_TABLE": {"Ref": "NotebooksTable"},

@@ -134,9 +134,10 @@ def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resou
             {key: value for key, value in definition.items() if key != "TableName"}
         assert properties["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    # Run client tokens expire by themselves.
-    assert resources["NotebooksTable"]["Properties"]["TimeToLiveSpecification"] == {
-        "AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    # Run client tokens and failed-login windows (auth.LoginThrottle) expire by themselves.
+    for logical_id in ("NotebooksTable", "UsersTable"):
+        assert resources[logical_id]["Properties"]["TimeToLiveSpecification"] == {
+            "AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     assert "GlobalSecondaryIndexes" not in resources["RunsTable"]["Properties"]
 
 
