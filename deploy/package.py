@@ -56,10 +56,11 @@ IMAGE_LIMIT_GB = 10  # a Lambda container image, uncompressed, all layers
 _MB = 1024 * 1024
 # Entry-point scripts name the building machine's Python: of no use on Lambda.
 _NOT_PACKAGED = {"bin"}
-# What each package holds: the zip, the API's code and the runtime; the runner image,
-# the notebook libraries too.
+# What each package holds: the zip, the app's code and the runtime; the runner image,
+# the notebook libraries too (installed apart, so that the runtime is installed once).
 ZIP_REQUIREMENTS = ("requirements.txt",)
-IMAGE_REQUIREMENTS = ("requirements.txt", "requirements-runner.txt")
+RUNNER_REQUIREMENTS = ("requirements-runner.txt",)
+IMAGE_REQUIREMENTS = ZIP_REQUIREMENTS + RUNNER_REQUIREMENTS
 IMAGE_TASK = "task"  # the Dockerfile copies this folder of the context into /var/task
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
@@ -157,22 +158,26 @@ def _link_or_copy(source: str, target: str) -> None:
     # The cache is read, never written, through the tree: a hard link spares copying it.
     try:
         os.link(source, target)
+    except FileExistsError:
+        pass  # the same file of the same pinned wheel, from another site
     except OSError:
         shutil.copy2(source, target)
 
 
-def write_image_tree(out: Path, code: Path, site: Path) -> Path:
+def write_image_tree(out: Path, code: Path, sites: list) -> Path:
     """The runner image's Docker context: the Dockerfile, and the task tree it copies into
-    /var/task, laid out as the zip (the app's code and the dependencies, compiled)."""
+    /var/task, laid out as the zip (the app's code and the dependencies of all `sites`,
+    compiled). Sites may share a dependency: the same pinned wheel, the same files."""
     context = out / IMAGE_CONTEXT
     task, partial = context / IMAGE_TASK, context / (IMAGE_TASK + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(code, partial)
+    for site in sites:
+        def unpackaged(folder, names, top=site):  # as _add_tree skips them
+            return [name for name in names if name in _NOT_PACKAGED or name.startswith(".")] \
+                if Path(folder) == top else []
 
-    def unpackaged(folder, names):  # as _add_tree skips them
-        return [name for name in names if name in _NOT_PACKAGED or name.startswith(".")] if Path(folder) == site else []
-
-    shutil.copytree(site, partial, ignore=unpackaged, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(site, partial, ignore=unpackaged, copy_function=_link_or_copy, dirs_exist_ok=True)
     shutil.rmtree(task, ignore_errors=True)
     partial.rename(task)
     shutil.copy(DOCKERFILE, context / "Dockerfile")
@@ -198,8 +203,9 @@ def build(out: Path = BUILD) -> tuple:
     need, in `out`."""
     template, code = chalice_package(out)
     _compile(code)
-    package = write_package(out, code, dependencies(ZIP_REQUIREMENTS))
-    task = write_image_tree(out, code, dependencies(IMAGE_REQUIREMENTS))
+    runtime = dependencies(ZIP_REQUIREMENTS)
+    package = write_package(out, code, runtime)
+    task = write_image_tree(out, code, [runtime, dependencies(RUNNER_REQUIREMENTS)])
     shutil.rmtree(code)
     return template, package, task
 
