@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev dev-reset aws test bench venv constraints clean package smoke
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-runner.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)

@@ -7,6 +7,11 @@
 - the runner's asynchronous invocation settings, reserved concurrency, /tmp size, a queue
   for the events it could not take, and both functions' log groups with a retention;
 - parameters for what differs between deployments (Stage, retention days, concurrency).
+- the runner as a container image (SAM builds it from the Metadata's Docker context,
+  which `make package` writes), and for runs longer than Lambda's 15 minutes an ECS
+  cluster and a Fargate task definition of the same image, with a task role as narrow
+  as the runner's and an execution role that pulls the image and writes its logs. The
+  task definition exists once the stack is given the image's URI and subnets.
 
 No resource has a fixed physical name: CloudFormation names them after the stack, so two
 stages (two stacks) live side by side in one account and region, and a stack can be
@@ -21,8 +26,18 @@ API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
 # Lambda's runtime for both functions, whichever Python runs `chalice package`; the
 # package's dependencies are built for it (deploy/package.py).
 RUNTIME = "python3.11"
-# Where `make package` writes the functions' code, relative to the template.
+# Where `make package` writes the API function's code and the runner image's Docker
+# context (deploy/Dockerfile and the task tree it copies), relative to the template.
 CODE_URI = "./notebooks-lambda.zip"
+IMAGE_CONTEXT = "runner-image"
+# Properties of a .zip function that an image function must not have.
+_ZIP_ONLY = ("Runtime", "Handler", "CodeUri", "Layers")
+# The Fargate task's container (NOTEBOOKS_ECS_CONTAINER), and what it runs: the runner
+# handler for the run whose id RunTask appends as the command (dispatch.FargateDispatcher).
+TASK_CONTAINER = "runner"
+TASK_ENTRY_POINT = ["python3", "-m", "chalicelib.fargate_task"]
+TASK_ROOT = "/var/task"
+FARGATE_CPU_CHOICES = ["256", "512", "1024", "2048", "4096", "8192", "16384"]
 # The Lambda package keeps Jupyter's data files (nbconvert's templates) beside the
 # packages, where `pip install --target` puts them. Named as Jupyter's data folder, it is
 # also where nbconvert looks instead of a home folder, which Lambda's user has none of.
@@ -60,12 +75,45 @@ PARAMETERS = {
     },
     "LogRetentionDays": {
         "Type": "Number", "Default": 30, "AllowedValues": LOG_RETENTION_CHOICES,
-        "Description": "Days both functions' logs are kept",
+        "Description": "Days the functions' and the Fargate tasks' logs are kept",
+    },
+    "MaxRunTimeoutSeconds": {
+        "Type": "Number", "Default": 12 * 3600, "MinValue": 60,
+        "Description": "The longest timeout a run may ask for; beyond Lambda's it runs on Fargate, when set up",
+    },
+    "RunnerImageUri": {
+        "Type": "String", "Default": "",
+        "Description": "The runner image in ECR, for Fargate tasks: the runner function's image "
+                       "(aws lambda get-function ... --query Code.ImageUri); empty: no Fargate",
+    },
+    "FargateSubnets": {
+        "Type": "CommaDelimitedList", "Default": "",
+        "Description": "Subnets of the Fargate tasks, comma-separated; empty: no Fargate",
+    },
+    "FargateSecurityGroups": {
+        "Type": "CommaDelimitedList", "Default": "",
+        "Description": "Security groups of the Fargate tasks (outbound HTTPS to AWS); empty: the VPC's default",
+    },
+    "FargateAssignPublicIp": {
+        "Type": "String", "Default": "true", "AllowedValues": ["true", "false"],
+        "Description": "Whether tasks get a public IP (subnets without a NAT gateway or VPC endpoints need one)",
+    },
+    "FargateCpu": {
+        "Type": "String", "Default": "1024", "AllowedValues": FARGATE_CPU_CHOICES,
+        "Description": "CPU units of a Fargate run (1024 = 1 vCPU)",
+    },
+    "FargateMemoryMB": {
+        "Type": "Number", "Default": 4096, "MinValue": 512, "MaxValue": 122880,
+        "Description": "Memory of a Fargate run, a size Fargate allows with FargateCpu",
     },
 }
 CONDITIONS = {
     "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
     "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
+    "FargateEnabled": {"Fn::And": [
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]},
+        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]},
+    ]},
 }
 
 
@@ -192,10 +240,49 @@ def runner_statements() -> list:
     ]
 
 
-def _role(statements: list) -> dict:
+def fargate_statements() -> list:
+    """Starting and stopping the runner's Fargate tasks (the dispatcher, in the API and in
+    the runner for a schedule's long run): RunTask of this stack's task definition in
+    its cluster, StopTask of that cluster's tasks, and passing the task's two roles to
+    ECS, no other role and to no other service."""
+    return [
+        {"Sid": "StartRunTasks", "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": _TASK_DEFINITIONS,
+         "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}},
+        {"Sid": "StopRunTasks", "Effect": "Allow", "Action": ["ecs:StopTask"],
+         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}},
+        {"Sid": "PassTaskRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
+         "Resource": [{"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}, {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}],
+         "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}},
+    ]
+
+
+def task_statements() -> list:
+    """The Fargate task's permissions: the runner's on the data, nothing else (its logs go
+    through the execution role; failed Lambda events are no concern of a task)."""
+    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents")]
+
+
+def task_execution_statements() -> list:
+    """What ECS needs to start a task: pull the image from this account's ECR, write the
+    task's log group."""
+    return [
+        {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+        {"Sid": "PullImage", "Effect": "Allow",
+         "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}},
+        _logs("RunnerTaskLogGroup"),
+    ]
+
+
+_TASK_FAMILY = {"Fn::Sub": "${AWS::StackName}-runner"}
+_TASK_DEFINITIONS = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task-definition/"
+                                "${AWS::StackName}-runner:*"}
+
+
+def _role(statements: list, service: str = "lambda.amazonaws.com") -> dict:
     return {"Type": "AWS::IAM::Role", "Properties": {
         "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+            "Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]},
         "Policies": [{"PolicyName": "notebooks", "PolicyDocument": {"Version": "2012-10-17",
                                                                    "Statement": statements}}],
     }}
@@ -212,6 +299,64 @@ def _log_group(function_suffix: str) -> dict:
 
 def _environment(**variables) -> dict:
     return {"Environment": {"Variables": variables}}
+
+
+def _fargate_environment() -> dict:
+    """What the dispatcher reads (config.py) to start a run's task; all empty, so no
+    Fargate, until the stack has the task definition."""
+    def when_fargate(value):
+        return {"Fn::If": ["FargateEnabled", value, ""]}
+    return {
+        "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"},
+        "NOTEBOOKS_ECS_CLUSTER": when_fargate({"Ref": "RunnerCluster"}),
+        "NOTEBOOKS_ECS_TASK_DEFINITION": when_fargate({"Ref": "RunnerTaskDefinition"}),
+        "NOTEBOOKS_ECS_SUBNETS": when_fargate({"Fn::Join": [",", {"Ref": "FargateSubnets"}]}),
+        "NOTEBOOKS_ECS_SECURITY_GROUPS": {"Fn::Join": [",", {"Ref": "FargateSecurityGroups"}]},
+        "NOTEBOOKS_ECS_CONTAINER": TASK_CONTAINER,
+        "NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP": {"Ref": "FargateAssignPublicIp"},
+    }
+
+
+def _task_definition(data: dict) -> dict:
+    """One run per task: the runner image with the fargate_task entry point (RunTask adds
+    the run id as its command), Lambda's layout (read-only root, a writable /tmp)."""
+    environment = {**data, "HOME": "/tmp", "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"}}
+    return {"Type": "AWS::ECS::TaskDefinition", "Condition": "FargateEnabled", "Properties": {
+        "Family": _TASK_FAMILY,
+        "RequiresCompatibilities": ["FARGATE"],
+        "NetworkMode": "awsvpc",
+        "Cpu": {"Ref": "FargateCpu"},
+        "Memory": {"Ref": "FargateMemoryMB"},
+        "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
+        "TaskRoleArn": {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
+        "ExecutionRoleArn": {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
+        "Volumes": [{"Name": "tmp"}],
+        "ContainerDefinitions": [{
+            "Name": TASK_CONTAINER,
+            "Image": {"Ref": "RunnerImageUri"},
+            "Essential": True,
+            "EntryPoint": TASK_ENTRY_POINT,
+            "WorkingDirectory": TASK_ROOT,
+            "ReadonlyRootFilesystem": True,
+            "MountPoints": [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}],
+            "Environment": [{"Name": name, "Value": value} for name, value in environment.items()],
+            "LogConfiguration": {"LogDriver": "awslogs", "Options": {
+                "awslogs-group": {"Ref": "RunnerTaskLogGroup"},
+                "awslogs-region": {"Ref": "AWS::Region"},
+                "awslogs-stream-prefix": "run",
+            }},
+        }],
+    }}
+
+
+def image_runner(template: dict) -> dict:
+    """Chalice's template with the runner function as a container image: its handler
+    becomes the image's command, and Chalice's .zip properties go (a merge can only add)."""
+    runner = template["Resources"][RUNNER_FUNCTION]["Properties"]
+    runner["ImageConfig"] = {"Command": [runner["Handler"]]}
+    for name in _ZIP_ONLY:
+        runner.pop(name, None)
+    return template
 
 
 def merge_template(settings: Settings = Settings()) -> dict:
@@ -235,10 +380,17 @@ def merge_template(settings: Settings = Settings()) -> dict:
             "NotebooksTable": notebooks,
             "RunsTable": runs,
             "UsersTable": users,
-            "ApiRole": _role(api_statements()),
-            "RunnerRole": _role(runner_statements()),
+            "ApiRole": _role(api_statements() + fargate_statements()),
+            "RunnerRole": _role(runner_statements() + fargate_statements()),
             "ApiLogGroup": _log_group("api"),
             "RunnerLogGroup": _log_group("runner"),
+            "RunnerCluster": {"Type": "AWS::ECS::Cluster", "Properties": {
+                "CapacityProviders": ["FARGATE"]}},
+            "RunnerTaskRole": _role(task_statements(), "ecs-tasks.amazonaws.com"),
+            "RunnerTaskExecutionRole": _role(task_execution_statements(), "ecs-tasks.amazonaws.com"),
+            "RunnerTaskLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
+                "RetentionInDays": {"Ref": "LogRetentionDays"}}},
+            "RunnerTaskDefinition": _task_definition(data),
             "FailedRunnerEvents": {"Type": "AWS::SQS::Queue", "Properties": {
                 "MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}},
             API_FUNCTION: {"DependsOn": ["ApiLogGroup"], "Properties": {
@@ -249,14 +401,14 @@ def merge_template(settings: Settings = Settings()) -> dict:
                 **_environment(**data, NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
                                JUPYTER_DATA_DIR=PACKAGED_JUPYTER_DATA,
                                NOTEBOOKS_RUNNER_FUNCTION={"Ref": RUNNER_FUNCTION},
-                               NOTEBOOKS_RUNNER_ARN={"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]}),
+                               NOTEBOOKS_RUNNER_ARN={"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
+                               **_fargate_environment()),
             }},
             RUNNER_FUNCTION: {"DependsOn": ["RunnerLogGroup"], "Properties": {
                 "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
-                "Runtime": RUNTIME,
-                "CodeUri": CODE_URI,
+                "PackageType": "Image",
                 "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
-                **_environment(**data),
+                **_environment(**data, **_fargate_environment()),
                 "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
                 "ReservedConcurrentExecutions": {"Fn::If": [
                     "RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]},
@@ -266,7 +418,7 @@ def merge_template(settings: Settings = Settings()) -> dict:
                     "DestinationConfig": {"OnFailure": {
                         "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}},
                 },
-            }},
+            }, "Metadata": {"Dockerfile": "Dockerfile", "DockerContext": "./" + IMAGE_CONTEXT, "DockerTag": RUNTIME}},
             "RunnerInvokedByScheduleRules": {
                 "Type": "AWS::Lambda::Permission",
                 "Properties": {
@@ -283,5 +435,6 @@ def merge_template(settings: Settings = Settings()) -> dict:
             "UsersTable": {"Value": {"Ref": "UsersTable"},
                            "Description": "NOTEBOOKS_USERS_TABLE for `python -m chalicelib.users`"},
             "FailedRunnerEventsQueue": {"Value": {"Ref": "FailedRunnerEvents"}},
+            "RunnerCluster": {"Value": {"Ref": "RunnerCluster"}, "Description": "The Fargate runs' ECS cluster"},
         },
     }

@@ -1,17 +1,22 @@
 """`make package`: the stack's template and its Lambda package, under build/.
 
     build/template.json          Chalice's SAM template with chalicelib/deployment.py merged in
-    build/notebooks-lambda.zip   the code of both functions (app.py, chalicelib/, dependencies)
+    build/notebooks-lambda.zip   the API function's code (app.py, chalicelib/, dependencies)
+    build/runner-image/          the runner image's Docker context: deploy/Dockerfile, and
+                                 task/, what it copies into /var/task: the same code, with
+                                 the notebook libraries of requirements-runner.txt too
 
 Needs no AWS account or credentials. The dependencies are the pinned ones that `make
-test` tests: requirements.txt under constraints.txt, installed by pip for Lambda's
-python3.11 on Amazon Linux 2 (glibc 2.26), whatever machine builds. Every module is
+test` tests: requirements.txt (and, in the image, requirements-runner.txt) under
+constraints.txt, installed by pip for Lambda's python3.11 on Amazon Linux 2 (glibc 2.26),
+whatever machine builds. Every module is
 compiled to bytecode in the package (unchecked hashes, as the zip's timestamps are not
 exact): /var/task is read-only, so Python could cache nothing itself and would compile
 IPython again at every cold start and in every fresh kernel.
 
 The installed dependencies are kept under build/cache/, keyed by the pins, so a second
-build only zips.
+build only zips and links. No Docker is needed here: `sam build` builds the image from
+build/runner-image/ (the template's Metadata), and `sam deploy` pushes it.
 """
 import argparse
 import compileall
@@ -25,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from chalicelib.deployment import CODE_URI, RUNTIME, merge_template
+from chalicelib.deployment import CODE_URI, IMAGE_CONTEXT, RUNTIME, image_runner, merge_template
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -47,9 +52,17 @@ TASK_ROOT = "/var/task"  # where Lambda unzips the package
 # Lambda's limits for a .zip package: zipped when uploaded directly (the deploy commands
 # upload it to S3, where this limit does not apply), and unzipped, always.
 ZIPPED_LIMIT_MB, UNZIPPED_LIMIT_MB = 50, 250
+IMAGE_LIMIT_GB = 10  # a Lambda container image, uncompressed, all layers
 _MB = 1024 * 1024
 # Entry-point scripts name the building machine's Python: of no use on Lambda.
 _NOT_PACKAGED = {"bin"}
+# What each package holds: the zip, the app's code and the runtime; the runner image,
+# the notebook libraries too (installed apart, so that the runtime is installed once).
+ZIP_REQUIREMENTS = ("requirements.txt",)
+RUNNER_REQUIREMENTS = ("requirements-runner.txt",)
+IMAGE_REQUIREMENTS = ZIP_REQUIREMENTS + RUNNER_REQUIREMENTS
+IMAGE_TASK = "task"  # the Dockerfile copies this folder of the context into /var/task
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 
 def _compile(folder: Path) -> None:
@@ -60,23 +73,25 @@ def _compile(folder: Path) -> None:
         raise SystemExit(f"compiling {folder} failed")
 
 
-def dependencies(cache: Path = BUILD / "cache") -> Path:
-    """A folder with the pinned runtime dependencies for Lambda, compiled; installed once
-    per set of pins and options."""
-    inputs = [(ROOT / name).read_bytes() for name in ("requirements.txt", "constraints.txt")]
+def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -> Path:
+    """A folder with the pinned dependencies of the `requirements` files for Lambda,
+    compiled; installed once per set of files, pins and options."""
+    inputs = [(ROOT / name).read_bytes() for name in (*requirements, "constraints.txt")]
     options = " ".join([*PIP_TARGET_OPTIONS, TASK_ROOT])
     key = hashlib.sha256(b"\0".join(inputs + [options.encode()])).hexdigest()[:16]
-    site = cache / f"site-{key}"
+    label = "site-" + "+".join(name.removesuffix(".txt") for name in requirements)
+    site = cache / f"{label}-{key}"
     if (site / ".complete").exists():
         return site
     shutil.rmtree(site, ignore_errors=True)
     site.parent.mkdir(parents=True, exist_ok=True)
+    files = [option for name in requirements for option in ("-r", str(ROOT / name))]
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--target", str(site), *PIP_TARGET_OPTIONS,
-                    "-r", str(ROOT / "requirements.txt"), "-c", str(ROOT / "constraints.txt")], check=True)
+                    "--target", str(site), *PIP_TARGET_OPTIONS, *files, "-c", str(ROOT / "constraints.txt")],
+                   check=True)
     _compile(site)
     (site / ".complete").touch()
-    for stale in cache.glob("site-*"):  # installed for other pins
+    for stale in cache.glob(f"{label}-*"):  # installed for other pins
         if stale != site:
             shutil.rmtree(stale)
     return site
@@ -102,7 +117,8 @@ def chalice_package(out: Path) -> tuple:
                         "--merge-template", str(merge), str(Path(scratch) / "out")],
                        cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
         template = out / TEMPLATE_NAME
-        template.write_text(json.dumps(json.loads((Path(scratch) / "out" / "sam.json").read_text()), indent=2) + "\n")
+        chalice_template = json.loads((Path(scratch) / "out" / "sam.json").read_text())
+        template.write_text(json.dumps(image_runner(chalice_template), indent=2) + "\n")
         code = out / "code"
         shutil.rmtree(code, ignore_errors=True)
         with zipfile.ZipFile(Path(scratch) / "out" / "deployment.zip") as chalice_zip:
@@ -127,17 +143,45 @@ def _add_tree(archive: zipfile.ZipFile, folder: Path, skip=frozenset()) -> None:
 
 
 def write_package(out: Path, code: Path, site: Path) -> Path:
-    """The .zip both functions run: Chalice's package of the app and the dependencies,
-    all compiled."""
+    """The .zip the API function runs: Chalice's package of the app (compiled) and the
+    dependencies."""
     target = out / PACKAGE_NAME
     partial = target.with_suffix(".partial")
-    _compile(code)
     with zipfile.ZipFile(partial, "w", compresslevel=6) as archive:
         _add_tree(archive, code)
         _add_tree(archive, site, skip=_NOT_PACKAGED)
     partial.replace(target)
-    shutil.rmtree(code)
     return target
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    # The cache is read, never written, through the tree: a hard link spares copying it.
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass  # the same file of the same pinned wheel, from another site
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_image_tree(out: Path, code: Path, sites: list) -> Path:
+    """The runner image's Docker context: the Dockerfile, and the task tree it copies into
+    /var/task, laid out as the zip (the app's code and the dependencies of all `sites`,
+    compiled). Sites may share a dependency: the same pinned wheel, the same files."""
+    context = out / IMAGE_CONTEXT
+    task, partial = context / IMAGE_TASK, context / (IMAGE_TASK + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(code, partial)
+    for site in sites:
+        def unpackaged(folder, names, top=site):  # as _add_tree skips them
+            return [name for name in names if name in _NOT_PACKAGED or name.startswith(".")] \
+                if Path(folder) == top else []
+
+        shutil.copytree(site, partial, ignore=unpackaged, copy_function=_link_or_copy, dirs_exist_ok=True)
+    shutil.rmtree(task, ignore_errors=True)
+    partial.rename(task)
+    shutil.copy(DOCKERFILE, context / "Dockerfile")
+    return task
 
 
 def sizes(package: Path) -> tuple:
@@ -149,24 +193,37 @@ def sizes(package: Path) -> tuple:
 def size_report(package: Path) -> str:
     """The package's sizes against Lambda's limits, one line."""
     zipped, unzipped = sizes(package)
-    return (f"{package.name} (both functions): {zipped / _MB:.1f} MB zipped "
+    return (f"{package.name} (the API function): {zipped / _MB:.1f} MB zipped "
             f"(Lambda: {ZIPPED_LIMIT_MB} MB for a direct upload; the deploy commands upload to S3), "
             f"{unzipped / _MB:.1f} MB unzipped of Lambda's {UNZIPPED_LIMIT_MB} MB")
 
 
 def build(out: Path = BUILD) -> tuple:
-    """(template, package): everything a deploy command needs, in `out`."""
+    """(template, package, image task tree): everything `sam build` and `sam deploy`
+    need, in `out`."""
     template, code = chalice_package(out)
-    return template, write_package(out, code, dependencies())
+    _compile(code)
+    runtime = dependencies(ZIP_REQUIREMENTS)
+    package = write_package(out, code, runtime)
+    task = write_image_tree(out, code, [runtime, dependencies(RUNNER_REQUIREMENTS)])
+    shutil.rmtree(code)
+    return template, package, task
+
+
+def tree_size(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=BUILD, help="where to write (default: build/)")
     args = parser.parse_args(argv)
-    template, package = build(args.out)
+    template, package, task = build(args.out)
     print(f"{template}: the stack's template (SAM)")
     print(f"{package}: {size_report(package)}")
+    print(f"{task}: the runner image's /var/task, {tree_size(task) / _MB:.0f} MB "
+          f"(a Lambda image may be {IMAGE_LIMIT_GB} GB); `sam build` builds the image")
     if sizes(package)[1] > UNZIPPED_LIMIT_MB * _MB:
         print("The package is over Lambda's unzipped limit: it cannot be deployed.", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.deployment import MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
+from chalicelib.deployment import IMAGE_CONTEXT, MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
 from chalicelib.localstack import free_port
 from chalicelib.files import RESPONSES_PREFIX
 from chalicelib.metadata import TTL_ATTRIBUTE, table_definitions
@@ -71,10 +71,29 @@ def test_cfn_lint_finds_nothing(template_file):
 
 
 def test_both_functions_run_the_runtime_the_package_is_built_for(resources):
-    for function in ("APIHandler", "Runner"):
-        assert resources[function]["Properties"]["Runtime"] == RUNTIME
+    assert resources["APIHandler"]["Properties"]["Runtime"] == RUNTIME
     assert package.LAMBDA_PYTHON.startswith(RUNTIME.removeprefix("python") + ".")
     assert f"--python-version {package.LAMBDA_PYTHON}" in " ".join(package.PIP_TARGET_OPTIONS)
+    # The runner image: AWS's base image of the same Python.
+    base = re.search(r"^FROM (\S+)$", package.DOCKERFILE.read_text(), re.M).group(1)
+    assert base == "public.ecr.aws/lambda/python:" + RUNTIME.removeprefix("python")
+
+
+def test_the_runner_is_an_image_that_sam_builds_from_the_tree_make_package_writes(resources):
+    runner = resources["Runner"]
+    properties = runner["Properties"]
+    assert properties["PackageType"] == "Image"
+    assert not {"Runtime", "Handler", "CodeUri", "Layers"} & set(properties)
+    assert resources["APIHandler"]["Properties"]["CodeUri"] == "./" + package.PACKAGE_NAME  # the small zip
+    # sam build: the Dockerfile in the Docker context, relative to the template.
+    metadata = runner["Metadata"]
+    assert metadata["DockerContext"] == "./" + IMAGE_CONTEXT and metadata["Dockerfile"] == "Dockerfile"
+    assert metadata["DockerTag"]
+    # The Dockerfile copies the task tree into the task root and runs Chalice's handler.
+    dockerfile = package.DOCKERFILE.read_text()
+    assert re.search(rf"^COPY {package.IMAGE_TASK}/ \$\{{LAMBDA_TASK_ROOT\}}/$", dockerfile, re.M)
+    command = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert properties["ImageConfig"]["Command"] == command == ["app.runner"]
 
 
 def test_the_api_is_regional(resources):
@@ -290,3 +309,103 @@ def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails
     assert refused.returncode != 0
     assert "FAIL  Create: POST /_notebooks/notebooks/: HTTP 401" in refused.stdout
     assert "2 of 3 checks passed" in refused.stdout
+
+
+def test_fargate_runs_the_same_image_with_the_fargate_entry_point_and_configured_size(template, resources):
+    task = resources["RunnerTaskDefinition"]
+    assert task["Condition"] == "FargateEnabled"
+    properties = task["Properties"]
+    assert properties["RequiresCompatibilities"] == ["FARGATE"] and properties["NetworkMode"] == "awsvpc"
+    assert properties["Cpu"] == {"Ref": "FargateCpu"} and properties["Memory"] == {"Ref": "FargateMemoryMB"}
+    assert properties["TaskRoleArn"] == {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}
+    assert properties["ExecutionRoleArn"] == {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}
+    [container] = properties["ContainerDefinitions"]
+    assert container["Name"] == Settings().ecs_container  # what the dispatcher's overrides name
+    assert container["Image"] == {"Ref": "RunnerImageUri"}
+    # RunTask appends the run id: python3 -m chalicelib.fargate_task <run id>, in the task root.
+    assert container["EntryPoint"] == ["python3", "-m", "chalicelib.fargate_task"]
+    assert (ROOT / "chalicelib" / "fargate_task.py").exists() and container["WorkingDirectory"] == "/var/task"
+    assert container["ReadonlyRootFilesystem"] is True
+    assert container["MountPoints"] == [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}]
+    environment = {pair["Name"]: pair["Value"] for pair in container["Environment"]}
+    runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
+    for name in ("NOTEBOOKS_BUCKET", "NOTEBOOKS_TABLE", "NOTEBOOKS_RUNS_TABLE", "NOTEBOOKS_RULE_PREFIX"):
+        assert environment[name] == runner[name]
+    assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RunnerTaskLogGroup"}
+    assert resources["RunnerTaskLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    parameters = template["Parameters"]
+    assert parameters["FargateCpu"]["Default"] == "1024" and parameters["FargateMemoryMB"]["Default"] == 4096
+    assert parameters["MaxRunTimeoutSeconds"]["Default"] == 12 * 3600
+    assert resources["RunnerCluster"]["Type"] == "AWS::ECS::Cluster"
+
+
+def _resolved(value, parameters: dict, fargate: bool):
+    """A function's environment value as CloudFormation resolves it, for the parameters
+    given and the FargateEnabled condition."""
+    if not isinstance(value, dict):
+        return str(value)
+    [(function, argument)] = value.items()
+    if function == "Fn::If":
+        condition, when_true, when_false = argument
+        assert condition == "FargateEnabled"
+        return _resolved(when_true if fargate else when_false, parameters, fargate)
+    if function == "Fn::Join":
+        separator, listed = argument
+        return separator.join(_resolved(listed, parameters, fargate).split(","))
+    if function == "Ref":
+        return parameters.get(argument, f"<{argument}>")
+    return f"<{function}>"
+
+
+def test_the_dispatchers_of_both_functions_find_fargate_once_the_stack_has_a_task_definition(template, resources):
+    defaults = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    condition = template["Conditions"]["FargateEnabled"]["Fn::And"]
+    assert {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]} in condition
+    assert {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]} in condition
+    given = {**defaults, "FargateSubnets": "subnet-1,subnet-2", "FargateSecurityGroups": "sg-1",
+             "RunnerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/runner:1",
+             "RunnerTaskDefinition": "arn:task-definition/notebooks-dev-runner:3", "RunnerCluster": "runs"}
+    for function in ("APIHandler", "Runner"):
+        variables = resources[function]["Properties"]["Environment"]["Variables"]
+        assert not Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()}).fargate
+        settings = Settings.from_env({k: _resolved(v, given, True) for k, v in variables.items()})
+        assert settings.fargate and settings.ecs_cluster == "runs"
+        assert settings.ecs_task_definition == "arn:task-definition/notebooks-dev-runner:3"
+        assert settings.ecs_subnets == ("subnet-1", "subnet-2") and settings.ecs_security_groups == ("sg-1",)
+        assert settings.ecs_container == "runner" and settings.ecs_assign_public_ip
+        assert settings.max_run_timeout == 12 * 3600
+
+
+def test_the_functions_may_start_and_stop_this_stacks_tasks_and_pass_only_the_task_roles(resources):
+    task_definitions = [{"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:"
+                                    "task-definition/${AWS::StackName}-runner:*"}]
+    assert resources["RunnerTaskDefinition"]["Properties"]["Family"] == {"Fn::Sub": "${AWS::StackName}-runner"}
+    for role in ("ApiRole", "RunnerRole"):
+        assert allowed(resources, role, "ecs:RunTask") == task_definitions
+        [start] = [s for s in statements(resources, role) if "ecs:RunTask" in s["Action"]]
+        assert start["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}
+        assert allowed(resources, role, "ecs:StopTask") == [
+            {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}]
+        assert allowed(resources, role, "iam:PassRole") == [
+            {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}, {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}]
+        [passing] = [s for s in statements(resources, role) if "iam:PassRole" in s["Action"]]
+        assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+        assert allowed(resources, role, "ecs:RegisterTaskDefinition") == []
+
+
+def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_and_logs(resources):
+    def trusted(role):
+        [trust] = resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        return trust["Principal"]["Service"]
+
+    assert trusted("RunnerTaskRole") == trusted("RunnerTaskExecutionRole") == "ecs-tasks.amazonaws.com"
+    runner_data = [s for s in statements(resources, "RunnerRole")
+                   if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:"))]
+    assert statements(resources, "RunnerTaskRole") == runner_data
+    for action in ("ecs:RunTask", "iam:PassRole", "sqs:SendMessage", "logs:PutLogEvents", "lambda:InvokeFunction"):
+        assert allowed(resources, "RunnerTaskRole", action) == []
+    may = lambda action: allowed(resources, "RunnerTaskExecutionRole", action)  # noqa: E731
+    assert may("ecr:BatchGetImage") == may("ecr:GetDownloadUrlForLayer") == [
+        {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}]
+    assert may("logs:PutLogEvents") == [{"Fn::GetAtt": ["RunnerTaskLogGroup", "Arn"]}]
+    assert may("s3:GetObject") == may("dynamodb:GetItem") == []

@@ -1,7 +1,9 @@
-"""The Lambda simulation: the package `make package` builds, run the way Lambda runs it.
+"""The Lambda simulation: what `make package` builds, run the way Lambda runs it.
 
-The package is unzipped and each function runs in its own mount namespace with
-- the package read-only at /var/task, Lambda's runtime stand-in (lambda_bootstrap.py) at
+The API function's package is unzipped; the runner's is the image's task tree
+(build/runner-image/task/, what the Dockerfile copies into /var/task). Each function
+runs in its own mount namespace with
+- its code read-only at /var/task, Lambda's runtime stand-in (lambda_bootstrap.py) at
   /var/runtime and this machine's Python 3.11, without its site-packages, at /var/lang;
 - a private 512 MB /tmp, the only writable place;
 - an unprivileged user that has no entry in /etc/passwd, so `~` resolves to nothing,
@@ -13,7 +15,8 @@ The package is unzipped and each function runs in its own mount namespace with
 
 The API function gets API Gateway proxy events for the seed's samples, a run and its
 output as ipynb and HTML; the runner gets the event the API dispatched and the event the
-schedule's rule carries, one after the other in one warm process.
+schedule's rule carries, one after the other in one warm process, then a notebook of the
+data stack (numpy, pandas, scipy, matplotlib) whose HTML output shows its plot.
 """
 import base64
 import errno
@@ -37,6 +40,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from chalicelib import deployment
 from chalicelib.config import Settings
 from chalicelib.deployment import PACKAGED_JUPYTER_DATA, RUNTIME
 from chalicelib.embedded_aws import EmbeddedAws as GuardedMoto
@@ -62,7 +66,9 @@ PHYSICAL = {
     "APIHandler": f"{STACK}-api",
     "Runner": f"{STACK}-runner",
 }
-PARAMETERS = {"Stage": STAGE, "AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
+# The stack's parameters: their defaults (so no Fargate: FargateEnabled is false), the Stage.
+PARAMETERS = {**{name: str(parameter["Default"]) for name, parameter in deployment.PARAMETERS.items()},
+              "Stage": STAGE, "AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
               "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
 
 
@@ -85,7 +91,8 @@ simulation_only = pytest.mark.skipif(bool(_unavailable()), reason=f"Lambda simul
 
 
 def resolve(value):
-    """A template value with Ref, Fn::GetAtt and Fn::Sub resolved against this stack."""
+    """A template value with Ref, Fn::GetAtt, Fn::Sub, Fn::Join and Fn::If resolved
+    against this stack."""
     if isinstance(value, str):
         return value
     [(function, argument)] = value.items()
@@ -97,6 +104,13 @@ def resolve(value):
         return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{PHYSICAL[logical_id]}"
     if function == "Fn::Sub":
         return re.sub(r"\$\{([^}]+)\}", lambda match: resolve({"Ref": match.group(1)}), argument)
+    if function == "Fn::Join":  # of a comma-delimited list parameter
+        separator, listed = argument
+        return separator.join(item for item in resolve(listed).split(",") if item)
+    if function == "Fn::If":
+        condition, _, otherwise = argument
+        assert condition == "FargateEnabled", condition
+        return resolve(otherwise)
     raise AssertionError(f"unexpected intrinsic {function}")
 
 
@@ -177,7 +191,8 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
         "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
         "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
         "PYTHONPATH": "/var/runtime",
-        "_HANDLER": properties["Handler"],
+        # A .zip function's handler, or an image function's command (the Dockerfile's CMD).
+        "_HANDLER": properties.get("Handler") or properties["ImageConfig"]["Command"][0],
         "SIMULATED_TIMEOUT_SECONDS": str(properties["Timeout"]),
         # The embedded AWS, and this test as the Lambda service.
         "AWS_ENDPOINT_URL": aws.url,
@@ -303,11 +318,38 @@ class ApiGateway:
         return json.loads(response["body"])
 
 
+@dataclass
+class Built:
+    template: dict
+    template_file: Path
+    zipped: Path  # the API function's package
+    image_task: Path  # the runner image's /var/task
+
+
 @pytest.fixture(scope="module")
 def built():
-    """The template and the package, built as `make package` builds them."""
-    template, zipped = package.build(package.BUILD)
-    return json.loads(template.read_text()), zipped
+    """The template, the package and the image's tree, built as `make package` builds them."""
+    template, zipped, task = package.build(package.BUILD)
+    return Built(json.loads(template.read_text()), template, zipped, task)
+
+
+def zip_files(zipped: Path) -> dict:
+    """{path: a function reading its bytes} of a .zip package."""
+    archive = zipfile.ZipFile(zipped)
+    return {name: (lambda name=name: archive.read(name)) for name in archive.namelist()}
+
+
+def tree_files(folder: Path) -> dict:
+    """{path: a function reading its bytes} of a folder, as zip_files names them."""
+    return {str(path.relative_to(folder)): path.read_bytes for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module", params=["zip", "image"])
+def packaged(request, built):
+    """(the files of the zip or of the image's tree, the requirements files it holds)."""
+    if request.param == "zip":
+        return zip_files(built.zipped), package.ZIP_REQUIREMENTS
+    return tree_files(built.image_task), package.IMAGE_REQUIREMENTS
 
 
 def _pins(text: str) -> dict:
@@ -324,20 +366,22 @@ def _metadata_field(text: str, field: str) -> str:
     return re.search(rf"^{field}: (.+)$", text, re.M).group(1).strip()
 
 
-def test_the_package_holds_exactly_the_pinned_versions_that_the_tests_test(built):
-    _, zipped = built
+def test_the_package_holds_exactly_the_pinned_versions_that_the_tests_test(packaged):
+    files, requirements = packaged
     tested = _pins((package.ROOT / "constraints.txt").read_text())
-    packaged = {}
-    with zipfile.ZipFile(zipped) as archive:
-        for name in archive.namelist():
-            if re.fullmatch(r"[^/]+\.dist-info/METADATA", name):
-                metadata = archive.read(name).decode()
-                packaged[_pins(f"{_metadata_field(metadata, 'Name')}=={_metadata_field(metadata, 'Version')}")
-                         .popitem()[0]] = _metadata_field(metadata, "Version")
-    assert packaged and all(tested.get(name) == version for name, version in packaged.items()), \
-        {name: (version, tested.get(name)) for name, version in packaged.items() if tested.get(name) != version}
-    assert set(_pins((package.ROOT / "requirements.txt").read_text())) <= set(packaged)
-    assert "chalice" not in packaged  # Chalice's runtime module comes from Chalice's own packager
+    versions = {}
+    for name, read in files.items():
+        if re.fullmatch(r"[^/]+\.dist-info/METADATA", name):
+            metadata = read().decode()
+            versions[_pins(f"{_metadata_field(metadata, 'Name')}=={_metadata_field(metadata, 'Version')}")
+                     .popitem()[0]] = _metadata_field(metadata, "Version")
+    assert versions and all(tested.get(name) == version for name, version in versions.items()), \
+        {name: (version, tested.get(name)) for name, version in versions.items() if tested.get(name) != version}
+    for requirement in requirements:
+        assert set(_pins((package.ROOT / requirement).read_text())) <= set(versions), requirement
+    assert "chalice" not in versions  # Chalice's runtime module comes from Chalice's own packager
+    # The data stack is the image's alone: the zip stays small.
+    assert ("numpy" in versions) == ("requirements-runner.txt" in requirements)
 
 
 def _runs_on_amazon_linux_2(tag: str) -> bool:
@@ -352,43 +396,51 @@ def _runs_on_amazon_linux_2(tag: str) -> bool:
         or bool(glibc and int(glibc.group(1)) <= package.LAMBDA_GLIBC_MINOR))
 
 
-def test_compiled_libraries_are_built_for_amazon_linux_2(built):
-    _, zipped = built
+def test_compiled_libraries_are_built_for_amazon_linux_2(packaged):
+    files, _ = packaged
     compiled = []
-    with zipfile.ZipFile(zipped) as archive:
-        for name in archive.namelist():
-            if name.endswith(".dist-info/WHEEL"):
-                tags = re.findall(r"^Tag: (.+)$", archive.read(name).decode(), re.M)
-                assert any(_runs_on_amazon_linux_2(tag) for tag in tags), (name, tags)
-                compiled += [name] if not any(tag.endswith("-any") for tag in tags) else []
+    for name, read in files.items():
+        if name.endswith(".dist-info/WHEEL"):
+            tags = re.findall(r"^Tag: (.+)$", read().decode(), re.M)
+            assert any(_runs_on_amazon_linux_2(tag) for tag in tags), (name, tags)
+            compiled += [name] if not any(tag.endswith("-any") for tag in tags) else []
     assert len(compiled) >= 5, compiled  # pyzmq, tornado, psutil, pyyaml, rpds-py, ...
     assert not _runs_on_amazon_linux_2("cp311-cp311-manylinux_2_28_x86_64")
     assert not _runs_on_amazon_linux_2("cp312-cp312-manylinux2014_x86_64")
     assert not _runs_on_amazon_linux_2("cp312-abi3-manylinux2014_x86_64")
 
 
-def test_every_module_is_compiled_ahead_for_a_read_only_task_root(built):
-    _, zipped = built
-    with zipfile.ZipFile(zipped) as archive:
-        names = set(archive.namelist())
-        sources = [name for name in names if name.endswith(".py")]
-        for source in sources:
-            folder, _, module = source.rpartition("/")
-            compiled = f"{folder}/__pycache__/{module[:-3]}.cpython-311.pyc".lstrip("/")
-            assert compiled in names, source
-        # PEP 552 flags: hash-based (1), source not checked (no 2): valid whatever the time stamps.
-        app_bytecode = archive.read("__pycache__/app.cpython-311.pyc")
-        assert int.from_bytes(app_bytecode[4:8], "little") == 1
-        assert marshal.loads(app_bytecode[16:]).co_filename == "/var/task/app.py"  # alike wherever built
+def test_every_module_is_compiled_ahead_for_a_read_only_task_root(packaged):
+    files, _ = packaged
+    names = set(files)
+    sources = [name for name in names if name.endswith(".py")]
+    for source in sources:
+        folder, _, module = source.rpartition("/")
+        compiled = f"{folder}/__pycache__/{module[:-3]}.cpython-311.pyc".lstrip("/")
+        assert compiled in names, source
+    # PEP 552 flags: hash-based (1), source not checked (no 2): valid whatever the time stamps.
+    app_bytecode = files["__pycache__/app.cpython-311.pyc"]()
+    assert int.from_bytes(app_bytecode[4:8], "little") == 1
+    assert marshal.loads(app_bytecode[16:]).co_filename == "/var/task/app.py"  # alike wherever built
     assert {"app.py", "chalicelib/runs.py", "chalice/app.py", "IPython/__init__.py"} <= set(sources)
     assert not [name for name in names if name.startswith("bin/")]
     assert PACKAGED_JUPYTER_DATA.replace("/var/task/", "") + "/nbconvert/templates/lab/index.html.j2" in names
 
 
+def test_the_templates_docker_context_is_the_tree_the_simulation_runs(built):
+    metadata = built.template["Resources"]["Runner"]["Metadata"]
+    context = built.template_file.parent / metadata["DockerContext"]
+    assert (context / metadata["Dockerfile"]).read_text() == package.DOCKERFILE.read_text()
+    assert (context / package.IMAGE_TASK).resolve() == built.image_task.resolve()
+    # Lambda runs an image as a user of its own: everything must be readable by others.
+    unreadable = [path for path in built.image_task.rglob("*") if not path.stat().st_mode & 0o004]
+    assert not unreadable, unreadable[:5]
+
+
 @dataclass
 class Simulation:
     template: dict
-    task: Path  # the unzipped package
+    tasks: dict  # logical id: its /var/task (the unzipped package, or the image's tree)
     aws: EmbeddedAws
     lambda_service: LambdaService
     functions: dict  # logical id: its warm SimulatedFunction
@@ -396,19 +448,19 @@ class Simulation:
 
 @pytest.fixture(scope="module")
 def simulation(built, tmp_path_factory):
-    template, zipped = built
     root = tmp_path_factory.mktemp("lambda")
-    task = root / "task"
-    with zipfile.ZipFile(zipped) as archive:
-        archive.extractall(task)
+    unzipped = root / "task"
+    with zipfile.ZipFile(built.zipped) as archive:
+        archive.extractall(unzipped)
+    tasks = {"APIHandler": unzipped, "Runner": built.image_task}
     aws, lambda_service = EmbeddedAws(root / "aws-state"), LambdaService()
     functions = {}
     try:
         for function in ("APIHandler", "Runner"):
             (root / function).mkdir()
-            functions[function] = SimulatedFunction(root / function, task,
-                                                    lambda_environment(function, template, aws, lambda_service))
-        yield Simulation(template, task, aws, lambda_service, functions)
+            functions[function] = SimulatedFunction(
+                root / function, tasks[function], lambda_environment(function, built.template, aws, lambda_service))
+        yield Simulation(built.template, tasks, aws, lambda_service, functions)
     finally:
         for function in functions.values():
             function.close()
@@ -420,7 +472,8 @@ def simulation(built, tmp_path_factory):
 def test_the_runner_module_imports_without_home(simulation, tmp_path):
     """What the runner function loads on its first event, loaded before anything has set HOME."""
     env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
-    function = SimulatedFunction(tmp_path, simulation.task, {**env, "_HANDLER": "chalicelib.runner.NotebookRunner"})
+    function = SimulatedFunction(tmp_path, simulation.tasks["Runner"],
+                                 {**env, "_HANDLER": "chalicelib.runner.NotebookRunner"})
     function.close()
     assert "papermill" in function.init["loaded"]
 
@@ -491,3 +544,39 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     assert aws.client("events").list_rules(NamePrefix=f"notebooks-{STAGE}-")["Rules"] == []
     assert api.json("DELETE", BASE + "/", {"nbk_ids": [notebook_id]}) == "Success"
     assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
+
+
+DATA_STACK_NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
+    {"cell_type": "code", "id": "d1", "metadata": {}, "execution_count": None, "outputs": [],
+     "source": "import numpy as np, pandas as pd, scipy, matplotlib\n"
+               "import matplotlib.pyplot as plt\n"
+               "from scipy import stats\n"
+               "frame = pd.DataFrame({'x': np.arange(10.0)}).assign(y=lambda f: f.x ** 2)\n"
+               "fit = stats.linregress(frame.x, frame.y)\n"
+               "print('numpy', np.__file__, 'slope', round(fit.slope, 6), 'sum', int(frame.y.sum()))"},
+    {"cell_type": "code", "id": "d2", "metadata": {}, "execution_count": None, "outputs": [],
+     "source": "frame.plot(x='x', y='y', title='squares')\nplt.show()"},
+]}
+
+
+@simulation_only
+def test_the_runner_image_runs_a_notebook_of_the_data_stack_and_its_html_shows_the_plot(simulation):
+    api = ApiGateway(simulation.functions["APIHandler"], simulation.template)
+    notebook_id = api.json("POST", BASE + "/", {"notebook_name": "data-stack"})["notebook_id"]
+    assert api.json("PUT", f"{BASE}/{notebook_id}/content", DATA_STACK_NOTEBOOK) == "Success"
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "notebooks"})["runs"]
+    runner = simulation.functions["Runner"]
+    assert runner.invoke(simulation.lambda_service.invocations[-1][1]) == \
+        {"run_id": run["run_id"], "status": "succeeded"}, runner.output()[-4000:]
+
+    record = api.json("GET", f"/_notebooks/runs/{run['run_id']}")
+    print(f"data-stack run on the simulated runner: {(record['finished_at'] - record['started_at']) / 1000:.1f} s")
+    output = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")
+    [printed] = output["cells"][0]["outputs"]
+    # Imported from the image's tree: what the Dockerfile copies into /var/task.
+    assert printed["text"] == "numpy /var/task/numpy/__init__.py slope 9.0 sum 285\n"
+    assert any("image/png" in shown.get("data", {}) for shown in output["cells"][1]["outputs"])
+    page = api.request("GET", f"/_notebooks/runs/{run['run_id']}/output", query={"format": "html"})
+    assert page["statusCode"] == 200
+    assert re.search(r'<img[^>]+src="data:image/png;base64,[A-Za-z0-9+/]{1000,}', page["body"])
