@@ -158,14 +158,15 @@ def test_weekday_moves_back_across_midnight_and_the_week_start():
 
 
 def test_weekday_moves_forward_across_midnight_and_the_week_end():
-    # Sunday 22:00 in Los Angeles in winter (UTC-8) is Monday 06:00 UTC.
+    # Sunday 22:00 in Los Angeles is Monday 06:00 UTC in winter (UTC-8), 05:00 in summer (UTC-7).
     winter = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
     schedule = parse_schedule({"period": "Sunday", "time": "22:00", "until": FUTURE}, winter, "America/Los_Angeles")
-    assert schedule.expression == "cron(0 6 ? * MON *)"
-    sunday = datetime(2026, 1, 18, 22, 0, tzinfo=ZoneInfo("America/Los_Angeles"))
-    assert sunday.weekday() == 6
-    assert cron_matches(schedule.expression, sunday)
-    assert not cron_matches(schedule.expression, sunday - timedelta(days=1))
+    assert schedule.expression == "cron(0 5,6 ? * MON *)"
+    los_angeles = ZoneInfo("America/Los_Angeles")
+    for sunday in (datetime(2026, 1, 18, 22, 0, tzinfo=los_angeles), datetime(2026, 7, 19, 22, 0, tzinfo=los_angeles)):
+        assert sunday.weekday() == 6
+        assert cron_matches(schedule.expression, sunday)
+        assert not cron_matches(schedule.expression, sunday - timedelta(days=1))
 
 
 def test_daily_cron_wraps_the_hour_without_a_day():
@@ -179,18 +180,21 @@ def test_offsets_with_odd_minutes():
     assert schedule.expression == "cron(15 0 ? * TUE *)"
 
 
-def test_dst_zone_uses_the_offset_at_the_moment_of_scheduling():
+def test_dst_zone_cron_covers_both_offsets_whenever_scheduled():
     body = {"period": "Monday", "time": "09:00", "until": "2027-12-01 09:00"}
     january = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # New York on EST, UTC-5
     july = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)  # New York on EDT, UTC-4
-    assert parse_schedule(body, january, "America/New_York").expression == "cron(0 14 ? * MON *)"
-    in_july = parse_schedule(body, july, "America/New_York")
-    assert in_july.expression == "cron(0 13 ? * MON *)"
+    for now in (january, july):
+        assert parse_schedule(body, now, "America/New_York").expression == "cron(0 13,14 ? * MON *)"
     new_york = ZoneInfo("America/New_York")
-    # Scheduled in summer: 09:00 wall-clock in July, but 08:00 once winter time starts (documented).
-    assert cron_matches(in_july.expression, datetime(2026, 7, 20, 9, 0, tzinfo=new_york))
-    assert cron_matches(in_july.expression, datetime(2026, 11, 23, 8, 0, tzinfo=new_york))
-    assert not cron_matches(in_july.expression, datetime(2026, 11, 23, 9, 0, tzinfo=new_york))
+    clock = cron.WallClock(new_york, 0, 9, 0)
+    # 09:00 wall-clock in July and in November; the cron's other hour is no occurrence.
+    for monday in (datetime(2026, 7, 20, 9, 0, tzinfo=new_york), datetime(2026, 11, 23, 9, 0, tzinfo=new_york)):
+        assert cron_matches("cron(0 13,14 ? * MON *)", monday)
+        assert clock.due(monday.astimezone(UTC)) == monday.astimezone(UTC)
+        for other_hour in (monday - timedelta(hours=1), monday + timedelta(hours=1)):
+            assert clock.due(other_hour.astimezone(UTC)) in (None, monday.astimezone(UTC))
+    assert clock.due(datetime(2026, 11, 23, 13, 0, tzinfo=UTC)) is None  # 08:00 EST: a week after the last
 
 
 def test_until_is_converted_with_its_own_dates_offset():
@@ -198,10 +202,11 @@ def test_until_is_converted_with_its_own_dates_offset():
     winter_until = parse_schedule({"until": "2027-01-10 09:00"}, july, "America/New_York")
     assert winter_until.until_utc == datetime(2027, 1, 10, 14, 0, tzinfo=UTC)
     assert winter_until.until_utc.tzinfo == UTC
-    # The time of day taken from `until` is still converted at today's (summer) offset.
-    assert winter_until.expression == "cron(0 13 * * ? *)"
+    # The time of day taken from `until` is wall-clock: 13:00 UTC in summer, 14:00 in winter.
+    assert winter_until.expression == "cron(0 13,14 * * ? *)"
     summer_until = parse_schedule({"until": "2026-08-10 09:00"}, july, "America/New_York")
     assert summer_until.until_utc == datetime(2026, 8, 10, 13, 0, tzinfo=UTC)
+    assert summer_until.expression == "cron(0 13 * * ? *)"  # no DST change before until
 
 
 def test_utc_is_the_default_zone():
