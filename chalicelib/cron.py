@@ -120,8 +120,9 @@ def _zone(name: str):
 
 @lru_cache(maxsize=1)
 def _known_zones() -> frozenset:
-    """The IANA names the zone database knows (system's and the tzdata package's)."""
-    return frozenset(available_timezones()) | {"UTC"}
+    """The IANA zone names the database knows (the system's and the tzdata package's),
+    without the system's aliases of its own zone, which are no IANA names."""
+    return (frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}) | {"UTC"}
 
 
 def _requested_zone(value, default: str) -> tuple:
