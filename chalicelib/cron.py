@@ -206,10 +206,13 @@ class WallClock:
 
     def between(self, start: datetime, end: datetime) -> Iterator[datetime]:
         """The occurrences from `start` to `end` (both included), in order."""
-        when = self.next_after(start - timedelta(microseconds=1))
-        while when is not None and when <= end:
-            yield when
-            when = self.next_after(when)
+        day, last = (moment.astimezone(self.zone).date() for moment in (start, end))
+        day -= timedelta(days=1)  # local dates around the ends: an offset can move an occurrence a day
+        while day <= last + timedelta(days=1):
+            when = self.on(day)
+            if when is not None and start <= when <= end:
+                yield when
+            day += timedelta(days=1)
 
     def cover(self, start: datetime, end: datetime) -> str:
         """A UTC cron matching every occurrence from `start` to `end` (at most _COVER_DAYS

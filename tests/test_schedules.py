@@ -444,6 +444,23 @@ def test_an_event_with_no_schedule_behind_it_is_skipped_and_its_rule_removed(sta
     assert rules(events) == {}
 
 
+def test_a_schedule_stored_before_time_zones_fires_as_its_utc_cron_says(stack, scheduler, events, clock):
+    """Recorded without `timezone` (before zones existed): Fetch shows timezone null and the
+    next run from its cron; every firing of its one-time rule runs, once per minute."""
+    notebook_id = new(stack)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "period": "Monday", "time": "06:50"})
+    table = stack.notebooks._table
+    table._table.update_item(Key=table.key("admin", notebook_id), UpdateExpression="REMOVE #s.#z",
+                             ExpressionAttributeNames={"#s": "schedule", "#z": "timezone"})
+    assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
+        "period": "Monday", "time": "06:50", "until": UNTIL, "timezone": None,
+        "next_run": epoch("2030-01-07 06:50") * 1000}
+    clock.now = epoch("2030-01-07 06:50:30")
+    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-07 06:50") * 1000
+    clock.now = epoch("2030-01-08 11:00:30")  # as before zones: a firing at any time runs
+    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-08 11:00") * 1000
+
+
 def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, events, clock):
     longest = make_scheduler(stack, events, clock, dataclasses.replace(stack.settings, rule_prefix="p" * 28))
     assert len(longest.rule_name(str(uuid.uuid4()))) == 64
