@@ -205,6 +205,8 @@ def test_each_bad_field_is_a_400_naming_it_and_changes_nothing(stack, scheduler,
         ({"until": UNTIL, "period": 1}, "period"),
         ({"until": UNTIL, "time": "24:00"}, "time"),
         ({"until": UNTIL, "time": "6:50"}, "time"),
+        ({"until": UNTIL, "timezone": "Mars/Olympus"}, "timezone"),
+        ({"until": UNTIL, "timezone": ["Europe/London"]}, "timezone"),
     ]
     for fields, field in cases:
         message = refused(scheduler.schedule, "admin", {"nbk_ids": [kept, notebook_id], **fields})
