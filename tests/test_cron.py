@@ -539,6 +539,8 @@ def fired_over_the_year(period, hhmm, zone) -> tuple:
     ("Europe/London", "Wednesday", "18:30", "cron(30 17,18 ? * WED *)"),
     # Southern hemisphere, and the UTC day is Sunday: 08:00 Monday is 21:00 (summer) or 22:00 Sunday UTC.
     ("Australia/Sydney", "Monday", "08:00", "cron(0 21,22 ? * SUN *)"),
+    # The UTC day is Sunday in summer (23:30 UTC), Monday in winter (00:30 UTC).
+    ("Europe/London", "Monday", "00:30", "cron(30 0,23 ? * SUN,MON *)"),
     ("Asia/Tokyo", "Friday", "18:45", "cron(45 9 ? * FRI *)"),  # no DST: one time, as before
     ("Asia/Kolkata", "Monday", "00:30", "cron(0 19 ? * SUN *)"),
     ("Australia/Lord_Howe", "Tuesday", "07:15", "cron(15,45 20 ? * MON *)"),  # a 30-minute DST shift
@@ -635,3 +637,20 @@ def test_cron_times_lists_the_matches_in_order():
     assert times == [start.replace(hour=6, minute=30), start.replace(hour=7, minute=30),
                      start.replace(day=23, hour=6, minute=30), start.replace(day=23, hour=7, minute=30)]
     assert list(cron_times("cron(0 9 * * ? *)", start.replace(hour=9), start.replace(hour=9))) == [start.replace(hour=9)]
+
+
+def test_zones_come_from_the_pinned_tzdata_package_without_a_system_database():
+    # As on a runtime without /usr/share/zoneinfo: zoneinfo falls back to the tzdata package.
+    import zoneinfo
+
+    saved = zoneinfo.TZPATH
+    try:
+        zoneinfo.reset_tzpath(to=[])
+        ZoneInfo.clear_cache()
+        cron._known_zones.cache_clear()
+        body = {"period": "Monday", "time": "08:00", "until": "2027-06-01 00:00", "timezone": "Australia/Sydney"}
+        assert parse_schedule(body, NOW).expression == "cron(0 21,22 ? * SUN *)"
+    finally:
+        zoneinfo.reset_tzpath(to=saved)
+        ZoneInfo.clear_cache()
+        cron._known_zones.cache_clear()
