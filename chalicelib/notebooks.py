@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import nbformat
 
-from . import payloads
+from . import cron, payloads
 from .errors import (
     NAME_TAKEN, NO_NOTEBOOK_FOUND, NO_NOTEBOOKS_DELETED, NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED,
     ApiError, bad_request,
@@ -89,12 +89,15 @@ def notebook_view(item: dict, at_ms: int, listing: bool = False) -> dict:
     """The API's notebook object. `last_run` of a never-run notebook: null, or "-" in List."""
     scheduled = is_scheduled(item, at_ms)
     schedule = item["schedule"] if scheduled else _UNSCHEDULED
+    shown = {field: schedule.get(field) for field in _UNSCHEDULED}
+    if scheduled and not listing:  # Fetch: the zone (null: stored before zones) and the next occurrence
+        shown.update(timezone=schedule.get("timezone"), next_run=cron.next_occurrence(schedule, at_ms))
     last_run = item.get("last_run")
     return {
         "notebook_id": item["notebook_id"],
         "notebook_name": item["notebook_name"],
         "status": "Scheduled" if scheduled else "Not Scheduled",
-        "schedule": {field: schedule.get(field) for field in _UNSCHEDULED},
+        "schedule": shown,
         "created_at": int(item["created_at"]),
         "updated_at": int(item["updated_at"]),
         "created_by": item["created_by"],

@@ -47,7 +47,9 @@ def document() -> dict:
     ipynb = {"type": "object", "description": "An nbformat v4 notebook"}
     schedule_body = {"type": "object", "required": ["nbk_ids", "until"], "properties": {
         "nbk_ids": _IDS, "until": {"type": "string", "example": "2030-12-13 06:50"},
-        "period": {"type": "string", "example": "Monday"}, "time": {"type": "string", "example": "06:50"}}}
+        "period": {"type": "string", "example": "Monday"}, "time": {"type": "string", "example": "06:50"},
+        "timezone": {"type": "string", "example": "Europe/London", "description": "IANA zone that period, time "
+                     "and until are wall-clock in, all year (default NOTEBOOKS_TIMEZONE, else UTC)"}}}
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
     run_body = {"type": "object", "required": ["nbkIds", "module"], "properties": {
         "nbkIds": _IDS, "module": {"type": "string"},
@@ -122,7 +124,11 @@ def document() -> dict:
                     "notebook_id": {"type": "string", "format": "uuid"}, "notebook_name": {"type": "string"},
                     "status": {"type": "string", "enum": ["Scheduled", "Not Scheduled"]},
                     "schedule": {"type": "object", "properties": {
-                        k: {"type": "string", "nullable": True} for k in ("period", "until", "time")}},
+                        **{k: {"type": "string", "nullable": True} for k in ("period", "until", "time")},
+                        "timezone": {"type": "string", "nullable": True,
+                                     "description": "Fetch of a scheduled notebook only; null: stored before zones"},
+                        "next_run": {"type": "integer", "nullable": True, "description": "Fetch of a scheduled "
+                                     "notebook only: epoch ms of the next occurrence; null: none before until"}}},
                     "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
                     "created_by": {"type": "string"}, "updated_by": {"type": "string"},
                     "no_of_runs": {"type": "integer"},

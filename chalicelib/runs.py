@@ -465,21 +465,24 @@ class RunExecutor:
         """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
         `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge."""
         if event.get("trigger") == SCHEDULE:
-            run_id = self._scheduled_run(event["owner"], event["notebook_id"])
+            run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:
                 return {"status": "skipped"}
         else:
             run_id = event["run_id"]
         return {"run_id": run_id, "status": self.execute(run_id)}
 
-    def _scheduled_run(self, owner: str, notebook_id: str):
-        if self._scheduler.expire_if_past(owner, notebook_id):
+    def record_firing(self, owner: str, notebook_id: str):
+        """Record the run of a schedule rule's firing; its run id, or None when no
+        occurrence is due (Scheduler.due_occurrence)."""
+        occurrence = self._scheduler.due_occurrence(owner, notebook_id)
+        if occurrence is None:
             return None
-        # One id per notebook and minute: a second delivery of the same firing finds it taken.
-        # If an earlier delivery recorded it and then failed, this one runs it: execute
-        # claims only a run still queued, so the firing runs once.
-        minute = int(time.time() // 60)
-        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{minute}"))
+        # One id per notebook and occurrence: a second or late delivery of the same firing,
+        # or another firing of the rule for the same occurrence, finds it taken. If an earlier
+        # delivery recorded it and then failed, this one runs it: execute claims only a run
+        # still queued, so the occurrence runs once.
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
         self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
         return run_id
 

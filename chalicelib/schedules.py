@@ -4,7 +4,7 @@ A notebook's schedule lives in two places: its EventBridge rule `<rule_prefix><i
 (with one target, the runner) and the `schedule` map on its metadata item, which the
 API reads. Every change writes both, in an order chosen so that a failure or a race
 leaves at worst a harmless rule without a stored schedule (the runner asks
-`expire_if_past` first, which skips such an event and removes the rule), never a
+`due_occurrence` first, which skips such an event and removes the rule), never a
 notebook that reads Scheduled but has no rule:
 - schedule: rule and target first, then the item; if the item is gone (deleted
   meanwhile), the rule is removed again. An AWS refusal rolls back the whole request.
@@ -13,6 +13,11 @@ notebook that reads Scheduled but has no rule:
 - unschedule: the item first, then the rule.
 - expire: the item (conditionally: only if it still holds the expired schedule), then
   the rule.
+
+Wall-clock time in a zone across daylight saving (cron.py has the design): the rule's
+UTC cron covers every UTC time an occurrence can fall on, and `due_occurrence` tells the
+runner which firing is an occurrence; the run id is made from the occurrence, so each
+occurrence runs once however many times, and however late, it is delivered.
 
 `LocalEventClock` stands in for EventBridge's clock in the local stack, where moto
 stores rules but never fires them.
@@ -45,7 +50,6 @@ _UUID_LENGTH = 36
 _RULE_NAME_CHARS = re.compile(r"[.\-_A-Za-z0-9]*")
 _MAX_DESCRIPTION = 512
 _FAILURE = "Error occurred during request processing: "
-_MINUTE_MS = 60_000
 # A request holds a notebook's schedule lock for at most API Gateway's 29 s; a crashed
 # holder's lease runs out after that.
 LOCK_LEASE_MS = 30_000
@@ -111,7 +115,7 @@ class Scheduler:
         except cron.ScheduleError as error:
             raise bad_request(error.message)
         record = {
-            "period": spec.period, "time": spec.time, "until": spec.until,
+            "period": spec.period, "time": spec.time, "until": spec.until, "timezone": spec.timezone,
             "until_ms": int(spec.until_utc.timestamp() * 1000), "expression": spec.expression,
         }
         changes = {"updated_at": int(now * 1000), "updated_by": owner}
@@ -174,13 +178,16 @@ class Scheduler:
             with self._locked(owner, ids):
                 self._in_parallel(self._remove_rule, ids)
 
-    def expire_if_past(self, owner: str, notebook_id: str) -> bool:
-        """For the runner, when a scheduled event arrives: True means do not run.
+    def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
+        """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this
+        firing runs, or None: run nothing.
 
-        True when `until` has passed (the rule and target are removed and the stored
-        schedule cleared, unless a reschedule replaced it meanwhile) and also when no
-        schedule stands behind the event (notebook unscheduled or deleted: the leftover
-        rule is removed). False when the schedule is current: run.
+        None when the firing is at no due occurrence (the rule's cron also matches UTC
+        times that are none: see cron.py), and also when no schedule stands behind the
+        event (notebook unscheduled or deleted: the leftover rule is removed) or when
+        `until` has passed by more than cron.LATE_SECONDS (the rule and target are removed
+        and the stored schedule cleared, unless a reschedule replaced it meanwhile).
+        An occurrence in `until`'s own minute still runs: `until` 06:50 includes 06:50.
         """
         canonical = payloads.canonical_id(notebook_id)
         item = self._table.get(owner, canonical) if canonical else None
@@ -188,16 +195,19 @@ class Scheduler:
         if schedule is None:
             if canonical:
                 self._remove_rule(canonical)
-            return True
-        # The firing in `until`'s own minute still runs: `until` 06:50 includes the 06:50 run.
-        if int(schedule["until_ms"]) + _MINUTE_MS > now_ms(self._clock):
-            return False
+            return None
+        now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
+        occurrence = cron.due_occurrence(schedule, now)
+        if occurrence is not None and occurrence <= until_ms:
+            return occurrence
+        if now <= until_ms + cron.LATE_SECONDS * 1000:
+            return None  # a late firing of the last occurrence may still come
         # Conditional: a reschedule between our read and this write keeps its schedule and rule.
         expired = {"until_ms": schedule["until_ms"], "expression": schedule["expression"]}
         with self._locked(owner, [canonical]):
             if self._table.expire_schedule(owner, canonical, expired):
                 self._remove_rule(canonical)
-        return True
+        return None
 
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)

@@ -10,7 +10,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pytest
 
 from chalicelib import cron
-from chalicelib.cron import Schedule, ScheduleError, cron_matches, parse_schedule, validate_aws_cron, weekday_number
+from chalicelib.cron import (
+    Schedule, ScheduleError, cron_matches, cron_times, parse_schedule, validate_aws_cron, weekday_number,
+)
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -158,14 +160,15 @@ def test_weekday_moves_back_across_midnight_and_the_week_start():
 
 
 def test_weekday_moves_forward_across_midnight_and_the_week_end():
-    # Sunday 22:00 in Los Angeles in winter (UTC-8) is Monday 06:00 UTC.
+    # Sunday 22:00 in Los Angeles is Monday 06:00 UTC in winter (UTC-8), 05:00 in summer (UTC-7).
     winter = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
     schedule = parse_schedule({"period": "Sunday", "time": "22:00", "until": FUTURE}, winter, "America/Los_Angeles")
-    assert schedule.expression == "cron(0 6 ? * MON *)"
-    sunday = datetime(2026, 1, 18, 22, 0, tzinfo=ZoneInfo("America/Los_Angeles"))
-    assert sunday.weekday() == 6
-    assert cron_matches(schedule.expression, sunday)
-    assert not cron_matches(schedule.expression, sunday - timedelta(days=1))
+    assert schedule.expression == "cron(0 5,6 ? * MON *)"
+    los_angeles = ZoneInfo("America/Los_Angeles")
+    for sunday in (datetime(2026, 1, 18, 22, 0, tzinfo=los_angeles), datetime(2026, 7, 19, 22, 0, tzinfo=los_angeles)):
+        assert sunday.weekday() == 6
+        assert cron_matches(schedule.expression, sunday)
+        assert not cron_matches(schedule.expression, sunday - timedelta(days=1))
 
 
 def test_daily_cron_wraps_the_hour_without_a_day():
@@ -179,18 +182,21 @@ def test_offsets_with_odd_minutes():
     assert schedule.expression == "cron(15 0 ? * TUE *)"
 
 
-def test_dst_zone_uses_the_offset_at_the_moment_of_scheduling():
+def test_dst_zone_cron_covers_both_offsets_whenever_scheduled():
     body = {"period": "Monday", "time": "09:00", "until": "2027-12-01 09:00"}
     january = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # New York on EST, UTC-5
     july = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)  # New York on EDT, UTC-4
-    assert parse_schedule(body, january, "America/New_York").expression == "cron(0 14 ? * MON *)"
-    in_july = parse_schedule(body, july, "America/New_York")
-    assert in_july.expression == "cron(0 13 ? * MON *)"
+    for now in (january, july):
+        assert parse_schedule(body, now, "America/New_York").expression == "cron(0 13,14 ? * MON *)"
     new_york = ZoneInfo("America/New_York")
-    # Scheduled in summer: 09:00 wall-clock in July, but 08:00 once winter time starts (documented).
-    assert cron_matches(in_july.expression, datetime(2026, 7, 20, 9, 0, tzinfo=new_york))
-    assert cron_matches(in_july.expression, datetime(2026, 11, 23, 8, 0, tzinfo=new_york))
-    assert not cron_matches(in_july.expression, datetime(2026, 11, 23, 9, 0, tzinfo=new_york))
+    clock = cron.WallClock(new_york, 0, 9, 0)
+    # 09:00 wall-clock in July and in November; the cron's other hour is no occurrence.
+    for monday in (datetime(2026, 7, 20, 9, 0, tzinfo=new_york), datetime(2026, 11, 23, 9, 0, tzinfo=new_york)):
+        assert cron_matches("cron(0 13,14 ? * MON *)", monday)
+        assert clock.due(monday.astimezone(UTC)) == monday.astimezone(UTC)
+        for other_hour in (monday - timedelta(hours=1), monday + timedelta(hours=1)):
+            assert clock.due(other_hour.astimezone(UTC)) in (None, monday.astimezone(UTC))
+    assert clock.due(datetime(2026, 11, 23, 13, 0, tzinfo=UTC)) is None  # 08:00 EST: a week after the last
 
 
 def test_until_is_converted_with_its_own_dates_offset():
@@ -198,10 +204,11 @@ def test_until_is_converted_with_its_own_dates_offset():
     winter_until = parse_schedule({"until": "2027-01-10 09:00"}, july, "America/New_York")
     assert winter_until.until_utc == datetime(2027, 1, 10, 14, 0, tzinfo=UTC)
     assert winter_until.until_utc.tzinfo == UTC
-    # The time of day taken from `until` is still converted at today's (summer) offset.
-    assert winter_until.expression == "cron(0 13 * * ? *)"
+    # The time of day taken from `until` is wall-clock: 13:00 UTC in summer, 14:00 in winter.
+    assert winter_until.expression == "cron(0 13,14 * * ? *)"
     summer_until = parse_schedule({"until": "2026-08-10 09:00"}, july, "America/New_York")
     assert summer_until.until_utc == datetime(2026, 8, 10, 13, 0, tzinfo=UTC)
+    assert summer_until.expression == "cron(0 13 * * ? *)"  # no DST change before until
 
 
 def test_utc_is_the_default_zone():
@@ -499,3 +506,151 @@ def test_cron_matches_rejects_bad_input():
         cron_matches("cron(0 9 * * ? *)", datetime(2026, 11, 23, 9, 0))
     with pytest.raises(ValueError, match="exactly one of"):
         cron_matches("cron(0 9 * * * *)", datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+
+
+# --- Wall-clock time in a zone, across daylight saving -------------------------------------
+
+YEAR_START, YEAR_END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def local_hhmm(moment: datetime, zone: str) -> str:
+    return moment.astimezone(ZoneInfo(zone)).strftime("%H:%M")
+
+
+def exists_on(day, hhmm: str, zone: str) -> bool:
+    """Whether the wall-clock time `hhmm` happens on local date `day` (not skipped by DST)."""
+    hour, minute = map(int, hhmm.split(":"))
+    local = datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZoneInfo(zone))
+    return local.astimezone(UTC).astimezone(ZoneInfo(zone)).replace(tzinfo=None) == local.replace(tzinfo=None)
+
+
+def fired_over_the_year(period, hhmm, zone) -> tuple:
+    """Every UTC minute in 2026 the schedule's rule matches, each delivered to `due` as
+    EventBridge would; (the rule's expression, the occurrences that ran, in order)."""
+    schedule = parse_schedule({"period": period, "time": hhmm, "until": "2027-01-01 00:00", "timezone": zone},
+                              YEAR_START)
+    clock = cron.WallClock.of({"period": period, "time": hhmm, "until": schedule.until, "timezone": zone})
+    fired = [clock.due(firing) for firing in cron_times(schedule.expression, YEAR_START, YEAR_END)]
+    return schedule.expression, [occurrence for occurrence in fired if occurrence is not None]
+
+
+@pytest.mark.parametrize("zone, period, hhmm, expression", [
+    ("America/New_York", "Monday", "09:00", "cron(0 13,14 ? * MON *)"),
+    ("Europe/London", "Wednesday", "18:30", "cron(30 17,18 ? * WED *)"),
+    # Southern hemisphere, and the UTC day is Sunday: 08:00 Monday is 21:00 (summer) or 22:00 Sunday UTC.
+    ("Australia/Sydney", "Monday", "08:00", "cron(0 21,22 ? * SUN *)"),
+    # The UTC day is Sunday in summer (23:30 UTC), Monday in winter (00:30 UTC).
+    ("Europe/London", "Monday", "00:30", "cron(30 0,23 ? * SUN,MON *)"),
+    ("Asia/Tokyo", "Friday", "18:45", "cron(45 9 ? * FRI *)"),  # no DST: one time, as before
+    ("Asia/Kolkata", "Monday", "00:30", "cron(0 19 ? * SUN *)"),
+    ("Australia/Lord_Howe", "Tuesday", "07:15", "cron(15,45 20 ? * MON *)"),  # a 30-minute DST shift
+    # Times that a DST change skips (02:30 New York, 01:30 London in spring) or repeats (autumn).
+    ("America/New_York", "Sunday", "02:30", "cron(30 6,7 ? * SUN *)"),
+    ("Europe/London", "Sunday", "01:30", "cron(30 0,1 ? * SUN *)"),
+])
+def test_a_year_of_weekly_firings_runs_once_a_week_at_the_local_minute(zone, period, hhmm, expression):
+    built, ran = fired_over_the_year(period, hhmm, zone)
+    assert built == expression
+    assert len(ran) == 52 and len(set(ran)) == 52  # 2026 has 52 of each weekday here, each run once
+    for occurrence in ran:
+        local = occurrence.astimezone(ZoneInfo(zone))
+        assert local.weekday() == PY_DAY[period.upper()], local
+        if exists_on(local.date(), hhmm, zone):
+            assert local_hhmm(occurrence, zone) == hhmm, local
+        else:  # skipped that night: the first minute after the gap, as the offset before it gives
+            assert local_hhmm(occurrence, zone) > hhmm, local
+    # Consecutive runs are a week apart, give or take the DST shift.
+    assert all(abs(b - a - timedelta(days=7)) <= timedelta(hours=1) for a, b in zip(ran, ran[1:]))
+    utc_times = {occurrence.strftime("%H:%M") for occurrence in ran}
+    assert len(utc_times) == (1 if zone.startswith("Asia/") else 2)
+    assert len(list(cron_times(expression, YEAR_START, YEAR_END))) > len(ran) or len(utc_times) == 1
+
+
+def test_sydney_monday_morning_runs_on_sunday_utc_in_both_seasons():
+    _, ran = fired_over_the_year("Monday", "08:00", "Australia/Sydney")
+    january, july = [next(o for o in ran if o.month == month) for month in (1, 7)]
+    assert (january.weekday(), january.hour) == (6, 21)  # AEDT, UTC+11
+    assert (july.weekday(), july.hour) == (6, 22)  # AEST, UTC+10
+
+
+def test_a_repeated_wall_clock_time_runs_once_at_its_first_occurrence():
+    # London, Sunday 25 October 2026: 01:30 happens at 00:30 UTC (BST), then again at 01:30 UTC (GMT).
+    _, ran = fired_over_the_year("Sunday", "01:30", "Europe/London")
+    that_night = [o for o in ran if o.date() == datetime(2026, 10, 25).date()]
+    assert that_night == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]
+
+
+def test_a_daily_schedule_runs_every_local_day_across_both_changes():
+    _, ran = fired_over_the_year(None, "09:00", "America/New_York")
+    assert len(ran) == 365 and {local_hhmm(o, "America/New_York") for o in ran} == {"09:00"}
+    assert len({o.astimezone(ZoneInfo("America/New_York")).date() for o in ran}) == 365
+
+
+def test_a_late_or_repeated_delivery_is_for_the_same_occurrence():
+    clock = cron.WallClock(ZoneInfo("Australia/Sydney"), 0, 8, 0)
+    occurrence = datetime(2026, 4, 5, 22, 0, tzinfo=UTC)  # Monday 6 April 08:00 AEST, the day after the change
+    for firing in (occurrence, occurrence + timedelta(seconds=59), occurrence + timedelta(minutes=15),
+                   occurrence - timedelta(seconds=30)):
+        assert clock.due(firing) == occurrence, firing
+    for firing in (occurrence + timedelta(minutes=15, seconds=1), occurrence - timedelta(minutes=2),
+                   occurrence - timedelta(hours=1)):  # 21:00 UTC: the cron's summer hour
+        assert clock.due(firing) is None, firing
+
+
+def test_next_occurrence_is_in_the_zone_and_null_past_until():
+    record = {"period": "Monday", "time": "08:00", "until": "2026-04-13 08:00", "timezone": "Australia/Sydney",
+              "until_ms": int(datetime(2026, 4, 12, 22, 0, tzinfo=UTC).timestamp() * 1000)}
+    ms = int(datetime(2026, 3, 30, 12, 0, tzinfo=UTC).timestamp() * 1000)
+    assert cron.next_occurrence(record, ms) == int(datetime(2026, 4, 5, 22, 0, tzinfo=UTC).timestamp() * 1000)
+    after = int(datetime(2026, 4, 5, 22, 0, tzinfo=UTC).timestamp() * 1000)
+    assert cron.next_occurrence(record, after) == record["until_ms"]  # until's own minute is included
+    assert cron.next_occurrence(record, record["until_ms"]) is None
+
+
+def test_a_schedule_stored_before_zones_keeps_its_utc_cron():
+    legacy = {"period": "Monday", "time": "09:00", "until": "2026-12-01 09:00", "expression": "cron(0 8 ? * MON *)",
+              "until_ms": int(datetime(2026, 12, 1, 9, 0, tzinfo=UTC).timestamp() * 1000)}
+    firing = int(datetime(2026, 11, 23, 8, 0, 40, tzinfo=UTC).timestamp() * 1000)
+    assert cron.due_occurrence(legacy, firing) == firing - 40_000  # every firing runs, as before
+    assert cron.next_occurrence(legacy, firing) == int(datetime(2026, 11, 30, 8, 0, tzinfo=UTC).timestamp() * 1000)
+    assert cron.next_occurrence(legacy, firing + 7 * 86_400_000) is None  # past until
+
+
+@pytest.mark.parametrize("zone", ["Europe/London", "UTC", "Etc/GMT+5", "America/Argentina/Buenos_Aires"])
+def test_timezone_accepts_iana_names_and_reads_time_and_until_there(zone):
+    schedule = parse_schedule({"time": "09:00", "until": "2026-12-01 10:00", "timezone": zone}, NOW, "Asia/Tokyo")
+    assert schedule.timezone == zone
+    assert schedule.until_utc == datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    assert parse_schedule({"until": FUTURE, "timezone": None}, NOW, "Asia/Tokyo").timezone == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "utc", "", "/etc/localtime", "../etc/passwd", "localtime",
+                                  "Europe/London ", 5, True, ["Europe/London"], {"name": "UTC"}])
+def test_timezone_must_be_a_known_iana_name(zone):
+    error = rejected({"until": "soon", "period": "Funday", "timezone": zone})  # checked first
+    assert (error.field, error.message) == ("timezone", "timezone must be an IANA time zone name such as Europe/London")
+
+
+def test_cron_times_lists_the_matches_in_order():
+    start = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)  # a Sunday
+    times = list(cron_times("cron(30 6,7 ? * SUN,MON *)", start, start + timedelta(days=7)))
+    assert times == [start.replace(hour=6, minute=30), start.replace(hour=7, minute=30),
+                     start.replace(day=23, hour=6, minute=30), start.replace(day=23, hour=7, minute=30)]
+    assert list(cron_times("cron(0 9 * * ? *)", start.replace(hour=9), start.replace(hour=9))) == [start.replace(hour=9)]
+
+
+def test_zones_come_from_the_pinned_tzdata_package_without_a_system_database():
+    # As on a runtime without /usr/share/zoneinfo: zoneinfo falls back to the tzdata package.
+    import zoneinfo
+
+    saved = zoneinfo.TZPATH
+    try:
+        zoneinfo.reset_tzpath(to=[])
+        ZoneInfo.clear_cache()
+        cron._known_zones.cache_clear()
+        body = {"period": "Monday", "time": "08:00", "until": "2027-06-01 00:00", "timezone": "Australia/Sydney"}
+        assert parse_schedule(body, NOW).expression == "cron(0 21,22 ? * SUN *)"
+    finally:
+        zoneinfo.reset_tzpath(to=saved)
+        ZoneInfo.clear_cache()
+        cron._known_zones.cache_clear()

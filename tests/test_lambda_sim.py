@@ -515,7 +515,8 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     assert lambda_service.invocations == [(PHYSICAL["Runner"], {"run_id": run["run_id"]})]
 
     until = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
-    assert api.json("GET", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": until, "time": "06:50"}) \
+    due = datetime.now(timezone.utc).strftime("%H:%M")  # daily at this minute: the event below is due
+    assert api.json("GET", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": until, "time": due}) \
         == "Success"
     assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
     [target] = aws.client("events").list_targets_by_rule(Rule=f"notebooks-{STAGE}-{notebook_id}")["Targets"]

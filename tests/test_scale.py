@@ -181,7 +181,7 @@ def test_count_equals_a_full_recount_after_random_operations_and_faults(api, sta
         if step == 40:  # the short schedules' `until` passes; firings clean some of them up
             stack.notebooks._clock = stack.scheduler._clock = lambda: 4_070_995_200.0  # 2099-01-02
             for notebook_id in ids[::2]:
-                stack.scheduler.expire_if_past("admin", notebook_id)
+                stack.scheduler.due_occurrence("admin", notebook_id)
         assert counted(stack) == recount(stack), (step, action, fail_at, target_service)
 
 

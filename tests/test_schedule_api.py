@@ -1,11 +1,13 @@
 """Schedule and Unschedule over HTTP, and scheduled events reaching the runner handler."""
 import time
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import boto3
 import nbformat
 import pytest
 
+from chalicelib.cron import cron_times
 from chalicelib.runner import NotebookRunner
 from chalicelib.runs import RunExecutor
 from tests.conftest import error
@@ -15,6 +17,14 @@ BASE = "/_notebooks/notebooks"
 
 def future(days=30) -> str:
     return (datetime.now(timezone.utc) + timedelta(days=days)).strftime("%Y-%m-%d %H:%M")
+
+
+def next_monday_0650_utc(now: datetime) -> int:
+    """Epoch ms of the first Monday 06:50 UTC after `now`, read off the calendar."""
+    day = now.replace(hour=6, minute=50, second=0, microsecond=0)
+    while day.weekday() != 0 or day <= now:
+        day += timedelta(days=1)
+    return int(day.timestamp()) * 1000
 
 
 def rule_names():
@@ -29,7 +39,10 @@ def test_seed_schedule_and_unschedule_samples_sent_with_get(api):
     assert api.json("GET", BASE + "/_schedule", body) == "Success"
     fetched = api.json("GET", f"{BASE}/{notebook_id}")
     assert fetched["status"] == "Scheduled"
-    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": until}
+    # The seed's three fields as given, and the zone (the deployment's: UTC) and next run.
+    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": until, "timezone": "UTC",
+                                   "next_run": next_monday_0650_utc(datetime.now(timezone.utc))}
+    assert api.json("GET", BASE + "/_all")[0]["schedule"] == {"period": "Monday", "time": "06:50", "until": until}
     assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
     assert api.json("GET", BASE + "/_all")[0]["status"] == "Scheduled"
     assert rule_names() == [f"notebooks-{notebook_id}"]
@@ -50,7 +63,8 @@ def test_schedule_and_unschedule_accept_post(api):
 @pytest.mark.parametrize("fields, field", [
     ({"until": "2020-01-01 00:00"}, "until"), ({}, "until"), ({"until": "tomorrow"}, "until"),
     ({"until": "{future}", "period": "Funday"}, "period"), ({"until": "{future}", "time": "25:00"}, "time"),
-    ({"until": "{future}", "time": 650}, "time"),
+    ({"until": "{future}", "time": 650}, "time"), ({"until": "{future}", "timezone": "Mars/Olympus"}, "timezone"),
+    ({"until": "{future}", "timezone": "../../etc/passwd"}, "timezone"), ({"until": "{future}", "timezone": 5}, "timezone"),
 ])
 def test_bad_schedule_fields_are_400s_naming_the_field(api, fields, field):
     notebook_id = api.create()["notebook_id"]
@@ -119,3 +133,65 @@ def test_a_firing_for_an_unscheduled_notebook_runs_nothing(api, executor):
     notebook_id = api.create()["notebook_id"]
     assert executor.handle(scheduled_event(notebook_id)) == {"status": "skipped"}
     assert api.json("GET", f"{BASE}/{notebook_id}/runs") == []
+
+
+def test_a_schedule_in_a_time_zone_shows_it_and_its_next_run(api):
+    notebook_id = api.create()["notebook_id"]
+    until = (datetime.now(ZoneInfo("Australia/Sydney")) + timedelta(days=400)).strftime("%Y-%m-%d %H:%M")
+    body = {"nbk_ids": [notebook_id], "period": "Monday", "time": "08:00", "until": until,
+            "timezone": "Australia/Sydney"}
+    assert api.json("POST", BASE + "/_schedule", body) == "Success"
+    schedule = api.json("GET", f"{BASE}/{notebook_id}")["schedule"]
+    assert {k: schedule[k] for k in ("period", "time", "until", "timezone")} == {
+        "period": "Monday", "time": "08:00", "until": until, "timezone": "Australia/Sydney"}
+    local = datetime.fromtimestamp(schedule["next_run"] / 1000, ZoneInfo("Australia/Sydney"))
+    assert (local.weekday(), local.strftime("%H:%M")) == (0, "08:00")
+    assert 0 < schedule["next_run"] / 1000 - time.time() <= 7 * 86400
+    [rule] = boto3.client("events", region_name="us-east-1").list_rules(NamePrefix="notebooks-")["Rules"]
+    # Monday 08:00 in Sydney is Sunday 21:00 UTC in summer, 22:00 in winter: until is past both.
+    assert rule["ScheduleExpression"] == "cron(0 21,22 ? * SUN *)"
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("zone, period, hhmm", [("America/New_York", "Monday", "09:00"),
+                                                  ("Australia/Sydney", "Monday", "08:00")])
+def test_the_runner_makes_one_run_a_week_for_a_year_at_the_local_minute(api, stack, executor, zone, period, hhmm):
+    """Every firing of the notebook's rule over 2026 reaches the runner's handler, and each
+    one that makes a run around the DST changes is delivered again, and once more late, as
+    EventBridge may: one run
+    a week, at `hhmm` local on `period`. (test_cron drives more zones through the same
+    decision, WallClock.due, without AWS.)"""
+    clock = Clock(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
+    stack.scheduler._clock = stack.notebooks._clock = stack.runs._clock = clock
+    notebook_id = api.create()["notebook_id"]
+    body = {"nbk_ids": [notebook_id], "period": period, "time": hhmm, "until": "2027-01-01 00:00", "timezone": zone}
+    assert api.json("POST", BASE + "/_schedule", body) == "Success"
+    events = boto3.client("events", region_name="us-east-1")
+    expression = events.describe_rule(Name=f"notebooks-{notebook_id}")["ScheduleExpression"]
+    firings = list(cron_times(expression, datetime(2026, 1, 1, tzinfo=timezone.utc),
+                              datetime(2027, 1, 1, tzinfo=timezone.utc)))
+    assert len(firings) == 104  # two UTC hours a week; the one that is not 09:00 local runs nothing
+    runs = {}
+    for firing in firings:
+        clock.now = firing.timestamp() + 7  # seconds into the minute, as EventBridge delivers
+        run_id = executor.record_firing("admin", notebook_id)
+        if run_id is None:
+            continue
+        runs[run_id] = stack.runs.get("admin", run_id)["created_at"]
+        if firing.month not in (3, 4, 10, 11):  # moto is slow: redeliveries around the DST changes only
+            continue
+        for delay in (9, 95):  # the same event again, and once more late
+            clock.now = firing.timestamp() + delay
+            assert executor.record_firing("admin", notebook_id) == run_id
+    assert len(runs) == 52
+    assert int(stack.notebooks._table.get("admin", notebook_id)["no_of_runs"]) == 52
+    for created_at in runs.values():
+        local = datetime.fromtimestamp(created_at / 1000, ZoneInfo(zone))
+        assert local.strftime("%A %H:%M") == f"{period} {hhmm}", local

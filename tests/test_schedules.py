@@ -136,7 +136,8 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
     assert scheduler.rule_name(notebook_id) == PREFIX + notebook_id
     fetched = stack.notebooks.fetch("admin", notebook_id)
     assert fetched["status"] == "Scheduled"
-    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": UNTIL}
+    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": UNTIL, "timezone": "UTC",
+                                   "next_run": epoch("2030-01-07 06:50") * 1000}  # NOW is a Tuesday
     assert stack.notebooks.fetch("admin", other)["status"] == "Not Scheduled"
     assert stack.notebooks.count("admin") == {"Total Notebooks": 2, "Not Scheduled": 1, "Scheduled": 1}
     stored = stack.notebooks._table.get("admin", notebook_id)
@@ -146,15 +147,18 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
 
 def test_omitted_period_is_daily_and_omitted_time_is_until_time_of_day(stack, scheduler, events):
     cases = [
-        ({"time": "06:50"}, "cron(50 6 * * ? *)", {"period": None, "time": "06:50"}),  # no period: daily
-        ({"period": "fRiDaY"}, "cron(15 9 ? * FRI *)", {"period": "fRiDaY", "time": None}),  # no time: until's
-        ({}, "cron(15 9 * * ? *)", {"period": None, "time": None}),
+        ({"time": "06:50"}, "cron(50 6 * * ? *)", {"period": None, "time": "06:50"},  # no period: daily
+         "2030-01-02 06:50"),
+        ({"period": "fRiDaY"}, "cron(15 9 ? * FRI *)", {"period": "fRiDaY", "time": None},  # no time: until's
+         "2030-01-04 09:15"),
+        ({}, "cron(15 9 * * ? *)", {"period": None, "time": None}, "2030-01-02 09:15"),
     ]
-    for fields, expression, shown in cases:
+    for fields, expression, shown, next_run in cases:
         notebook_id = new(stack)
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, **fields})
         assert rules(events)[PREFIX + notebook_id][0] == expression, fields
-        assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {**shown, "until": UNTIL}, fields
+        assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
+            **shown, "until": UNTIL, "timezone": "UTC", "next_run": epoch(next_run) * 1000}, fields
 
 
 def test_schedule_times_are_in_the_deployment_time_zone(stack, events, clock):
@@ -182,7 +186,8 @@ def test_rescheduling_replaces_the_schedule(stack, scheduler, events):
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": "2030-06-01 00:00", "time": "18:05"})
     assert rules(events) == {PREFIX + notebook_id: ("cron(5 18 * * ? *)", "ENABLED", runner_target(notebook_id))}
     assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
-        "period": None, "time": "18:05", "until": "2030-06-01 00:00"}
+        "period": None, "time": "18:05", "until": "2030-06-01 00:00", "timezone": "UTC",
+        "next_run": epoch("2030-01-01 18:05") * 1000}
 
 
 def test_each_bad_field_is_a_400_naming_it_and_changes_nothing(stack, scheduler, events):
@@ -200,6 +205,8 @@ def test_each_bad_field_is_a_400_naming_it_and_changes_nothing(stack, scheduler,
         ({"until": UNTIL, "period": 1}, "period"),
         ({"until": UNTIL, "time": "24:00"}, "time"),
         ({"until": UNTIL, "time": "6:50"}, "time"),
+        ({"until": UNTIL, "timezone": "Mars/Olympus"}, "timezone"),
+        ({"until": UNTIL, "timezone": ["Europe/London"]}, "timezone"),
     ]
     for fields, field in cases:
         message = refused(scheduler.schedule, "admin", {"nbk_ids": [kept, notebook_id], **fields})
@@ -309,8 +316,9 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
     assert refused(scheduler.schedule, "admin", body) == message
     assert snapshot(stack, events) == before
     assert set(before[1]) == {PREFIX + previous}
-    assert stack.notebooks.fetch("admin", previous)["schedule"] == {"period": "Monday", "time": "06:50",
-                                                                      "until": UNTIL}
+    assert stack.notebooks.fetch("admin", previous)["schedule"] == {
+        "period": "Monday", "time": "06:50", "until": UNTIL, "timezone": "UTC",
+        "next_run": epoch("2030-01-07 06:50") * 1000}
 
 
 def test_rolling_back_restores_a_rescheduled_notebooks_previous_rule(stack, events, clock):
@@ -381,12 +389,17 @@ def test_a_lock_whose_holder_died_is_taken_over_after_its_lease(stack, scheduler
 # --- Until ----------------------------------------------------------------------------
 
 def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
-    """The view reads Not Scheduled from `until` on; a firing in `until`'s own minute still
-    runs (until 13:00 includes the 13:00 run); the first firing after that expires it."""
-    for now, shown_scheduled, runs in [
-        ("2030-01-01 12:59:59", True, True), ("2030-01-01 13:00:00", False, True),
-        ("2030-01-01 13:00:59", False, True), ("2030-01-01 13:01:00", False, False),
-        ("2030-01-08 13:00:00", False, False),
+    """The view reads Not Scheduled from `until` on; the occurrence in `until`'s own minute
+    still runs (until 13:00 includes the 13:00 run), even delivered late; a firing more than
+    cron.LATE_SECONDS after `until` expires the schedule; one at no occurrence just skips."""
+    due = epoch("2030-01-01 13:00") * 1000
+    for now, shown_scheduled, runs, kept in [
+        ("2030-01-01 12:30:00", True, None, True),  # before the occurrence: not due yet
+        ("2030-01-01 12:59:30", True, due, True),  # a clock a little ahead
+        ("2030-01-01 13:00:00", False, due, True), ("2030-01-01 13:00:59", False, due, True),
+        ("2030-01-01 13:15:00", False, due, True),  # late by LATE_SECONDS: still runs
+        ("2030-01-01 13:15:01", False, None, False),
+        ("2030-01-08 13:00:00", False, None, False),
     ]:
         clock.now = NOW
         notebook_id = new(stack)
@@ -396,9 +409,9 @@ def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
         status = stack.notebooks.fetch("admin", notebook_id)["status"]
         assert status == ("Scheduled" if shown_scheduled else "Not Scheduled"), now
         assert set(rules(events)) == {PREFIX + notebook_id}, now
-        assert scheduler.expire_if_past("admin", notebook_id) is not runs, now
-        assert set(rules(events)) == ({PREFIX + notebook_id} if runs else set()), now
-        assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is runs, now
+        assert scheduler.due_occurrence("admin", notebook_id) == runs, now
+        assert set(rules(events)) == ({PREFIX + notebook_id} if kept else set()), now
+        assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is kept, now
         assert stack.notebooks.count("admin")["Scheduled"] == (1 if shown_scheduled else 0), now
         stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
 
@@ -406,7 +419,7 @@ def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
 def test_expiry_keeps_a_schedule_replaced_since_it_was_read(stack, scheduler, events, clock, monkeypatch):
     notebook_id = new(stack)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": "2030-01-01 13:00"})
-    clock.now = epoch("2030-01-01 13:01")
+    clock.now = epoch("2030-01-01 13:16")  # past until and its late deliveries
     table, real_get = stack.notebooks._table, stack.notebooks._table.get
 
     def read_then_rescheduled(owner, nid):
@@ -416,7 +429,7 @@ def test_expiry_keeps_a_schedule_replaced_since_it_was_read(stack, scheduler, ev
         return item  # the expired schedule, as read just before the reschedule landed
 
     monkeypatch.setattr(table, "get", read_then_rescheduled)
-    assert scheduler.expire_if_past("admin", notebook_id) is True
+    assert scheduler.due_occurrence("admin", notebook_id) is None
     assert rules(events) == {PREFIX + notebook_id: ("cron(0 8 * * ? *)", "ENABLED", runner_target(notebook_id))}
     assert stack.notebooks.fetch("admin", notebook_id)["schedule"]["until"] == UNTIL
 
@@ -427,10 +440,27 @@ def test_an_event_with_no_schedule_behind_it_is_skipped_and_its_rule_removed(sta
     for notebook_id in (unscheduled, deleted):  # leftovers, e.g. of an unschedule that failed midway
         events.put_rule(Name=PREFIX + notebook_id, ScheduleExpression="cron(0 8 * * ? *)", State="ENABLED")
         events.put_targets(Rule=PREFIX + notebook_id, Targets=[{"Id": "runner", "Arn": ARN, "Input": "{}"}])
-    assert scheduler.expire_if_past("admin", unscheduled) is True
-    assert scheduler.expire_if_past("admin", deleted) is True
-    assert scheduler.expire_if_past("admin", "not-a-uuid") is True
+    assert scheduler.due_occurrence("admin", unscheduled) is None
+    assert scheduler.due_occurrence("admin", deleted) is None
+    assert scheduler.due_occurrence("admin", "not-a-uuid") is None
     assert rules(events) == {}
+
+
+def test_a_schedule_stored_before_time_zones_fires_as_its_utc_cron_says(stack, scheduler, events, clock):
+    """Recorded without `timezone` (before zones existed): Fetch shows timezone null and the
+    next run from its cron; every firing of its one-time rule runs, once per minute."""
+    notebook_id = new(stack)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "period": "Monday", "time": "06:50"})
+    table = stack.notebooks._table
+    table._table.update_item(Key=table.key("admin", notebook_id), UpdateExpression="REMOVE #s.#z",
+                             ExpressionAttributeNames={"#s": "schedule", "#z": "timezone"})
+    assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
+        "period": "Monday", "time": "06:50", "until": UNTIL, "timezone": None,
+        "next_run": epoch("2030-01-07 06:50") * 1000}
+    clock.now = epoch("2030-01-07 06:50:30")
+    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-07 06:50") * 1000
+    clock.now = epoch("2030-01-08 11:00:30")  # as before zones: a firing at any time runs
+    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-08 11:00") * 1000
 
 
 def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, events, clock):
@@ -460,9 +490,13 @@ def test_rules_always_match_the_scheduled_notebooks(stack, events, clock):
         ids = rng.sample(mine, rng.randint(1, min(3, len(mine)))) if mine else []
         if action == "create" or not ids:
             mine.append(new(stack, owner))
-        elif action == "expire":
-            clock.now += rng.choice([600, 3600, 86400])
-            outcomes.add(("expired", scheduler.expire_if_past(owner, ids[0])))
+        elif action == "expire":  # a firing: at the next occurrence half the time, else at any time later
+            next_run = stack.notebooks.fetch(owner, ids[0])["schedule"].get("next_run")
+            if next_run and rng.random() < 0.5:
+                clock.now = next_run / 1000
+            else:
+                clock.now += rng.choice([600, 3600, 86400])
+            outcomes.add(("expired", scheduler.due_occurrence(owner, ids[0]) is None))
         else:
             if rng.random() < 0.1:  # someone else's id: refused, and nothing changes
                 ids.append(rng.choice(owned["bob" if owner == "admin" else "admin"] or [str(uuid.uuid4())]))
