@@ -40,6 +40,12 @@ def test_the_parameters_endpoint_lists_the_cell_as_papermill_reads_it(api):
         ("anything", "None", "'untyped'"), ("start", "int", "None")]
     plain = api.create(content=notebook_of("x = 1"))["notebook_id"]
     assert api.json("GET", f"{BASE}/{plain}/parameters") == {"parameters": []}
+    unreadable = notebook_of(parameters_cell="u: int | None = 1\nv: int = 2")
+    notebook_id = api.create(content=unreadable)["notebook_id"]
+    assert [p["name"] for p in api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"]] == ["v"]
+    unreadable.metadata.kernelspec = {"name": "cobol", "display_name": "COBOL", "language": "cobol"}
+    notebook_id = api.create(content=unreadable)["notebook_id"]
+    assert api.json("GET", f"{BASE}/{notebook_id}/parameters") == {"parameters": []}
 
 
 def test_the_parameters_endpoint_answers_only_the_owner(api):
@@ -135,3 +141,13 @@ def test_a_run_with_parameters_reads_no_file_but_a_notebook_written_before_them(
     assert calls.calls[("s3", "GetObject")] == 1
     # the content read to check the parameters is the version the run pins
     assert api.json("GET", f"{RUNS}/{runs[0]['run_id']}")["notebook_version"] is not None
+
+
+def test_declarations_too_large_to_keep_are_read_from_the_file(api, stack, dispatched, monkeypatch):
+    monkeypatch.setattr("chalicelib.parameters.MAX_CACHED_BYTES", 10)
+    notebook_id = api.create(content=typed_notebook())["notebook_id"]
+    api.json("PUT", f"{BASE}/{notebook_id}/content", typed_notebook("print(count)"))
+    assert "'count'" in error(run(api, [notebook_id], {"count": "one"}))[1]
+    with AwsCalls() as calls:
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": 1}})
+    assert calls.calls[("s3", "GetObject")] == 1
