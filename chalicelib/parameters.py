@@ -42,6 +42,8 @@ def declared(notebook) -> list:
     """The parameters `notebook`'s `parameters` cell declares, in order: [{"name", "type",
     "default", "help"}], as papermill's `inspect_notebook` reads them; [] without such a
     cell, or for a kernel language papermill cannot inspect."""
+    if not any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in notebook.get("cells", [])):
+        return []  # no parameters cell: no need for papermill, slow to import (about a second)
     # papermill is imported here, not at the top: the API's cold start does not pay for it.
     import papermill
     from papermill.exceptions import PapermillException

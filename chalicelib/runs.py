@@ -124,14 +124,14 @@ class RunService:
         parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
         token = payloads.client_token(body, idempotency_key)
         items = self._notebooks.require_many(owner, ids)
-        pinned = self._notebooks.pin(owner, items, check=parameters if parameters else None)
         if token is None:
+            pinned = self._notebooks.pin(owner, items, check=parameters or None)
             runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters,
                                   version=pinned[item["notebook_id"]].version) for item in items]
             self._check_quota(owner, len(runs))
             self._record_and_dispatch(owner, runs, items)
         else:
-            runs = self._start_once(owner, token, items, module, parameters, pinned)
+            runs = self._start_once(owner, token, items, module, parameters)
         return _runs_answer(runs)
 
     def rerun(self, owner: str, run_id: str, body: dict) -> dict:
@@ -157,13 +157,19 @@ class RunService:
         self._record_and_dispatch(owner, [new], [item])
         return _runs_answer([new])
 
-    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict, pinned: dict) -> list:
+    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
         """The runs of the first request with `token`, recorded and dispatched once."""
         token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
         now_s = int(self._clock())
+        try:
+            pinned = self._notebooks.pin(owner, items, check=parameters or None)
+        except ApiError:
+            if self._table.notebooks.token(owner, token_hash, now_s) is None:
+                raise
+            pinned = {}  # a repeat: its body's parameters are not used, the first request's are
         request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
                    "parameters": json.dumps(parameters),
-                   "versions": json.dumps({nid: pin.version for nid, pin in pinned.items()})}
+                   "versions": json.dumps({nid: pin.version for nid, pin in pinned.items() if pin.version})}
         first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
         if not first:
             request = self._table.notebooks.token(owner, token_hash, now_s)

@@ -151,3 +151,15 @@ def test_declarations_too_large_to_keep_are_read_from_the_file(api, stack, dispa
     with AwsCalls() as calls:
         api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": 1}})
     assert calls.calls[("s3", "GetObject")] == 1
+
+
+def test_a_repeated_run_answers_its_first_runs_whatever_its_parameters(api, stack, dispatched):
+    notebook_id = api.create(content=typed_notebook())["notebook_id"]
+    headers = {"Idempotency-Key": "typed-1"}
+    assert error(run(api, [notebook_id], {"count": "x"}, headers=headers))[0] == 400  # nothing claimed the token
+    first = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": 3}},
+                     headers=headers)
+    again = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": "x"}},
+                     headers=headers)
+    assert again == first and api.json("GET", f"{BASE}/{notebook_id}")["no_of_runs"] == 1
+    assert api.json("GET", f"{RUNS}/{first['runs'][0]['run_id']}")["parameters"] == {"count": 3}
