@@ -48,12 +48,18 @@ def declared(notebook) -> list:
     import papermill
     from papermill.exceptions import PapermillException
 
+    metadata = notebook.get("metadata", {})
+    if not (metadata.get("kernelspec", {}).get("language") or metadata.get("language_info", {}).get("name")):
+        # No language named: the runner runs it on python3, so papermill reads it as Python.
+        notebook = {**notebook, "metadata": {**metadata, "language_info": {"name": "python"},
+                                             "kernelspec": {"display_name": "Python 3", "name": "python3",
+                                                            **metadata.get("kernelspec", {}), "language": "python"}}}
     handle, path = tempfile.mkstemp(suffix=".ipynb")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(notebook, out)
         inspected = papermill.inspect_notebook(path)
-    except PapermillException:  # no translator for the notebook's kernel
+    except PapermillException:  # no translator for the notebook's kernel language
         return []
     finally:
         os.remove(path)

@@ -43,6 +43,9 @@ def test_the_parameters_endpoint_lists_the_cell_as_papermill_reads_it(api):
     unreadable = notebook_of(parameters_cell="u: int | None = 1\nv: int = 2")
     notebook_id = api.create(content=unreadable)["notebook_id"]
     assert [p["name"] for p in api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"]] == ["v"]
+    unreadable.metadata.kernelspec = {"name": "python3", "display_name": "no language named"}
+    notebook_id = api.create(content=unreadable)["notebook_id"]
+    assert [p["name"] for p in api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"]] == ["v"]
     unreadable.metadata.kernelspec = {"name": "cobol", "display_name": "COBOL", "language": "cobol"}
     notebook_id = api.create(content=unreadable)["notebook_id"]
     assert api.json("GET", f"{BASE}/{notebook_id}/parameters") == {"parameters": []}
@@ -100,8 +103,12 @@ def test_one_notebook_refusing_refuses_the_whole_run(api, stack, dispatched):
     assert "'count'" in error(run(api, [typed, plain], {"count": 3}))[1]  # no parameters cell: declares none
 
 
-def test_fitting_parameters_run_with_their_values(api, dispatched, executor):
-    notebook_id = api.create(content=typed_notebook())["notebook_id"]
+@pytest.mark.parametrize("language_named", [True, False])
+def test_fitting_parameters_run_with_their_values(api, dispatched, executor, language_named):
+    notebook = typed_notebook()
+    if not language_named:  # a Python notebook whose kernel spec does not say so
+        notebook.metadata.kernelspec = {"name": "python3", "display_name": "Python"}
+    notebook_id = api.create(content=notebook)["notebook_id"]
     values = {"count": 7, "ratio": 2, "label": "b", "flag": True, "ids": [4, 5], "options": {"k": 1.5},
               "limit": None, "anything": {"any": ["thing"]}, "start": None}
     [started] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
