@@ -144,12 +144,11 @@ class RunService:
                                      self._settings.max_parameters_bytes)
         item = self._notebooks.live(owner, run["notebook_id"])
         version = run.get("notebook_version")
-        gone = ApiError(409, "The notebook version of this run no longer exists")
-        if item is None or version is None:
-            raise gone
-        found = self._files.get(notebook_key(owner, item["notebook_id"]), version)
+        if version is None:  # recorded before versions, and its runner has not pinned one yet
+            raise ApiError(409, "The notebook version of this run is not known until it starts")
+        found = self._files.get(notebook_key(owner, item["notebook_id"]), version) if item else None
         if found is None:
-            raise gone
+            raise ApiError(409, "The notebook version of this run no longer exists")
         if merged:
             check_parameters(merged, declared_parameters(json.loads(found)))
         new = self._new_run(owner, item["notebook_id"], RERUN, run.get("module"), merged, version=version)

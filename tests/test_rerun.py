@@ -131,6 +131,7 @@ def test_a_notebook_written_before_versions_is_pinned_by_its_runner(api, stack, 
                       UpdateExpression="REMOVE content_version, declared_parameters")
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["notebook_version"] is None
+    assert error(api.call("POST", f"{RUNS}/{run['run_id']}/rerun"))[0] == 409  # no version known yet
     run_all(executor, dispatched)
     ran = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert ran["status"] == "succeeded"
