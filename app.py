@@ -111,6 +111,11 @@ def put_content(notebook_id):
     return word("Success")
 
 
+@route(NOTEBOOKS + "/{notebook_id}/parameters", ["GET"], "Error occurred while reading the notebook parameters")
+def notebook_parameters(notebook_id):
+    return notebooks().parameters(caller(), notebook_id)
+
+
 @route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution", explain=True)
 def run_notebooks():
     # The seed's own sample sends unquoted keys: `{nbkIds: [...], module: "notebooks"}`.
@@ -154,6 +159,11 @@ def run_output(run_id):
 @route(RUNS + "/{run_id}/cancel", ["POST"], "Error occurred while cancelling the run")
 def cancel_run(run_id):
     return services.get().runs.cancel(caller(), run_id)
+
+
+@route(RUNS + "/{run_id}/rerun", ["POST"], "Error occurred while rerunning the notebook")
+def rerun(run_id):
+    return services.get().runs.rerun(caller(), run_id, body())
 
 
 @app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)

@@ -194,6 +194,9 @@ def api_statements() -> list:
         _logs("ApiLogGroup"),
         {"Sid": "NotebookFiles", "Effect": "Allow",
          "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": _objects("")},
+        # Runs pin a notebook's version; a content write that cannot be recorded removes its version.
+        {"Sid": "NotebookVersions", "Effect": "Allow", "Action": ["s3:GetObjectVersion", "s3:DeleteObjectVersion"],
+         "Resource": _objects("notebooks/")},
         {"Sid": "ListNotebookFiles", "Effect": "Allow", "Action": ["s3:ListBucket"],
          "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]}},
         {"Sid": "NotebooksAndRuns", "Effect": "Allow",
@@ -222,7 +225,8 @@ def runner_statements() -> list:
     creating rules."""
     return [
         _logs("RunnerLogGroup"),
-        {"Sid": "ReadNotebooks", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": _objects("notebooks/")},
+        {"Sid": "ReadNotebooks", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": _objects("notebooks/")},
         {"Sid": "WriteOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
          "Resource": _objects("runs/")},
         {"Sid": "RunRecords", "Effect": "Allow",

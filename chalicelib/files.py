@@ -1,12 +1,15 @@
 """Storage of files in S3: notebooks and the executed outputs of their runs.
 
-Keys use ids, never names, so a rename moves no object and leaves none behind.
+Keys use ids, never names, so a rename moves no object and leaves none behind. The
+bucket is versioned: each write of a notebook makes a new object version, whose S3
+VersionId names it ("null" for an object written before versioning was on).
 """
 from botocore.exceptions import ClientError
 
 from .aws import error_code
 
 _DELETE_OBJECTS_KEYS = 1000  # AWS's limit per DeleteObjects
+NULL_VERSION = "null"  # S3's version id of an object written while versioning was off
 
 
 def notebook_key(owner: str, notebook_id: str) -> str:
@@ -40,9 +43,10 @@ class NotebookFiles:
         self._s3 = s3
         self._bucket = bucket
 
-    def put(self, key: str, body: bytes, content_type: str = "application/x-ipynb+json") -> None:
-        """Store `body` (notebook JSON) at `key`."""
-        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=content_type)
+    def put(self, key: str, body: bytes, content_type: str = "application/x-ipynb+json") -> str:
+        """Store `body` (notebook JSON) at `key`; the version written."""
+        response = self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=content_type)
+        return response.get("VersionId") or NULL_VERSION
 
     def size(self, key: str):
         """The size in bytes of the object at `key` (a HEAD: nothing is read), or None."""
@@ -53,14 +57,23 @@ class NotebookFiles:
                 return None
             raise
 
-    def get(self, key: str):
-        """The bytes at `key`, or None when there is no such object."""
+    def get(self, key: str, version=None):
+        """The bytes at `key` (of that `version`, when given), or None when there is no such object."""
+        found = self.get_version(key, version)
+        return found[0] if found else None
+
+    def get_version(self, key: str, version=None):
+        """(bytes, version) at `key`: of `version` when given, else the latest; None when
+        there is no such object or version."""
+        request = {"Bucket": self._bucket, "Key": key, **({"VersionId": version} if version else {})}
         try:
-            return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+            response = self._s3.get_object(**request)
         except ClientError as error:
-            if error_code(error) in ("NoSuchKey", "404"):
+            # A version id S3 never made is a 400 InvalidArgument: gone all the same.
+            if error_code(error) in ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument"):
                 return None
             raise
+        return response["Body"].read(), response.get("VersionId") or NULL_VERSION
 
     def download_url(self, key: str, seconds: int = 300) -> str:
         """A presigned URL that lets whoever holds it download `key` for `seconds`."""
@@ -68,9 +81,11 @@ class NotebookFiles:
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=seconds
         )
 
-    def delete(self, key: str) -> None:
-        """Delete `key`; deleting a missing object succeeds, so retries are safe."""
-        self._s3.delete_object(Bucket=self._bucket, Key=key)
+    def delete(self, key: str, version=None) -> None:
+        """Delete `key` (leaving its old versions to the bucket's lifecycle rule), or with
+        `version`, that version for good; deleting a missing object succeeds, so retries
+        are safe."""
+        self._s3.delete_object(Bucket=self._bucket, Key=key, **({"VersionId": version} if version else {}))
 
     def keys_under(self, prefix: str) -> list:
         """Every key under `prefix`."""

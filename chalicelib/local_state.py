@@ -15,9 +15,10 @@ put back: tables and rules through the AWS APIs (CreateTable, PutRule, PutTarget
 objects and items straight into moto's S3 and DynamoDB: a thousand notebooks with their
 runs and outputs take 1.4 to 2.4 s so (`make bench`), 6.3 s through the APIs.
 
-What is kept: buckets and objects (latest version, content type, user metadata), tables
-with their keys, indexes and items, rules and targets; nothing else of moto's (other
-services, object versions, tags, TTL settings) survives a restart. Not fsync'ed: a crash
+What is kept: buckets and objects (latest version, with its version id, content type,
+user metadata), tables with their keys, indexes and items, rules and targets; nothing
+else of moto's (other services, older object versions, tags, TTL settings) survives a
+restart. Not fsync'ed: a crash
 of the stack loses nothing written, a power cut may.
 
 Snapshots read moto's in-memory models (pinned moto version; tested), because reading
@@ -155,7 +156,8 @@ class Snapshots:
                 blobs[(bucket.name, name)] = known
                 metadata = {k: v for k, v in key.metadata.items() if k.startswith("x-amz-meta-")}
                 objects[name] = {"sha256": known[1], "content_type": key.metadata.get("content-type"),
-                                 "metadata": {k[len("x-amz-meta-"):]: v for k, v in metadata.items()}}
+                                 "metadata": {k[len("x-amz-meta-"):]: v for k, v in metadata.items()},
+                                 "version_id": key.version_id}
             buckets[bucket.name] = {"region": bucket.region_name, "objects": objects}
         tables = {region: {name: {"definition": _table_definition(table.describe()["TableDescription"]),
                                   "items": [item.to_json()["Attributes"] for item in _items(table)]}
@@ -234,6 +236,8 @@ class Snapshots:
                 if hashlib.sha256(content).hexdigest() != entry["sha256"]:
                     raise ValueError(f"state folder damaged: the content of s3://{name}/{key} changed on disk")
                 stored = s3.put_object(name, key, content)
+                # Runs pin a notebook's version by its id: the latest version keeps it.
+                stored._version_id = entry.get("version_id", "null")
                 metadata = {f"x-amz-meta-{field}": value for field, value in entry["metadata"].items()}
                 if entry["content_type"]:
                     metadata["content-type"] = entry["content_type"]

@@ -41,12 +41,14 @@ _WATCH_SECONDS = 0.5
 
 
 def provision(settings: Settings, users=()) -> None:
-    """Create the bucket and tables (if missing) and add those of `users` [(name,
-    password)] that do not exist yet."""
+    """Create the bucket (versioned) and tables (if missing) and add those of `users`
+    [(name, password)] that do not exist yet."""
     s3 = aws.client("s3", settings.region)
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
     if settings.bucket not in existing:
         s3.create_bucket(Bucket=settings.bucket)
+    # As the deployed bucket: every content write makes a version that runs can pin.
+    s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
     create_tables(aws.client("dynamodb", settings.region), settings)
     store = UserStore(aws.dynamodb_table(settings.users_table, settings.region))
     for name, password in users:

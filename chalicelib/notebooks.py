@@ -5,14 +5,18 @@ caller's username: a notebook of another owner is never read, so it is answered 
 like an id that does not exist.
 """
 import copy
+import json
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Optional
 
 import nbformat
 
-from . import cron, payloads
+from . import cron, parameters, payloads
+from .batches import in_parallel
 from .errors import (
     NAME_TAKEN, NO_NOTEBOOK_FOUND, NO_NOTEBOOKS_DELETED, NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED,
     ApiError, bad_request,
@@ -77,6 +81,31 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
 def serialise(notebook) -> bytes:
     """Notebook JSON as stored in S3."""
     return nbformat.writes(notebook).encode("utf-8")
+
+
+# On a notebook's item, written with each content write: the S3 version of its content,
+# and the parameters that content declares (JSON). Notebooks written before versions
+# have neither.
+CONTENT_VERSION = "content_version"
+DECLARED = "declared_parameters"
+
+
+@dataclass
+class Pinned:
+    """The content a run executes: its S3 version (None: the latest, pinned by the
+    runner) and the parameters it declares (None when not read)."""
+
+    version: Optional[str]
+    declared: Optional[list]
+
+
+def content_fields(notebook, version: str) -> dict:
+    """The item's fields that describe content `notebook` stored as `version`."""
+    fields = {CONTENT_VERSION: version}
+    cached = parameters.cacheable(parameters.declared(notebook))
+    if cached is not None:
+        fields[DECLARED] = cached
+    return fields
 
 
 def is_scheduled(item: dict, at_ms: int) -> bool:
@@ -166,11 +195,11 @@ class NotebookService:
         self._check_size(data)
         notebook_id = str(uuid.uuid4())
         key = notebook_key(owner, notebook_id)
-        self._files.put(key, data)
+        version = self._files.put(key, data)
         try:  # the file goes first; if the metadata cannot follow, the file is removed
-            name = self._store_new(owner, notebook_id, name)
+            name = self._store_new(owner, notebook_id, name, content_fields(notebook, version))
         except BaseException:
-            self._files.delete(key)
+            self._files.delete(key, version)
             raise
         return {
             "username": owner,
@@ -179,11 +208,11 @@ class NotebookService:
             "notebook_id": notebook_id,
         }
 
-    def _store_new(self, owner: str, notebook_id: str, name) -> str:
+    def _store_new(self, owner: str, notebook_id: str, name, content: dict) -> str:
         created = now_ms(self._clock)
         item = {
             "owner": owner, "notebook_id": notebook_id, "created_at": created, "updated_at": created,
-            "created_by": owner, "updated_by": owner, "no_of_runs": 0,
+            "created_by": owner, "updated_by": owner, "no_of_runs": 0, **content,
         }
         if name is not None:
             try:
@@ -265,25 +294,68 @@ class NotebookService:
         return len(flagged)
 
     def content(self, owner: str, notebook_id) -> dict:
-        """The notebook file, as nbformat JSON."""
+        """The notebook file, as nbformat JSON: the version its item names (the one a Run
+        now executes), or for a notebook written before versions, the latest."""
         item = self.require(owner, notebook_id)
-        data = self._files.get(notebook_key(owner, item["notebook_id"]))
+        data = self._files.get(notebook_key(owner, item["notebook_id"]), item.get(CONTENT_VERSION))
         if data is None:
             raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
         return nbformat.reads(data.decode("utf-8"), as_version=4)
 
+    def parameters(self, owner: str, notebook_id) -> dict:
+        """`{"parameters": [...]}`: what the notebook's `parameters` cell declares."""
+        item = self.require(owner, notebook_id)
+        pinned = self.pin(owner, [item], check={})[item["notebook_id"]]
+        return {"parameters": pinned.declared}
+
+    def pin(self, owner: str, items: list, check=None) -> dict:
+        """notebook id -> Pinned(version, declared) of the content a Run of these items
+        executes now; with `check` (the Run's parameters, {} for none), each notebook's
+        declared parameters are read too and, when `check` is not empty, the values
+        checked against them (a 400 naming the parameter, for the first that fails).
+
+        What a content write stored on the item costs nothing more. A notebook written
+        before versions has no version here (None: its runner pins the one it reads);
+        its declarations, when needed, are read from its file, for all such notebooks
+        at once on a few threads.
+        """
+        need_declared = check is not None
+        missing = [item for item in items if need_declared and item.get(DECLARED) is None]
+
+        def read(item):
+            found = self._files.get_version(notebook_key(owner, item["notebook_id"]), item.get(CONTENT_VERSION))
+            if found is None:
+                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
+            data, version = found
+            return item["notebook_id"], Pinned(version, parameters.declared(json.loads(data)))
+
+        pinned = dict(in_parallel(read, missing, self._settings.aws_concurrency))
+        for item in items:
+            if item["notebook_id"] not in pinned:
+                declared = json.loads(item[DECLARED]) if need_declared else None
+                pinned[item["notebook_id"]] = Pinned(item.get(CONTENT_VERSION), declared)
+        if check:
+            for item in items:
+                parameters.check(check, pinned[item["notebook_id"]].declared)
+        return pinned
+
     def replace_content(self, owner: str, notebook_id, body: dict) -> None:
         """Replace the notebook file with `body`, a valid nbformat v4 notebook."""
         item = self.require(owner, notebook_id)
-        data = serialise(parse_notebook(body, field="body"))
+        notebook = parse_notebook(body, field="body")
+        data = serialise(notebook)
         self._check_size(data)
         key = notebook_key(owner, item["notebook_id"])
-        self._files.put(key, data)
+        version = self._files.put(key, data)
         # The metadata update is conditional on the notebook being live. If it fails, a
         # Delete flagged the notebook after our read and may already have removed the
-        # file: our write would outlive it, so it is undone.
-        if not self._table.update(owner, item["notebook_id"], self._touched(owner)):
-            self._files.delete(key)
+        # file: our version would outlive it, so it is undone. Of two concurrent writes,
+        # the one whose item update comes last is the notebook's content for Runs and reads.
+        changes = {**self._touched(owner), **content_fields(notebook, version)}
+        if DECLARED not in changes:
+            changes[DECLARED] = None  # too large to keep: read from the file when needed
+        if not self._table.update(owner, item["notebook_id"], changes):
+            self._files.delete(key, version)
             raise bad_request(NOTEBOOK_ID_INVALID)
 
     def _touched(self, owner: str) -> dict:

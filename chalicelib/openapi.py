@@ -53,7 +53,8 @@ def document() -> dict:
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
     run_body = {"type": "object", "required": ["nbkIds", "module"], "properties": {
         "nbkIds": _IDS, "module": {"type": "string"},
-        "parameters": {"type": "object", "description": "papermill parameters; at most "
+        "parameters": {"type": "object", "description": "papermill parameters, checked against the "
+                       "notebook's parameters cell (unknown names and ill-typed values: 400); at most "
                        "NOTEBOOKS_MAX_PARAMETERS_BYTES (64 KiB) as JSON"},
         "client_token": {"type": "string", "maxLength": 255,
                          "description": "the same token again (24 h) creates no new runs"}}}
@@ -92,6 +93,13 @@ def document() -> dict:
             "get": _operation("The notebook file", ipynb),
             "put": _operation("Replace the notebook file", word, ipynb, errors=(400, 413)),
         },
+        nb + "/{notebook_id}/parameters": {
+            "parameters": _path_id("notebook_id"),
+            "get": _operation("What the notebook's parameters cell declares (papermill's inspect_notebook)",
+                              {"type": "object", "properties": {"parameters": {"type": "array", "items": {
+                                  "type": "object", "properties": {k: {"type": "string"} for k in (
+                                      "name", "type", "default", "help")}}}}}),
+        },
         nb + "/{notebook_id}/runs": {"parameters": _path_id("notebook_id"),
                                      "get": _paged(_operation("The notebook's runs, newest first",
                                                               {"type": "array", "items": run}))},
@@ -102,6 +110,12 @@ def document() -> dict:
                                                  "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
             "get": _redirected(_operation("The executed notebook (format=html: a rendered page)", ipynb,
                                           errors=(400, 404, 413))),
+        },
+        "/_notebooks/runs/{run_id}/rerun": {
+            "parameters": _path_id("run_id"),
+            "post": _operation("A new run of the same notebook version, its parameters merged over the run's",
+                               runs_started, {"type": "object", "properties": {"parameters": {"type": "object"}}},
+                               errors=(400, 404, 409, 429)),
         },
         "/_notebooks/runs/{run_id}/cancel": {
             "parameters": _path_id("run_id"),
@@ -137,13 +151,15 @@ def document() -> dict:
                 "Run": {"type": "object", "properties": {
                     "run_id": {"type": "string"}, "notebook_id": {"type": "string"},
                     "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                    "trigger": {"type": "string", "enum": ["manual", "schedule"]},
+                    "trigger": {"type": "string", "enum": ["manual", "schedule", "rerun"]},
                     "module": {"type": "string", "nullable": True}, "parameters": {"type": "object"},
                     "created_at": {"type": "integer"}, "started_at": nullable_int, "finished_at": nullable_int,
                     "progress": {"type": "object", "properties": {"done": {"type": "integer"},
                                                                   "total": {"type": "integer"}}},
                     "error": {"type": "object", "nullable": True, "properties": {
-                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}}}},
+                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}},
+                    "notebook_version": {"type": "string", "nullable": True,
+                                         "description": "the notebook content the run executes (opaque)"}}},
             },
         },
     }

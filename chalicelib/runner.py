@@ -482,6 +482,7 @@ class NotebookRunner:
                 parameters=parameters,
                 engine_name=_ENGINE_NAME,
                 kernel_name="python3",
+                language="python",  # as the kernel: papermill needs it for parameters, and a spec may not say
                 progress_bar=False,
                 run=run,
             )

@@ -22,15 +22,16 @@ from .batches import chunks, in_parallel
 from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, RUN_NOT_FOUND, ApiError, bad_request
 from .files import notebook_key, output_key, outputs_prefix
 from .metadata import RUN_PREFIX
-from .notebooks import now_ms
+from .notebooks import CONTENT_VERSION, now_ms
 from .outputs import fit_output
+from .parameters import check as check_parameters, declared as declared_parameters
 from .responses import lambda_payload_bytes
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
-MANUAL, SCHEDULE = "manual", "schedule"
+MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
 # After its run timeout, a runner gets this long to report before it is declared lost.
 REPORT_GRACE_SECONDS = 60
 # How often a runner looks for a cancel request while its run executes.
@@ -61,6 +62,7 @@ def run_view(item: dict) -> dict:
         "finished_at": optional_int("finished_at"),
         "progress": {"done": int(item.get("cells_done", 0)), "total": int(item.get("cells_total", 0))},
         "error": _error_view(item.get("error")),
+        "notebook_version": item.get("notebook_version"),
     }
 
 
@@ -80,6 +82,11 @@ class RunOutput:
     body: str
     headers: dict
     location: Optional[str] = None
+
+
+def _runs_answer(runs: list) -> dict:
+    """Run's (and rerun's) answer: each run's id, notebook and status."""
+    return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
 
 
 def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
@@ -118,19 +125,50 @@ class RunService:
         token = payloads.client_token(body, idempotency_key)
         items = self._notebooks.require_many(owner, ids)
         if token is None:
-            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters) for item in items]
+            pinned = self._notebooks.pin(owner, items, check=parameters or None)
+            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters,
+                                  version=pinned[item["notebook_id"]].version) for item in items]
             self._check_quota(owner, len(runs))
             self._record_and_dispatch(owner, runs, items)
         else:
             runs = self._start_once(owner, token, items, module, parameters)
-        return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
+        return _runs_answer(runs)
+
+    def rerun(self, owner: str, run_id: str, body: dict) -> dict:
+        """A new run of the owner's run's notebook version, with its parameters and
+        `parameters` from `body` merged over them, checked against what that version
+        declares. 409 when the version (or the notebook) no longer exists."""
+        run = self._require(owner, run_id)
+        given = payloads.parameters(body, self._settings.max_parameters_bytes)
+        merged = payloads.parameters({"parameters": {**json.loads(run.get("parameters", "{}")), **given}},
+                                     self._settings.max_parameters_bytes)
+        item = self._notebooks.live(owner, run["notebook_id"])
+        version = run.get("notebook_version")
+        if version is None:  # recorded before versions, and its runner has not pinned one yet
+            raise ApiError(409, "The notebook version of this run is not known until it starts")
+        found = self._files.get(notebook_key(owner, item["notebook_id"]), version) if item else None
+        if found is None:
+            raise ApiError(409, "The notebook version of this run no longer exists")
+        if merged:
+            check_parameters(merged, declared_parameters(json.loads(found)))
+        new = self._new_run(owner, item["notebook_id"], RERUN, run.get("module"), merged, version=version)
+        self._check_quota(owner, 1)
+        self._record_and_dispatch(owner, [new], [item])
+        return _runs_answer([new])
 
     def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
         """The runs of the first request with `token`, recorded and dispatched once."""
         token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
         now_s = int(self._clock())
+        try:
+            pinned = self._notebooks.pin(owner, items, check=parameters or None)
+        except ApiError:
+            if self._table.notebooks.token(owner, token_hash, now_s) is None:
+                raise
+            pinned = {}  # a repeat: its body's parameters are not used, the first request's are
         request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
-                   "parameters": json.dumps(parameters)}
+                   "parameters": json.dumps(parameters),
+                   "versions": json.dumps({nid: pin.version for nid, pin in pinned.items() if pin.version})}
         first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
         if not first:
             request = self._table.notebooks.token(owner, token_hash, now_s)
@@ -138,8 +176,10 @@ class RunService:
                 raise ApiError(409, "The client token is being reused; try again")
             live = self._table.notebooks.get_many(owner, request["notebook_ids"])
             items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
+        versions = json.loads(request.get("versions", "{}"))
         runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item))
+                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item),
+                              version=versions.get(item["notebook_id"], item.get(CONTENT_VERSION)))
                 for item in items]
         existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
         missing = [run for run in runs if run["run_id"] not in existing]
@@ -162,7 +202,8 @@ class RunService:
         return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
                              f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
 
-    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None) -> dict:
+    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None,
+                 version=None) -> dict:
         created = now_ms(self._clock)
         run = {
             "run_id": run_id or str(uuid.uuid4()),
@@ -176,6 +217,8 @@ class RunService:
         }
         if module is not None:
             run["module"] = module
+        if version is not None:  # else the runner records the version it reads
+            run["notebook_version"] = version
         return run
 
     def _record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
@@ -222,7 +265,8 @@ class RunService:
         item = self._notebooks.live(owner, notebook_id)
         if item is None:
             return None
-        run = self._new_run(owner, item["notebook_id"], trigger, module, parameters, run_id)
+        run = self._new_run(owner, item["notebook_id"], trigger, module, parameters, run_id,
+                            version=item.get(CONTENT_VERSION))
         try:
             recorded = self._record_chunk(owner, [run], None)
         except ApiError:
@@ -360,6 +404,10 @@ class RunService:
             return None
         return {**run, **changes}
 
+    def pin_version(self, run_id: str, version: str) -> None:
+        """Record on a running run the notebook version its runner read."""
+        self._table.transition(run_id, RUNNING, {"notebook_version": version})
+
     def progress(self, run_id: str, done: int, total: int) -> None:
         """Record cells done out of cells total on a running run."""
         self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
@@ -493,11 +541,15 @@ class RunExecutor:
             return "skipped"
         owner, notebook_id = run["owner"], run["notebook_id"]
         try:
-            data = self._files.get(notebook_key(owner, notebook_id))
-            if data is None:
+            found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
+            if found is None:
                 self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
-                                                         "evalue": "The notebook was deleted before it ran"})
+                                                         "evalue": "The notebook (or its version) was deleted "
+                                                                   "before it ran"})
                 return FAILED
+            data, version = found
+            if run.get("notebook_version") is None:  # recorded before versions: pinned now
+                self._runs.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
             with _CancelWatch(lambda: self._runs.cancel_requested(run_id), self._runner.cancel):
                 execution = self._runner.execute(

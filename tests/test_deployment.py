@@ -212,6 +212,8 @@ def test_the_api_may_use_its_data_read_users_invoke_the_runner_and_manage_its_ru
     for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
         assert may(action) == everything_in_the_bucket
     assert may("s3:ListBucket") == [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}]
+    notebooks = [{"Fn::Sub": "${NotebookFiles.Arn}/notebooks/*"}]  # a run's pinned version; an undone write
+    assert may("s3:GetObjectVersion") == may("s3:DeleteObjectVersion") == notebooks
     tables = [{"Fn::GetAtt": ["NotebooksTable", "Arn"]}, {"Fn::Sub": "${NotebooksTable.Arn}/index/*"},
               {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::Sub": "${RunsTable.Arn}/index/*"}]
     users = [{"Fn::GetAtt": ["UsersTable", "Arn"]}]
@@ -230,7 +232,8 @@ def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rule
     def may(action):
         return allowed(resources, "RunnerRole", action)
 
-    assert may("s3:GetObject") == [{"Fn::Sub": "${NotebookFiles.Arn}/notebooks/*"}]
+    assert may("s3:GetObject") == may("s3:GetObjectVersion") == [{"Fn::Sub": "${NotebookFiles.Arn}/notebooks/*"}]
+    assert may("s3:DeleteObjectVersion") == []
     assert may("s3:PutObject") == may("s3:DeleteObject") == [{"Fn::Sub": "${NotebookFiles.Arn}/runs/*"}]
     assert may("s3:ListBucket") == []
     for statement in statements(resources, "RunnerRole"):

@@ -116,6 +116,9 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
         runs = requests.get(f"{url}{BASE}/{ids[1]}/runs", auth=ADMIN).json()
     assert len(runs) == 1 and runs[0]["trigger"] == "schedule", stack.output()
     assert wait_for_run(url, runs[0]["run_id"])["status"] == "succeeded"
+    # the notebook's version, pinned by the first run, kept its id through both restarts
+    [again] = requests.post(f"{url}/_notebooks/runs/{run['run_id']}/rerun", auth=ADMIN).json()["runs"]
+    assert wait_for_run(url, again["run_id"])["status"] == "succeeded"
     assert stack.interrupt() == 0
 
 

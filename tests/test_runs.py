@@ -296,10 +296,11 @@ def test_deleting_a_notebook_deletes_its_runs_and_outputs(api, stack, dispatched
     assert leftovers(stack.settings) == ([], [])
 
 
-def test_a_run_of_a_notebook_deleted_before_it_ran_fails_clearly(api, stack, dispatched, executor):
+def test_a_run_of_a_notebook_version_deleted_before_it_ran_fails_clearly(api, stack, dispatched, executor):
     notebook_id = api.create()["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
-    stack.files.delete(f"notebooks/admin/{notebook_id}.ipynb")
+    version = api.json("GET", f"{RUNS}/{run['run_id']}")["notebook_version"]
+    stack.files.delete(f"notebooks/admin/{notebook_id}.ipynb", version)  # the version the run pinned
     run_all(executor, dispatched)
     record = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert record["status"] == "failed" and record["error"]["ename"] == "NotebookMissing"
