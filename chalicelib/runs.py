@@ -1,4 +1,5 @@
-"""Runs: their records, their dispatch to the runner, and the runner's event handler.
+"""Runs: reading them and their outputs, their lifecycle, cancel, and the runner's event
+handler (starting them: run_start.py).
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
 waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
@@ -6,7 +7,6 @@ waiting (an `Event` invocation of the runner function: in AWS, or the local Lamb
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
 `failed` once its deadline passes.
 """
-import hashlib
 import json
 import logging
 import threading
@@ -18,8 +18,8 @@ from typing import Optional
 import nbformat
 
 from . import html, payloads
-from .batches import chunks, in_parallel
-from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, RUN_NOT_FOUND, ApiError, bad_request
+from .batches import in_parallel
+from .errors import RUN_NOT_FOUND, ApiError, bad_request
 from .files import notebook_key, output_key, outputs_prefix
 from .metadata import RUN_PREFIX
 from .notebooks import now_ms
@@ -39,9 +39,6 @@ CANCEL_POLL_SECONDS = 2.0
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
 CANCEL_DEADLINE_SECONDS = 60
-# A Run's client token stands for its first request this long.
-TOKEN_SECONDS = 24 * 3600
-RECORD_ATTEMPTS = 5
 
 
 def run_view(item: dict) -> dict:
@@ -82,20 +79,17 @@ class RunOutput:
     location: Optional[str] = None
 
 
-def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
-    """The one run id a client token gives a notebook: a retry records the same run."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}"))
-
-
 class RunService:
-    """Runs as the API sees them: start, read, list, outputs; and run records for the runner."""
+    """Runs as the API sees them: start (by its `starter`), read, list, outputs, cancel;
+    and run records for the runner."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time):
+    def __init__(self, table, notebooks, files, dispatcher, settings, starter, clock=time.time):
         self._table = table
         self._notebooks = notebooks
         self._files = files
         self._dispatcher = dispatcher
         self._settings = settings
+        self.starter = starter
         self._clock = clock
 
     @property
@@ -104,178 +98,16 @@ class RunService:
         return self._settings.max_output_bytes
 
     def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
-        """Validate the whole request, record one queued run per notebook, dispatch them.
-
-        Any unknown id: 400 and nothing runs. Answers before any notebook executes. With
-        a client token (`Idempotency-Key` or `client_token`), the same request again
-        creates no new runs: it answers the first one's runs, recording and dispatching
-        any that a first attempt cut short did not.
-        """
-        field = "nbk_ids" if "nbkIds" not in body and "nbk_ids" in body else "nbkIds"
-        ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
-        module = payloads.module_name(body)
-        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
-        token = payloads.client_token(body, idempotency_key)
-        items = self._notebooks.require_many(owner, ids)
-        if token is None:
-            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters) for item in items]
-            self._check_quota(owner, len(runs))
-            self._record_and_dispatch(owner, runs, items)
-        else:
-            runs = self._start_once(owner, token, items, module, parameters)
-        return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
-
-    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
-        """The runs of the first request with `token`, recorded and dispatched once."""
-        token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        now_s = int(self._clock())
-        request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
-                   "parameters": json.dumps(parameters)}
-        first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
-        if not first:
-            request = self._table.notebooks.token(owner, token_hash, now_s)
-            if request is None:  # expired between our two reads
-                raise ApiError(409, "The client token is being reused; try again")
-            live = self._table.notebooks.get_many(owner, request["notebook_ids"])
-            items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
-        runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item))
-                for item in items]
-        existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
-        missing = [run for run in runs if run["run_id"] not in existing]
-        if missing:
-            self._check_quota(owner, len(missing))
-            self._record_and_dispatch(owner, missing, [item for item in items
-                                                       if item["notebook_id"] in {r["notebook_id"] for r in missing}])
-        # A first attempt cut short may have recorded runs it never dispatched; the runner
-        # claims a run once, so dispatching a queued run again is harmless.
-        self._dispatch_all([run for run in existing.values() if run["status"] == QUEUED])
-        return [existing.get(run["run_id"], run) for run in runs]
-
-    def _check_quota(self, owner: str, adding: int) -> None:
-        active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-        if active + adding > self._settings.max_active_runs:
-            raise self._quota_error(active)
-
-    def _quota_error(self, active) -> ApiError:
-        limit = self._settings.max_active_runs
-        return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
-                             f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
-
-    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None) -> dict:
-        created = now_ms(self._clock)
-        run = {
-            "run_id": run_id or str(uuid.uuid4()),
-            "notebook_id": notebook_id,
-            "owner": owner,
-            "trigger": trigger,
-            "status": QUEUED,
-            "created_at": created,
-            "deadline_at": created + int(self._settings.queue_timeout * 1000),
-            "parameters": json.dumps(parameters or {}),
-        }
-        if module is not None:
-            run["module"] = module
-        return run
-
-    def _record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
-        """Record `runs` (up to 33 per transaction), then dispatch them concurrently; the
-        runs recorded before a failure are dispatched too, then the failure is raised."""
-        recorded = []
-        try:
-            for chunk in chunks(runs, self._table.runs_per_transaction()):
-                recorded += self._record_chunk(owner, chunk, self._settings.max_active_runs)
-        finally:
-            self._dispatch_all(recorded)
-        self._expire_old_runs(owner, items)
-
-    def _record_chunk(self, owner: str, runs: list, active_limit) -> list:
-        for _ in range(RECORD_ATTEMPTS):
-            why = self._table.create(owner, runs, active_limit)
-            if why is None:
-                return runs
-            if why == "quota":
-                raise self._quota_error(int(self._table.notebooks.counts(owner).get("runs_active", 0)))
-            if why == "exists":  # a concurrent attempt with the same client token got there first
-                taken = self._table.get_many(run["run_id"] for run in runs)
-                runs = [run for run in runs if run["run_id"] not in taken]
-                if not runs:
-                    return []
-                continue
-            items = self._table.notebooks.get_many(owner, [run["notebook_id"] for run in runs])
-            if any(run["notebook_id"] not in items or items[run["notebook_id"]].get("deleting") for run in runs):
-                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted since we looked
-            # A later `last_run` (a clock behind another's): record these just after it.
-            latest = max(int(item.get("last_run", 0)) for item in items.values())
-            created = max(now_ms(self._clock), latest + 1)
-            runs = [{**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
-                    for run in runs]
-        raise ApiError(409, "The notebooks were changed by other requests meanwhile; try again")
-
-    def _dispatch_all(self, runs: list) -> None:
-        in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
+        """Start runs of a Run request (see RunStarter.start)."""
+        return self.starter.start(owner, body, idempotency_key)
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
-        """Create a queued run and count it on its notebook; None if the notebook is gone
-        or `run_id` exists already. (Schedule firings: the active-runs quota does not
-        refuse them; the scheduled-notebooks quota bounds them.)"""
-        item = self._notebooks.live(owner, notebook_id)
-        if item is None:
-            return None
-        run = self._new_run(owner, item["notebook_id"], trigger, module, parameters, run_id)
-        try:
-            recorded = self._record_chunk(owner, [run], None)
-        except ApiError:
-            return None
-        if not recorded:
-            return None
-        self._expire_old_runs(owner, [item])
-        return recorded[0]
-
-    def _expire_old_runs(self, owner: str, items: list) -> None:
-        """Keep at most `max_runs_kept` runs per notebook: each notebook that had that many
-        before this run loses its oldest (outputs first, then records). Best effort: what
-        fails here is expired after the notebook's next run."""
-        keep = self._settings.max_runs_kept
-        over = [(item, int(item.get("runs_kept", 0)) + 1 - keep) for item in items
-                if int(item.get("runs_kept", 0)) + 1 > keep]
-
-        def expire(entry):
-            item, excess = entry
-            pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
-                                                             oldest_first=True)
-            self._files.delete_many([output_key(owner, item["notebook_id"], p["run_id"]) for p in pointers])
-            self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
-
-        try:
-            in_parallel(expire, over, self._settings.aws_concurrency)
-        except Exception:  # noqa: BLE001 - the runs were recorded; expiry catches up later
-            log.exception("expiring old runs of %s failed", owner)
-
-    def _dispatch(self, run: dict) -> None:
-        try:
-            self._dispatcher.dispatch({"run_id": run["run_id"]})
-        except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
-            log.warning("dispatch of run %s failed: %s", run["run_id"], error)
-            reason = {"cell_index": None, "ename": "DispatchError",
-                      "evalue": f"The run could not be started: {type(error).__name__}"}
-            self.finish(run["run_id"], FAILED, error=reason, expected_status=QUEUED)
-            run["status"] = FAILED
+        """Record a queued run of a schedule firing (see RunStarter.record)."""
+        return self.starter.record(owner, notebook_id, trigger, module, parameters, run_id)
 
     def resume_after_restart(self) -> dict:
-        """After the local Lambda restarts: a run that was running is failed (its kernel
-        died with the stack), a queued one is dispatched again (Lambda's queue of
-        asynchronous invocations survives; the local one did not). {status: count}."""
-        counts = {FAILED: 0, QUEUED: 0}
-        for run in self._table.unfinished():
-            if run["status"] == RUNNING:
-                error = {"cell_index": None, "ename": "RunnerLost",
-                         "evalue": "The local stack stopped while the run was in progress"}
-                counts[FAILED] += self.finish(run["run_id"], FAILED, error=error)
-            else:
-                self._dispatch(run)
-                counts[QUEUED] += 1
-        return counts
+        """Recover the local stack's runs after a restart (see RunStarter.resume_after_restart)."""
+        return self.starter.resume_after_restart()
 
     def get(self, owner: str, run_id: str) -> dict:
         """One run of the owner (another owner's is answered like an unknown one)."""

@@ -12,6 +12,7 @@ from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .dispatch import LambdaDispatcher
+from .run_start import RunStarter
 from .runs import RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
@@ -32,8 +33,9 @@ class Services:
         self.notebooks = NotebookService(notebook_table, self.files, settings)
         # In the local stack too: AWS_ENDPOINT_URL_LAMBDA points boto3 at the local Lambda.
         self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
-        self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
-                               self.notebooks, self.files, self.dispatcher, settings)
+        run_table = RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table)
+        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings)
+        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
                                    self.runner_arn)
         self.notebooks.add_dependent(self.scheduler)
