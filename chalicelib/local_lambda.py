@@ -240,7 +240,7 @@ def main() -> int:
         log.warning("after the restart: %(failed)d interrupted runs failed, %(queued)d queued runs dispatched again",
                     resumed)
     dispatcher = LambdaDispatcher(aws.client("lambda", settings.region), settings.runner_function)
-    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix, dispatcher.dispatch)
+    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix, dispatcher.invoke)
     clock.start()
     print(f"ready {os.environ['AWS_ENDPOINT_URL_LAMBDA']}", flush=True)
     try:

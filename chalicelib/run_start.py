@@ -5,6 +5,7 @@ import json
 import logging
 import time
 import uuid
+from decimal import Decimal
 
 from . import payloads
 from .batches import chunks, in_parallel
@@ -23,6 +24,11 @@ RECORD_ATTEMPTS = 5
 def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
     """The one run id a client token gives a notebook: a retry records the same run."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}"))
+
+
+def _number(seconds: float) -> Decimal:
+    """Seconds as a DynamoDB number (boto3 takes no floats)."""
+    return Decimal(str(seconds))
 
 
 class RunStarter:
@@ -49,22 +55,33 @@ class RunStarter:
         ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
         module = payloads.module_name(body)
         parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
+        timeout = self._timeout(body)
         token = payloads.client_token(body, idempotency_key)
         items = self._notebooks.require_many(owner, ids)
         if token is None:
-            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters) for item in items]
+            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters, timeout=timeout)
+                    for item in items]
             self._check_quota(owner, len(runs))
             self._record_and_dispatch(owner, runs, items)
         else:
-            runs = self._start_once(owner, token, items, module, parameters)
+            runs = self._start_once(owner, token, items, module, parameters, timeout)
         return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
 
-    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
+    def _timeout(self, body: dict) -> float:
+        """The request's `timeout`: the deployment's run timeout by default, at most the
+        longest its engines take."""
+        longest = self._settings.longest_run()
+        why = (" (longer runs need ECS Fargate, which this deployment has not set up)"
+               if longest < self._settings.max_run_timeout else "")
+        return payloads.timeout(body, self._settings.run_timeout, longest, why)
+
+    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict,
+                    timeout: float) -> list:
         """The runs of the first request with `token`, recorded and dispatched once."""
         token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
         now_s = int(self._clock())
         request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
-                   "parameters": json.dumps(parameters)}
+                   "parameters": json.dumps(parameters), "timeout": _number(timeout)}
         first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
         if not first:
             request = self._table.notebooks.token(owner, token_hash, now_s)
@@ -73,7 +90,8 @@ class RunStarter:
             live = self._table.notebooks.get_many(owner, request["notebook_ids"])
             items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
         runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item))
+                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item),
+                              timeout=float(request.get("timeout", self._settings.run_timeout)))
                 for item in items]
         existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
         missing = [run for run in runs if run["run_id"] not in existing]
@@ -96,8 +114,12 @@ class RunStarter:
         return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
                              f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
 
-    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None) -> dict:
+    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None,
+                 timeout=None) -> dict:
+        """A queued run, with its timeout (default: the deployment's) and the engine that
+        timeout needs."""
         created = now_ms(self._clock)
+        timeout = self._settings.run_timeout if timeout is None else timeout
         run = {
             "run_id": run_id or str(uuid.uuid4()),
             "notebook_id": notebook_id,
@@ -107,6 +129,8 @@ class RunStarter:
             "created_at": created,
             "deadline_at": created + int(self._settings.queue_timeout * 1000),
             "parameters": json.dumps(parameters or {}),
+            "timeout": _number(timeout),
+            "engine": self._dispatcher.engine_for(timeout),
         }
         if module is not None:
             run["module"] = module
@@ -188,13 +212,26 @@ class RunStarter:
 
     def _dispatch(self, run: dict) -> None:
         try:
-            self._dispatcher.dispatch({"run_id": run["run_id"]})
+            handed = self._dispatcher.dispatch(run)
         except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
             log.warning("dispatch of run %s failed: %s", run["run_id"], error)
             reason = {"cell_index": None, "ename": "DispatchError",
                       "evalue": f"The run could not be started: {type(error).__name__}"}
             if self._fail(run, reason):
                 run["status"] = FAILED
+            return
+        if handed:
+            self._note(run["run_id"], handed)
+
+    def _note(self, run_id: str, handed: dict) -> None:
+        """Record what the engine answered (a Fargate task's ARN, for cancel's StopTask) on
+        the run, queued or already claimed by its task. Best effort: the run goes on
+        without it, and a cancel then relies on the runner alone."""
+        try:
+            if not self._table.transition(run_id, QUEUED, handed):
+                self._table.transition(run_id, RUNNING, handed)
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("could not record %s on run %s", sorted(handed), run_id)
 
     def resume_after_restart(self) -> dict:
         """After the local Lambda restarts: a run that was running is failed (its kernel

@@ -58,7 +58,15 @@ def run_view(item: dict) -> dict:
         "finished_at": optional_int("finished_at"),
         "progress": {"done": int(item.get("cells_done", 0)), "total": int(item.get("cells_total", 0))},
         "error": _error_view(item.get("error")),
+        "engine": item.get("engine"),
+        "timeout": _seconds(item["timeout"]) if item.get("timeout") is not None else None,
     }
+
+
+def _seconds(value):
+    """A stored number of seconds (a Decimal) as an int when whole, else a float."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def _error_view(error):
@@ -187,10 +195,15 @@ class RunService:
             return None
         started = now_ms(self._clock)
         changes = {"status": RUNNING, "started_at": started,
-                   "deadline_at": started + int((self._settings.run_timeout + REPORT_GRACE_SECONDS) * 1000)}
+                   "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000)}
         if not self._table.transition(run_id, QUEUED, changes):
             return None
         return {**run, **changes}
+
+    def timeout_of(self, run: dict) -> float:
+        """The run's own timeout, seconds (a run recorded before runs had one: the
+        deployment's)."""
+        return float(run.get("timeout", self._settings.run_timeout))
 
     def progress(self, run_id: str, done: int, total: int) -> None:
         """Record cells done out of cells total on a running run."""
@@ -227,21 +240,32 @@ class RunService:
 
         A queued run ends `cancelled` at once and never starts. A running run gets a
         cancel request, which its runner acts on within seconds (interrupting the kernel,
-        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. A
-        finished run: 409.
+        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. Either
+        way, a Fargate run's task is then stopped too. A finished run: 409.
         """
         run = self._require(owner, run_id)
         run_id = run["run_id"]
         while run["status"] not in FINAL:
             if run["status"] == QUEUED and self.finish(run_id, CANCELLED, expected_status=QUEUED):
+                self._stop(run)
                 break
             if run["status"] == RUNNING and self._table.transition(
                     run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}):
+                self._stop(run)
                 return run_view(self._await_end(owner, run_id))
             run = self._require(owner, run_id)  # it moved on meanwhile: look again
         else:
             raise ApiError(409, "Run already finished")
         return self.get(owner, run_id)
+
+    def _stop(self, run: dict) -> None:
+        """Stop the run's engine task, if it has one (after the cancel is recorded, so
+        whatever the task does next ends the run cancelled). Best effort: the cancel
+        stands without it."""
+        try:
+            self._dispatcher.stop(run)
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("could not stop the task of run %s", run["run_id"], exc_info=True)
 
     def _await_end(self, owner: str, run_id: str) -> dict:
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
@@ -292,6 +316,7 @@ class RunExecutor:
         self._files = files
         self._scheduler = scheduler
         self._runner = runner
+        self._stopping = threading.Event()
 
     def handle(self, event: dict) -> dict:
         """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
@@ -328,10 +353,12 @@ class RunExecutor:
                                                          "evalue": "The notebook was deleted before it ran"})
                 return FAILED
             target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
-            with _CancelWatch(lambda: self._runs.cancel_requested(run_id), self._runner.cancel):
+            with _CancelWatch(lambda: self._stopping.is_set() or self._runs.cancel_requested(run_id),
+                              self._runner.cancel):
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
+                    timeout=self._runs.timeout_of(run),
                     on_progress=lambda done, total: self._runs.progress(run_id, done, total),
                     on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
                 )
@@ -350,6 +377,13 @@ class RunExecutor:
             return FAILED
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
+
+    def cancel(self) -> None:
+        """Stop the run executing, or about to, as a cancel does (its Fargate task is being
+        stopped); safe to call from another thread. The run's cancel watch applies it
+        again at each poll, so a run whose kernel was still starting stops too."""
+        self._stopping.set()
+        self._runner.cancel()
 
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""

@@ -20,13 +20,14 @@ BASE = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 
 
-class RecordingDispatcher:
-    """Stands in for Lambda's Event invocation: remembers what would have been invoked."""
+class RecordingDispatcher(LambdaDispatcher):
+    """The Lambda dispatcher, with the events it would invoke remembered instead."""
 
     def __init__(self):
+        super().__init__(None, "runner")
         self.events = []
 
-    def dispatch(self, event):
+    def invoke(self, event):
         self.events.append(event)
 
 
