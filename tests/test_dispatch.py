@@ -140,6 +140,9 @@ def test_a_runs_timeout_and_engine_are_recorded_and_shown(api, stack, dispatched
         (stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
     assert isinstance(shown[whole["run_id"]]["timeout"], int)
     assert [run["timeout"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == [840, 30.5, 840]
+    fired = stack.runs.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
+    assert {key: stack.runs.get("admin", fired["run_id"])[key] for key in ("timeout", "engine")} == {
+        "timeout": 840, "engine": "lambda"}
 
 
 def test_a_client_tokens_runs_keep_the_first_requests_timeout(api, dispatched):
@@ -215,7 +218,8 @@ def deployment(stack, aws_env):
     aws.client("ecs", deployed.settings.region).meta.events.register(
         "provide-client-params.ecs.RunTask", lambda params, **_: run_tasks.append(dict(params)))
     yield deployed, run_tasks, (cluster, task_definition, subnet, group)
-    deployed.runner_executor().close() if deployed._runner_executor else None
+    if deployed._runner_executor is not None:  # the Fargate task's executor: its next kernel
+        deployed._runner_executor.close()
 
 
 def test_a_run_longer_than_lambda_takes_is_one_fargate_task_carrying_its_run_id(api, deployment):

@@ -152,7 +152,7 @@ def test_cell_timeout_and_dead_kernel_fail_cleanly(api, stack, dispatched):
     try:
         slow = api.create(content=notebook_of("import time; time.sleep(60)"))["notebook_id"]
         dying = api.create(content=notebook_of("print('before')", "import os; os._exit(1)"))["notebook_id"]
-        runs = api.json("POST", BASE + "/_run", {"nbkIds": [slow, dying], "module": "m"})["runs"]
+        runs = api.json("POST", BASE + "/_run", {"nbkIds": [slow, dying], "module": "m", "timeout": 2})["runs"]
         run_all(executor, dispatched)
     finally:
         runner.close()
