@@ -13,6 +13,7 @@ from moto import mock_aws
 from chalicelib import aws, fargate_task, services
 from chalicelib import runs as runs_module
 from chalicelib.dispatch import EngineRouter, FargateDispatcher
+from chalicelib.errors import ApiError
 from tests.conftest import error
 from tests.helpers import stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
@@ -195,7 +196,7 @@ def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(
     assert invoked == [{"run_id": run["run_id"]}]
     shown = local.runs.get("admin", run["run_id"])
     assert (shown["engine"], shown["timeout"]) == ("local", 43200)
-    with pytest.raises(Exception, match="at most 43200"):
+    with pytest.raises(ApiError, match="at most 43200"):
         local.runs.start("admin", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201})
 
 
