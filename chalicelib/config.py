@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 SIX_MB = 6 * 1024 * 1024
+# The longest run timeout Lambda takes: its 15 minutes less 60 s in which the runner,
+# past the notebook's deadline, stops the kernel, stores the output and records the end
+# (the same 60 s the API waits past a deadline before it declares a runner lost).
+LAMBDA_RUN_LIMIT = 900.0 - 60.0
 
 
 def _int(env, name, default):
@@ -44,9 +48,10 @@ class Settings:
     local_workers: int = os.cpu_count() or 1
     # Served by the local stack (`make dev`, `chalice local --stage local`), not by AWS.
     local_stack: bool = False
-    # A run's default timeout, and the longest that runs on Lambda: a whole run must end
-    # before Lambda's 15 minutes. A run asking for longer runs on Fargate, up to the maximum.
-    run_timeout: float = 840.0
+    # A run's default timeout (at most LAMBDA_RUN_LIMIT, as schedules fire the runner
+    # function directly). A run asking for longer than LAMBDA_RUN_LIMIT runs on Fargate,
+    # up to the maximum.
+    run_timeout: float = LAMBDA_RUN_LIMIT
     max_run_timeout: float = 12 * 3600.0
     # The Fargate engine (all four set by the deployment's template; unset: no Fargate).
     ecs_cluster: Optional[str] = None
@@ -84,7 +89,9 @@ class Settings:
     def longest_run(self) -> float:
         """The longest timeout a run may ask for: the maximum where runs can take it (Fargate,
         or the local stack's workers), else what fits in Lambda."""
-        return self.max_run_timeout if self.fargate or self.local_stack else self.run_timeout
+        if self.fargate or self.local_stack:
+            return self.max_run_timeout
+        return min(self.max_run_timeout, LAMBDA_RUN_LIMIT)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":

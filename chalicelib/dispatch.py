@@ -5,32 +5,38 @@ Every engine runs the same handler (RunExecutor.handle) on the same code:
   timeout fits in Lambda's 15 minutes;
 - `fargate`: an ECS Fargate task of the runner image (chalicelib.fargate_task), for a
   longer run, up to the deployment's maximum;
-- `local`: the local stack's worker processes (local_lambda.py).
+- `local`: the local stack's worker processes (local_lambda.py), for any timeout.
 
-A dispatcher answers `engine_for(timeout)`, `dispatch(event)` (the fields to record on
-the run, e.g. the Fargate task's ARN) and `stop(run)` (for cancel).
+A dispatcher has `engine` (the engine of the runner function, which schedules fire
+directly), and answers `engine_for(timeout)`, `dispatch(run)` (the fields to record on
+the run, e.g. the Fargate task's ARN) and `stop(run)` (a cancel's backstop).
 """
 import json
 
+LAMBDA, FARGATE, LOCAL = "lambda", "fargate", "local"
+
 
 class LambdaDispatcher:
-    """Hands runs to the runner function with asynchronous (`Event`) invocations."""
+    """Hands runs to the runner function with asynchronous (`Event`) invocations: AWS's,
+    or the local Lambda's (engine `local`)."""
 
-    engine = "lambda"
-
-    def __init__(self, lambda_client, function_name: str):
+    def __init__(self, lambda_client, function_name: str, engine: str = LAMBDA):
         self._lambda = lambda_client
         self._function = function_name
+        self.engine = engine
 
     def engine_for(self, timeout: float) -> str:
-        """Every run's engine, when the deployment has no Fargate."""
+        """Every run's engine: this dispatcher's."""
         return self.engine
 
-    def dispatch(self, event: dict) -> dict:
-        """Invoke the runner with `event` (a run's `{"run_id"}`, or a schedule rule's
-        input), without waiting for it."""
-        self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
+    def dispatch(self, run: dict) -> dict:
+        """Invoke the runner with the run's id, without waiting for it."""
+        self.invoke({"run_id": run["run_id"]})
         return {}
+
+    def invoke(self, event: dict) -> None:
+        """Invoke the runner with `event` (a run's, or a schedule rule's input), without waiting."""
+        self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
 
     def stop(self, run: dict) -> None:
         """Nothing to stop: the runner acts on the run's cancel request itself."""
@@ -39,7 +45,7 @@ class LambdaDispatcher:
 class FargateDispatcher:
     """Starts one ECS Fargate task of the runner image per run."""
 
-    engine = "fargate"
+    engine = FARGATE
 
     def __init__(self, ecs_client, cluster: str, task_definition: str, container: str, subnets: list,
                  security_groups: list, assign_public_ip: bool):
@@ -48,7 +54,7 @@ class FargateDispatcher:
         self._task_definition = task_definition
         self._container = container
         self._network = {"awsvpcConfiguration": {
-            "subnets": subnets, "securityGroups": security_groups,
+            "subnets": list(subnets), "securityGroups": list(security_groups),
             "assignPublicIp": "ENABLED" if assign_public_ip else "DISABLED"}}
 
     def dispatch(self, run: dict) -> dict:
@@ -73,17 +79,23 @@ class EngineRouter:
     """Lambda for runs whose timeout fits in it, Fargate beyond."""
 
     def __init__(self, on_lambda: LambdaDispatcher, on_fargate: FargateDispatcher, lambda_limit: float):
+        self._on_lambda = on_lambda
         self._by_engine = {on_lambda.engine: on_lambda, on_fargate.engine: on_fargate}
         self._lambda_limit = lambda_limit
+        self.engine = on_lambda.engine
 
     def engine_for(self, timeout: float) -> str:
         """The engine a run with this timeout (seconds) runs on."""
-        return LambdaDispatcher.engine if timeout <= self._lambda_limit else FargateDispatcher.engine
+        return self.engine if timeout <= self._lambda_limit else FARGATE
 
     def dispatch(self, run: dict) -> dict:
         """Hand the run to its engine (recorded on the run as `engine`)."""
-        return self._by_engine[run["engine"]].dispatch(run)
+        return self._engine_of(run).dispatch(run)
 
     def stop(self, run: dict) -> None:
         """Stop the run's task, if its engine has one."""
-        self._by_engine[run["engine"]].stop(run)
+        self._engine_of(run).stop(run)
+
+    def _engine_of(self, run: dict):
+        # A run recorded before runs had an engine was a Lambda run.
+        return self._by_engine.get(run.get("engine"), self._on_lambda)

@@ -1,12 +1,18 @@
 """The runner as an ECS Fargate task, for runs longer than Lambda allows.
 
 `python -m chalicelib.fargate_task <run_id>` executes that one run with the same handler
-as the runner function, in the same image, then exits: a task serves one run, so nothing
-of it is left for another.
+as the runner function (RunExecutor.handle), in the same image, then exits: a task serves
+one run, so nothing of it is left for another.
+
+ECS stops a task with SIGTERM (a cancel's StopTask), and SIGKILL 30 s later: on SIGTERM
+the run is stopped as a cancel stops it, so its output so far is stored and it ends
+`cancelled` before that.
 """
 import json
 import logging
+import signal
 import sys
+import threading
 
 from . import services
 
@@ -17,7 +23,11 @@ def main(argv) -> int:
     if len(argv) != 2:
         print("usage: python -m chalicelib.fargate_task RUN_ID", file=sys.stderr)
         return 2
-    result = services.get().runner_executor().handle({"run_id": argv[1]})
+    executor = services.get().runner_executor()
+    # From a thread of its own: the handler may interrupt the main thread inside the
+    # runner's lock, which cancel() takes.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())
+    result = executor.handle({"run_id": argv[1]})
     print(json.dumps(result), flush=True)
     return 0
 

@@ -217,7 +217,6 @@ def main() -> int:
 
     from . import aws, services
     from .localstack import stop_on_signals
-    from .dispatch import LambdaDispatcher
     from .schedules import LocalEventClock
 
     receive_secrets()
@@ -239,8 +238,8 @@ def main() -> int:
     if any(resumed.values()):
         log.warning("after the restart: %(failed)d interrupted runs failed, %(queued)d queued runs dispatched again",
                     resumed)
-    dispatcher = LambdaDispatcher(aws.client("lambda", settings.region), settings.runner_function)
-    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix, dispatcher.dispatch)
+    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix,
+                            services.get().dispatcher.invoke)
     clock.start()
     print(f"ready {os.environ['AWS_ENDPOINT_URL_LAMBDA']}", flush=True)
     try:

@@ -57,7 +57,10 @@ def document() -> dict:
                        "notebook's parameters cell (unknown names and ill-typed values: 400); at most "
                        "NOTEBOOKS_MAX_PARAMETERS_BYTES (64 KiB) as JSON"},
         "client_token": {"type": "string", "maxLength": 255,
-                         "description": "the same token again (24 h) creates no new runs"}}}
+                         "description": "the same token again (24 h) creates no new runs"},
+        "timeout": {"type": "number", "minimum": 0.001, "description": (
+            "seconds; default NOTEBOOKS_RUN_TIMEOUT (840). Up to 840 a run executes on Lambda; beyond, "
+            "on ECS Fargate, up to NOTEBOOKS_MAX_RUN_TIMEOUT (43200) where the deployment has Fargate")}}}
     runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
         "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
     nb = "/_notebooks/notebooks"
@@ -159,7 +162,9 @@ def document() -> dict:
                     "error": {"type": "object", "nullable": True, "properties": {
                         "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}},
                     "notebook_version": {"type": "string", "nullable": True,
-                                         "description": "the notebook content the run executes (opaque)"}}},
+                                         "description": "the notebook content the run executes (opaque)"},
+                    "engine": {"type": "string", "enum": ["lambda", "fargate", "local"], "nullable": True},
+                    "timeout": {"type": "number", "nullable": True, "description": "seconds"}}},
             },
         },
     }

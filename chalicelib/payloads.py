@@ -26,22 +26,12 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number out of range: {text}")
-    return value
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_body(raw, lenient: bool = False) -> dict:
     """The request body as a dict; an empty body is `{}`.
 
-    Strict JSON: no NaN or Infinity, no lone surrogates (they cannot be stored as
-    UTF-8), no nesting deeper than Python can walk. `lenient` also accepts JSON5
+    Strict JSON: no NaN or Infinity (nor a number out of a float's range), each refused
+    naming the field that holds it; no lone surrogates (they cannot be stored as UTF-8),
+    no nesting deeper than Python can walk. `lenient` also accepts JSON5
     (unquoted keys), which the seed's own Run sample uses, with pyjson5: compiled, its
     cost linear in the body's size, so a malformed body of megabytes costs milliseconds.
     """
@@ -51,7 +41,8 @@ def parse_body(raw, lenient: bool = False) -> dict:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
         raise bad_request("Malformed JSON in request body: not UTF-8")
-    options = {"parse_float": _finite, "parse_constant": _no_constants}
+    # NaN, Infinity and 1e999 are read as floats here, then refused by field below.
+    options = {"parse_float": float, "parse_constant": float}
     try:
         try:
             value = json.loads(text, **options)
@@ -62,22 +53,22 @@ def parse_body(raw, lenient: bool = False) -> dict:
                 value = pyjson5.loads(text)
             except pyjson5.Json5Exception:
                 raise strict_error
-        # JSON5 allows NaN and Infinity, which JSON has no words for.
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
         raise bad_request(f"Malformed JSON in request body: {error}")
     except RecursionError:
         raise bad_request(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
     if not isinstance(value, dict):
         raise bad_request("Request body must be a JSON object")
-    too_deep = _too_deep_field(value)
-    if too_deep is not None:
-        raise bad_request(f"{too_deep} is nested more than {MAX_DEPTH} levels deep")
+    refusal = _unfit_field(value)
+    if refusal is not None:
+        raise bad_request(refusal)
     return value
 
 
-def _too_deep_field(body: dict):
-    """The top-level field of `body` that nests deeper than MAX_DEPTH, else None.
+def _unfit_field(body: dict):
+    """Why a top-level field of `body` is refused (it nests deeper than MAX_DEPTH, or
+    holds NaN or an infinite number), else None.
 
     Walked without recursion: what Python's stack cannot hold must be refused here, not
     found later by nbformat's validator or papermill (a RecursionError, a 500).
@@ -87,7 +78,9 @@ def _too_deep_field(body: dict):
         while pending:
             node, depth = pending.pop()
             if depth > MAX_DEPTH:
-                return field
+                return f"{field} is nested more than {MAX_DEPTH} levels deep"
+            if isinstance(node, float) and not math.isfinite(node):
+                return f"{field} holds NaN or an infinite number, which JSON does not allow"
             if isinstance(node, dict):
                 pending.extend((child, depth + 1) for child in node.values())
             elif isinstance(node, list):
@@ -188,6 +181,24 @@ def parameters(body: dict, max_bytes: int) -> dict:
     size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
     if size > max_bytes:
         raise bad_request(f"parameters are too large: {size} bytes as JSON, at most {max_bytes}")
+    return value
+
+
+# The shortest run timeout: a millisecond (a shorter one could not be stored, as DynamoDB
+# numbers go down to 1e-130 only).
+MIN_TIMEOUT = 0.001
+
+
+def timeout(body: dict, default: float, maximum: float, beyond_maximum: str = "") -> float:
+    """The Run request's optional `timeout`, seconds: a number above 0 (from MIN_TIMEOUT)
+    and at most `maximum` (`beyond_maximum` says why there, if need be); `default` when
+    absent or null."""
+    value = body.get("timeout")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_TIMEOUT <= value <= maximum:
+        raise bad_request(f"timeout must be a number of seconds above 0 (at least {MIN_TIMEOUT:g}) "
+                          f"and at most {maximum:g}{beyond_maximum}")
     return value
 
 

@@ -1,4 +1,5 @@
-"""Runs: their records, their dispatch to the runner, and the runner's event handler.
+"""Runs: reading them and their outputs, their lifecycle, cancel, and the runner's event
+handler (starting them: run_start.py).
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
 waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
@@ -6,7 +7,6 @@ waiting (an `Event` invocation of the runner function: in AWS, or the local Lamb
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
 `failed` once its deadline passes.
 """
-import hashlib
 import json
 import logging
 import threading
@@ -18,13 +18,12 @@ from typing import Optional
 import nbformat
 
 from . import html, payloads
-from .batches import chunks, in_parallel
-from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, RUN_NOT_FOUND, ApiError, bad_request
+from .batches import in_parallel
+from .errors import RUN_NOT_FOUND, ApiError, bad_request
 from .files import notebook_key, output_key, outputs_prefix
 from .metadata import RUN_PREFIX
-from .notebooks import CONTENT_VERSION, now_ms
+from .notebooks import now_ms
 from .outputs import fit_output
-from .parameters import check as check_parameters, declared as declared_parameters
 from .responses import lambda_payload_bytes
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,6 @@ CANCEL_POLL_SECONDS = 2.0
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
 CANCEL_DEADLINE_SECONDS = 60
-# A Run's client token stands for its first request this long.
-TOKEN_SECONDS = 24 * 3600
-RECORD_ATTEMPTS = 5
 
 
 def run_view(item: dict) -> dict:
@@ -63,7 +59,15 @@ def run_view(item: dict) -> dict:
         "progress": {"done": int(item.get("cells_done", 0)), "total": int(item.get("cells_total", 0))},
         "error": _error_view(item.get("error")),
         "notebook_version": item.get("notebook_version"),
+        "engine": item.get("engine"),
+        "timeout": _seconds(item["timeout"]) if item.get("timeout") is not None else None,
     }
+
+
+def _seconds(value):
+    """A stored number of seconds (a Decimal) as an int when whole, else a float."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def _error_view(error):
@@ -84,25 +88,17 @@ class RunOutput:
     location: Optional[str] = None
 
 
-def _runs_answer(runs: list) -> dict:
-    """Run's (and rerun's) answer: each run's id, notebook and status."""
-    return {"runs": [{key: run[key] for key in ("run_id", "notebook_id", "status")} for run in runs]}
-
-
-def _token_run_id(owner: str, token_hash: str, item: dict) -> str:
-    """The one run id a client token gives a notebook: a retry records the same run."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"run:{owner}:{token_hash}:{item['notebook_id']}"))
-
-
 class RunService:
-    """Runs as the API sees them: start, read, list, outputs; and run records for the runner."""
+    """Runs as the API sees them: start (by its `starter`), read, list, outputs, cancel;
+    and run records for the runner."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time):
+    def __init__(self, table, notebooks, files, dispatcher, settings, starter, clock=time.time):
         self._table = table
         self._notebooks = notebooks
         self._files = files
         self._dispatcher = dispatcher
         self._settings = settings
+        self.starter = starter
         self._clock = clock
 
     @property
@@ -111,215 +107,20 @@ class RunService:
         return self._settings.max_output_bytes
 
     def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
-        """Validate the whole request, record one queued run per notebook, dispatch them.
-
-        Any unknown id: 400 and nothing runs. Answers before any notebook executes. With
-        a client token (`Idempotency-Key` or `client_token`), the same request again
-        creates no new runs: it answers the first one's runs, recording and dispatching
-        any that a first attempt cut short did not.
-        """
-        field = "nbk_ids" if "nbkIds" not in body and "nbk_ids" in body else "nbkIds"
-        ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
-        module = payloads.module_name(body)
-        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
-        token = payloads.client_token(body, idempotency_key)
-        items = self._notebooks.require_many(owner, ids)
-        if token is None:
-            pinned = self._notebooks.pin(owner, items, check=parameters or None)
-            runs = [self._new_run(owner, item["notebook_id"], MANUAL, module, parameters,
-                                  version=pinned[item["notebook_id"]].version) for item in items]
-            self._check_quota(owner, len(runs))
-            self._record_and_dispatch(owner, runs, items)
-        else:
-            runs = self._start_once(owner, token, items, module, parameters)
-        return _runs_answer(runs)
-
-    def rerun(self, owner: str, run_id: str, body: dict) -> dict:
-        """A new run of the owner's run's notebook version, with its parameters and
-        `parameters` from `body` merged over them, checked against what that version
-        declares. 409 when the version (or the notebook) no longer exists."""
-        run = self._require(owner, run_id)
-        given = payloads.parameters(body, self._settings.max_parameters_bytes)
-        merged = payloads.parameters({"parameters": {**json.loads(run.get("parameters", "{}")), **given}},
-                                     self._settings.max_parameters_bytes)
-        item = self._notebooks.live(owner, run["notebook_id"])
-        version = run.get("notebook_version")
-        if version is None:  # recorded before versions, and its runner has not pinned one yet
-            raise ApiError(409, "The notebook version of this run is not known until it starts")
-        found = self._files.get(notebook_key(owner, item["notebook_id"]), version) if item else None
-        if found is None:
-            raise ApiError(409, "The notebook version of this run no longer exists")
-        if merged:
-            check_parameters(merged, declared_parameters(json.loads(found)))
-        new = self._new_run(owner, item["notebook_id"], RERUN, run.get("module"), merged, version=version)
-        self._check_quota(owner, 1)
-        self._record_and_dispatch(owner, [new], [item])
-        return _runs_answer([new])
-
-    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict) -> list:
-        """The runs of the first request with `token`, recorded and dispatched once."""
-        token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        now_s = int(self._clock())
-        try:
-            pinned = self._notebooks.pin(owner, items, check=parameters or None)
-        except ApiError:
-            if self._table.notebooks.token(owner, token_hash, now_s) is None:
-                raise
-            pinned = {}  # a repeat: its body's parameters are not used, the first request's are
-        request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
-                   "parameters": json.dumps(parameters),
-                   "versions": json.dumps({nid: pin.version for nid, pin in pinned.items() if pin.version})}
-        first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
-        if not first:
-            request = self._table.notebooks.token(owner, token_hash, now_s)
-            if request is None:  # expired between our two reads
-                raise ApiError(409, "The client token is being reused; try again")
-            live = self._table.notebooks.get_many(owner, request["notebook_ids"])
-            items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
-        versions = json.loads(request.get("versions", "{}"))
-        runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                              json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item),
-                              version=versions.get(item["notebook_id"], item.get(CONTENT_VERSION)))
-                for item in items]
-        existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
-        missing = [run for run in runs if run["run_id"] not in existing]
-        if missing:
-            self._check_quota(owner, len(missing))
-            self._record_and_dispatch(owner, missing, [item for item in items
-                                                       if item["notebook_id"] in {r["notebook_id"] for r in missing}])
-        # A first attempt cut short may have recorded runs it never dispatched; the runner
-        # claims a run once, so dispatching a queued run again is harmless.
-        self._dispatch_all([run for run in existing.values() if run["status"] == QUEUED])
-        return [existing.get(run["run_id"], run) for run in runs]
-
-    def _check_quota(self, owner: str, adding: int) -> None:
-        active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-        if active + adding > self._settings.max_active_runs:
-            raise self._quota_error(active)
-
-    def _quota_error(self, active) -> ApiError:
-        limit = self._settings.max_active_runs
-        return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
-                             f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
-
-    def _new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None,
-                 version=None) -> dict:
-        created = now_ms(self._clock)
-        run = {
-            "run_id": run_id or str(uuid.uuid4()),
-            "notebook_id": notebook_id,
-            "owner": owner,
-            "trigger": trigger,
-            "status": QUEUED,
-            "created_at": created,
-            "deadline_at": created + int(self._settings.queue_timeout * 1000),
-            "parameters": json.dumps(parameters or {}),
-        }
-        if module is not None:
-            run["module"] = module
-        if version is not None:  # else the runner records the version it reads
-            run["notebook_version"] = version
-        return run
-
-    def _record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
-        """Record `runs` (up to 33 per transaction), then dispatch them concurrently; the
-        runs recorded before a failure are dispatched too, then the failure is raised."""
-        recorded = []
-        try:
-            for chunk in chunks(runs, self._table.runs_per_transaction()):
-                recorded += self._record_chunk(owner, chunk, self._settings.max_active_runs)
-        finally:
-            self._dispatch_all(recorded)
-        self._expire_old_runs(owner, items)
-
-    def _record_chunk(self, owner: str, runs: list, active_limit) -> list:
-        for _ in range(RECORD_ATTEMPTS):
-            why = self._table.create(owner, runs, active_limit)
-            if why is None:
-                return runs
-            if why == "quota":
-                raise self._quota_error(int(self._table.notebooks.counts(owner).get("runs_active", 0)))
-            if why == "exists":  # a concurrent attempt with the same client token got there first
-                taken = self._table.get_many(run["run_id"] for run in runs)
-                runs = [run for run in runs if run["run_id"] not in taken]
-                if not runs:
-                    return []
-                continue
-            items = self._table.notebooks.get_many(owner, [run["notebook_id"] for run in runs])
-            if any(run["notebook_id"] not in items or items[run["notebook_id"]].get("deleting") for run in runs):
-                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted since we looked
-            # A later `last_run` (a clock behind another's): record these just after it.
-            latest = max(int(item.get("last_run", 0)) for item in items.values())
-            created = max(now_ms(self._clock), latest + 1)
-            runs = [{**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
-                    for run in runs]
-        raise ApiError(409, "The notebooks were changed by other requests meanwhile; try again")
-
-    def _dispatch_all(self, runs: list) -> None:
-        in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
+        """Start runs of a Run request (see RunStarter.start)."""
+        return self.starter.start(owner, body, idempotency_key)
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
-        """Create a queued run and count it on its notebook; None if the notebook is gone
-        or `run_id` exists already. (Schedule firings: the active-runs quota does not
-        refuse them; the scheduled-notebooks quota bounds them.)"""
-        item = self._notebooks.live(owner, notebook_id)
-        if item is None:
-            return None
-        run = self._new_run(owner, item["notebook_id"], trigger, module, parameters, run_id,
-                            version=item.get(CONTENT_VERSION))
-        try:
-            recorded = self._record_chunk(owner, [run], None)
-        except ApiError:
-            return None
-        if not recorded:
-            return None
-        self._expire_old_runs(owner, [item])
-        return recorded[0]
+        """Record a queued run of a schedule firing (see RunStarter.record)."""
+        return self.starter.record(owner, notebook_id, trigger, module, parameters, run_id)
 
-    def _expire_old_runs(self, owner: str, items: list) -> None:
-        """Keep at most `max_runs_kept` runs per notebook: each notebook that had that many
-        before this run loses its oldest (outputs first, then records). Best effort: what
-        fails here is expired after the notebook's next run."""
-        keep = self._settings.max_runs_kept
-        over = [(item, int(item.get("runs_kept", 0)) + 1 - keep) for item in items
-                if int(item.get("runs_kept", 0)) + 1 > keep]
-
-        def expire(entry):
-            item, excess = entry
-            pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
-                                                             oldest_first=True)
-            self._files.delete_many([output_key(owner, item["notebook_id"], p["run_id"]) for p in pointers])
-            self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
-
-        try:
-            in_parallel(expire, over, self._settings.aws_concurrency)
-        except Exception:  # noqa: BLE001 - the runs were recorded; expiry catches up later
-            log.exception("expiring old runs of %s failed", owner)
-
-    def _dispatch(self, run: dict) -> None:
-        try:
-            self._dispatcher.dispatch({"run_id": run["run_id"]})
-        except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
-            log.warning("dispatch of run %s failed: %s", run["run_id"], error)
-            reason = {"cell_index": None, "ename": "DispatchError",
-                      "evalue": f"The run could not be started: {type(error).__name__}"}
-            self.finish(run["run_id"], FAILED, error=reason, expected_status=QUEUED)
-            run["status"] = FAILED
+    def rerun(self, owner: str, run_id: str, body: dict) -> dict:
+        """Start a new run of the owner's run's notebook version (see RunStarter.rerun)."""
+        return self.starter.rerun(owner, self._require(owner, run_id), body)
 
     def resume_after_restart(self) -> dict:
-        """After the local Lambda restarts: a run that was running is failed (its kernel
-        died with the stack), a queued one is dispatched again (Lambda's queue of
-        asynchronous invocations survives; the local one did not). {status: count}."""
-        counts = {FAILED: 0, QUEUED: 0}
-        for run in self._table.unfinished():
-            if run["status"] == RUNNING:
-                error = {"cell_index": None, "ename": "RunnerLost",
-                         "evalue": "The local stack stopped while the run was in progress"}
-                counts[FAILED] += self.finish(run["run_id"], FAILED, error=error)
-            else:
-                self._dispatch(run)
-                counts[QUEUED] += 1
-        return counts
+        """Recover the local stack's runs after a restart (see RunStarter.resume_after_restart)."""
+        return self.starter.resume_after_restart()
 
     def get(self, owner: str, run_id: str) -> dict:
         """One run of the owner (another owner's is answered like an unknown one)."""
@@ -399,10 +200,15 @@ class RunService:
             return None
         started = now_ms(self._clock)
         changes = {"status": RUNNING, "started_at": started,
-                   "deadline_at": started + int((self._settings.run_timeout + REPORT_GRACE_SECONDS) * 1000)}
+                   "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000)}
         if not self._table.transition(run_id, QUEUED, changes):
             return None
         return {**run, **changes}
+
+    def timeout_of(self, run: dict) -> float:
+        """The run's own timeout, seconds (a run recorded before runs had one: the
+        deployment's)."""
+        return float(run.get("timeout", self._settings.run_timeout))
 
     def pin_version(self, run_id: str, version: str) -> None:
         """Record on a running run the notebook version its runner read."""
@@ -443,21 +249,32 @@ class RunService:
 
         A queued run ends `cancelled` at once and never starts. A running run gets a
         cancel request, which its runner acts on within seconds (interrupting the kernel,
-        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. A
-        finished run: 409.
+        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. Either
+        way, a Fargate run's task is then stopped too. A finished run: 409.
         """
         run = self._require(owner, run_id)
         run_id = run["run_id"]
         while run["status"] not in FINAL:
             if run["status"] == QUEUED and self.finish(run_id, CANCELLED, expected_status=QUEUED):
+                self._stop(run)
                 break
             if run["status"] == RUNNING and self._table.transition(
                     run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}):
+                self._stop(run)
                 return run_view(self._await_end(owner, run_id))
             run = self._require(owner, run_id)  # it moved on meanwhile: look again
         else:
             raise ApiError(409, "Run already finished")
         return self.get(owner, run_id)
+
+    def _stop(self, run: dict) -> None:
+        """Stop the run's engine task, if it has one (after the cancel is recorded, so
+        whatever the task does next ends the run cancelled). Best effort: the cancel
+        stands without it."""
+        try:
+            self._dispatcher.stop(run)
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("could not stop the task of run %s", run["run_id"], exc_info=True)
 
     def _await_end(self, owner: str, run_id: str) -> dict:
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
@@ -508,6 +325,7 @@ class RunExecutor:
         self._files = files
         self._scheduler = scheduler
         self._runner = runner
+        self._stopping = threading.Event()
 
     def handle(self, event: dict) -> dict:
         """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
@@ -551,10 +369,12 @@ class RunExecutor:
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
                 self._runs.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
-            with _CancelWatch(lambda: self._runs.cancel_requested(run_id), self._runner.cancel):
+            with _CancelWatch(lambda: self._stopping.is_set() or self._runs.cancel_requested(run_id),
+                              self._runner.cancel):
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
+                    timeout=self._runs.timeout_of(run),
                     on_progress=lambda done, total: self._runs.progress(run_id, done, total),
                     on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
                 )
@@ -573,6 +393,13 @@ class RunExecutor:
             return FAILED
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
+
+    def cancel(self) -> None:
+        """Stop the run executing, or about to, as a cancel does (its Fargate task is being
+        stopped); safe to call from another thread. The run's cancel watch applies it
+        again at each poll, so a run whose kernel was still starting stops too."""
+        self._stopping.set()
+        self._runner.cancel()
 
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""

@@ -7,11 +7,12 @@ import threading
 
 from . import aws, sandbox
 from .auth import Authenticator, LoginThrottle
-from .config import Settings
+from .config import LAMBDA_RUN_LIMIT, Settings
 from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
-from .dispatch import LambdaDispatcher
+from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
+from .run_start import RunStarter
 from .runs import RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
@@ -30,10 +31,10 @@ class Services:
         self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)
-        # In the local stack too: AWS_ENDPOINT_URL_LAMBDA points boto3 at the local Lambda.
-        self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
-        self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
-                               self.notebooks, self.files, self.dispatcher, settings)
+        self.dispatcher = _dispatcher(settings)
+        run_table = RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table)
+        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings)
+        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
                                    self.runner_arn)
         self.notebooks.add_dependent(self.scheduler)
@@ -64,6 +65,21 @@ class Services:
                                     sweep_whole_user=shared_tmp is not None)
             self._runner_executor = RunExecutor(self.runs, self.files, self.scheduler, runner)
         return self._runner_executor
+
+
+def _dispatcher(settings: Settings):
+    """Lambda and, where the deployment configures ECS, Fargate for the longer runs; in the
+    local stack, its local Lambda (AWS_ENDPOINT_URL_LAMBDA points boto3 at it), for any run."""
+    region = settings.region
+    if settings.local_stack:
+        return LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LOCAL)
+    on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LAMBDA)
+    if not settings.fargate:
+        return on_lambda
+    on_fargate = FargateDispatcher(aws.client("ecs", region), settings.ecs_cluster, settings.ecs_task_definition,
+                                   settings.ecs_container, settings.ecs_subnets, settings.ecs_security_groups,
+                                   settings.ecs_assign_public_ip)
+    return EngineRouter(on_lambda, on_fargate, LAMBDA_RUN_LIMIT)
 
 
 _lock = threading.Lock()

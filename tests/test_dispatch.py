@@ -1,28 +1,50 @@
-"""Dispatch: which engine a run goes to, and how it is handed over (Lambda, ECS Fargate)."""
+"""Dispatch: which engine a run goes to, and how it is handed over (Lambda, ECS Fargate);
+each run's own timeout, from the request to the runner and the run's deadline."""
+import os
+import signal
+import threading
+import time
+
 import boto3
+import botocore.exceptions
 import pytest
 from moto import mock_aws
 
+from chalicelib import aws, fargate_task, services
+from chalicelib import runs as runs_module
 from chalicelib.dispatch import EngineRouter, FargateDispatcher
+from chalicelib.errors import ApiError
+from tests.conftest import error
+from tests.helpers import stored_state
+from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
+
+pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
+
+
+def ecs_for_runs():
+    """In moto: an ECS cluster, a Fargate task definition like the template's, and a VPC
+    subnet and security group. (ecs client, cluster ARN, task definition ARN, subnet, group)"""
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="runs", Description="runs", VpcId=vpc)["GroupId"]
+    cluster = ecs.create_cluster(clusterName="notebooks")["cluster"]["clusterArn"]
+    task_definition = ecs.register_task_definition(
+        family="notebooks-runner", requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
+        cpu="1024", memory="4096",
+        containerDefinitions=[{"name": "runner", "image": "runner:latest", "cpu": 1024, "memory": 4096,
+                               "entryPoint": ["python3", "-m", "chalicelib.fargate_task"]}],
+    )["taskDefinition"]["taskDefinitionArn"]
+    return ecs, cluster, task_definition, subnet, group
 
 
 @pytest.fixture
 def fargate(aws_env):
-    """moto's ECS with a cluster, a Fargate task definition like the template's, and a VPC."""
+    """moto's ECS set up for runs, and a Fargate dispatcher on it."""
     with mock_aws():
-        ecs = boto3.client("ecs", region_name="us-east-1")
-        ec2 = boto3.client("ec2", region_name="us-east-1")
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-        group = ec2.create_security_group(GroupName="runs", Description="runs", VpcId=vpc)["GroupId"]
-        cluster = ecs.create_cluster(clusterName="notebooks")["cluster"]["clusterArn"]
-        task_definition = ecs.register_task_definition(
-            family="notebooks-runner", requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
-            cpu="1024", memory="4096",
-            containerDefinitions=[{"name": "runner", "image": "runner:latest", "cpu": 1024, "memory": 4096,
-                                   "entryPoint": ["python3", "-m", "chalicelib.fargate_task"]}],
-        )["taskDefinition"]["taskDefinitionArn"]
+        ecs, cluster, task_definition, subnet, group = ecs_for_runs()
         dispatcher = FargateDispatcher(ecs, cluster, task_definition, "runner", [subnet], [group],
                                        assign_public_ip=True)
         yield ecs, cluster, task_definition, subnet, dispatcher
@@ -82,3 +104,208 @@ def test_the_engine_follows_the_runs_timeout(timeout, engine):
     run = {"run_id": "r", "engine": router.engine_for(timeout)}
     router.dispatch(run)
     assert (on_lambda.runs, on_fargate.runs) == (([run], []) if engine == "lambda" else ([], [run]))
+
+
+# --- A run's timeout and engine, through the API ---------------------------------------
+
+def start(api, notebook_id, expect=200, **fields):
+    return api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **fields}, expect=expect)
+
+
+def test_a_bad_timeout_is_a_400_naming_it_and_records_nothing(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    before = stored_state(stack.settings)
+    for value in ("true", '"60"', "0", "-5", "NaN", "-Infinity", "1e999", "841", "0.0001", "[60]", "{}"):
+        raw = '{"nbkIds": ["%s"], "module": "m", "timeout": %s}' % (notebook_id, value)
+
+        status, message = error(api.call("POST", BASE + "/_run", raw=raw))
+
+        assert status == 400 and ": timeout " in message, (value, message)
+        assert stored_state(stack.settings) == before and dispatched.events == [], value
+
+
+def test_without_fargate_a_run_longer_than_lambda_takes_is_refused_saying_why(api, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    _, message = error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "timeout": 900}))
+    assert "at most 840" in message and "Fargate" in message
+
+
+def test_a_runs_timeout_and_engine_are_recorded_and_shown(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [default] = start(api, notebook_id)["runs"]
+    [explicit] = start(api, notebook_id, timeout=30.5)["runs"]
+    [whole] = start(api, notebook_id, timeout=840)["runs"]
+
+    shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (default, explicit, whole)}
+    assert [(shown[run["run_id"]]["timeout"], shown[run["run_id"]]["engine"]) for run in (default, explicit, whole)] == [
+        (stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
+    assert isinstance(shown[whole["run_id"]]["timeout"], int)
+    assert [run["timeout"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == [840, 30.5, 840]
+    fired = stack.runs.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
+    assert {key: stack.runs.get("admin", fired["run_id"])[key] for key in ("timeout", "engine")} == {
+        "timeout": 840, "engine": "lambda"}
+
+
+def test_a_client_tokens_runs_keep_the_first_requests_timeout(api, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [first] = start(api, notebook_id, timeout=120, client_token="t-1")["runs"]
+    [again] = start(api, notebook_id, timeout=300, client_token="t-1")["runs"]
+
+    assert again["run_id"] == first["run_id"]
+    assert api.json("GET", f"{RUNS}/{first['run_id']}")["timeout"] == 120
+
+
+def test_the_runner_executes_a_run_within_its_own_timeout(api, stack, dispatched, executor):
+    assert executor._runner.run_timeout == 20  # the runner's own default: not what limits this run
+    notebook_id = api.create(content=notebook_of("print('started')", "import time; time.sleep(60)"))["notebook_id"]
+    [run] = start(api, notebook_id, timeout=3)["runs"]
+
+    begun = time.monotonic()
+    run_all(executor, dispatched)
+
+    assert time.monotonic() - begun < 20
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed" and record["error"]["cell_index"] == 1
+    assert record["error"]["evalue"] == "The run exceeded its time limit of 3 seconds"
+    assert "started" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
+
+
+def test_the_stuck_run_deadline_follows_the_runs_own_timeout(api, stack, dispatched):
+    notebook_id = api.create()["notebook_id"]
+    [run] = start(api, notebook_id, timeout=100)["runs"]
+    claimed = stack.runs.claim(run["run_id"])
+    lost_at = claimed["started_at"] / 1000 + 100 + runs_module.REPORT_GRACE_SECONDS
+
+    stack.runs._clock = lambda: lost_at - 1
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "running"
+    stack.runs._clock = lambda: lost_at + 1
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed" and record["error"]["ename"] == "RunnerLost"
+
+
+def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(stack, aws_env):
+    aws_env.setenv("NOTEBOOKS_LOCAL_STACK", "true")
+    services.reset()
+    local = services.get()
+    invoked = []
+    aws_env.setattr(local.dispatcher, "invoke", invoked.append)
+    notebook_id = local.notebooks.create("admin", {})["notebook_id"]
+
+    [run] = local.runs.start("admin", {"nbkIds": [notebook_id], "module": "m", "timeout": 43200})["runs"]
+
+    assert invoked == [{"run_id": run["run_id"]}]
+    shown = local.runs.get("admin", run["run_id"])
+    assert (shown["engine"], shown["timeout"]) == ("local", 43200)
+    with pytest.raises(ApiError, match="at most 43200"):
+        local.runs.start("admin", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201})
+
+
+# --- A deployment with Fargate ---------------------------------------------------------
+
+@pytest.fixture
+def deployment(stack, aws_env):
+    """The stack configured as a deployment with ECS (moto's), and a runner function in
+    moto's Lambda; `run_tasks` keeps the parameters of every RunTask call made."""
+    _, cluster, task_definition, subnet, group = ecs_for_runs()
+    role = boto3.client("iam").create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    boto3.client("lambda").create_function(FunctionName=stack.settings.runner_function, Runtime="python3.11",
+                                           Role=role, Handler="app.runner", Code={"ZipFile": b"fake"})
+    for name, value in {"NOTEBOOKS_ECS_CLUSTER": cluster, "NOTEBOOKS_ECS_TASK_DEFINITION": task_definition,
+                        "NOTEBOOKS_ECS_SUBNETS": subnet, "NOTEBOOKS_ECS_SECURITY_GROUPS": group}.items():
+        aws_env.setenv(name, value)
+    services.reset()
+    deployed = services.get()
+    run_tasks = []
+    aws.client("ecs", deployed.settings.region).meta.events.register(
+        "provide-client-params.ecs.RunTask", lambda params, **_: run_tasks.append(dict(params)))
+    yield deployed, run_tasks, (cluster, task_definition, subnet, group)
+    if deployed._runner_executor is not None:  # the Fargate task's executor: its next kernel
+        deployed._runner_executor.close()
+
+
+def test_a_run_longer_than_lambda_takes_is_one_fargate_task_carrying_its_run_id(api, deployment):
+    deployed, run_tasks, (cluster, task_definition, subnet, group) = deployment
+    notebook_id = api.create()["notebook_id"]
+
+    [short] = start(api, notebook_id, timeout=840)["runs"]
+    assert run_tasks == []
+    [long] = start(api, notebook_id, timeout=43200)["runs"]
+
+    assert [call["overrides"] for call in run_tasks] == [
+        {"containerOverrides": [{"name": "runner", "command": [long["run_id"]]}]}]
+    [call] = run_tasks
+    assert (call["cluster"], call["taskDefinition"], call["launchType"]) == (cluster, task_definition, "FARGATE")
+    assert call["networkConfiguration"] == {"awsvpcConfiguration": {
+        "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}}
+    record = deployed.runs._table.get(long["run_id"])
+    [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[record["task_arn"]])["tasks"]
+    assert task["overrides"]["containerOverrides"][0]["command"] == [long["run_id"]]
+    shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (short, long)}
+    assert [(shown[r["run_id"]]["engine"], shown[r["run_id"]]["timeout"], shown[r["run_id"]]["status"])
+            for r in (short, long)] == [("lambda", 840, "queued"), ("fargate", 43200, "queued")]
+    assert error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201}))[
+        1].endswith(": timeout must be a number of seconds above 0 (at least 0.001) and at most 43200")
+
+
+def test_cancelling_a_fargate_run_stops_its_task_and_a_failing_stop_does_not_fail_the_cancel(
+        api, deployment, monkeypatch):
+    deployed, _, (cluster, _, _, _) = deployment
+    monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
+    notebook_id = api.create()["notebook_id"]
+    running, queued = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(2))
+    assert deployed.runs.claim(running) is not None  # its task took it
+
+    assert api.json("POST", f"{RUNS}/{running}/cancel")["status"] == "running"  # asked; the runner ends it
+    task_arn = deployed.runs._table.get(running)["task_arn"]
+    [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"]
+    assert task["desiredStatus"] == "STOPPED"
+    assert deployed.runs.conclude(running, "succeeded") == "cancelled"
+
+    def refuse(**_):
+        raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "StopTask")
+
+    monkeypatch.setattr(aws.client("ecs", deployed.settings.region), "stop_task", refuse)
+    assert api.json("POST", f"{RUNS}/{queued}/cancel")["status"] == "cancelled"
+
+
+def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployment):
+    deployed, _, _ = deployment
+    notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
+    [run] = start(api, notebook_id, timeout=3600)["runs"]
+
+    assert fargate_task.main(["fargate_task", run["run_id"]]) == 0
+
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert (record["status"], record["engine"]) == ("succeeded", "fargate")
+    assert stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output")) == "42\n"
+    assert fargate_task.main(["fargate_task", run["run_id"]]) == 0  # a second start of the task: nothing
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == record["finished_at"]
+
+
+def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far(api, deployment):
+    deployed, _, _ = deployment
+    notebook_id = api.create(content=notebook_of("print('before')", "import time; time.sleep(60)",
+                                                 "print('after')"))["notebook_id"]
+    [run] = start(api, notebook_id, timeout=3600)["runs"]
+
+    def stop_once_running():  # as ECS's StopTask does: SIGTERM to the task's process
+        deadline = time.monotonic() + 30
+        while deployed.runs.get("admin", run["run_id"])["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    stopper = threading.Thread(target=stop_once_running, daemon=True)
+    stopper.start()
+    try:
+        begun = time.monotonic()
+        assert fargate_task.main(["fargate_task", run["run_id"]]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stopper.join()
+
+    assert time.monotonic() - begun < 30
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "cancelled"
+    notebook = api.json("GET", f"{RUNS}/{run['run_id']}/output")
+    assert stream_text(notebook) == "before\n"

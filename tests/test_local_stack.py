@@ -224,7 +224,7 @@ def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_
     stack.runs.claim(done["run_id"])
     stack.runs.finish(done["run_id"], "succeeded")
     dispatched = []
-    monkeypatch.setattr(stack.dispatcher, "dispatch", dispatched.append)
+    monkeypatch.setattr(stack.dispatcher, "invoke", dispatched.append)
     assert stack.runs.resume_after_restart() == {"failed": 1, "queued": 1}
     interrupted = stack.runs.get("admin", running["run_id"])
     assert interrupted["status"] == "failed" and interrupted["error"]["ename"] == "RunnerLost"

@@ -111,6 +111,7 @@ def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
     assert run["status"] == "queued"
     record = wait_for_run(url, run["run_id"], admin)
     assert record["status"] == "succeeded", record
+    assert (record["engine"], record["timeout"]) == ("local", 840)
     output = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=admin).json()
     assert output["cells"][0]["outputs"][0]["text"] == "ran in the local stack\n"
     page = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output?format=html", auth=admin)

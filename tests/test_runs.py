@@ -20,13 +20,14 @@ BASE = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 
 
-class RecordingDispatcher:
-    """Stands in for Lambda's Event invocation: remembers what would have been invoked."""
+class RecordingDispatcher(LambdaDispatcher):
+    """The Lambda dispatcher, with the events it would invoke remembered instead."""
 
     def __init__(self):
+        super().__init__(None, "runner")
         self.events = []
 
-    def dispatch(self, event):
+    def invoke(self, event):
         self.events.append(event)
 
 
@@ -34,6 +35,7 @@ class RecordingDispatcher:
 def dispatched(stack, monkeypatch):
     recorder = RecordingDispatcher()
     monkeypatch.setattr(stack.runs, "_dispatcher", recorder)
+    monkeypatch.setattr(stack.runs.starter, "_dispatcher", recorder)
     return recorder
 
 
@@ -150,7 +152,7 @@ def test_cell_timeout_and_dead_kernel_fail_cleanly(api, stack, dispatched):
     try:
         slow = api.create(content=notebook_of("import time; time.sleep(60)"))["notebook_id"]
         dying = api.create(content=notebook_of("print('before')", "import os; os._exit(1)"))["notebook_id"]
-        runs = api.json("POST", BASE + "/_run", {"nbkIds": [slow, dying], "module": "m"})["runs"]
+        runs = api.json("POST", BASE + "/_run", {"nbkIds": [slow, dying], "module": "m", "timeout": 2})["runs"]
         run_all(executor, dispatched)
     finally:
         runner.close()
@@ -200,7 +202,7 @@ def test_runs_and_outputs_belong_to_their_owner(api, dispatched, executor):
 def test_run_history_is_newest_first(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
-    stack.runs._clock = lambda: next(clock)
+    stack.runs.starter._clock = lambda: next(clock)
     ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
            for _ in range(3)]
     history = api.json("GET", f"{BASE}/{notebook_id}/runs")
@@ -353,7 +355,7 @@ def test_last_run_never_goes_back_to_an_earlier_run(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     later, earlier = 1_900_000_000, 1_899_999_000
     for moment in (later, earlier):  # recorded in this order, as concurrent requests may be
-        stack.runs._clock = lambda moment=moment: moment
+        stack.runs.starter._clock = lambda moment=moment: moment
         api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
     fetched = api.json("GET", f"{BASE}/{notebook_id}")
     history = api.json("GET", f"{BASE}/{notebook_id}/runs")
