@@ -35,6 +35,12 @@ def _paged(operation: dict) -> dict:
         {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}
 
 
+def _text(operation: dict, description: str) -> dict:
+    """`operation` answering text/plain."""
+    ok = {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {**operation, "responses": {**operation["responses"], "200": ok}}
+
+
 def _path_id(name: str) -> list:
     return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -57,6 +63,15 @@ def document() -> dict:
                          "description": "the same token again (24 h) creates no new runs"}}}
     runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
         "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
+    webhook = {"type": "object", "properties": {
+        "url": {"type": "string", "maxLength": 2048, "description": "https; not resolving to a loopback, private, "
+                "link-local or otherwise non-public address (the local stack also takes http://127.0.0.1 and "
+                "http://localhost)"},
+        "events": {"type": "array", "minItems": 1, "items": {"type": "string",
+                                                             "enum": ["succeeded", "failed", "cancelled"]}}}}
+    webhook_body = {**webhook, "required": ["url", "secret", "events"], "properties": {
+        **webhook["properties"], "secret": {"type": "string", "minLength": 1, "maxLength": 256,
+                                            "description": "HMAC-SHA256 key of X-Notebooks-Signature; never shown"}}}
     nb = "/_notebooks/notebooks"
     paths = {
         nb: {
@@ -101,6 +116,22 @@ def document() -> dict:
             "get": _redirected(_operation("The executed notebook (format=html: a rendered page)", ipynb,
                                           errors=(400, 404, 413))),
         },
+        nb + "/{notebook_id}/webhook": {
+            "parameters": _path_id("notebook_id"),
+            "put": _operation("Set the notebook's webhook: at each run end among `events`, the run object is "
+                              "POSTed as JSON to `url`, signed (X-Notebooks-Signature: sha256=HMAC of the body), "
+                              "with X-Notebooks-Event and X-Notebooks-Delivery; up to 4 attempts", webhook,
+                              webhook_body),
+            "get": _operation("The notebook's webhook, without its secret", webhook, errors=(400, 404)),
+            "delete": _operation("Remove the notebook's webhook", word, errors=(400, 404)),
+        },
+        "/_notebooks/runs/{run_id}/log": {
+            "parameters": _path_id("run_id"),
+            "get": _redirected(_text(_operation("The run's stream output and error tracebacks so far, in cell order "
+                                                "(at most ~2 s old while it runs; empty while queued; at most "
+                                                "NOTEBOOKS_MAX_LOG_BYTES, cut in the middle with a marker)",
+                                                {"type": "string"}, errors=(404,)), "The log, as text")),
+        },
         "/_notebooks/runs/{run_id}/cancel": {
             "parameters": _path_id("run_id"),
             "post": _operation("Cancel a queued or running run; the run as it is then", run, errors=(404, 409)),
@@ -137,7 +168,12 @@ def document() -> dict:
                     "progress": {"type": "object", "properties": {"done": {"type": "integer"},
                                                                   "total": {"type": "integer"}}},
                     "error": {"type": "object", "nullable": True, "properties": {
-                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}}}},
+                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}},
+                    "current_cell": {**nullable_int, "description": "index of the cell executing; null unless "
+                                                                    "running"},
+                    "webhook": {"type": "object", "nullable": True, "properties": {
+                        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                        "attempts": {"type": "integer"}}}}},
             },
         },
     }

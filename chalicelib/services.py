@@ -15,6 +15,7 @@ from .dispatch import LambdaDispatcher
 from .runs import RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
+from .webhooks import Webhooks
 
 
 class Services:
@@ -32,8 +33,13 @@ class Services:
         self.notebooks = NotebookService(notebook_table, self.files, settings)
         # In the local stack too: AWS_ENDPOINT_URL_LAMBDA points boto3 at the local Lambda.
         self.dispatcher = LambdaDispatcher(aws.client("lambda", region), settings.runner_function)
-        self.runs = RunService(RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table),
-                               self.notebooks, self.files, self.dispatcher, settings)
+        run_table = RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table)
+        # Deliveries of runs that end in the API go to the runner function, on Lambda
+        # whatever engine ran the run.
+        self.webhooks = Webhooks(self.notebooks, notebook_table, run_table,
+                                 LambdaDispatcher(aws.client("lambda", region), settings.runner_function), settings)
+        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings,
+                               webhooks=self.webhooks)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
                                    self.runner_arn)
         self.notebooks.add_dependent(self.scheduler)
