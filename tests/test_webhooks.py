@@ -1,10 +1,12 @@
 """Webhooks: set, show and remove them; signed deliveries to a test server on loopback,
 retried with the same delivery id; ends in the API handed to the runner function; the
 address rules, at PUT and again at delivery."""
+import datetime
 import hashlib
 import hmac
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +30,7 @@ class Receiver:
     """An HTTP server on loopback that records each POST and answers the next of
     `statuses` (then 204); a 302 carries a Location, which must not be followed."""
 
-    def __init__(self, statuses=(), host="127.0.0.1"):
+    def __init__(self, statuses=(), host="127.0.0.1", tls=None):
         self.requests, self.statuses, self.host = [], list(statuses), host
         receiver = self
 
@@ -48,6 +50,8 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -293,6 +297,64 @@ def test_a_delivery_connects_to_the_address_it_checked(api, stack, hooks, monkey
         elsewhere.close()
     assert api.json("GET", f"{RUNS}/{run_id}")["webhook"] == {"status": "delivered", "attempts": 1}
     assert elsewhere.requests[0].headers["host"] == f"localhost:{elsewhere.port}"
+
+
+def tls_for(name: str, folder) -> tuple:
+    """(a test CA's certificate as PEM, a server context with a certificate for `name`
+    that this CA signed, the names its clients sent by SNI)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook test CA")])
+
+    def certificate(subject, public_key, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    usage = dict(content_commitment=False, key_encipherment=False, data_encipherment=False, key_agreement=False,
+                 encipher_only=False, decipher_only=False)
+    ca = certificate(ca_name, ca_key.public_key(), [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **usage), True)])
+    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key(), [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
+        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)])
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    context, sni = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), []
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    context.sni_callback = lambda connection, server_name, ssl_context: sni.append(server_name)
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), context, sni
+
+
+def test_https_deliveries_connect_to_the_checked_address_and_verify_the_urls_host(api, stack, hooks, monkeypatch,
+                                                                                   tmp_path):
+    ca, server_context, sni = tls_for("hooks.test", tmp_path)
+    secure = Receiver(host="127.0.0.2", tls=server_context)
+    monkeypatch.setattr(hooks.service, "resolver", lambda host, port: ["127.0.0.2"])
+    monkeypatch.setattr(hooks.service, "ssl_context", ssl.create_default_context(cadata=ca))
+    try:
+        verified = end_run(api, stack, f"https://hooks.test:{secure.port}/in")
+        assert hooks.service.deliver(verified)["webhook"] == "delivered"
+        mismatched = end_run(api, stack, f"https://other.test:{secure.port}/in")  # its certificate is hooks.test's
+        assert hooks.service.deliver(mismatched)["webhook"] == "failed"
+    finally:
+        secure.close()
+    assert [request.headers["host"] for request in secure.requests] == [f"hooks.test:{secure.port}"]
+    assert sni[0] == "hooks.test" and set(sni) == {"hooks.test", "other.test"}
 
 
 def test_loopback_is_allowed_in_the_local_stack_only():
