@@ -13,13 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
+import requests
 
 from chalicelib import deployment, localstack, webhooks
 from chalicelib.config import Settings
+from chalicelib.localstack import free_port
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
+from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
 from tests.test_cancel import start_run
-from tests.test_runs import BASE, RUNS, RecordingDispatcher, notebook_of, run_all
+from tests.test_runs import BASE, RUNS, RecordingDispatcher, run_all
 
 pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
 SECRET = "s3cr3t-for-tests"
@@ -362,3 +365,31 @@ def test_loopback_is_allowed_in_the_local_stack_only():
     assert local.webhook_allow_loopback and not Settings.from_env({}).webhook_allow_loopback
     template = json.dumps(deployment.merge_template())
     assert "NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK" not in template
+
+
+def test_make_dev_delivers_to_loopback_and_serves_the_log(receiver):
+    """The local stack as `make dev` runs it: its `local` stage allows a loopback url,
+    its local Lambda runs the notebook and delivers; the log is served as text."""
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
+    try:
+        notebooks = f"{stack.url}{BASE}"
+        notebook_id = requests.post(notebooks + "/", auth=ADMIN, json={
+            "content": code_notebook("print('from make dev')")}).json()["notebook_id"]
+        hook = {"url": receiver.url(), "secret": SECRET, "events": ["succeeded"]}
+        assert requests.put(f"{notebooks}/{notebook_id}/webhook", auth=ADMIN, json=hook).status_code == 200
+        [run] = requests.post(notebooks + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()[
+            "runs"]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            record = requests.get(f"{stack.url}{RUNS}/{run['run_id']}", auth=ADMIN).json()
+            if (record["webhook"] or {}).get("status") == "delivered":
+                break
+            time.sleep(0.2)
+        log = requests.get(f"{stack.url}{RUNS}/{run['run_id']}/log", auth=ADMIN)
+    finally:
+        stack.interrupt()
+        remove_state(state)
+    assert record["status"] == "succeeded" and record["webhook"] == {"status": "delivered", "attempts": 1}
+    assert verify(receiver.requests[0])["run_id"] == run["run_id"]
+    assert log.text == "from make dev\n" and log.headers["Content-Type"].startswith("text/plain")
