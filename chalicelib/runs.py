@@ -4,7 +4,10 @@ A run is created `queued` by the API (or by a schedule firing), dispatched witho
 waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
 `running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
-`failed` once its deadline passes.
+`failed` once its deadline passes. While it runs, its runner keeps its live log and
+current cell (run_log.py); each end is delivered to its notebook's webhook, if any
+(webhooks.py: by the runner for the ends it records, through the runner function for
+those recorded in the API).
 """
 import hashlib
 import json
@@ -553,8 +556,7 @@ class RunExecutor:
                 )
             output, too_large = fit_output(execution.notebook, limit)
             self._files.put(target, output)
-            self._files.put(log_target, capped(log_text(execution.notebook.cells), log_limit).encode("utf-8"),
-                            LOG_CONTENT_TYPE)
+            self._store_final_log(log_target, execution.notebook, log_limit)
             error = execution.error or too_large
             status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
             final = self._runs.conclude(run_id, status, error=error)
@@ -572,6 +574,14 @@ class RunExecutor:
             return FAILED
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
+
+    def _store_final_log(self, key: str, notebook, limit: int) -> None:
+        """Store the run's whole log; if that fails, the last live one stays: a log never
+        fails a run."""
+        try:
+            self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
+        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
+            log.warning("could not store the final log at %s", key, exc_info=True)
 
     def _deliver_webhook(self, run_id: str) -> None:
         """Deliver the end of a run this runner ended to its webhook, here and now."""
