@@ -123,7 +123,7 @@ def document() -> dict:
                               "with X-Notebooks-Event and X-Notebooks-Delivery; up to 4 attempts", webhook,
                               webhook_body),
             "get": _operation("The notebook's webhook, without its secret", webhook, errors=(400, 404)),
-            "delete": _operation("Remove the notebook's webhook", word, errors=(400, 404)),
+            "delete": _operation("Remove the notebook's webhook (none: succeeds too)", word),
         },
         "/_notebooks/runs/{run_id}/log": {
             "parameters": _path_id("run_id"),

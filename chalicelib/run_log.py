@@ -28,7 +28,9 @@ def log_key(owner: str, notebook_id: str, run_id: str) -> str:
 
 
 def _text(value) -> str:
-    return "".join(value) if isinstance(value, list) else str(value or "")
+    """A stream's text or a traceback line: a string, or a list of them in a stored
+    notebook; whatever else a hostile kernel sends, as text."""
+    return "".join(map(str, value)) if isinstance(value, list) else str(value or "")
 
 
 def log_text(cells) -> str:

@@ -228,12 +228,12 @@ class Webhooks:
         return {"url": hook["url"], "events": list(hook["events"])}
 
     def delete(self, owner: str, notebook_id) -> None:
-        """Remove the notebook's webhook; 404 when it has none."""
+        """Remove the notebook's webhook. Idempotent: a notebook without one (a repeated
+        request whose first answer was lost) succeeds too."""
         item = self._notebooks.require(owner, notebook_id)
-        if not self._table.clear(owner, item["notebook_id"], "webhook"):
-            if self._notebooks.live(owner, item["notebook_id"]) is None:
-                raise bad_request(NOTEBOOK_ID_INVALID)
-            raise ApiError(404, WEBHOOK_NOT_FOUND)
+        if not self._table.clear(owner, item["notebook_id"], "webhook") \
+                and self._notebooks.live(owner, item["notebook_id"]) is None:
+            raise bad_request(NOTEBOOK_ID_INVALID)  # deleted meanwhile
 
     def _parse(self, body: dict) -> dict:
         try:
