@@ -90,3 +90,12 @@ def test_logs_expire_with_run_outputs_in_the_deployed_bucket():
     [outputs_rule] = [rule["Fn::If"][1] for rule in rules if "Fn::If" in rule]
     assert outputs_rule["Id"] == "ExpireRunOutputs"
     assert log_key("ann", "nb", "run").startswith(outputs_rule["Prefix"])
+
+
+def test_log_text_strips_colours_and_takes_whatever_a_hostile_kernel_sends():
+    cells = [{"cell_type": "markdown"},
+             {"outputs": [{"output_type": "stream", "name": "stdout", "text": ["a", 1, "\n"]},
+                          {"output_type": "display_data", "data": {"text/plain": "not in the log"}},
+                          {"output_type": "error", "traceback": ["\x1b[0;31mValueError\x1b[0m", 7]}]},
+             {"outputs": [{"output_type": "stream", "name": "stderr", "text": "\x1b[1mwarn\x1b[0m\n"}]}]
+    assert run_log.log_text(cells) == "a1\nValueError\n7\nwarn\n"
