@@ -533,6 +533,8 @@ class RunExecutor:
         """Claim and execute the run; its final status ("skipped" if not ours to run)."""
         run = self._runs.claim(run_id)
         if run is None:
+            # Lambda's retry of an invocation that ran out of time while delivering: finish that.
+            self._deliver_webhook(run_id, only_pending=True)
             return "skipped"
         owner, notebook_id = run["owner"], run["notebook_id"]
         try:
@@ -583,10 +585,10 @@ class RunExecutor:
         except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
             log.warning("could not store the final log at %s", key, exc_info=True)
 
-    def _deliver_webhook(self, run_id: str) -> None:
+    def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
         """Deliver the end of a run this runner ended to its webhook, here and now."""
         if self._runs.webhooks is not None:
-            self._runs.webhooks.deliver(run_id)
+            self._runs.webhooks.deliver(run_id, only_pending)
 
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""

@@ -16,10 +16,12 @@ MAX_ATTEMPTS times in all. The run's `webhook` records `pending`, `delivered` or
 Where deliveries happen: never inside an API request (29 s). A run that ends in its
 runner (succeeded, failed, or cancelled by the runner) is delivered by that runner right
 after it records the end, in the same invocation (at most about 35 s, within the 60 s a
-runner has after its run's timeout). A run that ends in the API (a queued run cancelled,
-a run declared lost, a dispatch that failed) is marked `pending` and handed to the runner
-function with an asynchronous invocation `{"deliver_webhook": "<run_id>"}`, which the
-local stack's Lambda handles as AWS's does.
+runner has after its run's timeout; should the invocation run out of time meanwhile,
+Lambda's retry of it, which finds the run ended, finishes a `pending` delivery). A run
+that ends in the API (a queued run cancelled, a run declared lost, a dispatch that
+failed) is marked `pending` and handed to the runner function with an asynchronous
+invocation `{"deliver_webhook": "<run_id>"}`, which the local stack's Lambda handles as
+AWS's does.
 
 Addresses: a url must be https and its host must not be or resolve to a loopback,
 private, link-local (169.254.169.254 among them), unspecified, multicast, reserved or
@@ -275,24 +277,25 @@ class Webhooks:
             log.exception("webhook notification of run %s failed", run.get("run_id"))
             return None
 
-    def deliver(self, run_id: str) -> dict:
+    def deliver(self, run_id: str, only_pending: bool = False) -> dict:
         """Deliver the end of run `run_id` to its notebook's webhook, if the webhook wants
-        that event and the delivery is not done yet: up to MAX_ATTEMPTS POSTs,
-        `retry_delays` apart, recorded on the run. {"run_id", "webhook": status or None}.
-        Never raises: a delivery never fails a run."""
+        that event and the delivery is not done yet (with `only_pending`: only one that
+        was started and cut short): up to MAX_ATTEMPTS POSTs in all, `retry_delays` apart,
+        recorded on the run. {"run_id", "webhook": status or None}. Never raises: a
+        delivery never fails a run."""
         try:
-            return {"run_id": run_id, "webhook": self._deliver(run_id)}
+            return {"run_id": run_id, "webhook": self._deliver(run_id, only_pending)}
         except Exception:  # noqa: BLE001 - logged; the run's outcome stands
             log.exception("webhook delivery of run %s failed", run_id)
             return {"run_id": run_id, "webhook": None}
 
-    def _deliver(self, run_id: str) -> Optional[str]:
+    def _deliver(self, run_id: str, only_pending: bool) -> Optional[str]:
         run = self._runs.get(run_id)
         if run is None or run["status"] not in FINAL:
             return None
         state = run.get("webhook") or {}
-        if state.get("status") in (DELIVERED, FAILED):
-            return state["status"]
+        if state.get("status") in (DELIVERED, FAILED) or only_pending and state.get("status") != PENDING:
+            return state.get("status")
         attempts = int(state.get("attempts", 0))
         hook = self._hook_for(run)
         if hook is None:  # none, or removed since the run ended
