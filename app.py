@@ -156,6 +156,30 @@ def run_output(run_id):
     return Response(body=output.body, headers=output.headers)
 
 
+@route(RUNS + "/{run_id}/log", ["GET"], "Error occurred while retrieving the run log")
+def run_log(run_id):
+    log = services.get().runs.log(caller(), run_id)
+    if log.location:
+        return Response(body="", status_code=303, headers={"Location": log.location})
+    return Response(body=log.body, headers=log.headers)
+
+
+@route(NOTEBOOKS + "/{notebook_id}/webhook", ["PUT"], "Error occurred while setting the webhook")
+def put_webhook(notebook_id):
+    return services.get().webhooks.put(caller(), notebook_id, body())
+
+
+@route(NOTEBOOKS + "/{notebook_id}/webhook", ["GET"], "Error occurred while retrieving the webhook")
+def get_webhook(notebook_id):
+    return services.get().webhooks.get(caller(), notebook_id)
+
+
+@route(NOTEBOOKS + "/{notebook_id}/webhook", ["DELETE"], "Error occurred while removing the webhook")
+def delete_webhook(notebook_id):
+    services.get().webhooks.delete(caller(), notebook_id)
+    return word("Success")
+
+
 @route(RUNS + "/{run_id}/cancel", ["POST"], "Error occurred while cancelling the run")
 def cancel_run(run_id):
     return services.get().runs.cancel(caller(), run_id)

@@ -74,6 +74,11 @@ class Settings:
     max_output_bytes: int = 64 * 1024 * 1024
     # A run's `parameters`, as JSON; a run record must stay under DynamoDB's 400 KB.
     max_parameters_bytes: int = 64 * 1024
+    # A run's live log (run_log.py): past it, its first and last parts around a marker.
+    max_log_bytes: int = 1024 * 1024
+    # Webhook URLs on loopback (http://127.0.0.1, http://localhost): the local stack's
+    # `local` stage sets it; a deployment never does.
+    webhook_allow_loopback: bool = False
     # Per-user quotas.
     max_scheduled: int = 1000
     max_active_runs: int = 2000
@@ -128,6 +133,8 @@ class Settings:
             max_response_bytes=_int(env, "NOTEBOOKS_MAX_RESPONSE_BYTES", d.max_response_bytes),
             max_output_bytes=_int(env, "NOTEBOOKS_MAX_OUTPUT_BYTES", d.max_output_bytes),
             max_parameters_bytes=_int(env, "NOTEBOOKS_MAX_PARAMETERS_BYTES", d.max_parameters_bytes),
+            max_log_bytes=_int(env, "NOTEBOOKS_MAX_LOG_BYTES", d.max_log_bytes),
+            webhook_allow_loopback=env.get("NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK", "").lower() == "true",
             max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
             max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),

@@ -330,6 +330,14 @@ class NotebookTable:
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 
+    def clear(self, owner: str, notebook_id: str, attribute: str) -> bool:
+        """Remove `attribute` from a live notebook; False if it is gone or has none."""
+        return _conditional_update(
+            self._table, Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #a",
+            ConditionExpression="attribute_exists(#a) AND attribute_not_exists(deleting)",
+            ExpressionAttributeNames={"#a": attribute},
+        )
+
     def set_schedules(self, owner: str, entries: list, limit: Optional[int] = None, committed: list = None) -> list:
         """Store or clear the schedules of many notebooks, with the owner's counters.
 

@@ -35,6 +35,12 @@ def _paged(operation: dict) -> dict:
         {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}
 
 
+def _text(operation: dict, description: str) -> dict:
+    """`operation` answering text/plain."""
+    ok = {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {**operation, "responses": {**operation["responses"], "200": ok}}
+
+
 def _path_id(name: str) -> list:
     return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -63,6 +69,15 @@ def document() -> dict:
             "on ECS Fargate, up to NOTEBOOKS_MAX_RUN_TIMEOUT (43200) where the deployment has Fargate")}}}
     runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
         "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
+    webhook = {"type": "object", "properties": {
+        "url": {"type": "string", "maxLength": 2048, "description": "https; not resolving to a loopback, private, "
+                "link-local or otherwise non-public address (the local stack also takes http://127.0.0.1 and "
+                "http://localhost)"},
+        "events": {"type": "array", "minItems": 1, "items": {"type": "string",
+                                                             "enum": ["succeeded", "failed", "cancelled"]}}}}
+    webhook_body = {**webhook, "required": ["url", "secret", "events"], "properties": {
+        **webhook["properties"], "secret": {"type": "string", "minLength": 1, "maxLength": 256,
+                                            "description": "HMAC-SHA256 key of X-Notebooks-Signature; never shown"}}}
     nb = "/_notebooks/notebooks"
     paths = {
         nb: {
@@ -120,6 +135,22 @@ def document() -> dict:
                                runs_started, {"type": "object", "properties": {"parameters": {"type": "object"}}},
                                errors=(400, 404, 409, 429)),
         },
+        nb + "/{notebook_id}/webhook": {
+            "parameters": _path_id("notebook_id"),
+            "put": _operation("Set the notebook's webhook: at each run end among `events`, the run object is "
+                              "POSTed as JSON to `url`, signed (X-Notebooks-Signature: sha256=HMAC of the body), "
+                              "with X-Notebooks-Event and X-Notebooks-Delivery; up to 4 attempts", webhook,
+                              webhook_body),
+            "get": _operation("The notebook's webhook, without its secret", webhook, errors=(400, 404)),
+            "delete": _operation("Remove the notebook's webhook (none: succeeds too)", word),
+        },
+        "/_notebooks/runs/{run_id}/log": {
+            "parameters": _path_id("run_id"),
+            "get": _redirected(_text(_operation("The run's stream output and error tracebacks so far, in cell order "
+                                                "(at most ~2 s old while it runs; empty while queued; at most "
+                                                "NOTEBOOKS_MAX_LOG_BYTES, cut in the middle with a marker)",
+                                                {"type": "string"}, errors=(404,)), "The log, as text")),
+        },
         "/_notebooks/runs/{run_id}/cancel": {
             "parameters": _path_id("run_id"),
             "post": _operation("Cancel a queued or running run; the run as it is then", run, errors=(404, 409)),
@@ -164,7 +195,12 @@ def document() -> dict:
                     "notebook_version": {"type": "string", "nullable": True,
                                          "description": "the notebook content the run executes (opaque)"},
                     "engine": {"type": "string", "enum": ["lambda", "fargate", "local"], "nullable": True},
-                    "timeout": {"type": "number", "nullable": True, "description": "seconds"}}},
+                    "timeout": {"type": "number", "nullable": True, "description": "seconds"},
+                    "current_cell": {**nullable_int, "description": "index of the cell executing; null unless "
+                                                                    "running"},
+                    "webhook": {"type": "object", "nullable": True, "properties": {
+                        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                        "attempts": {"type": "integer"}}}}},
             },
         },
     }

@@ -12,6 +12,7 @@ from .batches import chunks, in_parallel
 from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, ApiError, bad_request
 from .files import notebook_key, output_key
 from .notebooks import CONTENT_VERSION, now_ms
+from .run_log import log_key
 from .parameters import check as check_parameters, declared as declared_parameters
 from .runs import FAILED, MANUAL, QUEUED, RERUN, RUNNING
 
@@ -41,8 +42,9 @@ class RunStarter:
     """Records new runs and dispatches them: Run requests, schedule firings, and the
     local stack's queued runs after a restart."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time):
+    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time, webhooks=None):
         self._table = table
+        self._webhooks = webhooks  # webhooks.Webhooks: told of the runs that fail here
         self._notebooks = notebooks
         self._files = files
         self._dispatcher = dispatcher
@@ -246,7 +248,8 @@ class RunStarter:
             item, excess = entry
             pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
                                                              oldest_first=True)
-            self._files.delete_many([output_key(owner, item["notebook_id"], p["run_id"]) for p in pointers])
+            self._files.delete_many([key(owner, item["notebook_id"], p["run_id"]) for p in pointers
+                                     for key in (output_key, log_key)])
             self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
 
         try:
@@ -294,5 +297,8 @@ class RunStarter:
 
     def _fail(self, run: dict, error: dict) -> bool:
         """End `run` failed if it is still in the status `run` has (counted off its
-        owner's active runs); whether it was."""
-        return self._table.end(run, {"status": FAILED, "finished_at": now_ms(self._clock), "error": error})
+        owner's active runs), and tell its webhook; whether it was."""
+        ended = self._table.end(run, {"status": FAILED, "finished_at": now_ms(self._clock), "error": error})
+        if ended and self._webhooks is not None:
+            self._webhooks.notify({**run, "status": FAILED})
+        return ended

@@ -506,6 +506,18 @@ class NotebookRunner:
             return Execution(notebook=run.notebook or notebook, error=None, cancelled=True)
         return Execution(notebook=run.notebook, error=run.error)
 
+    def live(self) -> tuple:
+        """(the executing notebook's cells, the index of the cell executing or last
+        executed), or (None, None) before papermill hands the notebook over and between
+        runs; safe to call from another thread. The cells are live: read them without
+        changing them (run_log.log_text), as execution goes on mutating them. Indexes
+        count papermill's injected-parameters cell, as `Execution.error` does."""
+        with self._executing_lock:
+            run = self._executing
+        if run is None or run.notebook is None:
+            return None, None
+        return run.notebook.cells, run.cell_index
+
     def cancel(self) -> None:
         """Stop the executing run, if any; safe to call from another thread.
 

@@ -5,7 +5,10 @@ A run is created `queued` by the API (or by a schedule firing), dispatched witho
 waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
 `running` exactly once by the runner, and ends `succeeded` or `failed` with its executed
 notebook in S3, or `cancelled` on request. A run whose runner vanished is reported
-`failed` once its deadline passes.
+`failed` once its deadline passes. While it runs, its runner keeps its live log and
+current cell (run_log.py); each end is delivered to its notebook's webhook, if any
+(webhooks.py: by the runner for the ends it records, through the runner function for
+those recorded in the API).
 """
 import json
 import logging
@@ -24,7 +27,9 @@ from .files import notebook_key, output_key, outputs_prefix
 from .metadata import RUN_PREFIX
 from .notebooks import now_ms
 from .outputs import fit_output
+from .periodic import Periodic
 from .responses import lambda_payload_bytes
+from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ CANCEL_POLL_SECONDS = 2.0
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
 CANCEL_DEADLINE_SECONDS = 60
+# The runner function's event for a webhook delivery of a run that ended in the API (webhooks.py).
+DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 
 
 def run_view(item: dict) -> dict:
@@ -61,6 +68,9 @@ def run_view(item: dict) -> dict:
         "notebook_version": item.get("notebook_version"),
         "engine": item.get("engine"),
         "timeout": _seconds(item["timeout"]) if item.get("timeout") is not None else None,
+        "current_cell": optional_int("current_cell") if item["status"] == RUNNING else None,
+        "webhook": ({"status": item["webhook"]["status"], "attempts": int(item["webhook"]["attempts"])}
+                    if item.get("webhook") else None),
     }
 
 
@@ -92,8 +102,9 @@ class RunService:
     """Runs as the API sees them: start (by its `starter`), read, list, outputs, cancel;
     and run records for the runner."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, starter, clock=time.time):
+    def __init__(self, table, notebooks, files, dispatcher, settings, starter, clock=time.time, webhooks=None):
         self._table = table
+        self.webhooks = webhooks  # webhooks.Webhooks: told of the runs that end here, in the API
         self._notebooks = notebooks
         self._files = files
         self._dispatcher = dispatcher
@@ -105,6 +116,11 @@ class RunService:
     def max_output_bytes(self) -> int:
         """The largest executed notebook the runner stores."""
         return self._settings.max_output_bytes
+
+    @property
+    def max_log_bytes(self) -> int:
+        """The largest run log the runner stores."""
+        return self._settings.max_log_bytes
 
     def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
         """Start runs of a Run request (see RunStarter.start)."""
@@ -257,6 +273,7 @@ class RunService:
         while run["status"] not in FINAL:
             if run["status"] == QUEUED and self.finish(run_id, CANCELLED, expected_status=QUEUED):
                 self._stop(run)
+                self._announce({**run, "status": CANCELLED})
                 break
             if run["status"] == RUNNING and self._table.transition(
                     run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}):
@@ -283,6 +300,26 @@ class RunService:
             if run["status"] in FINAL or time.monotonic() > deadline:
                 return run
             time.sleep(0.25)
+
+    def _announce(self, run: dict):
+        """Tell the webhooks of a run that ended here, in the API (they deliver elsewhere);
+        the run's `webhook` as they recorded it, or None."""
+        return self.webhooks.notify(run) if self.webhooks is not None else None
+
+    def log(self, owner: str, run_id: str) -> "RunOutput":
+        """The run's log so far (run_log.py): empty before its runner stored any; past
+        Lambda's response limit (a log cap set above it), a download link."""
+        run = self._require(owner, run_id)
+        key = log_key(owner, run["notebook_id"], run["run_id"])
+        data = self._files.get(key)
+        text = data.decode("utf-8") if data else ""
+        if lambda_payload_bytes(text) > self._settings.max_response_bytes:
+            return RunOutput("", {}, location=self._files.download_url(key))
+        return RunOutput(text, {"Content-Type": LOG_CONTENT_TYPE})
+
+    def current_cell(self, run_id: str, index: int) -> None:
+        """Record the index of the cell a running run executes."""
+        self._table.transition(run_id, RUNNING, {"current_cell": index})
 
     def is_gone(self, run_id: str) -> bool:
         """Whether the run's record was deleted (with its notebook)."""
@@ -313,7 +350,9 @@ class RunService:
         the run as it is now."""
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
         if self._table.end(run, changes):
-            return {**run, **changes}
+            ended = {**run, **changes}
+            webhook = self._announce(ended)
+            return {**ended, "webhook": webhook} if webhook else ended
         return self._table.get(run["run_id"])
 
 
@@ -328,8 +367,11 @@ class RunExecutor:
         self._stopping = threading.Event()
 
     def handle(self, event: dict) -> dict:
-        """Handle one runner invocation: `{"run_id"}` from the API, or a schedule's
-        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge."""
+        """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
+        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, or a webhook
+        delivery `{"deliver_webhook": run_id}` from the API."""
+        if DELIVER_WEBHOOK_EVENT in event:
+            return self._runs.webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
         if event.get("trigger") == SCHEDULE:
             run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:
@@ -356,21 +398,28 @@ class RunExecutor:
         """Claim and execute the run; its final status ("skipped" if not ours to run)."""
         run = self._runs.claim(run_id)
         if run is None:
+            # Lambda's retry of an invocation that ran out of time while delivering: finish that.
+            self._deliver_webhook(run_id, only_pending=True)
             return "skipped"
         owner, notebook_id = run["owner"], run["notebook_id"]
         try:
             found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
             if found is None:
-                self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
-                                                         "evalue": "The notebook (or its version) was deleted "
-                                                                   "before it ran"})
+                if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
+                                                            "evalue": "The notebook (or its version) was deleted "
+                                                                      "before it ran"}):
+                    self._deliver_webhook(run_id)
                 return FAILED
             data, version = found
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
                 self._runs.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
+            log_target, log_limit = log_key(owner, notebook_id, run_id), self._runs.max_log_bytes
+            live = LiveLog(self._runner.live, lambda text: self._files.put(log_target, text.encode("utf-8"),
+                                                                           LOG_CONTENT_TYPE),
+                           lambda index: self._runs.current_cell(run_id, index), log_limit)
             with _CancelWatch(lambda: self._stopping.is_set() or self._runs.cancel_requested(run_id),
-                              self._runner.cancel):
+                              self._runner.cancel), live:
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
@@ -380,16 +429,21 @@ class RunExecutor:
                 )
             output, too_large = fit_output(execution.notebook, limit)
             self._files.put(target, output)
+            self._store_final_log(log_target, execution.notebook, log_limit)
             error = execution.error or too_large
             status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
             final = self._runs.conclude(run_id, status, error=error)
             if final is None and self._runs.is_gone(run_id):
-                self._files.delete(target)  # the notebook was deleted while it ran: leave no output
+                # the notebook was deleted while it ran: leave no output
+                self._files.delete_many([target, log_target])
+            if final is not None:
+                self._deliver_webhook(run_id)
             return final or status
         except Exception as error:
             log.exception("run %s failed in the runner", run_id)
-            self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
-                                                     "evalue": "The runner failed; see its logs"})
+            if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
+                                                        "evalue": "The runner failed; see its logs"}):
+                self._deliver_webhook(run_id)
             return FAILED
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
@@ -401,6 +455,19 @@ class RunExecutor:
         self._stopping.set()
         self._runner.cancel()
 
+    def _store_final_log(self, key: str, notebook, limit: int) -> None:
+        """Store the run's whole log; if that fails, the last live one stays: a log never
+        fails a run."""
+        try:
+            self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
+        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
+            log.warning("could not store the final log at %s", key, exc_info=True)
+
+    def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
+        """Deliver the end of a run this runner ended to its webhook, here and now."""
+        if self._runs.webhooks is not None:
+            self._runs.webhooks.deliver(run_id, only_pending)
+
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""
         self._runner.prewarm()
@@ -410,27 +477,14 @@ class RunExecutor:
         self._runner.close()
 
 
-class _CancelWatch:
+class _CancelWatch(Periodic):
     """While a run executes, asks `requested()` every CANCEL_POLL_SECONDS, from a thread
     of its own, and calls `cancel()` (idempotent) whenever it answers yes."""
 
     def __init__(self, requested, cancel):
+        super().__init__(CANCEL_POLL_SECONDS, self._check, "cancel-watch")
         self._requested, self._cancel = requested, cancel
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="cancel-watch", daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(CANCEL_POLL_SECONDS):
-            try:
-                if self._requested():
-                    self._cancel()  # again at each poll: the first may come before any cell runs
-            except Exception:  # noqa: BLE001 - a failed look is retried at the next poll
-                log.warning("could not check for a cancel request", exc_info=True)
+    def _check(self) -> None:
+        if self._requested():
+            self._cancel()  # again at each poll: the first may come before any cell runs

@@ -16,6 +16,7 @@ from .run_start import RunStarter
 from .runs import RunExecutor, RunService
 from .schedules import Scheduler
 from .users import UserStore
+from .webhooks import Webhooks
 
 
 class Services:
@@ -33,8 +34,14 @@ class Services:
         self.notebooks = NotebookService(notebook_table, self.files, settings)
         self.dispatcher = _dispatcher(settings)
         run_table = RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table)
-        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings)
-        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter)
+        # Deliveries of runs that end in the API go to the runner function, on Lambda
+        # whatever engine ran the run.
+        self.webhooks = Webhooks(self.notebooks, notebook_table, run_table,
+                                 LambdaDispatcher(aws.client("lambda", region), settings.runner_function), settings)
+        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings,
+                             webhooks=self.webhooks)
+        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
+                               webhooks=self.webhooks)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
                                    self.runner_arn)
         self.notebooks.add_dependent(self.scheduler)

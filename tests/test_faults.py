@@ -59,6 +59,15 @@ def notebook_with_everything(service):
     return notebook_id
 
 
+WEBHOOK = {"url": "https://93.184.216.34/hook", "secret": "s", "events": ["failed"]}
+
+
+def notebook_with_webhook(service):
+    notebook_id = new_notebook(service)
+    service.webhooks.put("admin", notebook_id, WEBHOOK)
+    return notebook_id
+
+
 def is_unlock(call) -> bool:
     """The release of a schedule lock: best effort, its lease frees it when it fails."""
     name, params = call
@@ -81,6 +90,8 @@ API_OPERATIONS = {
     "schedule": (lambda s: ("POST", BASE + "/_schedule", {"nbk_ids": [new_notebook(s)], "until": UNTIL}),
                  (is_unlock,)),
     "unschedule": (lambda s: ("POST", BASE + "/_unschedule", {"nbk_ids": [scheduled_notebook(s)]}), (is_unlock,)),
+    "webhook PUT": (lambda s: ("PUT", f"{BASE}/{new_notebook(s)}/webhook", WEBHOOK), ()),
+    "webhook DELETE": (lambda s: ("DELETE", f"{BASE}/{notebook_with_webhook(s)}/webhook", None), ()),
 }
 
 
