@@ -7,14 +7,23 @@ one run, so nothing of it is left for another.
 ECS stops a task with SIGTERM (a cancel's StopTask), and SIGKILL 30 s later: on SIGTERM
 the run is stopped as a cancel stops it, so its output so far is stored and it ends
 `cancelled` before that.
+
+ECS runs the image as root; the task gives root up before anything else (see
+sandbox.give_up_root), so a notebook runs as an unprivileged user, as on Lambda, and
+cannot read the task's credentials from the runner's environment.
 """
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 
-from . import services
+from . import sandbox, services
+
+# The user a task's runner and kernels run as: Lambda's own (sbx_user1051).
+TASK_UID = 993
 
 
 def main(argv) -> int:
@@ -23,6 +32,8 @@ def main(argv) -> int:
     if len(argv) != 2:
         print("usage: python -m chalicelib.fargate_task RUN_ID", file=sys.stderr)
         return 2
+    if os.environ.get("ECS_CONTAINER_METADATA_URI_V4"):  # in an ECS task, not a test's process
+        sandbox.give_up_root(TASK_UID, tempfile.gettempdir())
     executor = services.get().runner_executor()
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.

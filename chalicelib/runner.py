@@ -55,7 +55,7 @@ CANCEL_GRACE_SECONDS = 5.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Settings of the runner's own process that a kernel must not inherit: the service's
 # identity and configuration, and any pointer to shared Jupyter/IPython folders.
-_PRIVATE_PREFIXES = ("AWS_", "NOTEBOOKS_", "JUPYTER", "IPYTHON", "PYTHONSTARTUP")
+_PRIVATE_PREFIXES = ("AWS_", "ECS_", "NOTEBOOKS_", "JUPYTER", "IPYTHON", "PYTHONSTARTUP")
 @dataclass
 class Execution:
     """The outcome of one run.

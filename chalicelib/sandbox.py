@@ -49,6 +49,20 @@ def forbid_inspection() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
+def give_up_root(uid: int, writable: str) -> bool:
+    """As root, make `writable` world-writable (sticky, as /tmp is) and become `uid`, with
+    no supplementary groups and, as any process leaving root, no capabilities and
+    non-dumpable; whether it did (False when not root). For an ECS task, which runs its
+    image as root: its kernels then run unprivileged, as on Lambda."""
+    if os.geteuid() != 0:
+        return False
+    os.chmod(writable, 0o1777)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    return True
+
+
 def adopt_orphans() -> None:
     """Make this process the reaper of its orphaned descendants (Linux 3.4+)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)

@@ -6,11 +6,13 @@ plants everything it can; the next run, another user's, looks for each plant.
 """
 import json
 import os
+import pathlib
 import random
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -520,3 +522,33 @@ def test_a_run_that_cannot_be_cleaned_up_after_stops_the_runner(lambda_layout, m
         runner.prewarm()
     with pytest.raises(sandbox.SandboxError):
         runner.execute(notebook("print('never')"), parameters=where)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving up root needs root")
+def test_an_ecs_task_gives_up_root_before_its_runner_starts():
+    """ECS runs the image as root: the task's process becomes an unprivileged user with no
+    capabilities and no groups, non-dumpable, and its tmp stays writable for that user."""
+    tmp = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is closed to other users
+    tmp.chmod(0o755)
+    try:
+        _gives_up_root(tmp)
+    finally:
+        sandbox.remove_tree(str(tmp))
+
+
+def _gives_up_root(tmp):
+    code = (
+        "import ctypes, json, os\n"
+        "from chalicelib import sandbox\n"
+        f"done = sandbox.give_up_root(993, {str(tmp)!r})\n"
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+        f"open(os.path.join({str(tmp)!r}, 'mine'), 'w').write('x')\n"
+        "print(json.dumps({'done': done, 'ids': [os.getresuid(), os.getresgid()], 'groups': os.getgroups(),\n"
+        "                  'caps': status['CapEff'].strip(), 'dumpable': ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen == {"done": True, "ids": [[993] * 3, [993] * 3], "groups": [], "caps": "0" * 16, "dumpable": 0}
+    assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o1777 and os.stat(tmp / "mine").st_uid == 993

@@ -239,15 +239,18 @@ def test_no_state_leaks_between_runs(runner):
     assert kernel_of(first) != kernel_of(second)
 
 
-def test_kernel_gets_no_aws_variables(runner, monkeypatch):
+def test_kernel_gets_no_aws_or_ecs_variables(runner, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_PROFILE", "prod")
+    # An ECS task's: the path of the task role's credentials, and the task's metadata.
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/4b5f")
+    monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/abc")
     monkeypatch.setenv("RUNNER_TEST_MARKER", "kept")
 
     execution = runner.execute(
         notebook(
-            'import os; assert not any(k.startswith("AWS_") for k in os.environ)',
+            'import os; assert not any(k.startswith(("AWS_", "ECS_")) for k in os.environ)',
             'assert os.environ["RUNNER_TEST_MARKER"] == "kept"',
         )
     )
