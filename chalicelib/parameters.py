@@ -13,6 +13,10 @@ there is none, its word for "unknown type". A value fits its declared type by th
   in JSON, fitting K);
 - `Optional[X]`: null or X; `Union[X, Y]`: any of them; `Any`, `object`: any value;
 - null also fits a parameter whose default is `None` (`x: int = None`).
+
+Bounded cost: papermill's reader takes time that grows with the square of a line's
+length, so a line of the parameters cell over MAX_LINE_CHARS characters is not read (its
+name is undeclared); a type over MAX_TYPE_CHARS characters is unknown.
 """
 import ast
 import json
@@ -24,6 +28,9 @@ from .errors import bad_request
 # Cached declarations larger than this are not kept on the notebook's item (400 KB a
 # DynamoDB item): such a notebook's content is read when a Run gives parameters.
 MAX_CACHED_BYTES = 32 * 1024
+
+MAX_LINE_CHARS = 1000
+MAX_TYPE_CHARS = 200
 
 UNKNOWN = "None"  # papermill's type name for a parameter without an annotation
 _SCALARS = {
@@ -49,11 +56,14 @@ def declared(notebook) -> list:
     from papermill.exceptions import PapermillException
 
     metadata = notebook.get("metadata", {})
-    if not (metadata.get("kernelspec", {}).get("language") or metadata.get("language_info", {}).get("name")):
-        # No language named: the runner runs it on python3, so papermill reads it as Python.
+    language = metadata.get("kernelspec", {}).get("language") or metadata.get("language_info", {}).get("name")
+    if not isinstance(language, str) or not language:
+        # No language named (or not as a name): the runner runs it on python3, so
+        # papermill reads it as Python.
         notebook = {**notebook, "metadata": {**metadata, "language_info": {"name": "python"},
                                              "kernelspec": {"display_name": "Python 3", "name": "python3",
                                                             **metadata.get("kernelspec", {}), "language": "python"}}}
+    notebook = {**notebook, "cells": [_short_lines(cell) for cell in notebook.get("cells", [])]}
     handle, path = tempfile.mkstemp(suffix=".ipynb")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -65,6 +75,15 @@ def declared(notebook) -> list:
         os.remove(path)
     return [{"name": name, "type": entry["inferred_type_name"], "default": entry["default"],
              "help": entry["help"]} for name, entry in inspected.items()]
+
+
+def _short_lines(cell: dict) -> dict:
+    """A parameters cell without its lines over MAX_LINE_CHARS; other cells unchanged."""
+    if "parameters" not in cell.get("metadata", {}).get("tags", []):
+        return cell
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    return {**cell, "source": "\n".join(line for line in source.split("\n") if len(line) <= MAX_LINE_CHARS)}
 
 
 def check(values: dict, declarations: list) -> None:
@@ -85,11 +104,11 @@ def check(values: dict, declarations: list) -> None:
 def fits(value, type_name: str) -> bool:
     """Whether a JSON `value` fits the declared `type_name` (see the module's rules)."""
     type_name = type_name.strip().strip("\"'")
-    if type_name == UNKNOWN:
+    if type_name == UNKNOWN or len(type_name) > MAX_TYPE_CHARS:
         return True
     try:
         annotation = ast.parse(type_name, mode="eval").body
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return True  # not a type we can read: unknown
     return _fits(value, annotation)
 

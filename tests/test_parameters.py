@@ -2,7 +2,7 @@
 import boto3
 import pytest
 
-from chalicelib.parameters import fits
+from chalicelib.parameters import MAX_LINE_CHARS, fits
 from tests.conftest import error
 from tests.helpers import AwsCalls, stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
@@ -52,6 +52,23 @@ def test_the_parameters_endpoint_lists_the_cell_as_papermill_reads_it(api):
     unreadable.metadata.kernelspec = {"name": "cobol", "display_name": "COBOL", "language": "cobol"}
     notebook_id = api.create(content=unreadable)["notebook_id"]
     assert api.json("GET", f"{BASE}/{notebook_id}/parameters") == {"parameters": []}
+
+
+def test_hostile_parameters_cells_are_read_at_bounded_cost_and_never_fail_the_request(api):
+    """A line over MAX_LINE_CHARS is not read (papermill's reader is quadratic in it), a
+    type too long or too deep to parse is unknown, and a language that is not a name is
+    read as Python."""
+    long_line = "long = '" + "x" * MAX_LINE_CHARS + "'"
+    deep_type = "deep = 1  # type: " + "List[" * 150 + "int" + "]" * 150
+    notebook = notebook_of(parameters_cell="\n".join(["short: int = 1", long_line, deep_type]))
+    notebook.metadata.kernelspec = {"name": "python3", "display_name": "P", "language": ["python"]}
+    notebook_id = api.create(content=notebook)["notebook_id"]
+    declared = api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"]
+    assert [p["name"] for p in declared] == ["short", "deep"]
+    assert run(api, [notebook_id], {"deep": "any value"}).status_code == 200
+    assert error(run(api, [notebook_id], {"long": "x"}))[0] == 400
+    for type_name in ("x." * 20000 + "x", "-" * 100000 + "1", "(" * 5000):
+        assert fits(1, type_name)
 
 
 def test_the_parameters_endpoint_answers_only_the_owner(api):
