@@ -315,7 +315,8 @@ class RunService:
         text = data.decode("utf-8") if data else ""
         if lambda_payload_bytes(text) > self._settings.max_response_bytes:
             return RunOutput("", {}, location=self._files.download_url(key))
-        return RunOutput(text, {"Content-Type": LOG_CONTENT_TYPE})
+        # Untrusted text from the API's origin: a browser must not sniff it into a page.
+        return RunOutput(text, {"Content-Type": LOG_CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
     def current_cell(self, run_id: str, index: int) -> None:
         """Record the index of the cell a running run executes."""

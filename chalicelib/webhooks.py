@@ -41,6 +41,7 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -129,7 +130,10 @@ def parse_url(url, allow_loopback: bool = False) -> Target:
         raise Refused(f"url must be at most {MAX_URL_LENGTH} characters")
     if not url.isascii() or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise Refused("url must be ASCII without spaces or control characters (international names in punycode)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise Refused("url is not a valid URL")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
@@ -159,6 +163,16 @@ def checked_addresses(target: Target, allow_loopback: bool = False, resolver=res
         if target.scheme == "http" and refused_kind(address) != "loopback":
             raise Refused(f"url: http is allowed only to loopback ({target.host} is {address})")
     return addresses
+
+
+def _cut(connection) -> None:
+    """End a connection's exchange now, waking a read blocked on it."""
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -243,6 +257,8 @@ class Webhooks:
             checked_addresses(target, self._allow_loopback, self.resolver)
         except Refused as refusal:
             raise bad_request(str(refusal))
+        except ValueError:  # the resolver's UnicodeError: an empty or over-long label
+            raise bad_request("url has an invalid host name")
         except OSError:
             pass  # not resolvable yet: checked again at each delivery
         secret = body.get("secret")
@@ -331,12 +347,17 @@ class Webhooks:
                                                     context)
             else:
                 connection = _PinnedHTTPConnection(target.host, target.port, address, ATTEMPT_TIMEOUT_SECONDS)
+            # Each read has ATTEMPT_TIMEOUT_SECONDS; the whole answer too: a receiver that
+            # trickles its headers is cut off then.
+            cutoff = threading.Timer(ATTEMPT_TIMEOUT_SECONDS, _cut, args=(connection,))
+            cutoff.start()
             try:
                 connection.request("POST", target.path, body=body, headers=headers)
                 status = connection.getresponse().status
             finally:
+                cutoff.cancel()
                 connection.close()
-        except (Refused, OSError, http.client.HTTPException) as error:
+        except (ValueError, OSError, http.client.HTTPException) as error:  # Refused is a ValueError
             log.warning("webhook POST failed: %s", error)
             return False
         if not 200 <= status < 300:

@@ -23,6 +23,8 @@ def read_log(api, run_id, user="admin"):
     response = api.call("GET", f"{RUNS}/{run_id}/log", user=user)
     assert response.status_code == 200, response.body
     assert response.headers["Content-Type"].startswith("text/plain")
+    # Untrusted text from the API's origin: a browser must not sniff it into HTML.
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
     return response.body.decode("utf-8")
 
 

@@ -241,6 +241,43 @@ def end_run(api, stack, url, status="succeeded", events=("succeeded", "failed", 
     return run_id
 
 
+def test_urls_the_parser_or_resolver_cannot_read_are_a_400_naming_the_url(api, stack, hooks):
+    notebook_id = api.create()["notebook_id"]
+    before = stored_state(stack.settings)
+    for url in ("https://[::1", "https://a..b/", "https://.", "https://" + "a" * 70 + ".example/"):
+        status, message = error(api.call("PUT", f"{BASE}/{notebook_id}/webhook",
+                                          {"url": url, "secret": SECRET, "events": ["failed"]}))
+        assert status == 400 and message.startswith("url"), (url, message)
+    assert stored_state(stack.settings) == before
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_attempts_time_limit(hooks, monkeypatch):
+    """Every read is within the limit, but the whole answer is not: the attempt fails."""
+    monkeypatch.setattr(webhooks, "ATTEMPT_TIMEOUT_SECONDS", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                for byte in b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n":
+                    connection.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            except OSError:
+                pass  # cut off
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    try:
+        port = listener.getsockname()[1]
+        assert hooks.service._attempt(f"http://127.0.0.1:{port}/hook", b"{}", {"Content-Type": "application/json"}) \
+            is False
+    finally:
+        worker.join()
+        listener.close()
+
+
 def test_a_receiver_that_keeps_failing_fails_the_delivery_not_the_run(api, stack, hooks, receiver):
     receiver.statuses = [500] * webhooks.MAX_ATTEMPTS
     run_id = end_run(api, stack, receiver.url(), status="failed")
