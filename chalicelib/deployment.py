@@ -92,7 +92,8 @@ PARAMETERS = {
     },
     "FargateSecurityGroups": {
         "Type": "CommaDelimitedList", "Default": "",
-        "Description": "Security groups of the Fargate tasks (outbound HTTPS to AWS); empty: the VPC's default",
+        "Description": "Security groups of the Fargate tasks, comma-separated: notebooks are untrusted code, so "
+                       "no inbound rules and outbound HTTPS only; empty: no Fargate (never the VPC's default group)",
     },
     "FargateAssignPublicIp": {
         "Type": "String", "Default": "true", "AllowedValues": ["true", "false"],
@@ -113,6 +114,7 @@ CONDITIONS = {
     "FargateEnabled": {"Fn::And": [
         {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]},
         {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]},
+        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSecurityGroups"}]}, ""]}]},
     ]},
 }
 
@@ -340,6 +342,9 @@ def _task_definition(data: dict) -> dict:
             "Image": {"Ref": "RunnerImageUri"},
             "Essential": True,
             "EntryPoint": TASK_ENTRY_POINT,
+            # StopTask's SIGTERM cancels the run: the most Fargate allows between it and
+            # SIGKILL, to store the output so far, record the end and notify the webhook.
+            "StopTimeout": 120,
             "WorkingDirectory": TASK_ROOT,
             "ReadonlyRootFilesystem": True,
             "MountPoints": [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}],

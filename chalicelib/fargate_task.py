@@ -14,7 +14,6 @@ cannot read the task's credentials from the runner's environment.
 """
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -27,20 +26,25 @@ TASK_UID = 993
 
 
 def main(argv) -> int:
-    """Run the run named in argv[1]; 0 whatever the notebook did (its outcome is recorded)."""
+    """Give up root (ECS starts the image as root), then run the run named in argv[1]; 0
+    whatever the notebook did (its outcome is recorded)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if len(argv) != 2:
         print("usage: python -m chalicelib.fargate_task RUN_ID", file=sys.stderr)
         return 2
-    if os.environ.get("ECS_CONTAINER_METADATA_URI_V4"):  # in an ECS task, not a test's process
-        sandbox.give_up_root(TASK_UID, tempfile.gettempdir())
+    sandbox.give_up_root(TASK_UID, tempfile.gettempdir())  # does nothing unless root
+    print(json.dumps(serve(argv[1])), flush=True)
+    return 0
+
+
+def serve(run_id: str) -> dict:
+    """Execute the run with the runner handler, as this process's user; SIGTERM (StopTask)
+    stops it as a cancel does. The handler's answer."""
     executor = services.get().runner_executor()
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())
-    result = executor.handle({"run_id": argv[1]})
-    print(json.dumps(result), flush=True)
-    return 0
+    return executor.handle({"run_id": run_id})
 
 
 if __name__ == "__main__":

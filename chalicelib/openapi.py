@@ -132,7 +132,8 @@ def document() -> dict:
         "/_notebooks/runs/{run_id}/rerun": {
             "parameters": _path_id("run_id"),
             "post": _operation("A new run of the same notebook version, its parameters merged over the run's",
-                               runs_started, {"type": "object", "properties": {"parameters": {"type": "object"}}},
+                               runs_started, {"type": "object", "properties": {
+                                   "parameters": {"type": "object"}, "timeout": run_body["properties"]["timeout"]}},
                                errors=(400, 404, 409, 429)),
         },
         nb + "/{notebook_id}/webhook": {

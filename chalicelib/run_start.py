@@ -80,12 +80,14 @@ class RunStarter:
         """A new run of the owner's `run`'s notebook version, with its parameters and
         `parameters` from `body` merged over them, checked against what that version
         declares, and its timeout unless `body` gives one. 409 when the version (or the
-        notebook) no longer exists."""
+        notebook) no longer exists. A client token is not taken: each rerun is a new run."""
         given = payloads.parameters(body, self._settings.max_parameters_bytes)
         merged = payloads.parameters({"parameters": {**json.loads(run.get("parameters", "{}")), **given}},
                                      self._settings.max_parameters_bytes)
-        timeout = self._timeout(body) if body.get("timeout") is not None else (
-            float(run["timeout"]) if run.get("timeout") is not None else None)
+        # The run's own timeout unless the body gives one; checked against today's limits
+        # either way (a deployment may have dropped Fargate since).
+        timeout = self._timeout(body if body.get("timeout") is not None or run.get("timeout") is None
+                                else {"timeout": float(run["timeout"])})
         item = self._notebooks.live(owner, run["notebook_id"])
         version = run.get("notebook_version")
         if version is None:  # recorded before versions, and its runner has not pinned one yet

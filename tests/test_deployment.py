@@ -327,6 +327,7 @@ def test_fargate_runs_the_same_image_with_the_fargate_entry_point_and_configured
     assert container["Image"] == {"Ref": "RunnerImageUri"}
     # RunTask appends the run id: python3 -m chalicelib.fargate_task <run id>, in the task root.
     assert container["EntryPoint"] == ["python3", "-m", "chalicelib.fargate_task"]
+    assert container["StopTimeout"] == 120  # Fargate's longest grace between SIGTERM and SIGKILL
     assert (ROOT / "chalicelib" / "fargate_task.py").exists() and container["WorkingDirectory"] == "/var/task"
     assert container["ReadonlyRootFilesystem"] is True
     assert container["MountPoints"] == [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}]
@@ -365,6 +366,8 @@ def test_the_dispatchers_of_both_functions_find_fargate_once_the_stack_has_a_tas
     condition = template["Conditions"]["FargateEnabled"]["Fn::And"]
     assert {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]} in condition
     assert {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]} in condition
+    # Tasks of untrusted notebooks are never put in the VPC's default security group.
+    assert {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSecurityGroups"}]}, ""]}]} in condition
     given = {**defaults, "FargateSubnets": "subnet-1,subnet-2", "FargateSecurityGroups": "sg-1",
              "RunnerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/runner:1",
              "RunnerTaskDefinition": "arn:task-definition/notebooks-dev-runner:3", "RunnerCluster": "runs"}

@@ -273,12 +273,13 @@ def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployme
     notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
 
-    assert fargate_task.main(["fargate_task", run["run_id"]]) == 0
+    assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "succeeded"}
 
     record = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert (record["status"], record["engine"]) == ("succeeded", "fargate")
     assert stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output")) == "42\n"
-    assert fargate_task.main(["fargate_task", run["run_id"]]) == 0  # a second start of the task: nothing
+    # A second start of the task: nothing.
+    assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "skipped"}
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == record["finished_at"]
 
 
@@ -300,7 +301,7 @@ def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far
     stopper.start()
     try:
         begun = time.monotonic()
-        assert fargate_task.main(["fargate_task", run["run_id"]]) == 0
+        assert fargate_task.serve(run["run_id"])["status"] == "cancelled"
     finally:
         signal.signal(signal.SIGTERM, previous)
     stopper.join()

@@ -145,3 +145,17 @@ def test_a_notebook_written_before_versions_is_pinned_by_its_runner(api, stack, 
     [again] = api.json("POST", f"{RUNS}/{run['run_id']}/rerun")["runs"]
     run_all(executor, dispatched)
     assert stream_text(api.json("GET", f"{RUNS}/{again['run_id']}/output")).strip() == "before"
+
+
+def test_a_rerun_keeps_its_runs_timeout_unless_given_one_and_within_todays_limits(api, stack, dispatched):
+    notebook_id = api.create(content=notebook_of("1"))["notebook_id"]
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "timeout": 30})["runs"]
+    [kept] = api.json("POST", f"{RUNS}/{run['run_id']}/rerun")["runs"]
+    assert api.json("GET", f"{RUNS}/{kept['run_id']}")["timeout"] == 30
+    [given] = api.json("POST", f"{RUNS}/{run['run_id']}/rerun", {"timeout": 60})["runs"]
+    assert api.json("GET", f"{RUNS}/{given['run_id']}")["timeout"] == 60
+    assert error(api.call("POST", f"{RUNS}/{run['run_id']}/rerun", {"timeout": 0}))[1].startswith("timeout")
+    # A run of a longer timeout than the deployment allows today (it had Fargate then).
+    stack.runs._table.transition(run["run_id"], "queued", {"timeout": 7200})
+    status, message = error(api.call("POST", f"{RUNS}/{run['run_id']}/rerun"))
+    assert status == 400 and message.startswith("timeout must be") and "at most 840" in message
