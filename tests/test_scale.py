@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import json
 import random
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -137,6 +138,35 @@ def test_requests_with_many_ids_are_batched(api, stack, dispatched, monkeypatch)
 
 
 # --- Count: exact after anything ---------------------------------------------------------
+
+def test_delete_forgets_schedules_and_runs_side_by_side_and_a_retry_finishes_a_failure_in_either(
+        api, stack, dispatched, monkeypatch):
+    ids = [api.create()["notebook_id"] for _ in range(4)]
+    api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m"})
+    api.json("POST", BASE + "/_schedule", {"nbk_ids": ids, "until": UNTIL})
+    started = {"scheduler": threading.Event(), "runs": threading.Event()}
+    failing = {"runs"}
+
+    def side_by_side(name, other, real):
+        def forget(owner, items):
+            started[name].set()
+            assert started[other].wait(30), f"{name} forgot before {other} began: one after the other"
+            if name in failing:
+                failing.discard(name)
+                raise ApiError(503, "injected")
+            return real(owner, items)
+        return forget
+
+    monkeypatch.setattr(stack.scheduler, "forget_notebooks",
+                        side_by_side("scheduler", "runs", stack.scheduler.forget_notebooks))
+    monkeypatch.setattr(stack.runs, "forget_notebooks", side_by_side("runs", "scheduler", stack.runs.forget_notebooks))
+    assert error(api.call("DELETE", BASE, {"nbk_ids": ids}))[0] == 503
+    events = boto3.client("events", region_name="us-east-1")
+    assert events.list_rules()["Rules"] == []  # the other side finished despite the failure
+    assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
+    assert api.json("DELETE", BASE, {"nbk_ids": ids}) == "Success"
+    assert leftovers(stack.settings) == ([], [])
+
 
 def test_count_equals_a_full_recount_after_random_operations_and_faults(api, stack, dispatched):
     generator = random.Random(10)
