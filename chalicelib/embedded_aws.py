@@ -136,12 +136,13 @@ def _partition_query(original):
         def sort_key(item):
             return tuple((1, item.attrs[name].cast_value) if name in item.attrs else (0, None) for name in order)
 
-        partition = sorted(table.items.get(hash_key, {}).values(), key=sort_key)
+        partition = table.items.get(hash_key, {}).values()
         range_comparison, range_values = (args + (None, None))[:2]
         if range_comparison and not index_name:
             # The key condition on the sort key, as moto applies it again: it names a
             # range of keys, not items to read and then drop.
             partition = [item for item in partition if item.range_key.compare(range_comparison, range_values)]
+        partition = sorted(partition, key=sort_key)
         table.all_items = lambda: partition  # what moto's query walks, for this call only
         try:
             return original(table, hash_key, *args, **kwargs)
