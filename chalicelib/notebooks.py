@@ -273,7 +273,8 @@ class NotebookService:
         return {"Total Notebooks": total, "Not Scheduled": total - scheduled, "Scheduled": scheduled}
 
     def delete(self, owner: str, body: dict) -> int:
-        """Delete the listed notebooks the owner has: schedules, runs, files, then metadata.
+        """Delete the listed notebooks the owner has: schedules and runs (side by side),
+        files, then metadata.
 
         The notebooks are first flagged (and counted off), so a delete that fails halfway
         is finished by the same request sent again. Each step works on all of them at
@@ -287,8 +288,11 @@ class NotebookService:
         flagged = self._table.mark_deleting(owner, list(self._table.get_many(owner, canonical).values()))
         if not flagged:
             raise ApiError(200, NO_NOTEBOOKS_DELETED)
-        for dependent in self._dependents:
-            dependent.forget_notebooks(owner, flagged)
+        # Side by side (schedules' rules, runs' records and outputs): each is bounded in
+        # concurrency itself, and a failure in one still lets the other finish, then fails
+        # the request, which a retry completes.
+        in_parallel(lambda dependent: dependent.forget_notebooks(owner, flagged), self._dependents,
+                    len(self._dependents))
         self._files.delete_many([notebook_key(owner, item["notebook_id"]) for item in flagged])
         self._table.remove(owner, flagged)
         return len(flagged)

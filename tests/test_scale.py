@@ -2,8 +2,10 @@
 counters that stay exact, 1,000-id requests in batches, Lists past Lambda's 6 MB,
 quotas, idempotent Run, bounded outputs and parameters, the bounded lenient parser."""
 import dataclasses
+import itertools
 import json
 import random
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -92,6 +94,9 @@ def operations_calls(api, dispatched) -> dict:
 
 def test_no_request_costs_more_at_1000_notebooks_than_at_10(api, stack, dispatched):
     stack.runner_arn()  # looked up once per process, by the first Schedule
+    # A minute between writes: two default names in one second would cost a retried
+    # Create, which is the clock, not the size.
+    stack.notebooks._clock = itertools.count(1_700_000_000, 60).__next__
     seed_notebooks(stack.settings, "admin", 10)
     seed_notebooks(stack.settings, "bob", 1000)  # other users' notebooks cost nothing either
     small = operations_calls(api, dispatched)
@@ -133,6 +138,35 @@ def test_requests_with_many_ids_are_batched(api, stack, dispatched, monkeypatch)
 
 
 # --- Count: exact after anything ---------------------------------------------------------
+
+def test_delete_forgets_schedules_and_runs_side_by_side_and_a_retry_finishes_a_failure_in_either(
+        api, stack, dispatched, monkeypatch):
+    ids = [api.create()["notebook_id"] for _ in range(4)]
+    api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m"})
+    api.json("POST", BASE + "/_schedule", {"nbk_ids": ids, "until": UNTIL})
+    started = {"scheduler": threading.Event(), "runs": threading.Event()}
+    failing = {"runs"}
+
+    def side_by_side(name, other, real):
+        def forget(owner, items):
+            started[name].set()
+            assert started[other].wait(30), f"{name} forgot before {other} began: one after the other"
+            if name in failing:
+                failing.discard(name)
+                raise ApiError(503, "injected")
+            return real(owner, items)
+        return forget
+
+    monkeypatch.setattr(stack.scheduler, "forget_notebooks",
+                        side_by_side("scheduler", "runs", stack.scheduler.forget_notebooks))
+    monkeypatch.setattr(stack.runs, "forget_notebooks", side_by_side("runs", "scheduler", stack.runs.forget_notebooks))
+    assert error(api.call("DELETE", BASE, {"nbk_ids": ids}))[0] == 503
+    events = boto3.client("events", region_name="us-east-1")
+    assert events.list_rules()["Rules"] == []  # the other side finished despite the failure
+    assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
+    assert api.json("DELETE", BASE, {"nbk_ids": ids}) == "Success"
+    assert leftovers(stack.settings) == ([], [])
+
 
 def test_count_equals_a_full_recount_after_random_operations_and_faults(api, stack, dispatched):
     generator = random.Random(10)
