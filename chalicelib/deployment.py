@@ -199,6 +199,7 @@ def api_statements() -> list:
         # Runs pin a notebook's version; a content write that cannot be recorded removes its version.
         {"Sid": "NotebookVersions", "Effect": "Allow", "Action": ["s3:GetObjectVersion", "s3:DeleteObjectVersion"],
          "Resource": _objects("notebooks/")},
+        # Without it, S3 answers a missing object 403, not 404 (a deleted notebook's file).
         {"Sid": "ListNotebookFiles", "Effect": "Allow", "Action": ["s3:ListBucket"],
          "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]}},
         {"Sid": "NotebooksAndRuns", "Effect": "Allow",

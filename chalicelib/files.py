@@ -87,12 +87,6 @@ class NotebookFiles:
         are safe."""
         self._s3.delete_object(Bucket=self._bucket, Key=key, **({"VersionId": version} if version else {}))
 
-    def keys_under(self, prefix: str) -> list:
-        """Every key under `prefix`."""
-        paginator = self._s3.get_paginator("list_objects_v2")
-        return [item["Key"] for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix)
-                for item in page.get("Contents", [])]
-
     def delete_many(self, keys: list) -> None:
         """Delete these keys, 1,000 per call (missing ones too: retries are safe)."""
         for start in range(0, len(keys), _DELETE_OBJECTS_KEYS):

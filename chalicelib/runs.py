@@ -23,7 +23,7 @@ import nbformat
 from . import html, payloads
 from .batches import in_parallel
 from .errors import RUN_NOT_FOUND, ApiError, bad_request
-from .files import notebook_key, output_key, outputs_prefix
+from .files import notebook_key, output_key
 from .metadata import RUN_PREFIX
 from .notebooks import now_ms
 from .outputs import fit_output
@@ -196,18 +196,17 @@ class RunService:
         return RunOutput(body, {"Content-Type": "application/json"})
 
     def forget_notebooks(self, owner: str, items: list) -> None:
-        """Delete the runs of deleted notebooks: outputs first, then records. Their runs
-        are found by consistent Queries (a Query and a listing per notebook that ever
-        ran, concurrently); then deleted in batches."""
+        """Delete the runs of deleted notebooks: outputs and logs first, then records.
+        Their runs are found by consistent Queries (one per notebook that ever ran,
+        concurrently), and their objects' keys follow from them; then deleted in batches."""
         ran = [item for item in items if int(item.get("no_of_runs", 0))]
-
-        def find(item):
-            return (self._table.notebooks.all_run_pointers(owner, item["notebook_id"]),
-                    self._files.keys_under(outputs_prefix(owner, item["notebook_id"])))
-
-        found = in_parallel(find, ran, self._settings.aws_concurrency)
-        self._files.delete_many([key for _, keys in found for key in keys])
-        self._table.delete(owner, [pointer for pointers, _ in found for pointer in pointers])
+        found = in_parallel(lambda item: self._table.notebooks.all_run_pointers(owner, item["notebook_id"]),
+                            ran, self._settings.aws_concurrency)
+        pointers = [(item["notebook_id"], pointer) for item, item_pointers in zip(ran, found)
+                    for pointer in item_pointers]
+        self._files.delete_many([key(owner, notebook_id, pointer["run_id"]) for notebook_id, pointer in pointers
+                                 for key in (output_key, log_key)])
+        self._table.delete(owner, [pointer for _, pointer in pointers])
 
     def claim(self, run_id: str):
         """Move a queued run to running; the run, or None if another delivery has it."""

@@ -289,7 +289,7 @@ def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_sta
     targets = [int(stack["aws"]["endpoint"].rsplit(":", 1)[1]), int(stack["lambda"]["endpoint"].rsplit(":", 1)[1])]
     notebook = code_notebook(HOSTILE_NOTEBOOK)
     notebook["cells"].insert(0, {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]},
-                                 "execution_count": None, "outputs": [], "source": "targets, stack_root = [], 0"})
+                                 "execution_count": None, "outputs": [], "source": "targets = []\nstack_root = 0"})
     notebook_id = requests.post(url + BASE + "/", auth=ADMIN, json={"content": notebook}).json()["notebook_id"]
     [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={
         "nbkIds": [notebook_id], "module": "m",
