@@ -265,8 +265,9 @@ def fargate_statements() -> list:
 
 def task_statements() -> list:
     """The Fargate task's permissions: the runner's on the data, nothing else (its logs go
-    through the execution role; failed Lambda events are no concern of a task)."""
-    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents")]
+    through the execution role; failed Lambda events, and the rules that schedule
+    firings expire, are no concern of a task, which runs one run by its id)."""
+    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents", "RemoveExpiredRule")]
 
 
 def task_execution_statements() -> list:

@@ -406,9 +406,11 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
 
     assert trusted("RunnerTaskRole") == trusted("RunnerTaskExecutionRole") == "ecs-tasks.amazonaws.com"
     runner_data = [s for s in statements(resources, "RunnerRole")
-                   if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:"))]
+                   if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:",
+                                                                                                  "events:"))]
     assert statements(resources, "RunnerTaskRole") == runner_data
-    for action in ("ecs:RunTask", "iam:PassRole", "sqs:SendMessage", "logs:PutLogEvents", "lambda:InvokeFunction"):
+    for action in ("ecs:RunTask", "iam:PassRole", "sqs:SendMessage", "logs:PutLogEvents", "lambda:InvokeFunction",
+                   "events:DeleteRule", "events:RemoveTargets"):
         assert allowed(resources, "RunnerTaskRole", action) == []
     may = lambda action: allowed(resources, "RunnerTaskExecutionRole", action)  # noqa: E731
     assert may("ecr:BatchGetImage") == may("ecr:GetDownloadUrlForLayer") == [
