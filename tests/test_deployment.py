@@ -417,3 +417,10 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
         {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}]
     assert may("logs:PutLogEvents") == [{"Fn::GetAtt": ["RunnerTaskLogGroup", "Arn"]}]
     assert may("s3:GetObject") == may("dynamodb:GetItem") == []
+
+
+def test_the_api_function_has_a_full_vcpu_for_its_1000_id_requests(resources):
+    """Lambda gives CPU in proportion to memory, one vCPU at 1,769 MB: the 1,000-id
+    requests are CPU-bound (botocore's work per call), and docs/performance.md's
+    estimates assume a full core."""
+    assert resources["APIHandler"]["Properties"]["MemorySize"] >= 1769
