@@ -72,7 +72,10 @@ def _fill(endpoint: str, credentials: dict) -> None:
     wiring.runs.finish(run["run_id"], "succeeded")
 
     dynamodb, s3 = aws.client("dynamodb", settings.region), aws.client("s3", settings.region)
-    items = {table: dynamodb.scan(TableName=table)["Items"] for table in (settings.notebooks_table, settings.runs_table)}
+    # The model notebook's and run's items (not the owner's counters, which are one item).
+    items = {table: [item for item in dynamodb.scan(TableName=table)["Items"]
+                     if model["notebook_id"] in json.dumps(item) or run["run_id"] in json.dumps(item)]
+             for table in (settings.notebooks_table, settings.runs_table)}
     objects = {item["Key"]: s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read().decode()
                for item in s3.list_objects_v2(Bucket=settings.bucket)["Contents"]}
 
