@@ -39,7 +39,8 @@ def fit_output(notebook, limit: int) -> tuple:
         excess -= _outputs_bytes(cell) - _outputs_bytes({"outputs": [note]})
         cell.outputs = [note]
         first_dropped = index
-    data = serialise(trimmed)
+    else:  # every cell looked at without a fitting check: serialise what is left
+        data = serialise(trimmed)
     error = {"cell_index": first_dropped, "ename": "OutputTooLarge",
              "evalue": f"The executed notebook was {original_size} bytes, over the limit of {limit} "
                        f"(NOTEBOOKS_MAX_OUTPUT_BYTES): outputs from cell {first_dropped} on were dropped"}
