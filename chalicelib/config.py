@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 SIX_MB = 6 * 1024 * 1024
-# The longest run timeout Lambda takes: its 15 minutes less 60 s in which the runner,
-# past the notebook's deadline, stops the kernel, stores the output and records the end
-# (the same 60 s the API waits past a deadline before it declares a runner lost).
-LAMBDA_RUN_LIMIT = 900.0 - 60.0
+# After its run timeout, a runner gets this long to report (stop the kernel, store the
+# output, record the end) before the API declares it lost.
+REPORT_GRACE_SECONDS = 60
+# The longest run timeout Lambda takes: its 15 minutes less that grace.
+LAMBDA_RUN_LIMIT = 900.0 - REPORT_GRACE_SECONDS
 
 
 def _int(env, name, default):

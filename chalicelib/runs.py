@@ -22,6 +22,7 @@ import nbformat
 
 from . import html, payloads
 from .batches import in_parallel
+from .config import REPORT_GRACE_SECONDS
 from .errors import RUN_NOT_FOUND, ApiError, bad_request
 from .files import notebook_key, output_key
 from .metadata import RUN_PREFIX
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
 MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
-# After its run timeout, a runner gets this long to report before it is declared lost.
-REPORT_GRACE_SECONDS = 60
 # How often a runner looks for a cancel request while its run executes.
 CANCEL_POLL_SECONDS = 2.0
 # How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
