@@ -36,7 +36,7 @@ _ZIP_ONLY = ("Runtime", "Handler", "CodeUri", "Layers")
 # handler for the run whose id RunTask appends as the command (dispatch.FargateDispatcher).
 TASK_CONTAINER = "runner"
 TASK_ENTRY_POINT = ["python3", "-m", "chalicelib.fargate_task"]
-TASK_ROOT = "/var/task"
+TASK_ROOT = "/var/task"  # where Lambda unzips the package, and the image and the task run from
 FARGATE_CPU_CHOICES = ["256", "512", "1024", "2048", "4096", "8192", "16384"]
 # The Lambda package keeps Jupyter's data files (nbconvert's templates) beside the
 # packages, where `pip install --target` puts them. Named as Jupyter's data folder, it is

@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from chalicelib.deployment import CODE_URI, IMAGE_CONTEXT, RUNTIME, image_runner, merge_template
+from chalicelib.deployment import CODE_URI, IMAGE_CONTEXT, RUNTIME, TASK_ROOT, image_runner, merge_template
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -48,7 +48,6 @@ PIP_TARGET_OPTIONS = [
     *(option for platform in PLATFORMS for option in ("--platform", platform)),
     "--only-binary=:all:", "--implementation", "cp", "--python-version", LAMBDA_PYTHON, "--no-compile",
 ]
-TASK_ROOT = "/var/task"  # where Lambda unzips the package
 # Lambda's limits for a .zip package: zipped when uploaded directly (the deploy commands
 # upload it to S3, where this limit does not apply), and unzipped, always.
 ZIPPED_LIMIT_MB, UNZIPPED_LIMIT_MB = 50, 250
