@@ -130,8 +130,8 @@ class RunStarter:
             request = self._table.notebooks.token(owner, token_hash, now_s)
             if request is None:  # expired between our two reads
                 raise ApiError(409, "The client token is being reused; try again")
-            live = self._table.notebooks.get_many(owner, request["notebook_ids"])
-            items = [live[nid] for nid in request["notebook_ids"] if nid in live and not live[nid].get("deleting")]
+            live = self._notebooks.live_items(owner, request["notebook_ids"])
+            items = [live[nid] for nid in request["notebook_ids"] if nid in live]
         versions = json.loads(request.get("versions", "{}"))
         runs = [self._new_run(owner, item["notebook_id"], MANUAL, request["module"],
                               json.loads(request["parameters"]), run_id=_token_run_id(owner, token_hash, item),
@@ -142,8 +142,8 @@ class RunStarter:
         missing = [run for run in runs if run["run_id"] not in existing]
         if missing:
             self._check_quota(owner, len(missing))
-            self._record_and_dispatch(owner, missing, [item for item in items
-                                                       if item["notebook_id"] in {r["notebook_id"] for r in missing}])
+            wanted = {run["notebook_id"] for run in missing}
+            self._record_and_dispatch(owner, missing, [item for item in items if item["notebook_id"] in wanted])
         # A first attempt cut short may have recorded runs it never dispatched; the runner
         # claims a run once, so dispatching a queued run again is harmless.
         self._dispatch_all([run for run in existing.values() if run["status"] == QUEUED])
@@ -207,8 +207,8 @@ class RunStarter:
                 if not runs:
                     return []
                 continue
-            items = self._table.notebooks.get_many(owner, [run["notebook_id"] for run in runs])
-            if any(run["notebook_id"] not in items or items[run["notebook_id"]].get("deleting") for run in runs):
+            items = self._notebooks.live_items(owner, [run["notebook_id"] for run in runs])
+            if any(run["notebook_id"] not in items for run in runs):
                 raise bad_request(NOTEBOOK_ID_INVALID)  # deleted since we looked
             # A later `last_run` (a clock behind another's): record these just after it.
             latest = max(int(item.get("last_run", 0)) for item in items.values())

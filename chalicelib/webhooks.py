@@ -365,8 +365,8 @@ class Webhooks:
         return 200 <= status < 300
 
     def _hook_for(self, run: dict) -> Optional[dict]:
-        item = self._table.get(run["owner"], run["notebook_id"])
-        hook = item.get("webhook") if item and not item.get("deleting") else None
+        item = self._notebooks.live(run["owner"], run["notebook_id"])
+        hook = item.get("webhook") if item else None
         return hook if hook and run["status"] in hook["events"] else None
 
     def _record(self, run: dict, status: str, attempts: int) -> dict:
