@@ -150,18 +150,19 @@ def get_run(run_id):
 @route(RUNS + "/{run_id}/output", ["GET"], "Error occurred while retrieving the run output")
 def run_output(run_id):
     output_format = (app.current_request.query_params or {}).get("format", "ipynb")
-    output = services.get().runs.output(caller(), run_id, output_format)
-    if output.location:
-        return Response(body="", status_code=303, headers={"Location": output.location})
-    return Response(body=output.body, headers=output.headers)
+    return _sent(services.get().runs.output(caller(), run_id, output_format))
 
 
 @route(RUNS + "/{run_id}/log", ["GET"], "Error occurred while retrieving the run log")
 def run_log(run_id):
-    log = services.get().runs.log(caller(), run_id)
-    if log.location:
-        return Response(body="", status_code=303, headers={"Location": log.location})
-    return Response(body=log.body, headers=log.headers)
+    return _sent(services.get().runs.log(caller(), run_id))
+
+
+def _sent(output) -> Response:
+    """A run's output or log (runs.RunOutput): its body, or a 303 to its download link."""
+    if output.location:
+        return Response(body="", status_code=303, headers={"Location": output.location})
+    return Response(body=output.body, headers=output.headers)
 
 
 @route(NOTEBOOKS + "/{notebook_id}/webhook", ["PUT"], "Error occurred while setting the webhook")
