@@ -12,7 +12,7 @@ past it, its first and last parts are kept around a marker that says how much wa
 import re
 from typing import Callable, Optional
 
-from .files import outputs_prefix
+from .files import output_key, outputs_prefix
 from .periodic import Periodic
 
 # How often a running run's log and current cell are stored (when they changed).
@@ -25,6 +25,11 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 def log_key(owner: str, notebook_id: str, run_id: str) -> str:
     """Where one run's log lives: beside its executed notebook."""
     return f"{outputs_prefix(owner, notebook_id)}{run_id}.log"
+
+
+def run_object_keys(owner: str, notebook_id: str, run_id: str) -> list:
+    """Every S3 object a run has: its executed notebook and its log."""
+    return [output_key(owner, notebook_id, run_id), log_key(owner, notebook_id, run_id)]
 
 
 def _text(value) -> str:

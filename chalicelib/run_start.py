@@ -10,9 +10,9 @@ from decimal import Decimal
 from . import payloads
 from .batches import chunks, in_parallel
 from .errors import NOTEBOOK_ID_INVALID, RUN_IDS_REQUIRED, ApiError, bad_request
-from .files import notebook_key, output_key
+from .files import notebook_key
 from .notebooks import CONTENT_VERSION, now_ms
-from .run_log import log_key
+from .run_log import run_object_keys
 from .parameters import check as check_parameters, declared as declared_parameters
 from .runs import FAILED, MANUAL, QUEUED, RERUN, RUNNING
 
@@ -250,8 +250,8 @@ class RunStarter:
             item, excess = entry
             pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
                                                              oldest_first=True)
-            self._files.delete_many([key(owner, item["notebook_id"], p["run_id"]) for p in pointers
-                                     for key in (output_key, log_key)])
+            self._files.delete_many([key for p in pointers
+                                     for key in run_object_keys(owner, item["notebook_id"], p["run_id"])])
             self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
 
         try:

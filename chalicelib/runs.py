@@ -30,7 +30,7 @@ from .notebooks import now_ms
 from .outputs import fit_output
 from .periodic import Periodic
 from .responses import lambda_payload_bytes
-from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
+from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text, run_object_keys
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ class RunService:
                             ran, self._settings.aws_concurrency)
         pointers = [(item["notebook_id"], pointer) for item, item_pointers in zip(ran, found)
                     for pointer in item_pointers]
-        self._files.delete_many([key(owner, notebook_id, pointer["run_id"]) for notebook_id, pointer in pointers
-                                 for key in (output_key, log_key)])
+        self._files.delete_many([key for notebook_id, pointer in pointers
+                                 for key in run_object_keys(owner, notebook_id, pointer["run_id"])])
         self._table.delete(owner, [pointer for _, pointer in pointers])
 
     def claim(self, run_id: str):
