@@ -96,6 +96,10 @@ class EngineRouter:
         """Stop the run's task, if its engine has one."""
         self._engine_of(run).stop(run)
 
+    def invoke(self, event: dict) -> None:
+        """Invoke the runner function with `event` (not a run's: a webhook delivery)."""
+        self._on_lambda.invoke(event)
+
     def _engine_of(self, run: dict):
         # A run recorded before runs had an engine was a Lambda run.
         return self._by_engine.get(run.get("engine"), self._on_lambda)

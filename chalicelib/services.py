@@ -34,10 +34,9 @@ class Services:
         self.notebooks = NotebookService(notebook_table, self.files, settings)
         self.dispatcher = _dispatcher(settings)
         run_table = RunTable(aws.dynamodb_table(settings.runs_table, region), notebook_table)
-        # Deliveries of runs that end in the API go to the runner function, on Lambda
+        # Deliveries of runs that end in the API go to the runner function (`invoke`),
         # whatever engine ran the run.
-        self.webhooks = Webhooks(self.notebooks, notebook_table, run_table,
-                                 LambdaDispatcher(aws.client("lambda", region), settings.runner_function), settings)
+        self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
         starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings,
                              webhooks=self.webhooks)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,

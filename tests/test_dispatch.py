@@ -94,6 +94,9 @@ class Recorder:
     def stop(self, run):
         self.runs.remove(run)
 
+    def invoke(self, event):
+        self.runs.append(event)
+
 
 @pytest.mark.parametrize("timeout, engine", [(1, "lambda"), (840, "lambda"), (840.5, "fargate"), (43200, "fargate")])
 def test_the_engine_follows_the_runs_timeout(timeout, engine):
@@ -104,6 +107,13 @@ def test_the_engine_follows_the_runs_timeout(timeout, engine):
     run = {"run_id": "r", "engine": router.engine_for(timeout)}
     router.dispatch(run)
     assert (on_lambda.runs, on_fargate.runs) == (([run], []) if engine == "lambda" else ([], [run]))
+
+
+def test_events_that_are_not_runs_go_to_the_runner_function_whatever_the_engines():
+    """A webhook delivery of a run that ended in the API is for the runner function."""
+    on_lambda, on_fargate = Recorder("lambda"), Recorder("fargate")
+    EngineRouter(on_lambda, on_fargate, lambda_limit=840).invoke({"deliver_webhook": "r"})
+    assert (on_lambda.runs, on_fargate.runs) == ([{"deliver_webhook": "r"}], [])
 
 
 # --- A run's timeout and engine, through the API ---------------------------------------
