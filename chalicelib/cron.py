@@ -416,11 +416,15 @@ def cron_matches(expression: str, moment: datetime) -> bool:
     if moment.tzinfo is None:
         raise ValueError("moment must be timezone-aware")
     minutes, hours, days, months, weekdays, years = _parse(expression)
-    utc = moment.astimezone(dt_timezone.utc)
+    utc = moment.astimezone(_UTC)
+    return utc.minute in minutes and utc.hour in hours and _date_matches(utc, days, months, weekdays, years)
+
+
+def _date_matches(utc: datetime, days, months, weekdays, years) -> bool:
+    """Whether the UTC date of `utc` is one of the parsed expression's."""
     # Exactly one of days and weekdays is None ("?", any); _parse guarantees it.
     day_ok = utc.day in days if weekdays is None else _aws_day(utc.weekday()) in weekdays
-    return (utc.minute in minutes and utc.hour in hours and day_ok
-            and utc.month in months and utc.year in years)
+    return day_ok and utc.month in months and utc.year in years
 
 
 def cron_times(expression: str, start: datetime, end: datetime) -> Iterator[datetime]:
@@ -429,8 +433,7 @@ def cron_times(expression: str, start: datetime, end: datetime) -> Iterator[date
     minutes, hours, days, months, weekdays, years = _parse(expression)
     day = start.astimezone(_UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     while day <= end:
-        day_ok = day.day in days if weekdays is None else _aws_day(day.weekday()) in weekdays
-        if day_ok and day.month in months and day.year in years:
+        if _date_matches(day, days, months, weekdays, years):
             for hour in sorted(hours):
                 for minute in sorted(minutes):
                     when = day.replace(hour=hour, minute=minute)
