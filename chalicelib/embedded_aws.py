@@ -256,9 +256,9 @@ class EmbeddedAws:
         install()  # transactions at the cost of what they touch
         self.app = SerialApp()
         self._snapshots = Snapshots(folder)
+        # werkzeug listens with a backlog of 128: a burst of clients is queued, not reset.
         self._server = make_server("127.0.0.1", port, CredentialGuard(self.app, access_key_id), threaded=True,
                                    request_handler=MotoRequestHandler)
-        self._server.socket.listen(128)  # a burst of clients is queued, not reset
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._stop = threading.Event()
         self._threads = []
