@@ -190,11 +190,10 @@ class Scheduler:
         An occurrence in `until`'s own minute still runs: `until` 06:50 includes 06:50.
         """
         canonical = payloads.canonical_id(notebook_id)
-        item = self._table.get(owner, canonical) if canonical else None
-        schedule = item.get("schedule") if item and not item.get("deleting") else None
+        if canonical is None:
+            return None
+        schedule = self._live_schedule(owner, canonical) or self._stored_meanwhile_or_rule_removed(owner, canonical)
         if schedule is None:
-            if canonical:
-                self._remove_rule(canonical)
             return None
         now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
         occurrence = cron.due_occurrence(schedule, now)
@@ -208,6 +207,22 @@ class Scheduler:
             if self._table.expire_schedule(owner, canonical, expired):
                 self._remove_rule(canonical)
         return None
+
+    def _live_schedule(self, owner: str, notebook_id: str) -> Optional[dict]:
+        item = self._table.get(owner, notebook_id)
+        return item.get("schedule") if item and not item.get("deleting") else None
+
+    def _stored_meanwhile_or_rule_removed(self, owner: str, notebook_id: str) -> Optional[dict]:
+        """For a firing with no schedule behind it: read again under the notebook's lock
+        and, if there is still none, remove the rule. A Schedule request installs the rule
+        before it stores the schedule, both under the lock, and a firing in between must
+        not take the rule from a schedule about to be stored. The schedule stored
+        meanwhile, or None."""
+        with self._locked(owner, [notebook_id]):
+            schedule = self._live_schedule(owner, notebook_id)
+            if schedule is None:
+                self._remove_rule(notebook_id)
+        return schedule
 
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)

@@ -254,6 +254,33 @@ def test_a_notebook_deleted_while_being_scheduled_keeps_no_rule(stack, scheduler
     assert stack.notebooks.count("admin") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
 
 
+def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, scheduler, events, clock,
+                                                                        monkeypatch):
+    """A Schedule request writes the rule before the stored schedule. A firing in between
+    (a rule due this very minute, or a 1,000-id request taking seconds) waits for the
+    notebook's lock, finds the schedule stored, keeps the rule and runs the occurrence."""
+    notebook_id = new(stack)
+    table = stack.notebooks._table
+    real_write = table.set_schedules
+    fired = {}
+
+    def firing_first(owner, entries, *args):
+        monkeypatch.setattr(table, "set_schedules", real_write)
+        firing = threading.Thread(target=lambda: fired.update(due=scheduler.due_occurrence("admin", notebook_id)))
+        firing.start()
+        firing.join(0.5)
+        assert firing.is_alive(), "the firing did not wait for the request's lock"
+        fired["thread"] = firing
+        return real_write(owner, entries, *args)
+
+    monkeypatch.setattr(table, "set_schedules", firing_first)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": "12:00"})
+    fired["thread"].join(30)
+    assert fired["due"] == NOW * 1000  # NOW is 12:00
+    assert rules(events) == {PREFIX + notebook_id: ("cron(0 12 * * ? *)", "ENABLED", runner_target(notebook_id))}
+    assert stack.notebooks.fetch("admin", notebook_id)["status"] == "Scheduled"
+
+
 # --- AWS refusing: all or nothing ---------------------------------------------------
 
 def _refuse_targets(events, rule):
