@@ -86,6 +86,9 @@ class Settings:
     max_runs_kept: int = 100
     # AWS calls one request makes at once (what AWS cannot batch).
     aws_concurrency: int = 16
+    # A Delete removes this many notebooks' schedule rules itself, and hands the rest to
+    # the runner function: two EventBridge calls each, which EventBridge cannot batch.
+    rules_removed_in_request: int = 100
 
     @property
     def fargate(self) -> bool:
@@ -140,4 +143,5 @@ class Settings:
             max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
             aws_concurrency=_int(env, "NOTEBOOKS_AWS_CONCURRENCY", d.aws_concurrency),
+            rules_removed_in_request=_int(env, "NOTEBOOKS_RULES_REMOVED_IN_REQUEST", d.rules_removed_in_request),
         )

@@ -31,6 +31,7 @@ from .outputs import fit_output
 from .periodic import Periodic
 from .responses import lambda_payload_bytes
 from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text, run_object_keys
+from .schedules import REMOVE_RULES_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +368,13 @@ class RunExecutor:
 
     def handle(self, event: dict) -> dict:
         """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
-        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, or a webhook
-        delivery `{"deliver_webhook": run_id}` from the API."""
+        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, a webhook
+        delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
+        to remove, `{"remove_rules": [notebook ids]}`, from a Delete."""
         if DELIVER_WEBHOOK_EVENT in event:
             return self._runs.webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
+        if REMOVE_RULES_EVENT in event:
+            return {"rules_removed": self._scheduler.remove_rules(event[REMOVE_RULES_EVENT])}
         if event.get("trigger") == SCHEDULE:
             run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:

@@ -11,6 +11,14 @@ notebook that reads Scheduled but has no rule:
   Each stored schedule is counted on its owner's counters in the same transaction
   (metadata.py), which also enforces the scheduled-notebooks quota.
 - unschedule: the item first, then the rule.
+- delete (NotebookService.delete flags the notebooks first): the rules of up to
+  `rules_removed_in_request` notebooks are removed in the request, under their locks;
+  the rest are handed to the runner function in asynchronous invocations,
+  `{"remove_rules": [ids]}`, so that a Delete of 1,000 scheduled notebooks is not 2,000
+  EventBridge calls inside API Gateway's 29 s. No lock is needed there: a flagged
+  notebook is never live again, a concurrent schedule change that stores after the flag
+  removes its own rule (above), and a rule it restores in a roll-back is removed at its
+  first firing.
 - expire: the item (conditionally: only if it still holds the expired schedule), then
   the rule.
 
@@ -45,6 +53,10 @@ from .notebooks import now_ms
 logger = logging.getLogger(__name__)
 
 TARGET_ID = "runner"
+# The runner function's event that carries rules a Delete handed over (forget_notebooks).
+REMOVE_RULES_EVENT = "remove_rules"
+# Ids per such event: about 40 KB, far inside Lambda's 256 KB for an asynchronous event.
+_RULES_PER_EVENT = 1000
 _MAX_RULE_NAME = 64  # EventBridge's limit
 _UUID_LENGTH = 36
 _RULE_NAME_CHARS = re.compile(r"[.\-_A-Za-z0-9]*")
@@ -81,7 +93,8 @@ def _target_input(owner: str, notebook_id: str) -> str:
 class Scheduler:
     """Schedules notebooks to run on the runner through EventBridge rules."""
 
-    def __init__(self, events, notebooks, table, settings, runner_arn: Callable[[], str], clock=time.time):
+    def __init__(self, events, notebooks, table, settings, runner_arn: Callable[[], str], dispatcher,
+                 clock=time.time):
         prefix = settings.rule_prefix
         # A deployment mistake, caught at start-up rather than on the first Schedule.
         if len(prefix) + _UUID_LENGTH > _MAX_RULE_NAME or not _RULE_NAME_CHARS.fullmatch(prefix):
@@ -94,6 +107,7 @@ class Scheduler:
         self._table = table
         self._settings = settings
         self._runner_arn = runner_arn
+        self._dispatcher = dispatcher  # its `invoke` hands rule removals to the runner function
         self._clock = clock
 
     def rule_name(self, notebook_id: str) -> str:
@@ -168,15 +182,28 @@ class Scheduler:
             raise
 
     def forget_notebooks(self, owner: str, items: list) -> None:
-        """Remove deleted notebooks' rules and targets (NotebookService.delete calls it).
+        """Remove deleted (flagged) notebooks' rules and targets (NotebookService.delete
+        calls it): up to `rules_removed_in_request` of them here, the rest handed to the
+        runner function (`remove_rules`), in invocations made first, so a failure leaves
+        the request to fail and a retry to hand them over again.
 
         Only a notebook with a stored schedule, or a schedule change under way (its lock),
         can have a rule; a rule left by a request that died is removed at its firing.
         """
         ids = [item["notebook_id"] for item in items if item.get("schedule") or item.get("schedule_lock")]
-        if ids:
-            with self._locked(owner, ids):
-                self._in_parallel(self._remove_rule, ids)
+        here, handed_over = ids[:self._settings.rules_removed_in_request], ids[self._settings.rules_removed_in_request:]
+        for batch in chunks(handed_over, _RULES_PER_EVENT):
+            self._dispatcher.invoke({REMOVE_RULES_EVENT: batch})
+        if here:
+            with self._locked(owner, here):
+                self._in_parallel(self._remove_rule, here)
+
+    def remove_rules(self, notebook_ids: list) -> int:
+        """For the runner: remove the rules a Delete handed over (`forget_notebooks`); how
+        many notebooks' rules. Removing a rule already gone is no error, so a retried
+        event does no harm."""
+        self._in_parallel(self._remove_rule, notebook_ids)
+        return len(notebook_ids)
 
     def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
         """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this

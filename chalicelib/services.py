@@ -42,7 +42,7 @@ class Services:
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                webhooks=self.webhooks)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
-                                   self.runner_arn)
+                                   self.runner_arn, self.dispatcher)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn

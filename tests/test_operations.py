@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -205,6 +206,28 @@ def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_request
             assert scheduled == (f"notebooks-{notebook_id}" in rules)
     requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
     assert not [r for r in events.list_rules(NamePrefix="notebooks-")["Rules"] if r["Name"][10:] in ids]
+
+
+def test_local_stack_hands_the_rules_of_a_large_delete_to_its_runner(running_stack):
+    """Past the 100 rules a Delete removes itself, the rest go to the local runner
+    function, which removes them just after the answer."""
+    url, admin = running_stack.url, ("admin", "admin")
+    events = running_stack.embedded_aws("events")
+    ids = [requests.post(url + BASE + "/", auth=admin).json()["notebook_id"] for _ in range(103)]
+    until = (datetime.now(timezone.utc) + timedelta(days=7)).strftime("%Y-%m-%d %H:%M")
+    scheduled = requests.post(url + BASE + "/_schedule", auth=admin, json={"nbk_ids": ids, "until": until})
+    assert scheduled.json() == "Success"
+
+    def rules_left() -> int:
+        pages = events.get_paginator("list_rules").paginate(NamePrefix="notebooks-")
+        return len([rule for page in pages for rule in page["Rules"] if rule["Name"][10:] in ids])
+
+    assert rules_left() == 103
+    assert requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids}).json() == "Success"
+    deadline = time.time() + 60
+    while rules_left() and time.time() < deadline:
+        time.sleep(0.5)
+    assert rules_left() == 0
 
 
 def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_stack):

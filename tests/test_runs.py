@@ -36,6 +36,7 @@ def dispatched(stack, monkeypatch):
     recorder = RecordingDispatcher()
     monkeypatch.setattr(stack.runs, "_dispatcher", recorder)
     monkeypatch.setattr(stack.runs.starter, "_dispatcher", recorder)
+    monkeypatch.setattr(stack.scheduler, "_dispatcher", recorder)
     return recorder
 
 

@@ -13,6 +13,7 @@ import boto3
 import nbformat
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from chalicelib import payloads
 from chalicelib import runs as runs_module
@@ -166,6 +167,40 @@ def test_delete_forgets_schedules_and_runs_side_by_side_and_a_retry_finishes_a_f
     assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
     assert api.json("DELETE", BASE, {"nbk_ids": ids}) == "Success"
     assert leftovers(stack.settings) == ([], [])
+
+
+def rule_names() -> set:
+    return {rule["Name"] for rule in boto3.client("events", region_name="us-east-1").list_rules()["Rules"]}
+
+
+def test_a_delete_removes_some_rules_itself_and_hands_the_rest_to_the_runner(api, stack, dispatched, executor,
+                                                                             monkeypatch):
+    configure(stack, monkeypatch, rules_removed_in_request=2)
+    ids = [api.create()["notebook_id"] for _ in range(5)]
+    kept = api.create()["notebook_id"]
+    api.json("POST", BASE + "/_schedule", {"nbk_ids": ids + [kept], "until": UNTIL})
+
+    record = dispatched.invoke
+
+    def hand_over_fails_once(event):
+        monkeypatch.setattr(dispatched, "invoke", record)
+        raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "injected"},
+                           "ResponseMetadata": {"HTTPStatusCode": 429}}, "Invoke")
+
+    monkeypatch.setattr(dispatched, "invoke", hand_over_fails_once)
+    assert error(api.call("DELETE", BASE, {"nbk_ids": ids}))[0] == 503
+    assert len(rule_names()) == 6  # the hand-over comes first: nothing removed yet
+    assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
+    assert api.json("DELETE", BASE, {"nbk_ids": ids}) == "Success"  # the retry finishes it
+    [event] = dispatched.events
+    handed_over = event["remove_rules"]
+    assert len(handed_over) == 3 and set(handed_over) < set(ids)
+    assert rule_names() == {"notebooks-" + notebook_id for notebook_id in handed_over + [kept]}
+    assert [notebook["notebook_id"] for notebook in api.json("GET", BASE + "/_all")] == [kept]
+    assert executor.handle(event) == {"rules_removed": 3}
+    assert rule_names() == {"notebooks-" + kept}
+    assert executor.handle(event) == {"rules_removed": 3}  # Lambda's retry of the event: no harm
+    assert api.json("GET", BASE + "/" + kept)["status"] == "Scheduled"
 
 
 def test_count_equals_a_full_recount_after_random_operations_and_faults(api, stack, dispatched):

@@ -77,7 +77,7 @@ def events(stack):
 
 def make_scheduler(stack, events, clock, settings=None) -> Scheduler:
     scheduler = Scheduler(events, stack.notebooks, stack.notebooks._table, settings or stack.settings,
-                          runner_arn=lambda: ARN, clock=clock)
+                          runner_arn=lambda: ARN, dispatcher=stack.dispatcher, clock=clock)
     stack.notebooks.add_dependent(scheduler)
     return scheduler
 
