@@ -633,30 +633,28 @@ class RunTable:
     def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
         """Apply `changes` if the run is still in `expected_status` (its status stays
         active: for an end, see `end`)."""
-        expression, names, values = _set_clause(changes)
-        names["#status"] = "status"
-        values[":expected"] = expected_status
-        return _conditional_update(
-            self._table, Key={"run_id": run_id}, UpdateExpression="SET " + expression,
-            ConditionExpression="#status = :expected",
-            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-        )
+        return _conditional_update(self._table, **self._status_update(run_id, expected_status, changes))
 
     def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
         """Apply `changes` (a final status among them) if the run is still in the status
         it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
         counting it off the owner's active runs in the same transaction."""
-        expression, names, values = _set_clause(changes)
-        names["#status"] = "status"
-        values[":expected"] = run["status"]
-        condition = "#status = :expected"
+        update = self._status_update(run["run_id"], run["status"], changes)
         if unless_cancelling:
-            condition += " AND attribute_not_exists(cancel_requested_at)"
-        action = {"Update": {"TableName": self.name, "Key": {"run_id": run["run_id"]},
-                             "UpdateExpression": "SET " + expression, "ConditionExpression": condition,
-                             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+            update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
+        action = {"Update": {"TableName": self.name, **update}}
         active = run["status"] in ACTIVE and changes.get("status") in TERMINAL
         return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
+
+    @staticmethod
+    def _status_update(run_id: str, expected_status: str, changes: dict) -> dict:
+        """An update setting `changes` on the run if it is still in `expected_status`."""
+        expression, names, values = _set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = expected_status
+        return {"Key": {"run_id": run_id}, "UpdateExpression": "SET " + expression,
+                "ConditionExpression": "#status = :expected",
+                "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
 
     def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
