@@ -23,6 +23,7 @@ Runs table:
 """
 import random
 import time
+from functools import partial
 from typing import Optional
 
 from botocore.exceptions import ClientError
@@ -158,9 +159,25 @@ def _transact(client, actions: list) -> Optional[list]:
     raise AssertionError("unreachable")
 
 
-def _transaction_chunks(entries: list, actions_per_entry: int) -> list:
-    """`entries` cut so that each chunk's actions plus one counter update fit one transaction."""
-    return chunks(entries, (_TRANSACTION_ACTIONS - 1) // actions_per_entry)
+def _write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str,
+                  written=None) -> None:
+    """Write `entries` cut so that each chunk's actions plus one counter update fit one
+    transaction: `transact(*build(chunk))`, `build(chunk)` giving (actions, Tally), then
+    `written(chunk)`. When a condition fails, `reread(chunk, codes)` gives what of the
+    chunk is still to write, as it now is (nothing: done), and the chunk is built again;
+    Conflict(`conflict`) when it fails every one of _CONFLICT_ATTEMPTS times."""
+    for chunk in chunks(entries, (_TRANSACTION_ACTIONS - 1) // actions_per_entry):
+        for _ in range(_CONFLICT_ATTEMPTS):
+            codes = transact(*build(chunk))
+            if codes is None:
+                if written:
+                    written(chunk)
+                break
+            chunk = reread(chunk, codes)
+            if not chunk:
+                break
+        else:
+            raise Conflict(conflict)
 
 
 def _every_page(page) -> list:
@@ -349,26 +366,25 @@ class NotebookTable:
         a failed request knows what was written); returns the ids left out.
         """
         gone = []
-        for chunk in _transaction_chunks(entries, 1):
-            for _ in range(_CONFLICT_ATTEMPTS):
-                codes = self.transact(owner, [self._schedule_action(owner, *entry) for entry in chunk],
-                                      self._schedule_tally(chunk, limit))
-                if codes is None:
-                    if committed is not None:
-                        committed.extend(item["notebook_id"] for item, _, _ in chunk)
-                    break
-                if codes[-1] == "ConditionalCheckFailed" and codes.count("ConditionalCheckFailed") == 1 \
-                        and limit is not None:
-                    raise QuotaExceeded("scheduled")
-                fresh = self.get_many(owner, [item["notebook_id"] for item, _, _ in chunk])
-                live = {nid: item for nid, item in fresh.items() if not item.get("deleting")}
-                gone += [item["notebook_id"] for item, _, _ in chunk if item["notebook_id"] not in live]
-                chunk = [(live[item["notebook_id"]], schedule, changes) for item, schedule, changes in chunk
-                         if item["notebook_id"] in live]
-                if not chunk:
-                    break
-            else:
-                raise Conflict("schedules")
+
+        def build(chunk):
+            return [self._schedule_action(owner, *entry) for entry in chunk], self._schedule_tally(chunk, limit)
+
+        def reread(chunk, codes):
+            if codes[-1] == "ConditionalCheckFailed" and codes.count("ConditionalCheckFailed") == 1 \
+                    and limit is not None:
+                raise QuotaExceeded("scheduled")
+            fresh = self.get_many(owner, [item["notebook_id"] for item, _, _ in chunk])
+            live = {nid: item for nid, item in fresh.items() if not item.get("deleting")}
+            gone.extend(item["notebook_id"] for item, _, _ in chunk if item["notebook_id"] not in live)
+            return [(live[item["notebook_id"]], schedule, changes) for item, schedule, changes in chunk
+                    if item["notebook_id"] in live]
+
+        def written(chunk):
+            if committed is not None:
+                committed.extend(item["notebook_id"] for item, _, _ in chunk)
+
+        _write_chunks(partial(self.transact, owner), entries, 1, build, reread, "schedules", written)
         return gone
 
     def _schedule_action(self, owner: str, item: dict, schedule, changes: dict) -> dict:
@@ -472,25 +488,22 @@ class NotebookTable:
         request again finishes it); a notebook gone meanwhile is left out."""
         flagged = [item for item in items if item.get("deleting")]
         pending = [item for item in items if not item.get("deleting")]
-        for chunk in _transaction_chunks(pending, 1):
-            for _ in range(_CONFLICT_ATTEMPTS):
-                tally = Tally(notebooks=-len(chunk))
-                tally.schedules_removed = [item["notebook_id"] for item in chunk if item.get("schedule")]
-                actions = [{"Update": {
-                    "TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
-                    "UpdateExpression": "SET deleting = :t", "ExpressionAttributeValues": {":t": True},
-                    "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
-                                           + _schedule_presence(item)}} for item in chunk]
-                if self.transact(owner, actions, tally) is None:
-                    flagged += chunk
-                    break
-                fresh = self.get_many(owner, [item["notebook_id"] for item in chunk])
-                flagged += [item for item in fresh.values() if item.get("deleting")]
-                chunk = [item for item in fresh.values() if not item.get("deleting")]
-                if not chunk:
-                    break
-            else:
-                raise Conflict("delete")
+
+        def build(chunk):
+            tally = Tally(notebooks=-len(chunk))
+            tally.schedules_removed = [item["notebook_id"] for item in chunk if item.get("schedule")]
+            return [{"Update": {
+                "TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
+                "UpdateExpression": "SET deleting = :t", "ExpressionAttributeValues": {":t": True},
+                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                                       + _schedule_presence(item)}} for item in chunk], tally
+
+        def reread(chunk, _codes):
+            fresh = self.get_many(owner, [item["notebook_id"] for item in chunk])
+            flagged.extend(item for item in fresh.values() if item.get("deleting"))
+            return [item for item in fresh.values() if not item.get("deleting")]
+
+        _write_chunks(partial(self.transact, owner), pending, 1, build, reread, "delete", flagged.extend)
         return flagged
 
     def remove(self, owner: str, items: list) -> None:
@@ -620,54 +633,51 @@ class RunTable:
     def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
         """Apply `changes` if the run is still in `expected_status` (its status stays
         active: for an end, see `end`)."""
-        expression, names, values = _set_clause(changes)
-        names["#status"] = "status"
-        values[":expected"] = expected_status
-        return _conditional_update(
-            self._table, Key={"run_id": run_id}, UpdateExpression="SET " + expression,
-            ConditionExpression="#status = :expected",
-            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-        )
+        return _conditional_update(self._table, **self._status_update(run_id, expected_status, changes))
 
     def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
         """Apply `changes` (a final status among them) if the run is still in the status
         it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
         counting it off the owner's active runs in the same transaction."""
-        expression, names, values = _set_clause(changes)
-        names["#status"] = "status"
-        values[":expected"] = run["status"]
-        condition = "#status = :expected"
+        update = self._status_update(run["run_id"], run["status"], changes)
         if unless_cancelling:
-            condition += " AND attribute_not_exists(cancel_requested_at)"
-        action = {"Update": {"TableName": self.name, "Key": {"run_id": run["run_id"]},
-                             "UpdateExpression": "SET " + expression, "ConditionExpression": condition,
-                             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+            update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
+        action = {"Update": {"TableName": self.name, **update}}
         active = run["status"] in ACTIVE and changes.get("status") in TERMINAL
         return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
+
+    @staticmethod
+    def _status_update(run_id: str, expected_status: str, changes: dict) -> dict:
+        """An update setting `changes` on the run if it is still in `expected_status`."""
+        expression, names, values = _set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = expected_status
+        return {"Key": {"run_id": run_id}, "UpdateExpression": "SET " + expression,
+                "ConditionExpression": "#status = :expected",
+                "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
 
     def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
         active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
         that notebook's `runs_kept`. A run whose status changes meanwhile is read again."""
-        for chunk in _transaction_chunks(pointers, self._ACTIONS_PER_DELETION):
-            for _ in range(_CONFLICT_ATTEMPTS):
-                runs = self.get_many(pointer["run_id"] for pointer in chunk)
-                actions, active = [], 0
-                for pointer in chunk:
-                    run = runs.get(pointer["run_id"])
-                    condition = ({"ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
-                                  "ExpressionAttributeValues": {":s": run["status"]}} if run
-                                 else {"ConditionExpression": "attribute_not_exists(run_id)"})
-                    active += 1 if run and run["status"] in ACTIVE else 0
-                    actions += [{"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
-                                {"Delete": {"TableName": self.notebooks.name,
-                                            "Key": {"owner": owner, "sk": pointer["sk"]}}}]
-                if notebook_id:
-                    actions.append({"Update": {
-                        "TableName": self.notebooks.name, "Key": self.notebooks.key(owner, notebook_id),
-                        "UpdateExpression": "ADD runs_kept :minus", "ConditionExpression": "attribute_exists(sk)",
-                        "ExpressionAttributeValues": {":minus": -len(chunk)}}})
-                if self.notebooks.transact(owner, actions, Tally(runs_active=-active)) is None:
-                    break
-            else:
-                raise Conflict("runs")
+        def build(chunk):  # reads the runs each time: a run's status is the condition on its delete
+            runs = self.get_many(pointer["run_id"] for pointer in chunk)
+            actions, active = [], 0
+            for pointer in chunk:
+                run = runs.get(pointer["run_id"])
+                condition = ({"ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                              "ExpressionAttributeValues": {":s": run["status"]}} if run
+                             else {"ConditionExpression": "attribute_not_exists(run_id)"})
+                active += 1 if run and run["status"] in ACTIVE else 0
+                actions += [{"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
+                            {"Delete": {"TableName": self.notebooks.name,
+                                        "Key": {"owner": owner, "sk": pointer["sk"]}}}]
+            if notebook_id:
+                actions.append({"Update": {
+                    "TableName": self.notebooks.name, "Key": self.notebooks.key(owner, notebook_id),
+                    "UpdateExpression": "ADD runs_kept :minus", "ConditionExpression": "attribute_exists(sk)",
+                    "ExpressionAttributeValues": {":minus": -len(chunk)}}})
+            return actions, Tally(runs_active=-active)
+
+        _write_chunks(partial(self.notebooks.transact, owner), pointers, self._ACTIONS_PER_DELETION, build,
+                      lambda chunk, _codes: chunk, "runs")

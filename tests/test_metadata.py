@@ -1,0 +1,85 @@
+"""The tables layer's retries: a chunk whose condition fails is read again and written
+as it now is, and gives up with Conflict when it keeps failing."""
+import pytest
+
+from chalicelib import metadata
+from tests.helpers import seed_notebooks
+
+OWNER = "admin"
+
+
+@pytest.fixture
+def tables(stack):
+    return stack.notebooks._table, stack.runs._table
+
+
+def test_mark_deleting_a_stale_read_counts_a_notebook_off_once(stack, tables):
+    notebooks, _ = tables
+    stale = list(notebooks.get_many(OWNER, seed_notebooks(stack.settings, OWNER, 3)).values())
+    notebooks.mark_deleting(OWNER, stale[:1])  # another Delete flags the first meanwhile
+    flagged = notebooks.mark_deleting(OWNER, stale)
+    assert sorted(item["notebook_id"] for item in flagged) == sorted(item["notebook_id"] for item in stale)
+    assert notebooks.counts(OWNER)["notebooks"] == 0
+
+
+def test_mark_deleting_gives_up_with_conflict_after_every_attempt(stack, tables, monkeypatch):
+    notebooks, _ = tables
+    items = list(notebooks.get_many(OWNER, seed_notebooks(stack.settings, OWNER, 2)).values())
+    attempts = []
+    monkeypatch.setattr(notebooks, "transact", lambda *args: attempts.append(args) or ["ConditionalCheckFailed"])
+    with pytest.raises(metadata.Conflict):
+        notebooks.mark_deleting(OWNER, items)
+    assert len(attempts) == metadata._CONFLICT_ATTEMPTS
+    assert notebooks.counts(OWNER)["notebooks"] == 2
+
+
+def _new_runs(stack, tables, count):
+    notebooks, runs = tables
+    notebook_id = seed_notebooks(stack.settings, OWNER, 1)[0]
+    records = [{"run_id": f"run-{index}", "notebook_id": notebook_id, "owner": OWNER, "status": "queued",
+                "created_at": 1_700_000_000_000 + index} for index in range(count)]
+    for record in records:  # one per transaction: `create` takes distinct notebooks
+        assert runs.create(OWNER, [record]) is None
+    return notebook_id, notebooks.all_run_pointers(OWNER, notebook_id)
+
+
+def test_run_delete_reads_a_run_ended_meanwhile_again(stack, tables, monkeypatch):
+    notebooks, runs = tables
+    notebook_id, pointers = _new_runs(stack, tables, 2)
+    real_transact, ended = notebooks.transact, []
+
+    def ended_first(owner, actions, tally=None):
+        if not ended and "Delete" in actions[0]:  # between delete's read and its write
+            ended.append(runs.end(runs.get("run-0"), {"status": "succeeded"}))
+        return real_transact(owner, actions, tally)
+
+    monkeypatch.setattr(notebooks, "transact", ended_first)
+    runs.delete(OWNER, pointers, notebook_id)
+    assert ended == [True]
+    assert runs.get_many(["run-0", "run-1"]) == {}
+    assert notebooks.all_run_pointers(OWNER, notebook_id) == []
+    assert notebooks.counts(OWNER)["runs_active"] == 0  # the ended run counted off once, by its end
+    assert notebooks.get(OWNER, notebook_id)["runs_kept"] == 0
+
+
+def test_run_delete_gives_up_with_conflict_after_every_attempt(stack, tables, monkeypatch):
+    notebooks, runs = tables
+    notebook_id, pointers = _new_runs(stack, tables, 1)
+    attempts = []
+    monkeypatch.setattr(notebooks, "transact", lambda *args: attempts.append(args) or ["ConditionalCheckFailed"])
+    with pytest.raises(metadata.Conflict):
+        runs.delete(OWNER, pointers, notebook_id)
+    assert len(attempts) == metadata._CONFLICT_ATTEMPTS
+    assert runs.get("run-0")["status"] == "queued"
+
+
+def test_set_schedules_gives_up_with_conflict_after_every_attempt(stack, tables, monkeypatch):
+    notebooks, _ = tables
+    items = list(notebooks.get_many(OWNER, seed_notebooks(stack.settings, OWNER, 2)).values())
+    schedule = {"until_ms": 1_800_000_000_000, "expression": "rate(1 hour)"}
+    attempts, committed = [], []
+    refused = ["ConditionalCheckFailed", "None", "None"]  # a notebook's condition, not the quota
+    monkeypatch.setattr(notebooks, "transact", lambda *args: attempts.append(args) or refused)
+    with pytest.raises(metadata.Conflict):
+        notebooks.set_schedules(OWNER, [(item, schedule, {}) for item in items], committed=committed)
+    assert len(attempts) == metadata._CONFLICT_ATTEMPTS and committed == []
