@@ -11,11 +11,13 @@ handler: authentication, routing, the service code):
      invocations are answered by the wrapper (moto would start a container), after the
      same 20 ms. Moto's own work (serialised, one call at a time) is measured apart, as
      real AWS does it on its side, within the 20 ms: the estimate on AWS is the
-     request's own CPU plus the 20 ms waits on its critical path (thousand_ids());
+     request's own CPU plus the 20 ms waits on its critical path (CriticalPath). Then
+     the rules a Delete handed to the runner function, removed as the runner does;
   3. the whole List of 20,000 notebooks with 255-character names (11 MB): its 303, and
      the S3 object it points to.
 """
 import base64
+import heapq
 import json
 import os
 import platform
@@ -28,13 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import boto3  # noqa: E402
 import botocore.client  # noqa: E402
 import requests  # noqa: E402
 from chalice.test import Client  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core.botocore_stubber import BotocoreStubber  # noqa: E402
 
-from chalicelib import embedded_aws, services  # noqa: E402
+from chalicelib import batches, embedded_aws, services  # noqa: E402
 from chalicelib.config import Settings  # noqa: E402
 from chalicelib.localstack import provision  # noqa: E402
 from tests.helpers import AwsCalls, seed_notebooks  # noqa: E402
@@ -43,6 +46,7 @@ BASE = "/_notebooks/notebooks"
 UNTIL = "2099-03-01 09:15"
 LATENCY = 0.020
 GATEWAY_LIMIT = 29.0
+LAMBDA_LIMIT = 900.0
 SIZES = (("100", 100, 0), ("1,000", 1000, 0), ("10,000", 10_000, 0), ("100 + 10,000 others'", 100, 10_000))
 SHORT = {"dynamodb": "ddb", "s3": "s3", "events": "events", "lambda": "lambda", "sts": "sts"}
 INVOKED = {"StatusCode": 202, "Payload": None, "ResponseMetadata": {"HTTPStatusCode": 202}}
@@ -80,55 +84,117 @@ def fresh_stack():
 class MotoWork:
     """Moto's own work while answering requests: seconds inside the one-at-a-time lock
     that embedded_aws.install() puts around it (waiting for the lock not counted), and
-    the CPU seconds of that; and the CPU seconds of everything else in this process (the
-    handler, botocore, our code); and the AWS calls made on the request's own thread and
-    on worker threads (batches.in_parallel)."""
+    the CPU seconds of that; the CPU seconds of everything else in this process (the
+    handler, botocore, our code); and `waits`, the AWS latency on the request's critical
+    path (CriticalPath)."""
 
-    def __init__(self):
-        self.seconds = self.cpu = self.process_cpu = 0.0
-        self.calls_on_request_thread = self.calls_on_workers = 0
+    def __init__(self, latency: float = 0.0):
+        self.seconds = self.cpu = self.process_cpu = self.waits = 0.0
+        self._path = CriticalPath(latency)
 
     @property
     def other_cpu(self) -> float:
         return self.process_cpu - self.cpu
 
     def __enter__(self):
-        self._originals = BotocoreStubber.process_request, botocore.client.BaseClient._make_api_call
-        work, request_thread = self, threading.current_thread()
+        self._original = BotocoreStubber.process_request
+        work = self
 
         def timed(stubber, request):
             started, cpu_started = time.perf_counter(), time.thread_time()
             try:
-                return work._originals[0](stubber, request)
+                return work._original(stubber, request)
             finally:
                 work.seconds += time.perf_counter() - started
                 work.cpu += time.thread_time() - cpu_started
 
-        def counted(client, operation, params):
-            if threading.current_thread() is request_thread:
-                work.calls_on_request_thread += 1
-            else:
-                work.calls_on_workers += 1  # += under the GIL: a lost count is not worth a lock here
-            return work._originals[1](client, operation, params)
-
         BotocoreStubber.process_request = timed
-        botocore.client.BaseClient._make_api_call = counted
+        self._path.__enter__()
         self._cpu_started = time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.process_cpu = time.process_time() - self._cpu_started
-        BotocoreStubber.process_request, botocore.client.BaseClient._make_api_call = self._originals
+        self.waits = self._path.__exit__(*exc)
+        BotocoreStubber.process_request = self._original
+
+
+class CriticalPath:
+    """The AWS latency on the critical path of what runs in the `with` block, on a virtual
+    clock per thread: each AWS call adds `latency` to its thread's clock, and a pool of
+    batches.in_parallel adds to the clock of the thread that waits for it the time its
+    tasks take when its workers take them in order, each as soon as one is free (as
+    ThreadPoolExecutor does), each task taking the latency of its own calls and pools.
+    So calls one after another on one thread add up, and calls side by side do not."""
+
+    def __init__(self, latency: float):
+        self._latency = latency
+        self._clock = threading.local()
+
+    def _now(self) -> float:
+        return getattr(self._clock, "now", 0.0)
+
+    def _advance(self, seconds: float) -> None:
+        self._clock.now = self._now() + seconds
+
+    def __enter__(self):
+        self._originals = botocore.client.BaseClient._make_api_call, batches.ThreadPoolExecutor
+        path, original_call = self, self._originals[0]
+
+        def call(client, operation, params):
+            path._advance(path._latency)
+            return original_call(client, operation, params)
+
+        class Pool(self._originals[1]):
+            def __init__(self, max_workers):
+                super().__init__(max_workers=max_workers)
+                self._workers, self._durations = max_workers, []
+
+            def submit(self, work, *args):
+                slot = len(self._durations)
+                self._durations.append(0.0)
+
+                def timed(*args):
+                    path._clock.now = 0.0
+                    try:
+                        return work(*args)
+                    finally:
+                        self._durations[slot] = path._now()
+
+                return super().submit(timed, *args)
+
+            def __exit__(self, *exc):
+                result = super().__exit__(*exc)  # every task has ended
+                free_at = [0.0] * self._workers
+                for duration in self._durations:
+                    heapq.heapreplace(free_at, free_at[0] + duration)
+                path._advance(max(free_at))
+                return result
+
+        botocore.client.BaseClient._make_api_call = call
+        batches.ThreadPoolExecutor = Pool
+        self._clock.now = 0.0
+        return self
+
+    def __exit__(self, *exc) -> float:
+        botocore.client.BaseClient._make_api_call, batches.ThreadPoolExecutor = self._originals
+        return self._now()
 
 
 def measure(api, method, path, body=None, latency=0.0, repeat=1) -> tuple:
     """(calls Counter, items read, median handler seconds, MotoWork of the last) of one
     request (`repeat` times)."""
+    return measure_work(lambda: api.call(method, path, body() if callable(body) else body), latency, repeat)
+
+
+def measure_work(work, latency=0.0, repeat=1) -> tuple:
+    """`measure` of any `work()`: a request, or what the runner does for one event."""
     times = []
     for _ in range(repeat):
-        with AwsCalls(latency=latency, answers={("lambda", "Invoke"): INVOKED}) as calls, MotoWork() as moto:
+        with AwsCalls(latency=latency, answers={("lambda", "Invoke"): INVOKED}) as calls, \
+                MotoWork(latency) as moto:
             started = time.perf_counter()
-            api.call(method, path, body() if callable(body) else body)
+            work()
             times.append(time.perf_counter() - started)
     return calls.calls, calls.items_read, statistics.median(times), moto
 
@@ -194,15 +260,13 @@ def thousand_ids() -> list:
     answers one call at a time and shares the CPU with everything else, so the request's
     time here is mostly moto's. What the request would take on AWS is estimated as the
     CPU it spends itself (this process's CPU less moto's) plus the waits on its critical
-    path: LATENCY for each call on the request's own thread, and for its calls on worker
-    threads, LATENCY for each round of AWS_CONCURRENCY of them."""
+    path (CriticalPath)."""
     lines = [f"| 1,000 ids, {LATENCY * 1000:.0f} ms per AWS call | AWS calls | here: s | of which moto's "
              "(CPU s) | the request's own CPU s | waits on its critical path, s | estimate on AWS, s | "
-             f"of API Gateway's {GATEWAY_LIMIT:.0f} s |", "|---|---|---|---|---|---|---|---|"]
+             "of its limit |", "|---|---|---|---|---|---|---|---|"]
     with mock_aws():
         stack = fresh_stack()
         stack.runner_arn()
-        concurrency = stack.settings.aws_concurrency
         ids = seed_notebooks(stack.settings, "admin", 1000)
         import app
         with Client(app.app) as client:
@@ -218,14 +282,30 @@ def thousand_ids() -> list:
                 ("Schedule again", "POST", "/_schedule", {"nbk_ids": ids, "until": UNTIL}),
                 ("Delete (scheduled, 2 runs each)", "DELETE", "", {"nbk_ids": ids}),
             ]:
-                calls, _, seconds, moto = measure(api, method, BASE + path, body, latency=LATENCY)
-                waits = (moto.calls_on_request_thread + moto.calls_on_workers / concurrency) * LATENCY
-                estimate = moto.other_cpu + waits
-                lines.append(f"| {label} | {sum(calls.values()):,} ({describe(calls)}) | {seconds:.1f} | "
-                             f"{moto.seconds:.1f} ({moto.cpu:.1f}) | {moto.other_cpu:.1f} | {waits:.1f} | "
-                             f"{estimate:.1f} | {estimate / GATEWAY_LIMIT:.0%} |")
-                print(f"  1,000 ids: {label}: {seconds:.1f} s here, estimate on AWS {estimate:.1f} s", flush=True)
+                measured = measure(api, method, BASE + path, body, latency=LATENCY)
+                lines.append(thousand_ids_row(label, measured, GATEWAY_LIMIT, "API Gateway's 29 s"))
+            # What the Delete handed to the runner function: the rules still there.
+            handed_over = [name[len(stack.settings.rule_prefix):] for name in rule_names(stack.settings)]
+            measured = measure_work(lambda: stack.scheduler.remove_rules(handed_over), LATENCY)
+            lines.append(thousand_ids_row(f"The runner removes the {len(handed_over)} rules the Delete handed "
+                                          "over", measured, LAMBDA_LIMIT, "Lambda's 15 min"))
     return lines
+
+
+def thousand_ids_row(label, measured, limit, limit_name) -> str:
+    calls, _, seconds, moto = measured
+    waits = moto.waits
+    estimate = moto.other_cpu + waits
+    print(f"  1,000 ids: {label}: {seconds:.1f} s here, estimate on AWS {estimate:.1f} s", flush=True)
+    return (f"| {label} | {sum(calls.values()):,} ({describe(calls)}) | {seconds:.1f} | {moto.seconds:.1f} "
+            f"({moto.cpu:.1f}) | {moto.other_cpu:.1f} | {waits:.1f} | {estimate:.1f} | "
+            f"{estimate / limit:.0%} of {limit_name} |")
+
+
+def rule_names(settings) -> list:
+    pages = boto3.client("events", region_name=settings.region).get_paginator("list_rules").paginate(
+        NamePrefix=settings.rule_prefix)
+    return [rule["Name"] for page in pages for rule in page["Rules"]]
 
 
 def large_list() -> list:
