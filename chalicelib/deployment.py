@@ -219,7 +219,8 @@ def api_statements() -> list:
 def runner_statements() -> list:
     """The runner's permissions, which executes untrusted code: read notebooks, write
     (and delete, when the notebook went while it ran) outputs, create and end run
-    records, delete an expired rule, and report events it could not take. A run's end
+    records, remove a rule that expired or has no schedule behind it and the rules a
+    Delete handed over, and report events it could not take. A run's end
     counts it off its owner's active runs (the notebooks table's counters). A schedule
     firing records its run with the run's pointer and counters in one transaction,
     removes the notebook's oldest runs past the number kept (their outputs, records and
@@ -240,7 +241,7 @@ def runner_statements() -> list:
          "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                     "dynamodb:Query", "dynamodb:BatchGetItem"],
          "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]}},
-        {"Sid": "RemoveExpiredRule", "Effect": "Allow", "Action": ["events:RemoveTargets", "events:DeleteRule"],
+        {"Sid": "RemoveLeftoverRules", "Effect": "Allow", "Action": ["events:RemoveTargets", "events:DeleteRule"],
          "Resource": _RULES},
         {"Sid": "FailedEvents", "Effect": "Allow", "Action": ["sqs:SendMessage"],
          "Resource": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}},
@@ -265,9 +266,9 @@ def fargate_statements() -> list:
 
 def task_statements() -> list:
     """The Fargate task's permissions: the runner's on the data, nothing else (its logs go
-    through the execution role; failed Lambda events, and the rules that schedule
-    firings expire, are no concern of a task, which runs one run by its id)."""
-    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents", "RemoveExpiredRule")]
+    through the execution role; failed Lambda events, and the rules the runner function
+    removes, are no concern of a task, which runs one run by its id)."""
+    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents", "RemoveLeftoverRules")]
 
 
 def task_execution_statements() -> list:
