@@ -206,7 +206,7 @@ class RunService:
                     for pointer in item_pointers]
         self._files.delete_many([key for notebook_id, pointer in pointers
                                  for key in run_object_keys(owner, notebook_id, pointer["run_id"])])
-        self._table.delete(owner, [pointer for _, pointer in pointers])
+        self._table.delete_many(owner, [pointer for _, pointer in pointers], self._settings.aws_concurrency)
 
     def claim(self, run_id: str):
         """Move a queued run to running; the run, or None if another delivery has it."""
