@@ -14,11 +14,13 @@ notebook that reads Scheduled but has no rule:
 - delete (NotebookService.delete flags the notebooks first): the rules of up to
   `rules_removed_in_request` notebooks are removed in the request, under their locks;
   the rest are handed to the runner function in asynchronous invocations,
-  `{"remove_rules": [ids]}`, so that a Delete of 1,000 scheduled notebooks is not 2,000
-  EventBridge calls inside API Gateway's 29 s. No lock is needed there: a flagged
-  notebook is never live again, a concurrent schedule change that stores after the flag
-  removes its own rule (above), and a rule it restores in a roll-back is removed at its
-  first firing.
+  `{"remove_rules": {"owner", "notebook_ids"}}`, so that a Delete of 1,000 scheduled
+  notebooks is not 2,000 EventBridge calls inside API Gateway's 29 s. The runner needs no
+  lock: a flagged notebook is never live again, a concurrent schedule change that stores
+  after the flag removes its own rule (above), and so does a roll-back that restores a
+  rule.
+- a firing: with no schedule stored, or a schedule change under way, it reads again
+  under the notebook's lock before it runs anything or removes the rule.
 - expire: the item (conditionally: only if it still holds the expired schedule), then
   the rule.
 
@@ -66,6 +68,9 @@ _FAILURE = "Error occurred during request processing: "
 # holder's lease runs out after that.
 LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
+# A firing (in the runner, with 15 minutes) waits longer than a lease: a crashed holder's
+# lock is then taken over, and a long request's lock outlasted.
+_FIRING_LOCK_WAIT_SECONDS = LOCK_LEASE_MS / 1000 + 10
 _LOCKS_PER_TRANSACTION = 100
 
 
@@ -84,6 +89,11 @@ def _refuse(error: Exception) -> None:
     failure (throttling, a 5xx, a timeout) is left to the route, which answers 503."""
     if isinstance(error, ClientError) and not is_transient(error):
         raise ApiError(400, _FAILURE + _reason(error)) from error
+
+
+def _live_schedule(item) -> Optional[dict]:
+    """The stored schedule of a notebook's item, if the notebook is live."""
+    return item.get("schedule") if item and not item.get("deleting") else None
 
 
 def _target_input(owner: str, notebook_id: str) -> str:
@@ -193,17 +203,22 @@ class Scheduler:
         ids = [item["notebook_id"] for item in items if item.get("schedule") or item.get("schedule_lock")]
         here, handed_over = ids[:self._settings.rules_removed_in_request], ids[self._settings.rules_removed_in_request:]
         for batch in chunks(handed_over, _RULES_PER_EVENT):
-            self._dispatcher.invoke({REMOVE_RULES_EVENT: batch})
+            self._dispatcher.invoke({REMOVE_RULES_EVENT: {"owner": owner, "notebook_ids": batch}})
         if here:
             with self._locked(owner, here):
                 self._in_parallel(self._remove_rule, here)
 
-    def remove_rules(self, notebook_ids: list) -> int:
-        """For the runner: remove the rules a Delete handed over (`forget_notebooks`); how
-        many notebooks' rules. Removing a rule already gone is no error, so a retried
+    def remove_rules(self, handed_over: dict) -> int:
+        """For the runner: remove the rules a Delete handed over (`forget_notebooks`),
+        `{"owner", "notebook_ids"}`, of the notebooks that are flagged or gone (never a
+        live one's); how many. Removing a rule already gone is no error, so a retried
         event does no harm."""
-        self._in_parallel(self._remove_rule, notebook_ids)
-        return len(notebook_ids)
+        owner, ids = handed_over["owner"], handed_over["notebook_ids"]
+        live = {notebook_id for notebook_id, item in self._table.get_many(owner, ids).items()
+                if not item.get("deleting")}
+        removable = [notebook_id for notebook_id in ids if notebook_id not in live]
+        self._in_parallel(self._remove_rule, removable)
+        return len(removable)
 
     def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
         """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this
@@ -211,7 +226,8 @@ class Scheduler:
 
         None when the firing is at no due occurrence (the rule's cron also matches UTC
         times that are none: see cron.py), and also when no schedule stands behind the
-        event (notebook unscheduled or deleted: the leftover rule is removed) or when
+        event (notebook unscheduled or deleted: the leftover rule is removed; read under
+        the notebook's lock, as is a firing during a schedule change) or when
         `until` has passed by more than cron.LATE_SECONDS (the rule and target are removed
         and the stored schedule cleared, unless a reschedule replaced it meanwhile).
         An occurrence in `until`'s own minute still runs: `until` 06:50 includes 06:50.
@@ -219,9 +235,18 @@ class Scheduler:
         canonical = payloads.canonical_id(notebook_id)
         if canonical is None:
             return None
-        schedule = self._live_schedule(owner, canonical) or self._stored_meanwhile_or_rule_removed(owner, canonical)
-        if schedule is None:
-            return None
+        item = self._table.get(owner, canonical)
+        if _live_schedule(item) is None or item.get("schedule_lock"):
+            # Unbacked, or a schedule change under way: a Schedule request puts its rule
+            # before it stores the schedule, both under the notebook's lock, so this firing
+            # may come from a rule whose schedule is not stored yet. Read again under the
+            # lock; with still no schedule, the rule is a leftover.
+            with self._locked(owner, [canonical], wait_seconds=_FIRING_LOCK_WAIT_SECONDS):
+                item = self._table.get(owner, canonical)
+                if _live_schedule(item) is None:
+                    self._remove_rule(canonical)
+                    return None
+        schedule = _live_schedule(item)
         now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
         occurrence = cron.due_occurrence(schedule, now)
         if occurrence is not None and occurrence <= until_ms:
@@ -235,27 +260,11 @@ class Scheduler:
                 self._remove_rule(canonical)
         return None
 
-    def _live_schedule(self, owner: str, notebook_id: str) -> Optional[dict]:
-        item = self._table.get(owner, notebook_id)
-        return item.get("schedule") if item and not item.get("deleting") else None
-
-    def _stored_meanwhile_or_rule_removed(self, owner: str, notebook_id: str) -> Optional[dict]:
-        """For a firing with no schedule behind it: read again under the notebook's lock
-        and, if there is still none, remove the rule. A Schedule request installs the rule
-        before it stores the schedule, both under the lock, and a firing in between must
-        not take the rule from a schedule about to be stored. The schedule stored
-        meanwhile, or None."""
-        with self._locked(owner, [notebook_id]):
-            schedule = self._live_schedule(owner, notebook_id)
-            if schedule is None:
-                self._remove_rule(notebook_id)
-        return schedule
-
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)
 
     @contextmanager
-    def _locked(self, owner: str, notebook_ids: list):
+    def _locked(self, owner: str, notebook_ids: list, wait_seconds: float = None):
         """Hold the schedule locks of these notebooks (in id order, so two requests never
         wait on each other in a circle): a notebook's rule and stored schedule change
         together, one request at a time. A notebook whose item is gone needs no lock.
@@ -267,7 +276,7 @@ class Scheduler:
                     held += chunk
                     continue
                 for notebook_id in chunk:
-                    if self._acquire(owner, notebook_id, token):
+                    if self._acquire(owner, notebook_id, token, wait_seconds or _LOCK_WAIT_SECONDS):
                         held.append(notebook_id)
             yield
         finally:
@@ -278,8 +287,8 @@ class Scheduler:
                 logger.warning("schedule unlock of %d notebooks failed (%s): their leases will free them",
                                len(held), _reason(error))
 
-    def _acquire(self, owner: str, notebook_id: str, token: str) -> bool:
-        deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    def _acquire(self, owner: str, notebook_id: str, token: str, wait_seconds: float) -> bool:
+        deadline = time.monotonic() + wait_seconds
         while True:
             if self._table.lock(owner, notebook_id, token, now_ms(self._clock), LOCK_LEASE_MS):
                 return True
@@ -336,10 +345,13 @@ class Scheduler:
 
         def restore_rule(item):
             try:
-                if item.get("schedule") is None:
-                    self._remove_rule(item["notebook_id"])
-                else:
+                if item.get("schedule") is not None:
                     self._install(owner, item["notebook_id"], item["schedule"])
+                # A Delete that flagged the notebook meanwhile may have removed its rule
+                # already (handed over, without this lock): none is left behind.
+                restored = item.get("schedule") is not None
+                if not restored or _live_schedule(self._table.get(owner, item["notebook_id"])) is None:
+                    self._remove_rule(item["notebook_id"])
             except Exception:
                 logger.exception("schedule roll-back failed for notebook %s of %s", item["notebook_id"], owner)
 

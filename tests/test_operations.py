@@ -214,7 +214,8 @@ def test_local_stack_hands_the_rules_of_a_large_delete_to_its_runner(running_sta
     url, admin = running_stack.url, ("admin", "admin")
     events = running_stack.embedded_aws("events")
     ids = [requests.post(url + BASE + "/", auth=admin).json()["notebook_id"] for _ in range(103)]
-    until = (datetime.now(timezone.utc) + timedelta(days=7)).strftime("%Y-%m-%d %H:%M")
+    # Hours away from now: no firing, which would remove its rule itself, comes meanwhile.
+    until = (datetime.now(timezone.utc) + timedelta(days=7, hours=6)).strftime("%Y-%m-%d %H:%M")
     scheduled = requests.post(url + BASE + "/_schedule", auth=admin, json={"nbk_ids": ids, "until": until})
     assert scheduled.json() == "Success"
 

@@ -281,6 +281,32 @@ def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, sc
     assert stack.notebooks.fetch("admin", notebook_id)["status"] == "Scheduled"
 
 
+def test_a_firing_between_a_reschedules_rule_and_its_stored_schedule_runs_the_new_occurrence(
+        stack, scheduler, events, clock, monkeypatch):
+    """The same window in a reschedule (09:00 to 12:00): the firing of the new rule reads
+    the old schedule, which is not due, but sees the change under way and reads again
+    under the lock. (Found by review.)"""
+    notebook_id = new(stack)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": "09:00"})
+    table = stack.notebooks._table
+    real_write = table.set_schedules
+    fired = {}
+
+    def firing_first(owner, entries, *args):
+        monkeypatch.setattr(table, "set_schedules", real_write)
+        fired["thread"] = threading.Thread(
+            target=lambda: fired.update(due=scheduler.due_occurrence("admin", notebook_id)))
+        fired["thread"].start()
+        fired["thread"].join(0.5)
+        return real_write(owner, entries, *args)
+
+    monkeypatch.setattr(table, "set_schedules", firing_first)
+    scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": "12:00"})
+    fired["thread"].join(30)
+    assert fired["due"] == NOW * 1000
+    assert set(rules(events)) == {PREFIX + notebook_id}
+
+
 # --- AWS refusing: all or nothing ---------------------------------------------------
 
 def _refuse_targets(events, rule):
