@@ -1,5 +1,6 @@
-"""Runs: reading them and their outputs, their lifecycle, cancel, and the runner's event
-handler (starting them: run_start.py).
+"""Runs: reading them and their outputs, their lifecycle, cancel, and the run records
+the runner keeps (starting them: run_start.py; the runner's event handler that executes
+them: executor.py).
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
 waiting (an `Event` invocation of the runner function: in AWS, or the local Lambda's), claimed
@@ -12,9 +13,7 @@ those recorded in the API).
 """
 import json
 import logging
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,28 +23,21 @@ from . import html, payloads
 from .batches import in_parallel
 from .config import REPORT_GRACE_SECONDS
 from .errors import RUN_NOT_FOUND, ApiError, bad_request
-from .files import notebook_key, output_key
+from .files import output_key
 from .metadata import RUN_PREFIX
 from .notebooks import now_ms
-from .outputs import fit_output
-from .periodic import Periodic
 from .responses import lambda_payload_bytes
-from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text, run_object_keys
-from .schedules import REMOVE_RULES_EVENT
+from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, log_key, run_object_keys
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
 MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
-# How often a runner looks for a cancel request while its run executes.
-CANCEL_POLL_SECONDS = 2.0
 # How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
 CANCEL_DEADLINE_SECONDS = 60
-# The runner function's event for a webhook delivery of a run that ended in the API (webhooks.py).
-DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 
 
 def run_view(item: dict) -> dict:
@@ -354,140 +346,3 @@ class RunService:
             webhook = self._announce(ended)
             return {**ended, "webhook": webhook} if webhook else ended
         return self._table.get(run["run_id"])
-
-
-class RunExecutor:
-    """The runner function's work: execute one run end to end on a NotebookRunner."""
-
-    def __init__(self, runs: RunService, files, scheduler, runner):
-        self._runs = runs
-        self._files = files
-        self._scheduler = scheduler
-        self._runner = runner
-        self._stopping = threading.Event()
-
-    def handle(self, event: dict) -> dict:
-        """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
-        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, a webhook
-        delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
-        to remove, `{"remove_rules": [notebook ids]}`, from a Delete."""
-        if DELIVER_WEBHOOK_EVENT in event:
-            return self._runs.webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
-        if REMOVE_RULES_EVENT in event:
-            return {"rules_removed": self._scheduler.remove_rules(event[REMOVE_RULES_EVENT])}
-        if event.get("trigger") == SCHEDULE:
-            run_id = self.record_firing(event["owner"], event["notebook_id"])
-            if run_id is None:
-                return {"status": "skipped"}
-        else:
-            run_id = event["run_id"]
-        return {"run_id": run_id, "status": self.execute(run_id)}
-
-    def record_firing(self, owner: str, notebook_id: str):
-        """Record the run of a schedule rule's firing; its run id, or None when no
-        occurrence is due (Scheduler.due_occurrence)."""
-        occurrence = self._scheduler.due_occurrence(owner, notebook_id)
-        if occurrence is None:
-            return None
-        # One id per notebook and occurrence: a second or late delivery of the same firing,
-        # or another firing of the rule for the same occurrence, finds it taken. If an earlier
-        # delivery recorded it and then failed, this one runs it: execute claims only a run
-        # still queued, so the occurrence runs once.
-        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
-        self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
-        return run_id
-
-    def execute(self, run_id: str) -> str:
-        """Claim and execute the run; its final status ("skipped" if not ours to run)."""
-        run = self._runs.claim(run_id)
-        if run is None:
-            # Lambda's retry of an invocation that ran out of time while delivering: finish that.
-            self._deliver_webhook(run_id, only_pending=True)
-            return "skipped"
-        owner, notebook_id = run["owner"], run["notebook_id"]
-        try:
-            found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
-            if found is None:
-                if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
-                                                            "evalue": "The notebook (or its version) was deleted "
-                                                                      "before it ran"}):
-                    self._deliver_webhook(run_id)
-                return FAILED
-            data, version = found
-            if run.get("notebook_version") is None:  # recorded before versions: pinned now
-                self._runs.pin_version(run_id, version)
-            target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
-            log_target, log_limit = log_key(owner, notebook_id, run_id), self._runs.max_log_bytes
-            live = LiveLog(self._runner.live, lambda text: self._files.put(log_target, text.encode("utf-8"),
-                                                                           LOG_CONTENT_TYPE),
-                           lambda index: self._runs.current_cell(run_id, index), log_limit)
-            with _CancelWatch(lambda: self._stopping.is_set() or self._runs.cancel_requested(run_id),
-                              self._runner.cancel), live:
-                execution = self._runner.execute(
-                    nbformat.reads(data.decode("utf-8"), as_version=4),
-                    parameters=json.loads(run.get("parameters", "{}")),
-                    timeout=self._runs.timeout_of(run),
-                    on_progress=lambda done, total: self._runs.progress(run_id, done, total),
-                    on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
-                )
-            output, too_large = fit_output(execution.notebook, limit)
-            self._files.put(target, output)
-            self._store_final_log(log_target, execution.notebook, log_limit)
-            error = execution.error or too_large
-            status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
-            final = self._runs.conclude(run_id, status, error=error)
-            if final is None and self._runs.is_gone(run_id):
-                # the notebook was deleted while it ran: leave no output
-                self._files.delete_many([target, log_target])
-            if final is not None:
-                self._deliver_webhook(run_id)
-            return final or status
-        except Exception as error:
-            log.exception("run %s failed in the runner", run_id)
-            if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
-                                                        "evalue": "The runner failed; see its logs"}):
-                self._deliver_webhook(run_id)
-            return FAILED
-        finally:
-            self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
-
-    def cancel(self) -> None:
-        """Stop the run executing, or about to, as a cancel does (its Fargate task is being
-        stopped); safe to call from another thread. The run's cancel watch applies it
-        again at each poll, so a run whose kernel was still starting stops too."""
-        self._stopping.set()
-        self._runner.cancel()
-
-    def _store_final_log(self, key: str, notebook, limit: int) -> None:
-        """Store the run's whole log; if that fails, the last live one stays: a log never
-        fails a run."""
-        try:
-            self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
-        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
-            log.warning("could not store the final log at %s", key, exc_info=True)
-
-    def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
-        """Deliver the end of a run this runner ended to its webhook, here and now."""
-        if self._runs.webhooks is not None:
-            self._runs.webhooks.deliver(run_id, only_pending)
-
-    def prewarm(self) -> None:
-        """Start the first run's kernel ahead of need."""
-        self._runner.prewarm()
-
-    def close(self) -> None:
-        """Shut down the kernel waiting for the next run."""
-        self._runner.close()
-
-
-class _CancelWatch(Periodic):
-    """While a run executes, asks `requested()` every CANCEL_POLL_SECONDS, from a thread
-    of its own, and calls `cancel()` (idempotent) whenever it answers yes."""
-
-    def __init__(self, requested, cancel):
-        super().__init__(CANCEL_POLL_SECONDS, self._check, "cancel-watch")
-        self._requested, self._cancel = requested, cancel
-
-    def _check(self) -> None:
-        if self._requested():
-            self._cancel()  # again at each poll: the first may come before any cell runs

@@ -12,8 +12,9 @@ from .files import NotebookFiles
 from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
+from .executor import RunExecutor
 from .run_start import RunStarter
-from .runs import RunExecutor, RunService
+from .runs import RunService
 from .schedules import Scheduler
 from .users import UserStore
 from .webhooks import Webhooks

@@ -49,7 +49,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from .errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
-from .runs import DELIVER_WEBHOOK_EVENT as DELIVER_EVENT, FINAL, run_view
+from .executor import DELIVER_WEBHOOK_EVENT as DELIVER_EVENT
+from .runs import FINAL, run_view
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import nbformat
 import pytest
 
 from chalicelib import schedules, services
+from chalicelib.executor import RunExecutor
 from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
-from chalicelib.runs import RunExecutor
 from tests.conftest import error
 from tests.helpers import TALLY, FaultInjector, check_invariants
 

@@ -12,7 +12,7 @@ from chalicelib.files import output_key
 from chalicelib.responses import ENVELOPE_BYTES
 from chalicelib.runner import NotebookRunner
 from chalicelib.dispatch import LambdaDispatcher
-from chalicelib.runs import RunExecutor
+from chalicelib.executor import RunExecutor
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
 

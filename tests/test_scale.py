@@ -18,9 +18,9 @@ from botocore.exceptions import ClientError
 from chalicelib import payloads, schedules
 from chalicelib import runs as runs_module
 from chalicelib.errors import ApiError
+from chalicelib.executor import RunExecutor
 from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
-from chalicelib.runs import RunExecutor
 from tests.conftest import error
 from tests.helpers import AwsCalls, leftovers, seed_notebooks, stored_state
 

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 from chalicelib.cron import cron_times
+from chalicelib.executor import RunExecutor
 from chalicelib.runner import NotebookRunner
-from chalicelib.runs import RunExecutor
 from tests.conftest import error
 
 BASE = "/_notebooks/notebooks"
