@@ -656,12 +656,17 @@ class RunTable:
                 "ConditionExpression": "#status = :expected",
                 "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
 
-    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None) -> None:
+    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
         active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
-        that notebook's `runs_kept`. A run whose status changes meanwhile is read again."""
+        that notebook's `runs_kept`. A run whose status changes meanwhile is read again.
+        `read`: every one of these runs as just read (run id -> item), for first attempts."""
+        attempted = set()
+
         def build(chunk):  # reads the runs each time: a run's status is the condition on its delete
-            runs = self.get_many(pointer["run_id"] for pointer in chunk)
+            run_ids = [pointer["run_id"] for pointer in chunk]
+            runs = read if read is not None and attempted.isdisjoint(run_ids) else self.get_many(run_ids)
+            attempted.update(run_ids)
             actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]
             if notebook_id:
                 actions.append({"Update": {
@@ -678,7 +683,8 @@ class RunTable:
         """`delete` of many runs (a notebook Delete's), on up to `workers` threads: the runs
         are read 100 per call, and those that have ended are deleted 49 per transaction
         side by side (a transaction of ended runs changes no counter, so two never
-        conflict); the rest, and any that changed since read, by `delete`."""
+        conflict); the rest by `delete`, with what was read, and any that changed since
+        read by `delete` again."""
         runs = {}
         for found in in_parallel(self.get_many, chunks([pointer["run_id"] for pointer in pointers], 100), workers):
             runs.update(found)
@@ -691,8 +697,10 @@ class RunTable:
         changed = in_parallel(delete_ended, chunks(ended, (_TRANSACTION_ACTIONS - 1) // self._ACTIONS_PER_DELETION),
                               workers)
         ended_ids = {pointer["run_id"] for pointer in ended}
-        self.delete(owner, [pointer for pointer in pointers if pointer["run_id"] not in ended_ids]
-                    + [pointer for chunk in changed for pointer in chunk])
+        changed = [pointer for chunk in changed for pointer in chunk]
+        self.delete(owner, [pointer for pointer in pointers if pointer["run_id"] not in ended_ids],
+                    read={run_id: run for run_id, run in runs.items() if run_id not in ended_ids})
+        self.delete(owner, changed)
 
     def _deletion(self, owner: str, pointer: dict, runs: dict) -> list:
         """The actions deleting a run (if still in the status read, or still absent) and its pointer."""

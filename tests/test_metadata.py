@@ -105,7 +105,11 @@ def test_delete_many_deletes_ended_runs_side_by_side_and_the_rest_with_their_cou
         return real_transact(owner, actions, tally)
 
     monkeypatch.setattr(notebooks, "transact", recorded)
+    real_read, reads = runs.get_many, []
+    monkeypatch.setattr(runs, "get_many", lambda run_ids: reads.append(list(run_ids)) or real_read(reads[-1]))
     runs.delete_many(OWNER, pointers, workers=4)
+    # 110 runs read 100 per call; then only the raced chunk read again, not the 10 others.
+    assert sorted(len(read) for read in reads) == sorted([100, 10] + [len(reads[-1])]) and len(reads[-1]) in (2, 49)
     assert runs.get_many(pointer["run_id"] for pointer in pointers) == {}
     assert notebooks.all_run_pointers(OWNER, pointers[0]["notebook_id"]) == []
     assert notebooks.counts(OWNER)["runs_active"] == 0
