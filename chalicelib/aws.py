@@ -9,6 +9,7 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 _lock = threading.Lock()
 _session = None
@@ -51,6 +52,14 @@ def error_code(error: Exception) -> str:
     """The AWS error code of a botocore ClientError (e.g. "NoSuchKey"), else ""."""
     response = getattr(error, "response", None) or {}
     return response.get("Error", {}).get("Code", "")
+
+
+def failure_reason(error: Exception) -> str:
+    """A short cause of an AWS failure, for a client or a log: the operation and AWS error
+    code, never the raw message."""
+    if isinstance(error, ClientError):
+        return f"AWS refused {error.operation_name} ({error_code(error) or 'UnknownError'})"
+    return f"AWS call failed ({type(error).__name__})"
 
 
 # Codes of failures that pass: AWS asks the caller to slow down or try again later.

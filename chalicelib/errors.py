@@ -45,6 +45,8 @@ def unauthorized() -> ApiError:
     return ApiError(401, "Authentication required", AUTH_HEADERS)
 
 
+# The seed's prefix of a failure's detail (a 400's, a 409's).
+PROCESSING_FAILED = "Error occurred during request processing: "
 # Messages the seed fixes, named once so routes and tests agree on them.
 NOTEBOOK_ID_INVALID = "Notebook ID invalid."
 NOTEBOOK_IDS_REQUIRED = "Notebook IDs are required"

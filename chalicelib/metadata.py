@@ -2,7 +2,7 @@
 
 Notebooks table, partitioned by owner, so one user's requests never read another's items:
   hash `owner`, range `sk`:
-    `nb#<notebook_id>`  a notebook's metadata;
+    `nb#<notebook_id>`  a notebook's metadata, and its schedule lock (schedule_locks.py);
     `name#<name>`       a name claim. Creating and renaming write the notebook and its
                         claims in one transaction, so names are unique per owner and two
                         notebooks never share a name, not even for a moment.
@@ -347,6 +347,11 @@ class NotebookTable:
             ExpressionAttributeNames=names, ExpressionAttributeValues=values,
         )
 
+    def conditional_update(self, update: dict) -> bool:
+        """One UpdateItem of this table (`update`: its Key and expressions); False, changing
+        nothing, when its condition fails."""
+        return _conditional_update(self._table, **update)
+
     def clear(self, owner: str, notebook_id: str, attribute: str) -> bool:
         """Remove `attribute` from a live notebook; False if it is gone or has none."""
         return _conditional_update(
@@ -421,46 +426,6 @@ class NotebookTable:
             "ExpressionAttributeNames": {"#f": "schedule", "#u": "until_ms", "#e": "expression"},
             "ExpressionAttributeValues": {":u": expected["until_ms"], ":e": expected["expression"]}}}], tally)
         return codes is None
-
-    def lock(self, owner: str, notebook_id: str, token: str, now_ms: int, lease_ms: int) -> bool:
-        """Take the notebook's schedule lock for `lease_ms` (free, or its lease expired).
-
-        False when another holder has it, or the notebook's item is gone.
-        """
-        return _conditional_update(self._table, **self._lock_update(owner, notebook_id, token, now_ms, lease_ms))
-
-    def _lock_update(self, owner, notebook_id, token, now_ms, lease_ms) -> dict:
-        return dict(
-            Key=self.key(owner, notebook_id),
-            UpdateExpression="SET schedule_lock = :token, schedule_lock_until = :until",
-            ConditionExpression="attribute_exists(sk) AND "
-                                "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
-            ExpressionAttributeValues={":token": token, ":until": now_ms + lease_ms, ":now": now_ms},
-        )
-
-    def lock_many(self, owner: str, notebook_ids: list, token: str, now_ms: int, lease_ms: int) -> bool:
-        """Take the locks of up to 100 notebooks in one transaction: all of them, or (False)
-        none, when one is held or gone."""
-        actions = [{"Update": {"TableName": self.name, **self._lock_update(owner, nid, token, now_ms, lease_ms)}}
-                   for nid in notebook_ids]
-        return self.transact(owner, actions) is None
-
-    def unlock(self, owner: str, notebook_id: str, token: str) -> None:
-        """Release the schedule lock if `token` still holds it."""
-        _conditional_update(self._table, **self._unlock_update(owner, notebook_id, token))
-
-    def _unlock_update(self, owner, notebook_id, token) -> dict:
-        return dict(Key=self.key(owner, notebook_id), UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
-                    ConditionExpression="schedule_lock = :token", ExpressionAttributeValues={":token": token})
-
-    def unlock_many(self, owner: str, notebook_ids: list, token: str) -> None:
-        """Release the locks `token` holds, 100 per transaction (one by one where a chunk
-        holds a lock that was lost, e.g. to an expired lease)."""
-        for chunk in chunks(notebook_ids, _TRANSACTION_ACTIONS):
-            actions = [{"Update": {"TableName": self.name, **self._unlock_update(owner, nid, token)}} for nid in chunk]
-            if self.transact(owner, actions) is not None:
-                for notebook_id in chunk:
-                    self.unlock(owner, notebook_id, token)
 
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""

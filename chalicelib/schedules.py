@@ -5,7 +5,9 @@ A notebook's schedule lives in two places: its EventBridge rule `<rule_prefix><i
 API reads. Every change writes both, in an order chosen so that a failure or a race
 leaves at worst a harmless rule without a stored schedule (the runner asks
 `due_occurrence` first, which skips such an event and removes the rule), never a
-notebook that reads Scheduled but has no rule:
+notebook that reads Scheduled but has no rule. Each change holds its notebooks' schedule
+locks (schedule_locks.py), so a notebook's rule and stored schedule change one request
+at a time:
 - schedule: rule and target first, then the item; if the item is gone (deleted
   meanwhile), the rule is removed again. An AWS refusal rolls back the whole request.
   Each stored schedule is counted on its owner's counters in the same transaction
@@ -34,23 +36,21 @@ stores rules but never fires them.
 """
 import json
 import logging
-import random
 import re
 import threading
 import time
-import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import cron, payloads
-from .aws import error_code, is_transient
+from .aws import error_code, failure_reason, is_transient
 from .batches import chunks, in_parallel
-from .errors import NOTEBOOK_IDS_REQUIRED, ApiError, bad_request
+from .errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_request
 from .metadata import QuotaExceeded
 from .notebooks import now_ms
+from .schedule_locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
 
 logger = logging.getLogger(__name__)
 
@@ -63,32 +63,21 @@ _MAX_RULE_NAME = 64  # EventBridge's limit
 _UUID_LENGTH = 36
 _RULE_NAME_CHARS = re.compile(r"[.\-_A-Za-z0-9]*")
 _MAX_DESCRIPTION = 512
-_FAILURE = "Error occurred during request processing: "
-# A request holds a notebook's schedule lock for at most API Gateway's 29 s; a crashed
-# holder's lease runs out after that.
-LOCK_LEASE_MS = 30_000
-_LOCK_WAIT_SECONDS = 10
-# A firing (in the runner, with 15 minutes) waits longer than a lease: a crashed holder's
-# lock is then taken over, and a long request's lock outlasted.
-_FIRING_LOCK_WAIT_SECONDS = LOCK_LEASE_MS / 1000 + 10
-_LOCKS_PER_TRANSACTION = 100
 
 
 def _reason(error: Exception) -> str:
     """A short cause for the client: the AWS error code, never the raw message."""
-    if isinstance(error, ClientError):
-        code = error_code(error) or "UnknownError"
-        if code == "LimitExceededException" and error.operation_name == "PutRule":
-            return f"EventBridge rule quota reached ({code})"
-        return f"AWS refused {error.operation_name} ({code})"
-    return f"AWS call failed ({type(error).__name__})"
+    if isinstance(error, ClientError) and error_code(error) == "LimitExceededException" \
+            and error.operation_name == "PutRule":
+        return "EventBridge rule quota reached (LimitExceededException)"
+    return failure_reason(error)
 
 
 def _refuse(error: Exception) -> None:
     """An AWS refusal of the request (a quota, a validation) as the seed's 400; a transient
     failure (throttling, a 5xx, a timeout) is left to the route, which answers 503."""
     if isinstance(error, ClientError) and not is_transient(error):
-        raise ApiError(400, _FAILURE + _reason(error)) from error
+        raise ApiError(400, PROCESSING_FAILED + _reason(error)) from error
 
 
 def _live_schedule(item) -> Optional[dict]:
@@ -103,8 +92,8 @@ def _target_input(owner: str, notebook_id: str) -> str:
 class Scheduler:
     """Schedules notebooks to run on the runner through EventBridge rules."""
 
-    def __init__(self, events, notebooks, table, settings, runner_arn: Callable[[], str], dispatcher,
-                 clock=time.time):
+    def __init__(self, events, notebooks, table, locks: ScheduleLocks, settings, runner_arn: Callable[[], str],
+                 dispatcher, clock=time.time):
         prefix = settings.rule_prefix
         # A deployment mistake, caught at start-up rather than on the first Schedule.
         if len(prefix) + _UUID_LENGTH > _MAX_RULE_NAME or not _RULE_NAME_CHARS.fullmatch(prefix):
@@ -115,6 +104,7 @@ class Scheduler:
         self._events = events
         self._notebooks = notebooks
         self._table = table
+        self._locks = locks  # held while a notebook's rule and stored schedule change
         self._settings = settings
         self._runner_arn = runner_arn
         self._dispatcher = dispatcher  # its `invoke` hands rule removals to the runner function
@@ -145,7 +135,7 @@ class Scheduler:
         changes = {"updated_at": int(now * 1000), "updated_by": owner}
         ids = [item["notebook_id"] for item in items]
         limit = self._settings.max_scheduled
-        with self._locked(owner, ids):
+        with self._locks.held(owner, ids):
             # Read again under the lock: the roll-back restores what was there just before.
             items = list(self._notebooks.live_items(owner, ids).values())
             self._check_quota(owner, sum(1 for item in items if not item.get("schedule")))
@@ -166,8 +156,8 @@ class Scheduler:
             raise self._quota_error()
 
     def _quota_error(self) -> ApiError:
-        return ApiError(400, _FAILURE + f"scheduled notebooks quota reached: at most {self._settings.max_scheduled} "
-                                        "per user (NOTEBOOKS_MAX_SCHEDULED)")
+        return ApiError(400, PROCESSING_FAILED + "scheduled notebooks quota reached: at most "
+                        f"{self._settings.max_scheduled} per user (NOTEBOOKS_MAX_SCHEDULED)")
 
     def unschedule(self, owner: str, body: dict) -> None:
         """Remove the schedules of the listed notebooks (`nbk_ids`); idempotent.
@@ -178,7 +168,7 @@ class Scheduler:
         ids = [item["notebook_id"] for item in self._owned_items(owner, body)]
         changes = {"updated_at": now_ms(self._clock), "updated_by": owner}
         try:
-            with self._locked(owner, ids):
+            with self._locks.held(owner, ids):
                 items = list(self._notebooks.live_items(owner, ids).values())  # under the lock: what to restore
                 committed = []
                 try:
@@ -205,7 +195,7 @@ class Scheduler:
         for batch in chunks(handed_over, _RULES_PER_EVENT):
             self._dispatcher.invoke({REMOVE_RULES_EVENT: {"owner": owner, "notebook_ids": batch}})
         if here:
-            with self._locked(owner, here):
+            with self._locks.held(owner, here):
                 self._in_parallel(self._remove_rule, here)
 
     def remove_rules(self, handed_over: dict) -> int:
@@ -241,7 +231,7 @@ class Scheduler:
             # before it stores the schedule, both under the notebook's lock, so this firing
             # may come from a rule whose schedule is not stored yet. Read again under the
             # lock; with still no schedule, the rule is a leftover.
-            with self._locked(owner, [canonical], wait_seconds=_FIRING_LOCK_WAIT_SECONDS):
+            with self._locks.held(owner, [canonical], wait_seconds=FIRING_LOCK_WAIT_SECONDS):
                 item = self._table.get(owner, canonical)
                 if _live_schedule(item) is None:
                     self._remove_rule(canonical)
@@ -255,48 +245,13 @@ class Scheduler:
             return None  # a late firing of the last occurrence may still come
         # Conditional: a reschedule between our read and this write keeps its schedule and rule.
         expired = {"until_ms": schedule["until_ms"], "expression": schedule["expression"]}
-        with self._locked(owner, [canonical]):
+        with self._locks.held(owner, [canonical]):
             if self._table.expire_schedule(owner, canonical, expired):
                 self._remove_rule(canonical)
         return None
 
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)
-
-    @contextmanager
-    def _locked(self, owner: str, notebook_ids: list, wait_seconds: float = None):
-        """Hold the schedule locks of these notebooks (in id order, so two requests never
-        wait on each other in a circle): a notebook's rule and stored schedule change
-        together, one request at a time. A notebook whose item is gone needs no lock.
-        Locks are taken 100 per transaction; a hundred not free at once, one by one."""
-        token, held = uuid.uuid4().hex, []
-        try:
-            for chunk in chunks(sorted(set(notebook_ids)), _LOCKS_PER_TRANSACTION):
-                if self._table.lock_many(owner, chunk, token, now_ms(self._clock), LOCK_LEASE_MS):
-                    held += chunk
-                    continue
-                for notebook_id in chunk:
-                    if self._acquire(owner, notebook_id, token, wait_seconds or _LOCK_WAIT_SECONDS):
-                        held.append(notebook_id)
-            yield
-        finally:
-            try:
-                self._table.unlock_many(owner, held, token)
-            except (ClientError, BotoCoreError) as error:
-                # The work is done; the locks' leases free them for the next request.
-                logger.warning("schedule unlock of %d notebooks failed (%s): their leases will free them",
-                               len(held), _reason(error))
-
-    def _acquire(self, owner: str, notebook_id: str, token: str, wait_seconds: float) -> bool:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            if self._table.lock(owner, notebook_id, token, now_ms(self._clock), LOCK_LEASE_MS):
-                return True
-            if self._table.get(owner, notebook_id) is None:
-                return False
-            if time.monotonic() > deadline:
-                raise ApiError(409, _FAILURE + "another request is changing this notebook's schedule; try again")
-            time.sleep(random.uniform(0.01, 0.05))
 
     def _owned_items(self, owner: str, body: dict) -> list:
         """The items of the listed notebooks, without repeats; a 400 if any is not the owner's."""

@@ -15,6 +15,7 @@ from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDisp
 from .executor import RunExecutor
 from .run_start import RunStarter
 from .runs import RunService
+from .schedule_locks import ScheduleLocks
 from .schedules import Scheduler
 from .users import UserStore
 from .webhooks import Webhooks
@@ -42,8 +43,8 @@ class Services:
                              webhooks=self.webhooks)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                webhooks=self.webhooks)
-        self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
-                                   self.runner_arn, self.dispatcher)
+        self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table,
+                                   ScheduleLocks(notebook_table), settings, self.runner_arn, self.dispatcher)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn

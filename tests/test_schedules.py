@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from chalicelib.errors import ApiError
+from chalicelib.schedule_locks import ScheduleLocks
 from chalicelib.schedules import LocalEventClock, Scheduler
 from tests.helpers import stored_state
 
@@ -76,7 +77,8 @@ def events(stack):
 
 
 def make_scheduler(stack, events, clock, settings=None) -> Scheduler:
-    scheduler = Scheduler(events, stack.notebooks, stack.notebooks._table, settings or stack.settings,
+    table = stack.notebooks._table
+    scheduler = Scheduler(events, stack.notebooks, table, ScheduleLocks(table, clock=clock), settings or stack.settings,
                           runner_arn=lambda: ARN, dispatcher=stack.dispatcher, clock=clock)
     stack.notebooks.add_dependent(scheduler)
     return scheduler
@@ -418,15 +420,15 @@ def test_deleting_a_notebook_removes_its_rule(stack, scheduler, events):
 def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(stack, scheduler, events, clock,
                                                                                  monkeypatch):
     notebook_id = new(stack)
-    table = stack.notebooks._table
-    assert table.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
-    monkeypatch.setattr("chalicelib.schedules._LOCK_WAIT_SECONDS", 0.2)
+    table, other_request = stack.notebooks._table, ScheduleLocks(stack.notebooks._table, clock=clock)
+    assert other_request.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
+    monkeypatch.setattr("chalicelib.schedule_locks._LOCK_WAIT_SECONDS", 0.2)
     before = snapshot(stack, events)
     with pytest.raises(ApiError) as raised:
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
     assert raised.value.status == 409 and "try again" in raised.value.message
     assert snapshot(stack, events) == before
-    table.unlock("admin", notebook_id, "other-request")
+    other_request.unlock("admin", notebook_id, "other-request")
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
     assert set(rules(events)) == {PREFIX + notebook_id}
     assert "schedule_lock" not in table.get("admin", notebook_id)  # released after use
@@ -434,7 +436,8 @@ def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(
 
 def test_a_lock_whose_holder_died_is_taken_over_after_its_lease(stack, scheduler, events, clock):
     notebook_id = new(stack)
-    stack.notebooks._table.lock("admin", notebook_id, "crashed-request", int(clock.now * 1000) - 31_000, 30_000)
+    crashed = ScheduleLocks(stack.notebooks._table, clock=clock)
+    crashed.lock("admin", notebook_id, "crashed-request", int(clock.now * 1000) - 31_000, 30_000)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
     assert set(rules(events)) == {PREFIX + notebook_id}
 
