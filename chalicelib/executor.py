@@ -41,7 +41,7 @@ class RunExecutor:
         """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
         `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, a webhook
         delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
-        to remove, `{"remove_rules": [notebook ids]}`, from a Delete."""
+        to remove, `{"remove_rules": {"owner", "notebook_ids"}}`, from a Delete."""
         if DELIVER_WEBHOOK_EVENT in event:
             return self._runs.webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
         if REMOVE_RULES_EVENT in event:

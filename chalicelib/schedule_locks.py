@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 # holder's lease runs out after that.
 LOCK_LEASE_MS = 30_000
 _LOCK_WAIT_SECONDS = 10
-# A firing (in the runner, with 15 minutes) waits longer than a lease: a crashed holder's
-# lock is then taken over, and a long request's lock outlasted.
+# A firing (in the runner, with 15 minutes) waits longer than a lease, and then takes any
+# lock over: safe because no request outlives a lease (the API function's timeout is 30 s,
+# .chalice/config.json: raise the lease with it).
 FIRING_LOCK_WAIT_SECONDS = LOCK_LEASE_MS / 1000 + 10
 # TransactWriteItems' limit of actions.
 _LOCKS_PER_TRANSACTION = 100

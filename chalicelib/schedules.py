@@ -200,15 +200,34 @@ class Scheduler:
 
     def remove_rules(self, handed_over: dict) -> int:
         """For the runner: remove the rules a Delete handed over (`forget_notebooks`),
-        `{"owner", "notebook_ids"}`, of the notebooks that are flagged or gone (never a
-        live one's); how many. Removing a rule already gone is no error, so a retried
-        event does no harm."""
+        `{"owner", "notebook_ids"}`, of that owner's notebooks that are flagged or gone,
+        never a live one's; how many. A notebook found flagged is the owner's; for one
+        gone, the rule's own target must name the owner (a rule's name holds no owner, so
+        an event naming the wrong one must not reach another's live notebook). Removing a
+        rule already gone is no error, so a retried event does no harm."""
         owner, ids = handed_over["owner"], handed_over["notebook_ids"]
-        live = {notebook_id for notebook_id, item in self._table.get_many(owner, ids).items()
-                if not item.get("deleting")}
-        removable = [notebook_id for notebook_id in ids if notebook_id not in live]
-        self._in_parallel(self._remove_rule, removable)
-        return len(removable)
+        items = self._table.get_many(owner, ids)
+
+        def remove_if_left_over(notebook_id) -> bool:
+            item = items.get(notebook_id)
+            if item is not None and not item.get("deleting"):
+                return False
+            if item is None and self._rule_owner(notebook_id) not in (owner, None):
+                return False
+            self._remove_rule(notebook_id)
+            return True
+
+        return sum(self._in_parallel(remove_if_left_over, ids))
+
+    def _rule_owner(self, notebook_id: str) -> Optional[str]:
+        """The owner its rule's target names; None when it has no rule or no target."""
+        try:
+            targets = self._events.list_targets_by_rule(Rule=self.rule_name(notebook_id))["Targets"]
+        except ClientError as error:
+            if error_code(error) == "ResourceNotFoundException":
+                return None
+            raise
+        return next((json.loads(target.get("Input") or "{}").get("owner") for target in targets), None)
 
     def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
         """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this

@@ -248,7 +248,7 @@ def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rule
     assert may("dynamodb:Scan") == may("dynamodb:BatchWriteItem") == []
     assert may("lambda:InvokeFunction") == []
     assert may("events:PutRule") == may("events:PutTargets") == []
-    assert may("events:DeleteRule") == may("events:RemoveTargets") != []
+    assert may("events:DeleteRule") == may("events:RemoveTargets") == may("events:ListTargetsByRule") != []
     assert may("sqs:SendMessage") == [{"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}]
 
 
