@@ -297,7 +297,7 @@ def thousand_ids() -> list:
                            for run in api.call("POST", BASE + "/_run", {"nbkIds": ids, "module": "bench"})["runs"]]
                 api.call("POST", BASE + "/_schedule", {"nbk_ids": ids, "until": UNTIL})
                 for run_id in run_ids:
-                    stack.runs.finish(run_id, "succeeded", expected_status="queued")
+                    stack.records.finish(run_id, "succeeded", expected_status="queued")
             measured = measure(api, "DELETE", BASE, {"nbk_ids": ids}, latency=LATENCY)
             lines.append(thousand_ids_row("Delete (scheduled, 2 ended runs each)", measured, GATEWAY_LIMIT,
                                           "API Gateway's 29 s"))

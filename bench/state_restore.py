@@ -66,10 +66,10 @@ def _fill(endpoint: str, credentials: dict) -> None:
         "stream", name="stdout", text=f"{j * j}\n")]) for j in range(20)]
     content = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))
     model = wiring.notebooks.create("admin", {"notebook_name": "bench model", "content": content})
-    run = wiring.runs.record("admin", model["notebook_id"], "manual", module="bench")
+    run = wiring.runs.starter.record("admin", model["notebook_id"], "manual", module="bench")
     wiring.files.put(output_key("admin", model["notebook_id"], run["run_id"]), json.dumps(content).encode())
-    wiring.runs.claim(run["run_id"])
-    wiring.runs.finish(run["run_id"], "succeeded")
+    wiring.records.claim(run["run_id"])
+    wiring.records.finish(run["run_id"], "succeeded")
 
     dynamodb, s3 = aws.client("dynamodb", settings.region), aws.client("s3", settings.region)
     # The model notebook's and run's items (not the owner's counters, which are one item).

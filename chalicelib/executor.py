@@ -1,7 +1,7 @@
 """The runner function's event handler (RunExecutor): it claims a queued run and executes
 it on the runner (runner.py), keeping its live log (run_log.py) and watching for a cancel
-(_CancelWatch), then stores its executed notebook and records its end (runs.py) and
-delivers that end to the notebook's webhook (webhooks.py). The same handler records the
+(_CancelWatch), then stores its executed notebook and records its end (run_records.py)
+and delivers that end to the notebook's webhook (webhooks.py). The same handler records the
 firings of schedule rules, delivers the webhooks of runs that ended in the API, and
 removes the rules a Delete handed over (schedules.py).
 """
@@ -16,7 +16,9 @@ from .files import notebook_key, output_key
 from .outputs import fit_output
 from .periodic import Periodic
 from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
-from .runs import CANCELLED, FAILED, SCHEDULE, SUCCEEDED, RunService
+from .run_records import CANCELLED, FAILED, SUCCEEDED, RunRecords
+from .run_start import RunStarter
+from .runs import SCHEDULE
 from .schedules import REMOVE_RULES_EVENT
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,10 @@ DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 class RunExecutor:
     """The runner function's work: execute one run end to end on a NotebookRunner."""
 
-    def __init__(self, runs: RunService, files, scheduler, runner):
-        self._runs = runs
+    def __init__(self, records: RunRecords, starter: RunStarter, webhooks, files, scheduler, runner):
+        self._records = records
+        self._starter = starter  # records the runs of schedule firings
+        self._webhooks = webhooks  # webhooks.Webhooks, or None
         self._files = files
         self._scheduler = scheduler
         self._runner = runner
@@ -43,7 +47,7 @@ class RunExecutor:
         delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
         to remove, `{"remove_rules": {"owner", "notebook_ids"}}`, from a Delete."""
         if DELIVER_WEBHOOK_EVENT in event:
-            return self._runs.webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
+            return self._webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
         if REMOVE_RULES_EVENT in event:
             return {"rules_removed": self._scheduler.remove_rules(event[REMOVE_RULES_EVENT])}
         if event.get("trigger") == SCHEDULE:
@@ -65,12 +69,12 @@ class RunExecutor:
         # delivery recorded it and then failed, this one runs it: execute claims only a run
         # still queued, so the occurrence runs once.
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
-        self._runs.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        self._starter.record(owner, notebook_id, SCHEDULE, run_id=run_id)
         return run_id
 
     def execute(self, run_id: str) -> str:
         """Claim and execute the run; its final status ("skipped" if not ours to run)."""
-        run = self._runs.claim(run_id)
+        run = self._records.claim(run_id)
         if run is None:
             # Lambda's retry of an invocation that ran out of time while delivering: finish that.
             self._deliver_webhook(run_id, only_pending=True)
@@ -79,26 +83,26 @@ class RunExecutor:
         try:
             found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
             if found is None:
-                if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
+                if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
                                                             "evalue": "The notebook (or its version) was deleted "
                                                                       "before it ran"}):
                     self._deliver_webhook(run_id)
                 return FAILED
             data, version = found
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
-                self._runs.pin_version(run_id, version)
-            target, limit = output_key(owner, notebook_id, run_id), self._runs.max_output_bytes
-            log_target, log_limit = log_key(owner, notebook_id, run_id), self._runs.max_log_bytes
+                self._records.pin_version(run_id, version)
+            target, limit = output_key(owner, notebook_id, run_id), self._records.max_output_bytes
+            log_target, log_limit = log_key(owner, notebook_id, run_id), self._records.max_log_bytes
             live = LiveLog(self._runner.live, lambda text: self._files.put(log_target, text.encode("utf-8"),
                                                                            LOG_CONTENT_TYPE),
-                           lambda index: self._runs.current_cell(run_id, index), log_limit)
-            with _CancelWatch(lambda: self._stopping.is_set() or self._runs.cancel_requested(run_id),
+                           lambda index: self._records.current_cell(run_id, index), log_limit)
+            with _CancelWatch(lambda: self._stopping.is_set() or self._records.cancel_requested(run_id),
                               self._runner.cancel), live:
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
-                    timeout=self._runs.timeout_of(run),
-                    on_progress=lambda done, total: self._runs.progress(run_id, done, total),
+                    timeout=self._records.timeout_of(run),
+                    on_progress=lambda done, total: self._records.progress(run_id, done, total),
                     on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
                 )
             output, too_large = fit_output(execution.notebook, limit)
@@ -106,8 +110,8 @@ class RunExecutor:
             self._store_final_log(log_target, execution.notebook, log_limit)
             error = execution.error or too_large
             status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
-            final = self._runs.conclude(run_id, status, error=error)
-            if final is None and self._runs.is_gone(run_id):
+            final = self._records.conclude(run_id, status, error=error)
+            if final is None and self._records.is_gone(run_id):
                 # the notebook was deleted while it ran: leave no output
                 self._files.delete_many([target, log_target])
             if final is not None:
@@ -115,7 +119,7 @@ class RunExecutor:
             return final or status
         except Exception as error:
             log.exception("run %s failed in the runner", run_id)
-            if self._runs.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
+            if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
                                                         "evalue": "The runner failed; see its logs"}):
                 self._deliver_webhook(run_id)
             return FAILED
@@ -139,8 +143,8 @@ class RunExecutor:
 
     def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
         """Deliver the end of a run this runner ended to its webhook, here and now."""
-        if self._runs.webhooks is not None:
-            self._runs.webhooks.deliver(run_id, only_pending)
+        if self._webhooks is not None:
+            self._webhooks.deliver(run_id, only_pending)
 
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""

@@ -1,5 +1,6 @@
-"""Runs: reading them and their outputs, their lifecycle, cancel, and the run records
-the runner keeps (starting them: run_start.py; the runner's event handler that executes
+"""Runs as the API sees them: reading them and their outputs and logs, cancel, and
+ending those whose runner is gone (starting them: run_start.py; the records their runner
+keeps, and the run statuses: run_records.py; the runner's event handler that executes
 them: executor.py).
 
 A run is created `queued` by the API (or by a schedule firing), dispatched without
@@ -21,18 +22,16 @@ import nbformat
 
 from . import html, payloads
 from .batches import in_parallel
-from .config import REPORT_GRACE_SECONDS
 from .errors import RUN_NOT_FOUND, ApiError, bad_request
 from .files import output_key
 from .metadata import RUN_PREFIX
 from .notebooks import now_ms
 from .responses import lambda_payload_bytes
 from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, log_key, run_object_keys
+from .run_records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-FINAL = (SUCCEEDED, FAILED, CANCELLED)
 MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
 # How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
 CANCEL_WAIT_SECONDS = 10.0
@@ -91,11 +90,14 @@ class RunOutput:
 
 
 class RunService:
-    """Runs as the API sees them: start (by its `starter`), read, list, outputs, cancel;
-    and run records for the runner."""
+    """Runs as the API sees them: start (by its `starter`), read, list, outputs, logs,
+    cancel. A queued run it cancels ends through `records` (run_records.RunRecords), as
+    runners end theirs."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, starter, clock=time.time, webhooks=None):
+    def __init__(self, table, notebooks, files, dispatcher, settings, starter, records, clock=time.time,
+                 webhooks=None):
         self._table = table
+        self._records = records
         self.webhooks = webhooks  # webhooks.Webhooks: told of the runs that end here, in the API
         self._notebooks = notebooks
         self._files = files
@@ -104,23 +106,9 @@ class RunService:
         self.starter = starter
         self._clock = clock
 
-    @property
-    def max_output_bytes(self) -> int:
-        """The largest executed notebook the runner stores."""
-        return self._settings.max_output_bytes
-
-    @property
-    def max_log_bytes(self) -> int:
-        """The largest run log the runner stores."""
-        return self._settings.max_log_bytes
-
     def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
         """Start runs of a Run request (see RunStarter.start)."""
         return self.starter.start(owner, body, idempotency_key)
-
-    def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
-        """Record a queued run of a schedule firing (see RunStarter.record)."""
-        return self.starter.record(owner, notebook_id, trigger, module, parameters, run_id)
 
     def rerun(self, owner: str, run_id: str, body: dict) -> dict:
         """Start a new run of the owner's run's notebook version (see RunStarter.rerun)."""
@@ -200,57 +188,6 @@ class RunService:
                                  for key in run_object_keys(owner, notebook_id, pointer["run_id"])])
         self._table.delete_many(owner, [pointer for _, pointer in pointers], self._settings.aws_concurrency)
 
-    def claim(self, run_id: str):
-        """Move a queued run to running; the run, or None if another delivery has it."""
-        run = self._table.get(run_id)
-        if run is None or run["status"] != QUEUED:
-            return None
-        started = now_ms(self._clock)
-        changes = {"status": RUNNING, "started_at": started,
-                   "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000)}
-        if not self._table.transition(run_id, QUEUED, changes):
-            return None
-        return {**run, **changes}
-
-    def timeout_of(self, run: dict) -> float:
-        """The run's own timeout, seconds (a run recorded before runs had one: the
-        deployment's)."""
-        return float(run.get("timeout", self._settings.run_timeout))
-
-    def pin_version(self, run_id: str, version: str) -> None:
-        """Record on a running run the notebook version its runner read."""
-        self._table.transition(run_id, RUNNING, {"notebook_version": version})
-
-    def progress(self, run_id: str, done: int, total: int) -> None:
-        """Record cells done out of cells total on a running run."""
-        self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
-
-    def finish(self, run_id: str, status: str, error=None, expected_status: str = RUNNING,
-               unless_cancelling: bool = False) -> bool:
-        """End the run as `status` (with `error` for a failure), counting it off its
-        owner's active runs; False if it was not `expected_status` any more (e.g. declared
-        lost meanwhile, or deleted) or, with `unless_cancelling`, a cancel was requested."""
-        run = self._table.get(run_id)
-        if run is None or run["status"] != expected_status:
-            return False
-        return self._table.end(run, {"status": status, "finished_at": now_ms(self._clock), "error": error},
-                               unless_cancelling)
-
-    def conclude(self, run_id: str, status: str, error=None):
-        """End a running run as `status`, or as `cancelled` if a cancel was requested
-        meanwhile; the final status, or None if the run was not running any more (declared
-        lost, or deleted with its notebook). Exactly one final status wins any race."""
-        if status != CANCELLED and self.finish(run_id, status, error, unless_cancelling=True):
-            return status
-        if self.finish(run_id, CANCELLED):
-            return CANCELLED
-        return None
-
-    def cancel_requested(self, run_id: str) -> bool:
-        """Whether a cancel of the run was requested (or the run is over)."""
-        run = self._table.get(run_id)
-        return run is None or run["status"] != RUNNING or "cancel_requested_at" in run
-
     def cancel(self, owner: str, run_id: str) -> dict:
         """Cancel a queued or running run of the owner; the run as it is then.
 
@@ -262,7 +199,7 @@ class RunService:
         run = self._require(owner, run_id)
         run_id = run["run_id"]
         while run["status"] not in FINAL:
-            if run["status"] == QUEUED and self.finish(run_id, CANCELLED, expected_status=QUEUED):
+            if run["status"] == QUEUED and self._records.finish(run_id, CANCELLED, expected_status=QUEUED):
                 self._stop(run)
                 self._announce({**run, "status": CANCELLED})
                 break
@@ -308,14 +245,6 @@ class RunService:
             return RunOutput("", {}, location=self._files.download_url(key))
         # Untrusted text from the API's origin: a browser must not sniff it into a page.
         return RunOutput(text, {"Content-Type": LOG_CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
-
-    def current_cell(self, run_id: str, index: int) -> None:
-        """Record the index of the cell a running run executes."""
-        self._table.transition(run_id, RUNNING, {"current_cell": index})
-
-    def is_gone(self, run_id: str) -> bool:
-        """Whether the run's record was deleted (with its notebook)."""
-        return self._table.get(run_id) is None
 
     def _require(self, owner: str, run_id: str) -> dict:
         run_id = payloads.canonical_id(run_id)

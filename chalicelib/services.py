@@ -13,6 +13,7 @@ from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
 from .executor import RunExecutor
+from .run_records import RunRecords
 from .run_start import RunStarter
 from .runs import RunService
 from .schedule_locks import ScheduleLocks
@@ -41,8 +42,9 @@ class Services:
         self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
         starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings,
                              webhooks=self.webhooks)
+        self.records = RunRecords(run_table, settings)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
-                               webhooks=self.webhooks)
+                               self.records, webhooks=self.webhooks)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table,
                                    ScheduleLocks(notebook_table), settings, self.runner_arn, self.dispatcher)
         self.notebooks.add_dependent(self.scheduler)
@@ -71,8 +73,12 @@ class Services:
             sandbox.forbid_inspection()
             runner = NotebookRunner(self.settings.run_timeout, shared_tmp=shared_tmp,
                                     sweep_whole_user=shared_tmp is not None)
-            self._runner_executor = RunExecutor(self.runs, self.files, self.scheduler, runner)
+            self._runner_executor = self.executor_on(runner)
         return self._runner_executor
+
+    def executor_on(self, runner) -> RunExecutor:
+        """A RunExecutor of these services that executes runs on `runner` (runner.NotebookRunner)."""
+        return RunExecutor(self.records, self.runs.starter, self.webhooks, self.files, self.scheduler, runner)
 
 
 def _dispatcher(settings: Settings):

@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from chalicelib import aws, fargate_task, services
 from chalicelib import runs as runs_module
+from chalicelib.config import REPORT_GRACE_SECONDS
 from chalicelib.dispatch import EngineRouter, FargateDispatcher
 from chalicelib.errors import ApiError
 from tests.conftest import error
@@ -151,7 +152,7 @@ def test_a_runs_timeout_and_engine_are_recorded_and_shown(api, stack, dispatched
         (stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
     assert isinstance(shown[whole["run_id"]]["timeout"], int)
     assert [run["timeout"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == [840, 30.5, 840]
-    fired = stack.runs.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
+    fired = stack.runs.starter.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
     assert {key: stack.runs.get("admin", fired["run_id"])[key] for key in ("timeout", "engine")} == {
         "timeout": 840, "engine": "lambda"}
 
@@ -183,8 +184,8 @@ def test_the_runner_executes_a_run_within_its_own_timeout(api, stack, dispatched
 def test_the_stuck_run_deadline_follows_the_runs_own_timeout(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     [run] = start(api, notebook_id, timeout=100)["runs"]
-    claimed = stack.runs.claim(run["run_id"])
-    lost_at = claimed["started_at"] / 1000 + 100 + runs_module.REPORT_GRACE_SECONDS
+    claimed = stack.records.claim(run["run_id"])
+    lost_at = claimed["started_at"] / 1000 + 100 + REPORT_GRACE_SECONDS
 
     stack.runs._clock = lambda: lost_at - 1
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "running"
@@ -263,13 +264,13 @@ def test_cancelling_a_fargate_run_stops_its_task_and_a_failing_stop_does_not_fai
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     notebook_id = api.create()["notebook_id"]
     running, queued = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(2))
-    assert deployed.runs.claim(running) is not None  # its task took it
+    assert deployed.records.claim(running) is not None  # its task took it
 
     assert api.json("POST", f"{RUNS}/{running}/cancel")["status"] == "running"  # asked; the runner ends it
     task_arn = deployed.runs._table.get(running)["task_arn"]
     [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"]
     assert task["desiredStatus"] == "STOPPED"
-    assert deployed.runs.conclude(running, "succeeded") == "cancelled"
+    assert deployed.records.conclude(running, "succeeded") == "cancelled"
 
     def refuse(**_):
         raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "StopTask")

@@ -12,7 +12,6 @@ import nbformat
 import pytest
 
 from chalicelib import schedule_locks, services
-from chalicelib.executor import RunExecutor
 from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
 from tests.conftest import error
@@ -54,7 +53,7 @@ def scheduled_notebook(service):
 def notebook_with_everything(service):
     """Scheduled, with a run record and a run output: what Delete must all remove."""
     notebook_id = scheduled_notebook(service)
-    run = service.runs.record("admin", notebook_id, "manual", module="m")
+    run = service.runs.starter.record("admin", notebook_id, "manual", module="m")
     service.files.put(output_key("admin", notebook_id, run["run_id"]), b"{}")
     return notebook_id
 
@@ -144,13 +143,13 @@ def test_every_aws_call_of_an_api_operation_failed_in_turn(api, faults, operatio
 @pytest.fixture
 def executor(faults):
     runner = NotebookRunner(run_timeout=30)
-    yield RunExecutor(faults.service.runs, faults.service.files, faults.service.scheduler, runner)
+    yield faults.service.executor_on(runner)
     runner.close()
 
 
 def queued_run(service):
     notebook_id = new_notebook(service, content=one_cell_notebook())
-    return {"run_id": service.runs.record("admin", notebook_id, "manual", module="m")["run_id"]}
+    return {"run_id": service.runs.starter.record("admin", notebook_id, "manual", module="m")["run_id"]}
 
 
 def schedule_firing(service):

@@ -219,10 +219,10 @@ def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_l
 def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_again(stack, monkeypatch):
     """What the local Lambda does at start (moto, no processes)."""
     notebook_id = stack.notebooks.create("admin", {})["notebook_id"]
-    running, queued, done = (stack.runs.record("admin", notebook_id, "manual") for _ in range(3))
-    stack.runs.claim(running["run_id"])
-    stack.runs.claim(done["run_id"])
-    stack.runs.finish(done["run_id"], "succeeded")
+    running, queued, done = (stack.runs.starter.record("admin", notebook_id, "manual") for _ in range(3))
+    stack.records.claim(running["run_id"])
+    stack.records.claim(done["run_id"])
+    stack.records.finish(done["run_id"], "succeeded")
     dispatched = []
     monkeypatch.setattr(stack.dispatcher, "invoke", dispatched.append)
     assert stack.runs.resume_after_restart() == {"failed": 1, "queued": 1}

@@ -12,7 +12,6 @@ from chalicelib.files import output_key
 from chalicelib.responses import ENVELOPE_BYTES
 from chalicelib.runner import NotebookRunner
 from chalicelib.dispatch import LambdaDispatcher
-from chalicelib.executor import RunExecutor
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
 
@@ -43,7 +42,7 @@ def dispatched(stack, monkeypatch):
 @pytest.fixture
 def executor(stack):
     runner = NotebookRunner(run_timeout=20)
-    yield RunExecutor(stack.runs, stack.files, stack.scheduler, runner)
+    yield stack.executor_on(runner)
     runner.close()
 
 
@@ -149,7 +148,7 @@ def test_failing_cell_is_recorded(api, dispatched, executor):
 
 def test_cell_timeout_and_dead_kernel_fail_cleanly(api, stack, dispatched):
     runner = NotebookRunner(run_timeout=2)
-    executor = RunExecutor(stack.runs, stack.files, stack.scheduler, runner)
+    executor = stack.executor_on(runner)
     try:
         slow = api.create(content=notebook_of("import time; time.sleep(60)"))["notebook_id"]
         dying = api.create(content=notebook_of("print('before')", "import os; os._exit(1)"))["notebook_id"]
@@ -177,7 +176,7 @@ def test_a_second_delivery_of_one_run_does_not_execute_it_again(api, stack, disp
 def test_a_run_whose_runner_vanished_is_failed_after_its_deadline(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
-    assert stack.runs.claim(run["run_id"]) is not None  # a runner took it, then died
+    assert stack.records.claim(run["run_id"]) is not None  # a runner took it, then died
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "running"
     later = time.time() + stack.settings.run_timeout + 61
     stack.runs._clock = lambda: later

@@ -17,8 +17,8 @@ from botocore.exceptions import ClientError
 
 from chalicelib import payloads, schedules
 from chalicelib import runs as runs_module
+from chalicelib.config import REPORT_GRACE_SECONDS
 from chalicelib.errors import ApiError
-from chalicelib.executor import RunExecutor
 from chalicelib.files import output_key
 from chalicelib.runner import NotebookRunner
 from tests.conftest import error
@@ -34,7 +34,7 @@ UNTIL = "2099-03-01 09:15"
 def configure(stack, monkeypatch, **changes):
     """Replace settings on every service at once."""
     settings = dataclasses.replace(stack.settings, **changes)
-    for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.scheduler):
+    for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.records, stack.scheduler):
         monkeypatch.setattr(service, "_settings" if service is not stack else "settings", settings)
     return settings
 
@@ -287,7 +287,7 @@ def test_count_equals_a_full_recount_after_random_operations_and_faults(api, sta
             elif action == "end run" and dispatched.events:
                 run_id = dispatched.events.pop(0)["run_id"]
                 try:
-                    stack.runs.finish(run_id, "failed", expected_status="queued")
+                    stack.records.finish(run_id, "failed", expected_status="queued")
                 except Exception:  # noqa: BLE001 - an injected fault; the run stays queued
                     pass
         live = {notebook["notebook_id"] for notebook in api.json("GET", BASE + "/_all")}
@@ -360,7 +360,7 @@ def test_active_runs_quota_is_a_429_and_frees_as_runs_end(api, stack, dispatched
     status, message = error(api.call("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"}))
     assert status == 429 and "at most 2" in message
     assert api.json("GET", f"{BASE}/{ids[2]}/runs") == [] and len(dispatched.events) == 2
-    stack.runs.finish(dispatched.events[0]["run_id"], "failed", expected_status="queued")
+    stack.records.finish(dispatched.events[0]["run_id"], "failed", expected_status="queued")
     api.json("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"})
     assert recount(stack)["active runs"] == 2 == counted(stack)["active runs"]
 
@@ -373,12 +373,12 @@ def test_a_run_ended_any_way_counts_off_active_runs_cancelled_included(api, stac
     assert counted(stack)["active runs"] == 4
     assert api.json("POST", f"{RUNS}/{queued}/cancel")["status"] == "cancelled"  # never starts
     for run_id in (acted_on, unanswered, lost):
-        assert stack.runs.claim(run_id) is not None
+        assert stack.records.claim(run_id) is not None
     for run_id in (acted_on, unanswered):
         assert api.json("POST", f"{RUNS}/{run_id}/cancel")["status"] == "running"
-    assert stack.runs.conclude(acted_on, "succeeded") == "cancelled"  # its runner acts on the cancel
+    assert stack.records.conclude(acted_on, "succeeded") == "cancelled"  # its runner acts on the cancel
     assert counted(stack)["active runs"] == 2 == recount(stack)["active runs"]
-    later = time.time() + stack.settings.run_timeout + runs_module.REPORT_GRACE_SECONDS + 1
+    later = time.time() + stack.settings.run_timeout + REPORT_GRACE_SECONDS + 1
     stack.runs._clock = lambda: later
     assert api.json("GET", f"{RUNS}/{unanswered}")["status"] == "cancelled"  # its runner never answered
     assert api.json("GET", f"{RUNS}/{lost}")["status"] == "failed"  # its runner is gone
@@ -491,7 +491,7 @@ def test_the_runner_stores_no_output_over_the_maximum_and_keeps_what_fits(api, s
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     runner = NotebookRunner(run_timeout=20)
     try:
-        RunExecutor(stack.runs, stack.files, stack.scheduler, runner).handle(dispatched.events.pop())
+        stack.executor_on(runner).handle(dispatched.events.pop())
     finally:
         runner.close()
     record = api.json("GET", f"{RUNS}/{run['run_id']}")

@@ -8,7 +8,6 @@ import nbformat
 import pytest
 
 from chalicelib.cron import cron_times
-from chalicelib.executor import RunExecutor
 from chalicelib.runner import NotebookRunner
 from tests.conftest import error
 
@@ -95,7 +94,7 @@ def test_deleting_a_scheduled_notebook_removes_its_rule(api):
 @pytest.fixture
 def executor(stack):
     runner = NotebookRunner(run_timeout=20)
-    yield RunExecutor(stack.runs, stack.files, stack.scheduler, runner)
+    yield stack.executor_on(runner)
     runner.close()
 
 

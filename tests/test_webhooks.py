@@ -235,9 +235,9 @@ def end_run(api, stack, url, status="succeeded", events=("succeeded", "failed", 
     not delivered yet: RunExecutor delivers right after this, as `deliver` does here."""
     run_id = start_run(api, "print(1)")
     put_hook(api, api.json("GET", f"{RUNS}/{run_id}")["notebook_id"], url, events=events)
-    assert stack.runs.claim(run_id) is not None
+    assert stack.records.claim(run_id) is not None
     error_ = {"cell_index": 0, "ename": "ValueError", "evalue": "bad"} if status == "failed" else None
-    assert stack.runs.conclude(run_id, status, error=error_) == status
+    assert stack.records.conclude(run_id, status, error=error_) == status
     return run_id
 
 
@@ -313,7 +313,7 @@ def test_ends_in_the_api_are_handed_to_the_runner_function(api, stack, dispatche
     for run_id in (cancelled, lost):
         put_hook(api, api.json("GET", f"{RUNS}/{run_id}")["notebook_id"], receiver.url())
     assert api.json("POST", f"{RUNS}/{cancelled}/cancel")["webhook"] == {"status": "pending", "attempts": 0}
-    assert stack.runs.claim(lost) is not None  # a runner took it, then vanished
+    assert stack.records.claim(lost) is not None  # a runner took it, then vanished
     later = time.time() + stack.settings.run_timeout + 61
     stack.runs._clock = lambda: later
     assert api.json("GET", f"{RUNS}/{lost}")["webhook"] == {"status": "pending", "attempts": 0}
