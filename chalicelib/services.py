@@ -13,6 +13,7 @@ from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
 from .executor import RunExecutor
+from .run_dispatch import RunDispatch
 from .run_start import RunStarter
 from .runs import RunService
 from .schedules import Scheduler
@@ -38,8 +39,9 @@ class Services:
         # Deliveries of runs that end in the API go to the runner function (`invoke`),
         # whatever engine ran the run.
         self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
-        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings,
-                             webhooks=self.webhooks)
+        run_dispatch = RunDispatch(run_table, self.notebooks, self.files, self.dispatcher, settings,
+                                   webhooks=self.webhooks)
+        starter = RunStarter(run_table, self.notebooks, self.files, settings, run_dispatch)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                webhooks=self.webhooks)
         self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table, settings,
