@@ -13,6 +13,7 @@ from .metadata import NotebookTable, RunTable
 from .notebooks import NotebookService
 from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
 from .executor import RunExecutor
+from .run_dispatch import RunDispatch
 from .run_records import RunRecords
 from .run_start import RunStarter
 from .runs import RunService
@@ -40,8 +41,9 @@ class Services:
         # Deliveries of runs that end in the API go to the runner function (`invoke`),
         # whatever engine ran the run.
         self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
-        starter = RunStarter(run_table, self.notebooks, self.files, self.dispatcher, settings,
-                             webhooks=self.webhooks)
+        run_dispatch = RunDispatch(run_table, self.notebooks, self.files, self.dispatcher, settings,
+                                   webhooks=self.webhooks)
+        starter = RunStarter(run_table, self.notebooks, self.files, settings, run_dispatch)
         self.records = RunRecords(run_table, settings)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                self.records, webhooks=self.webhooks)

@@ -50,7 +50,8 @@ from urllib.parse import urlsplit
 
 from .errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
 from .executor import DELIVER_WEBHOOK_EVENT as DELIVER_EVENT
-from .runs import FINAL, run_view
+from .run_records import FINAL
+from .runs import run_view
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def test_the_log_of_a_running_notebook_while_it_runs_and_after(api, dispatched, 
 def test_a_log_over_its_cap_keeps_its_first_and_last_parts_and_goes_with_its_run(api, stack, dispatched,
                                                                                    executor):
     settings = dataclasses.replace(stack.settings, max_log_bytes=1000, max_runs_kept=1)
-    stack.records._settings = stack.runs.starter._settings = settings
+    stack.records._settings = stack.runs.starter._settings = stack.runs.starter.run_dispatch._settings = settings
     notebook_id = api.create(content=notebook_of("for i in range(600):\n    print(f'line {i}')"))["notebook_id"]
     first = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
     run_all(executor, dispatched)

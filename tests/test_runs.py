@@ -34,7 +34,7 @@ class RecordingDispatcher(LambdaDispatcher):
 def dispatched(stack, monkeypatch):
     recorder = RecordingDispatcher()
     monkeypatch.setattr(stack.runs, "_dispatcher", recorder)
-    monkeypatch.setattr(stack.runs.starter, "_dispatcher", recorder)
+    monkeypatch.setattr(stack.runs.starter.run_dispatch, "_dispatcher", recorder)
     monkeypatch.setattr(stack.scheduler, "_dispatcher", recorder)
     return recorder
 
@@ -202,7 +202,7 @@ def test_runs_and_outputs_belong_to_their_owner(api, dispatched, executor):
 def test_run_history_is_newest_first(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
-    stack.runs.starter._clock = lambda: next(clock)
+    stack.runs.starter.run_dispatch._clock = lambda: next(clock)
     ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
            for _ in range(3)]
     history = api.json("GET", f"{BASE}/{notebook_id}/runs")
@@ -355,7 +355,7 @@ def test_last_run_never_goes_back_to_an_earlier_run(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     later, earlier = 1_900_000_000, 1_899_999_000
     for moment in (later, earlier):  # recorded in this order, as concurrent requests may be
-        stack.runs.starter._clock = lambda moment=moment: moment
+        stack.runs.starter.run_dispatch._clock = lambda moment=moment: moment
         api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
     fetched = api.json("GET", f"{BASE}/{notebook_id}")
     history = api.json("GET", f"{BASE}/{notebook_id}/runs")

@@ -34,7 +34,8 @@ UNTIL = "2099-03-01 09:15"
 def configure(stack, monkeypatch, **changes):
     """Replace settings on every service at once."""
     settings = dataclasses.replace(stack.settings, **changes)
-    for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.records, stack.scheduler):
+    for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.runs.starter.run_dispatch,
+                    stack.records, stack.scheduler):
         monkeypatch.setattr(service, "_settings" if service is not stack else "settings", settings)
     return settings
 
@@ -388,7 +389,7 @@ def test_only_the_newest_runs_are_kept_per_notebook(api, stack, dispatched, monk
     configure(stack, monkeypatch, max_runs_kept=2)
     notebook_id = api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
-    stack.runs.starter._clock = lambda: next(clock)
+    stack.runs.starter.run_dispatch._clock = lambda: next(clock)
     run_ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
                for _ in range(2)]
     stack.files.put(output_key("admin", notebook_id, run_ids[0]), b"{}")
@@ -520,7 +521,7 @@ def test_the_output_route_decides_from_the_objects_size_before_reading_it(api, s
 def test_runs_are_paged_like_list(api, stack, dispatched):
     notebook_id, other = api.create()["notebook_id"], api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
-    stack.runs.starter._clock = lambda: next(clock)
+    stack.runs.starter.run_dispatch._clock = lambda: next(clock)
     run_ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
                for _ in range(5)]
     seen, token = [], None

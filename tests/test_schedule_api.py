@@ -169,7 +169,8 @@ def test_the_runner_makes_one_run_a_week_for_a_year_at_the_local_minute(api, sta
     decision, WallClock.due, without AWS.)"""
     clock = Clock(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
     stack.scheduler._clock = stack.scheduler._locks._clock = clock
-    stack.notebooks._clock = stack.runs._clock = stack.runs.starter._clock = clock
+    stack.notebooks._clock = stack.runs._clock = clock
+    stack.runs.starter._clock = stack.runs.starter.run_dispatch._clock = clock
     notebook_id = api.create()["notebook_id"]
     body = {"nbk_ids": [notebook_id], "period": period, "time": hhmm, "until": "2027-01-01 00:00", "timezone": zone}
     assert api.json("POST", BASE + "/_schedule", body) == "Success"
