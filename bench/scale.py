@@ -287,7 +287,7 @@ def thousand_ids() -> list:
             # What the Delete handed to the runner function: the rules still there.
             handed_over = {"owner": "admin", "notebook_ids": [
                 name[len(stack.settings.rule_prefix):] for name in rule_names(stack.settings)]}
-            measured = measure_work(lambda: stack.scheduler.remove_rules(handed_over), LATENCY)
+            measured = measure_work(lambda: stack.schedule_rules.remove_handed_over(handed_over), LATENCY)
             label = f"The runner removes the {len(handed_over['notebook_ids'])} rules the Delete handed over"
             lines.append(thousand_ids_row(label, measured, LAMBDA_LIMIT, "Lambda's 15 min"))
             # The usual case: a Delete of notebooks whose runs have ended.

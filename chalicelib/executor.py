@@ -3,7 +3,7 @@ it on the runner (runner.py), keeping its live log (run_log.py) and watching for
 (_CancelWatch), then stores its executed notebook and records its end (run_records.py)
 and delivers that end to the notebook's webhook (webhooks.py). The same handler records the
 firings of schedule rules, delivers the webhooks of runs that ended in the API, and
-removes the rules a Delete handed over (schedules.py).
+removes the rules a Delete handed over (schedule_rules.py).
 """
 import json
 import logging
@@ -32,12 +32,14 @@ DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 class RunExecutor:
     """The runner function's work: execute one run end to end on a NotebookRunner."""
 
-    def __init__(self, records: RunRecords, starter: RunStarter, webhooks, files, scheduler, runner):
+    def __init__(self, records: RunRecords, starter: RunStarter, webhooks, files, scheduler, schedule_rules,
+                 runner):
         self._records = records
         self._starter = starter  # records the runs of schedule firings
         self._webhooks = webhooks  # webhooks.Webhooks, or None
         self._files = files
-        self._scheduler = scheduler
+        self._scheduler = scheduler  # its due_occurrence tells which firings run
+        self._schedule_rules = schedule_rules  # removes the rules a Delete handed over
         self._runner = runner
         self._stopping = threading.Event()
 
@@ -49,7 +51,7 @@ class RunExecutor:
         if DELIVER_WEBHOOK_EVENT in event:
             return self._webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
         if REMOVE_RULES_EVENT in event:
-            return {"rules_removed": self._scheduler.remove_rules(event[REMOVE_RULES_EVENT])}
+            return {"rules_removed": self._schedule_rules.remove_handed_over(event[REMOVE_RULES_EVENT])}
         if event.get("trigger") == SCHEDULE:
             run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:

@@ -1,13 +1,13 @@
-"""Schedules (EventBridge): one rule per scheduled notebook, whose target is the runner.
+"""Schedules: one EventBridge rule per scheduled notebook, whose target is the runner.
 
 A notebook's schedule lives in two places: its EventBridge rule `<rule_prefix><id>`
-(with one target, the runner) and the `schedule` map on its metadata item, which the
-API reads. Every change writes both, in an order chosen so that a failure or a race
-leaves at worst a harmless rule without a stored schedule (the runner asks
-`due_occurrence` first, which skips such an event and removes the rule), never a
-notebook that reads Scheduled but has no rule. Each change holds its notebooks' schedule
-locks (schedule_locks.py), so a notebook's rule and stored schedule change one request
-at a time:
+(with one target, the runner; schedule_rules.py makes the EventBridge calls) and the
+`schedule` map on its metadata item, which the API reads. Every change writes both, in
+an order chosen so that a failure or a race leaves at worst a harmless rule without a
+stored schedule (the runner asks `due_occurrence` first, which skips such an event and
+removes the rule), never a notebook that reads Scheduled but has no rule. Each change
+holds its notebooks' schedule locks (schedule_locks.py), so a notebook's rule and stored
+schedule change one request at a time:
 - schedule: rule and target first, then the item; if the item is gone (deleted
   meanwhile), the rule is removed again. An AWS refusal rolls back the whole request.
   Each stored schedule is counted on its owner's counters in the same transaction
@@ -36,7 +36,6 @@ stores rules but never fires them.
 """
 import json
 import logging
-import re
 import threading
 import time
 from datetime import datetime, timezone
@@ -51,18 +50,14 @@ from .errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_requ
 from .metadata import QuotaExceeded
 from .notebooks import now_ms
 from .schedule_locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
+from .schedule_rules import ScheduleRules
 
 logger = logging.getLogger(__name__)
 
-TARGET_ID = "runner"
 # The runner function's event that carries rules a Delete handed over (forget_notebooks).
 REMOVE_RULES_EVENT = "remove_rules"
 # Ids per such event: about 40 KB, far inside Lambda's 256 KB for an asynchronous event.
 _RULES_PER_EVENT = 1000
-_MAX_RULE_NAME = 64  # EventBridge's limit
-_UUID_LENGTH = 36
-_RULE_NAME_CHARS = re.compile(r"[.\-_A-Za-z0-9]*")
-_MAX_DESCRIPTION = 512
 
 
 def _reason(error: Exception) -> str:
@@ -85,34 +80,18 @@ def _live_schedule(item) -> Optional[dict]:
     return item.get("schedule") if item and not item.get("deleting") else None
 
 
-def _target_input(owner: str, notebook_id: str) -> str:
-    return json.dumps({"notebook_id": notebook_id, "owner": owner, "trigger": "schedule"})
-
-
 class Scheduler:
-    """Schedules notebooks to run on the runner through EventBridge rules."""
+    """Schedules notebooks to run on the runner through EventBridge rules (`rules`)."""
 
-    def __init__(self, events, notebooks, table, locks: ScheduleLocks, settings, runner_arn: Callable[[], str],
-                 dispatcher, clock=time.time):
-        prefix = settings.rule_prefix
-        # A deployment mistake, caught at start-up rather than on the first Schedule.
-        if len(prefix) + _UUID_LENGTH > _MAX_RULE_NAME or not _RULE_NAME_CHARS.fullmatch(prefix):
-            raise ValueError(
-                f"rule prefix {prefix!r} (NOTEBOOKS_RULE_PREFIX) must be at most "
-                f"{_MAX_RULE_NAME - _UUID_LENGTH} characters of A-Z, a-z, 0-9, '.', '-', '_'"
-            )
-        self._events = events
+    def __init__(self, rules: ScheduleRules, notebooks, table, locks: ScheduleLocks, settings, dispatcher,
+                 clock=time.time):
+        self._rules = rules
         self._notebooks = notebooks
         self._table = table
         self._locks = locks  # held while a notebook's rule and stored schedule change
         self._settings = settings
-        self._runner_arn = runner_arn
         self._dispatcher = dispatcher  # its `invoke` hands rule removals to the runner function
         self._clock = clock
-
-    def rule_name(self, notebook_id: str) -> str:
-        """The EventBridge rule of a notebook: the rule prefix and its id (<= 64 characters)."""
-        return self._settings.rule_prefix + notebook_id
 
     def schedule(self, owner: str, body: dict) -> None:
         """Schedule (or reschedule) the listed notebooks: all of them, or none.
@@ -141,9 +120,9 @@ class Scheduler:
             self._check_quota(owner, sum(1 for item in items if not item.get("schedule")))
             committed = []
             try:
-                self._in_parallel(lambda item: self._install(owner, item["notebook_id"], record), items)
+                self._in_parallel(lambda item: self._rules.install(owner, item["notebook_id"], record), items)
                 gone = self._table.set_schedules(owner, [(item, record, changes) for item in items], limit, committed)
-                self._in_parallel(self._remove_rule, gone)  # deleted meanwhile: leave no rule behind
+                self._in_parallel(self._rules.remove, gone)  # deleted meanwhile: leave no rule behind
             except Exception as error:
                 self._roll_back(owner, items, record, committed)
                 if isinstance(error, QuotaExceeded):
@@ -173,7 +152,7 @@ class Scheduler:
                 committed = []
                 try:
                     self._table.set_schedules(owner, [(item, None, changes) for item in items], committed=committed)
-                    self._in_parallel(self._remove_rule, ids)
+                    self._in_parallel(self._rules.remove, ids)
                 except Exception:
                     self._roll_back(owner, items, None, committed)  # never a rule without its stored schedule
                     raise
@@ -184,8 +163,9 @@ class Scheduler:
     def forget_notebooks(self, owner: str, items: list) -> None:
         """Remove deleted (flagged) notebooks' rules and targets (NotebookService.delete
         calls it): up to `rules_removed_in_request` of them here, the rest handed to the
-        runner function (`remove_rules`), in invocations made first, so a failure leaves
-        the request to fail and a retry to hand them over again.
+        runner function (`remove_rules`, for ScheduleRules.remove_handed_over), in
+        invocations made first, so a failure leaves the request to fail and a retry to hand
+        them over again.
 
         Only a notebook with a stored schedule, or a schedule change under way (its lock),
         can have a rule; a rule left by a request that died is removed at its firing.
@@ -196,38 +176,7 @@ class Scheduler:
             self._dispatcher.invoke({REMOVE_RULES_EVENT: {"owner": owner, "notebook_ids": batch}})
         if here:
             with self._locks.held(owner, here):
-                self._in_parallel(self._remove_rule, here)
-
-    def remove_rules(self, handed_over: dict) -> int:
-        """For the runner: remove the rules a Delete handed over (`forget_notebooks`),
-        `{"owner", "notebook_ids"}`, of that owner's notebooks that are flagged or gone,
-        never a live one's; how many. A notebook found flagged is the owner's; for one
-        gone, the rule's own target must name the owner (a rule's name holds no owner, so
-        an event naming the wrong one must not reach another's live notebook). Removing a
-        rule already gone is no error, so a retried event does no harm."""
-        owner, ids = handed_over["owner"], handed_over["notebook_ids"]
-        items = self._table.get_many(owner, ids)
-
-        def remove_if_left_over(notebook_id) -> bool:
-            item = items.get(notebook_id)
-            if item is not None and not item.get("deleting"):
-                return False
-            if item is None and self._rule_owner(notebook_id) not in (owner, None):
-                return False
-            self._remove_rule(notebook_id)
-            return True
-
-        return sum(self._in_parallel(remove_if_left_over, ids))
-
-    def _rule_owner(self, notebook_id: str) -> Optional[str]:
-        """The owner its rule's target names; None when it has no rule or no target."""
-        try:
-            targets = self._events.list_targets_by_rule(Rule=self.rule_name(notebook_id))["Targets"]
-        except ClientError as error:
-            if error_code(error) == "ResourceNotFoundException":
-                return None
-            raise
-        return next((json.loads(target.get("Input") or "{}").get("owner") for target in targets), None)
+                self._in_parallel(self._rules.remove, here)
 
     def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
         """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this
@@ -253,7 +202,7 @@ class Scheduler:
             with self._locks.held(owner, [canonical], wait_seconds=FIRING_LOCK_WAIT_SECONDS):
                 item = self._table.get(owner, canonical)
                 if _live_schedule(item) is None:
-                    self._remove_rule(canonical)
+                    self._rules.remove(canonical)
                     return None
         schedule = _live_schedule(item)
         now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
@@ -266,7 +215,7 @@ class Scheduler:
         expired = {"until_ms": schedule["until_ms"], "expression": schedule["expression"]}
         with self._locks.held(owner, [canonical]):
             if self._table.expire_schedule(owner, canonical, expired):
-                self._remove_rule(canonical)
+                self._rules.remove(canonical)
         return None
 
     def _in_parallel(self, work, items) -> list:
@@ -276,31 +225,6 @@ class Scheduler:
         """The items of the listed notebooks, without repeats; a 400 if any is not the owner's."""
         ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
         return self._notebooks.require_many(owner, ids)
-
-    def _install(self, owner: str, notebook_id: str, record: dict) -> None:
-        """Create or overwrite the notebook's rule and its runner target."""
-        name = self.rule_name(notebook_id)
-        description = f"Runs notebook {notebook_id} of {owner} until {record['until']}"
-        self._events.put_rule(Name=name, ScheduleExpression=record["expression"], State="ENABLED",
-                              Description=description[:_MAX_DESCRIPTION])
-        response = self._events.put_targets(Rule=name, Targets=[
-            {"Id": TARGET_ID, "Arn": self._runner_arn(), "Input": _target_input(owner, notebook_id)}
-        ])
-        # PutTargets reports some refusals in its answer instead of raising.
-        if response.get("FailedEntryCount"):
-            entry = response["FailedEntries"][0]
-            raise ClientError({"Error": {"Code": entry.get("ErrorCode", "FailedEntry"),
-                                         "Message": entry.get("ErrorMessage", "")}}, "PutTargets")
-
-    def _remove_rule(self, notebook_id: str) -> None:
-        """Remove the notebook's target, then its rule (a rule with targets cannot be deleted)."""
-        name = self.rule_name(notebook_id)
-        try:
-            self._events.remove_targets(Rule=name, Ids=[TARGET_ID])
-            self._events.delete_rule(Name=name)
-        except ClientError as error:
-            if error_code(error) != "ResourceNotFoundException":
-                raise
 
     def _roll_back(self, owner: str, items: list, record: dict, committed: list) -> None:
         """Put each notebook's rule and stored schedule back as they were in `items`;
@@ -320,12 +244,12 @@ class Scheduler:
         def restore_rule(item):
             try:
                 if item.get("schedule") is not None:
-                    self._install(owner, item["notebook_id"], item["schedule"])
+                    self._rules.install(owner, item["notebook_id"], item["schedule"])
                 # A Delete that flagged the notebook meanwhile may have removed its rule
                 # already (handed over, without this lock): none is left behind.
                 restored = item.get("schedule") is not None
                 if not restored or _live_schedule(self._table.get(owner, item["notebook_id"])) is None:
-                    self._remove_rule(item["notebook_id"])
+                    self._rules.remove(item["notebook_id"])
             except Exception:
                 logger.exception("schedule roll-back failed for notebook %s of %s", item["notebook_id"], owner)
 

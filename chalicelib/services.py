@@ -18,6 +18,7 @@ from .run_records import RunRecords
 from .run_start import RunStarter
 from .runs import RunService
 from .schedule_locks import ScheduleLocks
+from .schedule_rules import ScheduleRules
 from .schedules import Scheduler
 from .users import UserStore
 from .webhooks import Webhooks
@@ -47,8 +48,9 @@ class Services:
         self.records = RunRecords(run_table, settings)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                self.records, webhooks=self.webhooks)
-        self.scheduler = Scheduler(aws.client("events", region), self.notebooks, notebook_table,
-                                   ScheduleLocks(notebook_table), settings, self.runner_arn, self.dispatcher)
+        self.schedule_rules = ScheduleRules(aws.client("events", region), notebook_table, settings, self.runner_arn)
+        self.scheduler = Scheduler(self.schedule_rules, self.notebooks, notebook_table, ScheduleLocks(notebook_table),
+                                   settings, self.dispatcher)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
@@ -80,7 +82,8 @@ class Services:
 
     def executor_on(self, runner) -> RunExecutor:
         """A RunExecutor of these services that executes runs on `runner` (runner.NotebookRunner)."""
-        return RunExecutor(self.records, self.runs.starter, self.webhooks, self.files, self.scheduler, runner)
+        return RunExecutor(self.records, self.runs.starter, self.webhooks, self.files, self.scheduler,
+                           self.schedule_rules, runner)
 
 
 def _dispatcher(settings: Settings):

@@ -35,7 +35,7 @@ def configure(stack, monkeypatch, **changes):
     """Replace settings on every service at once."""
     settings = dataclasses.replace(stack.settings, **changes)
     for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.runs.starter.run_dispatch,
-                    stack.records, stack.scheduler):
+                    stack.records, stack.scheduler, stack.schedule_rules):
         monkeypatch.setattr(service, "_settings" if service is not stack else "settings", settings)
     return settings
 

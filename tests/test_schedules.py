@@ -13,6 +13,7 @@ from moto import mock_aws
 
 from chalicelib.errors import ApiError
 from chalicelib.schedule_locks import ScheduleLocks
+from chalicelib.schedule_rules import ScheduleRules
 from chalicelib.schedules import LocalEventClock, Scheduler
 from tests.helpers import stored_state
 
@@ -76,10 +77,14 @@ def events(stack):
     return boto3.client("events", region_name="us-east-1")
 
 
+def make_rules(stack, events, settings=None) -> ScheduleRules:
+    return ScheduleRules(events, stack.notebooks._table, settings or stack.settings, runner_arn=lambda: ARN)
+
+
 def make_scheduler(stack, events, clock, settings=None) -> Scheduler:
-    table = stack.notebooks._table
-    scheduler = Scheduler(events, stack.notebooks, table, ScheduleLocks(table, clock=clock), settings or stack.settings,
-                          runner_arn=lambda: ARN, dispatcher=stack.dispatcher, clock=clock)
+    table, settings = stack.notebooks._table, settings or stack.settings
+    scheduler = Scheduler(make_rules(stack, events, settings), stack.notebooks, table,
+                          ScheduleLocks(table, clock=clock), settings, dispatcher=stack.dispatcher, clock=clock)
     stack.notebooks.add_dependent(scheduler)
     return scheduler
 
@@ -135,7 +140,7 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "period": "Monday", "time": "06:50"})
 
     assert rules(events) == {PREFIX + notebook_id: ("cron(50 6 ? * MON *)", "ENABLED", runner_target(notebook_id))}
-    assert scheduler.rule_name(notebook_id) == PREFIX + notebook_id
+    assert make_rules(stack, events).rule_name(notebook_id) == PREFIX + notebook_id
     fetched = stack.notebooks.fetch("admin", notebook_id)
     assert fetched["status"] == "Scheduled"
     assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": UNTIL, "timezone": "UTC",
@@ -519,12 +524,12 @@ def test_a_schedule_stored_before_time_zones_fires_as_its_utc_cron_says(stack, s
     assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-08 11:00") * 1000
 
 
-def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, events, clock):
-    longest = make_scheduler(stack, events, clock, dataclasses.replace(stack.settings, rule_prefix="p" * 28))
+def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, events):
+    longest = make_rules(stack, events, dataclasses.replace(stack.settings, rule_prefix="p" * 28))
     assert len(longest.rule_name(str(uuid.uuid4()))) == 64
     for prefix in ("p" * 29, "bad/prefix-"):
         with pytest.raises(ValueError, match="NOTEBOOKS_RULE_PREFIX"):
-            make_scheduler(stack, events, clock, dataclasses.replace(stack.settings, rule_prefix=prefix))
+            make_rules(stack, events, dataclasses.replace(stack.settings, rule_prefix=prefix))
 
 
 # --- The orphan invariant -------------------------------------------------------------
