@@ -66,7 +66,7 @@ def _fill(endpoint: str, credentials: dict) -> None:
         "stream", name="stdout", text=f"{j * j}\n")]) for j in range(20)]
     content = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))
     model = wiring.notebooks.create("admin", {"notebook_name": "bench model", "content": content})
-    run = wiring.runs.starter.record("admin", model["notebook_id"], "manual", module="bench")
+    run = wiring.run_dispatch.record("admin", model["notebook_id"], "manual", module="bench")
     wiring.files.put(output_key("admin", model["notebook_id"], run["run_id"]), json.dumps(content).encode())
     wiring.records.claim(run["run_id"])
     wiring.records.finish(run["run_id"], "succeeded")

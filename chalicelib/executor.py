@@ -17,7 +17,7 @@ from .outputs import fit_output
 from .periodic import Periodic
 from .run_log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
 from .run_records import CANCELLED, FAILED, SUCCEEDED, RunRecords
-from .run_start import RunStarter
+from .run_dispatch import RunDispatch
 from .runs import SCHEDULE
 from .schedules import REMOVE_RULES_EVENT
 
@@ -32,10 +32,10 @@ DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 class RunExecutor:
     """The runner function's work: execute one run end to end on a NotebookRunner."""
 
-    def __init__(self, records: RunRecords, starter: RunStarter, webhooks, files, scheduler, schedule_rules,
+    def __init__(self, records: RunRecords, run_dispatch: RunDispatch, webhooks, files, scheduler, schedule_rules,
                  runner):
         self._records = records
-        self._starter = starter  # records the runs of schedule firings
+        self._run_dispatch = run_dispatch  # records the runs of schedule firings
         self._webhooks = webhooks  # webhooks.Webhooks, or None
         self._files = files
         self._scheduler = scheduler  # its due_occurrence tells which firings run
@@ -71,7 +71,7 @@ class RunExecutor:
         # delivery recorded it and then failed, this one runs it: execute claims only a run
         # still queued, so the occurrence runs once.
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
-        self._starter.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        self._run_dispatch.record(owner, notebook_id, SCHEDULE, run_id=run_id)
         return run_id
 
     def execute(self, run_id: str) -> str:

@@ -234,7 +234,7 @@ def main() -> int:
     pool.start()
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
-    resumed = services.get().runs.resume_after_restart()
+    resumed = services.get().run_dispatch.resume_after_restart()
     if any(resumed.values()):
         log.warning("after the restart: %(failed)d interrupted runs failed, %(queued)d queued runs dispatched again",
                     resumed)

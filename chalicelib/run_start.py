@@ -145,11 +145,3 @@ class RunStarter:
         active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
         if active + adding > self._settings.max_active_runs:
             raise quota_error(self._settings.max_active_runs, active)
-
-    def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
-        """A schedule firing's queued run (see RunDispatch.record)."""
-        return self.run_dispatch.record(owner, notebook_id, trigger, module, parameters, run_id)
-
-    def resume_after_restart(self) -> dict:
-        """The local stack's runs after a restart (see RunDispatch.resume_after_restart)."""
-        return self.run_dispatch.resume_after_restart()

@@ -114,10 +114,6 @@ class RunService:
         """Start a new run of the owner's run's notebook version (see RunStarter.rerun)."""
         return self.starter.rerun(owner, self._require(owner, run_id), body)
 
-    def resume_after_restart(self) -> dict:
-        """Recover the local stack's runs after a restart (see RunStarter.resume_after_restart)."""
-        return self.starter.resume_after_restart()
-
     def get(self, owner: str, run_id: str) -> dict:
         """One run of the owner (another owner's is answered like an unknown one)."""
         return run_view(self._require(owner, run_id))

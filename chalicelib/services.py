@@ -42,9 +42,9 @@ class Services:
         # Deliveries of runs that end in the API go to the runner function (`invoke`),
         # whatever engine ran the run.
         self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
-        run_dispatch = RunDispatch(run_table, self.notebooks, self.files, self.dispatcher, settings,
-                                   webhooks=self.webhooks)
-        starter = RunStarter(run_table, self.notebooks, self.files, settings, run_dispatch)
+        self.run_dispatch = RunDispatch(run_table, self.notebooks, self.files, self.dispatcher, settings,
+                                        webhooks=self.webhooks)
+        starter = RunStarter(run_table, self.notebooks, self.files, settings, self.run_dispatch)
         self.records = RunRecords(run_table, settings)
         self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
                                self.records, webhooks=self.webhooks)
@@ -82,7 +82,7 @@ class Services:
 
     def executor_on(self, runner) -> RunExecutor:
         """A RunExecutor of these services that executes runs on `runner` (runner.NotebookRunner)."""
-        return RunExecutor(self.records, self.runs.starter, self.webhooks, self.files, self.scheduler,
+        return RunExecutor(self.records, self.run_dispatch, self.webhooks, self.files, self.scheduler,
                            self.schedule_rules, runner)
 
 

@@ -152,7 +152,7 @@ def test_a_runs_timeout_and_engine_are_recorded_and_shown(api, stack, dispatched
         (stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
     assert isinstance(shown[whole["run_id"]]["timeout"], int)
     assert [run["timeout"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == [840, 30.5, 840]
-    fired = stack.runs.starter.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
+    fired = stack.run_dispatch.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
     assert {key: stack.runs.get("admin", fired["run_id"])[key] for key in ("timeout", "engine")} == {
         "timeout": 840, "engine": "lambda"}
 

@@ -53,7 +53,7 @@ def scheduled_notebook(service):
 def notebook_with_everything(service):
     """Scheduled, with a run record and a run output: what Delete must all remove."""
     notebook_id = scheduled_notebook(service)
-    run = service.runs.starter.record("admin", notebook_id, "manual", module="m")
+    run = service.run_dispatch.record("admin", notebook_id, "manual", module="m")
     service.files.put(output_key("admin", notebook_id, run["run_id"]), b"{}")
     return notebook_id
 
@@ -149,7 +149,7 @@ def executor(faults):
 
 def queued_run(service):
     notebook_id = new_notebook(service, content=one_cell_notebook())
-    return {"run_id": service.runs.starter.record("admin", notebook_id, "manual", module="m")["run_id"]}
+    return {"run_id": service.run_dispatch.record("admin", notebook_id, "manual", module="m")["run_id"]}
 
 
 def schedule_firing(service):

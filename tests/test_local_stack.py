@@ -219,13 +219,13 @@ def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_l
 def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_again(stack, monkeypatch):
     """What the local Lambda does at start (moto, no processes)."""
     notebook_id = stack.notebooks.create("admin", {})["notebook_id"]
-    running, queued, done = (stack.runs.starter.record("admin", notebook_id, "manual") for _ in range(3))
+    running, queued, done = (stack.run_dispatch.record("admin", notebook_id, "manual") for _ in range(3))
     stack.records.claim(running["run_id"])
     stack.records.claim(done["run_id"])
     stack.records.finish(done["run_id"], "succeeded")
     dispatched = []
     monkeypatch.setattr(stack.dispatcher, "invoke", dispatched.append)
-    assert stack.runs.resume_after_restart() == {"failed": 1, "queued": 1}
+    assert stack.run_dispatch.resume_after_restart() == {"failed": 1, "queued": 1}
     interrupted = stack.runs.get("admin", running["run_id"])
     assert interrupted["status"] == "failed" and interrupted["error"]["ename"] == "RunnerLost"
     assert dispatched == [{"run_id": queued["run_id"]}]
