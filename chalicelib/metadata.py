@@ -159,6 +159,12 @@ def _transact(client, actions: list) -> Optional[list]:
     raise AssertionError("unreachable")
 
 
+def _entries_per_transaction(actions_per_entry: int) -> int:
+    """How many entries of `actions_per_entry` actions each, with one counter update, fit
+    one transaction."""
+    return (_TRANSACTION_ACTIONS - 1) // actions_per_entry
+
+
 def _write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str,
                   written=None) -> None:
     """Write `entries` cut so that each chunk's actions plus one counter update fit one
@@ -166,7 +172,7 @@ def _write_chunks(transact, entries: list, actions_per_entry: int, build, reread
     `written(chunk)`. When a condition fails, `reread(chunk, codes)` gives what of the
     chunk is still to write, as it now is (nothing: done), and the chunk is built again;
     Conflict(`conflict`) when it fails every one of _CONFLICT_ATTEMPTS times."""
-    for chunk in chunks(entries, (_TRANSACTION_ACTIONS - 1) // actions_per_entry):
+    for chunk in chunks(entries, _entries_per_transaction(actions_per_entry)):
         for _ in range(_CONFLICT_ATTEMPTS):
             codes = transact(*build(chunk))
             if codes is None:
@@ -578,7 +584,7 @@ class RunTable:
     @classmethod
     def runs_per_transaction(cls) -> int:
         """How many runs `create` takes at once."""
-        return (_TRANSACTION_ACTIONS - 1) // cls._ACTIONS_PER_RUN
+        return _entries_per_transaction(cls._ACTIONS_PER_RUN)
 
     def get(self, run_id: str):
         """The run's item, or None."""
@@ -651,7 +657,8 @@ class RunTable:
         conflict); the rest by `delete`, with what was read, and any that changed since
         read by `delete` again."""
         runs = {}
-        for found in in_parallel(self.get_many, chunks([pointer["run_id"] for pointer in pointers], 100), workers):
+        for found in in_parallel(self.get_many, chunks([pointer["run_id"] for pointer in pointers], _BATCH_GET_KEYS),
+                                 workers):
             runs.update(found)
         ended = [pointer for pointer in pointers if runs.get(pointer["run_id"], {}).get("status") in TERMINAL]
 
@@ -659,8 +666,8 @@ class RunTable:
             actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]
             return [] if self.notebooks.transact(owner, actions) is None else chunk
 
-        changed = in_parallel(delete_ended, chunks(ended, (_TRANSACTION_ACTIONS - 1) // self._ACTIONS_PER_DELETION),
-                              workers)
+        per_transaction = _entries_per_transaction(self._ACTIONS_PER_DELETION)
+        changed = in_parallel(delete_ended, chunks(ended, per_transaction), workers)
         ended_ids = {pointer["run_id"] for pointer in ended}
         changed = [pointer for chunk in changed for pointer in chunk]
         self.delete(owner, [pointer for pointer in pointers if pointer["run_id"] not in ended_ids],
