@@ -6,7 +6,7 @@ AWS_PORT ?= 8001
 LAMBDA_PORT ?= 8002
 STAMP := $(VENV)/.installed
 
-.PHONY: dev dev-reset aws test bench venv constraints clean package smoke
+.PHONY: dev dev-reset aws api test bench venv constraints clean package smoke
 
 $(STAMP): requirements.txt requirements-runner.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 # The local stack: embedded AWS on $(AWS_PORT), local Lambda on $(LAMBDA_PORT), API on $(PORT)
 # (0: any free port); state in $$NOTEBOOKS_LOCAL_STATE (default .local-state).
 LOCALSTACK := PORT=$(PORT) NOTEBOOKS_AWS_PORT=$(AWS_PORT) NOTEBOOKS_LAMBDA_PORT=$(LAMBDA_PORT) \
-	$(VENV)/bin/python -m chalicelib.localstack
+	$(VENV)/bin/python -m devstack.stack
 
 dev: $(STAMP)
 	$(LOCALSTACK)
@@ -26,9 +26,13 @@ dev: $(STAMP)
 dev-reset: $(STAMP)
 	$(LOCALSTACK) --reset
 
-# The embedded AWS and the local Lambda only, for `chalice local --stage local`.
+# The embedded AWS and the local Lambda only, for `make api`.
 aws: $(STAMP)
 	$(LOCALSTACK) --no-api
+
+# `chalice local --stage local` with the local stack attached (starting one if `make aws` is not running).
+api: $(STAMP)
+	$(VENV)/bin/python -m devstack.chalice_local local --stage local --port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

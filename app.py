@@ -1,6 +1,6 @@
 """The notebooks API: routes that parse the request, call chalicelib, shape the response.
 
-Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/web.py).
+Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/api/web.py).
 """
 import json
 import logging
@@ -8,14 +8,13 @@ import os
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import local_api, openapi, payloads, responses, services, web
-from chalicelib.config import Settings
-from chalicelib.errors import NOTEBOOK_ID_MISSING, bad_request
-from chalicelib.sandbox import SandboxError
+from chalicelib import services
+from chalicelib.api import openapi, payloads, responses, web
+from chalicelib.common.config import Settings
+from chalicelib.api.errors import NOTEBOOK_ID_MISSING, bad_request
+from chalicelib.runner.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
-if os.environ.get("NOTEBOOKS_LOCAL_STACK") == "true":  # the `local` stage: `chalice local --stage local`
-    local_api.attach()
 app.register_middleware(web.handle, "http")
 
 NOTEBOOKS = "/_notebooks/notebooks"

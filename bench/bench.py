@@ -29,7 +29,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from chalicelib.localstack import free_port  # noqa: E402
+from devstack.stack import free_port  # noqa: E402
 import state_restore  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
 from init_time import report_init_times  # noqa: E402
 
@@ -53,7 +53,7 @@ def start_local_stack(state_folder):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin", NOTEBOOKS_LOCAL_STATE=state_folder)
-    process = subprocess.Popen([sys.executable, "-m", "chalicelib.localstack"], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "devstack.stack"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

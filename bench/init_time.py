@@ -24,8 +24,8 @@ print(time.perf_counter() - started)
 CANDIDATES = {
     "bare Chalice app with boto3": "import boto3\nfrom chalice import Chalice\nChalice(app_name='bare')",
     "API and runner functions (import app)": "import app",
-    "runner's first event adds (chalicelib.runner)": "import app\nstarted = time.perf_counter()\n"
-                                                      "import chalicelib.runner",
+    "runner's first event adds (chalicelib.runner.notebook_runner)": "import app\nstarted = time.perf_counter()\n"
+                                                      "import chalicelib.runner.notebook_runner",
 }
 
 

@@ -37,9 +37,11 @@ from chalice.test import Client  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core.botocore_stubber import BotocoreStubber  # noqa: E402
 
-from chalicelib import batches, embedded_aws, services  # noqa: E402
-from chalicelib.config import Settings  # noqa: E402
-from chalicelib.localstack import provision  # noqa: E402
+from chalicelib import services  # noqa: E402
+from chalicelib.common import batches  # noqa: E402
+from devstack import embedded_aws  # noqa: E402
+from chalicelib.common.config import Settings  # noqa: E402
+from devstack.stack import provision  # noqa: E402
 from tests.helpers import AwsCalls, seed_notebooks  # noqa: E402
 
 BASE = "/_notebooks/notebooks"

@@ -23,12 +23,12 @@ ROUNDS = 3
 
 def _launch(folder: str, credentials: dict):
     """(process, endpoint, seconds until ready) of an embedded AWS on `folder`."""
-    from chalicelib.local_credentials import send_secrets
+    from devstack.credentials import send_secrets
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env["NOTEBOOKS_LOCAL_STATE"] = folder
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "chalicelib.embedded_aws"], env=env, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "devstack.embedded_aws"], env=env, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     send_secrets(process.stdin, credentials)
     process.stdin.close()
@@ -52,10 +52,11 @@ def _fill(endpoint: str, credentials: dict) -> None:
     would take minutes: moto answers a notebook's create in about 0.3 s here)."""
     import nbformat
 
-    from chalicelib import aws, services
-    from chalicelib.config import Settings
-    from chalicelib.files import output_key
-    from chalicelib.localstack import provision
+    from chalicelib.common import aws
+    from chalicelib import services
+    from chalicelib.common.config import Settings
+    from chalicelib.storage.files import output_key
+    from devstack.stack import provision
 
     os.environ.update(credentials, AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1")
     services.reset()
@@ -100,7 +101,7 @@ def _size(folder: str) -> int:
 
 def report() -> None:
     """Print the restore figures."""
-    from chalicelib.local_credentials import new_credentials
+    from devstack.credentials import new_credentials
 
     credentials = new_credentials()
     full, empty = tempfile.mkdtemp(prefix="bench-state-"), tempfile.mkdtemp(prefix="bench-empty-")

@@ -5,23 +5,25 @@ Nothing is built at import time, so tests and the local stack set the environmen
 """
 import threading
 
-from . import aws, sandbox
-from .auth import Authenticator, LoginThrottle
-from .config import LAMBDA_RUN_LIMIT, Settings
-from .files import NotebookFiles
-from .metadata import NotebookTable, RunTable
-from .notebooks import NotebookService
-from .dispatch import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
-from .executor import RunExecutor
-from .run_dispatch import RunDispatch
-from .run_records import RunRecords
-from .run_start import RunStarter
-from .runs import RunService
-from .schedule_locks import ScheduleLocks
-from .schedule_rules import ScheduleRules
-from .schedules import Scheduler
-from .users import UserStore
-from .webhooks import Webhooks
+from chalicelib.common import aws
+from chalicelib.runner import sandbox
+from chalicelib.auth.logins import Authenticator, LoginThrottle
+from chalicelib.common.config import LAMBDA_RUN_LIMIT, Settings
+from chalicelib.storage.files import NotebookFiles
+from chalicelib.storage.notebook_table import NotebookTable
+from chalicelib.storage.run_table import RunTable
+from chalicelib.notebooks.service import NotebookService
+from chalicelib.runs.engines import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
+from chalicelib.runner.executor import RunExecutor
+from chalicelib.runs.dispatch import RunDispatch
+from chalicelib.runs.records import RunRecords
+from chalicelib.runs.start import RunStarter
+from chalicelib.runs.service import RunService
+from chalicelib.schedules.locks import ScheduleLocks
+from chalicelib.schedules.rules import ScheduleRules
+from chalicelib.schedules.scheduler import Scheduler
+from chalicelib.auth.users import UserStore
+from chalicelib.runs.webhooks import Webhooks
 
 
 class Services:
@@ -72,7 +74,7 @@ class Services:
         credentials or settings through /proc or attach to it.
         """
         if self._runner_executor is None:
-            from .runner import NotebookRunner, prepare_lambda_environment  # the API function never loads them
+            from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment  # the API function never loads them
             shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             sandbox.forbid_inspection()
             runner = NotebookRunner(self.settings.run_timeout, shared_tmp=shared_tmp,

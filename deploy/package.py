@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from chalicelib.deployment import CODE_URI, IMAGE_CONTEXT, RUNTIME, TASK_ROOT, image_runner, merge_template
+from deploy.template import CODE_URI, IMAGE_CONTEXT, RUNTIME, TASK_ROOT, image_runner, merge_template
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -98,7 +98,7 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
 
 def chalice_package(out: Path) -> tuple:
     """(template, code): Chalice's SAM template for app.py with
-    deployment.merge_template() merged in, and a folder with the code Chalice packages
+    deploy.template.merge_template() merged in, and a folder with the code Chalice packages
     (app.py, chalicelib/ and Chalice's own runtime module), in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as scratch:

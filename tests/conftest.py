@@ -6,9 +6,10 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from chalicelib import embedded_aws, services
-from chalicelib.config import Settings
-from chalicelib.localstack import provision
+from devstack import embedded_aws
+from chalicelib import services
+from chalicelib.common.config import Settings
+from devstack.stack import provision
 
 USERS = [("admin", "admin"), ("bob", "bob-secret")]
 

@@ -12,7 +12,7 @@ import botocore.exceptions
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
-from chalicelib import aws
+from chalicelib.common import aws
 
 
 # What the hostile suites tried, printed at the end of the session (tests/conftest.py).
@@ -101,10 +101,10 @@ def check_invariants(settings, settled: bool = False) -> None:
 
 
 class FaultInjector:
-    """Fails the k-th AWS call of the project's own clients (chalicelib.aws), as botocore
+    """Fails the k-th AWS call of the project's own clients (chalicelib.common.aws), as botocore
     would after its retries: throttling, a 5xx, or a read timeout.
 
-    A `before-call` handler on the boto3 session of chalicelib.aws, which every client
+    A `before-call` handler on the boto3 session of chalicelib.common.aws, which every client
     made after `install` inherits; other clients (the tests' own boto3 calls) are not
     touched. `stubs` answers operations moto cannot serve (Lambda's Invoke runs no code
     without Docker) with a fixed reply, counted and faulted like any call.

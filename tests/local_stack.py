@@ -19,7 +19,7 @@ import time
 import boto3
 import requests
 
-from chalicelib import sandbox
+from chalicelib.runner import sandbox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "/_notebooks/notebooks"
@@ -104,10 +104,10 @@ class Process:
 
 
 class RunningStack(Process):
-    """`python -m chalicelib.localstack` (what `make dev` runs) on a free port."""
+    """`python -m devstack.stack` (what `make dev` runs) on a free port."""
 
     def __init__(self, state: str, port: int, *args, **env):
-        super().__init__([sys.executable, "-m", "chalicelib.localstack", *args], stack_env(state, PORT=str(port), **env))
+        super().__init__([sys.executable, "-m", "devstack.stack", *args], stack_env(state, PORT=str(port), **env))
         self.state = state
         self.url = f"http://127.0.0.1:{port}"
 

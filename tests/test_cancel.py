@@ -3,7 +3,7 @@ so far, finished runs are a 409, and a cancel racing a run's end leaves one fina
 import threading
 import time
 
-from chalicelib import runs as runs_module
+from chalicelib.runs import service as runs_module
 from tests.conftest import error
 from tests.test_runs import BASE, RUNS, notebook_of, run_all
 

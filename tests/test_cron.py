@@ -1,4 +1,4 @@
-"""Tests for chalicelib.cron: schedule requests -> AWS cron, AWS cron validation and evaluation.
+"""Tests for chalicelib.schedules.cron: schedule requests -> AWS cron, AWS cron validation and evaluation.
 
 Expected cron strings are written out by hand, and weekdays are checked against the
 calendar (datetime.weekday() of real dates), never against the code's own tables.
@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 
-from chalicelib import cron
-from chalicelib.cron import (
+from chalicelib.schedules import cron
+from chalicelib.schedules.cron import (
     Schedule, ScheduleError, cron_matches, cron_times, parse_schedule, validate_aws_cron, weekday_number,
 )
 

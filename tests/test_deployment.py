@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.config import Settings
-from chalicelib.deployment import IMAGE_CONTEXT, MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
-from chalicelib.localstack import free_port
-from chalicelib.files import RESPONSES_PREFIX
-from chalicelib.metadata import TTL_ATTRIBUTE, table_definitions
+from chalicelib.common.config import Settings
+from deploy.template import IMAGE_CONTEXT, MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
+from devstack.stack import free_port
+from chalicelib.storage.files import RESPONSES_PREFIX
+from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
 from deploy import package
 from tests.local_stack import RunningStack, remove_state, state_folder
 
@@ -325,10 +325,10 @@ def test_fargate_runs_the_same_image_with_the_fargate_entry_point_and_configured
     [container] = properties["ContainerDefinitions"]
     assert container["Name"] == Settings().ecs_container  # what the dispatcher's overrides name
     assert container["Image"] == {"Ref": "RunnerImageUri"}
-    # RunTask appends the run id: python3 -m chalicelib.fargate_task <run id>, in the task root.
-    assert container["EntryPoint"] == ["python3", "-m", "chalicelib.fargate_task"]
+    # RunTask appends the run id: python3 -m chalicelib.runner.fargate_task <run id>, in the task root.
+    assert container["EntryPoint"] == ["python3", "-m", "chalicelib.runner.fargate_task"]
     assert container["StopTimeout"] == 120  # Fargate's longest grace between SIGTERM and SIGKILL
-    assert (ROOT / "chalicelib" / "fargate_task.py").exists() and container["WorkingDirectory"] == "/var/task"
+    assert (ROOT / "chalicelib" / "runner/fargate_task.py").exists() and container["WorkingDirectory"] == "/var/task"
     assert container["ReadonlyRootFilesystem"] is True
     assert container["MountPoints"] == [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}]
     environment = {pair["Name"]: pair["Value"] for pair in container["Environment"]}

@@ -10,11 +10,13 @@ import botocore.exceptions
 import pytest
 from moto import mock_aws
 
-from chalicelib import aws, fargate_task, services
-from chalicelib import runs as runs_module
-from chalicelib.config import REPORT_GRACE_SECONDS
-from chalicelib.dispatch import EngineRouter, FargateDispatcher
-from chalicelib.errors import ApiError
+from chalicelib.common import aws
+from chalicelib.runner import fargate_task
+from chalicelib import services
+from chalicelib.runs import service as runs_module
+from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.runs.engines import EngineRouter, FargateDispatcher
+from chalicelib.api.errors import ApiError
 from tests.conftest import error
 from tests.helpers import stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
@@ -36,7 +38,7 @@ def ecs_for_runs():
         family="notebooks-runner", requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
         cpu="1024", memory="4096",
         containerDefinitions=[{"name": "runner", "image": "runner:latest", "cpu": 1024, "memory": 4096,
-                               "entryPoint": ["python3", "-m", "chalicelib.fargate_task"]}],
+                               "entryPoint": ["python3", "-m", "chalicelib.runner.fargate_task"]}],
     )["taskDefinition"]["taskDefinitionArn"]
     return ecs, cluster, task_definition, subnet, group
 
@@ -63,7 +65,7 @@ def test_a_fargate_run_is_one_task_of_the_runner_with_the_run_id_as_its_command(
         {"name": "runner", "command": ["3f1c2a9e-0000-4000-8000-000000000001"]}]
     [container] = ecs.describe_task_definition(taskDefinition=task_definition)["taskDefinition"][
         "containerDefinitions"]
-    assert container["entryPoint"][-2:] == ["-m", "chalicelib.fargate_task"]
+    assert container["entryPoint"][-2:] == ["-m", "chalicelib.runner.fargate_task"]
 
 
 def test_stopping_a_fargate_run_stops_its_task(fargate):

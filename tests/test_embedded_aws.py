@@ -9,7 +9,7 @@ from moto import mock_aws
 from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models.table import Table
 
-from chalicelib import embedded_aws
+from devstack import embedded_aws
 
 KEY = [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
 

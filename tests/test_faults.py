@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 import nbformat
 import pytest
 
-from chalicelib import schedule_locks, services
-from chalicelib.files import output_key
-from chalicelib.runner import NotebookRunner
+from chalicelib.schedules import locks as schedule_locks
+from chalicelib import services
+from chalicelib.storage.files import output_key
+from chalicelib.runner.notebook_runner import NotebookRunner
 from tests.conftest import error
 from tests.helpers import TALLY, FaultInjector, check_invariants
 

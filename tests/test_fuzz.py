@@ -17,10 +17,10 @@ import pytest
 import requests
 
 import app
-from chalicelib import openapi
-from chalicelib.localstack import free_port
-from chalicelib.payloads import MAX_DEPTH
-from chalicelib.web import OPENAPI_PATH
+from chalicelib.api import openapi
+from devstack.stack import free_port
+from chalicelib.api.payloads import MAX_DEPTH
+from chalicelib.api.web import OPENAPI_PATH
 from tests.conftest import error
 from tests.helpers import TALLY, stored_state
 from tests.local_stack import RunningStack, remove_state, state_folder

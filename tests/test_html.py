@@ -7,7 +7,7 @@ import bs4
 import nbformat
 import pytest
 
-from chalicelib import html
+from chalicelib.runs import html
 
 # Links and sources that run script, spelled as attackers spell them.
 SCRIPT_URLS = [
@@ -62,7 +62,7 @@ CASES = (
 
 
 def active_content(page: str) -> list:
-    """What in `page` a browser without a CSP would run, found independently of html.py:
+    """What in `page` a browser without a CSP would run, found independently of runs/html.py:
     script elements, event handlers, and script URLs in any attribute a browser follows."""
     found = []
     soup = bs4.BeautifulSoup(page, "html.parser")

@@ -19,8 +19,8 @@ import time
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from chalicelib import sandbox
-from chalicelib.runner import NotebookRunner, prepare_lambda_environment
+from chalicelib.runner import sandbox
+from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment
 
 def notebook(*cells, kernelspec=None):
     """A notebook whose first cell is a papermill parameters cell."""
@@ -227,7 +227,7 @@ def test_a_process_that_keeps_changing_pid_dies_with_its_kernel(lambda_layout):
 
 # A runner process that starts a kernel, says where its connection file is, and waits.
 WAITING_RUNNER = r'''
-from chalicelib.runner import NotebookRunner
+from chalicelib.runner.notebook_runner import NotebookRunner
 runner = NotebookRunner(run_timeout=60)
 runner.prewarm()
 print(runner._waiting.folders.connection_file, flush=True)
@@ -254,7 +254,7 @@ def test_a_waiting_kernel_dies_with_its_killed_runner(namespace):
     live on, holding a run's folders and ports."""
     if namespace and not sandbox.pid_namespace_prefix():
         pytest.skip("this machine gives kernels no PID namespace (no unprivileged user namespaces)")
-    code = ("from chalicelib import sandbox\n"
+    code = ("from chalicelib.runner import sandbox\n"
             f"sandbox._pid_namespace_usable = {namespace}\n" + WAITING_RUNNER)
     runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -421,12 +421,12 @@ def test_kernels_are_non_dumpable_so_other_notebooks_cannot_inspect_them():
 # A uid of this test run's own, so that no other process on a shared machine is swept.
 TEST_UID = random.randint(70000, 2**31 - 2)
 UNPRIVILEGED = ["setpriv", f"--reuid={TEST_UID}", f"--regid={TEST_UID}", "--clear-groups"]
-SYSTEM_PYTHON = "/usr/bin/python3"  # sandbox.py needs only the standard library
+SYSTEM_PYTHON = "/usr/bin/python3"  # runner/sandbox.py needs only the standard library
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPER = f"""
 import sys
 sys.path.insert(0, {REPO!r})
-from chalicelib import sandbox
+from chalicelib.runner import sandbox
 sweep = sandbox.ProcessSweep(whole_user=True)
 sweep.start()
 print("ready", flush=True)
@@ -439,7 +439,7 @@ def _can_run_unprivileged() -> bool:
     if os.getuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
         return False
     probe = subprocess.run(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
-                                           "import chalicelib.sandbox"], capture_output=True)
+                                           "import chalicelib.runner.sandbox"], capture_output=True)
     return probe.returncode == 0
 
 
@@ -484,7 +484,7 @@ def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
 IPC_PLANTER = f"""
 import ctypes, sys
 sys.path.insert(0, {REPO!r})
-from chalicelib import sandbox
+from chalicelib.runner import sandbox
 libc = ctypes.CDLL(None)
 segment = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
 queue = libc.msgget(0, 0o1600)
@@ -539,7 +539,7 @@ def test_an_ecs_task_gives_up_root_before_its_runner_starts():
 def _gives_up_root(tmp):
     code = (
         "import ctypes, json, os\n"
-        "from chalicelib import sandbox\n"
+        "from chalicelib.runner import sandbox\n"
         f"done = sandbox.give_up_root(993, {str(tmp)!r})\n"
         "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
         f"open(os.path.join({str(tmp)!r}, 'mine'), 'w').write('x')\n"

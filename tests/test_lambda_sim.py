@@ -40,13 +40,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from chalicelib import deployment
-from chalicelib.config import Settings
-from chalicelib.deployment import PACKAGED_JUPYTER_DATA, RUNTIME
-from chalicelib.embedded_aws import EmbeddedAws as GuardedMoto
-from chalicelib.local_state import StateFolder
-from chalicelib.metadata import create_tables
-from chalicelib.users import UserStore
+from deploy import template as deployment
+from chalicelib.common.config import Settings
+from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
+from devstack.embedded_aws import EmbeddedAws as GuardedMoto
+from devstack.state import StateFolder
+from chalicelib.storage.tables import create_tables
+from chalicelib.auth.users import UserStore
 from deploy import package
 
 HERE = Path(__file__).resolve().parent
@@ -128,7 +128,7 @@ class EmbeddedAws:
         self.client("s3").create_bucket(Bucket=settings.bucket)
         create_tables(self.client("dynamodb"), settings)
         users = boto3.resource("dynamodb", **self._options()).Table(settings.users_table)
-        UserStore(users).add("admin", PASSWORD)  # as the operator's `chalicelib.users add` would
+        UserStore(users).add("admin", PASSWORD)  # as the operator's `chalicelib.auth.users add` would
 
     def _options(self) -> dict:
         return {"endpoint_url": self.url, "region_name": REGION, "aws_access_key_id": SIM_ACCESS_KEY_ID,
@@ -473,7 +473,7 @@ def test_the_runner_module_imports_without_home(simulation, tmp_path):
     """What the runner function loads on its first event, loaded before anything has set HOME."""
     env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
     function = SimulatedFunction(tmp_path, simulation.tasks["Runner"],
-                                 {**env, "_HANDLER": "chalicelib.runner.NotebookRunner"})
+                                 {**env, "_HANDLER": "chalicelib.runner.notebook_runner.NotebookRunner"})
     function.close()
     assert "papermill" in function.init["loaded"]
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from chalicelib.localstack import client_environment, free_port, running_stack
+from devstack.stack import client_environment, free_port, running_stack
 from tests.local_stack import (ADMIN, BASE, ROOT, Process, RunningStack, alive, code_notebook, descendants,
                                remove_state, stack_env, state_folder, wait_for_run)
 
@@ -42,10 +42,10 @@ def start(launched, stack: RunningStack) -> RunningStack:
 
 
 def add_user(stack: RunningStack, name: str, password: str) -> None:
-    """The users command, pointed at the stack as the README says (`localstack env`)."""
+    """The users command, pointed at the stack as the README says (`python -m devstack.stack env`)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env.update(client_environment(stack.connection()))
-    subprocess.run([sys.executable, "-m", "chalicelib.users", "add", name, "--password-stdin"], env=env, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "chalicelib.auth.users", "add", name, "--password-stdin"], env=env, cwd=ROOT,
                    input=password + "\n", text=True, check=True, capture_output=True)
 
 
@@ -125,19 +125,21 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
 def project_copy(folder) -> str:
     """The app's files in a folder of their own, to edit without touching the repository."""
     copy = os.path.join(folder, "project")
-    shutil.copytree(os.path.join(ROOT, "chalicelib"), os.path.join(copy, "chalicelib"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("chalicelib", "devstack"):
+        shutil.copytree(os.path.join(ROOT, package), os.path.join(copy, package),
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(os.path.join(ROOT, ".chalice"), os.path.join(copy, ".chalice"))
     shutil.copy(os.path.join(ROOT, "app.py"), copy)
     return copy
 
 
 def chalice_local(launched, project: str, state: str, port: int) -> Process:
-    """`chalice local --stage local` in `project`, as a developer starts it."""
-    chalice = os.path.join(os.path.dirname(sys.executable), "chalice")
+    """`chalice local --stage local` with the local stack attached (`make api`) in `project`,
+    as a developer starts it."""
     env = stack_env(state)
     del env["NOTEBOOKS_USERS"]  # seeded by the stack, not read by the API
-    server = Process([chalice, "local", "--stage", "local", "--port", str(port)], env, cwd=project)
+    server = Process([sys.executable, "-m", "devstack.chalice_local", "local", "--stage", "local", "--port", str(port)],
+                     env, cwd=project)
     launched.append(server)
     server.wait_for_url(f"http://127.0.0.1:{port}")
     return server

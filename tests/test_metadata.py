@@ -2,7 +2,7 @@
 as it now is, and gives up with Conflict when it keeps failing."""
 import pytest
 
-from chalicelib import metadata
+from chalicelib.storage import tables as metadata
 from tests.helpers import seed_notebooks
 
 OWNER = "admin"

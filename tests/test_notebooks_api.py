@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from chalicelib import services
-from chalicelib.files import notebook_key
+from chalicelib.storage.files import notebook_key
 from tests.conftest import basic, error
 from tests.helpers import leftovers, stored_state
 

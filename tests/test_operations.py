@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from chalicelib import users
-from chalicelib.localstack import free_port
+from chalicelib.auth import users
+from devstack.stack import free_port
 from tests.local_stack import (ADMIN, RunningStack, alive, code_notebook, descendants, remove_state,
                                state_folder, wait_for_run)
 
@@ -63,7 +63,7 @@ def test_cors_is_on_for_the_configured_origin_only(stack, monkeypatch):
 
 @pytest.fixture(scope="module")
 def running_stack():
-    """`python -m chalicelib.localstack` (what `make dev` runs) on a free port, with a
+    """`python -m devstack.stack` (what `make dev` runs) on a free port, with a
     fresh state folder; as `nobody` when the tests run as root."""
     state = state_folder()
     stack = RunningStack(state, free_port()).started()

@@ -2,7 +2,7 @@
 import boto3
 import pytest
 
-from chalicelib.parameters import MAX_LINE_CHARS, fits
+from chalicelib.notebooks.parameters import MAX_LINE_CHARS, fits
 from tests.conftest import error
 from tests.helpers import AwsCalls, stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
@@ -171,7 +171,7 @@ def test_a_run_with_parameters_reads_no_file_but_a_notebook_written_before_them(
 
 
 def test_declarations_too_large_to_keep_are_read_from_the_file(api, stack, dispatched, monkeypatch):
-    monkeypatch.setattr("chalicelib.parameters.MAX_CACHED_BYTES", 10)
+    monkeypatch.setattr("chalicelib.notebooks.parameters.MAX_CACHED_BYTES", 10)
     notebook_id = api.create(content=typed_notebook())["notebook_id"]
     api.json("PUT", f"{BASE}/{notebook_id}/content", typed_notebook("print(count)"))
     assert "'count'" in error(run(api, [notebook_id], {"count": "one"}))[1]

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 import boto3
 import pytest
 
-from chalicelib.files import notebook_key
+from chalicelib.storage.files import notebook_key
 from tests.conftest import error
 from tests.helpers import stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text

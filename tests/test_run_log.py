@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from chalicelib import deployment, run_log
-from chalicelib.run_log import capped, log_key
+from deploy import template as deployment
+from chalicelib.runs import log as run_log
+from chalicelib.runs.log import capped, log_key
 from tests.conftest import error
 from tests.helpers import leftovers
 from tests.test_cancel import run_in_background, start_run, wait_for

@@ -9,7 +9,7 @@ import time
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from chalicelib.runner import NotebookRunner, prepare_lambda_environment
+from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment
 
 
 def notebook(*cells):
@@ -315,7 +315,7 @@ def test_the_runner_process_becomes_non_dumpable_and_adopts_orphans():
     subreaper's orphaned descendants are re-parented to it."""
     script = (
         "import ctypes\n"
-        "from chalicelib import sandbox\n"
+        "from chalicelib.runner import sandbox\n"
         "libc = ctypes.CDLL(None)\n"
         "reaper = ctypes.c_int(-1)\n"
         "before = libc.prctl(3, 0, 0, 0, 0), libc.prctl(37, ctypes.byref(reaper), 0, 0, 0) or reaper.value\n"

@@ -8,10 +8,10 @@ import boto3
 import nbformat
 import pytest
 
-from chalicelib.files import output_key
-from chalicelib.responses import ENVELOPE_BYTES
-from chalicelib.runner import NotebookRunner
-from chalicelib.dispatch import LambdaDispatcher
+from chalicelib.storage.files import output_key
+from chalicelib.api.responses import ENVELOPE_BYTES
+from chalicelib.runner.notebook_runner import NotebookRunner
+from chalicelib.runs.engines import LambdaDispatcher
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
 

@@ -15,12 +15,13 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from chalicelib import payloads, schedules
-from chalicelib import runs as runs_module
-from chalicelib.config import REPORT_GRACE_SECONDS
-from chalicelib.errors import ApiError
-from chalicelib.files import output_key
-from chalicelib.runner import NotebookRunner
+from chalicelib.api import payloads
+from chalicelib.schedules import scheduler as schedules
+from chalicelib.runs import service as runs_module
+from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.api.errors import ApiError
+from chalicelib.storage.files import output_key
+from chalicelib.runner.notebook_runner import NotebookRunner
 from tests.conftest import error
 from tests.helpers import AwsCalls, leftovers, seed_notebooks, stored_state
 

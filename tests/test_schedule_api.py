@@ -7,8 +7,8 @@ import boto3
 import nbformat
 import pytest
 
-from chalicelib.cron import cron_times
-from chalicelib.runner import NotebookRunner
+from chalicelib.schedules.cron import cron_times
+from chalicelib.runner.notebook_runner import NotebookRunner
 from tests.conftest import error
 
 BASE = "/_notebooks/notebooks"

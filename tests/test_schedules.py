@@ -11,10 +11,10 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from chalicelib.errors import ApiError
-from chalicelib.schedule_locks import ScheduleLocks
-from chalicelib.schedule_rules import ScheduleRules
-from chalicelib.schedules import LocalEventClock, Scheduler
+from chalicelib.api.errors import ApiError
+from chalicelib.schedules.locks import ScheduleLocks
+from chalicelib.schedules.rules import ScheduleRules
+from chalicelib.schedules.scheduler import LocalEventClock, Scheduler
 from tests.helpers import stored_state
 
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner"
@@ -427,7 +427,7 @@ def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(
     notebook_id = new(stack)
     table, other_request = stack.notebooks._table, ScheduleLocks(stack.notebooks._table, clock=clock)
     assert other_request.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
-    monkeypatch.setattr("chalicelib.schedule_locks._LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("chalicelib.schedules.locks._LOCK_WAIT_SECONDS", 0.2)
     before = snapshot(stack, events)
     with pytest.raises(ApiError) as raised:
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from chalicelib import aws, services
-from chalicelib.auth import Authenticator, LoginThrottle
+from chalicelib.common import aws
+from chalicelib import services
+from chalicelib.auth.logins import Authenticator, LoginThrottle
 from tests.conftest import basic
 
 COUNT = "/_notebooks/notebooks/_count"

@@ -15,9 +15,11 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from chalicelib import deployment, localstack, webhooks
-from chalicelib.config import Settings
-from chalicelib.localstack import free_port
+from deploy import template as deployment
+from devstack import stack as localstack
+from chalicelib.runs import webhooks
+from chalicelib.common.config import Settings
+from devstack.stack import free_port
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder

@@ -1,0 +1,249 @@
+"""Request parsing and field validation: every client mistake becomes a 400 naming the field.
+
+Nothing here touches storage, so a request that fails validation changes nothing.
+"""
+import base64
+import binascii
+import json
+import keyword
+import math
+import re
+import unicodedata
+
+import pyjson5
+
+from chalicelib.api.errors import MISSING_NEW_NAME, MODULE_REQUIRED, bad_request
+
+MAX_NAME_LENGTH = 255
+MAX_MODULE_LENGTH = 255
+# Deepest nesting of objects and arrays under a body's field. A notebook needs about 6
+# levels (cells, outputs, data); widget state in metadata a few more.
+MAX_DEPTH = 64
+# Largest epoch-milliseconds value a page token may carry (the year 2286).
+_MAX_EPOCH_MS = 10**13
+EXTENSION = ".ipynb"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
+
+
+def parse_body(raw, lenient: bool = False) -> dict:
+    """The request body as a dict; an empty body is `{}`.
+
+    Strict JSON: no NaN or Infinity (nor a number out of a float's range), each refused
+    naming the field that holds it; no lone surrogates (they cannot be stored as UTF-8),
+    no nesting deeper than Python can walk. `lenient` also accepts JSON5
+    (unquoted keys), which the seed's own Run sample uses, with pyjson5: compiled, its
+    cost linear in the body's size, so a malformed body of megabytes costs milliseconds.
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise bad_request("Malformed JSON in request body: not UTF-8")
+    # NaN, Infinity and 1e999 are read as floats here, then refused by field below.
+    options = {"parse_float": float, "parse_constant": float}
+    try:
+        try:
+            value = json.loads(text, **options)
+        except ValueError as strict_error:
+            if not lenient:
+                raise
+            try:
+                value = pyjson5.loads(text)
+            except pyjson5.Json5Exception:
+                raise strict_error
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
+        raise bad_request(f"Malformed JSON in request body: {error}")
+    except RecursionError:
+        raise bad_request(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
+    if not isinstance(value, dict):
+        raise bad_request("Request body must be a JSON object")
+    refusal = _unfit_field(value)
+    if refusal is not None:
+        raise bad_request(refusal)
+    return value
+
+
+def _unfit_field(body: dict):
+    """Why a top-level field of `body` is refused (it nests deeper than MAX_DEPTH, or
+    holds NaN or an infinite number), else None.
+
+    Walked without recursion: what Python's stack cannot hold must be refused here, not
+    found later by nbformat's validator or papermill (a RecursionError, a 500).
+    """
+    for field, value in body.items():
+        pending = [(value, 1)]
+        while pending:
+            node, depth = pending.pop()
+            if depth > MAX_DEPTH:
+                return f"{field} is nested more than {MAX_DEPTH} levels deep"
+            if isinstance(node, float) and not math.isfinite(node):
+                return f"{field} holds NaN or an infinite number, which JSON does not allow"
+            if isinstance(node, dict):
+                pending.extend((child, depth + 1) for child in node.values())
+            elif isinstance(node, list):
+                pending.extend((child, depth + 1) for child in node)
+    return None
+
+
+def canonical_id(value) -> str:
+    """The lower-case form of a UUID string, or None when `value` is not one."""
+    if isinstance(value, str) and _UUID.match(value):
+        return value.lower()
+    return None
+
+
+def is_page_key(key, owner: str, prefix: str) -> bool:
+    """Whether `key`, decoded from a client's next_token, is a List page key of `owner`:
+    exactly `owner`, `sk` (`prefix` and a UUID) and `created_at` (epoch ms, an int, not a
+    bool), each in range, so a forged token is refused before it reaches DynamoDB."""
+    if not isinstance(key, dict) or set(key) != {"owner", "sk", "created_at"}:
+        return False
+    sk, created_at = key["sk"], key["created_at"]
+    return (
+        key["owner"] == owner
+        and isinstance(sk, str) and sk.startswith(prefix) and _UUID.fullmatch(sk[len(prefix):]) is not None
+        and type(created_at) is int and 0 <= created_at <= _MAX_EPOCH_MS
+    )
+
+
+def id_list(body: dict, field: str, missing_message: str, max_ids: int) -> list:
+    """The list of ids in `body[field]`, in order, without repeats; shape errors are 400s.
+
+    Ids are not checked for UUID form here: callers decide how an unknown id is answered.
+    """
+    value = body.get(field)
+    if value is None or value == []:
+        raise bad_request(missing_message)
+    if not isinstance(value, list):
+        raise bad_request(f"{field} must be a list of notebook IDs")
+    if len(value) > max_ids:
+        raise bad_request(f"{field} holds {len(value)} IDs: at most {max_ids} are allowed")
+    if not all(isinstance(item, str) for item in value):
+        raise bad_request(f"{field} must contain only strings")
+    return list(dict.fromkeys(value))
+
+
+def notebook_name(value, field: str = "new_name") -> str:
+    """A valid notebook name from `value`, with `.ipynb` appended when missing.
+
+    Names are NFC-normalised so that two spellings of one Unicode name are one name.
+    """
+    if value is None:
+        raise bad_request(MISSING_NEW_NAME)
+    if not isinstance(value, str):
+        raise bad_request(f"{field} must be a string")
+    name = unicodedata.normalize("NFC", value).strip()
+    if not name:
+        raise bad_request(MISSING_NEW_NAME)
+    if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in name):
+        raise bad_request(f"{field} must not contain control characters")
+    if "/" in name or "\\" in name:
+        raise bad_request(f"{field} must not contain '/' or '\\'")
+    if ".." in name:
+        raise bad_request(f"{field} must not contain '..'")
+    if not name.endswith(EXTENSION):
+        name += EXTENSION
+    stem = name[: -len(EXTENSION)]
+    if not stem.strip():
+        raise bad_request(MISSING_NEW_NAME)
+    # The limit is on the name the user chose; `.ipynb` comes on top, given or not.
+    if len(stem) > MAX_NAME_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters before .ipynb")
+    return name
+
+
+def module_name(body: dict) -> str:
+    """The Run request's required `module`."""
+    value = body.get("module")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise bad_request(MODULE_REQUIRED)
+    if not isinstance(value, str):
+        raise bad_request("module must be a string")
+    if len(value) > MAX_MODULE_LENGTH:
+        raise bad_request(f"module is too long: at most {MAX_MODULE_LENGTH} characters")
+    return value
+
+
+def parameters(body: dict, max_bytes: int) -> dict:
+    """The Run request's optional papermill `parameters`: an object keyed by Python names,
+    at most `max_bytes` as JSON (it is stored with each run)."""
+    value = body.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("parameters must be a JSON object")
+    for key in value:
+        if not key.isidentifier() or keyword.iskeyword(key):
+            raise bad_request(f"parameters keys must be Python identifiers: {key!r} is not")
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > max_bytes:
+        raise bad_request(f"parameters are too large: {size} bytes as JSON, at most {max_bytes}")
+    return value
+
+
+# The shortest run timeout: a millisecond (a shorter one could not be stored, as DynamoDB
+# numbers go down to 1e-130 only).
+MIN_TIMEOUT = 0.001
+
+
+def timeout(body: dict, default: float, maximum: float, beyond_maximum: str = "") -> float:
+    """The Run request's optional `timeout`, seconds: a number above 0 (from MIN_TIMEOUT)
+    and at most `maximum` (`beyond_maximum` says why there, if need be); `default` when
+    absent or null."""
+    value = body.get("timeout")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_TIMEOUT <= value <= maximum:
+        raise bad_request(f"timeout must be a number of seconds above 0 (at least {MIN_TIMEOUT:g}) "
+                          f"and at most {maximum:g}{beyond_maximum}")
+    return value
+
+
+MAX_CLIENT_TOKEN_LENGTH = 255
+
+
+def client_token(body: dict, header) -> str:
+    """A Run's optional idempotency token: the `Idempotency-Key` header, else `client_token`
+    in the body; None when neither is given."""
+    value, field = (header, "Idempotency-Key") if header is not None else (body.get("client_token"), "client_token")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"{field} must be a non-empty string")
+    if len(value) > MAX_CLIENT_TOKEN_LENGTH:
+        raise bad_request(f"{field} is too long: at most {MAX_CLIENT_TOKEN_LENGTH} characters")
+    return value
+
+
+def page_token(key) -> str:
+    """The `next_token` of a DynamoDB LastEvaluatedKey (None: no next page)."""
+    if not key:
+        return None
+    plain = {name: (int(value) if not isinstance(value, str) else value) for name, value in key.items()}
+    return base64.urlsafe_b64encode(json.dumps(plain).encode("utf-8")).decode("ascii")
+
+
+def page_key(token, valid) -> dict:
+    """The LastEvaluatedKey in a `next_token` (None when there is none); a 400 unless
+    `valid(key)` holds, so a client cannot read past what it may see."""
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
+        key = None
+    if not isinstance(key, dict) or not valid(key):
+        raise bad_request("next_token is invalid")
+    return key
+
+
+def page_limit(value, maximum: int) -> int:
+    """The List `limit` query parameter: None when absent, else an int in 1..maximum."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= maximum:
+        raise bad_request(f"limit must be an integer from 1 to {maximum}")
+    return int(value)

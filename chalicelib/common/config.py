@@ -1,0 +1,147 @@
+"""Configuration, read from environment variables in this one place.
+
+Every setting has a default that suits the local stack; a deployment sets the
+environment variables in `.chalice/config.json`. `AWS_ENDPOINT_URL` is not read here:
+boto3 honours it itself, which is how tests and the local stack redirect AWS.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+SIX_MB = 6 * 1024 * 1024
+# After its run timeout, a runner gets this long to report (stop the kernel, store the
+# output, record the end) before the API declares it lost.
+REPORT_GRACE_SECONDS = 60
+# The longest run timeout Lambda takes: its 15 minutes less that grace.
+LAMBDA_RUN_LIMIT = 900.0 - REPORT_GRACE_SECONDS
+
+
+def _int(env, name, default):
+    value = env.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _float(env, name, default):
+    value = env.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def _list(env, name) -> tuple:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the service needs to know about where it runs."""
+
+    region: str = "us-east-1"
+    bucket: str = "notebooks-files"
+    notebooks_table: str = "notebooks"
+    runs_table: str = "notebooks-runs"
+    users_table: str = "notebooks-users"
+    # name:password,... seeded by the local stack only; never read in a deployment.
+    local_users: str = "admin:admin"
+    cors_origin: Optional[str] = None
+    max_ids: int = 1000
+    max_body_bytes: int = SIX_MB
+    runner_function: str = "notebooks-dev-runner"
+    runner_arn: Optional[str] = None
+    local_workers: int = os.cpu_count() or 1
+    # Served by the local stack (`make dev`, `chalice local --stage local`), not by AWS.
+    local_stack: bool = False
+    # A run's default timeout (at most LAMBDA_RUN_LIMIT, as schedules fire the runner
+    # function directly). A run asking for longer than LAMBDA_RUN_LIMIT runs on Fargate,
+    # up to the maximum.
+    run_timeout: float = LAMBDA_RUN_LIMIT
+    max_run_timeout: float = 12 * 3600.0
+    # The Fargate engine (all four set by the deployment's template; unset: no Fargate).
+    ecs_cluster: Optional[str] = None
+    ecs_task_definition: Optional[str] = None
+    ecs_subnets: tuple = ()
+    ecs_security_groups: tuple = ()
+    ecs_container: str = "runner"
+    ecs_assign_public_ip: bool = True
+    # How long a queued run may wait for a runner before it is reported lost.
+    queue_timeout: float = 6 * 3600.0
+    timezone: str = "UTC"
+    rule_prefix: str = "notebooks-"
+    # Failed logins allowed per username in a window; past them, 429 until it ends.
+    login_attempts: int = 5
+    login_window: float = 300.0
+
+    # Lambda returns at most 6 MB; a larger JSON answer is served from S3 (303).
+    max_response_bytes: int = SIX_MB
+    # The largest executed notebook the runner stores; beyond it outputs are dropped.
+    max_output_bytes: int = 64 * 1024 * 1024
+    # A run's `parameters`, as JSON; a run record must stay under DynamoDB's 400 KB.
+    max_parameters_bytes: int = 64 * 1024
+    # A run's live log (runs/log.py): past it, its first and last parts around a marker.
+    max_log_bytes: int = 1024 * 1024
+    # Webhook URLs on loopback (http://127.0.0.1, http://localhost): the local stack's
+    # `local` stage sets it; a deployment never does.
+    webhook_allow_loopback: bool = False
+    # Per-user quotas.
+    max_scheduled: int = 1000
+    max_active_runs: int = 2000
+    max_runs_kept: int = 100
+    # AWS calls one request makes at once (what AWS cannot batch).
+    aws_concurrency: int = 16
+    # A Delete removes this many notebooks' schedule rules itself, and hands the rest to
+    # the runner function: two EventBridge calls each, which EventBridge cannot batch.
+    rules_removed_in_request: int = 100
+
+    @property
+    def fargate(self) -> bool:
+        """Whether the deployment has a Fargate engine for runs longer than Lambda's."""
+        return bool(self.ecs_cluster and self.ecs_task_definition and self.ecs_subnets)
+
+    def longest_run(self) -> float:
+        """The longest timeout a run may ask for: the maximum where runs can take it (Fargate,
+        or the local stack's workers), else what fits in Lambda."""
+        if self.fargate or self.local_stack:
+            return self.max_run_timeout
+        return min(self.max_run_timeout, LAMBDA_RUN_LIMIT)
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        """Build settings from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or d.region,
+            bucket=env.get("NOTEBOOKS_BUCKET", d.bucket),
+            notebooks_table=env.get("NOTEBOOKS_TABLE", d.notebooks_table),
+            runs_table=env.get("NOTEBOOKS_RUNS_TABLE", d.runs_table),
+            users_table=env.get("NOTEBOOKS_USERS_TABLE", d.users_table),
+            local_users=env.get("NOTEBOOKS_USERS", d.local_users),
+            cors_origin=env.get("NOTEBOOKS_CORS_ORIGIN") or None,
+            max_ids=_int(env, "NOTEBOOKS_MAX_IDS", d.max_ids),
+            max_body_bytes=_int(env, "NOTEBOOKS_MAX_BODY_BYTES", d.max_body_bytes),
+            runner_function=env.get("NOTEBOOKS_RUNNER_FUNCTION", d.runner_function),
+            runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
+            local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
+            local_stack=env.get("NOTEBOOKS_LOCAL_STACK") == "true",
+            run_timeout=_float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout),
+            max_run_timeout=_float(env, "NOTEBOOKS_MAX_RUN_TIMEOUT", d.max_run_timeout),
+            ecs_cluster=env.get("NOTEBOOKS_ECS_CLUSTER") or None,
+            ecs_task_definition=env.get("NOTEBOOKS_ECS_TASK_DEFINITION") or None,
+            ecs_subnets=_list(env, "NOTEBOOKS_ECS_SUBNETS"),
+            ecs_security_groups=_list(env, "NOTEBOOKS_ECS_SECURITY_GROUPS"),
+            ecs_container=env.get("NOTEBOOKS_ECS_CONTAINER") or d.ecs_container,
+            ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
+            queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
+            timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
+            rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
+            login_attempts=_int(env, "NOTEBOOKS_LOGIN_ATTEMPTS", d.login_attempts),
+            login_window=_float(env, "NOTEBOOKS_LOGIN_WINDOW", d.login_window),
+            max_response_bytes=_int(env, "NOTEBOOKS_MAX_RESPONSE_BYTES", d.max_response_bytes),
+            max_output_bytes=_int(env, "NOTEBOOKS_MAX_OUTPUT_BYTES", d.max_output_bytes),
+            max_parameters_bytes=_int(env, "NOTEBOOKS_MAX_PARAMETERS_BYTES", d.max_parameters_bytes),
+            max_log_bytes=_int(env, "NOTEBOOKS_MAX_LOG_BYTES", d.max_log_bytes),
+            webhook_allow_loopback=env.get("NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK", "").lower() == "true",
+            max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
+            max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
+            max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
+            aws_concurrency=_int(env, "NOTEBOOKS_AWS_CONCURRENCY", d.aws_concurrency),
+            rules_removed_in_request=_int(env, "NOTEBOOKS_RULES_REMOVED_IN_REQUEST", d.rules_removed_in_request),
+        )

@@ -1,0 +1,170 @@
+"""The runner function's event handler (RunExecutor): it claims a queued run and executes
+it on the runner (runner/notebook_runner.py), keeping its live log (runs/log.py) and watching for a cancel
+(_CancelWatch), then stores its executed notebook and records its end (runs/records.py)
+and delivers that end to the notebook's webhook (runs/webhooks.py). The same handler records the
+firings of schedule rules, delivers the webhooks of runs that ended in the API, and
+removes the rules a Delete handed over (schedules/rules.py).
+"""
+import json
+import logging
+import threading
+import uuid
+
+import nbformat
+
+from chalicelib.storage.files import notebook_key, output_key
+from chalicelib.runs.outputs import fit_output
+from chalicelib.common.periodic import Periodic
+from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
+from chalicelib.runs.records import CANCELLED, FAILED, SUCCEEDED, RunRecords
+from chalicelib.runs.dispatch import RunDispatch
+from chalicelib.runs.service import SCHEDULE
+from chalicelib.schedules.scheduler import REMOVE_RULES_EVENT
+
+log = logging.getLogger(__name__)
+
+# How often a runner looks for a cancel request while its run executes.
+CANCEL_POLL_SECONDS = 2.0
+# The runner function's event for a webhook delivery of a run that ended in the API (runs/webhooks.py).
+DELIVER_WEBHOOK_EVENT = "deliver_webhook"
+
+
+class RunExecutor:
+    """The runner function's work: execute one run end to end on a NotebookRunner."""
+
+    def __init__(self, records: RunRecords, run_dispatch: RunDispatch, webhooks, files, scheduler, schedule_rules,
+                 runner):
+        self._records = records
+        self._run_dispatch = run_dispatch  # records the runs of schedule firings
+        self._webhooks = webhooks  # webhooks.Webhooks, or None
+        self._files = files
+        self._scheduler = scheduler  # its due_occurrence tells which firings run
+        self._schedule_rules = schedule_rules  # removes the rules a Delete handed over
+        self._runner = runner
+        self._stopping = threading.Event()
+
+    def handle(self, event: dict) -> dict:
+        """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
+        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, a webhook
+        delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
+        to remove, `{"remove_rules": {"owner", "notebook_ids"}}`, from a Delete."""
+        if DELIVER_WEBHOOK_EVENT in event:
+            return self._webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
+        if REMOVE_RULES_EVENT in event:
+            return {"rules_removed": self._schedule_rules.remove_handed_over(event[REMOVE_RULES_EVENT])}
+        if event.get("trigger") == SCHEDULE:
+            run_id = self.record_firing(event["owner"], event["notebook_id"])
+            if run_id is None:
+                return {"status": "skipped"}
+        else:
+            run_id = event["run_id"]
+        return {"run_id": run_id, "status": self.execute(run_id)}
+
+    def record_firing(self, owner: str, notebook_id: str):
+        """Record the run of a schedule rule's firing; its run id, or None when no
+        occurrence is due (Scheduler.due_occurrence)."""
+        occurrence = self._scheduler.due_occurrence(owner, notebook_id)
+        if occurrence is None:
+            return None
+        # One id per notebook and occurrence: a second or late delivery of the same firing,
+        # or another firing of the rule for the same occurrence, finds it taken. If an earlier
+        # delivery recorded it and then failed, this one runs it: execute claims only a run
+        # still queued, so the occurrence runs once.
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
+        self._run_dispatch.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        return run_id
+
+    def execute(self, run_id: str) -> str:
+        """Claim and execute the run; its final status ("skipped" if not ours to run)."""
+        run = self._records.claim(run_id)
+        if run is None:
+            # Lambda's retry of an invocation that ran out of time while delivering: finish that.
+            self._deliver_webhook(run_id, only_pending=True)
+            return "skipped"
+        owner, notebook_id = run["owner"], run["notebook_id"]
+        try:
+            found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
+            if found is None:
+                if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
+                                                            "evalue": "The notebook (or its version) was deleted "
+                                                                      "before it ran"}):
+                    self._deliver_webhook(run_id)
+                return FAILED
+            data, version = found
+            if run.get("notebook_version") is None:  # recorded before versions: pinned now
+                self._records.pin_version(run_id, version)
+            target, limit = output_key(owner, notebook_id, run_id), self._records.max_output_bytes
+            log_target, log_limit = log_key(owner, notebook_id, run_id), self._records.max_log_bytes
+            live = LiveLog(self._runner.live, lambda text: self._files.put(log_target, text.encode("utf-8"),
+                                                                           LOG_CONTENT_TYPE),
+                           lambda index: self._records.current_cell(run_id, index), log_limit)
+            with _CancelWatch(lambda: self._stopping.is_set() or self._records.cancel_requested(run_id),
+                              self._runner.cancel), live:
+                execution = self._runner.execute(
+                    nbformat.reads(data.decode("utf-8"), as_version=4),
+                    parameters=json.loads(run.get("parameters", "{}")),
+                    timeout=self._records.timeout_of(run),
+                    on_progress=lambda done, total: self._records.progress(run_id, done, total),
+                    on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
+                )
+            output, too_large = fit_output(execution.notebook, limit)
+            self._files.put(target, output)
+            self._store_final_log(log_target, execution.notebook, log_limit)
+            error = execution.error or too_large
+            status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
+            final = self._records.conclude(run_id, status, error=error)
+            if final is None and self._records.is_gone(run_id):
+                # the notebook was deleted while it ran: leave no output
+                self._files.delete_many([target, log_target])
+            if final is not None:
+                self._deliver_webhook(run_id)
+            return final or status
+        except Exception as error:
+            log.exception("run %s failed in the runner", run_id)
+            if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
+                                                        "evalue": "The runner failed; see its logs"}):
+                self._deliver_webhook(run_id)
+            return FAILED
+        finally:
+            self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
+
+    def cancel(self) -> None:
+        """Stop the run executing, or about to, as a cancel does (its Fargate task is being
+        stopped); safe to call from another thread. The run's cancel watch applies it
+        again at each poll, so a run whose kernel was still starting stops too."""
+        self._stopping.set()
+        self._runner.cancel()
+
+    def _store_final_log(self, key: str, notebook, limit: int) -> None:
+        """Store the run's whole log; if that fails, the last live one stays: a log never
+        fails a run."""
+        try:
+            self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
+        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
+            log.warning("could not store the final log at %s", key, exc_info=True)
+
+    def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
+        """Deliver the end of a run this runner ended to its webhook, here and now."""
+        if self._webhooks is not None:
+            self._webhooks.deliver(run_id, only_pending)
+
+    def prewarm(self) -> None:
+        """Start the first run's kernel ahead of need."""
+        self._runner.prewarm()
+
+    def close(self) -> None:
+        """Shut down the kernel waiting for the next run."""
+        self._runner.close()
+
+
+class _CancelWatch(Periodic):
+    """While a run executes, asks `requested()` every CANCEL_POLL_SECONDS, from a thread
+    of its own, and calls `cancel()` (idempotent) whenever it answers yes."""
+
+    def __init__(self, requested, cancel):
+        super().__init__(CANCEL_POLL_SECONDS, self._check, "cancel-watch")
+        self._requested, self._cancel = requested, cancel
+
+    def _check(self) -> None:
+        if self._requested():
+            self._cancel()  # again at each poll: the first may come before any cell runs

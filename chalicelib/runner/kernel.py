@@ -1,0 +1,88 @@
+"""A run's kernel process: ipykernel, started so that only its own runner can talk to it.
+
+The runner starts it as `python -P -m chalicelib.runner.kernel -f <connection file> [options]`
+and writes its secrets on its standard input, as one line of JSON: the session key that
+signs messages and the CurveZMQ key pair that encrypts every channel. The connection
+file names the ports but holds no secret, so another notebook that finds the file or the
+ports (same user, same machine) can neither send the kernel a message it accepts nor read
+what it publishes. The process makes itself non-dumpable before it reads the secrets, so
+its memory, environment and file descriptors are closed to other processes of the same
+user, and it cannot be ptrace-attached.
+
+The runner keeps its end of that pipe open for the kernel's life, so the pipe doubles
+as a lifeline: when the runner process dies, however abruptly (SIGKILL included), the
+kernel sees end-of-file and exits, taking its PID namespace's processes with it.
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+from chalicelib.runner.sandbox import forbid_inspection
+
+_CONNECTION_FILE_WAIT_SECONDS = 5.0
+
+
+def _read_secrets() -> dict:
+    """The secrets from standard input; stdin is then /dev/null, as ipykernel expects
+    (a notebook's input() goes through the frontend, never the process's stdin), and the
+    pipe is watched on a descriptor of its own, not inherited by the notebook's processes."""
+    line = b""
+    while not line.endswith(b"\n"):  # unbuffered: nothing after the line may be consumed
+        chunk = os.read(0, 1)
+        if not chunk:
+            sys.exit("the runner closed the kernel's standard input before its secrets")
+        line += chunk
+    secrets = {name: value.encode() for name, value in json.loads(line).items()}
+    lifeline = os.dup(0)  # dup() gives a close-on-exec descriptor
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    threading.Thread(target=_exit_when_runner_gone, args=(lifeline,), name="lifeline", daemon=True).start()
+    return secrets
+
+
+def _exit_when_runner_gone(lifeline: int) -> None:
+    """Block until the runner's end of the pipe closes, then end this process at once.
+
+    os._exit, not a signal: as the first process of a PID namespace, the kernel ignores
+    signals sent from inside it, SIGKILL included."""
+    while os.read(lifeline, 4096):
+        pass
+    os._exit(1)
+
+
+def main() -> None:
+    """Start ipykernel with the secrets from stdin."""
+    forbid_inspection()
+    secrets = _read_secrets()
+    # As ipykernel_launcher does: no module of the working folder shadows ours at start.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    from ipykernel.kernelapp import IPKernelApp
+
+    class RunKernelApp(IPKernelApp):
+        def load_connection_file(self, connection_file=None):
+            # The kernel manager may rewrite the file once right after launch: wait for it.
+            deadline = time.monotonic() + _CONNECTION_FILE_WAIT_SECONDS
+            while True:
+                try:
+                    super().load_connection_file(connection_file)
+                    break
+                except FileNotFoundError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            self.session.key = secrets["key"]
+            self.curve_publickey = secrets["curve_publickey"]
+            self.curve_secretkey = secrets["curve_secretkey"]
+
+        def write_connection_file(self, **kwargs):
+            """Nothing to write: the runner's file has every port, and ours would add the secrets."""
+
+    RunKernelApp.launch_instance()
+
+
+if __name__ == "__main__":
+    main()

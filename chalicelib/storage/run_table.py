@@ -1,0 +1,165 @@
+"""The runs table: run records, each listed under its notebook in the notebooks table."""
+from functools import partial
+from typing import Optional
+
+from chalicelib.common.aws import all_items
+from chalicelib.common.batches import chunks, in_parallel
+from chalicelib.storage.notebook_table import NotebookTable
+from chalicelib.storage.tables import (ACTIVE, BATCH_GET_KEYS, TERMINAL, Tally, batch_get, conditional_update,
+                                       entries_per_transaction, set_clause, write_chunks)
+
+
+class RunTable:
+    """Run records in the runs table, listed under their notebooks in the notebooks table.
+
+    Status moves only forward, each step a conditional write: queued → running (a run is
+    claimed once, so a second delivery of the same invocation does nothing) → succeeded,
+    failed or cancelled (a queued run may be cancelled too). A cancel of a running run is
+    a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
+    requested can only end cancelled. A run counts as active on its owner's counters from
+    its creation to its end, whichever (or its deletion), in the same transactions.
+    """
+
+    # Per run: its record, its pointer, its notebook's update.
+    _ACTIONS_PER_RUN = 3
+    # Per run deleted: its record and its pointer.
+    _ACTIONS_PER_DELETION = 2
+
+    def __init__(self, table, notebooks: NotebookTable):
+        self._table = table
+        self._client = table.meta.client
+        self.notebooks = notebooks
+        self.name = table.name
+
+    def create(self, owner: str, runs: list, active_limit: Optional[int] = None) -> Optional[str]:
+        """Store new runs of distinct notebooks of `owner`, all or nothing: each with its
+        pointer, counted on its notebook (`no_of_runs`, `runs_kept`, `last_run` moved to
+        it) and on the owner's active runs. At most `runs_per_transaction()` runs.
+
+        None when written; else why not: "quota" (more than `active_limit` active runs),
+        "exists" (a run id is taken), "notebook" (a notebook is gone, being deleted, or
+        has a later `last_run`).
+        """
+        actions = []
+        for run in runs:
+            actions += [
+                {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
+                {"Put": {"TableName": self.notebooks.name,
+                         "Item": self.notebooks.run_pointer(owner, run["notebook_id"], run["created_at"],
+                                                             run["run_id"])}},
+                {"Update": {"TableName": self.notebooks.name, "Key": self.notebooks.key(owner, run["notebook_id"]),
+                            "UpdateExpression": "ADD no_of_runs :one, runs_kept :one SET last_run = :at",
+                            "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                                                   "(attribute_not_exists(last_run) OR last_run < :at)",
+                            "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]}}},
+            ]
+        codes = self.notebooks.transact(owner, actions, Tally(runs_active=len(runs), runs_limit=active_limit))
+        if codes is None:
+            return None
+        failed = {index % self._ACTIONS_PER_RUN for index, code in enumerate(codes[:len(actions)])
+                  if code == "ConditionalCheckFailed"}
+        if 0 in failed:
+            return "exists"
+        return "notebook" if failed else "quota"
+
+    @classmethod
+    def runs_per_transaction(cls) -> int:
+        """How many runs `create` takes at once."""
+        return entries_per_transaction(cls._ACTIONS_PER_RUN)
+
+    def get(self, run_id: str):
+        """The run's item, or None."""
+        return self._table.get_item(Key={"run_id": run_id}, ConsistentRead=True).get("Item")
+
+    def get_many(self, run_ids) -> dict:
+        """run id -> item of those that exist; 100 per call."""
+        keys = [{"run_id": run_id} for run_id in dict.fromkeys(run_ids)]
+        return {item["run_id"]: item for item in batch_get(self._client, self.name, keys)}
+
+    def unfinished(self) -> list:
+        """Every run still queued or running: a Scan, for the local stack's start only."""
+        return all_items(self._table.scan, FilterExpression="#status IN (:queued, :running)",
+                         ExpressionAttributeNames={"#status": "status"},
+                         ExpressionAttributeValues={":queued": "queued", ":running": "running"})
+
+    def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
+        """Apply `changes` if the run is still in `expected_status` (its status stays
+        active: for an end, see `end`)."""
+        return conditional_update(self._table, **self._status_update(run_id, expected_status, changes))
+
+    def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
+        """Apply `changes` (a final status among them) if the run is still in the status
+        it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
+        counting it off the owner's active runs in the same transaction."""
+        update = self._status_update(run["run_id"], run["status"], changes)
+        if unless_cancelling:
+            update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
+        action = {"Update": {"TableName": self.name, **update}}
+        active = run["status"] in ACTIVE and changes.get("status") in TERMINAL
+        return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
+
+    @staticmethod
+    def _status_update(run_id: str, expected_status: str, changes: dict) -> dict:
+        """An update setting `changes` on the run if it is still in `expected_status`."""
+        expression, names, values = set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = expected_status
+        return {"Key": {"run_id": run_id}, "UpdateExpression": "SET " + expression,
+                "ConditionExpression": "#status = :expected",
+                "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+
+    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
+        """Delete these runs (given by their pointers) with their pointers, counting the
+        active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
+        that notebook's `runs_kept`. A run whose status changes meanwhile is read again.
+        `read`: every one of these runs as just read (run id -> item), for first attempts."""
+        attempted = set()
+
+        def build(chunk):  # reads the runs each time: a run's status is the condition on its delete
+            run_ids = [pointer["run_id"] for pointer in chunk]
+            runs = read if read is not None and attempted.isdisjoint(run_ids) else self.get_many(run_ids)
+            attempted.update(run_ids)
+            actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]
+            if notebook_id:
+                actions.append({"Update": {
+                    "TableName": self.notebooks.name, "Key": self.notebooks.key(owner, notebook_id),
+                    "UpdateExpression": "ADD runs_kept :minus", "ConditionExpression": "attribute_exists(sk)",
+                    "ExpressionAttributeValues": {":minus": -len(chunk)}}})
+            active = sum(1 for pointer in chunk if runs.get(pointer["run_id"], {}).get("status") in ACTIVE)
+            return actions, Tally(runs_active=-active)
+
+        write_chunks(partial(self.notebooks.transact, owner), pointers, self._ACTIONS_PER_DELETION, build,
+                      lambda chunk, _codes: chunk, "runs")
+
+    def delete_many(self, owner: str, pointers: list, workers: int) -> None:
+        """`delete` of many runs (a notebook Delete's), on up to `workers` threads: the runs
+        are read 100 per call, and those that have ended are deleted 49 per transaction
+        side by side (a transaction of ended runs changes no counter, so two never
+        conflict); the rest by `delete`, with what was read, and any that changed since
+        read by `delete` again."""
+        runs = {}
+        for found in in_parallel(self.get_many, chunks([pointer["run_id"] for pointer in pointers], BATCH_GET_KEYS),
+                                 workers):
+            runs.update(found)
+        ended = [pointer for pointer in pointers if runs.get(pointer["run_id"], {}).get("status") in TERMINAL]
+
+        def delete_ended(chunk) -> list:
+            actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]
+            return [] if self.notebooks.transact(owner, actions) is None else chunk
+
+        per_transaction = entries_per_transaction(self._ACTIONS_PER_DELETION)
+        changed = in_parallel(delete_ended, chunks(ended, per_transaction), workers)
+        ended_ids = {pointer["run_id"] for pointer in ended}
+        changed = [pointer for chunk in changed for pointer in chunk]
+        self.delete(owner, [pointer for pointer in pointers if pointer["run_id"] not in ended_ids],
+                    read={run_id: run for run_id, run in runs.items() if run_id not in ended_ids})
+        self.delete(owner, changed)
+
+    def _deletion(self, owner: str, pointer: dict, runs: dict) -> list:
+        """The actions deleting a run (if still in the status read, or still absent) and its pointer."""
+        run = runs.get(pointer["run_id"])
+        condition = ({"ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
+                      "ExpressionAttributeValues": {":s": run["status"]}} if run
+                     else {"ConditionExpression": "attribute_not_exists(run_id)"})
+        return [{"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
+                {"Delete": {"TableName": self.notebooks.name, "Key": {"owner": owner, "sk": pointer["sk"]}}}]
