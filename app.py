@@ -2,6 +2,7 @@
 
 Every route but the OpenAPI document needs HTTP Basic credentials (chalicelib/api/web.py).
 """
+
 import json
 import logging
 import os
@@ -10,8 +11,8 @@ from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import services
 from chalicelib.api import openapi, payloads, responses, web
-from chalicelib.common.config import Settings
 from chalicelib.api.errors import NOTEBOOK_ID_MISSING, bad_request
+from chalicelib.common.config import Settings
 from chalicelib.runner.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
@@ -20,16 +21,26 @@ app.register_middleware(web.handle, "http")
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 _origin = Settings.from_env().cors_origin  # CORS is decided when the API is built
-CORS = CORSConfig(allow_origin=_origin, allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-                  expose_headers=["X-Next-Token"]) if _origin else False
+CORS = (
+    CORSConfig(
+        allow_origin=_origin,
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["X-Next-Token"],
+    )
+    if _origin
+    else False
+)
 
 
 def route(path, methods, failure, explain=False):
     """A route that takes any body type and answers AWS failures with `failure`; with
     `explain`, its 400s take the seed's `failure: {str(e)}` form too."""
+
     def register(view):
         return app.route(path, methods=methods, content_types=web.ANY_CONTENT_TYPE, cors=CORS)(
-            web.seed_failures(failure, explain)(view))
+            web.seed_failures(failure, explain)(view)
+        )
+
     return register
 
 
@@ -79,8 +90,13 @@ def list_notebooks():
 
 def bounded(items: list, next_token) -> Response:
     """A JSON array with its next page's token; past Lambda's response limit, a 303 to it."""
-    return responses.bounded_json(items, caller(), services.get().files, services.get().settings.max_response_bytes,
-                                  {"X-Next-Token": next_token} if next_token else {})
+    return responses.bounded_json(
+        items,
+        caller(),
+        services.get().files,
+        services.get().settings.max_response_bytes,
+        {"X-Next-Token": next_token} if next_token else {},
+    )
 
 
 @route(NOTEBOOKS + "/_count", ["GET"], "Error occurred while retrieving notebook metrics")

@@ -13,6 +13,7 @@ The API figure includes HTTP, DynamoDB and S3 (moto), dispatch, the kernel and p
 Then the local stack's state restore (bench/state_restore.py), and the scale table
 (bench/scale.py).
 """
+
 import os
 import random
 import shutil
@@ -29,9 +30,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from devstack.stack import free_port  # noqa: E402
 import state_restore  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
 from init_time import report_init_times  # noqa: E402
+
+from devstack.stack import free_port  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 BATCH = 20
@@ -45,16 +47,23 @@ LOAD_BASELINE_SECONDS = float(os.environ.get("BENCH_LOAD_BASELINE_SECONDS", "20"
 
 
 def one_cell_notebook():
-    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)")], metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    return nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("print(1 + 1)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
 
 
 def start_local_stack(state_folder):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(PORT=str(port), NOTEBOOKS_USERS="admin:admin", NOTEBOOKS_LOCAL_STATE=state_folder)
-    process = subprocess.Popen([sys.executable, "-m", "devstack.stack"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.stack"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -87,8 +96,12 @@ def papermill_cli(source: Path, count: int = 1) -> float:
     papermill = Path(sys.executable).parent / "papermill"
     started = time.perf_counter()
     for i in range(count):
-        subprocess.run([str(papermill), "--log-level", "ERROR", str(source), str(source.with_name(f"out{i}.ipynb"))],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(papermill), "--log-level", "ERROR", str(source), str(source.with_name(f"out{i}.ipynb"))],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return time.perf_counter() - started
 
 
@@ -150,8 +163,9 @@ def load(url, content, clients=LOAD_CLIENTS, seconds=LOAD_SECONDS):
     create = dict(operations)["create"]
     latencies, statuses, failures, lock = [], {}, [], threading.Lock()
     window = {}
-    start = threading.Barrier(clients + 1, action=lambda: window.update(
-        began=time.perf_counter(), deadline=time.perf_counter() + seconds))
+    start = threading.Barrier(
+        clients + 1, action=lambda: window.update(began=time.perf_counter(), deadline=time.perf_counter() + seconds)
+    )
 
     def client():
         session = requests.Session()
@@ -195,8 +209,10 @@ def report_load(*runs):
         server_errors = sum(count for status, count in statuses.items() if status >= 500)
         throughputs.append(len(latencies) / seconds)
         print(f"load: {clients} concurrent client(s) for {seconds:.0f} s over every endpoint:")
-        print(f"  {len(latencies)} requests, {throughputs[-1]:.1f} requests/s; "
-              f"latency p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms")
+        print(
+            f"  {len(latencies)} requests, {throughputs[-1]:.1f} requests/s; "
+            f"latency p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms"
+        )
         print(f"  answers by status: {dict(sorted(statuses.items()))}")
         print(f"  5xx answers: {server_errors}; connection errors: {len(failures)} {sorted(set(failures))[:5]}")
         bad += server_errors + len(failures)
@@ -215,8 +231,10 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             source = Path(folder) / "in.ipynb"
             nbformat.write(content, source)
-            ids = [session.post(url + "/_notebooks/notebooks/", json={"content": content}).json()["notebook_id"]
-                   for _ in range(BATCH)]
+            ids = [
+                session.post(url + "/_notebooks/notebooks/", json={"content": content}).json()["notebook_id"]
+                for _ in range(BATCH)
+            ]
             api_run(session, url, ids[:1])  # warm-up: first request, first connection
             papermill_cli(source)
             single_api, single_cli = [], []
@@ -236,14 +254,20 @@ def main():
     def report(label, ours, peer, peer_label):
         ours_median, peer_median = statistics.median(ours), statistics.median(peer)
         print(f"{label}:")
-        print(f"  notebooks API (local stack, {os.cpu_count()} workers): median {ours_median:.3f} s "
-              f"(min {min(ours):.3f}, max {max(ours):.3f}, n={len(ours)})")
+        print(
+            f"  notebooks API (local stack, {os.cpu_count()} workers): median {ours_median:.3f} s "
+            f"(min {min(ours):.3f}, max {max(ours):.3f}, n={len(ours)})"
+        )
         print(f"  {peer_label}: median {peer_median:.3f} s (min {min(peer):.3f}, max {max(peer):.3f}, n={len(peer)})")
         print(f"  ratio API / papermill CLI: {ours_median / peer_median:.2f}x")
 
     report("one one-cell notebook, POST /_run to succeeded", single_api, single_cli, "papermill CLI, one run")
-    report(f"{BATCH} notebooks in one Run request, until all succeeded", batch_api, batch_cli,
-           f"papermill CLI, {BATCH} sequential runs")
+    report(
+        f"{BATCH} notebooks in one Run request, until all succeeded",
+        batch_api,
+        batch_cli,
+        f"papermill CLI, {BATCH} sequential runs",
+    )
     report_load(*load_figures)
     state_restore.report()
 

@@ -7,6 +7,7 @@ as the package's precompiled modules are on Lambda.
     both functions:     `import app` (handlers app.app and app.runner)
     runner, 1st event:  the runner module it then imports (papermill, nbclient, jupyter_client)
 """
+
 import os
 import statistics
 import subprocess
@@ -25,15 +26,21 @@ CANDIDATES = {
     "bare Chalice app with boto3": "import boto3\nfrom chalice import Chalice\nChalice(app_name='bare')",
     "API and runner functions (import app)": "import app",
     "runner's first event adds (chalicelib.runner.notebook_runner)": "import app\nstarted = time.perf_counter()\n"
-                                                      "import chalicelib.runner.notebook_runner",
+    "import chalicelib.runner.notebook_runner",
 }
 
 
 def seconds(code: str) -> float:
     """Seconds a fresh interpreter takes to run `code` (the timed part)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "NOTEBOOKS_"))}
-    done = subprocess.run([sys.executable, "-c", TIMED_IMPORT.format(code=code)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", TIMED_IMPORT.format(code=code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip())
 
 

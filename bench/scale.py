@@ -16,6 +16,7 @@ handler: authentication, routing, the service code):
   3. the whole List of 20,000 notebooks with 255-character names (11 MB): its 303, and
      the S3 object it points to.
 """
+
 import base64
 import heapq
 import json
@@ -39,8 +40,8 @@ from moto.core.botocore_stubber import BotocoreStubber  # noqa: E402
 
 from chalicelib import services  # noqa: E402
 from chalicelib.common import batches  # noqa: E402
-from devstack import embedded_aws  # noqa: E402
 from chalicelib.common.config import Settings  # noqa: E402
+from devstack import embedded_aws  # noqa: E402
 from devstack.stack import provision  # noqa: E402
 from tests.helpers import AwsCalls, seed_notebooks  # noqa: E402
 
@@ -62,17 +63,24 @@ class Api:
 
     def call(self, method, path, body=None, headers=None):
         sent = {"Content-Type": "application/json", "Authorization": self._auth, **(headers or {})}
-        response = self._client.http.request(method, path, headers=sent,
-                                             body=json.dumps(body) if body is not None else b"")
+        response = self._client.http.request(
+            method, path, headers=sent, body=json.dumps(body) if body is not None else b""
+        )
         if response.status_code not in (200, 303):
             raise SystemExit(f"{method} {path}: {response.status_code} {response.body[:300]}")
         return json.loads(response.body) if response.status_code == 200 and response.body else None
 
 
 def environment():
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_REGION="us-east-1", NOTEBOOKS_DISPATCH="lambda", NOTEBOOKS_MAX_SCHEDULED="1000",
-                      NOTEBOOKS_RUNNER_ARN="arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        NOTEBOOKS_DISPATCH="lambda",
+        NOTEBOOKS_MAX_SCHEDULED="1000",
+        NOTEBOOKS_RUNNER_ARN="arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner",
+    )
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
 
@@ -193,8 +201,7 @@ def measure_work(work, latency=0.0, repeat=1) -> tuple:
     """`measure` of any `work()`: a request, or what the runner does for one event."""
     times = []
     for _ in range(repeat):
-        with AwsCalls(latency=latency, answers={("lambda", "Invoke"): INVOKED}) as calls, \
-                MotoWork(latency) as moto:
+        with AwsCalls(latency=latency, answers={("lambda", "Invoke"): INVOKED}) as calls, MotoWork(latency) as moto:
             started = time.perf_counter()
             work()
             times.append(time.perf_counter() - started)
@@ -203,14 +210,16 @@ def measure_work(work, latency=0.0, repeat=1) -> tuple:
 
 def operations(api) -> dict:
     """{operation: (calls, items read, seconds)} on a notebook of the caller."""
-    notebook_id = api.call("POST", BASE + "/", {"content": {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
-                                                            "cells": []}})["notebook_id"]
+    notebook_id = api.call(
+        "POST", BASE + "/", {"content": {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}}
+    )["notebook_id"]
     others = [api.call("POST", BASE + "/")["notebook_id"] for _ in range(3)]
     names = iter(range(1000))
     return {
         # Named: three default names in one second would take _2 and _3, a retry each.
-        "Create": measure(api, "POST", BASE + "/", lambda: {"notebook_name": f"bench-new-{next(names)}.ipynb"},
-                          repeat=3),
+        "Create": measure(
+            api, "POST", BASE + "/", lambda: {"notebook_name": f"bench-new-{next(names)}.ipynb"}, repeat=3
+        ),
         "Fetch": measure(api, "GET", f"{BASE}/{notebook_id}", repeat=3),
         "Rename": measure(api, "PUT", f"{BASE}/{notebook_id}", lambda: {"new_name": f"bench-{next(names)}"}, repeat=3),
         "Content": measure(api, "GET", f"{BASE}/{notebook_id}/content", repeat=3),
@@ -218,8 +227,9 @@ def operations(api) -> dict:
         "Count": measure(api, "GET", BASE + "/_count", repeat=3),
         "Run (1 id)": measure(api, "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "bench"}, repeat=3),
         "Runs of a notebook": measure(api, "GET", f"{BASE}/{notebook_id}/runs", repeat=3),
-        "Schedule (1 id)": measure(api, "POST", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": UNTIL},
-                                   repeat=3),
+        "Schedule (1 id)": measure(
+            api, "POST", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": UNTIL}, repeat=3
+        ),
         "Unschedule (1 id)": measure(api, "POST", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}, repeat=3),
         "Delete (1 id)": measure(api, "DELETE", BASE, {"nbk_ids": [others[0]]}),
         "List, whole": measure(api, "GET", BASE + "/_all"),
@@ -227,8 +237,9 @@ def operations(api) -> dict:
 
 
 def describe(calls) -> str:
-    return ", ".join(f"{SHORT.get(service, service)}.{operation} {count}"
-                     for (service, operation), count in sorted(calls.items()))
+    return ", ".join(
+        f"{SHORT.get(service, service)}.{operation} {count}" for (service, operation), count in sorted(calls.items())
+    )
 
 
 def scale_table() -> list:
@@ -243,17 +254,29 @@ def scale_table() -> list:
                 seed_notebooks(stack.settings, "other", theirs)
             seeded = time.perf_counter() - started
             import app
+
             with Client(app.app) as client:
                 results[label] = operations(Api(client))
             print(f"  measured at {label} notebooks (seeded in {seeded:.1f} s)", flush=True)
-    lines = ["| operation | AWS calls (every size) | DynamoDB items read at " + " / ".join(s[0] for s in SIZES)
-             + " | handler ms at " + " / ".join(s[0] for s in SIZES) + " |", "|---|---|---|---|"]
+    lines = [
+        "| operation | AWS calls (every size) | DynamoDB items read at "
+        + " / ".join(s[0] for s in SIZES)
+        + " | handler ms at "
+        + " / ".join(s[0] for s in SIZES)
+        + " |",
+        "|---|---|---|---|",
+    ]
     for operation in results[SIZES[0][0]]:
         per_size = [results[label][operation] for label, _, _ in SIZES]
         calls = {describe(calls) for calls, *_ in per_size}
         calls_text = calls.pop() if len(calls) == 1 else " / ".join(describe(c) for c, *_ in per_size)
-        lines.append(f"| {operation} | {calls_text} | " + " / ".join(str(items) for _, items, *_ in per_size)
-                     + " | " + " / ".join(f"{seconds * 1000:.0f}" for _, _, seconds, _ in per_size) + " |")
+        lines.append(
+            f"| {operation} | {calls_text} | "
+            + " / ".join(str(items) for _, items, *_ in per_size)
+            + " | "
+            + " / ".join(f"{seconds * 1000:.0f}" for _, _, seconds, _ in per_size)
+            + " |"
+        )
     return lines
 
 
@@ -263,22 +286,34 @@ def thousand_ids() -> list:
     time here is mostly moto's. What the request would take on AWS is estimated as the
     CPU it spends itself (this process's CPU less moto's) plus the waits on its critical
     path (CriticalPath)."""
-    lines = [f"| 1,000 ids, {LATENCY * 1000:.0f} ms per AWS call | AWS calls | here: s | of which moto's "
-             "(CPU s) | the request's own CPU s | waits on its critical path, s | estimate on AWS, s | "
-             "of its limit |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| 1,000 ids, {LATENCY * 1000:.0f} ms per AWS call | AWS calls | here: s | of which moto's "
+        "(CPU s) | the request's own CPU s | waits on its critical path, s | estimate on AWS, s | "
+        "of its limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     with mock_aws():
         stack = fresh_stack()
         stack.runner_arn()
         ids = seed_notebooks(stack.settings, "admin", 1000)
         import app
+
         with Client(app.app) as client:
             api = Api(client)
             for label, method, path, body in [
                 ("Run", "POST", "/_run", {"nbkIds": ids, "module": "bench"}),
-                ("Run again, with a client token", "POST", "/_run",
-                 {"nbkIds": ids, "module": "bench", "client_token": "bench"}),
-                ("Run retried with the same token", "POST", "/_run",
-                 {"nbkIds": ids, "module": "bench", "client_token": "bench"}),
+                (
+                    "Run again, with a client token",
+                    "POST",
+                    "/_run",
+                    {"nbkIds": ids, "module": "bench", "client_token": "bench"},
+                ),
+                (
+                    "Run retried with the same token",
+                    "POST",
+                    "/_run",
+                    {"nbkIds": ids, "module": "bench", "client_token": "bench"},
+                ),
                 ("Schedule", "POST", "/_schedule", {"nbk_ids": ids, "until": UNTIL}),
                 ("Unschedule", "POST", "/_unschedule", {"nbk_ids": ids}),
                 ("Schedule again", "POST", "/_schedule", {"nbk_ids": ids, "until": UNTIL}),
@@ -287,22 +322,28 @@ def thousand_ids() -> list:
                 measured = measure(api, method, BASE + path, body, latency=LATENCY)
                 lines.append(thousand_ids_row(label, measured, GATEWAY_LIMIT, "API Gateway's 29 s"))
             # What the Delete handed to the runner function: the rules still there.
-            handed_over = {"owner": "admin", "notebook_ids": [
-                name[len(stack.settings.rule_prefix):] for name in rule_names(stack.settings)]}
+            handed_over = {
+                "owner": "admin",
+                "notebook_ids": [name[len(stack.settings.rule_prefix) :] for name in rule_names(stack.settings)],
+            }
             measured = measure_work(lambda: stack.schedule_rules.remove_handed_over(handed_over), LATENCY)
             label = f"The runner removes the {len(handed_over['notebook_ids'])} rules the Delete handed over"
             lines.append(thousand_ids_row(label, measured, LAMBDA_LIMIT, "Lambda's 15 min"))
             # The usual case: a Delete of notebooks whose runs have ended.
             ids = seed_notebooks(stack.settings, "admin", 1000)
             with AwsCalls(answers={("lambda", "Invoke"): INVOKED}):
-                run_ids = [run["run_id"] for _ in range(2)
-                           for run in api.call("POST", BASE + "/_run", {"nbkIds": ids, "module": "bench"})["runs"]]
+                run_ids = [
+                    run["run_id"]
+                    for _ in range(2)
+                    for run in api.call("POST", BASE + "/_run", {"nbkIds": ids, "module": "bench"})["runs"]
+                ]
                 api.call("POST", BASE + "/_schedule", {"nbk_ids": ids, "until": UNTIL})
                 for run_id in run_ids:
                     stack.records.finish(run_id, "succeeded", expected_status="queued")
             measured = measure(api, "DELETE", BASE, {"nbk_ids": ids}, latency=LATENCY)
-            lines.append(thousand_ids_row("Delete (scheduled, 2 ended runs each)", measured, GATEWAY_LIMIT,
-                                          "API Gateway's 29 s"))
+            lines.append(
+                thousand_ids_row("Delete (scheduled, 2 ended runs each)", measured, GATEWAY_LIMIT, "API Gateway's 29 s")
+            )
     return lines
 
 
@@ -311,14 +352,19 @@ def thousand_ids_row(label, measured, limit, limit_name) -> str:
     waits = moto.waits
     estimate = moto.other_cpu + waits
     print(f"  1,000 ids: {label}: {seconds:.1f} s here, estimate on AWS {estimate:.1f} s", flush=True)
-    return (f"| {label} | {sum(calls.values()):,} ({describe(calls)}) | {seconds:.1f} | {moto.seconds:.1f} "
-            f"({moto.cpu:.1f}) | {moto.other_cpu:.1f} | {waits:.1f} | {estimate:.1f} | "
-            f"{estimate / limit:.0%} of {limit_name} |")
+    return (
+        f"| {label} | {sum(calls.values()):,} ({describe(calls)}) | {seconds:.1f} | {moto.seconds:.1f} "
+        f"({moto.cpu:.1f}) | {moto.other_cpu:.1f} | {waits:.1f} | {estimate:.1f} | "
+        f"{estimate / limit:.0%} of {limit_name} |"
+    )
 
 
 def rule_names(settings) -> list:
-    pages = boto3.client("events", region_name=settings.region).get_paginator("list_rules").paginate(
-        NamePrefix=settings.rule_prefix)
+    pages = (
+        boto3.client("events", region_name=settings.region)
+        .get_paginator("list_rules")
+        .paginate(NamePrefix=settings.rule_prefix)
+    )
     return [rule["Name"] for page in pages for rule in page["Rules"]]
 
 
@@ -328,6 +374,7 @@ def large_list() -> list:
         stack = fresh_stack()
         ids = seed_notebooks(stack.settings, "admin", 20_000, name_length=255)
         import app
+
         with Client(app.app) as client:
             api = Api(client)
             started = time.perf_counter()
@@ -336,17 +383,22 @@ def large_list() -> list:
             downloaded = requests.get(response.headers["Location"], timeout=60)
     listed = downloaded.json()
     whole = [n["notebook_id"] for n in listed] == ids
-    return [f"Whole List of 20,000 notebooks with 255-character names: HTTP {response.status_code} in "
-            f"{handled:.1f} s, then the S3 object: {len(downloaded.content) / 1e6:.1f} MB, {len(listed)} notebooks, "
-            f"{'all of them, in order' if whole else 'NOT the whole List'}"]
+    return [
+        f"Whole List of 20,000 notebooks with 255-character names: HTTP {response.status_code} in "
+        f"{handled:.1f} s, then the S3 object: {len(downloaded.content) / 1e6:.1f} MB, {len(listed)} notebooks, "
+        f"{'all of them, in order' if whole else 'NOT the whole List'}"
+    ]
 
 
 def main():
     environment()
     embedded_aws.install()  # moto as the tests and the local stack run it
     started = time.perf_counter()
-    print(f"scale: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    print(
+        f"scale: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        flush=True,
+    )
     table = scale_table()
     print("\n".join(table), flush=True)
     print("\n".join(thousand_ids()), flush=True)

@@ -7,6 +7,7 @@ one run whose output is the notebook executed (about 4 KB). Then the embedded AW
 its last snapshot) and started again on the same state folder, and again on an empty one;
 the time from launch until it answers `ready` is compared.
 """
+
 import json
 import os
 import shutil
@@ -28,8 +29,14 @@ def _launch(folder: str, credentials: dict):
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env["NOTEBOOKS_LOCAL_STATE"] = folder
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "devstack.embedded_aws"], env=env, text=True,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.embedded_aws"],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     send_secrets(process.stdin, credentials)
     process.stdin.close()
     line = process.stdout.readline()
@@ -52,8 +59,8 @@ def _fill(endpoint: str, credentials: dict) -> None:
     would take minutes: moto answers a notebook's create in about 0.3 s here)."""
     import nbformat
 
-    from chalicelib.common import aws
     from chalicelib import services
+    from chalicelib.common import aws
     from chalicelib.common.config import Settings
     from chalicelib.storage.files import output_key
     from devstack.stack import provision
@@ -63,8 +70,12 @@ def _fill(endpoint: str, credentials: dict) -> None:
     settings = Settings.from_env()
     provision(settings, [("admin", "admin")])
     wiring = services.get()
-    cells = [nbformat.v4.new_code_cell(f"print({j} * {j})", outputs=[nbformat.v4.new_output(
-        "stream", name="stdout", text=f"{j * j}\n")]) for j in range(20)]
+    cells = [
+        nbformat.v4.new_code_cell(
+            f"print({j} * {j})", outputs=[nbformat.v4.new_output("stream", name="stdout", text=f"{j * j}\n")]
+        )
+        for j in range(20)
+    ]
     content = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))
     model = wiring.notebooks.create("admin", {"notebook_name": "bench model", "content": content})
     run = wiring.run_dispatch.record("admin", model["notebook_id"], "manual", module="bench")
@@ -74,21 +85,32 @@ def _fill(endpoint: str, credentials: dict) -> None:
 
     dynamodb, s3 = aws.client("dynamodb", settings.region), aws.client("s3", settings.region)
     # The model notebook's and run's items (not the owner's counters, which are one item).
-    items = {table: [item for item in dynamodb.scan(TableName=table)["Items"]
-                     if model["notebook_id"] in json.dumps(item) or run["run_id"] in json.dumps(item)]
-             for table in (settings.notebooks_table, settings.runs_table)}
-    objects = {item["Key"]: s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read().decode()
-               for item in s3.list_objects_v2(Bucket=settings.bucket)["Contents"]}
+    items = {
+        table: [
+            item
+            for item in dynamodb.scan(TableName=table)["Items"]
+            if model["notebook_id"] in json.dumps(item) or run["run_id"] in json.dumps(item)
+        ]
+        for table in (settings.notebooks_table, settings.runs_table)
+    }
+    objects = {
+        item["Key"]: s3.get_object(Bucket=settings.bucket, Key=item["Key"])["Body"].read().decode()
+        for item in s3.list_objects_v2(Bucket=settings.bucket)["Contents"]
+    }
 
     def copy(text: str, i: int) -> str:
-        return (text.replace(model["notebook_id"], str(uuid.UUID(int=2 * i)))
-                .replace(run["run_id"], str(uuid.UUID(int=2 * i + 1))).replace("bench model", f"bench {i}"))
+        return (
+            text.replace(model["notebook_id"], str(uuid.UUID(int=2 * i)))
+            .replace(run["run_id"], str(uuid.UUID(int=2 * i + 1)))
+            .replace("bench model", f"bench {i}")
+        )
 
     for start in range(1, NOTEBOOKS, 8):
         batch = range(start, min(start + 8, NOTEBOOKS))
         for table, originals in items.items():
-            requests = [{"PutRequest": {"Item": json.loads(copy(json.dumps(item), i))}}
-                        for i in batch for item in originals]
+            requests = [
+                {"PutRequest": {"Item": json.loads(copy(json.dumps(item), i))}} for i in batch for item in originals
+            ]
             dynamodb.batch_write_item(RequestItems={table: requests})
         for i in batch:
             for key, body in objects.items():
@@ -121,14 +143,20 @@ def report() -> None:
             started_empty.append(seconds)
             _stop(process)
         median_restored, median_empty = statistics.median(restored), statistics.median(started_empty)
-        print(f"local stack state: {NOTEBOOKS} notebooks, each with a run and its output "
-              f"({_size(full) / 1e6:.1f} MB on disk, made in {filled:.0f} s)")
-        print(f"  embedded AWS start, restoring them: median {median_restored:.2f} s "
-              f"(min {min(restored):.2f}, max {max(restored):.2f}, n={ROUNDS})")
+        print(
+            f"local stack state: {NOTEBOOKS} notebooks, each with a run and its output "
+            f"({_size(full) / 1e6:.1f} MB on disk, made in {filled:.0f} s)"
+        )
+        print(
+            f"  embedded AWS start, restoring them: median {median_restored:.2f} s "
+            f"(min {min(restored):.2f}, max {max(restored):.2f}, n={ROUNDS})"
+        )
         print(f"  embedded AWS start, empty state: median {median_empty:.2f} s (n={ROUNDS})")
         print(f"  restore alone: {median_restored - median_empty:.2f} s; ratio {median_restored / median_empty:.1f}x")
-        print(f"  stop with a last snapshot of all of it: {last_snapshot:.2f} s after the changes, "
-              f"{statistics.median(stops):.2f} s unchanged (median)")
+        print(
+            f"  stop with a last snapshot of all of it: {last_snapshot:.2f} s after the changes, "
+            f"{statistics.median(stops):.2f} s unchanged (median)"
+        )
     finally:
         shutil.rmtree(full, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)

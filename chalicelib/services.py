@@ -3,27 +3,28 @@
 Nothing is built at import time, so tests and the local stack set the environment
 (moto, endpoints, table names) first; `reset()` forgets everything for the next test.
 """
+
 import threading
 
-from chalicelib.common import aws
-from chalicelib.runner import sandbox
 from chalicelib.auth.logins import Authenticator, LoginThrottle
+from chalicelib.auth.users import UserStore
+from chalicelib.common import aws
 from chalicelib.common.config import LAMBDA_RUN_LIMIT, Settings
-from chalicelib.storage.files import NotebookFiles
-from chalicelib.storage.notebook_table import NotebookTable
-from chalicelib.storage.run_table import RunTable
 from chalicelib.notebooks.service import NotebookService
-from chalicelib.runs.engines import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
+from chalicelib.runner import sandbox
 from chalicelib.runner.executor import RunExecutor
 from chalicelib.runs.dispatch import RunDispatch
+from chalicelib.runs.engines import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
 from chalicelib.runs.records import RunRecords
-from chalicelib.runs.start import RunStarter
 from chalicelib.runs.service import RunService
+from chalicelib.runs.start import RunStarter
+from chalicelib.runs.webhooks import Webhooks
 from chalicelib.schedules.locks import ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
 from chalicelib.schedules.scheduler import Scheduler
-from chalicelib.auth.users import UserStore
-from chalicelib.runs.webhooks import Webhooks
+from chalicelib.storage.files import NotebookFiles
+from chalicelib.storage.notebook_table import NotebookTable
+from chalicelib.storage.run_table import RunTable
 
 
 class Services:
@@ -35,7 +36,8 @@ class Services:
         users_table = aws.dynamodb_table(settings.users_table, region)
         self.users = UserStore(users_table)
         self.authenticator = Authenticator(
-            self.users, throttle=LoginThrottle(users_table, settings.login_attempts, settings.login_window))
+            self.users, throttle=LoginThrottle(users_table, settings.login_attempts, settings.login_window)
+        )
         self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)
@@ -44,15 +46,30 @@ class Services:
         # Deliveries of runs that end in the API go to the runner function (`invoke`),
         # whatever engine ran the run.
         self.webhooks = Webhooks(self.notebooks, notebook_table, run_table, self.dispatcher, settings)
-        self.run_dispatch = RunDispatch(run_table, self.notebooks, self.files, self.dispatcher, settings,
-                                        webhooks=self.webhooks)
+        self.run_dispatch = RunDispatch(
+            run_table, self.notebooks, self.files, self.dispatcher, settings, webhooks=self.webhooks
+        )
         starter = RunStarter(run_table, self.notebooks, self.files, settings, self.run_dispatch)
         self.records = RunRecords(run_table, settings)
-        self.runs = RunService(run_table, self.notebooks, self.files, self.dispatcher, settings, starter,
-                               self.records, webhooks=self.webhooks)
+        self.runs = RunService(
+            run_table,
+            self.notebooks,
+            self.files,
+            self.dispatcher,
+            settings,
+            starter,
+            self.records,
+            webhooks=self.webhooks,
+        )
         self.schedule_rules = ScheduleRules(aws.client("events", region), notebook_table, settings, self.runner_arn)
-        self.scheduler = Scheduler(self.schedule_rules, self.notebooks, notebook_table, ScheduleLocks(notebook_table),
-                                   settings, self.dispatcher)
+        self.scheduler = Scheduler(
+            self.schedule_rules,
+            self.notebooks,
+            notebook_table,
+            ScheduleLocks(notebook_table),
+            settings,
+            self.dispatcher,
+        )
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
@@ -62,8 +79,9 @@ class Services:
         """The runner function's ARN, the target of schedule rules."""
         if self._runner_arn is None:
             account = aws.client("sts", self.settings.region).get_caller_identity()["Account"]
-            self._runner_arn = (f"arn:aws:lambda:{self.settings.region}:{account}:function:"
-                                f"{self.settings.runner_function}")
+            self._runner_arn = (
+                f"arn:aws:lambda:{self.settings.region}:{account}:function:{self.settings.runner_function}"
+            )
         return self._runner_arn
 
     def runner_executor(self) -> RunExecutor:
@@ -74,18 +92,24 @@ class Services:
         credentials or settings through /proc or attach to it.
         """
         if self._runner_executor is None:
-            from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment  # the API function never loads them
+            from chalicelib.runner.notebook_runner import (  # the API function never loads them
+                NotebookRunner,
+                prepare_lambda_environment,
+            )
+
             shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             sandbox.forbid_inspection()
-            runner = NotebookRunner(self.settings.run_timeout, shared_tmp=shared_tmp,
-                                    sweep_whole_user=shared_tmp is not None)
+            runner = NotebookRunner(
+                self.settings.run_timeout, shared_tmp=shared_tmp, sweep_whole_user=shared_tmp is not None
+            )
             self._runner_executor = self.executor_on(runner)
         return self._runner_executor
 
     def executor_on(self, runner) -> RunExecutor:
         """A RunExecutor of these services that executes runs on `runner` (runner.NotebookRunner)."""
-        return RunExecutor(self.records, self.run_dispatch, self.webhooks, self.files, self.scheduler,
-                           self.schedule_rules, runner)
+        return RunExecutor(
+            self.records, self.run_dispatch, self.webhooks, self.files, self.scheduler, self.schedule_rules, runner
+        )
 
 
 def _dispatcher(settings: Settings):
@@ -97,9 +121,15 @@ def _dispatcher(settings: Settings):
     on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LAMBDA)
     if not settings.fargate:
         return on_lambda
-    on_fargate = FargateDispatcher(aws.client("ecs", region), settings.ecs_cluster, settings.ecs_task_definition,
-                                   settings.ecs_container, settings.ecs_subnets, settings.ecs_security_groups,
-                                   settings.ecs_assign_public_ip)
+    on_fargate = FargateDispatcher(
+        aws.client("ecs", region),
+        settings.ecs_cluster,
+        settings.ecs_task_definition,
+        settings.ecs_container,
+        settings.ecs_subnets,
+        settings.ecs_security_groups,
+        settings.ecs_assign_public_ip,
+    )
     return EngineRouter(on_lambda, on_fargate, LAMBDA_RUN_LIMIT)
 
 

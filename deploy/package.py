@@ -18,6 +18,7 @@ The installed dependencies are kept under build/cache/, keyed by the pins, so a 
 build only zips and links. No Docker is needed here: `sam build` builds the image from
 build/runner-image/ (the template's Metadata), and `sam deploy` pushes it.
 """
+
 import argparse
 import compileall
 import hashlib
@@ -46,7 +47,12 @@ LAMBDA_GLIBC_MINOR = 26
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, LAMBDA_GLIBC_MINOR + 1)]
 PIP_TARGET_OPTIONS = [
     *(option for platform in PLATFORMS for option in ("--platform", platform)),
-    "--only-binary=:all:", "--implementation", "cp", "--python-version", LAMBDA_PYTHON, "--no-compile",
+    "--only-binary=:all:",
+    "--implementation",
+    "cp",
+    "--python-version",
+    LAMBDA_PYTHON,
+    "--no-compile",
 ]
 # Lambda's limits for a .zip package: zipped when uploaded directly (the deploy commands
 # upload it to S3, where this limit does not apply), and unzipped, always.
@@ -67,8 +73,13 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 def _compile(folder: Path) -> None:
     """Bytecode beside every module, trusted without checking the source's time stamp,
     naming the source where Lambda has it (so builds in different folders are alike)."""
-    if not compileall.compile_dir(str(folder), quiet=2, workers=0, ddir=TASK_ROOT,
-                                  invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH):
+    if not compileall.compile_dir(
+        str(folder),
+        quiet=2,
+        workers=0,
+        ddir=TASK_ROOT,
+        invalidation_mode=compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    ):
         raise SystemExit(f"compiling {folder} failed")
 
 
@@ -85,9 +96,23 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
     shutil.rmtree(site, ignore_errors=True)
     site.parent.mkdir(parents=True, exist_ok=True)
     files = [option for name in requirements for option in ("-r", str(ROOT / name))]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--target", str(site), *PIP_TARGET_OPTIONS, *files, "-c", str(ROOT / "constraints.txt")],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            *PIP_TARGET_OPTIONS,
+            *files,
+            "-c",
+            str(ROOT / "constraints.txt"),
+        ],
+        check=True,
+    )
     _compile(site)
     (site / ".complete").touch()
     for stale in cache.glob(f"{label}-*"):  # installed for other pins
@@ -105,16 +130,29 @@ def chalice_package(out: Path) -> tuple:
         project = Path(scratch) / "project"
         (project / ".chalice").mkdir(parents=True)
         shutil.copy(ROOT / "app.py", project / "app.py")
-        shutil.copytree(ROOT / "chalicelib", project / "chalicelib",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         shutil.copy(ROOT / ".chalice" / "config.json", project / ".chalice" / "config.json")
         merge = Path(scratch) / "resources.json"
         merge.write_text(json.dumps(merge_template()))
         # Chalice wants a region even to write a template; the template names none.
         env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-        subprocess.run([str(Path(sys.executable).parent / "chalice"), "package", "--stage", CHALICE_STAGE,
-                        "--merge-template", str(merge), str(Path(scratch) / "out")],
-                       cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "chalice"),
+                "package",
+                "--stage",
+                CHALICE_STAGE,
+                "--merge-template",
+                str(merge),
+                str(Path(scratch) / "out"),
+            ],
+            cwd=project,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         template = out / TEMPLATE_NAME
         chalice_template = json.loads((Path(scratch) / "out" / "sam.json").read_text())
         template.write_text(json.dumps(image_runner(chalice_template), indent=2) + "\n")
@@ -172,9 +210,11 @@ def write_image_tree(out: Path, code: Path, sites: list) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(code, partial)
     for site in sites:
+
         def unpackaged(folder, names, top=site):  # as _add_tree skips them
-            return [name for name in names if name in _NOT_PACKAGED or name.startswith(".")] \
-                if Path(folder) == top else []
+            return (
+                [name for name in names if name in _NOT_PACKAGED or name.startswith(".")] if Path(folder) == top else []
+            )
 
         shutil.copytree(site, partial, ignore=unpackaged, copy_function=_link_or_copy, dirs_exist_ok=True)
     shutil.rmtree(task, ignore_errors=True)
@@ -192,9 +232,11 @@ def sizes(package: Path) -> tuple:
 def size_report(package: Path) -> str:
     """The package's sizes against Lambda's limits, one line."""
     zipped, unzipped = sizes(package)
-    return (f"{package.name} (the API function): {zipped / _MB:.1f} MB zipped "
-            f"(Lambda: {ZIPPED_LIMIT_MB} MB for a direct upload; the deploy commands upload to S3), "
-            f"{unzipped / _MB:.1f} MB unzipped of Lambda's {UNZIPPED_LIMIT_MB} MB")
+    return (
+        f"{package.name} (the API function): {zipped / _MB:.1f} MB zipped "
+        f"(Lambda: {ZIPPED_LIMIT_MB} MB for a direct upload; the deploy commands upload to S3), "
+        f"{unzipped / _MB:.1f} MB unzipped of Lambda's {UNZIPPED_LIMIT_MB} MB"
+    )
 
 
 def build(out: Path = BUILD) -> tuple:
@@ -221,8 +263,10 @@ def main(argv=None) -> int:
     template, package, task = build(args.out)
     print(f"{template}: the stack's template (SAM)")
     print(f"{package}: {size_report(package)}")
-    print(f"{task}: the runner image's /var/task, {tree_size(task) / _MB:.0f} MB "
-          f"(a Lambda image may be {IMAGE_LIMIT_GB} GB); `sam build` builds the image")
+    print(
+        f"{task}: the runner image's /var/task, {tree_size(task) / _MB:.0f} MB "
+        f"(a Lambda image may be {IMAGE_LIMIT_GB} GB); `sam build` builds the image"
+    )
     if sizes(package)[1] > UNZIPPED_LIMIT_MB * _MB:
         print("The package is over Lambda's unzipped limit: it cannot be deployed.", file=sys.stderr)
         return 1

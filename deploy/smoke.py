@@ -6,6 +6,7 @@ and print what passed.
 The password comes from SMOKE_PASSWORD, or is asked for. The checks work on one new
 notebook, which is deleted at the end, passed or not. Exit status 0 when all passed.
 """
+
 import argparse
 import getpass
 import os
@@ -19,12 +20,22 @@ import requests
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 PRINTED = "smoke test ran here"
-NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
-    {"cell_type": "markdown", "id": "title", "metadata": {}, "source": "# Smoke test"},
-    {"cell_type": "code", "id": "print", "metadata": {}, "execution_count": None, "outputs": [],
-     "source": f"print({PRINTED!r})"},
-]}
+NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "cells": [
+        {"cell_type": "markdown", "id": "title", "metadata": {}, "source": "# Smoke test"},
+        {
+            "cell_type": "code",
+            "id": "print",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": f"print({PRINTED!r})",
+        },
+    ],
+}
 # A run's first start on Lambda includes a cold start and a kernel's first start.
 RUN_SECONDS = 300
 
@@ -52,8 +63,9 @@ class Smoke:
 
     def call(self, method: str, path: str, expect_status=200, **kwargs):
         response = self.session.request(method, self.url + path, timeout=60, **kwargs)
-        expect(response.status_code == expect_status,
-               f"{method} {path}: HTTP {response.status_code} {response.text[:300]}")
+        expect(
+            response.status_code == expect_status, f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
+        )
         return response
 
     def check(self, name: str, step) -> bool:
@@ -82,13 +94,17 @@ class Smoke:
         return created["notebook_name"]
 
     def write_content(self):
-        expect(self.call("PUT", f"{NOTEBOOKS}/{self.notebook_id}/content", json=NOTEBOOK).json() == "Success",
-               "not Success")
+        expect(
+            self.call("PUT", f"{NOTEBOOKS}/{self.notebook_id}/content", json=NOTEBOOK).json() == "Success",
+            "not Success",
+        )
 
     def read_content(self):
         cells = self.call("GET", f"{NOTEBOOKS}/{self.notebook_id}/content").json()["cells"]
-        expect([cell["source"] for cell in cells] == [cell["source"] for cell in NOTEBOOK["cells"]],
-               "content differs from what was written")
+        expect(
+            [cell["source"] for cell in cells] == [cell["source"] for cell in NOTEBOOK["cells"]],
+            "content differs from what was written",
+        )
 
     def rename(self):
         name = f"smoke-{uuid.uuid4().hex[:8]}"
@@ -109,8 +125,9 @@ class Smoke:
     def run(self):
         # The seed's Run sample as written: a GET with a body, `//` in the path, keys unquoted.
         body = '{nbkIds: ["%s"], module: "notebooks"}' % self.notebook_id
-        [run] = self.call("GET", "/" + NOTEBOOKS + "/_run", data=body,
-                          headers={"Content-Type": "application/json"}).json()["runs"]
+        [run] = self.call(
+            "GET", "/" + NOTEBOOKS + "/_run", data=body, headers={"Content-Type": "application/json"}
+        ).json()["runs"]
         self.run_id = run["run_id"]
         deadline = time.monotonic() + RUN_SECONDS
         while time.monotonic() < deadline:

@@ -17,6 +17,7 @@ No resource has a fixed physical name: CloudFormation names them after the stack
 stages (two stacks) live side by side in one account and region, and a stack can be
 created again after deletion although its retained data is still there.
 """
+
 from chalicelib.common.config import Settings
 from chalicelib.storage.files import RESPONSES_PREFIX
 from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
@@ -46,128 +47,213 @@ PACKAGED_JUPYTER_DATA = "/var/task/share/jupyter"
 # for a runner (NOTEBOOKS_QUEUE_TIMEOUT) before the API reports it lost.
 MAX_EVENT_AGE_SECONDS = 6 * 3600
 RUNNER_RETRY_ATTEMPTS = 2
-LOG_RETENTION_CHOICES = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
-                         2557, 2922, 3288, 3653]
+LOG_RETENTION_CHOICES = [
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+]
 RULE_PREFIX = {"Fn::Sub": "notebooks-${Stage}-"}
 
 PARAMETERS = {
     "Stage": {
-        "Type": "String", "Default": "dev", "AllowedPattern": "^[a-z][a-z0-9-]{0,15}$",
+        "Type": "String",
+        "Default": "dev",
+        "AllowedPattern": "^[a-z][a-z0-9-]{0,15}$",
         "Description": "Stage name (lower case, at most 16 characters): names this stage's schedule rules, "
-                       "notebooks-<Stage>-<notebook id> (EventBridge allows 64 characters)",
+        "notebooks-<Stage>-<notebook id> (EventBridge allows 64 characters)",
     },
     "NoncurrentVersionDays": {
-        "Type": "Number", "Default": 30, "MinValue": 1,
+        "Type": "Number",
+        "Default": 30,
+        "MinValue": 1,
         "Description": "Days an overwritten or deleted notebook file or output stays recoverable",
     },
     "RunOutputDays": {
-        "Type": "Number", "Default": 0, "MinValue": 0,
+        "Type": "Number",
+        "Default": 0,
+        "MinValue": 0,
         "Description": "Days after which executed notebooks (runs/) expire; 0 keeps them",
     },
     "RunnerReservedConcurrency": {
-        "Type": "Number", "Default": 10, "MinValue": 0,
+        "Type": "Number",
+        "Default": 10,
+        "MinValue": 0,
         "Description": "Runs that may execute at once (reserved for the runner, so runs cannot take the "
-                       "API's concurrency); 0 reserves none",
+        "API's concurrency); 0 reserves none",
     },
     "RunnerEphemeralStorageMB": {
-        "Type": "Number", "Default": 2048, "MinValue": 512, "MaxValue": 10240,
+        "Type": "Number",
+        "Default": 2048,
+        "MinValue": 512,
+        "MaxValue": 10240,
         "Description": "Size of the runner's /tmp, where notebooks run",
     },
     "LogRetentionDays": {
-        "Type": "Number", "Default": 30, "AllowedValues": LOG_RETENTION_CHOICES,
+        "Type": "Number",
+        "Default": 30,
+        "AllowedValues": LOG_RETENTION_CHOICES,
         "Description": "Days the functions' and the Fargate tasks' logs are kept",
     },
     "MaxRunTimeoutSeconds": {
-        "Type": "Number", "Default": 12 * 3600, "MinValue": 60,
+        "Type": "Number",
+        "Default": 12 * 3600,
+        "MinValue": 60,
         "Description": "The longest timeout a run may ask for; beyond Lambda's it runs on Fargate, when set up",
     },
     "RunnerImageUri": {
-        "Type": "String", "Default": "",
+        "Type": "String",
+        "Default": "",
         "Description": "The runner image in ECR, for Fargate tasks: the runner function's image "
-                       "(aws lambda get-function ... --query Code.ImageUri); empty: no Fargate",
+        "(aws lambda get-function ... --query Code.ImageUri); empty: no Fargate",
     },
     "FargateSubnets": {
-        "Type": "CommaDelimitedList", "Default": "",
+        "Type": "CommaDelimitedList",
+        "Default": "",
         "Description": "Subnets of the Fargate tasks, comma-separated; empty: no Fargate",
     },
     "FargateSecurityGroups": {
-        "Type": "CommaDelimitedList", "Default": "",
+        "Type": "CommaDelimitedList",
+        "Default": "",
         "Description": "Security groups of the Fargate tasks, comma-separated: notebooks are untrusted code, so "
-                       "no inbound rules and outbound HTTPS only; empty: no Fargate (never the VPC's default group)",
+        "no inbound rules and outbound HTTPS only; empty: no Fargate (never the VPC's default group)",
     },
     "FargateAssignPublicIp": {
-        "Type": "String", "Default": "true", "AllowedValues": ["true", "false"],
+        "Type": "String",
+        "Default": "true",
+        "AllowedValues": ["true", "false"],
         "Description": "Whether tasks get a public IP (subnets without a NAT gateway or VPC endpoints need one)",
     },
     "FargateCpu": {
-        "Type": "String", "Default": "1024", "AllowedValues": FARGATE_CPU_CHOICES,
+        "Type": "String",
+        "Default": "1024",
+        "AllowedValues": FARGATE_CPU_CHOICES,
         "Description": "CPU units of a Fargate run (1024 = 1 vCPU)",
     },
     "FargateMemoryMB": {
-        "Type": "Number", "Default": 4096, "MinValue": 512, "MaxValue": 122880,
+        "Type": "Number",
+        "Default": 4096,
+        "MinValue": 512,
+        "MaxValue": 122880,
         "Description": "Memory of a Fargate run, a size Fargate allows with FargateCpu",
     },
 }
 CONDITIONS = {
     "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
     "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
-    "FargateEnabled": {"Fn::And": [
-        {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]},
-        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]},
-        {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSecurityGroups"}]}, ""]}]},
-    ]},
+    "FargateEnabled": {
+        "Fn::And": [
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]},
+            {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]},
+            {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSecurityGroups"}]}, ""]}]},
+        ]
+    },
 }
 
 
 def _retained(resource_type: str, properties: dict) -> dict:
-    return {"Type": resource_type, "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
-            "Properties": properties}
+    return {
+        "Type": resource_type,
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Properties": properties,
+    }
 
 
 def _table(definition: dict) -> dict:
     properties = {key: value for key, value in definition.items() if key != "TableName"}
-    return _retained("AWS::DynamoDB::Table", {
-        **properties,
-        "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
-        "DeletionProtectionEnabled": True,
-    })
+    return _retained(
+        "AWS::DynamoDB::Table",
+        {
+            **properties,
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "DeletionProtectionEnabled": True,
+        },
+    )
 
 
 def _bucket() -> dict:
     keep_old_versions = {
-        "Id": "ExpireOldVersions", "Status": "Enabled",
+        "Id": "ExpireOldVersions",
+        "Status": "Enabled",
         "NoncurrentVersionExpiration": {"NoncurrentDays": {"Ref": "NoncurrentVersionDays"}},
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
     }
-    expire_outputs = {"Id": "ExpireRunOutputs", "Status": "Enabled", "Prefix": "runs/",
-                      "ExpirationInDays": {"Ref": "RunOutputDays"}}
-    return _retained("AWS::S3::Bucket", {
-        "VersioningConfiguration": {"Status": "Enabled"},
-        "LifecycleConfiguration": {"Rules": [
-            keep_old_versions,
-            {"Fn::If": ["RunOutputsExpire", expire_outputs, {"Ref": "AWS::NoValue"}]},
-            # Answers too large for a Lambda response wait here for their 5-minute link.
-            {"Id": "ExpireLargeResponses", "Status": "Enabled", "Prefix": RESPONSES_PREFIX, "ExpirationInDays": 1},
-        ]},
-        "BucketEncryption": {"ServerSideEncryptionConfiguration": [
-            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
-        "PublicAccessBlockConfiguration": {
-            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True,
-            "RestrictPublicBuckets": True,
+    expire_outputs = {
+        "Id": "ExpireRunOutputs",
+        "Status": "Enabled",
+        "Prefix": "runs/",
+        "ExpirationInDays": {"Ref": "RunOutputDays"},
+    }
+    return _retained(
+        "AWS::S3::Bucket",
+        {
+            "VersioningConfiguration": {"Status": "Enabled"},
+            "LifecycleConfiguration": {
+                "Rules": [
+                    keep_old_versions,
+                    {"Fn::If": ["RunOutputsExpire", expire_outputs, {"Ref": "AWS::NoValue"}]},
+                    # Answers too large for a Lambda response wait here for their 5-minute link.
+                    {
+                        "Id": "ExpireLargeResponses",
+                        "Status": "Enabled",
+                        "Prefix": RESPONSES_PREFIX,
+                        "ExpirationInDays": 1,
+                    },
+                ]
+            },
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": True,
+                "BlockPublicPolicy": True,
+                "IgnorePublicAcls": True,
+                "RestrictPublicBuckets": True,
+            },
+            "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
         },
-        "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-    })
+    )
 
 
 def _bucket_policy() -> dict:
-    return {"Type": "AWS::S3::BucketPolicy", "Properties": {
-        "Bucket": {"Ref": "NotebookFiles"},
-        "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
-            "Sid": "DenyWithoutTLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-            "Resource": [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}, {"Fn::Sub": "${NotebookFiles.Arn}/*"}],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }]},
-    }}
+    return {
+        "Type": "AWS::S3::BucketPolicy",
+        "Properties": {
+            "Bucket": {"Ref": "NotebookFiles"},
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "DenyWithoutTLS",
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:*",
+                        "Resource": [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}, {"Fn::Sub": "${NotebookFiles.Arn}/*"}],
+                        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                    }
+                ],
+            },
+        },
+    }
 
 
 def _objects(prefix: str) -> dict:
@@ -178,13 +264,18 @@ def _table_and_indexes(logical_id: str) -> list:
     return [{"Fn::GetAtt": [logical_id, "Arn"]}, {"Fn::Sub": "${" + logical_id + ".Arn}/index/*"}]
 
 
-_RULES = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/"
-                    + RULE_PREFIX["Fn::Sub"] + "*"}
+_RULES = {
+    "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/" + RULE_PREFIX["Fn::Sub"] + "*"
+}
 
 
 def _logs(log_group: str) -> dict:
-    return {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Resource": {"Fn::GetAtt": [log_group, "Arn"]}}
+    return {
+        "Sid": "Logs",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
+    }
 
 
 def api_statements() -> list:
@@ -194,25 +285,57 @@ def api_statements() -> list:
     invoking the runner, and managing this stage's schedule rules."""
     return [
         _logs("ApiLogGroup"),
-        {"Sid": "NotebookFiles", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": _objects("")},
+        {
+            "Sid": "NotebookFiles",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": _objects(""),
+        },
         # Runs pin a notebook's version; a content write that cannot be recorded removes its version.
-        {"Sid": "NotebookVersions", "Effect": "Allow", "Action": ["s3:GetObjectVersion", "s3:DeleteObjectVersion"],
-         "Resource": _objects("notebooks/")},
+        {
+            "Sid": "NotebookVersions",
+            "Effect": "Allow",
+            "Action": ["s3:GetObjectVersion", "s3:DeleteObjectVersion"],
+            "Resource": _objects("notebooks/"),
+        },
         # Without it, S3 answers a missing object 403, not 404 (a deleted notebook's file).
-        {"Sid": "ListNotebookFiles", "Effect": "Allow", "Action": ["s3:ListBucket"],
-         "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]}},
-        {"Sid": "NotebooksAndRuns", "Effect": "Allow",
-         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                    "dynamodb:Query", "dynamodb:BatchGetItem"],
-         "Resource": _table_and_indexes("NotebooksTable") + _table_and_indexes("RunsTable")},
-        {"Sid": "UsersAndLoginFailures", "Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
-         "Resource": {"Fn::GetAtt": ["UsersTable", "Arn"]}},
-        {"Sid": "DispatchRuns", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
-         "Resource": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]}},
-        {"Sid": "ScheduleRules", "Effect": "Allow",
-         "Action": ["events:PutRule", "events:PutTargets", "events:RemoveTargets", "events:DeleteRule"],
-         "Resource": _RULES},
+        {
+            "Sid": "ListNotebookFiles",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": {"Fn::GetAtt": ["NotebookFiles", "Arn"]},
+        },
+        {
+            "Sid": "NotebooksAndRuns",
+            "Effect": "Allow",
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:Query",
+                "dynamodb:BatchGetItem",
+            ],
+            "Resource": _table_and_indexes("NotebooksTable") + _table_and_indexes("RunsTable"),
+        },
+        {
+            "Sid": "UsersAndLoginFailures",
+            "Effect": "Allow",
+            "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+            "Resource": {"Fn::GetAtt": ["UsersTable", "Arn"]},
+        },
+        {
+            "Sid": "DispatchRuns",
+            "Effect": "Allow",
+            "Action": ["lambda:InvokeFunction"],
+            "Resource": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
+        },
+        {
+            "Sid": "ScheduleRules",
+            "Effect": "Allow",
+            "Action": ["events:PutRule", "events:PutTargets", "events:RemoveTargets", "events:DeleteRule"],
+            "Resource": _RULES,
+        },
     ]
 
 
@@ -229,23 +352,55 @@ def runner_statements() -> list:
     creating rules."""
     return [
         _logs("RunnerLogGroup"),
-        {"Sid": "ReadNotebooks", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": _objects("notebooks/")},
-        {"Sid": "WriteOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
-         "Resource": _objects("runs/")},
-        {"Sid": "RunRecords", "Effect": "Allow",
-         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                    "dynamodb:BatchGetItem"],
-         "Resource": {"Fn::GetAtt": ["RunsTable", "Arn"]}},
-        {"Sid": "NotebookRecords", "Effect": "Allow",
-         "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                    "dynamodb:Query", "dynamodb:BatchGetItem"],
-         "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]}},
-        {"Sid": "RemoveLeftoverRules", "Effect": "Allow",
-         "Action": ["events:ListTargetsByRule", "events:RemoveTargets", "events:DeleteRule"],
-         "Resource": _RULES},
-        {"Sid": "FailedEvents", "Effect": "Allow", "Action": ["sqs:SendMessage"],
-         "Resource": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}},
+        {
+            "Sid": "ReadNotebooks",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": _objects("notebooks/"),
+        },
+        {
+            "Sid": "WriteOutputs",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject", "s3:DeleteObject"],
+            "Resource": _objects("runs/"),
+        },
+        {
+            "Sid": "RunRecords",
+            "Effect": "Allow",
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:BatchGetItem",
+            ],
+            "Resource": {"Fn::GetAtt": ["RunsTable", "Arn"]},
+        },
+        {
+            "Sid": "NotebookRecords",
+            "Effect": "Allow",
+            "Action": [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:Query",
+                "dynamodb:BatchGetItem",
+            ],
+            "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]},
+        },
+        {
+            "Sid": "RemoveLeftoverRules",
+            "Effect": "Allow",
+            "Action": ["events:ListTargetsByRule", "events:RemoveTargets", "events:DeleteRule"],
+            "Resource": _RULES,
+        },
+        {
+            "Sid": "FailedEvents",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]},
+        },
     ]
 
 
@@ -255,13 +410,28 @@ def fargate_statements() -> list:
     its cluster, StopTask of that cluster's tasks, and passing the task's two roles to
     ECS, no other role and to no other service."""
     return [
-        {"Sid": "StartRunTasks", "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": _TASK_DEFINITIONS,
-         "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}},
-        {"Sid": "StopRunTasks", "Effect": "Allow", "Action": ["ecs:StopTask"],
-         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}},
-        {"Sid": "PassTaskRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
-         "Resource": [{"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}, {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}],
-         "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}},
+        {
+            "Sid": "StartRunTasks",
+            "Effect": "Allow",
+            "Action": ["ecs:RunTask"],
+            "Resource": _TASK_DEFINITIONS,
+            "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}},
+        },
+        {
+            "Sid": "StopRunTasks",
+            "Effect": "Allow",
+            "Action": ["ecs:StopTask"],
+            "Resource": {
+                "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"
+            },
+        },
+        {
+            "Sid": "PassTaskRoles",
+            "Effect": "Allow",
+            "Action": ["iam:PassRole"],
+            "Resource": [{"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}, {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}],
+            "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
+        },
     ]
 
 
@@ -277,34 +447,47 @@ def task_execution_statements() -> list:
     task's log group."""
     return [
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
-        {"Sid": "PullImage", "Effect": "Allow",
-         "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}},
+        {
+            "Sid": "PullImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"},
+        },
         _logs("RunnerTaskLogGroup"),
     ]
 
 
 _TASK_FAMILY = {"Fn::Sub": "${AWS::StackName}-runner"}
-_TASK_DEFINITIONS = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task-definition/"
-                                "${AWS::StackName}-runner:*"}
+_TASK_DEFINITIONS = {
+    "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task-definition/${AWS::StackName}-runner:*"
+}
 
 
 def _role(statements: list, service: str = "lambda.amazonaws.com") -> dict:
-    return {"Type": "AWS::IAM::Role", "Properties": {
-        "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]},
-        "Policies": [{"PolicyName": "notebooks", "PolicyDocument": {"Version": "2012-10-17",
-                                                                   "Statement": statements}}],
-    }}
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+            },
+            "Policies": [
+                {"PolicyName": "notebooks", "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}
+            ],
+        },
+    }
 
 
 def _log_group(function_suffix: str) -> dict:
     # Named as Lambda names it, after the function; deleted with the stack, so that a
     # stack of the same name can be created again.
-    return {"Type": "AWS::Logs::LogGroup", "Properties": {
-        "LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}-" + function_suffix},
-        "RetentionInDays": {"Ref": "LogRetentionDays"},
-    }}
+    return {
+        "Type": "AWS::Logs::LogGroup",
+        "Properties": {
+            "LogGroupName": {"Fn::Sub": "/aws/lambda/${AWS::StackName}-" + function_suffix},
+            "RetentionInDays": {"Ref": "LogRetentionDays"},
+        },
+    }
 
 
 def _environment(**variables) -> dict:
@@ -314,8 +497,10 @@ def _environment(**variables) -> dict:
 def _fargate_environment() -> dict:
     """What the dispatcher reads (common/config.py) to start a run's task; all empty, so no
     Fargate, until the stack has the task definition."""
+
     def when_fargate(value):
         return {"Fn::If": ["FargateEnabled", value, ""]}
+
     return {
         "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"},
         "NOTEBOOKS_ECS_CLUSTER": when_fargate({"Ref": "RunnerCluster"}),
@@ -331,35 +516,44 @@ def _task_definition(data: dict) -> dict:
     """One run per task: the runner image with the fargate_task entry point (RunTask adds
     the run id as its command), Lambda's layout (read-only root, a writable /tmp)."""
     environment = {**data, "HOME": "/tmp", "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"}}
-    return {"Type": "AWS::ECS::TaskDefinition", "Condition": "FargateEnabled", "Properties": {
-        "Family": _TASK_FAMILY,
-        "RequiresCompatibilities": ["FARGATE"],
-        "NetworkMode": "awsvpc",
-        "Cpu": {"Ref": "FargateCpu"},
-        "Memory": {"Ref": "FargateMemoryMB"},
-        "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
-        "TaskRoleArn": {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
-        "ExecutionRoleArn": {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
-        "Volumes": [{"Name": "tmp"}],
-        "ContainerDefinitions": [{
-            "Name": TASK_CONTAINER,
-            "Image": {"Ref": "RunnerImageUri"},
-            "Essential": True,
-            "EntryPoint": TASK_ENTRY_POINT,
-            # StopTask's SIGTERM cancels the run: the most Fargate allows between it and
-            # SIGKILL, to store the output so far, record the end and notify the webhook.
-            "StopTimeout": 120,
-            "WorkingDirectory": TASK_ROOT,
-            "ReadonlyRootFilesystem": True,
-            "MountPoints": [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}],
-            "Environment": [{"Name": name, "Value": value} for name, value in environment.items()],
-            "LogConfiguration": {"LogDriver": "awslogs", "Options": {
-                "awslogs-group": {"Ref": "RunnerTaskLogGroup"},
-                "awslogs-region": {"Ref": "AWS::Region"},
-                "awslogs-stream-prefix": "run",
-            }},
-        }],
-    }}
+    return {
+        "Type": "AWS::ECS::TaskDefinition",
+        "Condition": "FargateEnabled",
+        "Properties": {
+            "Family": _TASK_FAMILY,
+            "RequiresCompatibilities": ["FARGATE"],
+            "NetworkMode": "awsvpc",
+            "Cpu": {"Ref": "FargateCpu"},
+            "Memory": {"Ref": "FargateMemoryMB"},
+            "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
+            "TaskRoleArn": {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
+            "ExecutionRoleArn": {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
+            "Volumes": [{"Name": "tmp"}],
+            "ContainerDefinitions": [
+                {
+                    "Name": TASK_CONTAINER,
+                    "Image": {"Ref": "RunnerImageUri"},
+                    "Essential": True,
+                    "EntryPoint": TASK_ENTRY_POINT,
+                    # StopTask's SIGTERM cancels the run: the most Fargate allows between it and
+                    # SIGKILL, to store the output so far, record the end and notify the webhook.
+                    "StopTimeout": 120,
+                    "WorkingDirectory": TASK_ROOT,
+                    "ReadonlyRootFilesystem": True,
+                    "MountPoints": [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}],
+                    "Environment": [{"Name": name, "Value": value} for name, value in environment.items()],
+                    "LogConfiguration": {
+                        "LogDriver": "awslogs",
+                        "Options": {
+                            "awslogs-group": {"Ref": "RunnerTaskLogGroup"},
+                            "awslogs-region": {"Ref": "AWS::Region"},
+                            "awslogs-stream-prefix": "run",
+                        },
+                    },
+                }
+            ],
+        },
+    }
 
 
 def image_runner(template: dict) -> dict:
@@ -397,41 +591,60 @@ def merge_template(settings: Settings = Settings()) -> dict:
             "RunnerRole": _role(runner_statements() + fargate_statements()),
             "ApiLogGroup": _log_group("api"),
             "RunnerLogGroup": _log_group("runner"),
-            "RunnerCluster": {"Type": "AWS::ECS::Cluster", "Properties": {
-                "CapacityProviders": ["FARGATE"]}},
+            "RunnerCluster": {"Type": "AWS::ECS::Cluster", "Properties": {"CapacityProviders": ["FARGATE"]}},
             "RunnerTaskRole": _role(task_statements(), "ecs-tasks.amazonaws.com"),
             "RunnerTaskExecutionRole": _role(task_execution_statements(), "ecs-tasks.amazonaws.com"),
-            "RunnerTaskLogGroup": {"Type": "AWS::Logs::LogGroup", "Properties": {
-                "RetentionInDays": {"Ref": "LogRetentionDays"}}},
+            "RunnerTaskLogGroup": {
+                "Type": "AWS::Logs::LogGroup",
+                "Properties": {"RetentionInDays": {"Ref": "LogRetentionDays"}},
+            },
             "RunnerTaskDefinition": _task_definition(data),
-            "FailedRunnerEvents": {"Type": "AWS::SQS::Queue", "Properties": {
-                "MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True}},
-            API_FUNCTION: {"DependsOn": ["ApiLogGroup"], "Properties": {
-                "FunctionName": {"Fn::Sub": "${AWS::StackName}-api"},
-                "Runtime": RUNTIME,
-                "CodeUri": CODE_URI,
-                "Role": {"Fn::GetAtt": ["ApiRole", "Arn"]},
-                **_environment(**data, NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
-                               JUPYTER_DATA_DIR=PACKAGED_JUPYTER_DATA,
-                               NOTEBOOKS_RUNNER_FUNCTION={"Ref": RUNNER_FUNCTION},
-                               NOTEBOOKS_RUNNER_ARN={"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
-                               **_fargate_environment()),
-            }},
-            RUNNER_FUNCTION: {"DependsOn": ["RunnerLogGroup"], "Properties": {
-                "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
-                "PackageType": "Image",
-                "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
-                **_environment(**data, **_fargate_environment()),
-                "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
-                "ReservedConcurrentExecutions": {"Fn::If": [
-                    "RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]},
-                "EventInvokeConfig": {
-                    "MaximumRetryAttempts": RUNNER_RETRY_ATTEMPTS,
-                    "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
-                    "DestinationConfig": {"OnFailure": {
-                        "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}},
+            "FailedRunnerEvents": {
+                "Type": "AWS::SQS::Queue",
+                "Properties": {"MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True},
+            },
+            API_FUNCTION: {
+                "DependsOn": ["ApiLogGroup"],
+                "Properties": {
+                    "FunctionName": {"Fn::Sub": "${AWS::StackName}-api"},
+                    "Runtime": RUNTIME,
+                    "CodeUri": CODE_URI,
+                    "Role": {"Fn::GetAtt": ["ApiRole", "Arn"]},
+                    **_environment(
+                        **data,
+                        NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
+                        JUPYTER_DATA_DIR=PACKAGED_JUPYTER_DATA,
+                        NOTEBOOKS_RUNNER_FUNCTION={"Ref": RUNNER_FUNCTION},
+                        NOTEBOOKS_RUNNER_ARN={"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
+                        **_fargate_environment(),
+                    ),
                 },
-            }, "Metadata": {"Dockerfile": "Dockerfile", "DockerContext": "./" + IMAGE_CONTEXT, "DockerTag": RUNTIME}},
+            },
+            RUNNER_FUNCTION: {
+                "DependsOn": ["RunnerLogGroup"],
+                "Properties": {
+                    "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
+                    "PackageType": "Image",
+                    "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
+                    **_environment(**data, **_fargate_environment()),
+                    "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
+                    "ReservedConcurrentExecutions": {
+                        "Fn::If": [
+                            "RunnerConcurrencyReserved",
+                            {"Ref": "RunnerReservedConcurrency"},
+                            {"Ref": "AWS::NoValue"},
+                        ]
+                    },
+                    "EventInvokeConfig": {
+                        "MaximumRetryAttempts": RUNNER_RETRY_ATTEMPTS,
+                        "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
+                        "DestinationConfig": {
+                            "OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}
+                        },
+                    },
+                },
+                "Metadata": {"Dockerfile": "Dockerfile", "DockerContext": "./" + IMAGE_CONTEXT, "DockerTag": RUNTIME},
+            },
             "RunnerInvokedByScheduleRules": {
                 "Type": "AWS::Lambda::Permission",
                 "Properties": {
@@ -445,8 +658,10 @@ def merge_template(settings: Settings = Settings()) -> dict:
         },
         "Outputs": {
             "NotebookFilesBucket": {"Value": {"Ref": "NotebookFiles"}},
-            "UsersTable": {"Value": {"Ref": "UsersTable"},
-                           "Description": "NOTEBOOKS_USERS_TABLE for `python -m chalicelib.auth.users`"},
+            "UsersTable": {
+                "Value": {"Ref": "UsersTable"},
+                "Description": "NOTEBOOKS_USERS_TABLE for `python -m chalicelib.auth.users`",
+            },
             "FailedRunnerEventsQueue": {"Value": {"Ref": "FailedRunnerEvents"}},
             "RunnerCluster": {"Value": {"Ref": "RunnerCluster"}, "Description": "The Fargate runs' ECS cluster"},
         },

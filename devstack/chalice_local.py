@@ -15,6 +15,7 @@ server (in its worker process, again after every reload), the server:
   `__pycache__`: their changes are not code changes (and the snapshots written into the
   state folder would reload the app every second).
 """
+
 import functools
 import logging
 import os
@@ -51,9 +52,9 @@ def attach() -> None:
 def connect() -> None:
     """Point this process's AWS clients at the stack running on the state folder,
     starting one first if none runs."""
+    from chalicelib import services
     from chalicelib.common import aws
     from chalicelib.runner import sandbox
-    from chalicelib import services
     from devstack.stack import client_environment, running_stack, state_folder
     from devstack.state import StateFolder
 
@@ -64,8 +65,9 @@ def connect() -> None:
     if stack is None and not StateFolder(folder).in_use():
         # Started on its own, the stack stops with `chalice local` (the reloader's process).
         owner = os.getppid() if os.environ.get("CHALICE_WORKER") else os.getpid()
-        subprocess.Popen([sys.executable, "-m", "devstack.stack", "--no-api", "--parent", str(owner)],
-                         start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "devstack.stack", "--no-api", "--parent", str(owner)], start_new_session=True
+        )
     deadline = time.monotonic() + _START_SECONDS
     while stack is None:
         if time.monotonic() > deadline:
@@ -99,7 +101,8 @@ def _install_request_handler(server, app_object, config) -> None:
     from devstack.local_http import request_handler
 
     server.server.RequestHandlerClass = functools.partial(
-        request_handler(services.get().settings.max_body_bytes), app_object=app_object, config=config)
+        request_handler(services.get().settings.max_body_bytes), app_object=app_object, config=config
+    )
     # http.server queues 5 connections; a burst of clients would be reset. Listening again
     # on the bound socket raises the backlog.
     server.server.socket.listen(_CONNECTION_BACKLOG)
@@ -141,7 +144,8 @@ def _watch_code_only() -> None:
         return  # watchdog is not installed: Chalice uses the stat watcher
     on_event = WatchdogRestarter.on_any_event
     WatchdogRestarter.on_any_event = lambda self, event: (
-        on_event(self, event) if _is_code(event.src_path, state) else None)
+        on_event(self, event) if _is_code(event.src_path, state) else None
+    )
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ or SigV2 `AWS <key id>:<signature>`) or, for a presigned URL, in its `X-Amz-Cred
 The key id is as random as a secret key (128 bits), so checking it is enough to tell
 this stack's clients from others; the signature itself is not verified (moto does not).
 """
+
 import hmac
 import json
 import os
@@ -37,8 +38,9 @@ def new_credentials() -> dict:
 def is_secret(name: str) -> bool:
     """Whether an environment variable tells where the stack's servers are or how to
     reach them: the credentials and the endpoints."""
-    return name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") or \
-        name.startswith("AWS_ENDPOINT_URL")
+    return name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") or name.startswith(
+        "AWS_ENDPOINT_URL"
+    )
 
 
 def split_environment(env: dict) -> tuple:
@@ -90,11 +92,15 @@ class CredentialGuard:
         message = "The AWS access key id you provided does not exist in our records."
         if environ.get("HTTP_X_AMZ_TARGET") or environ.get("PATH_INFO", "").startswith("/2015-03-31/"):
             body = json.dumps({"__type": "UnrecognizedClientException", "message": message}).encode()
-            headers = [("Content-Type", "application/x-amz-json-1.1"),
-                       ("x-amzn-ErrorType", "UnrecognizedClientException")]
+            headers = [
+                ("Content-Type", "application/x-amz-json-1.1"),
+                ("x-amzn-ErrorType", "UnrecognizedClientException"),
+            ]
         else:
-            body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
-                    f"<Message>{message}</Message></Error>").encode()
+            body = (
+                f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidAccessKeyId</Code>"
+                f"<Message>{message}</Message></Error>"
+            ).encode()
             headers = [("Content-Type", "application/xml")]
         start_response("403 Forbidden", headers + [("Content-Length", str(len(body)))])
         return [body]

@@ -35,6 +35,7 @@ in-process (the tests, `make bench`):
    else (binary) still takes moto's walk.
 Nothing deployed imports this module.
 """
+
 import copy
 import functools
 import logging
@@ -93,8 +94,11 @@ def _touched_keys(table, actions) -> list:
         if table.hash_key_attr not in attributes:
             continue  # moto refuses it itself
         hash_value = DynamoType(attributes[table.hash_key_attr])
-        range_value = DynamoType(attributes[table.range_key_attr]) \
-            if table.has_range_key and table.range_key_attr in attributes else None
+        range_value = (
+            DynamoType(attributes[table.range_key_attr])
+            if table.has_range_key and table.range_key_attr in attributes
+            else None
+        )
         keys.append((hash_value, range_value))
     return keys
 
@@ -129,8 +133,11 @@ def _partition_query(original):
             return original(table, hash_key, *args, **kwargs)
         # The order moto sorts the partition in (the index's sort key first), computed
         # once per item rather than at every comparison.
-        order = [key["AttributeName"] for key in local_indexes[index_name].schema if key["KeyType"] == "RANGE"] \
-            if index_name else []
+        order = (
+            [key["AttributeName"] for key in local_indexes[index_name].schema if key["KeyType"] == "RANGE"]
+            if index_name
+            else []
+        )
         order.append(table.range_key_attr)
 
         def sort_key(item):
@@ -159,13 +166,15 @@ def _plain(value) -> bool:
     """Whether a DynamoDB attribute value is JSON as moto's shape walk would write it."""
     if not isinstance(value, dict) or len(value) != 1:
         return False
-    (kind, inner), = value.items()
+    ((kind, inner),) = value.items()
     if kind in _PLAIN:
         return isinstance(inner, _PLAIN[kind])
     if kind in ("SS", "NS"):
         return isinstance(inner, list) and all(isinstance(member, str) for member in inner)
     if kind == "M":
-        return isinstance(inner, dict) and all(isinstance(name, str) and _plain(member) for name, member in inner.items())
+        return isinstance(inner, dict) and all(
+            isinstance(name, str) and _plain(member) for name, member in inner.items()
+        )
     if kind == "L":
         return isinstance(inner, list) and all(_plain(member) for member in inner)
     return False
@@ -257,8 +266,13 @@ class EmbeddedAws:
         self.app = SerialApp()
         self._snapshots = Snapshots(folder)
         # werkzeug listens with a backlog of 128: a burst of clients is queued, not reset.
-        self._server = make_server("127.0.0.1", port, CredentialGuard(self.app, access_key_id), threaded=True,
-                                   request_handler=MotoRequestHandler)
+        self._server = make_server(
+            "127.0.0.1",
+            port,
+            CredentialGuard(self.app, access_key_id),
+            threaded=True,
+            request_handler=MotoRequestHandler,
+        )
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._stop = threading.Event()
         self._threads = []
@@ -315,7 +329,7 @@ def main() -> int:
     receive_secrets()
     logging.basicConfig(level=logging.WARNING, format="embedded AWS: %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    from devstack.stack import stop_on_signals, state_folder
+    from devstack.stack import state_folder, stop_on_signals
 
     folder = StateFolder(state_folder())
     if not folder.take():

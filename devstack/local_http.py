@@ -8,6 +8,7 @@ is answered and then closed lingeringly: the server stops sending, reads and dis
 the client still sends (up to a bound), and closes only then, so a client that sends its
 whole body before reading (urllib, requests) reads the 413 instead of a reset connection.
 """
+
 import re
 import socket
 import time

@@ -20,6 +20,7 @@
 
 The API reaches it through boto3's own endpoint setting, `AWS_ENDPOINT_URL_LAMBDA`.
 """
+
 import json
 import logging
 import os
@@ -32,8 +33,8 @@ import threading
 from concurrent.futures import Future
 from urllib.parse import unquote
 
-from devstack.credentials import CredentialGuard, receive_secrets, send_secrets, split_environment
 from chalicelib.runner.sandbox import SandboxError
+from devstack.credentials import CredentialGuard, receive_secrets, send_secrets, split_environment
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,13 @@ class _Worker:
 
     def __init__(self, env: dict, secrets: dict):
         results_read, results_write = os.pipe()
-        self.process = subprocess.Popen([sys.executable, "-m", "devstack.local_lambda", "--worker", str(results_write)],
-                                        env=env, stdin=subprocess.PIPE, pass_fds=(results_write,), text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.local_lambda", "--worker", str(results_write)],
+            env=env,
+            stdin=subprocess.PIPE,
+            pass_fds=(results_write,),
+            text=True,
+        )
         os.close(results_write)
         self._results = os.fdopen(results_read)
         send_secrets(self.process.stdin, secrets)
@@ -119,8 +125,9 @@ class WorkerPool:
         self._env, self._secrets = split_environment(dict(os.environ))
         self._jobs = queue.Queue()
         self._stopping = threading.Event()
-        self._feeders = [threading.Thread(target=self._feed, name=f"runner-{i}", daemon=True)
-                         for i in range(max(1, size))]
+        self._feeders = [
+            threading.Thread(target=self._feed, name=f"runner-{i}", daemon=True) for i in range(max(1, size))
+        ]
 
     def start(self) -> None:
         """Start the workers."""
@@ -159,8 +166,10 @@ class WorkerPool:
 
 def _error(start_response, status: str, error_type: str, message: str):
     body = json.dumps({"Type": "User", "message": message}).encode()
-    start_response(status, [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type),
-                            ("Content-Length", str(len(body)))])
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type), ("Content-Length", str(len(body)))],
+    )
     return [body]
 
 
@@ -185,17 +194,26 @@ class InvokeApi:
             return _error(start_response, "404 Not Found", "ResourceNotFoundException", f"Function not found: {name}")
         kind = environ.get("HTTP_X_AMZ_INVOCATION_TYPE") or "RequestResponse"
         if kind not in _PAYLOAD_LIMITS:
-            return _error(start_response, "400 Bad Request", "InvalidParameterValueException",
-                          f"Invalid InvocationType: {kind}")
+            return _error(
+                start_response, "400 Bad Request", "InvalidParameterValueException", f"Invalid InvocationType: {kind}"
+            )
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > _PAYLOAD_LIMITS[kind]:
-            return _error(start_response, "413 Request Entity Too Large", "RequestTooLargeException",
-                          f"Request must be smaller than {_PAYLOAD_LIMITS[kind]} bytes for the {kind} invocation type")
+            return _error(
+                start_response,
+                "413 Request Entity Too Large",
+                "RequestTooLargeException",
+                f"Request must be smaller than {_PAYLOAD_LIMITS[kind]} bytes for the {kind} invocation type",
+            )
         try:
             event = json.loads(environ["wsgi.input"].read(length) or b"{}")
         except ValueError:
-            return _error(start_response, "400 Bad Request", "InvalidRequestContentException",
-                          "Could not parse request body into json")
+            return _error(
+                start_response,
+                "400 Bad Request",
+                "InvalidRequestContentException",
+                "Could not parse request body into json",
+            )
         if kind == "DryRun":
             start_response("204 No Content", [])
             return []
@@ -205,8 +223,11 @@ class InvokeApi:
             return []
         ok, result = future.result()
         body = json.dumps(result).encode()
-        headers = [("Content-Type", "application/json"), ("X-Amz-Executed-Version", "$LATEST"),
-                   ("Content-Length", str(len(body)))]
+        headers = [
+            ("Content-Type", "application/json"),
+            ("X-Amz-Executed-Version", "$LATEST"),
+            ("Content-Length", str(len(body))),
+        ]
         start_response("200 OK", headers + ([] if ok else [("X-Amz-Function-Error", "Unhandled")]))
         return [body]
 
@@ -215,19 +236,22 @@ def main() -> int:
     """Run the local Lambda until SIGTERM or SIGINT (see the module's docstring)."""
     from werkzeug.serving import make_server
 
-    from chalicelib.common import aws
     from chalicelib import services
-    from devstack.stack import stop_on_signals
+    from chalicelib.common import aws
     from chalicelib.schedules.scheduler import LocalEventClock
+    from devstack.stack import stop_on_signals
 
     receive_secrets()
     logging.basicConfig(level=logging.WARNING, format="local Lambda: %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     settings = services.get().settings
     pool = WorkerPool(settings.local_workers)
-    server = make_server("127.0.0.1", int(os.environ.get("NOTEBOOKS_LAMBDA_PORT") or 0),
-                         CredentialGuard(InvokeApi(settings.runner_function, pool), os.environ["AWS_ACCESS_KEY_ID"]),
-                         threaded=True)
+    server = make_server(
+        "127.0.0.1",
+        int(os.environ.get("NOTEBOOKS_LAMBDA_PORT") or 0),
+        CredentialGuard(InvokeApi(settings.runner_function, pool), os.environ["AWS_ACCESS_KEY_ID"]),
+        threaded=True,
+    )
     # This process's own Lambda client (the clock's, the recovery's) calls this server.
     os.environ["AWS_ENDPOINT_URL_LAMBDA"] = f"http://127.0.0.1:{server.server_port}"
     services.reset()
@@ -237,10 +261,12 @@ def main() -> int:
     serving.start()
     resumed = services.get().run_dispatch.resume_after_restart()
     if any(resumed.values()):
-        log.warning("after the restart: %(failed)d interrupted runs failed, %(queued)d queued runs dispatched again",
-                    resumed)
-    clock = LocalEventClock(aws.client("events", settings.region), settings.rule_prefix,
-                            services.get().dispatcher.invoke)
+        log.warning(
+            "after the restart: %(failed)d interrupted runs failed, %(queued)d queued runs dispatched again", resumed
+        )
+    clock = LocalEventClock(
+        aws.client("events", settings.region), settings.rule_prefix, services.get().dispatcher.invoke
+    )
     clock.start()
     print(f"ready {os.environ['AWS_ENDPOINT_URL_LAMBDA']}", flush=True)
     try:

@@ -15,6 +15,7 @@ No AWS account and no Docker. The state folder (`NOTEBOOKS_LOCAL_STATE`, default
 runs, `stack.json`: where its servers listen and the access key they accept, readable by
 this user only. Each start makes a new key.
 """
+
 import argparse
 import json
 import os
@@ -26,13 +27,13 @@ import subprocess
 import sys
 import threading
 
+from chalicelib.auth.users import UserStore, parse_user_list
 from chalicelib.common import aws
-from chalicelib.runner import sandbox
 from chalicelib.common.config import Settings
+from chalicelib.runner import sandbox
+from chalicelib.storage.tables import create_tables
 from devstack.credentials import new_credentials, send_secrets, split_environment
 from devstack.state import StateFolder, atomic_write
-from chalicelib.storage.tables import create_tables
-from chalicelib.auth.users import UserStore, parse_user_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACK_FILE = "stack.json"
@@ -138,9 +139,15 @@ class _Service:
     def __init__(self, name: str, command: list, env: dict, ours: bool):
         self.name = name
         public, secret = split_environment(env)
-        self.process = subprocess.Popen(command, env=public if ours else env, cwd=ROOT, start_new_session=True,
-                                        text=True, stdin=subprocess.PIPE if ours else subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE if ours else None)
+        self.process = subprocess.Popen(
+            command,
+            env=public if ours else env,
+            cwd=ROOT,
+            start_new_session=True,
+            text=True,
+            stdin=subprocess.PIPE if ours else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if ours else None,
+        )
         self.address = None
         if ours:  # one of ours: it reads its secrets on stdin, then says where it listens
             send_secrets(self.process.stdin, secret)
@@ -187,8 +194,12 @@ class Stack:
         env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
         env.update(local_stage_environment())
         self.settings = Settings.from_env(env)
-        env.update(self._credentials, NOTEBOOKS_LOCAL_STATE=self.folder,
-                   AWS_REGION=self.settings.region, AWS_DEFAULT_REGION=self.settings.region)
+        env.update(
+            self._credentials,
+            NOTEBOOKS_LOCAL_STATE=self.folder,
+            AWS_REGION=self.settings.region,
+            AWS_DEFAULT_REGION=self.settings.region,
+        )
         embedded_aws = self._start("embedded AWS", python + ["devstack.embedded_aws"], env, True)
         self._forget_stack_file()  # the embedded AWS holds the folder now: what is there is a killed stack's
         env["AWS_ENDPOINT_URL"] = embedded_aws.address
@@ -196,20 +207,43 @@ class Stack:
         aws.reset()
         provision(self.settings, parse_user_list(self.settings.local_users))
         local_lambda = self._start("local Lambda", python + ["devstack.local_lambda"], env, True)
-        stack = {"aws": {"endpoint": embedded_aws.address, "access_key_id": env["AWS_ACCESS_KEY_ID"],
-                         "secret_access_key": env["AWS_SECRET_ACCESS_KEY"], "region": self.settings.region},
-                 "lambda": {"endpoint": local_lambda.address}, "pid": os.getpid()}
+        stack = {
+            "aws": {
+                "endpoint": embedded_aws.address,
+                "access_key_id": env["AWS_ACCESS_KEY_ID"],
+                "secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                "region": self.settings.region,
+            },
+            "lambda": {"endpoint": local_lambda.address},
+            "pid": os.getpid(),
+        }
         old_mask = os.umask(0o077)
         try:
             atomic_write(os.path.join(self.folder, STACK_FILE), json.dumps(stack).encode())
         finally:
             os.umask(old_mask)
         if self._with_api:
-            api_env = {name: value for name, value in env.items()
-                       if not name.startswith("AWS_") and name != "NOTEBOOKS_USERS"}
+            api_env = {
+                name: value for name, value in env.items() if not name.startswith("AWS_") and name != "NOTEBOOKS_USERS"
+            }
             api_env["NOTEBOOKS_STACK_PID"] = str(os.getpid())
-            self._start("API", [sys.executable, "-m", "devstack.chalice_local", "local", "--stage", "local",
-                                "--host", "127.0.0.1", "--port", str(self._port)], api_env, False)
+            self._start(
+                "API",
+                [
+                    sys.executable,
+                    "-m",
+                    "devstack.chalice_local",
+                    "local",
+                    "--stage",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self._port),
+                ],
+                api_env,
+                False,
+            )
         return stack
 
     def _start(self, name, command, env, ours) -> _Service:
@@ -261,10 +295,17 @@ def main(argv=None) -> int:
         started = stack.start()
         users = parse_user_list(stack.settings.local_users)
         print(f"State folder: {folder}", flush=True)
-        print(f"Embedded AWS on {started['aws']['endpoint']}, local Lambda on {started['lambda']['endpoint']}"
-              " (`python -m devstack.stack env` prints their settings)", flush=True)
-        print("Local-only credentials: " + ", ".join(f"{name}:{password}" for name, password in users)
-              + " (seeded where missing)", flush=True)
+        print(
+            f"Embedded AWS on {started['aws']['endpoint']}, local Lambda on {started['lambda']['endpoint']}"
+            " (`python -m devstack.stack env` prints their settings)",
+            flush=True,
+        )
+        print(
+            "Local-only credentials: "
+            + ", ".join(f"{name}:{password}" for name, password in users)
+            + " (seeded where missing)",
+            flush=True,
+        )
         if not args.no_api:
             print(f"Notebooks API on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
         stopped.wait()

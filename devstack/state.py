@@ -24,6 +24,7 @@ of the stack loses nothing written, a power cut may.
 Snapshots read moto's in-memory models (pinned moto version; tested), because reading
 through the APIs would give each service a different moment, and would cost requests.
 """
+
 import base64
 import fcntl
 import hashlib
@@ -115,15 +116,19 @@ def _table_definition(description: dict) -> dict:
     """CreateTable's parameters for a table as DescribeTable shows it."""
     definition = {key: description[key] for key in ("TableName", "KeySchema", "AttributeDefinitions")}
     on_demand = description.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
-    throughput = {key: max(1, description.get("ProvisionedThroughput", {}).get(key, 1))
-                  for key in ("ReadCapacityUnits", "WriteCapacityUnits")}
+    throughput = {
+        key: max(1, description.get("ProvisionedThroughput", {}).get(key, 1))
+        for key in ("ReadCapacityUnits", "WriteCapacityUnits")
+    }
     if on_demand:
         definition["BillingMode"] = "PAY_PER_REQUEST"
     else:
         definition["ProvisionedThroughput"] = throughput
     for kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
-        indexes = [{key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
-                   for index in description.get(kind) or []]
+        indexes = [
+            {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+            for index in description.get(kind) or []
+        ]
         if indexes:
             if kind == "GlobalSecondaryIndexes" and not on_demand:
                 indexes = [{**index, "ProvisionedThroughput": throughput} for index in indexes]
@@ -155,16 +160,28 @@ class Snapshots:
                     new_contents[known[1]] = content
                 blobs[(bucket.name, name)] = known
                 metadata = {k: v for k, v in key.metadata.items() if k.startswith("x-amz-meta-")}
-                objects[name] = {"sha256": known[1], "content_type": key.metadata.get("content-type"),
-                                 "metadata": {k[len("x-amz-meta-"):]: v for k, v in metadata.items()},
-                                 "version_id": key.version_id}
+                objects[name] = {
+                    "sha256": known[1],
+                    "content_type": key.metadata.get("content-type"),
+                    "metadata": {k[len("x-amz-meta-") :]: v for k, v in metadata.items()},
+                    "version_id": key.version_id,
+                }
             buckets[bucket.name] = {"region": bucket.region_name, "objects": objects}
-        tables = {region: {name: {"definition": _table_definition(table.describe()["TableDescription"]),
-                                  "items": [item.to_json()["Attributes"] for item in _items(table)]}
-                           for name, table in backend.tables.items()}
-                  for region, backend in dynamodb.items()}
-        rules = {region: [self._rule(rule) for rule in backend.event_buses["default"].rules.values()]
-                 for region, backend in events.items() if "default" in backend.event_buses}
+        tables = {
+            region: {
+                name: {
+                    "definition": _table_definition(table.describe()["TableDescription"]),
+                    "items": [item.to_json()["Attributes"] for item in _items(table)],
+                }
+                for name, table in backend.tables.items()
+            }
+            for region, backend in dynamodb.items()
+        }
+        rules = {
+            region: [self._rule(rule) for rule in backend.event_buses["default"].rules.values()]
+            for region, backend in events.items()
+            if "default" in backend.event_buses
+        }
         self._blobs = blobs
         state = {"format": FORMAT, "s3": buckets, "dynamodb": tables, "events": rules}
         return state, new_contents

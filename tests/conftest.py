@@ -1,4 +1,5 @@
 """Fixtures: moto's mock_aws for every AWS call, and a Chalice test client with users."""
+
 import base64
 import json
 
@@ -6,9 +7,9 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from devstack import embedded_aws
 from chalicelib import services
 from chalicelib.common.config import Settings
+from devstack import embedded_aws
 from devstack.stack import provision
 
 USERS = [("admin", "admin"), ("bob", "bob-secret")]
@@ -89,4 +90,5 @@ def pytest_terminal_summary(terminalreporter):
     if any(TALLY.values()):
         terminalreporter.write_line(
             f"hostile suites: {TALLY['fault operations']} operations x their steps = {TALLY['fault steps']} "
-            f"faulted AWS calls; {TALLY['race tries']} race tries; {TALLY['requests fuzzed']} requests fuzzed")
+            f"faulted AWS calls; {TALLY['race tries']} race tries; {TALLY['requests fuzzed']} requests fuzzed"
+        )

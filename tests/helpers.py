@@ -1,6 +1,7 @@
 """Helpers shared by test modules (and `make bench`): snapshots of everything stored,
 the invariants every operation must leave behind, a fault injector for AWS calls, AWS
 calls counted, notebooks written straight into the tables."""
+
 import collections
 import threading
 import time
@@ -13,7 +14,6 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
 from chalicelib.common import aws
-
 
 # What the hostile suites tried, printed at the end of the session (tests/conftest.py).
 TALLY = {"fault operations": 0, "fault steps": 0, "race tries": 0, "requests fuzzed": 0}
@@ -68,7 +68,7 @@ def check_invariants(settings, settled: bool = False) -> None:
         assert notebooks.get((owner, notebook_id), {}).get("notebook_name") == name, f"stray name claim {name}"
     rules = {rule["Name"]: rule for rule in events.list_rules(NamePrefix=settings.rule_prefix)["Rules"]}
     for name, rule in rules.items():
-        notebook_id = name[len(settings.rule_prefix):]
+        notebook_id = name[len(settings.rule_prefix) :]
         owners = [row for (_, nid), row in notebooks.items() if nid == notebook_id]
         if owners and owners[0].get("deleting"):
             continue
@@ -142,8 +142,10 @@ class FaultInjector:
         if self._fault == "timeout":
             raise ReadTimeoutError(endpoint_url=f"https://{model.service_model.endpoint_prefix}.aws.invalid")
         status, code = (400, "ThrottlingException") if self._fault == "throttling" else (500, "InternalServerError")
-        body = {"Error": {"Code": code, "Message": f"injected fault: {code}"},
-                "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}}}
+        body = {
+            "Error": {"Code": code, "Message": f"injected fault: {code}"},
+            "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}},
+        }
         return AWSResponse("https://aws.invalid", status, {}, None), body
 
 
@@ -151,8 +153,13 @@ def leftovers(settings) -> tuple:
     """`stored_state` less the per-user counters that read zero: what deleting everything leaves."""
     objects, items = stored_state(settings)
     counters = ("notebooks", "scheduled", "runs_active")
-    zeroed = [item for item in items if item["sk"] == "#counts"
-              and set(item) <= {"owner", "sk", *counters} and not any(item.get(name) for name in counters)]
+    zeroed = [
+        item
+        for item in items
+        if item["sk"] == "#counts"
+        and set(item) <= {"owner", "sk", *counters}
+        and not any(item.get(name) for name in counters)
+    ]
     return objects, [item for item in items if item not in zeroed]
 
 
@@ -181,7 +188,8 @@ class AwsCalls:
                 recorder.calls[(service, operation)] += 1
             if recorder.fail and recorder.fail(service, operation):
                 raise botocore.exceptions.ClientError(
-                    {"Error": {"Code": "InternalServerError", "Message": "injected"}}, operation)
+                    {"Error": {"Code": "InternalServerError", "Message": "injected"}}, operation
+                )
             if recorder.latency:
                 time.sleep(recorder.latency)
             if (service, operation) in recorder.answers:
@@ -231,11 +239,24 @@ def seed_notebooks(settings, owner: str, count: int, name_length: int = 0, start
             stem = f"seeded-{index:06d}-{owner}"
             name = (stem + "x" * max(0, name_length - len(stem)) if name_length else stem) + ".ipynb"
             created = start_ms + index
-            batch.put_item(Item={"owner": owner, "sk": "nb#" + notebook_id, "notebook_id": notebook_id,
-                                 "notebook_name": name, "created_at": created, "updated_at": created,
-                                 "created_by": owner, "updated_by": owner, "no_of_runs": 0})
+            batch.put_item(
+                Item={
+                    "owner": owner,
+                    "sk": "nb#" + notebook_id,
+                    "notebook_id": notebook_id,
+                    "notebook_name": name,
+                    "created_at": created,
+                    "updated_at": created,
+                    "created_by": owner,
+                    "updated_by": owner,
+                    "no_of_runs": 0,
+                }
+            )
             batch.put_item(Item={"owner": owner, "sk": "name#" + name, "notebook_id": notebook_id})
             ids.append(notebook_id)
-    table.update_item(Key={"owner": owner, "sk": "#counts"}, UpdateExpression="ADD notebooks :n",
-                      ExpressionAttributeValues={":n": count})
+    table.update_item(
+        Key={"owner": owner, "sk": "#counts"},
+        UpdateExpression="ADD notebooks :n",
+        ExpressionAttributeValues={":n": count},
+    )
     return ids

@@ -8,6 +8,7 @@ on the original stdout: first {"init_seconds", "loaded"} (or {"init_error"}), th
 {"result"} or {"error", "trace"} per event. The function's own prints go to stderr,
 which is its log.
 """
+
 import importlib
 import json
 import os
@@ -26,8 +27,9 @@ class Context:
         self.function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        self.invoked_function_arn = f"arn:aws:lambda:{os.environ['AWS_REGION']}:123456789012:function:" \
-                                    f"{self.function_name}"
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:{os.environ['AWS_REGION']}:123456789012:function:{self.function_name}"
+        )
         self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
         self.aws_request_id = str(uuid.uuid4())
@@ -48,8 +50,16 @@ def main() -> None:
     except Exception:
         print(json.dumps({"init_error": traceback.format_exc()}), file=answers, flush=True)
         return
-    print(json.dumps({"init_seconds": time.perf_counter() - started,
-                      "loaded": [name for name in HEAVY_MODULES if name in sys.modules]}), file=answers, flush=True)
+    print(
+        json.dumps(
+            {
+                "init_seconds": time.perf_counter() - started,
+                "loaded": [name for name in HEAVY_MODULES if name in sys.modules],
+            }
+        ),
+        file=answers,
+        flush=True,
+    )
     timeout = float(os.environ.get("SIMULATED_TIMEOUT_SECONDS", "900"))
     for line in sys.stdin:
         try:

@@ -6,6 +6,7 @@ without any capability (`setpriv --bounding-set=-all`): what a notebook can do t
 then what the OS enforces for an ordinary user. (Not as `nobody`: the virtualenv's Python
 may live where only root can reach it, e.g. under /root with pyenv.)
 """
+
 import json
 import os
 import shutil
@@ -42,8 +43,13 @@ def state_folder() -> str:
 def stack_env(state: str, **extra) -> dict:
     """The environment of a stack process: no AWS settings of ours, this state folder."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "NOTEBOOKS_"))}
-    env.update(NOTEBOOKS_LOCAL_STATE=state, HOME=state, NOTEBOOKS_USERS="admin:admin,eve:eve-pw",
-               NOTEBOOKS_LOCAL_WORKERS="1", **extra)
+    env.update(
+        NOTEBOOKS_LOCAL_STATE=state,
+        HOME=state,
+        NOTEBOOKS_USERS="admin:admin,eve:eve-pw",
+        NOTEBOOKS_LOCAL_WORKERS="1",
+        **extra,
+    )
     return env
 
 
@@ -69,8 +75,14 @@ class Process:
     """A process and everything it prints (read as it comes, so the pipe never fills)."""
 
     def __init__(self, command: list, env: dict, cwd: str = ROOT):
-        self.process = subprocess.Popen(as_unprivileged_user() + command, env=env, cwd=cwd,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            as_unprivileged_user() + command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines = []
         threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
 
@@ -129,16 +141,24 @@ class RunningStack(Process):
     def embedded_aws(self, service: str):
         """A client of the stack's embedded AWS, with the stack's own key."""
         stack = self.connection()
-        return boto3.client(service, endpoint_url=stack["aws"]["endpoint"], region_name="us-east-1",
-                            aws_access_key_id=stack["aws"]["access_key_id"],
-                            aws_secret_access_key=stack["aws"]["secret_access_key"])
+        return boto3.client(
+            service,
+            endpoint_url=stack["aws"]["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id=stack["aws"]["access_key_id"],
+            aws_secret_access_key=stack["aws"]["secret_access_key"],
+        )
 
     def local_lambda(self):
         """A Lambda client of the stack's local Lambda, with the stack's own key."""
         stack = self.connection()
-        return boto3.client("lambda", endpoint_url=stack["lambda"]["endpoint"], region_name="us-east-1",
-                            aws_access_key_id=stack["aws"]["access_key_id"],
-                            aws_secret_access_key=stack["aws"]["secret_access_key"])
+        return boto3.client(
+            "lambda",
+            endpoint_url=stack["lambda"]["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id=stack["aws"]["access_key_id"],
+            aws_secret_access_key=stack["aws"]["secret_access_key"],
+        )
 
 
 def remove_state(state: str) -> None:
@@ -158,6 +178,19 @@ def wait_for_run(url, run_id, auth=ADMIN, seconds=60):
 
 def code_notebook(*sources) -> dict:
     """An nbformat v4 notebook with these code cells."""
-    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
-        {"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [],
-         "source": source} for i, source in enumerate(sources)]}
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": f"c{i}",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": source,
+            }
+            for i, source in enumerate(sources)
+        ],
+    }

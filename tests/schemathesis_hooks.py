@@ -1,5 +1,6 @@
 """Schemathesis hooks for the fuzz suite (loaded through SCHEMATHESIS_HOOKS): a check that
 every error the server gives, whatever the request, is in the seed's error shape."""
+
 import json
 
 import schemathesis
@@ -15,7 +16,12 @@ def seed_shaped_errors(ctx, response, case):
     except ValueError:
         raise AssertionError(f"{response.status_code} answer is not JSON: {response.content[:200]!r}")
     error = body.get("error") if isinstance(body, dict) else None
-    if not (isinstance(error, dict) and set(body) == {"error"} and set(error) == {"status", "message"}
-            and error["status"] == response.status_code and isinstance(error["message"], str)):
+    if not (
+        isinstance(error, dict)
+        and set(body) == {"error"}
+        and set(error) == {"status", "message"}
+        and error["status"] == response.status_code
+        and isinstance(error["message"], str)
+    ):
         raise AssertionError(f"{response.status_code} answer not in the seed's shape: {response.content[:200]!r}")
     return None

@@ -1,5 +1,6 @@
 """Cancel: queued runs never start, running runs stop within seconds keeping their output
 so far, finished runs are a 409, and a cancel racing a run's end leaves one final status."""
+
 import threading
 import time
 
@@ -100,6 +101,7 @@ def test_another_users_run_cannot_be_cancelled(api, dispatched):
 
 
 # The race of a cancel with a run's end, in each order the two conditional writes can land.
+
 
 def test_cancel_requested_before_the_runner_ends_the_run_wins(api, stack, dispatched, monkeypatch):
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)

@@ -3,6 +3,7 @@
 Expected cron strings are written out by hand, and weekdays are checked against the
 calendar (datetime.weekday() of real dates), never against the code's own tables.
 """
+
 import dataclasses
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,7 +12,13 @@ import pytest
 
 from chalicelib.schedules import cron
 from chalicelib.schedules.cron import (
-    Schedule, ScheduleError, cron_matches, cron_times, parse_schedule, validate_aws_cron, weekday_number,
+    Schedule,
+    ScheduleError,
+    cron_matches,
+    cron_times,
+    parse_schedule,
+    validate_aws_cron,
+    weekday_number,
 )
 
 UTC = timezone.utc
@@ -23,8 +30,15 @@ WEEK = [datetime(2026, 11, 23 + i, tzinfo=UTC) for i in range(7)]
 PY_DAY = {"MONDAY": 0, "TUESDAY": 1, "WEDNESDAY": 2, "THURSDAY": 3, "FRIDAY": 4, "SATURDAY": 5, "SUNDAY": 6}
 # AWS numbering, from the EventBridge docs: 1-7 = SUN-SAT.
 AWS_NUMBER = {"SUNDAY": 1, "MONDAY": 2, "TUESDAY": 3, "WEDNESDAY": 4, "THURSDAY": 5, "FRIDAY": 6, "SATURDAY": 7}
-ABBR = {"MONDAY": "MON", "TUESDAY": "TUE", "WEDNESDAY": "WED", "THURSDAY": "THU",
-        "FRIDAY": "FRI", "SATURDAY": "SAT", "SUNDAY": "SUN"}
+ABBR = {
+    "MONDAY": "MON",
+    "TUESDAY": "TUE",
+    "WEDNESDAY": "WED",
+    "THURSDAY": "THU",
+    "FRIDAY": "FRI",
+    "SATURDAY": "SAT",
+    "SUNDAY": "SUN",
+}
 
 
 def on(day: str) -> datetime:
@@ -99,14 +113,19 @@ def test_time_defaults_to_the_time_of_until_not_now():
 
 def test_schedule_keeps_the_request_as_given_and_is_frozen():
     schedule = parse_schedule({"period": "fRiDaY", "time": "06:50", "until": "2026-12-31 23:00"}, NOW)
-    assert schedule == Schedule(period="fRiDaY", time="06:50", until="2026-12-31 23:00",
-                                until_utc=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
-                                expression="cron(50 6 ? * FRI *)")
+    assert schedule == Schedule(
+        period="fRiDaY",
+        time="06:50",
+        until="2026-12-31 23:00",
+        until_utc=datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+        expression="cron(50 6 ? * FRI *)",
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.expression = "cron(0 0 * * ? *)"
 
 
 # --- Weekday numbering ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("day", list(PY_DAY))
 def test_weekday_number_is_aws_numbering(day):
@@ -147,6 +166,7 @@ def test_sunday_is_1_not_unix_0_or_7():
 
 
 # --- Time zones ----------------------------------------------------------------------------
+
 
 def test_weekday_moves_back_across_midnight_and_the_week_start():
     # Monday 00:30 in Kolkata (UTC+05:30) is Sunday 19:00 UTC.
@@ -237,6 +257,7 @@ def test_unknown_zone_is_a_deployment_error_not_a_user_error(zone):
 
 # --- until ---------------------------------------------------------------------------------
 
+
 def rejected(body, now=NOW, zone="UTC") -> ScheduleError:
     with pytest.raises(ScheduleError) as info:
         parse_schedule(body, now, zone)
@@ -283,11 +304,27 @@ def test_until_is_required(body):
     assert (error.field, error.message) == ("until", "until is required")
 
 
-@pytest.mark.parametrize("until", [
-    "2027-01-01", "2027-01-01 10:00:00", "2027-01-01T10:00", "2027-01-01 10:00 ", " 2027-01-01 10:00",
-    "2027-1-1 10:00", "2027-01-01 9:00", "2027-01-01 10:0", "27-01-01 10:00", "2027/01/01 10:00",
-    "2027-01-01 10:00Z", "2027-01-01  10:00", "tomorrow", "", "２０２７-01-01 10:00", "2027-01-01 ١٠:00",
-])
+@pytest.mark.parametrize(
+    "until",
+    [
+        "2027-01-01",
+        "2027-01-01 10:00:00",
+        "2027-01-01T10:00",
+        "2027-01-01 10:00 ",
+        " 2027-01-01 10:00",
+        "2027-1-1 10:00",
+        "2027-01-01 9:00",
+        "2027-01-01 10:0",
+        "27-01-01 10:00",
+        "2027/01/01 10:00",
+        "2027-01-01 10:00Z",
+        "2027-01-01  10:00",
+        "tomorrow",
+        "",
+        "２０２７-01-01 10:00",
+        "2027-01-01 ١٠:00",
+    ],
+)
 def test_until_bad_format(until):
     error = rejected({"until": until})
     assert (error.field, error.message) == ("until", "until must be a string in YYYY-MM-DD HH:MM format")
@@ -299,10 +336,20 @@ def test_until_wrong_json_type(until):
     assert (error.field, error.message) == ("until", "until must be a string in YYYY-MM-DD HH:MM format")
 
 
-@pytest.mark.parametrize("until", [
-    "2027-02-30 10:00", "2027-02-29 10:00", "2027-04-31 10:00", "2027-13-01 10:00", "2027-00-10 10:00",
-    "2027-01-00 10:00", "2027-01-01 24:00", "2027-01-01 10:60", "0000-01-01 10:00",
-])
+@pytest.mark.parametrize(
+    "until",
+    [
+        "2027-02-30 10:00",
+        "2027-02-29 10:00",
+        "2027-04-31 10:00",
+        "2027-13-01 10:00",
+        "2027-00-10 10:00",
+        "2027-01-00 10:00",
+        "2027-01-01 24:00",
+        "2027-01-01 10:60",
+        "0000-01-01 10:00",
+    ],
+)
 def test_until_impossible_date_or_time(until):
     error = rejected({"until": until})
     assert error.field == "until"
@@ -321,19 +368,66 @@ def test_leap_day_is_accepted():
 
 # --- period and time -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("period", [
-    "", "Mo", "Monda", "Mondays", "Tues", "Thurs", "Mon.", " Monday", "Monday ", "weekday", "daily",
-    "1", "2", 0, 2, 1.0, True, False, [], ["Monday"], {"day": "Monday"},
-])
+
+@pytest.mark.parametrize(
+    "period",
+    [
+        "",
+        "Mo",
+        "Monda",
+        "Mondays",
+        "Tues",
+        "Thurs",
+        "Mon.",
+        " Monday",
+        "Monday ",
+        "weekday",
+        "daily",
+        "1",
+        "2",
+        0,
+        2,
+        1.0,
+        True,
+        False,
+        [],
+        ["Monday"],
+        {"day": "Monday"},
+    ],
+)
 def test_period_must_be_a_weekday_name(period):
     error = rejected({"period": period, "until": FUTURE})
     assert (error.field, error.message) == ("period", "period must be a weekday name such as Monday")
 
 
-@pytest.mark.parametrize("time", [
-    "6:50", "06:5", "6:5", "24:00", "23:60", "06:50:00", "0650", "06-50", "06.50", " 06:50", "06:50 ",
-    "", "noon", "6pm", "٠٦:٥٠", "+6:50", 650, 6.5, True, False, [], ["06:50"], {"h": 6},
-])
+@pytest.mark.parametrize(
+    "time",
+    [
+        "6:50",
+        "06:5",
+        "6:5",
+        "24:00",
+        "23:60",
+        "06:50:00",
+        "0650",
+        "06-50",
+        "06.50",
+        " 06:50",
+        "06:50 ",
+        "",
+        "noon",
+        "6pm",
+        "٠٦:٥٠",
+        "+6:50",
+        650,
+        6.5,
+        True,
+        False,
+        [],
+        ["06:50"],
+        {"h": 6},
+    ],
+)
 def test_time_must_be_hh_mm(time):
     error = rejected({"time": time, "until": FUTURE})
     assert (error.field, error.message) == ("time", "time must be HH:MM (24-hour)")
@@ -352,86 +446,93 @@ def test_naive_now_is_a_programming_error():
 
 # --- validate_aws_cron ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("expression", [
-    # Examples from the EventBridge user guide.
-    "cron(0 10 * * ? *)",
-    "cron(15 12 * * ? *)",
-    "cron(0 18 ? * MON-FRI *)",
-    "cron(0 8 1 * ? *)",
-    "cron(0/15 * * * ? *)",
-    "cron(0/10 * ? * MON-FRI *)",
-    "cron(0/5 8-17 ? * MON-FRI *)",
-    # The rest of the supported grammar, at its bounds.
-    "cron(59 23 31 12 ? 2199)",
-    "cron(0 0 1 JAN ? 1970)",
-    "cron(0 9 ? * 1 *)",
-    "cron(0 9 ? * 7 *)",
-    "cron(0 9 ? * SUN,SAT *)",
-    "cron(*/5 1,2,3 1-15/2 1/3 ? *)",
-    "cron(0 9 ? JAN,MAR-MAY SUN-SAT 2026-2030)",
-    "cron(0 9 * JUN-JUL ? 2026/2)",
-    "cron(0 9 ? * MON-WED *)",  # W inside a name is not the W wildcard
-])
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        # Examples from the EventBridge user guide.
+        "cron(0 10 * * ? *)",
+        "cron(15 12 * * ? *)",
+        "cron(0 18 ? * MON-FRI *)",
+        "cron(0 8 1 * ? *)",
+        "cron(0/15 * * * ? *)",
+        "cron(0/10 * ? * MON-FRI *)",
+        "cron(0/5 8-17 ? * MON-FRI *)",
+        # The rest of the supported grammar, at its bounds.
+        "cron(59 23 31 12 ? 2199)",
+        "cron(0 0 1 JAN ? 1970)",
+        "cron(0 9 ? * 1 *)",
+        "cron(0 9 ? * 7 *)",
+        "cron(0 9 ? * SUN,SAT *)",
+        "cron(*/5 1,2,3 1-15/2 1/3 ? *)",
+        "cron(0 9 ? JAN,MAR-MAY SUN-SAT 2026-2030)",
+        "cron(0 9 * JUN-JUL ? 2026/2)",
+        "cron(0 9 ? * MON-WED *)",  # W inside a name is not the W wildcard
+    ],
+)
 def test_validate_accepts(expression):
     validate_aws_cron(expression)
 
 
-@pytest.mark.parametrize("expression, reason", [
-    ("cron(0 10 * * * *)", "exactly one of day-of-month and day-of-week"),
-    ("cron(0 10 1 * MON *)", "exactly one of day-of-month and day-of-week"),
-    ("cron(0 10 ? * ? *)", "exactly one of day-of-month and day-of-week"),
-    ("cron(0 10 * * *)", "5 fields"),
-    ("cron(0 10 * * ? * *)", "7 fields"),
-    ("cron(0 10 * * 8 *)", "day-of-week: 8 is outside 1-7"),
-    ("cron(0 10 ? * 8 *)", "day-of-week: 8 is outside 1-7"),
-    ("cron(0 10 ? * 0 *)", "day-of-week: 0 is outside 1-7"),
-    ("cron(60 10 * * ? *)", "minutes: 60 is outside 0-59"),
-    ("cron(0 24 * * ? *)", "hours: 24 is outside 0-23"),
-    ("cron(0 10 0 * ? *)", "day-of-month: 0 is outside 1-31"),
-    ("cron(0 10 32 * ? *)", "day-of-month: 32 is outside 1-31"),
-    ("cron(0 10 * 0 ? *)", "month: 0 is outside 1-12"),
-    ("cron(0 10 * 13 ? *)", "month: 13 is outside 1-12"),
-    ("cron(0 10 * * ? 1969)", "year: 1969 is outside 1970-2199"),
-    ("cron(0 10 * * ? 2200)", "year: 2200 is outside 1970-2199"),
-    ("cron(0 10-24 * * ? *)", "hours: 24 is outside 0-23"),
-    ("0 10 * * ? *", "not of the form cron"),
-    ("cron 0 10 * * ? *", "not of the form cron"),
-    ("CRON(0 10 * * ? *)", "not of the form cron"),
-    ("cron(0 10 * * ? *", "not of the form cron"),
-    ("cron(0 10 * * ? *) ", "not of the form cron"),
-    ("cron(0 10 * * ? *)x", "not of the form cron"),
-    ("rate(5 minutes)", "not of the form cron"),
-    ("", "not of the form cron"),
-    ("cron()", "empty field"),
-    ("cron(0  10 * * ? *)", "empty field"),
-    ("cron( 0 10 * * ? *)", "empty field"),
-    ("cron(0 10 * * ? *\t)", "year"),
-    ("cron(a b c d e f)", "minutes: 'a' is not a number or name"),
-    ("cron(0 10 * * ? -)", "year"),
-    ("cron(0 10 * * MON *)", "exactly one of"),
-    ("cron(0,,5 10 * * ? *)", "minutes: empty list item"),
-    ("cron(0, 10 * * ? *)", "minutes: empty list item"),
-    ("cron(*,5 10 * * ? *)", "minutes: '\\*' cannot be part of a list"),
-    ("cron(? 10 * * ? *)", "minutes: '\\?' is only allowed"),
-    ("cron(0 10 * ? ? *)", "month: '\\?' is only allowed"),
-    ("cron(0 10 ? * FRI-MON *)", "day-of-week: range 'FRI-MON' runs backwards"),
-    ("cron(0/0 10 * * ? *)", "minutes: the increment in '0/0' must be a number from 1 to 60"),
-    ("cron(0/61 10 * * ? *)", "minutes: the increment"),
-    ("cron(0/ 10 * * ? *)", "minutes: the increment"),
-    ("cron(0/x 10 * * ? *)", "minutes: the increment"),
-    ("cron(0 10 ? * 1/2 *)", "day-of-week: '/' is not allowed"),
-    ("cron(0 10 ? * mon *)", "day-of-week: 'mon' is not a number or name"),
-    ("cron(0 10 1 jan ? *)", "month: 'jan' is not a number or name"),
-    ("cron(0 10 1 * SUN-SAT *)", "exactly one of"),
-    ("cron(0 10 ? * MONDAY *)", "day-of-week: 'MONDAY' is not a number or name"),
-    ("cron(0 10 L * ? *)", "unsupported"),
-    ("cron(0 10 15W * ? *)", "unsupported"),
-    ("cron(0 10 LW * ? *)", "unsupported"),
-    ("cron(0 10 ? * 6L *)", "unsupported"),
-    ("cron(0 10 ? * 6#2 *)", "unsupported"),
-    ("cron(0 10 ? * 1-7 1970-2199-1)", "year"),
-    ("cron(٠ 10 * * ? *)", "minutes"),
-])
+@pytest.mark.parametrize(
+    "expression, reason",
+    [
+        ("cron(0 10 * * * *)", "exactly one of day-of-month and day-of-week"),
+        ("cron(0 10 1 * MON *)", "exactly one of day-of-month and day-of-week"),
+        ("cron(0 10 ? * ? *)", "exactly one of day-of-month and day-of-week"),
+        ("cron(0 10 * * *)", "5 fields"),
+        ("cron(0 10 * * ? * *)", "7 fields"),
+        ("cron(0 10 * * 8 *)", "day-of-week: 8 is outside 1-7"),
+        ("cron(0 10 ? * 8 *)", "day-of-week: 8 is outside 1-7"),
+        ("cron(0 10 ? * 0 *)", "day-of-week: 0 is outside 1-7"),
+        ("cron(60 10 * * ? *)", "minutes: 60 is outside 0-59"),
+        ("cron(0 24 * * ? *)", "hours: 24 is outside 0-23"),
+        ("cron(0 10 0 * ? *)", "day-of-month: 0 is outside 1-31"),
+        ("cron(0 10 32 * ? *)", "day-of-month: 32 is outside 1-31"),
+        ("cron(0 10 * 0 ? *)", "month: 0 is outside 1-12"),
+        ("cron(0 10 * 13 ? *)", "month: 13 is outside 1-12"),
+        ("cron(0 10 * * ? 1969)", "year: 1969 is outside 1970-2199"),
+        ("cron(0 10 * * ? 2200)", "year: 2200 is outside 1970-2199"),
+        ("cron(0 10-24 * * ? *)", "hours: 24 is outside 0-23"),
+        ("0 10 * * ? *", "not of the form cron"),
+        ("cron 0 10 * * ? *", "not of the form cron"),
+        ("CRON(0 10 * * ? *)", "not of the form cron"),
+        ("cron(0 10 * * ? *", "not of the form cron"),
+        ("cron(0 10 * * ? *) ", "not of the form cron"),
+        ("cron(0 10 * * ? *)x", "not of the form cron"),
+        ("rate(5 minutes)", "not of the form cron"),
+        ("", "not of the form cron"),
+        ("cron()", "empty field"),
+        ("cron(0  10 * * ? *)", "empty field"),
+        ("cron( 0 10 * * ? *)", "empty field"),
+        ("cron(0 10 * * ? *\t)", "year"),
+        ("cron(a b c d e f)", "minutes: 'a' is not a number or name"),
+        ("cron(0 10 * * ? -)", "year"),
+        ("cron(0 10 * * MON *)", "exactly one of"),
+        ("cron(0,,5 10 * * ? *)", "minutes: empty list item"),
+        ("cron(0, 10 * * ? *)", "minutes: empty list item"),
+        ("cron(*,5 10 * * ? *)", "minutes: '\\*' cannot be part of a list"),
+        ("cron(? 10 * * ? *)", "minutes: '\\?' is only allowed"),
+        ("cron(0 10 * ? ? *)", "month: '\\?' is only allowed"),
+        ("cron(0 10 ? * FRI-MON *)", "day-of-week: range 'FRI-MON' runs backwards"),
+        ("cron(0/0 10 * * ? *)", "minutes: the increment in '0/0' must be a number from 1 to 60"),
+        ("cron(0/61 10 * * ? *)", "minutes: the increment"),
+        ("cron(0/ 10 * * ? *)", "minutes: the increment"),
+        ("cron(0/x 10 * * ? *)", "minutes: the increment"),
+        ("cron(0 10 ? * 1/2 *)", "day-of-week: '/' is not allowed"),
+        ("cron(0 10 ? * mon *)", "day-of-week: 'mon' is not a number or name"),
+        ("cron(0 10 1 jan ? *)", "month: 'jan' is not a number or name"),
+        ("cron(0 10 1 * SUN-SAT *)", "exactly one of"),
+        ("cron(0 10 ? * MONDAY *)", "day-of-week: 'MONDAY' is not a number or name"),
+        ("cron(0 10 L * ? *)", "unsupported"),
+        ("cron(0 10 15W * ? *)", "unsupported"),
+        ("cron(0 10 LW * ? *)", "unsupported"),
+        ("cron(0 10 ? * 6L *)", "unsupported"),
+        ("cron(0 10 ? * 6#2 *)", "unsupported"),
+        ("cron(0 10 ? * 1-7 1970-2199-1)", "year"),
+        ("cron(٠ 10 * * ? *)", "minutes"),
+    ],
+)
 def test_validate_rejects_with_a_reason(expression, reason):
     with pytest.raises(ValueError, match=reason):
         validate_aws_cron(expression)
@@ -444,6 +545,7 @@ def test_validate_rejects_non_strings_with_value_error(expression):
 
 
 # --- cron_matches --------------------------------------------------------------------------
+
 
 def minutes_matching(expression: str) -> list:
     hour = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -480,8 +582,11 @@ def test_day_of_month_month_and_year():
     assert cron_matches("cron(0 0 1 6 ? *)", datetime(2026, 6, 1, tzinfo=UTC))
     assert cron_matches("cron(0 0 1 1 ? 2027)", datetime(2027, 1, 1, tzinfo=UTC))
     assert not cron_matches("cron(0 0 1 1 ? 2027)", datetime(2028, 1, 1, tzinfo=UTC))
-    assert [d for d in range(1, 31) if cron_matches("cron(0 0 1/10 * ? *)", datetime(2026, 11, d, tzinfo=UTC))] \
-        == [1, 11, 21]
+    assert [d for d in range(1, 31) if cron_matches("cron(0 0 1/10 * ? *)", datetime(2026, 11, d, tzinfo=UTC))] == [
+        1,
+        11,
+        21,
+    ]
 
 
 def test_minute_resolution():
@@ -527,27 +632,31 @@ def exists_on(day, hhmm: str, zone: str) -> bool:
 def fired_over_the_year(period, hhmm, zone) -> tuple:
     """Every UTC minute in 2026 the schedule's rule matches, each delivered to `due` as
     EventBridge would; (the rule's expression, the occurrences that ran, in order)."""
-    schedule = parse_schedule({"period": period, "time": hhmm, "until": "2027-01-01 00:00", "timezone": zone},
-                              YEAR_START)
+    schedule = parse_schedule(
+        {"period": period, "time": hhmm, "until": "2027-01-01 00:00", "timezone": zone}, YEAR_START
+    )
     clock = cron.WallClock.of({"period": period, "time": hhmm, "until": schedule.until, "timezone": zone})
     fired = [clock.due(firing) for firing in cron_times(schedule.expression, YEAR_START, YEAR_END)]
     return schedule.expression, [occurrence for occurrence in fired if occurrence is not None]
 
 
-@pytest.mark.parametrize("zone, period, hhmm, expression", [
-    ("America/New_York", "Monday", "09:00", "cron(0 13,14 ? * MON *)"),
-    ("Europe/London", "Wednesday", "18:30", "cron(30 17,18 ? * WED *)"),
-    # Southern hemisphere, and the UTC day is Sunday: 08:00 Monday is 21:00 (summer) or 22:00 Sunday UTC.
-    ("Australia/Sydney", "Monday", "08:00", "cron(0 21,22 ? * SUN *)"),
-    # The UTC day is Sunday in summer (23:30 UTC), Monday in winter (00:30 UTC).
-    ("Europe/London", "Monday", "00:30", "cron(30 0,23 ? * SUN,MON *)"),
-    ("Asia/Tokyo", "Friday", "18:45", "cron(45 9 ? * FRI *)"),  # no DST: one time, as before
-    ("Asia/Kolkata", "Monday", "00:30", "cron(0 19 ? * SUN *)"),
-    ("Australia/Lord_Howe", "Tuesday", "07:15", "cron(15,45 20 ? * MON *)"),  # a 30-minute DST shift
-    # Times that a DST change skips (02:30 New York, 01:30 London in spring) or repeats (autumn).
-    ("America/New_York", "Sunday", "02:30", "cron(30 6,7 ? * SUN *)"),
-    ("Europe/London", "Sunday", "01:30", "cron(30 0,1 ? * SUN *)"),
-])
+@pytest.mark.parametrize(
+    "zone, period, hhmm, expression",
+    [
+        ("America/New_York", "Monday", "09:00", "cron(0 13,14 ? * MON *)"),
+        ("Europe/London", "Wednesday", "18:30", "cron(30 17,18 ? * WED *)"),
+        # Southern hemisphere, and the UTC day is Sunday: 08:00 Monday is 21:00 (summer) or 22:00 Sunday UTC.
+        ("Australia/Sydney", "Monday", "08:00", "cron(0 21,22 ? * SUN *)"),
+        # The UTC day is Sunday in summer (23:30 UTC), Monday in winter (00:30 UTC).
+        ("Europe/London", "Monday", "00:30", "cron(30 0,23 ? * SUN,MON *)"),
+        ("Asia/Tokyo", "Friday", "18:45", "cron(45 9 ? * FRI *)"),  # no DST: one time, as before
+        ("Asia/Kolkata", "Monday", "00:30", "cron(0 19 ? * SUN *)"),
+        ("Australia/Lord_Howe", "Tuesday", "07:15", "cron(15,45 20 ? * MON *)"),  # a 30-minute DST shift
+        # Times that a DST change skips (02:30 New York, 01:30 London in spring) or repeats (autumn).
+        ("America/New_York", "Sunday", "02:30", "cron(30 6,7 ? * SUN *)"),
+        ("Europe/London", "Sunday", "01:30", "cron(30 0,1 ? * SUN *)"),
+    ],
+)
 def test_a_year_of_weekly_firings_runs_once_a_week_at_the_local_minute(zone, period, hhmm, expression):
     built, ran = fired_over_the_year(period, hhmm, zone)
     assert built == expression
@@ -589,17 +698,29 @@ def test_a_daily_schedule_runs_every_local_day_across_both_changes():
 def test_a_late_or_repeated_delivery_is_for_the_same_occurrence():
     clock = cron.WallClock(ZoneInfo("Australia/Sydney"), 0, 8, 0)
     occurrence = datetime(2026, 4, 5, 22, 0, tzinfo=UTC)  # Monday 6 April 08:00 AEST, the day after the change
-    for firing in (occurrence, occurrence + timedelta(seconds=59), occurrence + timedelta(minutes=15),
-                   occurrence - timedelta(seconds=30)):
+    for firing in (
+        occurrence,
+        occurrence + timedelta(seconds=59),
+        occurrence + timedelta(minutes=15),
+        occurrence - timedelta(seconds=30),
+    ):
         assert clock.due(firing) == occurrence, firing
-    for firing in (occurrence + timedelta(minutes=15, seconds=1), occurrence - timedelta(minutes=2),
-                   occurrence - timedelta(hours=1)):  # 21:00 UTC: the cron's summer hour
+    for firing in (
+        occurrence + timedelta(minutes=15, seconds=1),
+        occurrence - timedelta(minutes=2),
+        occurrence - timedelta(hours=1),
+    ):  # 21:00 UTC: the cron's summer hour
         assert clock.due(firing) is None, firing
 
 
 def test_next_occurrence_is_in_the_zone_and_null_past_until():
-    record = {"period": "Monday", "time": "08:00", "until": "2026-04-13 08:00", "timezone": "Australia/Sydney",
-              "until_ms": int(datetime(2026, 4, 12, 22, 0, tzinfo=UTC).timestamp() * 1000)}
+    record = {
+        "period": "Monday",
+        "time": "08:00",
+        "until": "2026-04-13 08:00",
+        "timezone": "Australia/Sydney",
+        "until_ms": int(datetime(2026, 4, 12, 22, 0, tzinfo=UTC).timestamp() * 1000),
+    }
     ms = int(datetime(2026, 3, 30, 12, 0, tzinfo=UTC).timestamp() * 1000)
     assert cron.next_occurrence(record, ms) == int(datetime(2026, 4, 5, 22, 0, tzinfo=UTC).timestamp() * 1000)
     after = int(datetime(2026, 4, 5, 22, 0, tzinfo=UTC).timestamp() * 1000)
@@ -608,8 +729,13 @@ def test_next_occurrence_is_in_the_zone_and_null_past_until():
 
 
 def test_a_schedule_stored_before_zones_keeps_its_utc_cron():
-    legacy = {"period": "Monday", "time": "09:00", "until": "2026-12-01 09:00", "expression": "cron(0 8 ? * MON *)",
-              "until_ms": int(datetime(2026, 12, 1, 9, 0, tzinfo=UTC).timestamp() * 1000)}
+    legacy = {
+        "period": "Monday",
+        "time": "09:00",
+        "until": "2026-12-01 09:00",
+        "expression": "cron(0 8 ? * MON *)",
+        "until_ms": int(datetime(2026, 12, 1, 9, 0, tzinfo=UTC).timestamp() * 1000),
+    }
     firing = int(datetime(2026, 11, 23, 8, 0, 40, tzinfo=UTC).timestamp() * 1000)
     assert cron.due_occurrence(legacy, firing) == firing - 40_000  # every firing runs, as before
     assert cron.next_occurrence(legacy, firing) == int(datetime(2026, 11, 30, 8, 0, tzinfo=UTC).timestamp() * 1000)
@@ -624,8 +750,22 @@ def test_timezone_accepts_iana_names_and_reads_time_and_until_there(zone):
     assert parse_schedule({"until": FUTURE, "timezone": None}, NOW, "Asia/Tokyo").timezone == "Asia/Tokyo"
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus", "utc", "", "/etc/localtime", "../etc/passwd", "localtime",
-                                  "Europe/London ", 5, True, ["Europe/London"], {"name": "UTC"}])
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "Mars/Olympus",
+        "utc",
+        "",
+        "/etc/localtime",
+        "../etc/passwd",
+        "localtime",
+        "Europe/London ",
+        5,
+        True,
+        ["Europe/London"],
+        {"name": "UTC"},
+    ],
+)
 def test_timezone_must_be_a_known_iana_name(zone):
     error = rejected({"until": "soon", "period": "Funday", "timezone": zone})  # checked first
     assert (error.field, error.message) == ("timezone", "timezone must be an IANA time zone name such as Europe/London")
@@ -634,9 +774,15 @@ def test_timezone_must_be_a_known_iana_name(zone):
 def test_cron_times_lists_the_matches_in_order():
     start = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)  # a Sunday
     times = list(cron_times("cron(30 6,7 ? * SUN,MON *)", start, start + timedelta(days=7)))
-    assert times == [start.replace(hour=6, minute=30), start.replace(hour=7, minute=30),
-                     start.replace(day=23, hour=6, minute=30), start.replace(day=23, hour=7, minute=30)]
-    assert list(cron_times("cron(0 9 * * ? *)", start.replace(hour=9), start.replace(hour=9))) == [start.replace(hour=9)]
+    assert times == [
+        start.replace(hour=6, minute=30),
+        start.replace(hour=7, minute=30),
+        start.replace(day=23, hour=6, minute=30),
+        start.replace(day=23, hour=7, minute=30),
+    ]
+    assert list(cron_times("cron(0 9 * * ? *)", start.replace(hour=9), start.replace(hour=9))) == [
+        start.replace(hour=9)
+    ]
 
 
 def test_zones_come_from_the_pinned_tzdata_package_without_a_system_database():

@@ -3,6 +3,7 @@ cfn-lint on it, the API function's start-up, and `make smoke` against the local 
 
 The package itself, run as Lambda runs it, is tested in test_lambda_sim.py.
 """
+
 import json
 import os
 import re
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from chalicelib.common.config import Settings
-from deploy.template import IMAGE_CONTEXT, MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
-from devstack.stack import free_port
 from chalicelib.storage.files import RESPONSES_PREFIX
 from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
 from deploy import package
+from deploy.template import IMAGE_CONTEXT, MAX_EVENT_AGE_SECONDS, PACKAGED_JUPYTER_DATA, RUNTIME
+from devstack.stack import free_port
 from tests.local_stack import RunningStack, remove_state, state_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +66,9 @@ def allowed(resources, role: str, action: str) -> list:
 
 
 def test_cfn_lint_finds_nothing(template_file):
-    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(template_file)],
-                          capture_output=True, text=True)
+    lint = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(template_file)], capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
@@ -126,8 +128,12 @@ def test_the_bucket_keeps_versions_for_a_configurable_time_and_is_retained(resou
     assert condition == "RunOutputsExpire" and otherwise == {"Ref": "AWS::NoValue"}
     assert expire_outputs["Prefix"] == "runs/" and expire_outputs["ExpirationInDays"] == {"Ref": "RunOutputDays"}
     # Answers too large for a Lambda response (303s to S3) are deleted after a day.
-    assert rules[2] == {"Id": "ExpireLargeResponses", "Status": "Enabled", "Prefix": RESPONSES_PREFIX,
-                        "ExpirationInDays": 1}
+    assert rules[2] == {
+        "Id": "ExpireLargeResponses",
+        "Status": "Enabled",
+        "Prefix": RESPONSES_PREFIX,
+        "ExpirationInDays": 1,
+    }
 
 
 def test_the_bucket_is_encrypted_private_and_refuses_plain_http(resources):
@@ -135,7 +141,11 @@ def test_the_bucket_is_encrypted_private_and_refuses_plain_http(resources):
     [encryption] = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert properties["PublicAccessBlockConfiguration"] == {
-        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
     policy = resources["NotebookFilesPolicy"]["Properties"]
     assert policy["Bucket"] == {"Ref": "NotebookFiles"}
     [deny] = policy["PolicyDocument"]["Statement"]
@@ -149,14 +159,17 @@ def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resou
         table = resources[logical_id]
         assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
         properties = table["Properties"]
-        assert {key: properties[key] for key in definition if key != "TableName"} == \
-            {key: value for key, value in definition.items() if key != "TableName"}
+        assert {key: properties[key] for key in definition if key != "TableName"} == {
+            key: value for key, value in definition.items() if key != "TableName"
+        }
         assert properties["BillingMode"] == "PAY_PER_REQUEST"
         assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     # Run client tokens and failed-login windows (auth.LoginThrottle) expire by themselves.
     for logical_id in ("NotebooksTable", "UsersTable"):
         assert resources[logical_id]["Properties"]["TimeToLiveSpecification"] == {
-            "AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+            "AttributeName": TTL_ATTRIBUTE,
+            "Enabled": True,
+        }
     assert "GlobalSecondaryIndexes" not in resources["RunsTable"]["Properties"]
 
 
@@ -169,11 +182,15 @@ def test_the_runner_retries_drops_old_events_to_a_queue_and_has_its_own_concurre
     assert invoke["MaximumEventAgeInSeconds"] == MAX_EVENT_AGE_SECONDS
     assert float(CONFIG["environment_variables"]["NOTEBOOKS_QUEUE_TIMEOUT"]) == MAX_EVENT_AGE_SECONDS
     assert invoke["DestinationConfig"]["OnFailure"] == {
-        "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}}
-    assert runner["ReservedConcurrentExecutions"] == {"Fn::If": [
-        "RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]},
+    }
+    assert runner["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
     assert template["Conditions"]["RunnerConcurrencyReserved"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]}
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]
+    }
     assert runner["EphemeralStorage"] == {"Size": {"Ref": "RunnerEphemeralStorageMB"}}
     assert template["Parameters"]["RunnerEphemeralStorageMB"]["Default"] >= 1024
 
@@ -199,8 +216,11 @@ def test_each_function_has_a_role_of_its_own(resources):
             for one in resource if isinstance(resource, list) else [resource]:
                 # Named from this stack: an attribute of one of its resources, or an ARN
                 # built with the stack's partition, region and account.
-                assert "Fn::GetAtt" in one or re.match(r"\$\{\w+\.Arn\}/|arn:\$\{AWS::Partition\}:\w+:\$\{AWS::Region\}:"
-                                                      r"\$\{AWS::AccountId\}:", one["Fn::Sub"]), (role, one)
+                assert "Fn::GetAtt" in one or re.match(
+                    r"\$\{\w+\.Arn\}/|arn:\$\{AWS::Partition\}:\w+:\$\{AWS::Region\}:"
+                    r"\$\{AWS::AccountId\}:",
+                    one["Fn::Sub"],
+                ), (role, one)
             assert statement["Effect"] == "Allow" and not any(a.endswith("*") for a in statement["Action"])
 
 
@@ -214,8 +234,12 @@ def test_the_api_may_use_its_data_read_users_invoke_the_runner_and_manage_its_ru
     assert may("s3:ListBucket") == [{"Fn::GetAtt": ["NotebookFiles", "Arn"]}]
     notebooks = [{"Fn::Sub": "${NotebookFiles.Arn}/notebooks/*"}]  # a run's pinned version; an undone write
     assert may("s3:GetObjectVersion") == may("s3:DeleteObjectVersion") == notebooks
-    tables = [{"Fn::GetAtt": ["NotebooksTable", "Arn"]}, {"Fn::Sub": "${NotebooksTable.Arn}/index/*"},
-              {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::Sub": "${RunsTable.Arn}/index/*"}]
+    tables = [
+        {"Fn::GetAtt": ["NotebooksTable", "Arn"]},
+        {"Fn::Sub": "${NotebooksTable.Arn}/index/*"},
+        {"Fn::GetAtt": ["RunsTable", "Arn"]},
+        {"Fn::Sub": "${RunsTable.Arn}/index/*"},
+    ]
     users = [{"Fn::GetAtt": ["UsersTable", "Arn"]}]
     # Transactions (TransactWriteItems) are authorised by their Put, Update and Delete actions.
     for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"):
@@ -241,8 +265,13 @@ def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rule
     runs, notebooks = {"Fn::GetAtt": ["RunsTable", "Arn"]}, {"Fn::GetAtt": ["NotebooksTable", "Arn"]}
     # A firing records its run with its pointer and counters, and removes the oldest runs
     # past those kept; every run's end counts it off its owner's active runs.
-    for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                   "dynamodb:BatchGetItem"):
+    for action in (
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchGetItem",
+    ):
         assert may(action) == [runs, notebooks]
     assert may("dynamodb:Query") == [notebooks]  # the notebook's run pointers, no index
     assert may("dynamodb:Scan") == may("dynamodb:BatchWriteItem") == []
@@ -283,17 +312,24 @@ def test_the_stack_tells_the_operator_where_the_api_and_the_users_are(template):
 
 
 def test_the_api_module_loads_none_of_the_notebook_machinery():
-    probe = ("import sys, app; print(sorted(m for m in ('papermill', 'nbclient', 'ipykernel', 'nbconvert', "
-             "'jupyter_client') if m in sys.modules))")
+    probe = (
+        "import sys, app; print(sorted(m for m in ('papermill', 'nbclient', 'ipykernel', 'nbconvert', "
+        "'jupyter_client') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
 
 
 def smoke(url: str, password: str) -> subprocess.CompletedProcess:
     """`make smoke URL=url SMOKE_USER=admin` with SMOKE_PASSWORD=password."""
-    return subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "smoke", f"URL={url}",
-                           "SMOKE_USER=admin"], cwd=ROOT, env={**os.environ, "SMOKE_PASSWORD": password},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "smoke", f"URL={url}", "SMOKE_USER=admin"],
+        cwd=ROOT,
+        env={**os.environ, "SMOKE_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
@@ -368,9 +404,14 @@ def test_the_dispatchers_of_both_functions_find_fargate_once_the_stack_has_a_tas
     assert {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSubnets"}]}, ""]}]} in condition
     # Tasks of untrusted notebooks are never put in the VPC's default security group.
     assert {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "FargateSecurityGroups"}]}, ""]}]} in condition
-    given = {**defaults, "FargateSubnets": "subnet-1,subnet-2", "FargateSecurityGroups": "sg-1",
-             "RunnerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/runner:1",
-             "RunnerTaskDefinition": "arn:task-definition/notebooks-dev-runner:3", "RunnerCluster": "runs"}
+    given = {
+        **defaults,
+        "FargateSubnets": "subnet-1,subnet-2",
+        "FargateSecurityGroups": "sg-1",
+        "RunnerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/runner:1",
+        "RunnerTaskDefinition": "arn:task-definition/notebooks-dev-runner:3",
+        "RunnerCluster": "runs",
+    }
     for function in ("APIHandler", "Runner"):
         variables = resources[function]["Properties"]["Environment"]["Variables"]
         assert not Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()}).fargate
@@ -383,17 +424,24 @@ def test_the_dispatchers_of_both_functions_find_fargate_once_the_stack_has_a_tas
 
 
 def test_the_functions_may_start_and_stop_this_stacks_tasks_and_pass_only_the_task_roles(resources):
-    task_definitions = [{"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:"
-                                    "task-definition/${AWS::StackName}-runner:*"}]
+    task_definitions = [
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:"
+            "task-definition/${AWS::StackName}-runner:*"
+        }
+    ]
     assert resources["RunnerTaskDefinition"]["Properties"]["Family"] == {"Fn::Sub": "${AWS::StackName}-runner"}
     for role in ("ApiRole", "RunnerRole"):
         assert allowed(resources, role, "ecs:RunTask") == task_definitions
         [start] = [s for s in statements(resources, role) if "ecs:RunTask" in s["Action"]]
         assert start["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}
         assert allowed(resources, role, "ecs:StopTask") == [
-            {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}]
+            {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}
+        ]
         assert allowed(resources, role, "iam:PassRole") == [
-            {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]}, {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]}]
+            {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
+            {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
+        ]
         [passing] = [s for s in statements(resources, role) if "iam:PassRole" in s["Action"]]
         assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
         assert allowed(resources, role, "ecs:RegisterTaskDefinition") == []
@@ -405,16 +453,28 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
         return trust["Principal"]["Service"]
 
     assert trusted("RunnerTaskRole") == trusted("RunnerTaskExecutionRole") == "ecs-tasks.amazonaws.com"
-    runner_data = [s for s in statements(resources, "RunnerRole")
-                   if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:",
-                                                                                                  "events:"))]
+    runner_data = [
+        s
+        for s in statements(resources, "RunnerRole")
+        if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:", "events:"))
+    ]
     assert statements(resources, "RunnerTaskRole") == runner_data
-    for action in ("ecs:RunTask", "iam:PassRole", "sqs:SendMessage", "logs:PutLogEvents", "lambda:InvokeFunction",
-                   "events:DeleteRule", "events:RemoveTargets"):
+    for action in (
+        "ecs:RunTask",
+        "iam:PassRole",
+        "sqs:SendMessage",
+        "logs:PutLogEvents",
+        "lambda:InvokeFunction",
+        "events:DeleteRule",
+        "events:RemoveTargets",
+    ):
         assert allowed(resources, "RunnerTaskRole", action) == []
     may = lambda action: allowed(resources, "RunnerTaskExecutionRole", action)  # noqa: E731
-    assert may("ecr:BatchGetImage") == may("ecr:GetDownloadUrlForLayer") == [
-        {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}]
+    assert (
+        may("ecr:BatchGetImage")
+        == may("ecr:GetDownloadUrlForLayer")
+        == [{"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}]
+    )
     assert may("logs:PutLogEvents") == [{"Fn::GetAtt": ["RunnerTaskLogGroup", "Arn"]}]
     assert may("s3:GetObject") == may("dynamodb:GetItem") == []
 

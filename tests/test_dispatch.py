@@ -1,5 +1,6 @@
 """Dispatch: which engine a run goes to, and how it is handed over (Lambda, ECS Fargate);
 each run's own timeout, from the request to the runner and the run's deadline."""
+
 import os
 import signal
 import threading
@@ -10,13 +11,13 @@ import botocore.exceptions
 import pytest
 from moto import mock_aws
 
-from chalicelib.common import aws
-from chalicelib.runner import fargate_task
 from chalicelib import services
-from chalicelib.runs import service as runs_module
-from chalicelib.common.config import REPORT_GRACE_SECONDS
-from chalicelib.runs.engines import EngineRouter, FargateDispatcher
 from chalicelib.api.errors import ApiError
+from chalicelib.common import aws
+from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.runner import fargate_task
+from chalicelib.runs import service as runs_module
+from chalicelib.runs.engines import EngineRouter, FargateDispatcher
 from tests.conftest import error
 from tests.helpers import stored_state
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
@@ -35,10 +36,20 @@ def ecs_for_runs():
     group = ec2.create_security_group(GroupName="runs", Description="runs", VpcId=vpc)["GroupId"]
     cluster = ecs.create_cluster(clusterName="notebooks")["cluster"]["clusterArn"]
     task_definition = ecs.register_task_definition(
-        family="notebooks-runner", requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
-        cpu="1024", memory="4096",
-        containerDefinitions=[{"name": "runner", "image": "runner:latest", "cpu": 1024, "memory": 4096,
-                               "entryPoint": ["python3", "-m", "chalicelib.runner.fargate_task"]}],
+        family="notebooks-runner",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="1024",
+        memory="4096",
+        containerDefinitions=[
+            {
+                "name": "runner",
+                "image": "runner:latest",
+                "cpu": 1024,
+                "memory": 4096,
+                "entryPoint": ["python3", "-m", "chalicelib.runner.fargate_task"],
+            }
+        ],
     )["taskDefinition"]["taskDefinitionArn"]
     return ecs, cluster, task_definition, subnet, group
 
@@ -48,8 +59,9 @@ def fargate(aws_env):
     """moto's ECS set up for runs, and a Fargate dispatcher on it."""
     with mock_aws():
         ecs, cluster, task_definition, subnet, group = ecs_for_runs()
-        dispatcher = FargateDispatcher(ecs, cluster, task_definition, "runner", [subnet], [group],
-                                       assign_public_ip=True)
+        dispatcher = FargateDispatcher(
+            ecs, cluster, task_definition, "runner", [subnet], [group], assign_public_ip=True
+        )
         yield ecs, cluster, task_definition, subnet, dispatcher
 
 
@@ -62,9 +74,9 @@ def test_a_fargate_run_is_one_task_of_the_runner_with_the_run_id_as_its_command(
     assert task["taskDefinitionArn"] == task_definition
     assert task["launchType"] == "FARGATE" and task["startedBy"] == "notebooks"
     assert task["overrides"]["containerOverrides"] == [
-        {"name": "runner", "command": ["3f1c2a9e-0000-4000-8000-000000000001"]}]
-    [container] = ecs.describe_task_definition(taskDefinition=task_definition)["taskDefinition"][
-        "containerDefinitions"]
+        {"name": "runner", "command": ["3f1c2a9e-0000-4000-8000-000000000001"]}
+    ]
+    [container] = ecs.describe_task_definition(taskDefinition=task_definition)["taskDefinition"]["containerDefinitions"]
     assert container["entryPoint"][-2:] == ["-m", "chalicelib.runner.fargate_task"]
 
 
@@ -121,6 +133,7 @@ def test_events_that_are_not_runs_go_to_the_runner_function_whatever_the_engines
 
 # --- A run's timeout and engine, through the API ---------------------------------------
 
+
 def start(api, notebook_id, expect=200, **fields):
     return api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **fields}, expect=expect)
 
@@ -150,13 +163,16 @@ def test_a_runs_timeout_and_engine_are_recorded_and_shown(api, stack, dispatched
     [whole] = start(api, notebook_id, timeout=840)["runs"]
 
     shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (default, explicit, whole)}
-    assert [(shown[run["run_id"]]["timeout"], shown[run["run_id"]]["engine"]) for run in (default, explicit, whole)] == [
-        (stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
+    assert [
+        (shown[run["run_id"]]["timeout"], shown[run["run_id"]]["engine"]) for run in (default, explicit, whole)
+    ] == [(stack.settings.run_timeout, "lambda"), (30.5, "lambda"), (840, "lambda")]
     assert isinstance(shown[whole["run_id"]]["timeout"], int)
     assert [run["timeout"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == [840, 30.5, 840]
     fired = stack.run_dispatch.record("admin", notebook_id, "schedule")  # a schedule firing: the default, on Lambda
     assert {key: stack.runs.get("admin", fired["run_id"])[key] for key in ("timeout", "engine")} == {
-        "timeout": 840, "engine": "lambda"}
+        "timeout": 840,
+        "engine": "lambda",
+    }
 
 
 def test_a_client_tokens_runs_keep_the_first_requests_timeout(api, dispatched):
@@ -215,22 +231,33 @@ def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(
 
 # --- A deployment with Fargate ---------------------------------------------------------
 
+
 @pytest.fixture
 def deployment(stack, aws_env):
     """The stack configured as a deployment with ECS (moto's), and a runner function in
     moto's Lambda; `run_tasks` keeps the parameters of every RunTask call made."""
     _, cluster, task_definition, subnet, group = ecs_for_runs()
     role = boto3.client("iam").create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    boto3.client("lambda").create_function(FunctionName=stack.settings.runner_function, Runtime="python3.11",
-                                           Role=role, Handler="app.runner", Code={"ZipFile": b"fake"})
-    for name, value in {"NOTEBOOKS_ECS_CLUSTER": cluster, "NOTEBOOKS_ECS_TASK_DEFINITION": task_definition,
-                        "NOTEBOOKS_ECS_SUBNETS": subnet, "NOTEBOOKS_ECS_SECURITY_GROUPS": group}.items():
+    boto3.client("lambda").create_function(
+        FunctionName=stack.settings.runner_function,
+        Runtime="python3.11",
+        Role=role,
+        Handler="app.runner",
+        Code={"ZipFile": b"fake"},
+    )
+    for name, value in {
+        "NOTEBOOKS_ECS_CLUSTER": cluster,
+        "NOTEBOOKS_ECS_TASK_DEFINITION": task_definition,
+        "NOTEBOOKS_ECS_SUBNETS": subnet,
+        "NOTEBOOKS_ECS_SECURITY_GROUPS": group,
+    }.items():
         aws_env.setenv(name, value)
     services.reset()
     deployed = services.get()
     run_tasks = []
     aws.client("ecs", deployed.settings.region).meta.events.register(
-        "provide-client-params.ecs.RunTask", lambda params, **_: run_tasks.append(dict(params)))
+        "provide-client-params.ecs.RunTask", lambda params, **_: run_tasks.append(dict(params))
+    )
     yield deployed, run_tasks, (cluster, task_definition, subnet, group)
     if deployed._runner_executor is not None:  # the Fargate task's executor: its next kernel
         deployed._runner_executor.close()
@@ -245,23 +272,29 @@ def test_a_run_longer_than_lambda_takes_is_one_fargate_task_carrying_its_run_id(
     [long] = start(api, notebook_id, timeout=43200)["runs"]
 
     assert [call["overrides"] for call in run_tasks] == [
-        {"containerOverrides": [{"name": "runner", "command": [long["run_id"]]}]}]
+        {"containerOverrides": [{"name": "runner", "command": [long["run_id"]]}]}
+    ]
     [call] = run_tasks
     assert (call["cluster"], call["taskDefinition"], call["launchType"]) == (cluster, task_definition, "FARGATE")
-    assert call["networkConfiguration"] == {"awsvpcConfiguration": {
-        "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}}
+    assert call["networkConfiguration"] == {
+        "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}
+    }
     record = deployed.runs._table.get(long["run_id"])
     [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[record["task_arn"]])["tasks"]
     assert task["overrides"]["containerOverrides"][0]["command"] == [long["run_id"]]
     shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (short, long)}
-    assert [(shown[r["run_id"]]["engine"], shown[r["run_id"]]["timeout"], shown[r["run_id"]]["status"])
-            for r in (short, long)] == [("lambda", 840, "queued"), ("fargate", 43200, "queued")]
+    assert [
+        (shown[r["run_id"]]["engine"], shown[r["run_id"]]["timeout"], shown[r["run_id"]]["status"])
+        for r in (short, long)
+    ] == [("lambda", 840, "queued"), ("fargate", 43200, "queued")]
     assert error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201}))[
-        1].endswith(": timeout must be a number of seconds above 0 (at least 0.001) and at most 43200")
+        1
+    ].endswith(": timeout must be a number of seconds above 0 (at least 0.001) and at most 43200")
 
 
 def test_cancelling_a_fargate_run_stops_its_task_and_a_failing_stop_does_not_fail_the_cancel(
-        api, deployment, monkeypatch):
+    api, deployment, monkeypatch
+):
     deployed, _, (cluster, _, _, _) = deployment
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     notebook_id = api.create()["notebook_id"]
@@ -298,8 +331,9 @@ def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployme
 
 def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far(api, deployment):
     deployed, _, _ = deployment
-    notebook_id = api.create(content=notebook_of("print('before')", "import time; time.sleep(60)",
-                                                 "print('after')"))["notebook_id"]
+    notebook_id = api.create(content=notebook_of("print('before')", "import time; time.sleep(60)", "print('after')"))[
+        "notebook_id"
+    ]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
 
     def stop_once_running():  # as ECS's StopTask does: SIGTERM to the task's process

@@ -1,5 +1,6 @@
 """embedded_aws.install(): moto at the cost of what a request touches, answering exactly
 as moto itself does (the conftest installs it for every test)."""
+
 import threading
 
 import boto3
@@ -20,16 +21,33 @@ def ddb(aws_env):
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(
-            TableName="t", KeySchema=KEY, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": name, "AttributeType": kind}
-                                  for name, kind in (("pk", "S"), ("sk", "S"), ("at", "N"))],
-            LocalSecondaryIndexes=[{"IndexName": "by_at", "Projection": {"ProjectionType": "ALL"},
-                                    "KeySchema": [KEY[0], {"AttributeName": "at", "KeyType": "RANGE"}]}])
+            TableName="t",
+            KeySchema=KEY,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": name, "AttributeType": kind} for name, kind in (("pk", "S"), ("sk", "S"), ("at", "N"))
+            ],
+            LocalSecondaryIndexes=[
+                {
+                    "IndexName": "by_at",
+                    "Projection": {"ProjectionType": "ALL"},
+                    "KeySchema": [KEY[0], {"AttributeName": "at", "KeyType": "RANGE"}],
+                }
+            ],
+        )
         for owner in ("a", "b"):
             for index in range(40):
-                item = {"pk": {"S": owner}, "sk": {"S": f"{'nb' if index % 3 else 'name'}#{index:03d}"},
-                        "v": {"M": {"n": {"N": str(index)}, "l": {"L": [{"S": "x"}, {"BOOL": True}, {"NULL": True}]},
-                                    "ss": {"SS": ["p", "q"]}}}}
+                item = {
+                    "pk": {"S": owner},
+                    "sk": {"S": f"{'nb' if index % 3 else 'name'}#{index:03d}"},
+                    "v": {
+                        "M": {
+                            "n": {"N": str(index)},
+                            "l": {"L": [{"S": "x"}, {"BOOL": True}, {"NULL": True}]},
+                            "ss": {"SS": ["p", "q"]},
+                        }
+                    },
+                }
                 if index % 4:
                     item["at"] = {"N": str((index * 7) % 40)}  # sparse in the index, out of sk order
                 if index == 5:
@@ -46,14 +64,31 @@ def test_a_failed_transaction_changes_nothing_and_a_good_one_changes_only_what_i
     before = everything(ddb)
     actions = [
         {"Put": {"TableName": "t", "Item": {"pk": {"S": "a"}, "sk": {"S": "new#1"}}}},
-        {"Update": {"TableName": "t", "Key": {"pk": {"S": "a"}, "sk": {"S": "nb#001"}},
-                    "UpdateExpression": "SET w = :w", "ExpressionAttributeValues": {":w": {"S": "changed"}}}},
+        {
+            "Update": {
+                "TableName": "t",
+                "Key": {"pk": {"S": "a"}, "sk": {"S": "nb#001"}},
+                "UpdateExpression": "SET w = :w",
+                "ExpressionAttributeValues": {":w": {"S": "changed"}},
+            }
+        },
         {"Delete": {"TableName": "t", "Key": {"pk": {"S": "b"}, "sk": {"S": "nb#002"}}}},
-        {"Update": {"TableName": "t", "Key": {"pk": {"S": "a"}, "sk": {"S": "nb#004"}},
-                    "UpdateExpression": "SET v.n = :n", "ExpressionAttributeValues": {":n": {"N": "99"}}}},
+        {
+            "Update": {
+                "TableName": "t",
+                "Key": {"pk": {"S": "a"}, "sk": {"S": "nb#004"}},
+                "UpdateExpression": "SET v.n = :n",
+                "ExpressionAttributeValues": {":n": {"N": "99"}},
+            }
+        },
     ]
-    failing = {"ConditionCheck": {"TableName": "t", "Key": {"pk": {"S": "b"}, "sk": {"S": "nb#007"}},
-                                  "ConditionExpression": "attribute_not_exists(pk)"}}
+    failing = {
+        "ConditionCheck": {
+            "TableName": "t",
+            "Key": {"pk": {"S": "b"}, "sk": {"S": "nb#007"}},
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+    }
     for last in (failing, {"Put": {"TableName": "t", "Item": {"pk": {"S": "a"}, "sk": {"S": "nb#001"}}}}):
         with pytest.raises(ClientError):  # a condition fails / two actions on one item
             ddb.transact_write_items(TransactItems=actions + [last])
@@ -72,9 +107,18 @@ def test_a_failed_transaction_changes_nothing_and_a_good_one_changes_only_what_i
 def test_concurrent_transactions_on_one_item_lose_no_update(ddb):
     def add():
         for _ in range(10):
-            ddb.transact_write_items(TransactItems=[{"Update": {
-                "TableName": "t", "Key": {"pk": {"S": "a"}, "sk": {"S": "#counts"}},
-                "UpdateExpression": "ADD n :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+            ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": "t",
+                            "Key": {"pk": {"S": "a"}, "sk": {"S": "#counts"}},
+                            "UpdateExpression": "ADD n :one",
+                            "ExpressionAttributeValues": {":one": {"N": "1"}},
+                        }
+                    }
+                ]
+            )
 
     threads = [threading.Thread(target=add) for _ in range(8)]
     for thread in threads:
@@ -88,18 +132,38 @@ def test_concurrent_transactions_on_one_item_lose_no_update(ddb):
 QUERIES = [
     {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}},
     {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}, "Limit": 7},
-    {"KeyConditionExpression": "pk = :p AND begins_with(sk, :s)", "ScanIndexForward": False, "Limit": 5,
-     "ExpressionAttributeValues": {":p": {"S": "b"}, ":s": {"S": "nb#"}}},
-    {"KeyConditionExpression": "pk = :p AND sk BETWEEN :x AND :y", "FilterExpression": "attribute_exists(#at)",
-     "ExpressionAttributeNames": {"#at": "at"}, "Limit": 4,
-     "ExpressionAttributeValues": {":p": {"S": "a"}, ":x": {"S": "name#010"}, ":y": {"S": "nb#030"}}},
-    {"KeyConditionExpression": "pk = :p AND sk > :s", "ExpressionAttributeValues": {":p": {"S": "a"}, ":s": {"S": "nb#"}},
-     "ProjectionExpression": "sk, v.l"},
-    {"IndexName": "by_at", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}},
-     "Limit": 6},
-    {"IndexName": "by_at", "KeyConditionExpression": "pk = :p AND #at >= :n", "ScanIndexForward": False,
-     "ExpressionAttributeNames": {"#at": "at"}, "ExpressionAttributeValues": {":p": {"S": "b"}, ":n": {"N": "9"}},
-     "Limit": 5},
+    {
+        "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)",
+        "ScanIndexForward": False,
+        "Limit": 5,
+        "ExpressionAttributeValues": {":p": {"S": "b"}, ":s": {"S": "nb#"}},
+    },
+    {
+        "KeyConditionExpression": "pk = :p AND sk BETWEEN :x AND :y",
+        "FilterExpression": "attribute_exists(#at)",
+        "ExpressionAttributeNames": {"#at": "at"},
+        "Limit": 4,
+        "ExpressionAttributeValues": {":p": {"S": "a"}, ":x": {"S": "name#010"}, ":y": {"S": "nb#030"}},
+    },
+    {
+        "KeyConditionExpression": "pk = :p AND sk > :s",
+        "ExpressionAttributeValues": {":p": {"S": "a"}, ":s": {"S": "nb#"}},
+        "ProjectionExpression": "sk, v.l",
+    },
+    {
+        "IndexName": "by_at",
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": {":p": {"S": "a"}},
+        "Limit": 6,
+    },
+    {
+        "IndexName": "by_at",
+        "KeyConditionExpression": "pk = :p AND #at >= :n",
+        "ScanIndexForward": False,
+        "ExpressionAttributeNames": {"#at": "at"},
+        "ExpressionAttributeValues": {":p": {"S": "b"}, ":n": {"N": "9"}},
+        "Limit": 5,
+    },
     {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "nobody"}}},
 ]
 
@@ -119,21 +183,29 @@ def all_pages(client, query) -> list:
 def test_queries_and_their_answers_are_moto_s_own_page_for_page(ddb, monkeypatch, query):
     ours = all_pages(ddb, query)
     monkeypatch.setattr(Table, "query", Table.query.__wrapped__)
-    monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure",
-                        BaseJSONSerializer._serialize_type_structure.__wrapped__)
+    monkeypatch.setattr(
+        BaseJSONSerializer, "_serialize_type_structure", BaseJSONSerializer._serialize_type_structure.__wrapped__
+    )
     assert ours == all_pages(ddb, query)
     assert sum(len(page["Items"]) for page in ours) > 0 or query["ExpressionAttributeValues"][":p"]["S"] == "nobody"
 
 
 def test_answers_with_binary_and_nested_values_are_moto_s_own(ddb, monkeypatch):
     keys = [{"pk": {"S": "a"}, "sk": {"S": f"nb#{index:03d}"}} for index in (1, 4, 5)]
-    ours = (ddb.get_item(TableName="t", Key=keys[2]), ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}),
-            ddb.scan(TableName="t"))
+    ours = (
+        ddb.get_item(TableName="t", Key=keys[2]),
+        ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}),
+        ddb.scan(TableName="t"),
+    )
     assert ours[0]["Item"]["bin"] == {"B": b"\x00\xffbinary"}
-    monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure",
-                        BaseJSONSerializer._serialize_type_structure.__wrapped__)
-    theirs = (ddb.get_item(TableName="t", Key=keys[2]), ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}),
-              ddb.scan(TableName="t"))
+    monkeypatch.setattr(
+        BaseJSONSerializer, "_serialize_type_structure", BaseJSONSerializer._serialize_type_structure.__wrapped__
+    )
+    theirs = (
+        ddb.get_item(TableName="t", Key=keys[2]),
+        ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}),
+        ddb.scan(TableName="t"),
+    )
     for mine, moto_s in zip(ours, theirs):
         mine.pop("ResponseMetadata"), moto_s.pop("ResponseMetadata")
         assert mine == moto_s

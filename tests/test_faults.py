@@ -5,16 +5,17 @@ For each operation and each step k (the k-th AWS call it makes), the k-th call f
 shape (503), the stored state must keep its invariants, and the same request again
 must complete the operation.
 """
+
 import time
 from datetime import datetime, timezone
 
 import nbformat
 import pytest
 
-from chalicelib.schedules import locks as schedule_locks
 from chalicelib import services
-from chalicelib.storage.files import output_key
 from chalicelib.runner.notebook_runner import NotebookRunner
+from chalicelib.schedules import locks as schedule_locks
+from chalicelib.storage.files import output_key
 from tests.conftest import error
 from tests.helpers import TALLY, FaultInjector, check_invariants
 
@@ -37,8 +38,10 @@ def faults(stack, aws_env):
 
 
 def one_cell_notebook():
-    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")], metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    return nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("print(6 * 7)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
 
 
 def new_notebook(service, **fields):
@@ -71,8 +74,9 @@ def notebook_with_webhook(service):
 def is_unlock(call) -> bool:
     """The release of a schedule lock: best effort, its lease frees it when it fails."""
     name, params = call
-    return name in ("dynamodb.UpdateItem", "dynamodb.TransactWriteItems") \
-        and b"REMOVE schedule_lock" in params.get("body", b"")
+    return name in ("dynamodb.UpdateItem", "dynamodb.TransactWriteItems") and b"REMOVE schedule_lock" in params.get(
+        "body", b""
+    )
 
 
 def is_dispatch(call) -> bool:
@@ -87,8 +91,7 @@ API_OPERATIONS = {
     "content PUT": (lambda s: ("PUT", f"{BASE}/{new_notebook(s)}/content", one_cell_notebook()), ()),
     "delete": (lambda s: ("DELETE", BASE + "/", {"nbk_ids": [notebook_with_everything(s)]}), (is_unlock,)),
     "run": (lambda s: ("POST", BASE + "/_run", {"nbkIds": [new_notebook(s)], "module": "m"}), (is_dispatch,)),
-    "schedule": (lambda s: ("POST", BASE + "/_schedule", {"nbk_ids": [new_notebook(s)], "until": UNTIL}),
-                 (is_unlock,)),
+    "schedule": (lambda s: ("POST", BASE + "/_schedule", {"nbk_ids": [new_notebook(s)], "until": UNTIL}), (is_unlock,)),
     "unschedule": (lambda s: ("POST", BASE + "/_unschedule", {"nbk_ids": [scheduled_notebook(s)]}), (is_unlock,)),
     "webhook PUT": (lambda s: ("PUT", f"{BASE}/{new_notebook(s)}/webhook", WEBHOOK), ()),
     "webhook DELETE": (lambda s: ("DELETE", f"{BASE}/{notebook_with_webhook(s)}/webhook", None), ()),
@@ -182,7 +185,7 @@ def test_every_aws_call_of_the_runner_failed_in_turn(faults, executor, operation
         check_invariants(service.settings)
         executor.handle(event)
         ended = [run["status"] for run in aws_runs(service)]
-        assert ended and set(ended) <= {"succeeded", "failed"}, (operation, k, calls[k - 1:k], ended)
+        assert ended and set(ended) <= {"succeeded", "failed"}, (operation, k, calls[k - 1 : k], ended)
         if len(calls) < k:
             assert ended == ["succeeded"]
             break
@@ -194,5 +197,7 @@ def test_every_aws_call_of_the_runner_failed_in_turn(faults, executor, operation
 
 def aws_runs(service):
     table = service.notebooks._table
-    pointers = [pointer for item in table.all("admin") for pointer in table.all_run_pointers("admin", item["notebook_id"])]
+    pointers = [
+        pointer for item in table.all("admin") for pointer in table.all_run_pointers("admin", item["notebook_id"])
+    ]
     return list(service.runs._table.get_many(pointer["run_id"] for pointer in pointers).values())

@@ -2,6 +2,7 @@
 route without credentials, the HTTP layer's own refusals, a content PUT racing a delete,
 and the bad inputs that used to reach a 500. Every answer is in the seed's error shape
 and changes nothing."""
+
 import base64
 import json
 import os
@@ -18,9 +19,9 @@ import requests
 
 import app
 from chalicelib.api import openapi
-from devstack.stack import free_port
 from chalicelib.api.payloads import MAX_DEPTH
 from chalicelib.api.web import OPENAPI_PATH
+from devstack.stack import free_port
 from tests.conftest import error
 from tests.helpers import TALLY, stored_state
 from tests.local_stack import RunningStack, remove_state, state_folder
@@ -59,10 +60,24 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(f
     rejection (the seed's Run sample is JSON5, so Run accepts more than JSON)."""
     before = answered_requests(fuzzed_stack)
     command = [
-        str(Path(sys.executable).parent / "schemathesis"), "run", fuzzed_stack.url + OPENAPI_PATH,
-        "--auth", "admin:admin", "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
-        "--phases", "examples,coverage,fuzzing", "--max-time", str(FUZZ_SECONDS), "--seed", FUZZ_SEED,
-        "--workers", "2", "--request-timeout", "20", "--no-color",
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        fuzzed_stack.url + OPENAPI_PATH,
+        "--auth",
+        "admin:admin",
+        "--exclude-checks",
+        "positive_data_acceptance,negative_data_rejection",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-time",
+        str(FUZZ_SECONDS),
+        "--seed",
+        FUZZ_SEED,
+        "--workers",
+        "2",
+        "--request-timeout",
+        "20",
+        "--no-color",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     # In a folder of its own: schemathesis keeps a cache of what it found where it runs.
@@ -85,8 +100,9 @@ def test_every_route_but_the_openapi_document_needs_credentials():
         for path, methods in app.app.routes.items():
             concrete = re.sub(r"\{[^}]+\}", "00000000-0000-4000-8000-000000000000", path)
             for method in methods:
-                response = client.http.request(method, concrete, headers={"Content-Type": "application/json"},
-                                               body=b"{}")
+                response = client.http.request(
+                    method, concrete, headers={"Content-Type": "application/json"}, body=b"{}"
+                )
                 walked += 1
                 if path == OPENAPI_PATH:
                     assert response.status_code == 200
@@ -100,7 +116,8 @@ def test_every_route_but_the_openapi_document_needs_credentials():
 def test_methods_the_server_does_not_know_are_405_in_the_seed_shape(fuzzed_stack, method):
     response = requests.request(method, fuzzed_stack.url + BASE + "/_count", auth=ADMIN)
     assert response.status_code == 405 and response.json() == {
-        "error": {"status": 405, "message": f"Unsupported method: {method}"}}
+        "error": {"status": 405, "message": f"Unsupported method: {method}"}
+    }
     assert "GET" in response.headers["Allow"]
 
 
@@ -121,10 +138,25 @@ def test_oversized_request_lines_and_headers_are_414_and_431_in_the_seed_shape(f
     auth = b"Authorization: Basic " + base64.b64encode(b"admin:admin") + b"\r\n"
     cases = [
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-        (b"GET " + BASE.encode() + b"/_count HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Big: " + b"a" * 70_000
-         + b"\r\n\r\n", 431),
-        (b"GET " + BASE.encode() + b"/_count HTTP/1.1\r\nHost: x\r\n" + auth
-         + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431),
+        (
+            b"GET "
+            + BASE.encode()
+            + b"/_count HTTP/1.1\r\nHost: x\r\n"
+            + auth
+            + b"X-Big: "
+            + b"a" * 70_000
+            + b"\r\n\r\n",
+            431,
+        ),
+        (
+            b"GET "
+            + BASE.encode()
+            + b"/_count HTTP/1.1\r\nHost: x\r\n"
+            + auth
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+            + b"\r\n",
+            431,
+        ),
     ]
     for request, status in cases:
         head, _, body = raw_http(fuzzed_stack.url, request).partition(b"\r\n\r\n")
@@ -137,8 +169,9 @@ def test_a_body_over_the_limit_is_a_413_the_client_reads(fuzzed_stack):
     url, body = fuzzed_stack.url + BASE + "/", b"x" * 12_000_000
     response = requests.post(url, data=body, auth=ADMIN)
     assert response.status_code == 413 and response.json()["error"]["status"] == 413
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413 and json.loads(refused.value.read())["error"]["status"] == 413
@@ -151,8 +184,12 @@ def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
     url, eve = fuzzed_stack.url, ("eve", "eve-pw")
     s3 = fuzzed_stack.embedded_aws("s3")
     # Large enough that validating it takes a while: the delete runs meanwhile.
-    content = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
-        {"cell_type": "markdown", "id": f"c{i}", "metadata": {}, "source": "x" * 1000} for i in range(500)]}
+    content = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [{"cell_type": "markdown", "id": f"c{i}", "metadata": {}, "source": "x" * 1000} for i in range(500)],
+    }
     answers, deletes = [], []
     for _ in range(RACE_TRIES):
         notebook_id = requests.post(url + BASE + "/", auth=eve).json()["notebook_id"]
@@ -180,6 +217,7 @@ def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
 
 # --- the bad inputs that used to reach a 500 ---------------------------------------
 
+
 def nested(depth: int):
     value = []
     for _ in range(depth - 1):
@@ -198,12 +236,15 @@ def test_deep_nesting_anywhere_is_a_400_naming_the_field_and_changes_nothing(api
     cases = [
         ("POST", BASE + "/", {"content": notebook}, "content"),
         ("PUT", f"{BASE}/{notebook_id}/content", notebook, "metadata"),
-        ("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"p": nested(900)}},
-         "parameters"),
+        (
+            "POST",
+            BASE + "/_run",
+            {"nbkIds": [notebook_id], "module": "m", "parameters": {"p": nested(900)}},
+            "parameters",
+        ),
         ("POST", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": nested(MAX_DEPTH + 1)}, "until"),
         # Deeper than Python's own JSON parser goes: sent as text.
-        ("PUT", f"{BASE}/{notebook_id}", '{"new_name": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}",
-         "nested"),
+        ("PUT", f"{BASE}/{notebook_id}", '{"new_name": "x", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested"),
     ]
     for method, path, body, field in cases:
         raw = body if isinstance(body, str) else None
@@ -217,11 +258,21 @@ def test_nesting_up_to_the_limit_is_accepted(api):
     api.json("POST", BASE + "/", {"content": notebook})
 
 
-@pytest.mark.parametrize("key", [
-    {"created_at": 10**400}, {"created_at": True}, {"created_at": -1}, {"created_at": 1.5},
-    {"created_at": "1"}, {"sk": "name#x.ipynb"}, {"sk": "nb#not-a-uuid"}, {"sk": ["nb#"]}, {"owner": "bob"},
-    {"extra": 1},
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"created_at": 10**400},
+        {"created_at": True},
+        {"created_at": -1},
+        {"created_at": 1.5},
+        {"created_at": "1"},
+        {"sk": "name#x.ipynb"},
+        {"sk": "nb#not-a-uuid"},
+        {"sk": ["nb#"]},
+        {"owner": "bob"},
+        {"extra": 1},
+    ],
+)
 def test_every_forged_page_token_field_is_a_400(api, key):
     first = api.create()["notebook_id"]
     api.create()

@@ -1,5 +1,6 @@
 """HTML output: nothing in a notebook can make the rendered page run script, even when
 the page is saved to disk and opened without its Content-Security-Policy."""
+
 import base64
 import re
 
@@ -11,25 +12,44 @@ from chalicelib.runs import html
 
 # Links and sources that run script, spelled as attackers spell them.
 SCRIPT_URLS = [
-    "javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "&#106;avascript:alert(1)",
-    "&#x6A;avascript:alert(1)", "java&#9;script:alert(1)", "java&#x0A;script:alert(1)", "vbscript:msgbox(1)",
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    " javascript:alert(1)",
+    "&#106;avascript:alert(1)",
+    "&#x6A;avascript:alert(1)",
+    "java&#9;script:alert(1)",
+    "java&#x0A;script:alert(1)",
+    "vbscript:msgbox(1)",
     "data:text/html;base64," + base64.b64encode(b"<script>alert(1)</script>").decode(),
-    "data:text/html,<script>alert(1)</script>", "data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=",
+    "data:text/html,<script>alert(1)</script>",
+    "data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=",
 ]
-MARKDOWN_ATTACKS = [f"[click]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url] + [
-    f"![image]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url] + [
-    f"<{url}>" for url in SCRIPT_URLS[:3]] + [
-    "[ref][x]\n\n[x]: javascript:alert(1)",
-]
-HTML_ATTACKS = [f'<a href="{url}">x</a>' for url in SCRIPT_URLS] + [
-    f'<img src="{url}">' for url in SCRIPT_URLS if not url.startswith("data:image")] + [
-    '<img src=x onerror="alert(1)">', "<script>alert(1)</script>", '<iframe src="javascript:alert(1)"></iframe>',
-    '<form action="javascript:alert(1)"><button>go</button></form>', '<body onload="alert(1)">',
-    '<object data="javascript:alert(1)"></object>', '<embed src="javascript:alert(1)">',
-    '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">', '<base href="javascript:alert(1)//">',
-    '<svg onload="alert(1)"><a xlink:href="javascript:alert(1)"><text>x</text></a></svg>',
-    '<math><a href="javascript:alert(1)">x</a></math>', '<details open ontoggle="alert(1)">',
-]
+MARKDOWN_ATTACKS = (
+    [f"[click]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url]
+    + [f"![image]({url})" for url in SCRIPT_URLS if " " not in url and "<" not in url]
+    + [f"<{url}>" for url in SCRIPT_URLS[:3]]
+    + [
+        "[ref][x]\n\n[x]: javascript:alert(1)",
+    ]
+)
+HTML_ATTACKS = (
+    [f'<a href="{url}">x</a>' for url in SCRIPT_URLS]
+    + [f'<img src="{url}">' for url in SCRIPT_URLS if not url.startswith("data:image")]
+    + [
+        '<img src=x onerror="alert(1)">',
+        "<script>alert(1)</script>",
+        '<iframe src="javascript:alert(1)"></iframe>',
+        '<form action="javascript:alert(1)"><button>go</button></form>',
+        '<body onload="alert(1)">',
+        '<object data="javascript:alert(1)"></object>',
+        '<embed src="javascript:alert(1)">',
+        '<meta http-equiv="refresh" content="0;url=javascript:alert(1)">',
+        '<base href="javascript:alert(1)//">',
+        '<svg onload="alert(1)"><a xlink:href="javascript:alert(1)"><text>x</text></a></svg>',
+        '<math><a href="javascript:alert(1)">x</a></math>',
+        '<details open ontoggle="alert(1)">',
+    ]
+)
 SVG_ATTACKS = [
     '<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"><script>alert(1)</script></svg>',
     '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">'
@@ -72,9 +92,13 @@ def active_content(page: str) -> list:
             for item in value if isinstance(value, list) else [value]:
                 url = re.sub(r"[\x00-\x20]", "", item).lower()
                 image = re.match(r"data:image/(png|gif|jpeg);", url) or (
-                    element.name == "img" and name == "src" and url.startswith("data:image/svg+xml"))
-                if name.lower().startswith("on") or name == "http-equiv" or (
-                        url.startswith(("javascript:", "vbscript:", "data:")) and not image):
+                    element.name == "img" and name == "src" and url.startswith("data:image/svg+xml")
+                )
+                if (
+                    name.lower().startswith("on")
+                    or name == "http-equiv"
+                    or (url.startswith(("javascript:", "vbscript:", "data:")) and not image)
+                ):
                     found.append(f"<{element.name} {name}={item[:60]!r}>")
     return found
 
@@ -104,6 +128,11 @@ def test_safe_links_images_and_plots_stay():
 
 def test_the_checker_finds_what_it_looks_for():
     """The test's own detector catches each kind of attack in a page that was not cleaned."""
-    for raw in ['<a href="java\tscript:x">', '<img src=x onerror=y>', '<script>x</script>',
-                '<a href="DATA:text/html,x">', '<svg><a xlink:href="javascript:x"></a></svg>']:
+    for raw in [
+        '<a href="java\tscript:x">',
+        "<img src=x onerror=y>",
+        "<script>x</script>",
+        '<a href="DATA:text/html,x">',
+        '<svg><a xlink:href="javascript:x"></a></svg>',
+    ]:
         assert active_content(raw), raw

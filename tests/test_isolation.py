@@ -4,6 +4,7 @@
 folder): the one place every run of a warm container can write to. One user's notebook
 plants everything it can; the next run, another user's, looks for each plant.
 """
+
 import json
 import os
 import pathlib
@@ -22,17 +23,24 @@ from nbformat.v4 import new_code_cell, new_notebook
 from chalicelib.runner import sandbox
 from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment
 
+
 def notebook(*cells, kernelspec=None):
     """A notebook whose first cell is a papermill parameters cell."""
-    nb = new_notebook(cells=[new_code_cell("shared = None\noutside = None\ncode = None", metadata={"tags": ["parameters"]})]
-                      + [new_code_cell(source) for source in cells])
+    nb = new_notebook(
+        cells=[new_code_cell("shared = None\noutside = None\ncode = None", metadata={"tags": ["parameters"]})]
+        + [new_code_cell(source) for source in cells]
+    )
     nb.metadata.kernelspec = kernelspec or {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
 
 def printed(execution) -> str:
-    return "".join(out.get("text", "") for cell in execution.notebook.cells for out in cell.get("outputs", [])
-                   if out.output_type == "stream")
+    return "".join(
+        out.get("text", "")
+        for cell in execution.notebook.cells
+        for out in cell.get("outputs", [])
+        if out.output_type == "stream"
+    )
 
 
 def report(execution) -> dict:
@@ -41,7 +49,7 @@ def report(execution) -> dict:
     return json.loads(printed(execution).strip().splitlines()[-1])
 
 
-ATTACK = r'''
+ATTACK = r"""
 import json, os, subprocess, sys, time
 planted_code = f"print('PLANTED'); open({os.path.join(outside, 'startup-ran')!r}, 'a').write(repr(In) if 'In' in dir() else 'ran')"
 ipython_dirs = {os.environ["IPYTHONDIR"], os.path.expanduser("~/.ipython"), os.path.join(shared, "ipython"),
@@ -76,7 +84,7 @@ for base in (shared, os.getcwd()):
 os.makedirs(os.path.join(shared, "linkdir"))
 os.symlink(os.path.join(outside, "target.txt"), os.path.join(shared, "linkdir", "link"))
 os.chmod(os.path.join(shared, "linkdir"), 0o500)
-'''
+"""
 
 # Processes that outlive their kernel if nothing stops them, each beating in a log.
 # This one leaves the kernel's session and process group, double-forks (so its parent is
@@ -101,14 +109,14 @@ threading.Thread(target=beat).start()
 time.sleep(0.3)
 ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: this thread only
 """
-SURVIVOR = r'''
+SURVIVOR = r"""
 import os, subprocess, sys, time
 log = os.path.join(outside, "survivor.log")
 subprocess.Popen([sys.executable, "-c", code, log], start_new_session=True)
 while not os.path.exists(log) or len(open(log).read().split()) < 10:
     time.sleep(0.05)
 print("surviving")
-'''
+"""
 
 
 def beats(log) -> int:
@@ -116,7 +124,7 @@ def beats(log) -> int:
         return len(f.read().split())
 
 
-OBSERVE = r'''
+OBSERVE = r"""
 import glob, json, os
 history = get_ipython().history_manager
 secret = "hunter" + "2-very-secret"  # split, so this cell's own source does not match
@@ -130,7 +138,7 @@ print(json.dumps({
     "home_plants": [os.path.join(folder, name) for folder, _, names in os.walk(os.path.expanduser("~"))
                     for name in names if "PLANTED" in open(os.path.join(folder, name), errors="replace").read()],
 }))
-'''
+"""
 
 
 @pytest.fixture
@@ -211,8 +219,10 @@ print("hopping")
 '''
 
 
-@pytest.mark.skipif(not sandbox.pid_namespace_prefix(),
-                    reason="this machine gives kernels no PID namespace (no unprivileged user namespaces)")
+@pytest.mark.skipif(
+    not sandbox.pid_namespace_prefix(),
+    reason="this machine gives kernels no PID namespace (no unprivileged user namespaces)",
+)
 def test_a_process_that_keeps_changing_pid_dies_with_its_kernel(lambda_layout):
     """Faster than /proc can be read: only the kernel's own PID namespace holds it."""
     runner, where = lambda_layout
@@ -226,13 +236,13 @@ def test_a_process_that_keeps_changing_pid_dies_with_its_kernel(lambda_layout):
 
 
 # A runner process that starts a kernel, says where its connection file is, and waits.
-WAITING_RUNNER = r'''
+WAITING_RUNNER = r"""
 from chalicelib.runner.notebook_runner import NotebookRunner
 runner = NotebookRunner(run_timeout=60)
 runner.prewarm()
 print(runner._waiting.folders.connection_file, flush=True)
 input()
-'''
+"""
 
 
 def processes_naming(text: str) -> list:
@@ -254,10 +264,14 @@ def test_a_waiting_kernel_dies_with_its_killed_runner(namespace):
     live on, holding a run's folders and ports."""
     if namespace and not sandbox.pid_namespace_prefix():
         pytest.skip("this machine gives kernels no PID namespace (no unprivileged user namespaces)")
-    code = ("from chalicelib.runner import sandbox\n"
-            f"sandbox._pid_namespace_usable = {namespace}\n" + WAITING_RUNNER)
-    runner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"from chalicelib.runner import sandbox\nsandbox._pid_namespace_usable = {namespace}\n" + WAITING_RUNNER
+    runner = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     try:
         connection_file = runner.stdout.readline().strip()
         assert connection_file and processes_naming(connection_file)  # the kernel is up
@@ -325,10 +339,13 @@ def test_a_notebook_cannot_read_what_another_kernel_publishes(tmp_path):
             with open(victim._waiting.folders.connection_file) as f:
                 results["connection"] = json.load(f)
             victim_ready.set()
-            results["victim"] = victim.execute(notebook(  # it speaks until the attacker is done
-                "import os, time\n"
-                f"while not os.path.exists({str(done)!r}):\n"
-                "    print('victim secret: swordfish'); time.sleep(0.1)"))
+            results["victim"] = victim.execute(
+                notebook(  # it speaks until the attacker is done
+                    "import os, time\n"
+                    f"while not os.path.exists({str(done)!r}):\n"
+                    "    print('victim secret: swordfish'); time.sleep(0.1)"
+                )
+            )
         finally:
             victim_ready.set()
             victim.close()
@@ -371,10 +388,13 @@ def test_input_fails_at_once_as_with_papermill():
     assert execution.error["cell_index"] == 1
 
 
-@pytest.mark.parametrize("kernelspec", [
-    {"name": "ir", "display_name": "R", "language": "R"},
-    {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"},
-])
+@pytest.mark.parametrize(
+    "kernelspec",
+    [
+        {"name": "ir", "display_name": "R", "language": "R"},
+        {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"},
+    ],
+)
 def test_a_notebook_for_another_language_is_refused_not_run_on_python(kernelspec):
     runner = NotebookRunner(run_timeout=60)
     try:
@@ -388,10 +408,13 @@ def test_a_notebook_for_another_language_is_refused_not_run_on_python(kernelspec
     assert all(not cell.get("outputs") for cell in execution.notebook.cells)
 
 
-@pytest.mark.parametrize("kernelspec", [
-    None,  # no kernel spec at all
-    {"name": "conda-env-analytics-py", "display_name": "Python (analytics)", "language": "python"},
-])
+@pytest.mark.parametrize(
+    "kernelspec",
+    [
+        None,  # no kernel spec at all
+        {"name": "conda-env-analytics-py", "display_name": "Python (analytics)", "language": "python"},
+    ],
+)
 def test_python_notebooks_run_whatever_their_kernel_is_called(kernelspec):
     nb = notebook("print(6 * 7)")
     if kernelspec is None:
@@ -438,8 +461,11 @@ print("killed", sweep.sweep(), flush=True)
 def _can_run_unprivileged() -> bool:
     if os.getuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
         return False
-    probe = subprocess.run(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
-                                           "import chalicelib.runner.sandbox"], capture_output=True)
+    probe = subprocess.run(
+        UNPRIVILEGED
+        + [SYSTEM_PYTHON, "-c", f"import sys; sys.path.insert(0, {REPO!r}); import chalicelib.runner.sandbox"],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
@@ -454,14 +480,17 @@ def running_as_test_uid(pid: int) -> None:
     raise AssertionError(f"process {pid} never ran as {TEST_UID}")
 
 
-@pytest.mark.skipif(not _can_run_unprivileged(),
-                    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
+@pytest.mark.skipif(
+    not _can_run_unprivileged(),
+    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read",
+)
 def test_on_lambda_every_other_process_of_the_runners_user_is_killed():
     """As on Lambda (not root): processes of the runner's user that are not below the
     runner, whenever they started, are killed too."""
     older = subprocess.Popen(UNPRIVILEGED + ["sleep", "300"])
-    sweeper = subprocess.Popen(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", SWEEPER], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    sweeper = subprocess.Popen(
+        UNPRIVILEGED + [SYSTEM_PYTHON, "-c", SWEEPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     stranger = None
     try:
         assert sweeper.stdout.readline().strip() == "ready"
@@ -497,11 +526,14 @@ print("left", listed("shm", segment), listed("msg", queue))
 """
 
 
-@pytest.mark.skipif(not _can_run_unprivileged(),
-                    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read")
+@pytest.mark.skipif(
+    not _can_run_unprivileged(),
+    reason="needs root, to become an unprivileged user with setpriv, and a repo that user can read",
+)
 def test_on_lambda_system_v_ipc_objects_of_the_runners_user_are_removed():
-    result = subprocess.run(UNPRIVILEGED + [SYSTEM_PYTHON, "-c", IPC_PLANTER], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        UNPRIVILEGED + [SYSTEM_PYTHON, "-c", IPC_PLANTER], capture_output=True, text=True, timeout=30
+    )
     assert result.stdout.split() == ["made", "True", "True", "left", "False", "False"], result.stderr
 
 
@@ -546,8 +578,12 @@ def _gives_up_root(tmp):
         "print(json.dumps({'done': done, 'ids': [os.getresuid(), os.getresgid()], 'groups': os.getgroups(),\n"
         "                  'caps': status['CapEff'].strip(), 'dumpable': ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen == {"done": True, "ids": [[993] * 3, [993] * 3], "groups": [], "caps": "0" * 16, "dumpable": 0}

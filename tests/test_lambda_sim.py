@@ -18,6 +18,7 @@ output as ipynb and HTML; the runner gets the event the API dispatched and the e
 schedule's rule carries, one after the other in one warm process, then a notebook of the
 data stack (numpy, pandas, scipy, matplotlib) whose HTML output shows its plot.
 """
+
 import base64
 import errno
 import json
@@ -40,14 +41,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from deploy import template as deployment
+from chalicelib.auth.users import UserStore
 from chalicelib.common.config import Settings
+from chalicelib.storage.tables import create_tables
+from deploy import package
+from deploy import template as deployment
 from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
 from devstack.embedded_aws import EmbeddedAws as GuardedMoto
 from devstack.state import StateFolder
-from chalicelib.storage.tables import create_tables
-from chalicelib.auth.users import UserStore
-from deploy import package
 
 HERE = Path(__file__).resolve().parent
 STACK = "notebooks-sim"
@@ -67,9 +68,15 @@ PHYSICAL = {
     "Runner": f"{STACK}-runner",
 }
 # The stack's parameters: their defaults (so no Fargate: FargateEnabled is false), the Stage.
-PARAMETERS = {**{name: str(parameter["Default"]) for name, parameter in deployment.PARAMETERS.items()},
-              "Stage": STAGE, "AWS::StackName": STACK, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
-              "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+PARAMETERS = {
+    **{name: str(parameter["Default"]) for name, parameter in deployment.PARAMETERS.items()},
+    "Stage": STAGE,
+    "AWS::StackName": STACK,
+    "AWS::Region": REGION,
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+}
 
 
 def _unavailable() -> str:
@@ -123,16 +130,24 @@ class EmbeddedAws:
         self.server = GuardedMoto(StateFolder(str(state)), SIM_ACCESS_KEY_ID)
         self.server.start()
         self.url = self.server.endpoint
-        settings = Settings(bucket=PHYSICAL["NotebookFiles"], notebooks_table=PHYSICAL["NotebooksTable"],
-                            runs_table=PHYSICAL["RunsTable"], users_table=PHYSICAL["UsersTable"])
+        settings = Settings(
+            bucket=PHYSICAL["NotebookFiles"],
+            notebooks_table=PHYSICAL["NotebooksTable"],
+            runs_table=PHYSICAL["RunsTable"],
+            users_table=PHYSICAL["UsersTable"],
+        )
         self.client("s3").create_bucket(Bucket=settings.bucket)
         create_tables(self.client("dynamodb"), settings)
         users = boto3.resource("dynamodb", **self._options()).Table(settings.users_table)
         UserStore(users).add("admin", PASSWORD)  # as the operator's `chalicelib.auth.users add` would
 
     def _options(self) -> dict:
-        return {"endpoint_url": self.url, "region_name": REGION, "aws_access_key_id": SIM_ACCESS_KEY_ID,
-                "aws_secret_access_key": "sim"}
+        return {
+            "endpoint_url": self.url,
+            "region_name": REGION,
+            "aws_access_key_id": SIM_ACCESS_KEY_ID,
+            "aws_secret_access_key": "sim",
+        }
 
     def client(self, service: str):
         return boto3.client(service, **self._options())
@@ -235,7 +250,12 @@ exec env -i {" ".join(shlex.quote(f"{key}={value}") for key, value in env.items(
         self.log = open(root / "log.txt", "w+")
         self.process = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
         self.init = self._answer()
         assert "init_error" not in self.init, self.init["init_error"] + self.output()
 
@@ -296,17 +316,30 @@ class ApiGateway:
 
     def request(self, method: str, path: str, body=None, query=None) -> dict:
         resource, parameters = route_of(self.template, path)
-        headers = {"Authorization": self.authorization, "Content-Type": "application/json",
-                   "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com"}
+        headers = {
+            "Authorization": self.authorization,
+            "Content-Type": "application/json",
+            "Host": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+        }
         event = {
-            "resource": resource, "path": path, "httpMethod": method,
-            "headers": headers, "multiValueHeaders": {key: [value] for key, value in headers.items()},
+            "resource": resource,
+            "path": path,
+            "httpMethod": method,
+            "headers": headers,
+            "multiValueHeaders": {key: [value] for key, value in headers.items()},
             "queryStringParameters": query,
             "multiValueQueryStringParameters": {key: [value] for key, value in query.items()} if query else None,
-            "pathParameters": parameters, "stageVariables": None,
-            "requestContext": {"resourcePath": resource, "httpMethod": method, "path": "/api" + path,
-                               "stage": "api", "requestId": str(uuid.uuid4()), "accountId": ACCOUNT,
-                               "identity": {"sourceIp": "127.0.0.1", "userAgent": "lambda-simulation"}},
+            "pathParameters": parameters,
+            "stageVariables": None,
+            "requestContext": {
+                "resourcePath": resource,
+                "httpMethod": method,
+                "path": "/api" + path,
+                "stage": "api",
+                "requestId": str(uuid.uuid4()),
+                "accountId": ACCOUNT,
+                "identity": {"sourceIp": "127.0.0.1", "userAgent": "lambda-simulation"},
+            },
             "body": body if body is None or isinstance(body, str) else json.dumps(body),
             "isBase64Encoded": False,
         }
@@ -373,10 +406,12 @@ def test_the_package_holds_exactly_the_pinned_versions_that_the_tests_test(packa
     for name, read in files.items():
         if re.fullmatch(r"[^/]+\.dist-info/METADATA", name):
             metadata = read().decode()
-            versions[_pins(f"{_metadata_field(metadata, 'Name')}=={_metadata_field(metadata, 'Version')}")
-                     .popitem()[0]] = _metadata_field(metadata, "Version")
-    assert versions and all(tested.get(name) == version for name, version in versions.items()), \
-        {name: (version, tested.get(name)) for name, version in versions.items() if tested.get(name) != version}
+            versions[
+                _pins(f"{_metadata_field(metadata, 'Name')}=={_metadata_field(metadata, 'Version')}").popitem()[0]
+            ] = _metadata_field(metadata, "Version")
+    assert versions and all(tested.get(name) == version for name, version in versions.items()), {
+        name: (version, tested.get(name)) for name, version in versions.items() if tested.get(name) != version
+    }
     for requirement in requirements:
         assert set(_pins((package.ROOT / requirement).read_text())) <= set(versions), requirement
     assert "chalice" not in versions  # Chalice's runtime module comes from Chalice's own packager
@@ -393,7 +428,8 @@ def _runs_on_amazon_linux_2(tag: str) -> bool:
     stable_abi = abi == "abi3" and python.startswith("cp3") and int(python[3:]) <= 11
     return (python == abi == "cp311" or stable_abi) and (
         platform in ("manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64")
-        or bool(glibc and int(glibc.group(1)) <= package.LAMBDA_GLIBC_MINOR))
+        or bool(glibc and int(glibc.group(1)) <= package.LAMBDA_GLIBC_MINOR)
+    )
 
 
 def test_compiled_libraries_are_built_for_amazon_linux_2(packaged):
@@ -459,7 +495,8 @@ def simulation(built, tmp_path_factory):
         for function in ("APIHandler", "Runner"):
             (root / function).mkdir()
             functions[function] = SimulatedFunction(
-                root / function, tasks[function], lambda_environment(function, built.template, aws, lambda_service))
+                root / function, tasks[function], lambda_environment(function, built.template, aws, lambda_service)
+            )
         yield Simulation(built.template, tasks, aws, lambda_service, functions)
     finally:
         for function in functions.values():
@@ -472,20 +509,31 @@ def simulation(built, tmp_path_factory):
 def test_the_runner_module_imports_without_home(simulation, tmp_path):
     """What the runner function loads on its first event, loaded before anything has set HOME."""
     env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
-    function = SimulatedFunction(tmp_path, simulation.tasks["Runner"],
-                                 {**env, "_HANDLER": "chalicelib.runner.notebook_runner.NotebookRunner"})
+    function = SimulatedFunction(
+        tmp_path, simulation.tasks["Runner"], {**env, "_HANDLER": "chalicelib.runner.notebook_runner.NotebookRunner"}
+    )
     function.close()
     assert "papermill" in function.init["loaded"]
 
 
-NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
-    {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Simulated"},
-    {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
-     "source": "import os, sys\n"
-               "try:\n    open('/var/task/written', 'w')\nexcept OSError as error:\n    refused = error.errno\n"
-               "print('ran on', sys.prefix, 'as', os.getuid(), 'task root refused writing:', refused)"},
-]}
+NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "cells": [
+        {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Simulated"},
+        {
+            "cell_type": "code",
+            "id": "c1",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import os, sys\n"
+            "try:\n    open('/var/task/written', 'w')\nexcept OSError as error:\n    refused = error.errno\n"
+            "print('ran on', sys.prefix, 'as', os.getuid(), 'task root refused writing:', refused)",
+        },
+    ],
+}
 BASE = "/_notebooks/notebooks"
 
 
@@ -516,8 +564,7 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
 
     until = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
     due = datetime.now(timezone.utc).strftime("%H:%M")  # daily at this minute: the event below is due
-    assert api.json("GET", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": until, "time": due}) \
-        == "Success"
+    assert api.json("GET", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": until, "time": due}) == "Success"
     assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
     [target] = aws.client("events").list_targets_by_rule(Rule=f"notebooks-{STAGE}-{notebook_id}")["Targets"]
     assert target["Arn"] == resolve({"Fn::GetAtt": ["Runner", "Arn"]})
@@ -547,18 +594,34 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
 
 
-DATA_STACK_NOTEBOOK = {"nbformat": 4, "nbformat_minor": 5, "metadata": {
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "cells": [
-    {"cell_type": "code", "id": "d1", "metadata": {}, "execution_count": None, "outputs": [],
-     "source": "import numpy as np, pandas as pd, scipy, matplotlib\n"
-               "import matplotlib.pyplot as plt\n"
-               "from scipy import stats\n"
-               "frame = pd.DataFrame({'x': np.arange(10.0)}).assign(y=lambda f: f.x ** 2)\n"
-               "fit = stats.linregress(frame.x, frame.y)\n"
-               "print('numpy', np.__file__, 'slope', round(fit.slope, 6), 'sum', int(frame.y.sum()))"},
-    {"cell_type": "code", "id": "d2", "metadata": {}, "execution_count": None, "outputs": [],
-     "source": "frame.plot(x='x', y='y', title='squares')\nplt.show()"},
-]}
+DATA_STACK_NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "cells": [
+        {
+            "cell_type": "code",
+            "id": "d1",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import numpy as np, pandas as pd, scipy, matplotlib\n"
+            "import matplotlib.pyplot as plt\n"
+            "from scipy import stats\n"
+            "frame = pd.DataFrame({'x': np.arange(10.0)}).assign(y=lambda f: f.x ** 2)\n"
+            "fit = stats.linregress(frame.x, frame.y)\n"
+            "print('numpy', np.__file__, 'slope', round(fit.slope, 6), 'sum', int(frame.y.sum()))",
+        },
+        {
+            "cell_type": "code",
+            "id": "d2",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "frame.plot(x='x', y='y', title='squares')\nplt.show()",
+        },
+    ],
+}
 
 
 @simulation_only
@@ -568,8 +631,10 @@ def test_the_runner_image_runs_a_notebook_of_the_data_stack_and_its_html_shows_t
     assert api.json("PUT", f"{BASE}/{notebook_id}/content", DATA_STACK_NOTEBOOK) == "Success"
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "notebooks"})["runs"]
     runner = simulation.functions["Runner"]
-    assert runner.invoke(simulation.lambda_service.invocations[-1][1]) == \
-        {"run_id": run["run_id"], "status": "succeeded"}, runner.output()[-4000:]
+    assert runner.invoke(simulation.lambda_service.invocations[-1][1]) == {
+        "run_id": run["run_id"],
+        "status": "succeeded",
+    }, runner.output()[-4000:]
 
     record = api.json("GET", f"/_notebooks/runs/{run['run_id']}")
     print(f"data-stack run on the simulated runner: {(record['finished_at'] - record['started_at']) / 1000:.1f} s")

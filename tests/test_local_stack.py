@@ -3,6 +3,7 @@ local --stage local` with its reloader, and the local Lambda's Invoke API.
 
 Real processes in real time, so few tests, each doing much.
 """
+
 import os
 import shutil
 import subprocess
@@ -14,8 +15,20 @@ import pytest
 import requests
 
 from devstack.stack import client_environment, free_port, running_stack
-from tests.local_stack import (ADMIN, BASE, ROOT, Process, RunningStack, alive, code_notebook, descendants,
-                               remove_state, stack_env, state_folder, wait_for_run)
+from tests.local_stack import (
+    ADMIN,
+    BASE,
+    ROOT,
+    Process,
+    RunningStack,
+    alive,
+    code_notebook,
+    descendants,
+    remove_state,
+    stack_env,
+    state_folder,
+    wait_for_run,
+)
 
 
 @pytest.fixture
@@ -45,15 +58,23 @@ def add_user(stack: RunningStack, name: str, password: str) -> None:
     """The users command, pointed at the stack as the README says (`python -m devstack.stack env`)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env.update(client_environment(stack.connection()))
-    subprocess.run([sys.executable, "-m", "chalicelib.auth.users", "add", name, "--password-stdin"], env=env, cwd=ROOT,
-                   input=password + "\n", text=True, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "chalicelib.auth.users", "add", name, "--password-stdin"],
+        env=env,
+        cwd=ROOT,
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
 
 
 def snapshot_of(url: str, notebook_ids, run_id) -> dict:
     """What a client sees of these notebooks and this run."""
     return {
-        "notebooks": {notebook_id: requests.get(f"{url}{BASE}/{notebook_id}", auth=ADMIN).json()
-                      for notebook_id in notebook_ids},
+        "notebooks": {
+            notebook_id: requests.get(f"{url}{BASE}/{notebook_id}", auth=ADMIN).json() for notebook_id in notebook_ids
+        },
         "content": requests.get(f"{url}{BASE}/{notebook_ids[0]}/content", auth=ADMIN).json(),
         "run": requests.get(f"{url}/_notebooks/runs/{run_id}", auth=ADMIN).json(),
         "output": requests.get(f"{url}/_notebooks/runs/{run_id}/output", auth=ADMIN).json(),
@@ -69,14 +90,19 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     stack = start(launched, RunningStack(state, port, **limit))
     url = stack.url
     printing = code_notebook("print('kept')", "print('x' * 300000)")
-    ids = [requests.post(url + BASE + "/", auth=ADMIN, json={"content": printing}).json()["notebook_id"]
-           for _ in range(2)]
+    ids = [
+        requests.post(url + BASE + "/", auth=ADMIN, json={"content": printing}).json()["notebook_id"] for _ in range(2)
+    ]
     [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": ids[:1], "module": "m"}).json()["runs"]
     assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
     now = datetime.now(timezone.utc)
     due = (now + timedelta(seconds=120 if now.second > 15 else 60)).replace(second=0, microsecond=0)
-    schedule = {"nbk_ids": [ids[1]], "period": due.strftime("%A"), "time": due.strftime("%H:%M"),
-                "until": (due + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M")}
+    schedule = {
+        "nbk_ids": [ids[1]],
+        "period": due.strftime("%A"),
+        "time": due.strftime("%H:%M"),
+        "until": (due + timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M"),
+    }
     assert requests.post(url + BASE + "/_schedule", auth=ADMIN, json=schedule).json() == "Success"
     add_user(stack, "carol", "carol-pw")
     before = snapshot_of(url, ids, run["run_id"])
@@ -94,9 +120,12 @@ def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state
     assert requests.get(url + BASE + "/_count", auth=("carol", "carol-pw")).status_code == 200
 
     later = requests.post(url + BASE + "/", auth=ADMIN).json()["notebook_id"]
-    sleeping = requests.post(url + BASE + "/", auth=ADMIN,
-                             json={"content": code_notebook("import time; time.sleep(60)")}).json()["notebook_id"]
-    [in_flight] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [sleeping], "module": "m"}).json()["runs"]
+    sleeping = requests.post(
+        url + BASE + "/", auth=ADMIN, json={"content": code_notebook("import time; time.sleep(60)")}
+    ).json()["notebook_id"]
+    [in_flight] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [sleeping], "module": "m"}).json()[
+        "runs"
+    ]
     deadline = time.time() + 30
     while requests.get(f"{url}/_notebooks/runs/{in_flight['run_id']}", auth=ADMIN).json()["status"] != "running":
         assert time.time() < deadline
@@ -126,8 +155,9 @@ def project_copy(folder) -> str:
     """The app's files in a folder of their own, to edit without touching the repository."""
     copy = os.path.join(folder, "project")
     for package in ("chalicelib", "devstack"):
-        shutil.copytree(os.path.join(ROOT, package), os.path.join(copy, package),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            os.path.join(ROOT, package), os.path.join(copy, package), ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copytree(os.path.join(ROOT, ".chalice"), os.path.join(copy, ".chalice"))
     shutil.copy(os.path.join(ROOT, "app.py"), copy)
     return copy
@@ -138,8 +168,11 @@ def chalice_local(launched, project: str, state: str, port: int) -> Process:
     as a developer starts it."""
     env = stack_env(state)
     del env["NOTEBOOKS_USERS"]  # seeded by the stack, not read by the API
-    server = Process([sys.executable, "-m", "devstack.chalice_local", "local", "--stage", "local", "--port", str(port)],
-                     env, cwd=project)
+    server = Process(
+        [sys.executable, "-m", "devstack.chalice_local", "local", "--stage", "local", "--port", str(port)],
+        env,
+        cwd=project,
+    )
     launched.append(server)
     server.wait_for_url(f"http://127.0.0.1:{port}")
     return server
@@ -169,21 +202,33 @@ def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state
     created = requests.post(url + BASE + "/", auth=ADMIN).json()
     notebook_id = created["notebook_id"]
     assert created["path"] == f"/notebooks/admin/{created['notebook_name']}"
-    assert requests.put(f"{url}{BASE}/{notebook_id}", auth=ADMIN, json={"new_name": "kept"}).json() == "Rename Successful"
+    assert (
+        requests.put(f"{url}{BASE}/{notebook_id}", auth=ADMIN, json={"new_name": "kept"}).json() == "Rename Successful"
+    )
     assert requests.get(url + BASE + "/_count", auth=ADMIN).json()["Total Notebooks"] == 1
     [listed] = requests.get(url + BASE + "/_all", auth=ADMIN).json()
     assert listed["notebook_name"] == "kept.ipynb"
-    response = requests.request("GET", url + "//_notebooks/notebooks/_run", auth=ADMIN,
-                                headers={"Content-Type": "application/json"},
-                                data='{nbkIds: ["%s"], module: "notebooks"}' % notebook_id)
+    response = requests.request(
+        "GET",
+        url + "//_notebooks/notebooks/_run",
+        auth=ADMIN,
+        headers={"Content-Type": "application/json"},
+        data='{nbkIds: ["%s"], module: "notebooks"}' % notebook_id,
+    )
     [run] = response.json()["runs"]
     assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
     until = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M")
-    scheduled = requests.request("GET", url + BASE + "/_schedule", auth=ADMIN, json={
-        "nbk_ids": [notebook_id], "period": "Monday", "time": "06:50", "until": until})
+    scheduled = requests.request(
+        "GET",
+        url + BASE + "/_schedule",
+        auth=ADMIN,
+        json={"nbk_ids": [notebook_id], "period": "Monday", "time": "06:50", "until": until},
+    )
     assert scheduled.json() == "Success"
-    assert requests.request("GET", url + BASE + "/_unschedule", auth=ADMIN,
-                            json={"nbk_ids": [notebook_id]}).json() == "Success"
+    assert (
+        requests.request("GET", url + BASE + "/_unschedule", auth=ADMIN, json={"nbk_ids": [notebook_id]}).json()
+        == "Success"
+    )
 
     with open(os.path.join(project, "app.py"), "a") as app_file:
         app_file.write('\n\n@app.route("/_notebooks/edited")\ndef edited():\n    return {"edited": True}\n')

@@ -1,5 +1,6 @@
 """The tables layer's retries: a chunk whose condition fails is read again and written
 as it now is, and gives up with Conflict when it keeps failing."""
+
 import pytest
 
 from chalicelib.storage import tables as metadata
@@ -36,8 +37,16 @@ def test_mark_deleting_gives_up_with_conflict_after_every_attempt(stack, tables,
 def _new_runs(stack, tables, count):
     notebooks, runs = tables
     notebook_id = seed_notebooks(stack.settings, OWNER, 1)[0]
-    records = [{"run_id": f"run-{index}", "notebook_id": notebook_id, "owner": OWNER, "status": "queued",
-                "created_at": 1_700_000_000_000 + index} for index in range(count)]
+    records = [
+        {
+            "run_id": f"run-{index}",
+            "notebook_id": notebook_id,
+            "owner": OWNER,
+            "status": "queued",
+            "created_at": 1_700_000_000_000 + index,
+        }
+        for index in range(count)
+    ]
     for record in records:  # one per transaction: `create` takes distinct notebooks
         assert runs.create(OWNER, [record]) is None
     return notebook_id, notebooks.all_run_pointers(OWNER, notebook_id)

@@ -1,4 +1,5 @@
 """The notebooks API of the seed and the contract, through Chalice's test client on moto."""
+
 import base64
 import json
 import re
@@ -22,6 +23,7 @@ def stored_notebook(stack, owner, notebook_id):
 
 
 # --- The seed's sample requests, as written (only the host changed) -----------------
+
 
 def test_seed_create_sample_without_body_or_content_type(api, stack):
     response = api.call("POST", BASE + "/", raw=b"", headers={"Content-Type": ""})
@@ -80,6 +82,7 @@ def test_trailing_slash_variants(api, path):
 
 # --- Create ------------------------------------------------------------------------
 
+
 def test_two_creates_in_the_same_second_get_distinct_names(stack):
     stack.notebooks._clock = lambda: 1_700_000_000.25
     first = stack.notebooks.create("admin", {})
@@ -124,16 +127,29 @@ def test_create_metadata_failure_removes_the_file(api, stack, monkeypatch):
 _V4 = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}}
 
 
-@pytest.mark.parametrize("content, reason", [
-    ({"cells": []}, "nbformat must be 4"), ({**_V4, "nbformat": 4.0, "cells": []}, "nbformat must be 4"),
-    ({**_V4, "nbformat_minor": "5", "cells": []}, "nbformat_minor"), ({**_V4, "cells": "x"}, "cells must be"),
-    ({**_V4, "cells": [None]}, "cells must be"), ({**_V4, "cells": [{"cell_type": 5}]}, "Invalid notebook"),
-    ({**_V4, "metadata": None, "cells": []}, "metadata must be"),
-    ({**_V4, "cells": [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": [5],
-                        "execution_count": None}]}, "Invalid notebook"),
-    ({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "bogus"}]}, "Invalid notebook"),
-    ([1, 2], "must be a notebook"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ({"cells": []}, "nbformat must be 4"),
+        ({**_V4, "nbformat": 4.0, "cells": []}, "nbformat must be 4"),
+        ({**_V4, "nbformat_minor": "5", "cells": []}, "nbformat_minor"),
+        ({**_V4, "cells": "x"}, "cells must be"),
+        ({**_V4, "cells": [None]}, "cells must be"),
+        ({**_V4, "cells": [{"cell_type": 5}]}, "Invalid notebook"),
+        ({**_V4, "metadata": None, "cells": []}, "metadata must be"),
+        (
+            {
+                **_V4,
+                "cells": [
+                    {"cell_type": "code", "source": "x", "metadata": {}, "outputs": [5], "execution_count": None}
+                ],
+            },
+            "Invalid notebook",
+        ),
+        ({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "bogus"}]}, "Invalid notebook"),
+        ([1, 2], "must be a notebook"),
+    ],
+)
 def test_create_with_invalid_content_is_400(api, stack, content, reason):
     before = stored_state(stack.settings)
     status, message = error(api.call("POST", BASE, {"content": content}))
@@ -143,6 +159,7 @@ def test_create_with_invalid_content_is_400(api, stack, content, reason):
 
 
 # --- Rename ------------------------------------------------------------------------
+
 
 def test_rename_and_the_old_name_is_free_again(api):
     notebook_id = api.create(notebook_name="old")["notebook_id"]
@@ -161,7 +178,9 @@ def test_rename_to_a_taken_name_is_409(api, stack):
     notebook_id = api.create(notebook_name="mine")["notebook_id"]
     before = stored_state(stack.settings)
     assert error(api.call("PUT", f"{BASE}/{notebook_id}", {"new_name": "taken"})) == (
-        409, "A notebook with that name already exists")
+        409,
+        "A notebook with that name already exists",
+    )
     assert stored_state(stack.settings) == before
 
 
@@ -171,11 +190,21 @@ def test_rename_without_a_new_name(api, body):
     assert error(api.call("PUT", f"{BASE}/{notebook_id}", body)) == (400, "Missing new name")
 
 
-@pytest.mark.parametrize("name, why", [
-    ("a/b", "'/'"), ("a\\b", "'/' or '\\'"), ("..", "'..'"), ("x..y", "'..'"), ("a\x00b", "control"),
-    ("a\nb", "control"), ("a\x7fb", "control"), ("n" * 256, "too long"), (42, "must be a string"),
-    (["a"], "must be a string"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("a/b", "'/'"),
+        ("a\\b", "'/' or '\\'"),
+        ("..", "'..'"),
+        ("x..y", "'..'"),
+        ("a\x00b", "control"),
+        ("a\nb", "control"),
+        ("a\x7fb", "control"),
+        ("n" * 256, "too long"),
+        (42, "must be a string"),
+        (["a"], "must be a string"),
+    ],
+)
 def test_rename_rejects_bad_names_and_changes_nothing(api, stack, name, why):
     notebook_id = api.create(notebook_name="keep")["notebook_id"]
     before = stored_state(stack.settings)
@@ -227,6 +256,7 @@ def test_rename_racing_another_rename_rereads_and_never_shares_a_name(stack, mon
 
 # --- Fetch, List, Count ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("notebook_id", [str(uuid.uuid4()), "nope", "1" * 300])
 def test_fetch_unknown_or_malformed_id(api, notebook_id):
     assert error(api.call("GET", f"{BASE}/{notebook_id}")) == (400, "Notebook ID invalid.")
@@ -250,8 +280,10 @@ def test_list_is_oldest_first_and_pages(api, stack):
     assert seen == ids
 
 
-@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=-1", "limit"),
-                                          ("limit=2&next_token=garbage", "next_token")])
+@pytest.mark.parametrize(
+    "query, field",
+    [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=-1", "limit"), ("limit=2&next_token=garbage", "next_token")],
+)
 def test_list_rejects_bad_paging(api, query, field):
     status, message = error(api.call("GET", f"{BASE}/_all?{query}"))
     assert status == 400 and field in message
@@ -275,6 +307,7 @@ def test_count(api):
 
 # --- Delete ------------------------------------------------------------------------
 
+
 def test_delete_removes_file_metadata_and_name(api, stack):
     created = api.create(notebook_name="gone")
     api.json("DELETE", BASE, {"nbk_ids": [created["notebook_id"]]})
@@ -289,13 +322,19 @@ def test_delete_of_nothing_known_is_the_seed_200_error(api, stack):
     assert stored_state(stack.settings) == before
 
 
-@pytest.mark.parametrize("body, message", [
-    (None, "Notebook IDs are required"), ({}, "Notebook IDs are required"),
-    ({"nbk_ids": []}, "Notebook IDs are required"), ({"nbk_ids": None}, "Notebook IDs are required"),
-    ({"nbk_ids": "abc"}, "nbk_ids must be a list"), ({"nbk_ids": [1, 2]}, "nbk_ids must contain only strings"),
-    ({"nbk_ids": [{"id": 1}]}, "nbk_ids must contain only strings"),
-    ({"nbk_ids": ["x"] * 1001}, "at most 1000"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (None, "Notebook IDs are required"),
+        ({}, "Notebook IDs are required"),
+        ({"nbk_ids": []}, "Notebook IDs are required"),
+        ({"nbk_ids": None}, "Notebook IDs are required"),
+        ({"nbk_ids": "abc"}, "nbk_ids must be a list"),
+        ({"nbk_ids": [1, 2]}, "nbk_ids must contain only strings"),
+        ({"nbk_ids": [{"id": 1}]}, "nbk_ids must contain only strings"),
+        ({"nbk_ids": ["x"] * 1001}, "at most 1000"),
+    ],
+)
 def test_delete_bad_input_is_400_and_changes_nothing(api, stack, body, message):
     api.create()
     before = stored_state(stack.settings)
@@ -323,6 +362,7 @@ def test_delete_that_fails_halfway_is_finished_by_a_retry(api, stack, monkeypatc
         calls.append(keys)
         if len(calls) == 1:
             from botocore.exceptions import EndpointConnectionError
+
             raise EndpointConnectionError(endpoint_url="s3")
         real_delete(keys)
 
@@ -338,6 +378,7 @@ def test_delete_that_fails_halfway_is_finished_by_a_retry(api, stack, monkeypatc
 
 # --- Ownership ---------------------------------------------------------------------
 
+
 def test_another_user_can_neither_see_nor_change_my_notebooks(api, stack):
     notebook_id = api.create(notebook_name="private")["notebook_id"]
     before = stored_state(stack.settings)
@@ -345,9 +386,10 @@ def test_another_user_can_neither_see_nor_change_my_notebooks(api, stack):
     assert error(api.call("GET", f"{BASE}/{notebook_id}", **as_bob)) == (400, "Notebook ID invalid.")
     assert error(api.call("GET", f"{BASE}/{notebook_id}/content", **as_bob)) == (400, "Notebook ID invalid.")
     assert error(api.call("PUT", f"{BASE}/{notebook_id}/content", nbformat.v4.new_notebook(), **as_bob)) == (
-        400, "Notebook ID invalid.")
-    assert error(api.call("PUT", f"{BASE}/{notebook_id}", {"new_name": "mine"}, **as_bob)) == (
-        400, "No Notebook found")
+        400,
+        "Notebook ID invalid.",
+    )
+    assert error(api.call("PUT", f"{BASE}/{notebook_id}", {"new_name": "mine"}, **as_bob)) == (400, "No Notebook found")
     assert error(api.call("DELETE", BASE, {"nbk_ids": [notebook_id]}, **as_bob)) == (200, "No notebooks deleted")
     assert api.json("GET", BASE + "/_all", **as_bob) == []
     assert api.json("GET", BASE + "/_count", **as_bob)["Total Notebooks"] == 0
@@ -357,6 +399,7 @@ def test_another_user_can_neither_see_nor_change_my_notebooks(api, stack):
 
 
 # --- Content -----------------------------------------------------------------------
+
 
 def test_put_content_replaces_the_file_and_touches_updated_at(api, stack):
     stack.notebooks._clock = iter([1_700_000_000, 1_700_000_100, 1_700_000_100]).__next__
@@ -379,14 +422,26 @@ def test_put_invalid_content_gives_nbformats_reason(api, stack):
 
 # --- Bad input of every kind ---------------------------------------------------------
 
-@pytest.mark.parametrize("method, path, raw", [
-    ("POST", BASE, b"{not json"), ("POST", BASE, b"[1, 2]"), ("POST", BASE, b'"text"'),
-    ("POST", BASE, b"\xff\xfe"), ("DELETE", BASE, b'{"nbk_ids": ['), ("PUT", BASE + "/{id}", b"{'new_name': 'x'}"),
-    ("PUT", BASE + "/{id}/content", b"nope"), ("POST", BASE, b'{"notebook_name": 5}'),
-    ("POST", BASE, b'{"notebook_name": "\\ud800"}'), ("PUT", BASE + "/{id}", b'{"new_name": "a\\udfffb"}'),
-    ("POST", BASE, b'{"notebook_name": NaN}'), ("POST", BASE, b'{"x": 1e999}'), ("POST", BASE, b"[" * 100000),
-    ("POST", BASE, b'{"a":' * 100000),
-])
+
+@pytest.mark.parametrize(
+    "method, path, raw",
+    [
+        ("POST", BASE, b"{not json"),
+        ("POST", BASE, b"[1, 2]"),
+        ("POST", BASE, b'"text"'),
+        ("POST", BASE, b"\xff\xfe"),
+        ("DELETE", BASE, b'{"nbk_ids": ['),
+        ("PUT", BASE + "/{id}", b"{'new_name': 'x'}"),
+        ("PUT", BASE + "/{id}/content", b"nope"),
+        ("POST", BASE, b'{"notebook_name": 5}'),
+        ("POST", BASE, b'{"notebook_name": "\\ud800"}'),
+        ("PUT", BASE + "/{id}", b'{"new_name": "a\\udfffb"}'),
+        ("POST", BASE, b'{"notebook_name": NaN}'),
+        ("POST", BASE, b'{"x": 1e999}'),
+        ("POST", BASE, b"[" * 100000),
+        ("POST", BASE, b'{"a":' * 100000),
+    ],
+)
 def test_malformed_bodies_are_400_and_change_nothing(api, stack, method, path, raw):
     notebook_id = api.create(notebook_name="stay")["notebook_id"]
     before = stored_state(stack.settings)
@@ -406,11 +461,25 @@ def test_body_over_the_limit_is_413(api, stack, monkeypatch):
 
 # --- Auth ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [
-    None, "", "Bearer abc", "Basic", "Basic !!!", basic("admin", "wrong"), basic("ghost", "admin"),
-    "Basic " + base64.b64encode(b"no-colon").decode(), basic("", "admin"), basic("a" * 5000, "x"),
-    basic("a/b", "x"), "Basic caf\u00e9", "Basic \u2603\u2603\u2603\u2603",
-])
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer abc",
+        "Basic",
+        "Basic !!!",
+        basic("admin", "wrong"),
+        basic("ghost", "admin"),
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        basic("", "admin"),
+        basic("a" * 5000, "x"),
+        basic("a/b", "x"),
+        "Basic caf\u00e9",
+        "Basic \u2603\u2603\u2603\u2603",
+    ],
+)
 def test_every_failed_login_gets_the_same_401(api, stack, header):
     before = stored_state(stack.settings)
     headers = {"Authorization": header} if header is not None else {}
@@ -435,10 +504,17 @@ def test_removed_user_is_refused_at_once(api, stack):
 
 # --- Operations ----------------------------------------------------------------------
 
+
 def test_each_request_logs_one_line_without_secrets(api, caplog):
     caplog.set_level("INFO", logger="chalicelib.access")
-    api.call("POST", BASE, {"notebook_name": "logged", "content": nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell("SECRET_CELL = 1")])})
+    api.call(
+        "POST",
+        BASE,
+        {
+            "notebook_name": "logged",
+            "content": nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("SECRET_CELL = 1")]),
+        },
+    )
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "chalicelib.access"]
     assert len(lines) == 1
     assert lines[0]["method"] == "POST" and lines[0]["user"] == "admin" and lines[0]["status"] == 200

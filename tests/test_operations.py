@@ -1,8 +1,9 @@
 """Operations: the users command, CORS, and the real local stack driven over HTTP."""
+
 import base64
 import importlib
-import json
 import io
+import json
 import os
 import socket
 import sys
@@ -15,8 +16,16 @@ import requests
 
 from chalicelib.auth import users
 from devstack.stack import free_port
-from tests.local_stack import (ADMIN, RunningStack, alive, code_notebook, descendants, remove_state,
-                               state_folder, wait_for_run)
+from tests.local_stack import (
+    ADMIN,
+    RunningStack,
+    alive,
+    code_notebook,
+    descendants,
+    remove_state,
+    state_folder,
+    wait_for_run,
+)
 
 BASE = "/_notebooks/notebooks"
 
@@ -51,8 +60,9 @@ def test_cors_is_on_for_the_configured_origin_only(stack, monkeypatch):
     try:
         importlib.reload(app)
         with Client(app.app) as client:
-            response = client.http.get(BASE + "/_count", headers={
-                "Authorization": basic("admin", "admin"), "Origin": "https://ui.example.com"})
+            response = client.http.get(
+                BASE + "/_count", headers={"Authorization": basic("admin", "admin"), "Origin": "https://ui.example.com"}
+            )
             assert response.status_code == 200
             assert response.headers["Access-Control-Allow-Origin"] == "https://ui.example.com"
             assert "X-Next-Token" in response.headers["Access-Control-Expose-Headers"]
@@ -105,9 +115,13 @@ def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
     notebook = code_notebook("print('ran in the local stack')")
     notebook_id = requests.post(url + BASE + "/", auth=admin, json={"content": notebook}).json()["notebook_id"]
     # curl -X GET 'https://host//_notebooks/notebooks/_run' --data '{nbkIds: [...], module: "notebooks"}'
-    response = requests.request("GET", url + "//_notebooks/notebooks/_run", auth=admin,
-                                headers={"Content-Type": "application/json"},
-                                data='{nbkIds: ["%s"], module: "notebooks"}' % notebook_id)
+    response = requests.request(
+        "GET",
+        url + "//_notebooks/notebooks/_run",
+        auth=admin,
+        headers={"Content-Type": "application/json"},
+        data='{nbkIds: ["%s"], module: "notebooks"}' % notebook_id,
+    )
     [run] = response.json()["runs"]
     assert run["status"] == "queued"
     record = wait_for_run(url, run["run_id"], admin)
@@ -136,9 +150,12 @@ def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
     assert len(set(names)) == 32
     ids = [response.json()["notebook_id"] for response in created]
     with ThreadPoolExecutor(16) as pool:
-        renamed = list(pool.map(
-            lambda notebook_id: requests.put(f"{url}{BASE}/{notebook_id}", auth=admin, json={"new_name": "one"}),
-            ids))
+        renamed = list(
+            pool.map(
+                lambda notebook_id: requests.put(f"{url}{BASE}/{notebook_id}", auth=admin, json={"new_name": "one"}),
+                ids,
+            )
+        )
     assert sorted(response.status_code for response in renamed) == [200] + [409] * 31
     listed = [n["notebook_name"] for n in requests.get(url + BASE + "/_all", auth=admin).json()]
     assert listed.count("one.ipynb") == 1
@@ -148,8 +165,12 @@ def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
 def test_local_stack_answers_a_burst_of_clients(local_stack):
     url, _ = local_stack
     with ThreadPoolExecutor(48) as pool:
-        answers = list(pool.map(lambda _: requests.get(url + BASE + "/_count", auth=("admin", "admin"), timeout=60)
-                                .status_code, range(96)))
+        answers = list(
+            pool.map(
+                lambda _: requests.get(url + BASE + "/_count", auth=("admin", "admin"), timeout=60).status_code,
+                range(96),
+            )
+        )
     assert answers == [200] * 96
 
 
@@ -193,8 +214,9 @@ def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_request
     def change(step):
         if step % 3 == 2:
             return requests.post(url + BASE + "/_unschedule", auth=admin, json={"nbk_ids": ids})
-        return requests.post(url + BASE + "/_schedule", auth=admin,
-                             json={"nbk_ids": ids, "until": until, "time": f"0{step % 10}:00"})
+        return requests.post(
+            url + BASE + "/_schedule", auth=admin, json={"nbk_ids": ids, "until": until, "time": f"0{step % 10}:00"}
+        )
 
     for _ in range(6):
         with ThreadPoolExecutor(6) as pool:
@@ -237,13 +259,19 @@ def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_
     from botocore.exceptions import ClientError
 
     url = running_stack.url
-    notebook_id = requests.post(url + BASE + "/", auth=ADMIN,
-                                json={"content": code_notebook("print('invoked')")}).json()["notebook_id"]
-    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()["runs"]
+    notebook_id = requests.post(
+        url + BASE + "/", auth=ADMIN, json={"content": code_notebook("print('invoked')")}
+    ).json()["notebook_id"]
+    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()[
+        "runs"
+    ]
     assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
     local_lambda = running_stack.local_lambda()
-    again = local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="RequestResponse",
-                                Payload=json.dumps({"run_id": run["run_id"]}).encode())
+    again = local_lambda.invoke(
+        FunctionName="notebooks-local-runner",
+        InvocationType="RequestResponse",
+        Payload=json.dumps({"run_id": run["run_id"]}).encode(),
+    )
     assert again["StatusCode"] == 200 and "FunctionError" not in again
     assert json.loads(again["Payload"].read()) == {"run_id": run["run_id"], "status": "skipped"}
     assert local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="DryRun")["StatusCode"] == 204
@@ -312,24 +340,46 @@ def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_sta
     stack = running_stack.connection()
     targets = [int(stack["aws"]["endpoint"].rsplit(":", 1)[1]), int(stack["lambda"]["endpoint"].rsplit(":", 1)[1])]
     notebook = code_notebook(HOSTILE_NOTEBOOK)
-    notebook["cells"].insert(0, {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]},
-                                 "execution_count": None, "outputs": [], "source": "targets = []\nstack_root = 0"})
+    notebook["cells"].insert(
+        0,
+        {
+            "cell_type": "code",
+            "id": "p",
+            "metadata": {"tags": ["parameters"]},
+            "execution_count": None,
+            "outputs": [],
+            "source": "targets = []\nstack_root = 0",
+        },
+    )
     notebook_id = requests.post(url + BASE + "/", auth=ADMIN, json={"content": notebook}).json()["notebook_id"]
-    [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={
-        "nbkIds": [notebook_id], "module": "m",
-        "parameters": {"targets": targets, "stack_root": running_stack.process.pid}}).json()["runs"]
+    [run] = requests.post(
+        url + BASE + "/_run",
+        auth=ADMIN,
+        json={
+            "nbkIds": [notebook_id],
+            "module": "m",
+            "parameters": {"targets": targets, "stack_root": running_stack.process.pid},
+        },
+    ).json()["runs"]
     record = wait_for_run(url, run["run_id"], seconds=120)
     assert record["status"] == "succeeded", record
     output = requests.get(f"{url}/_notebooks/runs/{run['run_id']}/output", auth=ADMIN).json()
     found = json.loads(output["cells"][-1]["outputs"][-1]["text"])
-    secrets = [stack["aws"]["access_key_id"], stack["aws"]["secret_access_key"], stack["aws"]["endpoint"],
-               stack["lambda"]["endpoint"], "NOTEBOOKS_USERS=", "eve-pw"]
+    secrets = [
+        stack["aws"]["access_key_id"],
+        stack["aws"]["secret_access_key"],
+        stack["aws"]["endpoint"],
+        stack["lambda"]["endpoint"],
+        "NOTEBOOKS_USERS=",
+        "eve-pw",
+    ]
     assert found["environ"], "no environment of the stack was readable: the probe did not work"
     assert [(pid, secret) for pid, environ in found["environ"].items() for secret in secrets if secret in environ] == []
     assert set(targets) <= set(found["ports"])
     assert len(found["calls"]) == 18
-    assert all(outcome in ("InvalidAccessKeyId", "UnrecognizedClientException", "403") for *_, outcome in found["calls"]), \
-        found["calls"]
+    assert all(
+        outcome in ("InvalidAccessKeyId", "UnrecognizedClientException", "403") for *_, outcome in found["calls"]
+    ), found["calls"]
 
 
 def test_local_stack_stops_on_ctrl_c_leaving_nothing_behind(running_stack):

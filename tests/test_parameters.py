@@ -1,4 +1,5 @@
 """Typed parameters: the parameters endpoint, and Run refusing unknown or ill-typed values."""
+
 import boto3
 import pytest
 
@@ -10,23 +11,26 @@ from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
 pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
 
 
-CELL = "\n".join([
-    "from typing import Dict, List, Optional",
-    "count: int = 2  # how many",
-    "ratio: float = 0.5",
-    "label: str = 'a'",
-    "flag: bool = False",
-    "ids: List[int] = [1]",
-    "options: Dict[str, float] = {}",
-    "limit: Optional[int] = None",
-    "anything = 'untyped'",
-    "start: int = None",
-])
+CELL = "\n".join(
+    [
+        "from typing import Dict, List, Optional",
+        "count: int = 2  # how many",
+        "ratio: float = 0.5",
+        "label: str = 'a'",
+        "flag: bool = False",
+        "ids: List[int] = [1]",
+        "options: Dict[str, float] = {}",
+        "limit: Optional[int] = None",
+        "anything = 'untyped'",
+        "start: int = None",
+    ]
+)
 
 
 def typed_notebook(*sources):
-    return notebook_of(*(sources or ("print(count, ratio, label, flag, ids, options, limit, anything)",)),
-                       parameters_cell=CELL)
+    return notebook_of(
+        *(sources or ("print(count, ratio, label, flag, ids, options, limit, anything)",)), parameters_cell=CELL
+    )
 
 
 def run(api, ids, parameters, **kwargs):
@@ -38,9 +42,15 @@ def test_the_parameters_endpoint_lists_the_cell_as_papermill_reads_it(api):
     declared = api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"]
     assert declared[0] == {"name": "count", "type": "int", "default": "2", "help": "how many"}
     assert [(p["name"], p["type"], p["default"]) for p in declared[1:]] == [
-        ("ratio", "float", "0.5"), ("label", "str", "'a'"), ("flag", "bool", "False"), ("ids", "List[int]", "[1]"),
-        ("options", "Dict[str, float]", "{}"), ("limit", "Optional[int]", "None"),
-        ("anything", "None", "'untyped'"), ("start", "int", "None")]
+        ("ratio", "float", "0.5"),
+        ("label", "str", "'a'"),
+        ("flag", "bool", "False"),
+        ("ids", "List[int]", "[1]"),
+        ("options", "Dict[str, float]", "{}"),
+        ("limit", "Optional[int]", "None"),
+        ("anything", "None", "'untyped'"),
+        ("start", "int", "None"),
+    ]
     plain = api.create(content=notebook_of("x = 1"))["notebook_id"]
     assert api.json("GET", f"{BASE}/{plain}/parameters") == {"parameters": []}
     unreadable = notebook_of(parameters_cell="u: int | None = 1\nv: int = 2")
@@ -81,29 +91,34 @@ def test_the_parameters_follow_the_content(api):
     notebook_id = api.create(content=typed_notebook())["notebook_id"]
     api.json("PUT", f"{BASE}/{notebook_id}/content", notebook_of("print(z)", parameters_cell="z: str = 'q'"))
     assert api.json("GET", f"{BASE}/{notebook_id}/parameters")["parameters"] == [
-        {"name": "z", "type": "str", "default": "'q'", "help": ""}]
+        {"name": "z", "type": "str", "default": "'q'", "help": ""}
+    ]
     assert error(run(api, [notebook_id], {"count": 1}))[0] == 400
 
 
-@pytest.mark.parametrize("parameters, named", [
-    ({"nope": 1}, "nope"),
-    ({"count": 1.5}, "count"),
-    ({"count": True}, "count"),
-    ({"count": "2"}, "count"),
-    ({"ratio": "0.5"}, "ratio"),
-    ({"ratio": False}, "ratio"),
-    ({"label": 3}, "label"),
-    ({"flag": 1}, "flag"),
-    ({"ids": [1, "2"]}, "ids"),
-    ({"ids": {"a": 1}}, "ids"),
-    ({"options": {"a": "b"}}, "options"),
-    ({"options": [1]}, "options"),
-    ({"limit": 1.5}, "limit"),
-    ({"count": None}, "count"),
-    ({"count": 3, "label": None}, "label"),
-])
-def test_unknown_or_ill_typed_parameters_are_a_400_naming_them_and_nothing_runs(api, stack, dispatched,
-                                                                                parameters, named):
+@pytest.mark.parametrize(
+    "parameters, named",
+    [
+        ({"nope": 1}, "nope"),
+        ({"count": 1.5}, "count"),
+        ({"count": True}, "count"),
+        ({"count": "2"}, "count"),
+        ({"ratio": "0.5"}, "ratio"),
+        ({"ratio": False}, "ratio"),
+        ({"label": 3}, "label"),
+        ({"flag": 1}, "flag"),
+        ({"ids": [1, "2"]}, "ids"),
+        ({"ids": {"a": 1}}, "ids"),
+        ({"options": {"a": "b"}}, "options"),
+        ({"options": [1]}, "options"),
+        ({"limit": 1.5}, "limit"),
+        ({"count": None}, "count"),
+        ({"count": 3, "label": None}, "label"),
+    ],
+)
+def test_unknown_or_ill_typed_parameters_are_a_400_naming_them_and_nothing_runs(
+    api, stack, dispatched, parameters, named
+):
     good = api.create(content=typed_notebook())["notebook_id"]
     also = api.create(content=typed_notebook())["notebook_id"]
     before = stored_state(stack.settings)
@@ -129,26 +144,57 @@ def test_fitting_parameters_run_with_their_values(api, dispatched, executor, lan
     if not language_named:  # a Python notebook whose kernel spec does not say so
         notebook.metadata.kernelspec = {"name": "python3", "display_name": "Python"}
     notebook_id = api.create(content=notebook)["notebook_id"]
-    values = {"count": 7, "ratio": 2, "label": "b", "flag": True, "ids": [4, 5], "options": {"k": 1.5},
-              "limit": None, "anything": {"any": ["thing"]}, "start": None}
-    [started] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
-                                                  "parameters": values})["runs"]
+    values = {
+        "count": 7,
+        "ratio": 2,
+        "label": "b",
+        "flag": True,
+        "ids": [4, 5],
+        "options": {"k": 1.5},
+        "limit": None,
+        "anything": {"any": ["thing"]},
+        "start": None,
+    }
+    [started] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": values})["runs"]
     run_all(executor, dispatched)
     assert api.json("GET", f"{RUNS}/{started['run_id']}")["status"] == "succeeded"
     printed = stream_text(api.json("GET", f"{RUNS}/{started['run_id']}/output"))
     assert printed.strip() == "7 2 b True [4, 5] {'k': 1.5} None {'any': ['thing']}"
 
 
-@pytest.mark.parametrize("value, type_name, expected", [
-    (1, "int", True), (True, "int", False), (1, "float", True), (1.5, "float", True), (True, "float", False),
-    ("x", "str", True), (None, "str", False), (True, "bool", True), (0, "bool", False),
-    ([1, 2], "list", True), ([1, "a"], "List[int]", False), ([[1]], "List[List[int]]", True),
-    ([1, "a"], "Tuple[int, str]", True), ([1], "Tuple[int, str]", False), ([1, 2, 3], "Tuple[int, ...]", True),
-    ({"a": 1}, "dict", True), ({"a": 1}, "Dict[str, int]", True), ({"a": 1}, "Dict[int, int]", False),
-    (None, "Optional[int]", True), ("x", "Optional[int]", False), ("x", "Union[int, str]", True),
-    ([], "Union[int, str]", False), (None, "Union[int, None]", True),
-    ({"a": 1}, "None", True), ("x", "Any", True), ("x", "MyClass", True), (3, "'int'", True), ("x", "1 +", True),
-])
+@pytest.mark.parametrize(
+    "value, type_name, expected",
+    [
+        (1, "int", True),
+        (True, "int", False),
+        (1, "float", True),
+        (1.5, "float", True),
+        (True, "float", False),
+        ("x", "str", True),
+        (None, "str", False),
+        (True, "bool", True),
+        (0, "bool", False),
+        ([1, 2], "list", True),
+        ([1, "a"], "List[int]", False),
+        ([[1]], "List[List[int]]", True),
+        ([1, "a"], "Tuple[int, str]", True),
+        ([1], "Tuple[int, str]", False),
+        ([1, 2, 3], "Tuple[int, ...]", True),
+        ({"a": 1}, "dict", True),
+        ({"a": 1}, "Dict[str, int]", True),
+        ({"a": 1}, "Dict[int, int]", False),
+        (None, "Optional[int]", True),
+        ("x", "Optional[int]", False),
+        ("x", "Union[int, str]", True),
+        ([], "Union[int, str]", False),
+        (None, "Union[int, None]", True),
+        ({"a": 1}, "None", True),
+        ("x", "Any", True),
+        ("x", "MyClass", True),
+        (3, "'int'", True),
+        ("x", "1 +", True),
+    ],
+)
 def test_json_values_against_declared_types(value, type_name, expected):
     assert fits(value, type_name) is expected
 
@@ -160,8 +206,9 @@ def test_a_run_with_parameters_reads_no_file_but_a_notebook_written_before_them(
     assert calls.total("s3") == 0
     # A notebook stored before typed parameters and versions has neither on its item.
     table = boto3.resource("dynamodb", region_name=stack.settings.region).Table(stack.settings.notebooks_table)
-    table.update_item(Key={"owner": "admin", "sk": "nb#" + ids[0]},
-                      UpdateExpression="REMOVE content_version, declared_parameters")
+    table.update_item(
+        Key={"owner": "admin", "sk": "nb#" + ids[0]}, UpdateExpression="REMOVE content_version, declared_parameters"
+    )
     assert "'count'" in error(run(api, ids, {"count": "one"}))[1]
     with AwsCalls() as calls:
         runs = api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m", "parameters": {"count": 1}})["runs"]
@@ -184,9 +231,11 @@ def test_a_repeated_run_answers_its_first_runs_whatever_its_parameters(api, stac
     notebook_id = api.create(content=typed_notebook())["notebook_id"]
     headers = {"Idempotency-Key": "typed-1"}
     assert error(run(api, [notebook_id], {"count": "x"}, headers=headers))[0] == 400  # nothing claimed the token
-    first = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": 3}},
-                     headers=headers)
-    again = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": "x"}},
-                     headers=headers)
+    first = api.json(
+        "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": 3}}, headers=headers
+    )
+    again = api.json(
+        "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"count": "x"}}, headers=headers
+    )
     assert again == first and api.json("GET", f"{BASE}/{notebook_id}")["no_of_runs"] == 1
     assert api.json("GET", f"{RUNS}/{first['runs'][0]['run_id']}")["parameters"] == {"count": 3}

@@ -1,4 +1,5 @@
 """Versions and rerun: each run pins the notebook version it executes; rerun runs it again."""
+
 from datetime import datetime, timezone
 
 import boto3
@@ -16,9 +17,11 @@ pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
 def old_and_new(api):
     """A notebook whose content changed after a run was accepted; (notebook id, run id)."""
     notebook_id = api.create(content=notebook_of("print('old', x, y)", parameters_cell="x: int = 1\ny = 'a'"))[
-        "notebook_id"]
-    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
-                                              "parameters": {"x": 5, "y": "b"}})["runs"]
+        "notebook_id"
+    ]
+    [run] = api.json(
+        "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"x": 5, "y": "b"}}
+    )["runs"]
     api.json("PUT", f"{BASE}/{notebook_id}/content", notebook_of("print('new', z)", parameters_cell="z = 0"))
     return notebook_id, run["run_id"]
 
@@ -128,13 +131,16 @@ def test_a_notebook_written_before_versions_is_pinned_by_its_runner(api, stack, 
         key = notebook_key("admin", notebook_id)
         data = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
         s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Suspended"})
-        s3.delete_object(Bucket=settings.bucket, Key=key,
-                         VersionId=s3.head_object(Bucket=settings.bucket, Key=key)["VersionId"])
+        s3.delete_object(
+            Bucket=settings.bucket, Key=key, VersionId=s3.head_object(Bucket=settings.bucket, Key=key)["VersionId"]
+        )
         s3.put_object(Bucket=settings.bucket, Key=key, Body=data)
         s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
     table = boto3.resource("dynamodb", region_name=settings.region).Table(settings.notebooks_table)
-    table.update_item(Key={"owner": "admin", "sk": "nb#" + notebook_id},
-                      UpdateExpression="REMOVE content_version, declared_parameters")
+    table.update_item(
+        Key={"owner": "admin", "sk": "nb#" + notebook_id},
+        UpdateExpression="REMOVE content_version, declared_parameters",
+    )
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["notebook_version"] is None
     assert error(api.call("POST", f"{RUNS}/{run['run_id']}/rerun"))[0] == 409  # no version known yet

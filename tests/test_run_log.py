@@ -1,12 +1,13 @@
 """Live logs: a run's stream output and tracebacks while it runs and after, its cap, the
 executing cell, ownership, and the log's lifetime (deleted with the run's output)."""
+
 import dataclasses
 
 import pytest
 
-from deploy import template as deployment
 from chalicelib.runs import log as run_log
 from chalicelib.runs.log import capped, log_key
+from deploy import template as deployment
 from tests.conftest import error
 from tests.helpers import leftovers
 from tests.test_cancel import run_in_background, start_run, wait_for
@@ -30,9 +31,9 @@ def read_log(api, run_id, user="admin"):
 
 
 def test_the_log_of_a_running_notebook_while_it_runs_and_after(api, dispatched, executor, fast_log):
-    run_id = start_run(api, "print('before')",
-                       "import time\nprint('sleeping', flush=True)\ntime.sleep(3)\nprint('woke')",
-                       "1 / 0")
+    run_id = start_run(
+        api, "print('before')", "import time\nprint('sleeping', flush=True)\ntime.sleep(3)\nprint('woke')", "1 / 0"
+    )
     assert read_log(api, run_id) == ""  # queued: nothing yet
     assert api.json("GET", f"{RUNS}/{run_id}")["current_cell"] is None
     worker = run_in_background(executor, dispatched)
@@ -51,8 +52,7 @@ def test_the_log_of_a_running_notebook_while_it_runs_and_after(api, dispatched, 
     assert "\x1b" not in text  # IPython's colours stripped
 
 
-def test_a_log_over_its_cap_keeps_its_first_and_last_parts_and_goes_with_its_run(api, stack, dispatched,
-                                                                                   executor):
+def test_a_log_over_its_cap_keeps_its_first_and_last_parts_and_goes_with_its_run(api, stack, dispatched, executor):
     settings = dataclasses.replace(stack.settings, max_log_bytes=1000, max_runs_kept=1)
     stack.records._settings = stack.runs.starter._settings = stack.runs.starter.run_dispatch._settings = settings
     notebook_id = api.create(content=notebook_of("for i in range(600):\n    print(f'line {i}')"))["notebook_id"]
@@ -97,9 +97,15 @@ def test_logs_expire_with_run_outputs_in_the_deployed_bucket():
 
 
 def test_log_text_strips_colours_and_takes_whatever_a_hostile_kernel_sends():
-    cells = [{"cell_type": "markdown"},
-             {"outputs": [{"output_type": "stream", "name": "stdout", "text": ["a", 1, "\n"]},
-                          {"output_type": "display_data", "data": {"text/plain": "not in the log"}},
-                          {"output_type": "error", "traceback": ["\x1b[0;31mValueError\x1b[0m", 7]}]},
-             {"outputs": [{"output_type": "stream", "name": "stderr", "text": "\x1b[1mwarn\x1b[0m\n"}]}]
+    cells = [
+        {"cell_type": "markdown"},
+        {
+            "outputs": [
+                {"output_type": "stream", "name": "stdout", "text": ["a", 1, "\n"]},
+                {"output_type": "display_data", "data": {"text/plain": "not in the log"}},
+                {"output_type": "error", "traceback": ["\x1b[0;31mValueError\x1b[0m", 7]},
+            ]
+        },
+        {"outputs": [{"output_type": "stream", "name": "stderr", "text": "\x1b[1mwarn\x1b[0m\n"}]},
+    ]
     assert run_log.log_text(cells) == "a1\nValueError\n7\nwarn\n"

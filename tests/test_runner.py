@@ -1,4 +1,5 @@
 """The runner against a real ipykernel, on tiny notebooks built in memory."""
+
 import copy
 import os
 import signal
@@ -156,8 +157,10 @@ def test_progress_counts_code_cells_and_ends_with_final_figures():
 
 def test_sys_exit_zero_succeeds_with_fewer_cells_done_as_in_papermill(runner):
     seen = []
-    execution = runner.execute(notebook("print(1)", "import sys; sys.exit(0)", "print(3)"),
-                               on_progress=lambda done, total: seen.append((done, total)))
+    execution = runner.execute(
+        notebook("print(1)", "import sys; sys.exit(0)", "print(3)"),
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
 
     assert execution.error is None
     assert seen[-1] == (2, 3)
@@ -178,7 +181,9 @@ def test_checkpoints_carry_the_partial_notebook():
     runner = NotebookRunner(run_timeout=20, checkpoint_interval=0)
     snapshots = []
 
-    execution = runner.execute(notebook("print('a')", "print('b')"), on_checkpoint=lambda nb: snapshots.append(copy.deepcopy(nb)))
+    execution = runner.execute(
+        notebook("print('a')", "print('b')"), on_checkpoint=lambda nb: snapshots.append(copy.deepcopy(nb))
+    )
 
     assert execution.error is None
     partial = [nb for nb in snapshots if stdout(nb.cells[0]) == "a\n" and nb.cells[1].outputs == []]
@@ -323,8 +328,13 @@ def test_the_runner_process_becomes_non_dumpable_and_adopts_orphans():
         "libc.prctl(37, ctypes.byref(reaper), 0, 0, 0)\n"  # PR_GET_CHILD_SUBREAPER
         "print(*before, libc.prctl(3, 0, 0, 0, 0), reaper.value)\n"  # PR_GET_DUMPABLE
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.stdout.split() == ["1", "0", "0", "1"]
 
 

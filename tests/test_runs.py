@@ -1,4 +1,5 @@
 """Runs: the Run endpoint, the runner handler on a real kernel, dispatch, history, outputs."""
+
 import dataclasses
 import json
 import re
@@ -8,10 +9,10 @@ import boto3
 import nbformat
 import pytest
 
-from chalicelib.storage.files import output_key
 from chalicelib.api.responses import ENVELOPE_BYTES
 from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.runs.engines import LambdaDispatcher
+from chalicelib.storage.files import output_key
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
 
@@ -53,8 +54,9 @@ def notebook_of(*sources, parameters_cell=None):
         cell.metadata["tags"] = ["parameters"]
         cells.append(cell)
     cells += [nbformat.v4.new_code_cell(source) for source in sources]
-    return nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
-        "name": "python3", "display_name": "Python 3", "language": "python"}})
+    return nbformat.v4.new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
 
 
 def run_all(executor, dispatched):
@@ -64,8 +66,9 @@ def run_all(executor, dispatched):
 
 
 def stream_text(notebook):
-    return "".join(o.get("text", "") for cell in notebook["cells"] for o in cell.get("outputs", [])
-                   if o["output_type"] == "stream")
+    return "".join(
+        o.get("text", "") for cell in notebook["cells"] for o in cell.get("outputs", []) if o["output_type"] == "stream"
+    )
 
 
 def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatched, executor):
@@ -89,9 +92,11 @@ def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatch
 
 def test_post_run_with_parameters(api, dispatched, executor):
     notebook_id = api.create(content=notebook_of("print(greeting * 2)", parameters_cell="greeting = 'x'"))[
-        "notebook_id"]
-    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
-                                                "parameters": {"greeting": "hi"}})["runs"]
+        "notebook_id"
+    ]
+    [run] = api.json(
+        "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": {"greeting": "hi"}}
+    )["runs"]
     run_all(executor, dispatched)
     assert "hihi" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["parameters"] == {"greeting": "hi"}
@@ -104,18 +109,21 @@ def test_many_notebooks_in_one_request_each_get_a_run(api, dispatched):
     assert len(dispatched.events) == 3
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"module": "m"}, "Notebook ID(s) are required"),
-    ({"nbkIds": [], "module": "m"}, "Notebook ID(s) are required"),
-    ({"nbkIds": "{id}"}, "Module name is required"),
-    ({"nbkIds": ["{id}"], "module": ""}, "Module name is required"),
-    ({"nbkIds": ["{id}"], "module": 7}, "module must be a string"),
-    ({"nbkIds": ["{id}", "00000000-0000-4000-8000-000000000000"], "module": "m"}, "Notebook ID invalid."),
-    ({"nbkIds": ["{id}", "nope"], "module": "m"}, "Notebook ID invalid."),
-    ({"nbkIds": ["{id}"], "module": "m", "parameters": [1]}, "parameters must be a JSON object"),
-    ({"nbkIds": ["{id}"], "module": "m", "parameters": {"not valid": 1}}, "parameters keys"),
-    ({"nbkIds": [3], "module": "m"}, "nbkIds must contain only strings"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"module": "m"}, "Notebook ID(s) are required"),
+        ({"nbkIds": [], "module": "m"}, "Notebook ID(s) are required"),
+        ({"nbkIds": "{id}"}, "Module name is required"),
+        ({"nbkIds": ["{id}"], "module": ""}, "Module name is required"),
+        ({"nbkIds": ["{id}"], "module": 7}, "module must be a string"),
+        ({"nbkIds": ["{id}", "00000000-0000-4000-8000-000000000000"], "module": "m"}, "Notebook ID invalid."),
+        ({"nbkIds": ["{id}", "nope"], "module": "m"}, "Notebook ID invalid."),
+        ({"nbkIds": ["{id}"], "module": "m", "parameters": [1]}, "parameters must be a JSON object"),
+        ({"nbkIds": ["{id}"], "module": "m", "parameters": {"not valid": 1}}, "parameters keys"),
+        ({"nbkIds": [3], "module": "m"}, "nbkIds must contain only strings"),
+    ],
+)
 def test_run_validates_everything_before_anything_runs(api, stack, dispatched, body, message):
     notebook_id = api.create()["notebook_id"]
     body = json.loads(json.dumps(body).replace("{id}", notebook_id))
@@ -131,7 +139,7 @@ def test_run_validates_everything_before_anything_runs(api, stack, dispatched, b
 
 
 def test_malformed_run_body_is_400(api, dispatched):
-    assert error(api.call("POST", BASE + "/_run", raw=b"{nbkIds: [")) [0] == 400
+    assert error(api.call("POST", BASE + "/_run", raw=b"{nbkIds: ["))[0] == 400
 
 
 def test_failing_cell_is_recorded(api, dispatched, executor):
@@ -196,15 +204,19 @@ def test_runs_and_outputs_belong_to_their_owner(api, dispatched, executor):
         assert error(mine_for_bob) == error(nobodys) == (404, "Run not found")
     assert error(api.call("GET", f"{BASE}/{notebook_id}/runs", user="bob")) == (400, "Notebook ID invalid.")
     assert error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"}, user="bob")) == (
-        400, "Notebook ID invalid.")
+        400,
+        "Notebook ID invalid.",
+    )
 
 
 def test_run_history_is_newest_first(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
     stack.runs.starter.run_dispatch._clock = lambda: next(clock)
-    ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
-           for _ in range(3)]
+    ids = [
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
+        for _ in range(3)
+    ]
     history = api.json("GET", f"{BASE}/{notebook_id}/runs")
     assert [r["run_id"] for r in history] == ids[::-1]
     assert api.json("GET", f"{BASE}/{notebook_id}")["no_of_runs"] == 3
@@ -212,10 +224,12 @@ def test_run_history_is_newest_first(api, stack, dispatched):
 
 def test_html_output_is_sanitised_and_served_with_a_strict_csp(api, dispatched, executor):
     # Built from pieces, so the words checked below appear only in what the code outputs.
-    attack = ("from IPython.display import HTML, display\n"
-              "s, on, js = 'scr' + 'ipt', 'on' + 'error', 'java' + 'script:'\n"
-              "display(HTML(f\"<h2>Report</h2><{s}>fetch('/_notebooks/notebooks/_all')</{s}>\"\n"
-              "             f\"<img src=x {on}=alert(1)><a href='{js}alert(2)'>x</a>\"))")
+    attack = (
+        "from IPython.display import HTML, display\n"
+        "s, on, js = 'scr' + 'ipt', 'on' + 'error', 'java' + 'script:'\n"
+        "display(HTML(f\"<h2>Report</h2><{s}>fetch('/_notebooks/notebooks/_all')</{s}>\"\n"
+        "             f\"<img src=x {on}=alert(1)><a href='{js}alert(2)'>x</a>\"))"
+    )
     notebook_id = api.create(content=notebook_of(attack))["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     run_all(executor, dispatched)
@@ -229,9 +243,11 @@ def test_html_output_is_sanitised_and_served_with_a_strict_csp(api, dispatched, 
 
 
 def test_html_output_shows_plots_as_inline_images(api, dispatched, executor):
-    png = ("import base64\nfrom IPython.display import Image, display\n"
-           "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
-           "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))")
+    png = (
+        "import base64\nfrom IPython.display import Image, display\n"
+        "display(Image(data=base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+        "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')))"
+    )
     notebook_id = api.create(content=notebook_of(png))["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     run_all(executor, dispatched)
@@ -240,11 +256,13 @@ def test_html_output_shows_plots_as_inline_images(api, dispatched, executor):
 
 
 def test_html_output_shows_matplotlib_plots_png_and_svg(api, dispatched, executor):
-    plot = ("import matplotlib.pyplot as plt\n"
-            "from matplotlib_inline.backend_inline import set_matplotlib_formats\n"
-            "plt.plot([1, 2, 3], [3, 1, 2]); plt.show()\n"
-            "set_matplotlib_formats('svg')\n"
-            "plt.plot([1, 2], [2, 1]); plt.show()")
+    plot = (
+        "import matplotlib.pyplot as plt\n"
+        "from matplotlib_inline.backend_inline import set_matplotlib_formats\n"
+        "plt.plot([1, 2, 3], [3, 1, 2]); plt.show()\n"
+        "set_matplotlib_formats('svg')\n"
+        "plt.plot([1, 2], [2, 1]); plt.show()"
+    )
     notebook_id = api.create(content=notebook_of("%matplotlib inline", plot))["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     run_all(executor, dispatched)
@@ -313,14 +331,21 @@ def test_lambda_dispatch_invokes_the_runner_asynchronously(stack):
     iam = boto3.client("iam", region_name="us-east-1")
     role = iam.create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     lambda_client = boto3.client("lambda", region_name="us-east-1")
-    lambda_client.create_function(FunctionName="notebooks-dev-runner", Runtime="python3.11", Role=role,
-                                  Handler="app.runner", Code={"ZipFile": b"fake"})
+    lambda_client.create_function(
+        FunctionName="notebooks-dev-runner",
+        Runtime="python3.11",
+        Role=role,
+        Handler="app.runner",
+        Code={"ZipFile": b"fake"},
+    )
     invoked = []
-    lambda_client.meta.events.register("provide-client-params.lambda.Invoke",
-                                       lambda params, **_: invoked.append(dict(params)))
+    lambda_client.meta.events.register(
+        "provide-client-params.lambda.Invoke", lambda params, **_: invoked.append(dict(params))
+    )
     LambdaDispatcher(lambda_client, "notebooks-dev-runner").dispatch({"run_id": "r-1"})
-    assert invoked == [{"FunctionName": "notebooks-dev-runner", "InvocationType": "Event",
-                        "Payload": b'{"run_id": "r-1"}'}]
+    assert invoked == [
+        {"FunctionName": "notebooks-dev-runner", "InvocationType": "Event", "Payload": b'{"run_id": "r-1"}'}
+    ]
 
 
 def test_a_failed_dispatch_fails_the_run_instead_of_leaving_it_queued(api, stack):

@@ -1,6 +1,7 @@
 """Every request bounded at any scale: AWS calls that do not grow with what is stored,
 counters that stay exact, 1,000-id requests in batches, Lists past Lambda's 6 MB,
 quotas, idempotent Run, bounded outputs and parameters, the bounded lenient parser."""
+
 import dataclasses
 import itertools
 import json
@@ -16,12 +17,12 @@ import requests
 from botocore.exceptions import ClientError
 
 from chalicelib.api import payloads
-from chalicelib.schedules import scheduler as schedules
-from chalicelib.runs import service as runs_module
-from chalicelib.common.config import REPORT_GRACE_SECONDS
 from chalicelib.api.errors import ApiError
-from chalicelib.storage.files import output_key
+from chalicelib.common.config import REPORT_GRACE_SECONDS
 from chalicelib.runner.notebook_runner import NotebookRunner
+from chalicelib.runs import service as runs_module
+from chalicelib.schedules import scheduler as schedules
+from chalicelib.storage.files import output_key
 from tests.conftest import error
 from tests.helpers import AwsCalls, leftovers, seed_notebooks, stored_state
 
@@ -35,28 +36,45 @@ UNTIL = "2099-03-01 09:15"
 def configure(stack, monkeypatch, **changes):
     """Replace settings on every service at once."""
     settings = dataclasses.replace(stack.settings, **changes)
-    for service in (stack, stack.notebooks, stack.runs, stack.runs.starter, stack.runs.starter.run_dispatch,
-                    stack.records, stack.scheduler, stack.schedule_rules):
+    for service in (
+        stack,
+        stack.notebooks,
+        stack.runs,
+        stack.runs.starter,
+        stack.runs.starter.run_dispatch,
+        stack.records,
+        stack.scheduler,
+        stack.schedule_rules,
+    ):
         monkeypatch.setattr(service, "_settings" if service is not stack else "settings", settings)
     return settings
 
 
 def one_cell(source):
-    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)], metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    return nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source)],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
 
 
 def recount(stack, owner="admin") -> dict:
     """Count, the slow way: every item of the owner's, and every run."""
     table = boto3.resource("dynamodb", region_name="us-east-1").Table(stack.settings.notebooks_table)
-    items = [item for item in table.scan()["Items"]
-             if item["owner"] == owner and item["sk"].startswith("nb#") and not item.get("deleting")]
+    items = [
+        item
+        for item in table.scan()["Items"]
+        if item["owner"] == owner and item["sk"].startswith("nb#") and not item.get("deleting")
+    ]
     now_ms = int(stack.notebooks._clock() * 1000)
     scheduled = sum(1 for item in items if item.get("schedule") and int(item["schedule"]["until_ms"]) > now_ms)
     runs = boto3.resource("dynamodb", region_name="us-east-1").Table(stack.settings.runs_table).scan()["Items"]
     active = sum(1 for run in runs if run["owner"] == owner and run["status"] in ("queued", "running"))
-    return {"Total Notebooks": len(items), "Not Scheduled": len(items) - scheduled, "Scheduled": scheduled,
-            "active runs": active}
+    return {
+        "Total Notebooks": len(items),
+        "Not Scheduled": len(items) - scheduled,
+        "Scheduled": scheduled,
+        "active runs": active,
+    }
 
 
 def counted(stack, owner="admin") -> dict:
@@ -66,6 +84,7 @@ def counted(stack, owner="admin") -> dict:
 
 
 # --- Calls that do not grow with what is stored ----------------------------------------
+
 
 def operations_calls(api, dispatched) -> dict:
     """{operation: Counter of AWS calls} for each single-notebook operation, on a notebook
@@ -142,8 +161,10 @@ def test_requests_with_many_ids_are_batched(api, stack, dispatched, monkeypatch)
 
 # --- Count: exact after anything ---------------------------------------------------------
 
+
 def test_delete_forgets_schedules_and_runs_side_by_side_and_a_retry_finishes_a_failure_in_either(
-        api, stack, dispatched, monkeypatch):
+    api, stack, dispatched, monkeypatch
+):
     ids = [api.create()["notebook_id"] for _ in range(4)]
     api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m"})
     api.json("POST", BASE + "/_schedule", {"nbk_ids": ids, "until": UNTIL})
@@ -158,10 +179,12 @@ def test_delete_forgets_schedules_and_runs_side_by_side_and_a_retry_finishes_a_f
                 failing.discard(name)
                 raise ApiError(503, "injected")
             return real(owner, items)
+
         return forget
 
-    monkeypatch.setattr(stack.scheduler, "forget_notebooks",
-                        side_by_side("scheduler", "runs", stack.scheduler.forget_notebooks))
+    monkeypatch.setattr(
+        stack.scheduler, "forget_notebooks", side_by_side("scheduler", "runs", stack.scheduler.forget_notebooks)
+    )
     monkeypatch.setattr(stack.runs, "forget_notebooks", side_by_side("runs", "scheduler", stack.runs.forget_notebooks))
     assert error(api.call("DELETE", BASE, {"nbk_ids": ids}))[0] == 503
     events = boto3.client("events", region_name="us-east-1")
@@ -175,8 +198,9 @@ def rule_names() -> set:
     return {rule["Name"] for rule in boto3.client("events", region_name="us-east-1").list_rules()["Rules"]}
 
 
-def test_a_delete_removes_some_rules_itself_and_hands_the_rest_to_the_runner(api, stack, dispatched, executor,
-                                                                             monkeypatch):
+def test_a_delete_removes_some_rules_itself_and_hands_the_rest_to_the_runner(
+    api, stack, dispatched, executor, monkeypatch
+):
     configure(stack, monkeypatch, rules_removed_in_request=2)
     ids = [api.create()["notebook_id"] for _ in range(5)]
     kept = api.create()["notebook_id"]
@@ -186,8 +210,13 @@ def test_a_delete_removes_some_rules_itself_and_hands_the_rest_to_the_runner(api
 
     def hand_over_fails_once(event):
         monkeypatch.setattr(dispatched, "invoke", record)
-        raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "injected"},
-                           "ResponseMetadata": {"HTTPStatusCode": 429}}, "Invoke")
+        raise ClientError(
+            {
+                "Error": {"Code": "TooManyRequestsException", "Message": "injected"},
+                "ResponseMetadata": {"HTTPStatusCode": 429},
+            },
+            "Invoke",
+        )
 
     monkeypatch.setattr(dispatched, "invoke", hand_over_fails_once)
     assert error(api.call("DELETE", BASE, {"nbk_ids": ids}))[0] == 503
@@ -222,8 +251,7 @@ def test_a_delete_hands_rules_over_a_thousand_ids_per_event(api, stack, dispatch
     assert len(rule_names()) == 5 and {"notebooks-" + i for batch in batches for i in batch} == rule_names()
 
 
-def test_a_schedule_roll_back_racing_a_handed_over_delete_leaves_no_rule(api, stack, dispatched, executor,
-                                                                          monkeypatch):
+def test_a_schedule_roll_back_racing_a_handed_over_delete_leaves_no_rule(api, stack, dispatched, executor, monkeypatch):
     """A Schedule request holds a scheduled notebook's lock and rolls back (a transient
     DynamoDB error) while a Delete hands the notebook's rule to the runner, which removes
     it without the lock before the roll-back restores it: the roll-back, finding the
@@ -240,8 +268,13 @@ def test_a_schedule_roll_back_racing_a_handed_over_delete_leaves_no_rule(api, st
         deleting["answer"] = api.call("DELETE", BASE, {"nbk_ids": [victim]})  # needs no lock: handed over
         for event in dispatched.events:  # the runner, at once
             executor.handle(event)
-        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
-                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "TransactWriteItems")
+        raise ClientError(
+            {
+                "Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            },
+            "TransactWriteItems",
+        )
 
     monkeypatch.setattr(table, "set_schedules", delete_meanwhile_then_fail)
     assert api.call("POST", BASE + "/_schedule", {"nbk_ids": [victim, other], "until": UNTIL}).status_code == 503
@@ -295,14 +328,16 @@ def test_count_equals_a_full_recount_after_random_operations_and_faults(api, sta
         live = {notebook["notebook_id"] for notebook in api.json("GET", BASE + "/_all")}
         ids = [notebook_id for notebook_id in ids if notebook_id in live]
         if step == 40:  # the short schedules' `until` passes; firings clean some of them up
-            stack.notebooks._clock = stack.scheduler._clock = stack.scheduler._locks._clock = \
-                lambda: 4_070_995_200.0  # 2099-01-02
+            stack.notebooks._clock = stack.scheduler._clock = stack.scheduler._locks._clock = lambda: (
+                4_070_995_200.0
+            )  # 2099-01-02
             for notebook_id in ids[::2]:
                 stack.scheduler.due_occurrence("admin", notebook_id)
         assert counted(stack) == recount(stack), (step, action, fail_at, target_service)
 
 
 # --- List past 6 MB ------------------------------------------------------------------------
+
 
 def follow(response) -> list:
     """The JSON a 303 points to, downloaded with its presigned URL (moto answers it)."""
@@ -340,6 +375,7 @@ def test_a_small_list_is_unchanged_and_the_limit_counts_what_lambda_returns(api,
 
 
 # --- Quotas ---------------------------------------------------------------------------------
+
 
 def test_scheduled_notebooks_quota(api, stack, monkeypatch):
     configure(stack, monkeypatch, max_scheduled=2)
@@ -386,13 +422,16 @@ def test_a_run_ended_any_way_counts_off_active_runs_cancelled_included(api, stac
     assert api.json("GET", f"{RUNS}/{lost}")["status"] == "failed"  # its runner is gone
     assert counted(stack)["active runs"] == 0 == recount(stack)["active runs"]
 
+
 def test_only_the_newest_runs_are_kept_per_notebook(api, stack, dispatched, monkeypatch):
     configure(stack, monkeypatch, max_runs_kept=2)
     notebook_id = api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
     stack.runs.starter.run_dispatch._clock = lambda: next(clock)
-    run_ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
-               for _ in range(2)]
+    run_ids = [
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
+        for _ in range(2)
+    ]
     stack.files.put(output_key("admin", notebook_id, run_ids[0]), b"{}")
     run_ids.append(api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"])
     assert [run["run_id"] for run in api.json("GET", f"{BASE}/{notebook_id}/runs")] == run_ids[:0:-1]
@@ -403,6 +442,7 @@ def test_only_the_newest_runs_are_kept_per_notebook(api, stack, dispatched, monk
 
 
 # --- Idempotent Run --------------------------------------------------------------------------
+
 
 def test_a_run_repeated_with_its_client_token_makes_no_new_runs(api, stack, dispatched):
     ids = [api.create()["notebook_id"] for _ in range(2)]
@@ -444,28 +484,34 @@ def test_a_retry_with_the_token_completes_a_run_request_cut_short(api, stack, di
     assert {event["run_id"] for event in dispatched.events} == {run["run_id"] for run in runs}
 
 
-@pytest.mark.parametrize("headers, body, field", [
-    ({"Idempotency-Key": ""}, {}, "Idempotency-Key"),
-    ({}, {"client_token": 5}, "client_token"),
-    ({}, {"client_token": "x" * 256}, "client_token"),
-])
+@pytest.mark.parametrize(
+    "headers, body, field",
+    [
+        ({"Idempotency-Key": ""}, {}, "Idempotency-Key"),
+        ({}, {"client_token": 5}, "client_token"),
+        ({}, {"client_token": "x" * 256}, "client_token"),
+    ],
+)
 def test_bad_client_tokens_are_400s_naming_them(api, stack, dispatched, headers, body, field):
     notebook_id = api.create()["notebook_id"]
     before = stored_state(stack.settings)
-    status, message = error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **body},
-                                     headers=headers))
+    status, message = error(
+        api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **body}, headers=headers)
+    )
     assert status == 400 and field in message
     assert stored_state(stack.settings) == before and dispatched.events == []
 
 
 # --- Parameters, parser, outputs, runs paging ----------------------------------------------
 
+
 def test_parameters_over_the_limit_are_a_400_naming_them(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     before = stored_state(stack.settings)
     big = {"text": "x" * (stack.settings.max_parameters_bytes + 1)}
-    status, message = error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m",
-                                                              "parameters": big}))
+    status, message = error(
+        api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "parameters": big})
+    )
     assert status == 400 and "parameters" in message and str(stack.settings.max_parameters_bytes) in message
     assert stored_state(stack.settings) == before and dispatched.events == []
 
@@ -479,7 +525,10 @@ def test_the_lenient_parser_takes_a_megabyte_of_malformed_json5_in_linear_time(a
     assert refused.value.status == 400
     assert error(api.call("POST", BASE + "/_run", raw=malformed.encode()))[0] == 400
     assert payloads.parse_body('{nbkIds: ["a"], module: "m", n: 1,}', lenient=True) == {
-        "nbkIds": ["a"], "module": "m", "n": 1}
+        "nbkIds": ["a"],
+        "module": "m",
+        "n": 1,
+    }
     with pytest.raises(ApiError):
         payloads.parse_body("{n: NaN}", lenient=True)  # JSON5 has NaN; the API does not
 
@@ -487,8 +536,10 @@ def test_the_lenient_parser_takes_a_megabyte_of_malformed_json5_in_linear_time(a
 def test_the_runner_stores_no_output_over_the_maximum_and_keeps_what_fits(api, stack, dispatched, monkeypatch):
     configure(stack, monkeypatch, max_output_bytes=6000)
     cells = ["print('a' * 500)", "print('b' * 1500)", "print('c' * 5000)", "print('d')"]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in cells], metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in cells],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     notebook_id = api.create(content=notebook)["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     runner = NotebookRunner(run_timeout=20)
@@ -523,8 +574,10 @@ def test_runs_are_paged_like_list(api, stack, dispatched):
     notebook_id, other = api.create()["notebook_id"], api.create()["notebook_id"]
     clock = iter(range(1_800_000_000, 1_800_000_100))
     stack.runs.starter.run_dispatch._clock = lambda: next(clock)
-    run_ids = [api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
-               for _ in range(5)]
+    run_ids = [
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"][0]["run_id"]
+        for _ in range(5)
+    ]
     seen, token = [], None
     while True:
         response = api.call("GET", f"{BASE}/{notebook_id}/runs?limit=2" + (f"&next_token={token}" if token else ""))
@@ -536,7 +589,10 @@ def test_runs_are_paged_like_list(api, stack, dispatched):
             break
     assert seen == run_ids[::-1]
     token = api.call("GET", f"{BASE}/{notebook_id}/runs?limit=1").headers["X-Next-Token"]
-    for path in (f"{BASE}/{other}/runs?limit=1&next_token={token}", f"{BASE}/{notebook_id}/runs?next_token=zz",
-                 f"{BASE}/{notebook_id}/runs?limit=0"):
+    for path in (
+        f"{BASE}/{other}/runs?limit=1&next_token={token}",
+        f"{BASE}/{notebook_id}/runs?next_token=zz",
+        f"{BASE}/{notebook_id}/runs?limit=0",
+    ):
         status, message = error(api.call("GET", path))
         assert status == 400 and ("next_token" in message or "limit" in message)

@@ -1,4 +1,5 @@
 """Schedule and Unschedule over HTTP, and scheduled events reaching the runner handler."""
+
 import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -7,8 +8,8 @@ import boto3
 import nbformat
 import pytest
 
-from chalicelib.schedules.cron import cron_times
 from chalicelib.runner.notebook_runner import NotebookRunner
+from chalicelib.schedules.cron import cron_times
 from tests.conftest import error
 
 BASE = "/_notebooks/notebooks"
@@ -39,8 +40,13 @@ def test_seed_schedule_and_unschedule_samples_sent_with_get(api):
     fetched = api.json("GET", f"{BASE}/{notebook_id}")
     assert fetched["status"] == "Scheduled"
     # The seed's three fields as given, and the zone (the deployment's: UTC) and next run.
-    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": until, "timezone": "UTC",
-                                   "next_run": next_monday_0650_utc(datetime.now(timezone.utc))}
+    assert fetched["schedule"] == {
+        "period": "Monday",
+        "time": "06:50",
+        "until": until,
+        "timezone": "UTC",
+        "next_run": next_monday_0650_utc(datetime.now(timezone.utc)),
+    }
     assert api.json("GET", BASE + "/_all")[0]["schedule"] == {"period": "Monday", "time": "06:50", "until": until}
     assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
     assert api.json("GET", BASE + "/_all")[0]["status"] == "Scheduled"
@@ -59,12 +65,20 @@ def test_schedule_and_unschedule_accept_post(api):
     assert api.json("POST", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}) == "Success"
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"until": "2020-01-01 00:00"}, "until"), ({}, "until"), ({"until": "tomorrow"}, "until"),
-    ({"until": "{future}", "period": "Funday"}, "period"), ({"until": "{future}", "time": "25:00"}, "time"),
-    ({"until": "{future}", "time": 650}, "time"), ({"until": "{future}", "timezone": "Mars/Olympus"}, "timezone"),
-    ({"until": "{future}", "timezone": "../../etc/passwd"}, "timezone"), ({"until": "{future}", "timezone": 5}, "timezone"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"until": "2020-01-01 00:00"}, "until"),
+        ({}, "until"),
+        ({"until": "tomorrow"}, "until"),
+        ({"until": "{future}", "period": "Funday"}, "period"),
+        ({"until": "{future}", "time": "25:00"}, "time"),
+        ({"until": "{future}", "time": 650}, "time"),
+        ({"until": "{future}", "timezone": "Mars/Olympus"}, "timezone"),
+        ({"until": "{future}", "timezone": "../../etc/passwd"}, "timezone"),
+        ({"until": "{future}", "timezone": 5}, "timezone"),
+    ],
+)
 def test_bad_schedule_fields_are_400s_naming_the_field(api, fields, field):
     notebook_id = api.create()["notebook_id"]
     body = {"nbk_ids": [notebook_id], **{k: (future() if v == "{future}" else v) for k, v in fields.items()}}
@@ -79,7 +93,9 @@ def test_schedule_of_another_users_notebook_is_refused(api):
     body = {"nbk_ids": [notebook_id], "until": future()}
     assert error(api.call("POST", BASE + "/_schedule", body, user="bob")) == (400, "Notebook ID invalid.")
     assert error(api.call("POST", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}, user="bob")) == (
-        400, "Notebook ID invalid.")
+        400,
+        "Notebook ID invalid.",
+    )
     assert error(api.call("POST", BASE + "/_schedule", {"until": future()})) == (400, "Notebook IDs are required")
     assert rule_names() == []
 
@@ -137,12 +153,21 @@ def test_a_firing_for_an_unscheduled_notebook_runs_nothing(api, executor):
 def test_a_schedule_in_a_time_zone_shows_it_and_its_next_run(api):
     notebook_id = api.create()["notebook_id"]
     until = (datetime.now(ZoneInfo("Australia/Sydney")) + timedelta(days=400)).strftime("%Y-%m-%d %H:%M")
-    body = {"nbk_ids": [notebook_id], "period": "Monday", "time": "08:00", "until": until,
-            "timezone": "Australia/Sydney"}
+    body = {
+        "nbk_ids": [notebook_id],
+        "period": "Monday",
+        "time": "08:00",
+        "until": until,
+        "timezone": "Australia/Sydney",
+    }
     assert api.json("POST", BASE + "/_schedule", body) == "Success"
     schedule = api.json("GET", f"{BASE}/{notebook_id}")["schedule"]
     assert {k: schedule[k] for k in ("period", "time", "until", "timezone")} == {
-        "period": "Monday", "time": "08:00", "until": until, "timezone": "Australia/Sydney"}
+        "period": "Monday",
+        "time": "08:00",
+        "until": until,
+        "timezone": "Australia/Sydney",
+    }
     local = datetime.fromtimestamp(schedule["next_run"] / 1000, ZoneInfo("Australia/Sydney"))
     assert (local.weekday(), local.strftime("%H:%M")) == (0, "08:00")
     assert 0 < schedule["next_run"] / 1000 - time.time() <= 7 * 86400
@@ -159,8 +184,9 @@ class Clock:
         return self.now
 
 
-@pytest.mark.parametrize("zone, period, hhmm", [("America/New_York", "Monday", "09:00"),
-                                                  ("Australia/Sydney", "Monday", "08:00")])
+@pytest.mark.parametrize(
+    "zone, period, hhmm", [("America/New_York", "Monday", "09:00"), ("Australia/Sydney", "Monday", "08:00")]
+)
 def test_the_runner_makes_one_run_a_week_for_a_year_at_the_local_minute(api, stack, executor, zone, period, hhmm):
     """Every firing of the notebook's rule over 2026 reaches the runner's handler, and each
     one that makes a run around the DST changes is delivered again, and once more late, as
@@ -176,8 +202,9 @@ def test_the_runner_makes_one_run_a_week_for_a_year_at_the_local_minute(api, sta
     assert api.json("POST", BASE + "/_schedule", body) == "Success"
     events = boto3.client("events", region_name="us-east-1")
     expression = events.describe_rule(Name=f"notebooks-{notebook_id}")["ScheduleExpression"]
-    firings = list(cron_times(expression, datetime(2026, 1, 1, tzinfo=timezone.utc),
-                              datetime(2027, 1, 1, tzinfo=timezone.utc)))
+    firings = list(
+        cron_times(expression, datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2027, 1, 1, tzinfo=timezone.utc))
+    )
     assert len(firings) == 104  # two UTC hours a week; the one that is not 09:00 local runs nothing
     runs = {}
     for firing in firings:

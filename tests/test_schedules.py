@@ -1,4 +1,5 @@
 """Schedules: one EventBridge rule per scheduled notebook (moto), and the local EventBridge clock."""
+
 import dataclasses
 import json
 import random
@@ -56,6 +57,7 @@ class Proxy:
 def with_quota(events, limit: int) -> Proxy:
     """The events client with a rule quota as AWS enforces it: creating a rule beyond `limit` fails,
     overwriting an existing one does not."""
+
     def put_rule(**kwargs):
         names = {rule["Name"] for rule in events.list_rules()["Rules"]}
         if kwargs["Name"] not in names and len(names) >= limit:
@@ -83,8 +85,15 @@ def make_rules(stack, events, settings=None) -> ScheduleRules:
 
 def make_scheduler(stack, events, clock, settings=None) -> Scheduler:
     table, settings = stack.notebooks._table, settings or stack.settings
-    scheduler = Scheduler(make_rules(stack, events, settings), stack.notebooks, table,
-                          ScheduleLocks(table, clock=clock), settings, dispatcher=stack.dispatcher, clock=clock)
+    scheduler = Scheduler(
+        make_rules(stack, events, settings),
+        stack.notebooks,
+        table,
+        ScheduleLocks(table, clock=clock),
+        settings,
+        dispatcher=stack.dispatcher,
+        clock=clock,
+    )
     stack.notebooks.add_dependent(scheduler)
     return scheduler
 
@@ -109,11 +118,16 @@ def rules(events) -> dict:
     """{rule name: (expression, state, [(target id, arn, input)])} of every rule with the prefix."""
     pages = events.get_paginator("list_rules").paginate(NamePrefix=PREFIX)
     return {
-        rule["Name"]: (rule["ScheduleExpression"], rule["State"], [
-            (target["Id"], target["Arn"], json.loads(target["Input"]))
-            for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
-        ])
-        for page in pages for rule in page["Rules"]
+        rule["Name"]: (
+            rule["ScheduleExpression"],
+            rule["State"],
+            [
+                (target["Id"], target["Arn"], json.loads(target["Input"]))
+                for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+            ],
+        )
+        for page in pages
+        for rule in page["Rules"]
     }
 
 
@@ -135,6 +149,7 @@ def refused(call, *args) -> str:
 
 # --- Schedule -----------------------------------------------------------------------
 
+
 def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stack, scheduler, events):
     notebook_id, other = new(stack), new(stack)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "period": "Monday", "time": "06:50"})
@@ -143,8 +158,13 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
     assert make_rules(stack, events).rule_name(notebook_id) == PREFIX + notebook_id
     fetched = stack.notebooks.fetch("admin", notebook_id)
     assert fetched["status"] == "Scheduled"
-    assert fetched["schedule"] == {"period": "Monday", "time": "06:50", "until": UNTIL, "timezone": "UTC",
-                                   "next_run": epoch("2030-01-07 06:50") * 1000}  # NOW is a Tuesday
+    assert fetched["schedule"] == {
+        "period": "Monday",
+        "time": "06:50",
+        "until": UNTIL,
+        "timezone": "UTC",
+        "next_run": epoch("2030-01-07 06:50") * 1000,
+    }  # NOW is a Tuesday
     assert stack.notebooks.fetch("admin", other)["status"] == "Not Scheduled"
     assert stack.notebooks.count("admin") == {"Total Notebooks": 2, "Not Scheduled": 1, "Scheduled": 1}
     stored = stack.notebooks._table.get("admin", notebook_id)
@@ -154,10 +174,18 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
 
 def test_omitted_period_is_daily_and_omitted_time_is_until_time_of_day(stack, scheduler, events):
     cases = [
-        ({"time": "06:50"}, "cron(50 6 * * ? *)", {"period": None, "time": "06:50"},  # no period: daily
-         "2030-01-02 06:50"),
-        ({"period": "fRiDaY"}, "cron(15 9 ? * FRI *)", {"period": "fRiDaY", "time": None},  # no time: until's
-         "2030-01-04 09:15"),
+        (
+            {"time": "06:50"},
+            "cron(50 6 * * ? *)",
+            {"period": None, "time": "06:50"},  # no period: daily
+            "2030-01-02 06:50",
+        ),
+        (
+            {"period": "fRiDaY"},
+            "cron(15 9 ? * FRI *)",
+            {"period": "fRiDaY", "time": None},  # no time: until's
+            "2030-01-04 09:15",
+        ),
         ({}, "cron(15 9 * * ? *)", {"period": None, "time": None}, "2030-01-02 09:15"),
     ]
     for fields, expression, shown, next_run in cases:
@@ -165,7 +193,11 @@ def test_omitted_period_is_daily_and_omitted_time_is_until_time_of_day(stack, sc
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, **fields})
         assert rules(events)[PREFIX + notebook_id][0] == expression, fields
         assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
-            **shown, "until": UNTIL, "timezone": "UTC", "next_run": epoch(next_run) * 1000}, fields
+            **shown,
+            "until": UNTIL,
+            "timezone": "UTC",
+            "next_run": epoch(next_run) * 1000,
+        }, fields
 
 
 def test_schedule_times_are_in_the_deployment_time_zone(stack, events, clock):
@@ -193,8 +225,12 @@ def test_rescheduling_replaces_the_schedule(stack, scheduler, events):
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": "2030-06-01 00:00", "time": "18:05"})
     assert rules(events) == {PREFIX + notebook_id: ("cron(5 18 * * ? *)", "ENABLED", runner_target(notebook_id))}
     assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
-        "period": None, "time": "18:05", "until": "2030-06-01 00:00", "timezone": "UTC",
-        "next_run": epoch("2030-01-01 18:05") * 1000}
+        "period": None,
+        "time": "18:05",
+        "until": "2030-06-01 00:00",
+        "timezone": "UTC",
+        "next_run": epoch("2030-01-01 18:05") * 1000,
+    }
 
 
 def test_each_bad_field_is_a_400_naming_it_and_changes_nothing(stack, scheduler, events):
@@ -235,9 +271,11 @@ def test_an_id_not_the_callers_is_notebook_id_invalid_and_changes_nothing(stack,
 
 def test_missing_or_malformed_id_list_is_a_400(stack, scheduler, events):
     before = snapshot(stack, events)
-    cases = [({"until": UNTIL}, "Notebook IDs are required"),
-             ({"nbk_ids": [], "until": UNTIL}, "Notebook IDs are required"),
-             ({"nbk_ids": "abc", "until": UNTIL}, "nbk_ids must be a list")]
+    cases = [
+        ({"until": UNTIL}, "Notebook IDs are required"),
+        ({"nbk_ids": [], "until": UNTIL}, "Notebook IDs are required"),
+        ({"nbk_ids": "abc", "until": UNTIL}, "nbk_ids must be a list"),
+    ]
     for body, message in cases:
         for operation in (scheduler.schedule, scheduler.unschedule):
             assert refused(operation, "admin", body).startswith(message), (operation, body)
@@ -261,8 +299,7 @@ def test_a_notebook_deleted_while_being_scheduled_keeps_no_rule(stack, scheduler
     assert stack.notebooks.count("admin") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
 
 
-def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, scheduler, events, clock,
-                                                                        monkeypatch):
+def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, scheduler, events, clock, monkeypatch):
     """A Schedule request writes the rule before the stored schedule. A firing in between
     (a rule due this very minute, or a 1,000-id request taking seconds) waits for the
     notebook's lock, finds the schedule stored, keeps the rule and runs the occurrence."""
@@ -289,7 +326,8 @@ def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, sc
 
 
 def test_a_firing_between_a_reschedules_rule_and_its_stored_schedule_runs_the_new_occurrence(
-        stack, scheduler, events, clock, monkeypatch):
+    stack, scheduler, events, clock, monkeypatch
+):
     """The same window in a reschedule (09:00 to 12:00): the firing of the new rule reads
     the old schedule, which is not due, but sees the change under way and reads again
     under the lock. (Found by review.)"""
@@ -302,7 +340,8 @@ def test_a_firing_between_a_reschedules_rule_and_its_stored_schedule_runs_the_ne
     def firing_first(owner, entries, *args):
         monkeypatch.setattr(table, "set_schedules", real_write)
         fired["thread"] = threading.Thread(
-            target=lambda: fired.update(due=scheduler.due_occurrence("admin", notebook_id)))
+            target=lambda: fired.update(due=scheduler.due_occurrence("admin", notebook_id))
+        )
         fired["thread"].start()
         fired["thread"].join(0.5)
         return real_write(owner, entries, *args)
@@ -316,37 +355,53 @@ def test_a_firing_between_a_reschedules_rule_and_its_stored_schedule_runs_the_ne
 
 # --- AWS refusing: all or nothing ---------------------------------------------------
 
+
 def _refuse_targets(events, rule):
     def put_targets(**kwargs):
         if kwargs["Rule"] == rule:
             raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "PutTargets")
         return events.put_targets(**kwargs)
+
     return Proxy(events, put_targets=put_targets)
 
 
 def _report_failed_target(events, rule):
     def put_targets(**kwargs):
         if kwargs["Rule"] == rule:
-            return {"FailedEntryCount": 1, "FailedEntries": [
-                {"TargetId": "runner", "ErrorCode": "ConcurrentModificationException", "ErrorMessage": "busy"}]}
+            return {
+                "FailedEntryCount": 1,
+                "FailedEntries": [
+                    {"TargetId": "runner", "ErrorCode": "ConcurrentModificationException", "ErrorMessage": "busy"}
+                ],
+            }
         return events.put_targets(**kwargs)
+
     return Proxy(events, put_targets=put_targets)
 
 
-@pytest.mark.parametrize("failure, message", [
-    ("quota", QUOTA_MESSAGE),
-    ("targets_raise", "Error occurred during request processing: AWS refused PutTargets (AccessDeniedException)"),
-    ("targets_report", "Error occurred during request processing: AWS refused PutTargets "
-                       "(ConcurrentModificationException)"),
-    ("metadata", "Error occurred during request processing: AWS refused TransactWriteItems "
-                 "(ItemCollectionSizeLimitExceededException)"),
-])
+@pytest.mark.parametrize(
+    "failure, message",
+    [
+        ("quota", QUOTA_MESSAGE),
+        ("targets_raise", "Error occurred during request processing: AWS refused PutTargets (AccessDeniedException)"),
+        (
+            "targets_report",
+            "Error occurred during request processing: AWS refused PutTargets (ConcurrentModificationException)",
+        ),
+        (
+            "metadata",
+            "Error occurred during request processing: AWS refused TransactWriteItems "
+            "(ItemCollectionSizeLimitExceededException)",
+        ),
+    ],
+)
 def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, monkeypatch, failure, message):
     """The 2nd notebook of the request fails: the 1st (new) loses its rule, and the 3rd
     (never reached) and a previously scheduled one keep their rules and stored schedules."""
     first, failing, previous = new(stack), new(stack), new(stack)
     make_scheduler(stack, events, clock).schedule(
-        "admin", {"nbk_ids": [previous], "until": UNTIL, "period": "Monday", "time": "06:50"})
+        "admin", {"nbk_ids": [previous], "until": UNTIL, "period": "Monday", "time": "06:50"}
+    )
     clock.now += 60
     settings = None
     if failure == "quota":
@@ -361,11 +416,15 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
         table, real_transact = stack.notebooks._table, stack.notebooks._table.transact
 
         def throttled(owner, actions, tally=None):
-            if any(action.get("Update", {}).get("Key", {}).get("sk") == "nb#" + failing
-                   and "schedule" in action["Update"].get("ExpressionAttributeNames", {}).values()
-                   for action in actions):
-                raise ClientError({"Error": {"Code": "ItemCollectionSizeLimitExceededException", "Message": "full"}},
-                                  "TransactWriteItems")
+            if any(
+                action.get("Update", {}).get("Key", {}).get("sk") == "nb#" + failing
+                and "schedule" in action["Update"].get("ExpressionAttributeNames", {}).values()
+                for action in actions
+            ):
+                raise ClientError(
+                    {"Error": {"Code": "ItemCollectionSizeLimitExceededException", "Message": "full"}},
+                    "TransactWriteItems",
+                )
             return real_transact(owner, actions, tally)
 
         monkeypatch.setattr(table, "transact", throttled)
@@ -377,24 +436,31 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
     assert snapshot(stack, events) == before
     assert set(before[1]) == {PREFIX + previous}
     assert stack.notebooks.fetch("admin", previous)["schedule"] == {
-        "period": "Monday", "time": "06:50", "until": UNTIL, "timezone": "UTC",
-        "next_run": epoch("2030-01-07 06:50") * 1000}
+        "period": "Monday",
+        "time": "06:50",
+        "until": UNTIL,
+        "timezone": "UTC",
+        "next_run": epoch("2030-01-07 06:50") * 1000,
+    }
 
 
 def test_rolling_back_restores_a_rescheduled_notebooks_previous_rule(stack, events, clock):
     """The failing notebook itself was scheduled: its overwritten rule gets its old expression back."""
     first, failing = new(stack), new(stack)
     make_scheduler(stack, events, clock).schedule(
-        "admin", {"nbk_ids": [failing], "until": UNTIL, "period": "Monday", "time": "06:50"})
+        "admin", {"nbk_ids": [failing], "until": UNTIL, "period": "Monday", "time": "06:50"}
+    )
     scheduler = make_scheduler(stack, _refuse_targets(events, PREFIX + failing), clock)
     before = snapshot(stack, events)
     assert refused(scheduler.schedule, "admin", {"nbk_ids": [first, failing], "until": UNTIL}).endswith(
-        "(AccessDeniedException)")
+        "(AccessDeniedException)"
+    )
     assert snapshot(stack, events) == before
     assert before[1][PREFIX + failing][0] == "cron(50 6 ? * MON *)"
 
 
 # --- Unschedule and delete ----------------------------------------------------------
+
 
 def test_unschedule_removes_rule_target_and_schedule_and_twice_is_fine(stack, scheduler, events):
     notebook_id, other, never = new(stack), new(stack), new(stack)
@@ -422,8 +488,10 @@ def test_deleting_a_notebook_removes_its_rule(stack, scheduler, events):
 
 # --- One change at a time per notebook -------------------------------------------------
 
-def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(stack, scheduler, events, clock,
-                                                                                 monkeypatch):
+
+def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(
+    stack, scheduler, events, clock, monkeypatch
+):
     notebook_id = new(stack)
     table, other_request = stack.notebooks._table, ScheduleLocks(stack.notebooks._table, clock=clock)
     assert other_request.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
@@ -449,6 +517,7 @@ def test_a_lock_whose_holder_died_is_taken_over_after_its_lease(stack, scheduler
 
 # --- Until ----------------------------------------------------------------------------
 
+
 def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
     """The view reads Not Scheduled from `until` on; the occurrence in `until`'s own minute
     still runs (until 13:00 includes the 13:00 run), even delivered late; a firing more than
@@ -457,7 +526,8 @@ def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
     for now, shown_scheduled, runs, kept in [
         ("2030-01-01 12:30:00", True, None, True),  # before the occurrence: not due yet
         ("2030-01-01 12:59:30", True, due, True),  # a clock a little ahead
-        ("2030-01-01 13:00:00", False, due, True), ("2030-01-01 13:00:59", False, due, True),
+        ("2030-01-01 13:00:00", False, due, True),
+        ("2030-01-01 13:00:59", False, due, True),
         ("2030-01-01 13:15:00", False, due, True),  # late by LATE_SECONDS: still runs
         ("2030-01-01 13:15:01", False, None, False),
         ("2030-01-08 13:00:00", False, None, False),
@@ -513,11 +583,18 @@ def test_a_schedule_stored_before_time_zones_fires_as_its_utc_cron_says(stack, s
     notebook_id = new(stack)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "period": "Monday", "time": "06:50"})
     table = stack.notebooks._table
-    table._table.update_item(Key=table.key("admin", notebook_id), UpdateExpression="REMOVE #s.#z",
-                             ExpressionAttributeNames={"#s": "schedule", "#z": "timezone"})
+    table._table.update_item(
+        Key=table.key("admin", notebook_id),
+        UpdateExpression="REMOVE #s.#z",
+        ExpressionAttributeNames={"#s": "schedule", "#z": "timezone"},
+    )
     assert stack.notebooks.fetch("admin", notebook_id)["schedule"] == {
-        "period": "Monday", "time": "06:50", "until": UNTIL, "timezone": None,
-        "next_run": epoch("2030-01-07 06:50") * 1000}
+        "period": "Monday",
+        "time": "06:50",
+        "until": UNTIL,
+        "timezone": None,
+        "next_run": epoch("2030-01-07 06:50") * 1000,
+    }
     clock.now = epoch("2030-01-07 06:50:30")
     assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-07 06:50") * 1000
     clock.now = epoch("2030-01-08 11:00:30")  # as before zones: a firing at any time runs
@@ -533,6 +610,7 @@ def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, even
 
 
 # --- The orphan invariant -------------------------------------------------------------
+
 
 def test_rules_always_match_the_scheduled_notebooks(stack, events, clock):
     """A seeded random walk of creates, (re)schedules, unschedules, deletes and expiries, under
@@ -562,8 +640,12 @@ def test_rules_always_match_the_scheduled_notebooks(stack, events, clock):
             if rng.random() < 0.1:  # someone else's id: refused, and nothing changes
                 ids.append(rng.choice(owned["bob" if owner == "admin" else "admin"] or [str(uuid.uuid4())]))
             until = datetime.fromtimestamp(clock.now + rng.randint(2, 72) * 3600, timezone.utc)
-            body = {"nbk_ids": ids, "until": until.strftime("%Y-%m-%d %H:%M"), "period": rng.choice(days),
-                    "time": rng.choice(["06:50", None])}
+            body = {
+                "nbk_ids": ids,
+                "until": until.strftime("%Y-%m-%d %H:%M"),
+                "period": rng.choice(days),
+                "time": rng.choice(["06:50", None]),
+            }
             try:
                 if action == "delete":
                     stack.notebooks.delete(owner, body)  # another's id in the list is passed over
@@ -574,17 +656,29 @@ def test_rules_always_match_the_scheduled_notebooks(stack, events, clock):
             except ApiError as error:
                 outcomes.add((action, error.message))
         expected = {
-            PREFIX + item["notebook_id"]: (item["schedule"]["expression"], "ENABLED",
-                                           runner_target(item["notebook_id"], item["owner"]))
-            for item in table.scan()["Items"] if "schedule" in item
+            PREFIX + item["notebook_id"]: (
+                item["schedule"]["expression"],
+                "ENABLED",
+                runner_target(item["notebook_id"], item["owner"]),
+            )
+            for item in table.scan()["Items"]
+            if "schedule" in item
         }
         assert rules(events) == expected
     # The walk did reach the cases it is meant to cover.
-    assert {("schedule", "ok"), ("schedule", QUOTA_MESSAGE), ("schedule", "Notebook ID invalid."),
-            ("unschedule", "ok"), ("delete", "ok"), ("expired", True), ("expired", False)} <= outcomes
+    assert {
+        ("schedule", "ok"),
+        ("schedule", QUOTA_MESSAGE),
+        ("schedule", "Notebook ID invalid."),
+        ("unschedule", "ok"),
+        ("delete", "ok"),
+        ("expired", True),
+        ("expired", False),
+    } <= outcomes
 
 
 # --- LocalEventClock --------------------------------------------------------------------
+
 
 def put_rule(events, name, expression, payload, state="ENABLED"):
     events.put_rule(Name=name, ScheduleExpression=expression, State=state)
@@ -664,9 +758,12 @@ def test_the_thread_fires_within_seconds_and_survives_a_failing_tick(bare_events
 
     done = threading.Event()
     fired = []
-    clock = LocalEventClock(Proxy(bare_events, get_paginator=get_paginator), PREFIX,
-                            lambda payload: (fired.append(payload), done.set()),
-                            clock=lambda: epoch("2030-01-01 09:00:01"))
+    clock = LocalEventClock(
+        Proxy(bare_events, get_paginator=get_paginator),
+        PREFIX,
+        lambda payload: (fired.append(payload), done.set()),
+        clock=lambda: epoch("2030-01-01 09:00:01"),
+    )
     clock.start()
     try:
         assert done.wait(5)

@@ -1,11 +1,12 @@
 """Login throttling: failed logins per username, counted in DynamoDB."""
+
 import json
 
 import pytest
 
-from chalicelib.common import aws
 from chalicelib import services
 from chalicelib.auth.logins import Authenticator, LoginThrottle
+from chalicelib.common import aws
 from tests.conftest import basic
 
 COUNT = "/_notebooks/notebooks/_count"
@@ -23,8 +24,9 @@ class Clock:
 @pytest.fixture
 def clock(stack):
     clock = Clock(1_800_000_000.0)
-    throttle = LoginThrottle(aws.dynamodb_table(stack.settings.users_table, stack.settings.region),
-                             ATTEMPTS, WINDOW, clock=clock)
+    throttle = LoginThrottle(
+        aws.dynamodb_table(stack.settings.users_table, stack.settings.region), ATTEMPTS, WINDOW, clock=clock
+    )
     stack.authenticator._throttle = throttle
     return clock
 
@@ -92,8 +94,9 @@ def test_an_unknown_user_is_answered_exactly_like_a_known_one(api, clock):
 def test_the_count_holds_across_containers(stack, clock):
     """Two authenticators (two Lambda containers) share the count through DynamoDB."""
     table = aws.dynamodb_table(stack.settings.users_table, stack.settings.region)
-    first, second = (Authenticator(stack.users, throttle=LoginThrottle(table, ATTEMPTS, WINDOW, clock=clock))
-                     for _ in range(2))
+    first, second = (
+        Authenticator(stack.users, throttle=LoginThrottle(table, ATTEMPTS, WINDOW, clock=clock)) for _ in range(2)
+    )
     for attempt in range(ATTEMPTS):
         with pytest.raises(Exception) as raised:
             (first if attempt % 2 else second).authenticate(basic("bob", "guess"))

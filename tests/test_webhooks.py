@@ -1,6 +1,7 @@
 """Webhooks: set, show and remove them; signed deliveries to a test server on loopback,
 retried with the same delivery id; ends in the API handed to the runner function; the
 address rules, at PUT and again at delivery."""
+
 import datetime
 import hashlib
 import hmac
@@ -15,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from chalicelib.common.config import Settings
+from chalicelib.runs import webhooks
 from deploy import template as deployment
 from devstack import stack as localstack
-from chalicelib.runs import webhooks
-from chalicelib.common.config import Settings
 from devstack.stack import free_port
 from tests.conftest import error
 from tests.helpers import leftovers, stored_state
@@ -42,8 +43,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append(SimpleNamespace(
-                    path=self.path, headers={k.lower(): v for k, v in self.headers.items()}, body=body))
+                receiver.requests.append(
+                    SimpleNamespace(path=self.path, headers={k.lower(): v for k, v in self.headers.items()}, body=body)
+                )
                 status = receiver.statuses.pop(0) if receiver.statuses else 204
                 self.send_response(status)
                 if status == 302:
@@ -103,8 +105,13 @@ def deployed(stack, dispatched, monkeypatch):
 
 
 def put_hook(api, notebook_id, url, events=("succeeded", "failed", "cancelled"), expect=200, **kwargs):
-    return api.json("PUT", f"{BASE}/{notebook_id}/webhook",
-                    {"url": url, "secret": SECRET, "events": list(events)}, expect=expect, **kwargs)
+    return api.json(
+        "PUT",
+        f"{BASE}/{notebook_id}/webhook",
+        {"url": url, "secret": SECRET, "events": list(events)},
+        expect=expect,
+        **kwargs,
+    )
 
 
 def verify(request, secret=SECRET) -> dict:
@@ -129,8 +136,12 @@ def test_webhooks_belong_to_the_notebooks_owner_and_go_with_the_notebook(api, st
     notebook_id = api.create()["notebook_id"]
     put_hook(api, notebook_id, receiver.url())
     for method in ("GET", "DELETE", "PUT"):
-        response = api.call(method, f"{BASE}/{notebook_id}/webhook",
-                            {"url": receiver.url(), "secret": "x", "events": ["failed"]}, user="bob")
+        response = api.call(
+            method,
+            f"{BASE}/{notebook_id}/webhook",
+            {"url": receiver.url(), "secret": "x", "events": ["failed"]},
+            user="bob",
+        )
         assert error(response) == (400, "Notebook ID invalid.")
     assert api.json("GET", f"{BASE}/{notebook_id}/webhook")["events"] == ["succeeded", "failed", "cancelled"]
     api.json("DELETE", BASE, {"nbk_ids": [notebook_id]})
@@ -198,8 +209,9 @@ def test_urls_that_are_not_https_or_reach_inside_are_refused(api, stack, deploye
     for url, names in REFUSED_URLS:
         deployed.clear()
         deployed.update(names)
-        status, message = error(api.call("PUT", f"{BASE}/{notebook_id}/webhook",
-                                          {"url": url, "secret": SECRET, "events": ["failed"]}))
+        status, message = error(
+            api.call("PUT", f"{BASE}/{notebook_id}/webhook", {"url": url, "secret": SECRET, "events": ["failed"]})
+        )
         assert status == 400 and message.startswith("url"), (url, message)
     assert stored_state(stack.settings) == before
 
@@ -211,8 +223,9 @@ def test_public_https_urls_and_names_not_resolvable_yet_are_accepted(api, deploy
     assert put_hook(api, notebook_id, "https://later.example/in")["url"] == "https://later.example/in"
 
 
-def test_a_run_end_is_delivered_signed_and_retried_with_one_delivery_id(api, stack, dispatched, executor, hooks,
-                                                                      receiver):
+def test_a_run_end_is_delivered_signed_and_retried_with_one_delivery_id(
+    api, stack, dispatched, executor, hooks, receiver
+):
     receiver.statuses = [302, 500]  # a redirect (not followed) and a server error, then 204
     run_id = start_run(api, "print('done')")
     notebook_id = api.json("GET", f"{RUNS}/{run_id}")["notebook_id"]
@@ -247,8 +260,9 @@ def test_urls_the_parser_or_resolver_cannot_read_are_a_400_naming_the_url(api, s
     notebook_id = api.create()["notebook_id"]
     before = stored_state(stack.settings)
     for url in ("https://[::1", "https://a..b/", "https://.", "https://" + "a" * 70 + ".example/"):
-        status, message = error(api.call("PUT", f"{BASE}/{notebook_id}/webhook",
-                                          {"url": url, "secret": SECRET, "events": ["failed"]}))
+        status, message = error(
+            api.call("PUT", f"{BASE}/{notebook_id}/webhook", {"url": url, "secret": SECRET, "events": ["failed"]})
+        )
         assert status == 400 and message.startswith("url"), (url, message)
     assert stored_state(stack.settings) == before
 
@@ -273,8 +287,10 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_attempts_time_lim
     worker.start()
     try:
         port = listener.getsockname()[1]
-        assert hooks.service._attempt(f"http://127.0.0.1:{port}/hook", b"{}", {"Content-Type": "application/json"}) \
+        assert (
+            hooks.service._attempt(f"http://127.0.0.1:{port}/hook", b"{}", {"Content-Type": "application/json"})
             is False
+        )
     finally:
         worker.join()
         listener.close()
@@ -364,36 +380,59 @@ def tls_for(name: str, folder) -> tuple:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook test CA")])
 
     def certificate(subject, public_key, extensions):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(hours=1))
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                  critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(ca_key, hashes.SHA256())
 
-    usage = dict(content_commitment=False, key_encipherment=False, data_encipherment=False, key_agreement=False,
-                 encipher_only=False, decipher_only=False)
-    ca = certificate(ca_name, ca_key.public_key(), [
-        (x509.BasicConstraints(ca=True, path_length=None), True),
-        (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **usage), True)])
-    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key(), [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
-        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)])
+    usage = dict(
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    ca = certificate(
+        ca_name,
+        ca_key.public_key(),
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, **usage), True),
+        ],
+    )
+    server = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        key.public_key(),
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
+            (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )
     (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context, sni = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), []
     context.load_cert_chain(folder / "server.pem", folder / "server.key")
     context.sni_callback = lambda connection, server_name, ssl_context: sni.append(server_name)
     return ca.public_bytes(serialization.Encoding.PEM).decode(), context, sni
 
 
-def test_https_deliveries_connect_to_the_checked_address_and_verify_the_urls_host(api, stack, hooks, monkeypatch,
-                                                                                   tmp_path):
+def test_https_deliveries_connect_to_the_checked_address_and_verify_the_urls_host(
+    api, stack, hooks, monkeypatch, tmp_path
+):
     ca, server_context, sni = tls_for("hooks.test", tmp_path)
     secure = Receiver(host="127.0.0.2", tls=server_context)
     monkeypatch.setattr(hooks.service, "resolver", lambda host, port: ["127.0.0.2"])
@@ -423,12 +462,14 @@ def test_make_dev_delivers_to_loopback_and_serves_the_log(receiver):
     stack = RunningStack(state, free_port()).started()
     try:
         notebooks = f"{stack.url}{BASE}"
-        notebook_id = requests.post(notebooks + "/", auth=ADMIN, json={
-            "content": code_notebook("print('from make dev')")}).json()["notebook_id"]
+        notebook_id = requests.post(
+            notebooks + "/", auth=ADMIN, json={"content": code_notebook("print('from make dev')")}
+        ).json()["notebook_id"]
         hook = {"url": receiver.url(), "secret": SECRET, "events": ["succeeded"]}
         assert requests.put(f"{notebooks}/{notebook_id}/webhook", auth=ADMIN, json=hook).status_code == 200
         [run] = requests.post(notebooks + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()[
-            "runs"]
+            "runs"
+        ]
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             record = requests.get(f"{stack.url}{RUNS}/{run['run_id']}", auth=ADMIN).json()

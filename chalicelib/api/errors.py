@@ -3,6 +3,7 @@
 The HTTP status always equals N. The seed answers "No notebooks deleted" with status 200
 inside an error body, so status 200 is a valid error status here too.
 """
+
 from chalice import Response
 from chalice.app import ChaliceUnhandledError
 
@@ -59,7 +60,14 @@ NAME_TAKEN = "A notebook with that name already exists"
 MODULE_REQUIRED = "Module name is required"
 RUN_NOT_FOUND = "Run not found"
 # Messages the seed gives word for word; others are details in the seed's "{str(e)}" slot.
-FIXED_MESSAGES = frozenset({
-    NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED, RUN_IDS_REQUIRED, NO_NOTEBOOK_FOUND, MISSING_NEW_NAME,
-    NOTEBOOK_ID_MISSING, MODULE_REQUIRED,
-})
+FIXED_MESSAGES = frozenset(
+    {
+        NOTEBOOK_ID_INVALID,
+        NOTEBOOK_IDS_REQUIRED,
+        RUN_IDS_REQUIRED,
+        NO_NOTEBOOK_FOUND,
+        MISSING_NEW_NAME,
+        NOTEBOOK_ID_MISSING,
+        MODULE_REQUIRED,
+    }
+)

@@ -9,10 +9,12 @@ def _json(schema: dict) -> dict:
 
 
 def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict:
-    responses = {"200": {"description": "OK", **_json(ok)},
-                 "401": {"description": "Authentication required", **_json(_ERROR)},
-                 "429": {"description": "Too many failed logins (header Retry-After)", **_json(_ERROR)},
-                 "503": {"description": "Storage unavailable: try again", **_json(_ERROR)}}
+    responses = {
+        "200": {"description": "OK", **_json(ok)},
+        "401": {"description": "Authentication required", **_json(_ERROR)},
+        "429": {"description": "Too many failed logins (header Retry-After)", **_json(_ERROR)},
+        "503": {"description": "Storage unavailable: try again", **_json(_ERROR)},
+    }
     responses.update({str(code): {"description": "Error", **_json(_ERROR)} for code in errors})
     operation = {"summary": summary, "responses": responses}
     if body is not None:
@@ -22,17 +24,29 @@ def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict
 
 def _redirected(operation: dict) -> dict:
     """An answer that, past Lambda's 6 MB, is a 303 to the same content in S3."""
-    return {**operation, "responses": {**operation["responses"], "303": {
-        "description": "Over Lambda's 6 MB response limit: the same content at a 5-minute S3 link in Location"}}}
+    return {
+        **operation,
+        "responses": {
+            **operation["responses"],
+            "303": {
+                "description": "Over Lambda's 6 MB response limit: the same content at a 5-minute S3 link in Location"
+            },
+        },
+    }
 
 
 def _paged(operation: dict) -> dict:
     """An array answer with `limit`/`next_token` paging, redirected when too large."""
     responses = _redirected(operation)["responses"]
     responses["200"] = {**responses["200"], "headers": {"X-Next-Token": {"schema": {"type": "string"}}}}
-    return {**operation, "responses": responses, "parameters": [
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-        {"name": "next_token", "in": "query", "schema": {"type": "string"}}]}
+    return {
+        **operation,
+        "responses": responses,
+        "parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "next_token", "in": "query", "schema": {"type": "string"}},
+        ],
+    }
 
 
 def _text(operation: dict, description: str) -> dict:
@@ -51,60 +65,139 @@ def document() -> dict:
     notebook = {"$ref": "#/components/schemas/Notebook"}
     run = {"$ref": "#/components/schemas/Run"}
     ipynb = {"type": "object", "description": "An nbformat v4 notebook"}
-    schedule_body = {"type": "object", "required": ["nbk_ids", "until"], "properties": {
-        "nbk_ids": _IDS, "until": {"type": "string", "example": "2030-12-13 06:50"},
-        "period": {"type": "string", "example": "Monday"}, "time": {"type": "string", "example": "06:50"},
-        "timezone": {"type": "string", "example": "Europe/London", "description": "IANA zone that period, time "
-                     "and until are wall-clock in, all year (default NOTEBOOKS_TIMEZONE, else UTC)"}}}
+    schedule_body = {
+        "type": "object",
+        "required": ["nbk_ids", "until"],
+        "properties": {
+            "nbk_ids": _IDS,
+            "until": {"type": "string", "example": "2030-12-13 06:50"},
+            "period": {"type": "string", "example": "Monday"},
+            "time": {"type": "string", "example": "06:50"},
+            "timezone": {
+                "type": "string",
+                "example": "Europe/London",
+                "description": "IANA zone that period, time "
+                "and until are wall-clock in, all year (default NOTEBOOKS_TIMEZONE, else UTC)",
+            },
+        },
+    }
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
-    run_body = {"type": "object", "required": ["nbkIds", "module"], "properties": {
-        "nbkIds": _IDS, "module": {"type": "string"},
-        "parameters": {"type": "object", "description": "papermill parameters, checked against the "
-                       "notebook's parameters cell (unknown names and ill-typed values: 400); at most "
-                       "NOTEBOOKS_MAX_PARAMETERS_BYTES (64 KiB) as JSON"},
-        "client_token": {"type": "string", "maxLength": 255,
-                         "description": "the same token again (24 h) creates no new runs"},
-        "timeout": {"type": "number", "minimum": 0.001, "description": (
-            "seconds; default NOTEBOOKS_RUN_TIMEOUT (840). Up to 840 a run executes on Lambda; beyond, "
-            "on ECS Fargate, up to NOTEBOOKS_MAX_RUN_TIMEOUT (43200) where the deployment has Fargate")}}}
-    runs_started = {"type": "object", "properties": {"runs": {"type": "array", "items": {
-        "type": "object", "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")}}}}}
-    webhook = {"type": "object", "properties": {
-        "url": {"type": "string", "maxLength": 2048, "description": "https; not resolving to a loopback, private, "
+    run_body = {
+        "type": "object",
+        "required": ["nbkIds", "module"],
+        "properties": {
+            "nbkIds": _IDS,
+            "module": {"type": "string"},
+            "parameters": {
+                "type": "object",
+                "description": "papermill parameters, checked against the "
+                "notebook's parameters cell (unknown names and ill-typed values: 400); at most "
+                "NOTEBOOKS_MAX_PARAMETERS_BYTES (64 KiB) as JSON",
+            },
+            "client_token": {
+                "type": "string",
+                "maxLength": 255,
+                "description": "the same token again (24 h) creates no new runs",
+            },
+            "timeout": {
+                "type": "number",
+                "minimum": 0.001,
+                "description": (
+                    "seconds; default NOTEBOOKS_RUN_TIMEOUT (840). Up to 840 a run executes on Lambda; beyond, "
+                    "on ECS Fargate, up to NOTEBOOKS_MAX_RUN_TIMEOUT (43200) where the deployment has Fargate"
+                ),
+            },
+        },
+    }
+    runs_started = {
+        "type": "object",
+        "properties": {
+            "runs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {k: {"type": "string"} for k in ("run_id", "notebook_id", "status")},
+                },
+            }
+        },
+    }
+    webhook = {
+        "type": "object",
+        "properties": {
+            "url": {
+                "type": "string",
+                "maxLength": 2048,
+                "description": "https; not resolving to a loopback, private, "
                 "link-local or otherwise non-public address (the local stack also takes http://127.0.0.1 and "
-                "http://localhost)"},
-        "events": {"type": "array", "minItems": 1, "items": {"type": "string",
-                                                             "enum": ["succeeded", "failed", "cancelled"]}}}}
-    webhook_body = {**webhook, "required": ["url", "secret", "events"], "properties": {
-        **webhook["properties"], "secret": {"type": "string", "minLength": 1, "maxLength": 256,
-                                            "description": "HMAC-SHA256 key of X-Notebooks-Signature; never shown"}}}
+                "http://localhost)",
+            },
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": ["succeeded", "failed", "cancelled"]},
+            },
+        },
+    }
+    webhook_body = {
+        **webhook,
+        "required": ["url", "secret", "events"],
+        "properties": {
+            **webhook["properties"],
+            "secret": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "description": "HMAC-SHA256 key of X-Notebooks-Signature; never shown",
+            },
+        },
+    }
     nb = "/_notebooks/notebooks"
     paths = {
         nb: {
-            "post": _operation("Create a notebook", {"type": "object", "properties": {
-                k: {"type": "string"} for k in ("username", "notebook_name", "path", "notebook_id")}},
+            "post": _operation(
+                "Create a notebook",
+                {
+                    "type": "object",
+                    "properties": {k: {"type": "string"} for k in ("username", "notebook_name", "path", "notebook_id")},
+                },
                 {"type": "object", "properties": {"notebook_name": {"type": "string"}, "content": ipynb}},
-                errors=(400, 409, 413)),
+                errors=(400, 409, 413),
+            ),
             # The seed answers "No notebooks deleted" as an error body with status 200.
             "delete": _operation("Delete notebooks", {"oneOf": [word, _ERROR]}, ids_body),
             "put": _operation("Rename without an id: always 400 `Notebook ID is missing`", _ERROR, {"type": "object"}),
         },
-        nb + "/_all": {"get": _paged(_operation("List the caller's notebooks, oldest first",
-                                                {"type": "array", "items": notebook}))},
+        nb + "/_all": {
+            "get": _paged(_operation("List the caller's notebooks, oldest first", {"type": "array", "items": notebook}))
+        },
         nb + "/_count": {"get": _operation("Count the caller's notebooks", {"type": "object"})},
-        nb + "/_run": {m: {**_operation("Run notebooks now", runs_started, run_body, errors=(400, 409, 429)),
-                           "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                           "schema": {"type": "string", "maxLength": 255}}]}
-                       for m in ("get", "post")},
-        nb + "/_schedule": {m: _operation("Schedule notebooks weekly or daily", word, schedule_body)
-                            for m in ("get", "post")},
+        nb + "/_run": {
+            m: {
+                **_operation("Run notebooks now", runs_started, run_body, errors=(400, 409, 429)),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
+            }
+            for m in ("get", "post")
+        },
+        nb + "/_schedule": {
+            m: _operation("Schedule notebooks weekly or daily", word, schedule_body) for m in ("get", "post")
+        },
         nb + "/_unschedule": {m: _operation("Unschedule notebooks", word, ids_body) for m in ("get", "post")},
         nb + "/{notebook_id}": {
             "parameters": _path_id("notebook_id"),
             "get": _operation("Fetch a notebook", notebook),
-            "put": _operation("Rename a notebook", {"type": "string", "example": "Rename Successful"},
-                              {"type": "object", "properties": {
-                "new_name": {"type": "string"}}}, errors=(400, 409)),
+            "put": _operation(
+                "Rename a notebook",
+                {"type": "string", "example": "Rename Successful"},
+                {"type": "object", "properties": {"new_name": {"type": "string"}}},
+                errors=(400, 409),
+            ),
         },
         nb + "/{notebook_id}/content": {
             "parameters": _path_id("notebook_id"),
@@ -113,44 +206,75 @@ def document() -> dict:
         },
         nb + "/{notebook_id}/parameters": {
             "parameters": _path_id("notebook_id"),
-            "get": _operation("What the notebook's parameters cell declares (papermill's inspect_notebook)",
-                              {"type": "object", "properties": {"parameters": {"type": "array", "items": {
-                                  "type": "object", "properties": {k: {"type": "string"} for k in (
-                                      "name", "type", "default", "help")}}}}}),
+            "get": _operation(
+                "What the notebook's parameters cell declares (papermill's inspect_notebook)",
+                {
+                    "type": "object",
+                    "properties": {
+                        "parameters": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {k: {"type": "string"} for k in ("name", "type", "default", "help")},
+                            },
+                        }
+                    },
+                },
+            ),
         },
-        nb + "/{notebook_id}/runs": {"parameters": _path_id("notebook_id"),
-                                     "get": _paged(_operation("The notebook's runs, newest first",
-                                                              {"type": "array", "items": run}))},
-        "/_notebooks/runs/{run_id}": {"parameters": _path_id("run_id"),
-                                      "get": _operation("One run", run, errors=(404,))},
+        nb + "/{notebook_id}/runs": {
+            "parameters": _path_id("notebook_id"),
+            "get": _paged(_operation("The notebook's runs, newest first", {"type": "array", "items": run})),
+        },
+        "/_notebooks/runs/{run_id}": {
+            "parameters": _path_id("run_id"),
+            "get": _operation("One run", run, errors=(404,)),
+        },
         "/_notebooks/runs/{run_id}/output": {
-            "parameters": _path_id("run_id") + [{"name": "format", "in": "query",
-                                                 "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
-            "get": _redirected(_operation("The executed notebook (format=html: a rendered page)", ipynb,
-                                          errors=(400, 404, 413))),
+            "parameters": _path_id("run_id")
+            + [{"name": "format", "in": "query", "schema": {"type": "string", "enum": ["ipynb", "html"]}}],
+            "get": _redirected(
+                _operation("The executed notebook (format=html: a rendered page)", ipynb, errors=(400, 404, 413))
+            ),
         },
         "/_notebooks/runs/{run_id}/rerun": {
             "parameters": _path_id("run_id"),
-            "post": _operation("A new run of the same notebook version, its parameters merged over the run's",
-                               runs_started, {"type": "object", "properties": {
-                                   "parameters": {"type": "object"}, "timeout": run_body["properties"]["timeout"]}},
-                               errors=(400, 404, 409, 429)),
+            "post": _operation(
+                "A new run of the same notebook version, its parameters merged over the run's",
+                runs_started,
+                {
+                    "type": "object",
+                    "properties": {"parameters": {"type": "object"}, "timeout": run_body["properties"]["timeout"]},
+                },
+                errors=(400, 404, 409, 429),
+            ),
         },
         nb + "/{notebook_id}/webhook": {
             "parameters": _path_id("notebook_id"),
-            "put": _operation("Set the notebook's webhook: at each run end among `events`, the run object is "
-                              "POSTed as JSON to `url`, signed (X-Notebooks-Signature: sha256=HMAC of the body), "
-                              "with X-Notebooks-Event and X-Notebooks-Delivery; up to 4 attempts", webhook,
-                              webhook_body),
+            "put": _operation(
+                "Set the notebook's webhook: at each run end among `events`, the run object is "
+                "POSTed as JSON to `url`, signed (X-Notebooks-Signature: sha256=HMAC of the body), "
+                "with X-Notebooks-Event and X-Notebooks-Delivery; up to 4 attempts",
+                webhook,
+                webhook_body,
+            ),
             "get": _operation("The notebook's webhook, without its secret", webhook, errors=(400, 404)),
             "delete": _operation("Remove the notebook's webhook (none: succeeds too)", word),
         },
         "/_notebooks/runs/{run_id}/log": {
             "parameters": _path_id("run_id"),
-            "get": _redirected(_text(_operation("The run's stream output and error tracebacks so far, in cell order "
-                                                "(at most ~2 s old while it runs; empty while queued; at most "
-                                                "NOTEBOOKS_MAX_LOG_BYTES, cut in the middle with a marker)",
-                                                {"type": "string"}, errors=(404,)), "The log, as text")),
+            "get": _redirected(
+                _text(
+                    _operation(
+                        "The run's stream output and error tracebacks so far, in cell order "
+                        "(at most ~2 s old while it runs; empty while queued; at most "
+                        "NOTEBOOKS_MAX_LOG_BYTES, cut in the middle with a marker)",
+                        {"type": "string"},
+                        errors=(404,),
+                    ),
+                    "The log, as text",
+                )
+            ),
         },
         "/_notebooks/runs/{run_id}/cancel": {
             "parameters": _path_id("run_id"),
@@ -160,48 +284,103 @@ def document() -> dict:
     nullable_int = {"type": "integer", "nullable": True}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "Notebooks API", "version": "1.0.0",
-                 "description": "Jupyter notebooks as jobs: create, run now, schedule, read outputs."},
+        "info": {
+            "title": "Notebooks API",
+            "version": "1.0.0",
+            "description": "Jupyter notebooks as jobs: create, run now, schedule, read outputs.",
+        },
         "security": [{"basic": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
             "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "status": {"type": "integer"}, "message": {"type": "string"}}}}},
-                "Notebook": {"type": "object", "properties": {
-                    "notebook_id": {"type": "string", "format": "uuid"}, "notebook_name": {"type": "string"},
-                    "status": {"type": "string", "enum": ["Scheduled", "Not Scheduled"]},
-                    "schedule": {"type": "object", "properties": {
-                        **{k: {"type": "string", "nullable": True} for k in ("period", "until", "time")},
-                        "timezone": {"type": "string", "nullable": True,
-                                     "description": "Fetch of a scheduled notebook only; null: stored before zones"},
-                        "next_run": {"type": "integer", "nullable": True, "description": "Fetch of a scheduled "
-                                     "notebook only: epoch ms of the next occurrence; null: none before until"}}},
-                    "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
-                    "created_by": {"type": "string"}, "updated_by": {"type": "string"},
-                    "no_of_runs": {"type": "integer"},
-                    "last_run": {"description": "epoch ms; null (Fetch) or \"-\" (List) when never run"},
-                    "attributes": {"type": "object", "properties": {"path": {"type": "string"}}}}},
-                "Run": {"type": "object", "properties": {
-                    "run_id": {"type": "string"}, "notebook_id": {"type": "string"},
-                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                    "trigger": {"type": "string", "enum": ["manual", "schedule", "rerun"]},
-                    "module": {"type": "string", "nullable": True}, "parameters": {"type": "object"},
-                    "created_at": {"type": "integer"}, "started_at": nullable_int, "finished_at": nullable_int,
-                    "progress": {"type": "object", "properties": {"done": {"type": "integer"},
-                                                                  "total": {"type": "integer"}}},
-                    "error": {"type": "object", "nullable": True, "properties": {
-                        "cell_index": nullable_int, "ename": {"type": "string"}, "evalue": {"type": "string"}}},
-                    "notebook_version": {"type": "string", "nullable": True,
-                                         "description": "the notebook content the run executes (opaque)"},
-                    "engine": {"type": "string", "enum": ["lambda", "fargate", "local"], "nullable": True},
-                    "timeout": {"type": "number", "nullable": True, "description": "seconds"},
-                    "current_cell": {**nullable_int, "description": "index of the cell executing; null unless "
-                                                                    "running"},
-                    "webhook": {"type": "object", "nullable": True, "properties": {
-                        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
-                        "attempts": {"type": "integer"}}}}},
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+                "Notebook": {
+                    "type": "object",
+                    "properties": {
+                        "notebook_id": {"type": "string", "format": "uuid"},
+                        "notebook_name": {"type": "string"},
+                        "status": {"type": "string", "enum": ["Scheduled", "Not Scheduled"]},
+                        "schedule": {
+                            "type": "object",
+                            "properties": {
+                                **{k: {"type": "string", "nullable": True} for k in ("period", "until", "time")},
+                                "timezone": {
+                                    "type": "string",
+                                    "nullable": True,
+                                    "description": "Fetch of a scheduled notebook only; null: stored before zones",
+                                },
+                                "next_run": {
+                                    "type": "integer",
+                                    "nullable": True,
+                                    "description": "Fetch of a scheduled "
+                                    "notebook only: epoch ms of the next occurrence; null: none before until",
+                                },
+                            },
+                        },
+                        "created_at": {"type": "integer"},
+                        "updated_at": {"type": "integer"},
+                        "created_by": {"type": "string"},
+                        "updated_by": {"type": "string"},
+                        "no_of_runs": {"type": "integer"},
+                        "last_run": {"description": 'epoch ms; null (Fetch) or "-" (List) when never run'},
+                        "attributes": {"type": "object", "properties": {"path": {"type": "string"}}},
+                    },
+                },
+                "Run": {
+                    "type": "object",
+                    "properties": {
+                        "run_id": {"type": "string"},
+                        "notebook_id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                        "trigger": {"type": "string", "enum": ["manual", "schedule", "rerun"]},
+                        "module": {"type": "string", "nullable": True},
+                        "parameters": {"type": "object"},
+                        "created_at": {"type": "integer"},
+                        "started_at": nullable_int,
+                        "finished_at": nullable_int,
+                        "progress": {
+                            "type": "object",
+                            "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+                        },
+                        "error": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {
+                                "cell_index": nullable_int,
+                                "ename": {"type": "string"},
+                                "evalue": {"type": "string"},
+                            },
+                        },
+                        "notebook_version": {
+                            "type": "string",
+                            "nullable": True,
+                            "description": "the notebook content the run executes (opaque)",
+                        },
+                        "engine": {"type": "string", "enum": ["lambda", "fargate", "local"], "nullable": True},
+                        "timeout": {"type": "number", "nullable": True, "description": "seconds"},
+                        "current_cell": {
+                            **nullable_int,
+                            "description": "index of the cell executing; null unless running",
+                        },
+                        "webhook": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {
+                                "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                                "attempts": {"type": "integer"},
+                            },
+                        },
+                    },
+                },
             },
         },
     }

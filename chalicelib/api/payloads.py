@@ -2,6 +2,7 @@
 
 Nothing here touches storage, so a request that fails validation changes nothing.
 """
+
 import base64
 import binascii
 import json
@@ -104,8 +105,11 @@ def is_page_key(key, owner: str, prefix: str) -> bool:
     sk, created_at = key["sk"], key["created_at"]
     return (
         key["owner"] == owner
-        and isinstance(sk, str) and sk.startswith(prefix) and _UUID.fullmatch(sk[len(prefix):]) is not None
-        and type(created_at) is int and 0 <= created_at <= _MAX_EPOCH_MS
+        and isinstance(sk, str)
+        and sk.startswith(prefix)
+        and _UUID.fullmatch(sk[len(prefix) :]) is not None
+        and type(created_at) is int
+        and 0 <= created_at <= _MAX_EPOCH_MS
     )
 
 
@@ -197,8 +201,10 @@ def timeout(body: dict, default: float, maximum: float, beyond_maximum: str = ""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_TIMEOUT <= value <= maximum:
-        raise bad_request(f"timeout must be a number of seconds above 0 (at least {MIN_TIMEOUT:g}) "
-                          f"and at most {maximum:g}{beyond_maximum}")
+        raise bad_request(
+            f"timeout must be a number of seconds above 0 (at least {MIN_TIMEOUT:g}) "
+            f"and at most {maximum:g}{beyond_maximum}"
+        )
     return value
 
 

@@ -5,6 +5,7 @@ names, a page of runs with large parameters) is stored as a short-lived S3 objec
 the client is sent there with `303 See Other` and a presigned link, as large run outputs
 are. A client that follows redirects gets the whole array; smaller answers are unchanged.
 """
+
 import json
 import uuid
 

@@ -3,6 +3,7 @@
 Routes raise ApiError for client mistakes; AWS failures become 503s; anything else is
 a bug, logged with its traceback and answered with a 500 that says nothing more.
 """
+
 import functools
 import json
 import logging
@@ -11,8 +12,8 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import services
-from chalicelib.common.aws import error_code
 from chalicelib.api.errors import FIXED_MESSAGES, ApiError, error_response
+from chalicelib.common.aws import error_code
 
 OPENAPI_PATH = "/_notebooks/openapi.json"
 ANY_CONTENT_TYPE = ["*/*"]  # bodies are parsed by us, whatever the client labels them
@@ -41,8 +42,12 @@ def seed_failures(message: str, explain: bool):
             try:
                 return view(*args, **kwargs)
             except ApiError as error:
-                if not explain or error.status != 400 or error.message in FIXED_MESSAGES \
-                        or error.message.startswith(message):
+                if (
+                    not explain
+                    or error.status != 400
+                    or error.message in FIXED_MESSAGES
+                    or error.message.startswith(message)
+                ):
                     raise
                 raise ApiError(400, f"{message}: {error.message}", error.headers) from error
             except (ClientError, BotoCoreError) as error:
@@ -83,11 +88,15 @@ def handle(request, get_response):
     except Exception:
         error_log.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(500, "Internal server error")
-    access_log.info(json.dumps({
-        "method": request.method,
-        "path": request.context.get("path", request.path),
-        "user": username,
-        "status": response.status_code,
-        "duration_ms": round((time.monotonic() - started) * 1000, 1),
-    }))
+    access_log.info(
+        json.dumps(
+            {
+                "method": request.method,
+                "path": request.context.get("path", request.path),
+                "user": username,
+                "status": response.status_code,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            }
+        )
+    )
     return response

@@ -8,6 +8,7 @@ name, right password or not, is a 429 with `Retry-After` until the window ends; 
 count lives in DynamoDB, so it holds across Lambda containers, and an unknown name is
 counted and refused exactly like a known one.
 """
+
 import base64
 import binascii
 import hashlib
@@ -19,8 +20,8 @@ import time
 
 from botocore.exceptions import ClientError
 
-from chalicelib.common.aws import error_code
 from chalicelib.api.errors import ApiError, unauthorized
+from chalicelib.common.aws import error_code
 from chalicelib.storage.tables import TTL_ATTRIBUTE
 
 # scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
@@ -44,9 +45,7 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != _SCHEME:
             return False
         salt, expected = base64.b64decode(salt), base64.b64decode(expected)
-        digest = hashlib.scrypt(
-            password.encode("utf-8"), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected)
-        )
+        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected))
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(digest, expected)
@@ -71,8 +70,9 @@ def parse_basic(header) -> tuple:
 
 def too_many_failures(retry_after: int) -> ApiError:
     """The answer while a username is throttled: the same for known and unknown names."""
-    return ApiError(429, f"Too many failed logins: try again in {retry_after} seconds",
-                    {"Retry-After": str(retry_after)})
+    return ApiError(
+        429, f"Too many failed logins: try again in {retry_after} seconds", {"Retry-After": str(retry_after)}
+    )
 
 
 class LoginThrottle:
@@ -110,8 +110,10 @@ class LoginThrottle:
         cutoff = now - self._window_ms
         try:
             self._table.update_item(
-                Key=self._key(username), UpdateExpression="ADD failures :one",
-                ConditionExpression="window_start > :cutoff", ExpressionAttributeValues={":one": 1, ":cutoff": cutoff},
+                Key=self._key(username),
+                UpdateExpression="ADD failures :one",
+                ConditionExpression="window_start > :cutoff",
+                ExpressionAttributeValues={":one": 1, ":cutoff": cutoff},
             )
             return
         except ClientError as error:
@@ -122,8 +124,12 @@ class LoginThrottle:
                 Key=self._key(username),
                 UpdateExpression=f"SET window_start = :now, failures = :one, {TTL_ATTRIBUTE} = :expires",
                 ConditionExpression="attribute_not_exists(window_start) OR window_start <= :cutoff",
-                ExpressionAttributeValues={":now": now, ":one": 1, ":cutoff": cutoff,
-                                           ":expires": (now + self._window_ms) // 1000 + 1},  # for a DynamoDB TTL
+                ExpressionAttributeValues={
+                    ":now": now,
+                    ":one": 1,
+                    ":cutoff": cutoff,
+                    ":expires": (now + self._window_ms) // 1000 + 1,
+                },  # for a DynamoDB TTL
             )
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
@@ -159,9 +165,7 @@ class Authenticator:
         """The username the `Authorization` header proves, else raise the 401."""
         username, password = parse_basic(header)
         stored = self._users.password_hash(username)
-        fingerprint = hmac.new(
-            self._key, f"{username}\0{password}\0{stored}".encode("utf-8"), hashlib.sha256
-        ).digest()
+        fingerprint = hmac.new(self._key, f"{username}\0{password}\0{stored}".encode("utf-8"), hashlib.sha256).digest()
         now = time.monotonic()
         with self._lock:
             expires = self._verified.get(fingerprint)

@@ -7,13 +7,14 @@
 The command talks to whatever AWS the environment names (`AWS_ENDPOINT_URL`,
 `AWS_REGION`, `NOTEBOOKS_USERS_TABLE`), so it serves the local stack and a deployment.
 """
+
 import argparse
 import getpass
 import re
 import sys
 
-from chalicelib.common import aws
 from chalicelib.auth.logins import hash_password
+from chalicelib.common import aws
 from chalicelib.common.config import Settings
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,63}$")

@@ -3,6 +3,7 @@
 Clients are created on first use, never at import time, so tests (moto) and the local
 stack (moto's server, reached through `AWS_ENDPOINT_URL`) can redirect them.
 """
+
 import threading
 
 import boto3
@@ -63,12 +64,25 @@ def failure_reason(error: Exception) -> str:
 
 
 # Codes of failures that pass: AWS asks the caller to slow down or try again later.
-_TRANSIENT_CODES = frozenset({
-    "ThrottlingException", "Throttling", "ThrottledException", "RequestThrottled", "TooManyRequestsException",
-    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "SlowDown", "RequestTimeout",
-    "RequestTimeoutException", "TransactionInProgressException", "InternalServerError", "InternalFailure",
-    "ServiceUnavailable", "ServiceUnavailableException",
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "TransactionInProgressException",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+    }
+)
 
 
 def is_transient(error: Exception) -> bool:

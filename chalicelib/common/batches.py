@@ -5,12 +5,13 @@ keys, TransactWriteItems: 100 actions, DeleteObjects: 1,000 keys); what it canno
 (an EventBridge rule, a Lambda invocation, a Query per notebook) runs on a few threads
 at once, so 1,000 calls take the time of about 1,000 / workers.
 """
+
 from concurrent.futures import ThreadPoolExecutor
 
 
 def chunks(items: list, size: int) -> list:
     """`items` cut into lists of at most `size`, in order."""
-    return [items[start:start + size] for start in range(0, len(items), size)]
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def in_parallel(work, items: list, workers: int) -> list:

@@ -4,6 +4,7 @@ Every setting has a default that suits the local stack; a deployment sets the
 environment variables in `.chalice/config.json`. `AWS_ENDPOINT_URL` is not read here:
 boto3 honours it itself, which is how tests and the local stack redirect AWS.
 """
+
 import os
 from dataclasses import dataclass
 from typing import Optional

@@ -1,4 +1,5 @@
 """Work repeated while something else runs: a thread of its own, stopped with the block."""
+
 import logging
 import threading
 from typing import Callable

@@ -18,6 +18,7 @@ Bounded cost: papermill's reader takes time that grows with the square of a line
 length, so a line of the parameters cell over MAX_LINE_CHARS characters is not read (its
 name is undeclared); a type over MAX_TYPE_CHARS characters is unknown.
 """
+
 import ast
 import json
 import os
@@ -60,9 +61,19 @@ def declared(notebook) -> list:
     if not isinstance(language, str) or not language:
         # No language named (or not as a name): the runner runs it on python3, so
         # papermill reads it as Python.
-        notebook = {**notebook, "metadata": {**metadata, "language_info": {"name": "python"},
-                                             "kernelspec": {"display_name": "Python 3", "name": "python3",
-                                                            **metadata.get("kernelspec", {}), "language": "python"}}}
+        notebook = {
+            **notebook,
+            "metadata": {
+                **metadata,
+                "language_info": {"name": "python"},
+                "kernelspec": {
+                    "display_name": "Python 3",
+                    "name": "python3",
+                    **metadata.get("kernelspec", {}),
+                    "language": "python",
+                },
+            },
+        }
     notebook = {**notebook, "cells": [_short_lines(cell) for cell in notebook.get("cells", [])]}
     handle, path = tempfile.mkstemp(suffix=".ipynb")
     try:
@@ -73,8 +84,10 @@ def declared(notebook) -> list:
         return []
     finally:
         os.remove(path)
-    return [{"name": name, "type": entry["inferred_type_name"], "default": entry["default"],
-             "help": entry["help"]} for name, entry in inspected.items()]
+    return [
+        {"name": name, "type": entry["inferred_type_name"], "default": entry["default"], "help": entry["help"]}
+        for name, entry in inspected.items()
+    ]
 
 
 def _short_lines(cell: dict) -> dict:
@@ -97,8 +110,7 @@ def check(values: dict, declarations: list) -> None:
         if value is None and entry["default"] == "None":
             continue
         if not fits(value, entry["type"]):
-            raise bad_request(f"Parameter {name!r} must be of type {entry['type']}, "
-                              f"not {_json_type(value)}")
+            raise bad_request(f"Parameter {name!r} must be of type {entry['type']}, not {_json_type(value)}")
 
 
 def fits(value, type_name: str) -> bool:

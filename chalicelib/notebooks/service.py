@@ -4,6 +4,7 @@ Files live in S3 (storage/files.py), metadata in DynamoDB (storage/tables.py). E
 caller's username: a notebook of another owner is never read, so it is answered exactly
 like an id that does not exist.
 """
+
 import copy
 import json
 import time
@@ -15,17 +16,22 @@ from typing import Optional
 
 import nbformat
 
-from chalicelib.schedules import cron
-from chalicelib.notebooks import parameters
 from chalicelib.api import payloads
-from chalicelib.common.batches import in_parallel
 from chalicelib.api.errors import (
-    NAME_TAKEN, NO_NOTEBOOK_FOUND, NO_NOTEBOOKS_DELETED, NOTEBOOK_ID_INVALID, NOTEBOOK_IDS_REQUIRED,
-    ApiError, bad_request,
+    NAME_TAKEN,
+    NO_NOTEBOOK_FOUND,
+    NO_NOTEBOOKS_DELETED,
+    NOTEBOOK_ID_INVALID,
+    NOTEBOOK_IDS_REQUIRED,
+    ApiError,
+    bad_request,
 )
+from chalicelib.common.batches import in_parallel
+from chalicelib.notebooks import parameters
+from chalicelib.schedules import cron
 from chalicelib.storage.files import notebook_key
-from chalicelib.storage.tables import NOTEBOOK_PREFIX, Conflict, NameTaken
 from chalicelib.storage.notebook_table import scheduled_until
+from chalicelib.storage.tables import NOTEBOOK_PREFIX, Conflict, NameTaken
 
 _UNSCHEDULED = {"period": None, "until": None, "time": None}
 _RENAME_ATTEMPTS = 5
@@ -185,8 +191,11 @@ class NotebookService:
 
     def live_items(self, owner: str, notebook_ids) -> dict:
         """notebook id -> the owner's live item, for those of these (canonical) ids that are."""
-        return {notebook_id: item for notebook_id, item in self._table.get_many(owner, notebook_ids).items()
-                if not item.get("deleting")}
+        return {
+            notebook_id: item
+            for notebook_id, item in self._table.get_many(owner, notebook_ids).items()
+            if not item.get("deleting")
+        }
 
     def create(self, owner: str, body: dict) -> dict:
         """Create a notebook from the optional `notebook_name` and `content`."""
@@ -214,8 +223,14 @@ class NotebookService:
     def _store_new(self, owner: str, notebook_id: str, name, content: dict) -> str:
         created = now_ms(self._clock)
         item = {
-            "owner": owner, "notebook_id": notebook_id, "created_at": created, "updated_at": created,
-            "created_by": owner, "updated_by": owner, "no_of_runs": 0, **content,
+            "owner": owner,
+            "notebook_id": notebook_id,
+            "created_at": created,
+            "updated_at": created,
+            "created_by": owner,
+            "updated_by": owner,
+            "no_of_runs": 0,
+            **content,
         }
         if name is not None:
             try:
@@ -242,8 +257,7 @@ class NotebookService:
             if item["notebook_name"] == new_name:
                 return
             try:
-                self._table.rename(owner, item["notebook_id"], item["notebook_name"], new_name,
-                                   self._touched(owner))
+                self._table.rename(owner, item["notebook_id"], item["notebook_name"], new_name, self._touched(owner))
                 return
             except NameTaken:
                 raise ApiError(409, NAME_TAKEN)
@@ -261,8 +275,11 @@ class NotebookService:
         if limit is None and not next_token:
             items, last_key = self._table.all(owner), None
         else:
-            items, last_key = self._table.page(owner, limit, payloads.page_key(
-                next_token, lambda key: payloads.is_page_key(key, owner, NOTEBOOK_PREFIX)))
+            items, last_key = self._table.page(
+                owner,
+                limit,
+                payloads.page_key(next_token, lambda key: payloads.is_page_key(key, owner, NOTEBOOK_PREFIX)),
+            )
         views = [notebook_view(item, at, listing=True) for item in items if not item.get("deleting")]
         return views, payloads.page_token(last_key)
 
@@ -294,8 +311,9 @@ class NotebookService:
         # Side by side (schedules' rules, runs' records and outputs): each is bounded in
         # concurrency itself, and a failure in one still lets the other finish, then fails
         # the request, which a retry completes.
-        in_parallel(lambda dependent: dependent.forget_notebooks(owner, flagged), self._dependents,
-                    len(self._dependents))
+        in_parallel(
+            lambda dependent: dependent.forget_notebooks(owner, flagged), self._dependents, len(self._dependents)
+        )
         self._files.delete_many([notebook_key(owner, item["notebook_id"]) for item in flagged])
         self._table.remove(owner, flagged)
         return len(flagged)

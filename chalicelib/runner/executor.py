@@ -5,6 +5,7 @@ and delivers that end to the notebook's webhook (runs/webhooks.py). The same han
 firings of schedule rules, delivers the webhooks of runs that ended in the API, and
 removes the rules a Delete handed over (schedules/rules.py).
 """
+
 import json
 import logging
 import threading
@@ -12,14 +13,15 @@ import uuid
 
 import nbformat
 
-from chalicelib.storage.files import notebook_key, output_key
-from chalicelib.runs.outputs import fit_output
 from chalicelib.common.periodic import Periodic
-from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE, LiveLog, capped, log_key, log_text
-from chalicelib.runs.records import CANCELLED, FAILED, SUCCEEDED, RunRecords
 from chalicelib.runs.dispatch import RunDispatch
+from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
+from chalicelib.runs.log import LiveLog, capped, log_key, log_text
+from chalicelib.runs.outputs import fit_output
+from chalicelib.runs.records import CANCELLED, FAILED, SUCCEEDED, RunRecords
 from chalicelib.runs.service import SCHEDULE
 from chalicelib.schedules.scheduler import REMOVE_RULES_EVENT
+from chalicelib.storage.files import notebook_key, output_key
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,9 @@ DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 class RunExecutor:
     """The runner function's work: execute one run end to end on a NotebookRunner."""
 
-    def __init__(self, records: RunRecords, run_dispatch: RunDispatch, webhooks, files, scheduler, schedule_rules,
-                 runner):
+    def __init__(
+        self, records: RunRecords, run_dispatch: RunDispatch, webhooks, files, scheduler, schedule_rules, runner
+    ):
         self._records = records
         self._run_dispatch = run_dispatch  # records the runs of schedule firings
         self._webhooks = webhooks  # webhooks.Webhooks, or None
@@ -85,9 +88,15 @@ class RunExecutor:
         try:
             found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
             if found is None:
-                if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": "NotebookMissing",
-                                                            "evalue": "The notebook (or its version) was deleted "
-                                                                      "before it ran"}):
+                if self._records.finish(
+                    run_id,
+                    FAILED,
+                    error={
+                        "cell_index": None,
+                        "ename": "NotebookMissing",
+                        "evalue": "The notebook (or its version) was deleted before it ran",
+                    },
+                ):
                     self._deliver_webhook(run_id)
                 return FAILED
             data, version = found
@@ -95,11 +104,18 @@ class RunExecutor:
                 self._records.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._records.max_output_bytes
             log_target, log_limit = log_key(owner, notebook_id, run_id), self._records.max_log_bytes
-            live = LiveLog(self._runner.live, lambda text: self._files.put(log_target, text.encode("utf-8"),
-                                                                           LOG_CONTENT_TYPE),
-                           lambda index: self._records.current_cell(run_id, index), log_limit)
-            with _CancelWatch(lambda: self._stopping.is_set() or self._records.cancel_requested(run_id),
-                              self._runner.cancel), live:
+            live = LiveLog(
+                self._runner.live,
+                lambda text: self._files.put(log_target, text.encode("utf-8"), LOG_CONTENT_TYPE),
+                lambda index: self._records.current_cell(run_id, index),
+                log_limit,
+            )
+            with (
+                _CancelWatch(
+                    lambda: self._stopping.is_set() or self._records.cancel_requested(run_id), self._runner.cancel
+                ),
+                live,
+            ):
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
                     parameters=json.loads(run.get("parameters", "{}")),
@@ -121,8 +137,11 @@ class RunExecutor:
             return final or status
         except Exception as error:
             log.exception("run %s failed in the runner", run_id)
-            if self._records.finish(run_id, FAILED, error={"cell_index": None, "ename": type(error).__name__,
-                                                        "evalue": "The runner failed; see its logs"}):
+            if self._records.finish(
+                run_id,
+                FAILED,
+                error={"cell_index": None, "ename": type(error).__name__, "evalue": "The runner failed; see its logs"},
+            ):
                 self._deliver_webhook(run_id)
             return FAILED
         finally:

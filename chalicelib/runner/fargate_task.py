@@ -12,6 +12,7 @@ ECS runs the image as root; the task gives root up before anything else (see
 sandbox.give_up_root), so a notebook runs as an unprivileged user, as on Lambda, and
 cannot read the task's credentials from the runner's environment.
 """
+
 import json
 import logging
 import signal
@@ -19,8 +20,8 @@ import sys
 import tempfile
 import threading
 
-from chalicelib.runner import sandbox
 from chalicelib import services
+from chalicelib.runner import sandbox
 
 # The user a task's runner and kernels run as: Lambda's own (sbx_user1051).
 TASK_UID = 993

@@ -13,6 +13,7 @@ The runner keeps its end of that pipe open for the kernel's life, so the pipe do
 as a lifeline: when the runner process dies, however abruptly (SIGKILL included), the
 kernel sees end-of-file and exits, taking its PID namespace's processes with it.
 """
+
 import json
 import os
 import sys

@@ -15,6 +15,7 @@ One NotebookRunner per process: the sweep ends every process that appeared below
 process during a run. It must be used from one thread (kernel and client share that
 thread's event loop, see jupyter_core.utils.run_sync).
 """
+
 import json
 import math
 import os
@@ -56,6 +57,8 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 # Settings of the runner's own process that a kernel must not inherit: the service's
 # identity and configuration, and any pointer to shared Jupyter/IPython folders.
 _PRIVATE_PREFIXES = ("AWS_", "ECS_", "NOTEBOOKS_", "JUPYTER", "IPYTHON", "PYTHONSTARTUP")
+
+
 @dataclass
 class Execution:
     """The outcome of one run.
@@ -108,9 +111,11 @@ def unsupported_kernel(notebook: NotebookNode) -> Optional[str]:
     language = str(spec.get("language") or notebook.metadata.get("language_info", {}).get("name") or "")
     if not spec or language.lower() == "python" or (not language and name.lower().startswith("python")):
         return None
-    return (f"No such kernel: {name or language!r}"
-            + (f" (language {language})" if language else "")
-            + ". This service runs Python notebooks, on the python3 kernel")
+    return (
+        f"No such kernel: {name or language!r}"
+        + (f" (language {language})" if language else "")
+        + ". This service runs Python notebooks, on the python3 kernel"
+    )
 
 
 class _RunnerKernelSpecs(KernelSpecManager):
@@ -121,9 +126,18 @@ class _RunnerKernelSpecs(KernelSpecManager):
         return KernelSpec(
             argv=sandbox.pid_namespace_prefix()
             # -P: the working folder is not searched for the launcher's own modules.
-            + [sys.executable, "-P", "-m", "chalicelib.runner.kernel", "-f", "{connection_file}",
-               "--HistoryManager.hist_file=:memory:"],  # history: never in a shared file
-            display_name="Python 3", language="python", name="python3",
+            + [
+                sys.executable,
+                "-P",
+                "-m",
+                "chalicelib.runner.kernel",
+                "-f",
+                "{connection_file}",
+                "--HistoryManager.hist_file=:memory:",
+            ],  # history: never in a shared file
+            display_name="Python 3",
+            language="python",
+            name="python3",
         )
 
 
@@ -143,8 +157,16 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
 
     def secrets(self) -> bytes:
         """What the kernel reads from its standard input: one line of JSON."""
-        return json.dumps({"key": self.session.key.decode(), "curve_publickey": self.curve_publickey.decode(),
-                           "curve_secretkey": self.curve_secretkey.decode()}).encode() + b"\n"
+        return (
+            json.dumps(
+                {
+                    "key": self.session.key.decode(),
+                    "curve_publickey": self.curve_publickey.decode(),
+                    "curve_secretkey": self.curve_secretkey.decode(),
+                }
+            ).encode()
+            + b"\n"
+        )
 
     def write_connection_file(self, **kwargs):
         secrets = self.session.key, self.curve_publickey, self.curve_secretkey
@@ -157,8 +179,13 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
 
 def _stderr_error(cell) -> dict:
     """{"ename", "evalue"} from the last "Name: message" line a cell wrote to stderr, or {}."""
-    lines = [line for output in cell.get("outputs", []) if output.get("name") == "stderr"
-             for line in output.get("text", "").splitlines() if line.strip()]
+    lines = [
+        line
+        for output in cell.get("outputs", [])
+        if output.get("name") == "stderr"
+        for line in output.get("text", "").splitlines()
+        if line.strip()
+    ]
     name, colon, value = (lines[-1] if lines else "").partition(": ")
     return {"ename": name, "evalue": value} if colon and name.isidentifier() else {}
 
@@ -172,8 +199,11 @@ class _Kernel:
 
     def __init__(self, shared_tmp: Optional[str]):
         self.folders = sandbox.RunFolders(base=shared_tmp)
-        self.km = _KeysOffDiskKernelManager(kernel_name="python3", kernel_spec_manager=_RunnerKernelSpecs(),
-                                            connection_file=self.folders.connection_file)
+        self.km = _KeysOffDiskKernelManager(
+            kernel_name="python3",
+            kernel_spec_manager=_RunnerKernelSpecs(),
+            connection_file=self.folders.connection_file,
+        )
         self.kc = None
         # The secrets reach the kernel through its stdin. Our end stays open while the
         # kernel lives: the kernel exits when it closes, even if this process is killed.
@@ -181,8 +211,9 @@ class _Kernel:
         try:
             try:
                 os.write(self._lifeline, self.km.secrets())
-                run_sync(self.km.start_kernel)(cwd=self.folders.workdir, env=_kernel_env(self.folders),
-                                               stdin=key_reader)
+                run_sync(self.km.start_kernel)(
+                    cwd=self.folders.workdir, env=_kernel_env(self.folders), stdin=key_reader
+                )
             finally:
                 os.close(key_reader)
             self.kc = self.km.client()
@@ -460,8 +491,7 @@ class NotebookRunner:
         deadline = time.monotonic() + run_timeout  # starting a kernel now counts too
         refusal = unsupported_kernel(notebook)
         if refusal:
-            return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel",
-                                                       "evalue": refusal})
+            return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel", "evalue": refusal})
         self.prewarm()
         kernel, self._waiting = self._waiting, None
         run = _Run(
@@ -534,8 +564,9 @@ class NotebookRunner:
         # The kernel leads its process group (and may sit in a PID namespace below the
         # process jupyter_client started): interrupt the group, as Jupyter does.
         self._signal_if_executing(run, lambda: os.killpg(pid, signal.SIGINT))
-        timer = threading.Timer(CANCEL_GRACE_SECONDS, self._signal_if_executing,
-                                (run, lambda: os.kill(pid, signal.SIGKILL)))
+        timer = threading.Timer(
+            CANCEL_GRACE_SECONDS, self._signal_if_executing, (run, lambda: os.kill(pid, signal.SIGKILL))
+        )
         timer.daemon = True
         timer.start()
 
@@ -556,8 +587,11 @@ class NotebookRunner:
         """
         steps = [kernel.stop, self._processes.sweep, kernel.folders.remove]
         if self._shared_tmp:  # Lambda: /tmp, /dev/shm and System V IPC are the container's
-            steps += [lambda: sandbox.empty_folder(self._shared_tmp), lambda: sandbox.empty_folder("/dev/shm"),
-                      sandbox.remove_ipc_objects]
+            steps += [
+                lambda: sandbox.empty_folder(self._shared_tmp),
+                lambda: sandbox.empty_folder("/dev/shm"),
+                sandbox.remove_ipc_objects,
+            ]
         for step in steps:
             try:
                 step()

@@ -14,6 +14,7 @@ double-forking or leaving its session, is re-parented to the runner instead of t
 after the run, every process that appeared below the runner is stopped and killed
 (`ProcessSweep`), and on Lambda every other process of the runner's user too.
 """
+
 import ctypes
 import os
 import signal
@@ -76,7 +77,7 @@ def _stat_fields(pid: int):
         uid = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
+    fields = data[data.rindex(b")") + 2 :].split()  # after the command name, which may hold spaces
     return int(fields[1]), int(fields[19]), uid, fields[0].decode()
 
 
@@ -151,8 +152,9 @@ class ProcessSweep:
     def _targets(self) -> dict:
         """{pid: state} of the live processes below this one that are the run's."""
         table = _processes()
-        return {pid: table[pid][3] for pid in _descendants(table, os.getpid())
-                if (pid, table[pid][1]) not in self._before}
+        return {
+            pid: table[pid][3] for pid in _descendants(table, os.getpid()) if (pid, table[pid][1]) not in self._before
+        }
 
     def sweep(self) -> int:
         """Stop, then kill, the run's processes until none is left; how many were killed."""
@@ -196,8 +198,17 @@ class ProcessSweep:
 # own System V IPC objects and POSIX message queues). When unshare dies,
 # the kernel gets SIGKILL, and when the kernel dies the OS kills every process in the
 # namespace: nothing the run started can outlive it, however it forks.
-_PID_NAMESPACE = ["unshare", "--user", "--map-current-user", "--pid", "--ipc", "--fork", "--kill-child",
-                  "--mount-proc", "--"]
+_PID_NAMESPACE = [
+    "unshare",
+    "--user",
+    "--map-current-user",
+    "--pid",
+    "--ipc",
+    "--fork",
+    "--kill-child",
+    "--mount-proc",
+    "--",
+]
 _pid_namespace_usable = None
 
 

@@ -1,14 +1,15 @@
 """Recording and dispatching new runs: each recorded `queued` with its notebook's counters
 (the oldest runs past the number kept per notebook expired), then handed to its engine; a
 run that cannot be handed over is failed. Also the local stack's runs after a restart."""
+
 import json
 import logging
 import time
 import uuid
 from decimal import Decimal
 
-from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
+from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.notebooks.service import CONTENT_VERSION, now_ms
 from chalicelib.runs.log import run_object_keys
 from chalicelib.runs.records import FAILED, QUEUED, RUNNING
@@ -25,8 +26,11 @@ def dynamo_seconds(seconds: float) -> Decimal:
 
 def quota_error(limit: int, active) -> ApiError:
     """The 429 of a request that would take its owner past `limit` active runs."""
-    return ApiError(429, f"Too many runs queued or running: at most {limit} per user "
-                         f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended")
+    return ApiError(
+        429,
+        f"Too many runs queued or running: at most {limit} per user "
+        f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended",
+    )
 
 
 class RunDispatch:
@@ -42,8 +46,17 @@ class RunDispatch:
         self._settings = settings
         self._clock = clock
 
-    def new_run(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None,
-                timeout=None, version=None) -> dict:
+    def new_run(
+        self,
+        owner: str,
+        notebook_id: str,
+        trigger: str,
+        module=None,
+        parameters=None,
+        run_id=None,
+        timeout=None,
+        version=None,
+    ) -> dict:
         """A queued run, with its timeout (default: the deployment's), the engine that
         timeout needs, and the notebook version it executes (None: the one its runner reads)."""
         created = now_ms(self._clock)
@@ -100,8 +113,10 @@ class RunDispatch:
             # A later `last_run` (a clock behind another's): record these just after it.
             latest = max(int(item.get("last_run", 0)) for item in items.values())
             created = max(now_ms(self._clock), latest + 1)
-            runs = [{**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
-                    for run in runs]
+            runs = [
+                {**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
+                for run in runs
+            ]
         raise ApiError(409, "The notebooks were changed by other requests meanwhile; try again")
 
     def dispatch_all(self, runs: list) -> None:
@@ -115,8 +130,9 @@ class RunDispatch:
         item = self._notebooks.live(owner, notebook_id)
         if item is None:
             return None
-        run = self.new_run(owner, item["notebook_id"], trigger, module, parameters, run_id,
-                           version=item.get(CONTENT_VERSION))
+        run = self.new_run(
+            owner, item["notebook_id"], trigger, module, parameters, run_id, version=item.get(CONTENT_VERSION)
+        )
         try:
             recorded = self._record_chunk(owner, [run], None)
         except ApiError:
@@ -131,15 +147,20 @@ class RunDispatch:
         before this run loses its oldest (outputs first, then records). Best effort: what
         fails here is expired after the notebook's next run."""
         keep = self._settings.max_runs_kept
-        over = [(item, int(item.get("runs_kept", 0)) + 1 - keep) for item in items
-                if int(item.get("runs_kept", 0)) + 1 > keep]
+        over = [
+            (item, int(item.get("runs_kept", 0)) + 1 - keep)
+            for item in items
+            if int(item.get("runs_kept", 0)) + 1 > keep
+        ]
 
         def expire(entry):
             item, excess = entry
-            pointers, _ = self._table.notebooks.run_pointers(owner, item["notebook_id"], limit=excess,
-                                                             oldest_first=True)
-            self._files.delete_many([key for p in pointers
-                                     for key in run_object_keys(owner, item["notebook_id"], p["run_id"])])
+            pointers, _ = self._table.notebooks.run_pointers(
+                owner, item["notebook_id"], limit=excess, oldest_first=True
+            )
+            self._files.delete_many(
+                [key for p in pointers for key in run_object_keys(owner, item["notebook_id"], p["run_id"])]
+            )
             self._table.delete(owner, pointers, notebook_id=item["notebook_id"])
 
         try:
@@ -152,8 +173,11 @@ class RunDispatch:
             handed = self._dispatcher.dispatch(run)
         except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
             log.warning("dispatch of run %s failed: %s", run["run_id"], error)
-            reason = {"cell_index": None, "ename": "DispatchError",
-                      "evalue": f"The run could not be started: {type(error).__name__}"}
+            reason = {
+                "cell_index": None,
+                "ename": "DispatchError",
+                "evalue": f"The run could not be started: {type(error).__name__}",
+            }
             if self._fail(run, reason):
                 run["status"] = FAILED
             return
@@ -177,8 +201,11 @@ class RunDispatch:
         counts = {FAILED: 0, QUEUED: 0}
         for run in self._table.unfinished():
             if run["status"] == RUNNING:
-                error = {"cell_index": None, "ename": "RunnerLost",
-                         "evalue": "The local stack stopped while the run was in progress"}
+                error = {
+                    "cell_index": None,
+                    "ename": "RunnerLost",
+                    "evalue": "The local stack stopped while the run was in progress",
+                }
                 counts[FAILED] += self._fail(run, error)
             else:
                 self._dispatch(run)

@@ -11,6 +11,7 @@ A dispatcher has `engine` (the engine of the runner function, which schedules fi
 directly), and answers `engine_for(timeout)`, `dispatch(run)` (the fields to record on
 the run, e.g. the Fargate task's ARN) and `stop(run)` (a cancel's backstop).
 """
+
 import json
 
 LAMBDA, FARGATE, LOCAL = "lambda", "fargate", "local"
@@ -47,21 +48,37 @@ class FargateDispatcher:
 
     engine = FARGATE
 
-    def __init__(self, ecs_client, cluster: str, task_definition: str, container: str, subnets: list,
-                 security_groups: list, assign_public_ip: bool):
+    def __init__(
+        self,
+        ecs_client,
+        cluster: str,
+        task_definition: str,
+        container: str,
+        subnets: list,
+        security_groups: list,
+        assign_public_ip: bool,
+    ):
         self._ecs = ecs_client
         self._cluster = cluster
         self._task_definition = task_definition
         self._container = container
-        self._network = {"awsvpcConfiguration": {
-            "subnets": list(subnets), "securityGroups": list(security_groups),
-            "assignPublicIp": "ENABLED" if assign_public_ip else "DISABLED"}}
+        self._network = {
+            "awsvpcConfiguration": {
+                "subnets": list(subnets),
+                "securityGroups": list(security_groups),
+                "assignPublicIp": "ENABLED" if assign_public_ip else "DISABLED",
+            }
+        }
 
     def dispatch(self, run: dict) -> dict:
         """RunTask with the run's id as the container's command; the task's ARN."""
         response = self._ecs.run_task(
-            cluster=self._cluster, taskDefinition=self._task_definition, launchType="FARGATE", count=1,
-            networkConfiguration=self._network, startedBy="notebooks",
+            cluster=self._cluster,
+            taskDefinition=self._task_definition,
+            launchType="FARGATE",
+            count=1,
+            networkConfiguration=self._network,
+            startedBy="notebooks",
             overrides={"containerOverrides": [{"name": self._container, "command": [run["run_id"]]}]},
         )
         if response.get("failures") or not response.get("tasks"):

@@ -14,6 +14,7 @@ MathJax, RequireJS and Mermaid loaders too, which would read notebook text as in
 every event-handler attribute, frames and embedded objects, and every `javascript:`,
 `vbscript:` or non-image `data:` URL in a link or source.
 """
+
 import re
 import threading
 
@@ -30,11 +31,42 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-_TAGS = sorted({
-    *bleach.ALLOWED_TAGS, "p", "div", "span", "pre", "code", "br", "hr", "img", "sub", "sup", "del", "s",
-    "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption",
-    "dl", "dt", "dd", "details", "summary",
-})
+_TAGS = sorted(
+    {
+        *bleach.ALLOWED_TAGS,
+        "p",
+        "div",
+        "span",
+        "pre",
+        "code",
+        "br",
+        "hr",
+        "img",
+        "sub",
+        "sup",
+        "del",
+        "s",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "table",
+        "thead",
+        "tbody",
+        "tfoot",
+        "tr",
+        "th",
+        "td",
+        "caption",
+        "dl",
+        "dt",
+        "dd",
+        "details",
+        "summary",
+    }
+)
 _ATTRIBUTES = {
     "*": ["class", "title", "align"],
     "a": ["href", "title"],
@@ -46,8 +78,23 @@ _ATTRIBUTES = {
 # Elements that run code or load active documents, removed with their content.
 _ACTIVE_ELEMENTS = ["script", "iframe", "frame", "frameset", "object", "embed", "applet", "base", "portal"]
 # Attributes browsers read as URLs (`xlink:href` in inline SVG).
-_URL_ATTRIBUTES = {"href", "src", "xlink:href", "action", "formaction", "srcset", "poster", "background",
-                   "data", "cite", "ping", "lowsrc", "dynsrc", "manifest", "codebase"}
+_URL_ATTRIBUTES = {
+    "href",
+    "src",
+    "xlink:href",
+    "action",
+    "formaction",
+    "srcset",
+    "poster",
+    "background",
+    "data",
+    "cite",
+    "ping",
+    "lowsrc",
+    "dynsrc",
+    "manifest",
+    "codebase",
+}
 # Browsers drop ASCII whitespace and control characters inside a URL's scheme: `java\tscript:`.
 _IGNORED_IN_SCHEME = re.compile(r"[\x00-\x20\x7f]+")
 _SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:")
@@ -68,12 +115,17 @@ def render(notebook) -> str:
             from nbconvert.preprocessors.sanitize import SanitizeHTML
             from traitlets.config import Config
 
-            config = Config({"SanitizeHTML": {
-                "tags": _TAGS, "attributes": _ATTRIBUTES,
-                # SVG plots stay: the page embeds them as <img src="data:...">, where
-                # browsers run no script.
-                "safe_output_keys": [*SanitizeHTML().safe_output_keys, "image/svg+xml"],
-            }})
+            config = Config(
+                {
+                    "SanitizeHTML": {
+                        "tags": _TAGS,
+                        "attributes": _ATTRIBUTES,
+                        # SVG plots stay: the page embeds them as <img src="data:...">, where
+                        # browsers run no script.
+                        "safe_output_keys": [*SanitizeHTML().safe_output_keys, "image/svg+xml"],
+                    }
+                }
+            )
             _exporter = HTMLExporter(config=config)
             _exporter.register_preprocessor(SanitizeHTML, enabled=True)
         body, _ = _exporter.from_notebook_node(notebook)
@@ -104,7 +156,8 @@ def remove_active_content(page: str) -> str:
             lowered = name.lower()
             value = element.attrs[name]
             values = value if isinstance(value, list) else [value]
-            if lowered.startswith("on") or (lowered in _URL_ATTRIBUTES
-                                            and any(is_script_url(v, element.name) for v in values)):
+            if lowered.startswith("on") or (
+                lowered in _URL_ATTRIBUTES and any(is_script_url(v, element.name) for v in values)
+            ):
                 del element.attrs[name]
     return str(soup)

@@ -9,11 +9,12 @@ records its index on the run (`current_cell`). The runner stores the final log o
 run ends, before recording the end. A log is at most `max_bytes` (NOTEBOOKS_MAX_LOG_BYTES):
 past it, its first and last parts are kept around a marker that says how much was cut.
 """
+
 import re
 from typing import Callable, Optional
 
-from chalicelib.storage.files import output_key, outputs_prefix
 from chalicelib.common.periodic import Periodic
+from chalicelib.storage.files import output_key, outputs_prefix
 
 # How often a running run's log and current cell are stored (when they changed).
 LOG_INTERVAL_SECONDS = 2.0
@@ -61,15 +62,17 @@ def capped(text: str, max_bytes: int) -> str:
         return text
 
     def marker(cut: int) -> str:
-        return (f"\n[... log cut here: {cut} bytes left out; a run's log keeps at most {max_bytes} bytes "
-                f"(NOTEBOOKS_MAX_LOG_BYTES), its first and last parts; the executed notebook has everything "
-                f"that fit in it ...]\n")
+        return (
+            f"\n[... log cut here: {cut} bytes left out; a run's log keeps at most {max_bytes} bytes "
+            f"(NOTEBOOKS_MAX_LOG_BYTES), its first and last parts; the executed notebook has everything "
+            f"that fit in it ...]\n"
+        )
 
     budget = max(0, max_bytes - len(marker(len(data)).encode("utf-8")))
     head_bytes = budget // 2
     tail_bytes = budget - head_bytes
     head = data[:head_bytes].decode("utf-8", "ignore")
-    tail = data[len(data) - tail_bytes:].decode("utf-8", "ignore") if tail_bytes else ""
+    tail = data[len(data) - tail_bytes :].decode("utf-8", "ignore") if tail_bytes else ""
     cut = len(data) - len(head.encode("utf-8")) - len(tail.encode("utf-8"))
     return head + marker(cut) + tail
 
@@ -84,8 +87,14 @@ class LiveLog(Periodic):
     at the next tick; the run never fails for it.
     """
 
-    def __init__(self, snapshot: Callable[[], tuple], store: Callable[[str], None],
-                 record_cell: Callable[[int], None], max_bytes: int, interval: Optional[float] = None):
+    def __init__(
+        self,
+        snapshot: Callable[[], tuple],
+        store: Callable[[str], None],
+        record_cell: Callable[[int], None],
+        max_bytes: int,
+        interval: Optional[float] = None,
+    ):
         super().__init__(LOG_INTERVAL_SECONDS if interval is None else interval, self.tick, "live-log")
         self._snapshot, self._store, self._record_cell = snapshot, store, record_cell
         self._max_bytes = max_bytes

@@ -4,6 +4,7 @@ An output past the maximum keeps every cell's source and the outputs that fit, f
 first cell on; later cells' outputs are replaced by a note, and the run fails with
 `OutputTooLarge`, naming the first cell whose output was dropped.
 """
+
 import json
 
 import nbformat
@@ -41,7 +42,10 @@ def fit_output(notebook, limit: int) -> tuple:
         first_dropped = index
     else:  # every cell looked at without a fitting check: serialise what is left
         data = serialise(trimmed)
-    error = {"cell_index": first_dropped, "ename": "OutputTooLarge",
-             "evalue": f"The executed notebook was {original_size} bytes, over the limit of {limit} "
-                       f"(NOTEBOOKS_MAX_OUTPUT_BYTES): outputs from cell {first_dropped} on were dropped"}
+    error = {
+        "cell_index": first_dropped,
+        "ename": "OutputTooLarge",
+        "evalue": f"The executed notebook was {original_size} bytes, over the limit of {limit} "
+        f"(NOTEBOOKS_MAX_OUTPUT_BYTES): outputs from cell {first_dropped} on were dropped",
+    }
     return data, error

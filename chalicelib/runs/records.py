@@ -3,6 +3,7 @@ statuses, claiming a queued run, recording its progress, current cell and notebo
 version, looking for a cancel, and ending it (runs/service.py ends runs too: on cancel, and when
 their runner is gone).
 """
+
 import time
 
 from chalicelib.common.config import REPORT_GRACE_SECONDS
@@ -37,8 +38,11 @@ class RunRecords:
         if run is None or run["status"] != QUEUED:
             return None
         started = now_ms(self._clock)
-        changes = {"status": RUNNING, "started_at": started,
-                   "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000)}
+        changes = {
+            "status": RUNNING,
+            "started_at": started,
+            "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000),
+        }
         if not self._table.transition(run_id, QUEUED, changes):
             return None
         return {**run, **changes}
@@ -56,16 +60,18 @@ class RunRecords:
         """Record cells done out of cells total on a running run."""
         self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
 
-    def finish(self, run_id: str, status: str, error=None, expected_status: str = RUNNING,
-               unless_cancelling: bool = False) -> bool:
+    def finish(
+        self, run_id: str, status: str, error=None, expected_status: str = RUNNING, unless_cancelling: bool = False
+    ) -> bool:
         """End the run as `status` (with `error` for a failure), counting it off its
         owner's active runs; False if it was not `expected_status` any more (e.g. declared
         lost meanwhile, or deleted) or, with `unless_cancelling`, a cancel was requested."""
         run = self._table.get(run_id)
         if run is None or run["status"] != expected_status:
             return False
-        return self._table.end(run, {"status": status, "finished_at": now_ms(self._clock), "error": error},
-                               unless_cancelling)
+        return self._table.end(
+            run, {"status": status, "finished_at": now_ms(self._clock), "error": error}, unless_cancelling
+        )
 
     def conclude(self, run_id: str, status: str, error=None):
         """End a running run as `status`, or as `cancelled` if a cancel was requested

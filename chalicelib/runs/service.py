@@ -12,6 +12,7 @@ current cell (runs/log.py); each end is delivered to its notebook's webhook, if 
 (runs/webhooks.py: by the runner for the ends it records, through the runner function for
 those recorded in the API).
 """
+
 import json
 import logging
 import time
@@ -20,16 +21,17 @@ from typing import Optional
 
 import nbformat
 
-from chalicelib.runs import html
 from chalicelib.api import payloads
-from chalicelib.common.batches import in_parallel
 from chalicelib.api.errors import RUN_NOT_FOUND, ApiError, bad_request
+from chalicelib.api.responses import lambda_payload_bytes
+from chalicelib.common.batches import in_parallel
+from chalicelib.notebooks.service import now_ms
+from chalicelib.runs import html
+from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
+from chalicelib.runs.log import log_key, run_object_keys
+from chalicelib.runs.records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING
 from chalicelib.storage.files import output_key
 from chalicelib.storage.tables import RUN_PREFIX
-from chalicelib.notebooks.service import now_ms
-from chalicelib.api.responses import lambda_payload_bytes
-from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE, log_key, run_object_keys
-from chalicelib.runs.records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ CANCEL_DEADLINE_SECONDS = 60
 
 def run_view(item: dict) -> dict:
     """The API's run object."""
+
     def optional_int(name):
         return int(item[name]) if item.get(name) is not None else None
 
@@ -61,8 +64,11 @@ def run_view(item: dict) -> dict:
         "engine": item.get("engine"),
         "timeout": _seconds(item["timeout"]) if item.get("timeout") is not None else None,
         "current_cell": optional_int("current_cell") if item["status"] == RUNNING else None,
-        "webhook": ({"status": item["webhook"]["status"], "attempts": int(item["webhook"]["attempts"])}
-                    if item.get("webhook") else None),
+        "webhook": (
+            {"status": item["webhook"]["status"], "attempts": int(item["webhook"]["attempts"])}
+            if item.get("webhook")
+            else None
+        ),
     }
 
 
@@ -95,8 +101,7 @@ class RunService:
     cancel. A queued run it cancels ends through `records` (runs.records.RunRecords), as
     runners end theirs."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, starter, records, clock=time.time,
-                 webhooks=None):
+    def __init__(self, table, notebooks, files, dispatcher, settings, starter, records, clock=time.time, webhooks=None):
         self._table = table
         self._records = records
         self.webhooks = webhooks  # webhooks.Webhooks: told of the runs that end here, in the API
@@ -125,9 +130,15 @@ class RunService:
         item = self._notebooks.require(owner, notebook_id)
         nid = item["notebook_id"]
         prefix = f"{RUN_PREFIX}{nid}#"
-        start = payloads.page_key(next_token, lambda key: (
-            set(key) == {"owner", "sk"} and key["owner"] == owner and isinstance(key["sk"], str)
-            and key["sk"].startswith(prefix)))
+        start = payloads.page_key(
+            next_token,
+            lambda key: (
+                set(key) == {"owner", "sk"}
+                and key["owner"] == owner
+                and isinstance(key["sk"], str)
+                and key["sk"].startswith(prefix)
+            ),
+        )
         if limit is None and start is None:
             pointers, last_key = self._table.notebooks.all_run_pointers(owner, nid), None
         else:
@@ -152,8 +163,9 @@ class RunService:
         if size is None:
             raise ApiError(404, "Run output not available yet")
         limit = self._settings.max_response_bytes
-        too_large_page = ApiError(413, f"Run output too large to show as HTML (over {limit} bytes): "
-                                       "download it with format=ipynb")
+        too_large_page = ApiError(
+            413, f"Run output too large to show as HTML (over {limit} bytes): download it with format=ipynb"
+        )
         if size > limit:
             if output_format == "html":
                 raise too_large_page
@@ -177,12 +189,17 @@ class RunService:
         Their runs are found by consistent Queries (one per notebook that ever ran,
         concurrently), and their objects' keys follow from them; then deleted in batches."""
         ran = [item for item in items if int(item.get("no_of_runs", 0))]
-        found = in_parallel(lambda item: self._table.notebooks.all_run_pointers(owner, item["notebook_id"]),
-                            ran, self._settings.aws_concurrency)
-        pointers = [(item["notebook_id"], pointer) for item, item_pointers in zip(ran, found)
-                    for pointer in item_pointers]
-        self._files.delete_many([key for notebook_id, pointer in pointers
-                                 for key in run_object_keys(owner, notebook_id, pointer["run_id"])])
+        found = in_parallel(
+            lambda item: self._table.notebooks.all_run_pointers(owner, item["notebook_id"]),
+            ran,
+            self._settings.aws_concurrency,
+        )
+        pointers = [
+            (item["notebook_id"], pointer) for item, item_pointers in zip(ran, found) for pointer in item_pointers
+        ]
+        self._files.delete_many(
+            [key for notebook_id, pointer in pointers for key in run_object_keys(owner, notebook_id, pointer["run_id"])]
+        )
         self._table.delete_many(owner, [pointer for _, pointer in pointers], self._settings.aws_concurrency)
 
     def cancel(self, owner: str, run_id: str) -> dict:
@@ -201,7 +218,8 @@ class RunService:
                 self._announce({**run, "status": CANCELLED})
                 break
             if run["status"] == RUNNING and self._table.transition(
-                    run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}):
+                run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}
+            ):
                 self._stop(run)
                 return run_view(self._await_end(owner, run_id))
             run = self._require(owner, run_id)  # it moved on meanwhile: look again
@@ -259,8 +277,11 @@ class RunService:
             return self._end_for_runner(run, CANCELLED, None)
         if run["status"] not in (QUEUED, RUNNING) or now <= int(run["deadline_at"]):
             return run
-        reason = ("The runner stopped without reporting a result (crashed or timed out)"
-                  if run["status"] == RUNNING else "No runner picked the run up in time")
+        reason = (
+            "The runner stopped without reporting a result (crashed or timed out)"
+            if run["status"] == RUNNING
+            else "No runner picked the run up in time"
+        )
         return self._end_for_runner(run, FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
 
     def _end_for_runner(self, run: dict, status: str, error) -> dict:

@@ -1,5 +1,6 @@
 """Starting runs on request: a Run request (validation, client tokens, the active-runs
 quota) and a rerun; their runs are recorded and dispatched by runs.dispatch.RunDispatch."""
+
 import hashlib
 import json
 import time
@@ -7,12 +8,13 @@ import uuid
 
 from chalicelib.api import payloads
 from chalicelib.api.errors import RUN_IDS_REQUIRED, ApiError
-from chalicelib.storage.files import notebook_key
+from chalicelib.notebooks.parameters import check as check_parameters
+from chalicelib.notebooks.parameters import declared as declared_parameters
 from chalicelib.notebooks.service import CONTENT_VERSION
-from chalicelib.notebooks.parameters import check as check_parameters, declared as declared_parameters
 from chalicelib.runs.dispatch import dynamo_seconds, quota_error
 from chalicelib.runs.records import QUEUED
 from chalicelib.runs.service import MANUAL, RERUN
+from chalicelib.storage.files import notebook_key
 
 # A Run's client token stands for its first request this long.
 TOKEN_SECONDS = 24 * 3600
@@ -57,9 +59,18 @@ class RunStarter:
         items = self._notebooks.require_many(owner, ids)
         if token is None:
             pinned = self._notebooks.pin(owner, items, check=parameters or None)
-            runs = [self.run_dispatch.new_run(owner, item["notebook_id"], MANUAL, module, parameters,
-                                              timeout=timeout, version=pinned[item["notebook_id"]].version)
-                    for item in items]
+            runs = [
+                self.run_dispatch.new_run(
+                    owner,
+                    item["notebook_id"],
+                    MANUAL,
+                    module,
+                    parameters,
+                    timeout=timeout,
+                    version=pinned[item["notebook_id"]].version,
+                )
+                for item in items
+            ]
             self._check_quota(owner, len(runs))
             self.run_dispatch.record_and_dispatch(owner, runs, items)
         else:
@@ -72,12 +83,16 @@ class RunStarter:
         declares, and its timeout unless `body` gives one. 409 when the version (or the
         notebook) no longer exists. A client token is not taken: each rerun is a new run."""
         given = payloads.parameters(body, self._settings.max_parameters_bytes)
-        merged = payloads.parameters({"parameters": {**json.loads(run.get("parameters", "{}")), **given}},
-                                     self._settings.max_parameters_bytes)
+        merged = payloads.parameters(
+            {"parameters": {**json.loads(run.get("parameters", "{}")), **given}}, self._settings.max_parameters_bytes
+        )
         # The run's own timeout unless the body gives one; checked against today's limits
         # either way (a deployment may have dropped Fargate since).
-        timeout = self._timeout(body if body.get("timeout") is not None or run.get("timeout") is None
-                                else {"timeout": float(run["timeout"])})
+        timeout = self._timeout(
+            body
+            if body.get("timeout") is not None or run.get("timeout") is None
+            else {"timeout": float(run["timeout"])}
+        )
         item = self._notebooks.live(owner, run["notebook_id"])
         version = run.get("notebook_version")
         if version is None:  # recorded before versions, and its runner has not pinned one yet
@@ -87,8 +102,9 @@ class RunStarter:
             raise ApiError(409, "The notebook version of this run no longer exists")
         if merged:
             check_parameters(merged, declared_parameters(json.loads(found)))
-        new = self.run_dispatch.new_run(owner, item["notebook_id"], RERUN, run.get("module"), merged,
-                                        timeout=timeout, version=version)
+        new = self.run_dispatch.new_run(
+            owner, item["notebook_id"], RERUN, run.get("module"), merged, timeout=timeout, version=version
+        )
         self._check_quota(owner, 1)
         self.run_dispatch.record_and_dispatch(owner, [new], [item])
         return _runs_answer([new])
@@ -97,12 +113,14 @@ class RunStarter:
         """The request's `timeout`: the deployment's run timeout by default, at most the
         longest its engines take."""
         longest = self._settings.longest_run()
-        why = (" (longer runs need ECS Fargate, which this deployment has not set up)"
-               if longest < self._settings.max_run_timeout else "")
+        why = (
+            " (longer runs need ECS Fargate, which this deployment has not set up)"
+            if longest < self._settings.max_run_timeout
+            else ""
+        )
         return payloads.timeout(body, self._settings.run_timeout, longest, why)
 
-    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict,
-                    timeout: float) -> list:
+    def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict, timeout: float) -> list:
         """The runs of the first request with `token`, recorded and dispatched once."""
         token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
         now_s = int(self._clock())
@@ -112,9 +130,13 @@ class RunStarter:
             if self._table.notebooks.token(owner, token_hash, now_s) is None:
                 raise
             pinned = {}  # a repeat: its body's parameters are not used, the first request's are
-        request = {"notebook_ids": [item["notebook_id"] for item in items], "module": module,
-                   "parameters": json.dumps(parameters), "timeout": dynamo_seconds(timeout),
-                   "versions": json.dumps({nid: pin.version for nid, pin in pinned.items() if pin.version})}
+        request = {
+            "notebook_ids": [item["notebook_id"] for item in items],
+            "module": module,
+            "parameters": json.dumps(parameters),
+            "timeout": dynamo_seconds(timeout),
+            "versions": json.dumps({nid: pin.version for nid, pin in pinned.items() if pin.version}),
+        }
         first = self._table.notebooks.claim_token(owner, token_hash, request, now_s, TOKEN_SECONDS)
         if not first:
             request = self._table.notebooks.token(owner, token_hash, now_s)
@@ -123,19 +145,27 @@ class RunStarter:
             live = self._notebooks.live_items(owner, request["notebook_ids"])
             items = [live[nid] for nid in request["notebook_ids"] if nid in live]
         versions = json.loads(request.get("versions", "{}"))
-        runs = [self.run_dispatch.new_run(owner, item["notebook_id"], MANUAL, request["module"],
-                                          json.loads(request["parameters"]),
-                                          run_id=_token_run_id(owner, token_hash, item),
-                                          timeout=float(request.get("timeout", self._settings.run_timeout)),
-                                          version=versions.get(item["notebook_id"], item.get(CONTENT_VERSION)))
-                for item in items]
+        runs = [
+            self.run_dispatch.new_run(
+                owner,
+                item["notebook_id"],
+                MANUAL,
+                request["module"],
+                json.loads(request["parameters"]),
+                run_id=_token_run_id(owner, token_hash, item),
+                timeout=float(request.get("timeout", self._settings.run_timeout)),
+                version=versions.get(item["notebook_id"], item.get(CONTENT_VERSION)),
+            )
+            for item in items
+        ]
         existing = {} if first else self._table.get_many(run["run_id"] for run in runs)
         missing = [run for run in runs if run["run_id"] not in existing]
         if missing:
             self._check_quota(owner, len(missing))
             wanted = {run["notebook_id"] for run in missing}
-            self.run_dispatch.record_and_dispatch(owner, missing,
-                                                  [item for item in items if item["notebook_id"] in wanted])
+            self.run_dispatch.record_and_dispatch(
+                owner, missing, [item for item in items if item["notebook_id"] in wanted]
+            )
         # A first attempt cut short may have recorded runs it never dispatched; the runner
         # claims a run once, so dispatching a queued run again is harmless.
         self.run_dispatch.dispatch_all([run for run in existing.values() if run["status"] == QUEUED])

@@ -33,6 +33,7 @@ a DNS answer that changes in between cannot lead elsewhere. With
 NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK (the local stack's `local` stage), loopback addresses
 are allowed, and http too for the hosts localhost, 127.0.0.1 and [::1].
 """
+
 import hashlib
 import hmac
 import http.client
@@ -97,9 +98,14 @@ def refused_kind(address: str, allow_loopback: bool = False) -> Optional[str]:
             kind = refused_kind(str(embedded), allow_loopback)
             if kind or ip.ipv4_mapped:
                 return kind
-    for kind, hit in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
-                      ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                      ("private", ip.is_private), ("reserved", ip.is_reserved)):
+    for kind, hit in (
+        ("loopback", ip.is_loopback),
+        ("unspecified", ip.is_unspecified),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+    ):
         if hit:
             return None if kind == "loopback" and allow_loopback else kind
     return None if ip.is_global else "non-public"
@@ -216,8 +222,18 @@ class Webhooks:
     `resolver`, `sleep`, `retry_delays` and `ssl_context` are injectable for tests.
     """
 
-    def __init__(self, notebooks, notebook_table, run_table, dispatcher, settings, resolver=resolve,
-                 sleep=time.sleep, retry_delays=RETRY_DELAYS, ssl_context=None):
+    def __init__(
+        self,
+        notebooks,
+        notebook_table,
+        run_table,
+        dispatcher,
+        settings,
+        resolver=resolve,
+        sleep=time.sleep,
+        retry_delays=RETRY_DELAYS,
+        ssl_context=None,
+    ):
         self._notebooks = notebooks
         self._table = notebook_table
         self._runs = run_table
@@ -249,8 +265,10 @@ class Webhooks:
         """Remove the notebook's webhook. Idempotent: a notebook without one (a repeated
         request whose first answer was lost) succeeds too."""
         item = self._notebooks.require(owner, notebook_id)
-        if not self._table.clear(owner, item["notebook_id"], "webhook") \
-                and self._notebooks.live(owner, item["notebook_id"]) is None:
+        if (
+            not self._table.clear(owner, item["notebook_id"], "webhook")
+            and self._notebooks.live(owner, item["notebook_id"]) is None
+        ):
             raise bad_request(NOTEBOOK_ID_INVALID)  # deleted meanwhile
 
     def _parse(self, body: dict) -> dict:
@@ -323,9 +341,13 @@ class Webhooks:
         if not state:
             self._record(run, PENDING, attempts)
         body = json.dumps({**run_view(run), "webhook": None}).encode("utf-8")
-        headers = {"Content-Type": "application/json", "User-Agent": "notebooks-webhooks/1",
-                   "X-Notebooks-Event": run["status"], "X-Notebooks-Delivery": delivery_id(run_id),
-                   "X-Notebooks-Signature": signature(hook["secret"], body)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "notebooks-webhooks/1",
+            "X-Notebooks-Event": run["status"],
+            "X-Notebooks-Delivery": delivery_id(run_id),
+            "X-Notebooks-Signature": signature(hook["secret"], body),
+        }
         while attempts < MAX_ATTEMPTS:
             if attempts:
                 self.sleep(self.retry_delays[min(attempts, len(self.retry_delays)) - 1])
@@ -345,8 +367,7 @@ class Webhooks:
             address = checked_addresses(target, self._allow_loopback, self.resolver)[0]
             if target.scheme == "https":
                 context = self.ssl_context or ssl.create_default_context()
-                connection = _PinnedHTTPSConnection(target.host, target.port, address, ATTEMPT_TIMEOUT_SECONDS,
-                                                    context)
+                connection = _PinnedHTTPSConnection(target.host, target.port, address, ATTEMPT_TIMEOUT_SECONDS, context)
             else:
                 connection = _PinnedHTTPConnection(target.host, target.port, address, ATTEMPT_TIMEOUT_SECONDS)
             # Each read has ATTEMPT_TIMEOUT_SECONDS; the whole answer too: a receiver that

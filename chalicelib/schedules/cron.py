@@ -33,9 +33,11 @@ saving, so one UTC time cannot be a wall-clock time all year. The design:
 AWS numbers days of the week 1-7 = SUN-SAT (Unix cron: 0-6 = SUN-SAT). Built
 expressions use names (MON), never numbers, so no numbering can be got wrong.
 """
+
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone as dt_timezone, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
+from datetime import timezone as dt_timezone
 from functools import lru_cache
 from typing import Iterator, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -171,8 +173,9 @@ class WallClock:
         """The wall clock of a stored schedule (`period`, `time`, `until`, `timezone`)."""
         hhmm = record.get("time") or record["until"][-5:]  # no `time`: until's time of day
         period = record.get("period")
-        return cls(_zone(record["timezone"]), None if period is None else _weekday_index(period),
-                   int(hhmm[:2]), int(hhmm[3:]))
+        return cls(
+            _zone(record["timezone"]), None if period is None else _weekday_index(period), int(hhmm[:2]), int(hhmm[3:])
+        )
 
     def on(self, day: date) -> Optional[datetime]:
         """The occurrence on the local date `day`, or None if that day has none. A time
@@ -297,8 +300,9 @@ def parse_schedule(body_fields, now: datetime, timezone: str = "UTC") -> Schedul
 
     expression = WallClock(zone, day, hour, minute).cover(now, until_utc)
     validate_aws_cron(expression)
-    return Schedule(period=period, time=time, until=until, until_utc=until_utc, expression=expression,
-                    timezone=zone_name)
+    return Schedule(
+        period=period, time=time, until=until, until_utc=until_utc, expression=expression, timezone=zone_name
+    )
 
 
 @dataclass(frozen=True)
@@ -318,8 +322,7 @@ _FIELDS = (
     _Field("day-of-month", 1, 31, question=True),
     _Field("month", 1, 12, names=_MONTHS),
     # AWS documents no "/" for day-of-week; refusing it is stricter than AWS, never looser.
-    _Field("day-of-week", 1, 7, names=("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"),
-           question=True, step=False),
+    _Field("day-of-week", 1, 7, names=("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), question=True, step=False),
     _Field("year", 1970, 2199),
 )
 

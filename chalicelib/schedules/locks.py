@@ -7,6 +7,7 @@ one whose lease has ended), so a holder that crashed frees it when the lease run
 and released with one (only by the token that holds it). Schedules (schedules/scheduler.py) take
 the locks of a request's notebooks in id order, 100 per transaction.
 """
+
 import logging
 import random
 import time
@@ -15,11 +16,11 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.api.errors import PROCESSING_FAILED, ApiError
 from chalicelib.common.aws import failure_reason
 from chalicelib.common.batches import chunks
-from chalicelib.api.errors import PROCESSING_FAILED, ApiError
-from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.notebooks.service import now_ms
+from chalicelib.storage.notebook_table import NotebookTable
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,11 @@ class ScheduleLocks:
                 self._unlock_many(owner, held, token)
             except (ClientError, BotoCoreError) as error:
                 # The work is done; the locks' leases free them for the next request.
-                logger.warning("schedule unlock of %d notebooks failed (%s): their leases will free them",
-                               len(held), failure_reason(error))
+                logger.warning(
+                    "schedule unlock of %d notebooks failed (%s): their leases will free them",
+                    len(held),
+                    failure_reason(error),
+                )
 
     def _acquire(self, owner: str, notebook_id: str, token: str, wait_seconds: float) -> bool:
         deadline = time.monotonic() + wait_seconds
@@ -75,8 +79,9 @@ class ScheduleLocks:
             if self._table.get(owner, notebook_id) is None:
                 return False
             if time.monotonic() > deadline:
-                raise ApiError(409, PROCESSING_FAILED + "another request is changing this notebook's schedule; "
-                                                        "try again")
+                raise ApiError(
+                    409, PROCESSING_FAILED + "another request is changing this notebook's schedule; try again"
+                )
             time.sleep(random.uniform(0.01, 0.05))
 
     def lock(self, owner: str, notebook_id: str, token: str, at_ms: int, lease_ms: int) -> bool:
@@ -90,15 +95,17 @@ class ScheduleLocks:
             Key=self._table.key(owner, notebook_id),
             UpdateExpression="SET schedule_lock = :token, schedule_lock_until = :until",
             ConditionExpression="attribute_exists(sk) AND "
-                                "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
+            "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
             ExpressionAttributeValues={":token": token, ":until": at_ms + lease_ms, ":now": at_ms},
         )
 
     def _lock_many(self, owner: str, notebook_ids: list, token: str, at_ms: int, lease_ms: int) -> bool:
         """Take the locks of up to 100 notebooks in one transaction: all of them, or (False)
         none, when one is held or gone."""
-        actions = [{"Update": {"TableName": self._table.name, **self._lock_update(owner, nid, token, at_ms, lease_ms)}}
-                   for nid in notebook_ids]
+        actions = [
+            {"Update": {"TableName": self._table.name, **self._lock_update(owner, nid, token, at_ms, lease_ms)}}
+            for nid in notebook_ids
+        ]
         return self._table.transact(owner, actions) is None
 
     def unlock(self, owner: str, notebook_id: str, token: str) -> None:
@@ -106,16 +113,20 @@ class ScheduleLocks:
         self._table.conditional_update(self._unlock_update(owner, notebook_id, token))
 
     def _unlock_update(self, owner, notebook_id, token) -> dict:
-        return dict(Key=self._table.key(owner, notebook_id),
-                    UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
-                    ConditionExpression="schedule_lock = :token", ExpressionAttributeValues={":token": token})
+        return dict(
+            Key=self._table.key(owner, notebook_id),
+            UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
+            ConditionExpression="schedule_lock = :token",
+            ExpressionAttributeValues={":token": token},
+        )
 
     def _unlock_many(self, owner: str, notebook_ids: list, token: str) -> None:
         """Release the locks `token` holds, 100 per transaction (one by one where a chunk
         holds a lock that was lost, e.g. to an expired lease)."""
         for chunk in chunks(notebook_ids, _LOCKS_PER_TRANSACTION):
-            actions = [{"Update": {"TableName": self._table.name, **self._unlock_update(owner, nid, token)}}
-                       for nid in chunk]
+            actions = [
+                {"Update": {"TableName": self._table.name, **self._unlock_update(owner, nid, token)}} for nid in chunk
+            ]
             if self._table.transact(owner, actions) is not None:
                 for notebook_id in chunk:
                     self.unlock(owner, notebook_id, token)

@@ -5,6 +5,7 @@ ScheduleRules makes the EventBridge calls; the Scheduler (schedules/scheduler.py
 in what order with the stored schedule, under the notebooks' schedule locks. The runner
 also removes here the rules a Delete handed over (`remove_handed_over`), without a lock.
 """
+
 import json
 import re
 from typing import Callable, Optional
@@ -50,16 +51,23 @@ class ScheduleRules:
         `expression` and `until` it takes) and its runner target."""
         name = self.rule_name(notebook_id)
         description = f"Runs notebook {notebook_id} of {owner} until {record['until']}"
-        self._events.put_rule(Name=name, ScheduleExpression=record["expression"], State="ENABLED",
-                              Description=description[:_MAX_DESCRIPTION])
-        response = self._events.put_targets(Rule=name, Targets=[
-            {"Id": TARGET_ID, "Arn": self._runner_arn(), "Input": _target_input(owner, notebook_id)}
-        ])
+        self._events.put_rule(
+            Name=name,
+            ScheduleExpression=record["expression"],
+            State="ENABLED",
+            Description=description[:_MAX_DESCRIPTION],
+        )
+        response = self._events.put_targets(
+            Rule=name,
+            Targets=[{"Id": TARGET_ID, "Arn": self._runner_arn(), "Input": _target_input(owner, notebook_id)}],
+        )
         # PutTargets reports some refusals in its answer instead of raising.
         if response.get("FailedEntryCount"):
             entry = response["FailedEntries"][0]
-            raise ClientError({"Error": {"Code": entry.get("ErrorCode", "FailedEntry"),
-                                         "Message": entry.get("ErrorMessage", "")}}, "PutTargets")
+            raise ClientError(
+                {"Error": {"Code": entry.get("ErrorCode", "FailedEntry"), "Message": entry.get("ErrorMessage", "")}},
+                "PutTargets",
+            )
 
     def remove(self, notebook_id: str) -> None:
         """Remove the notebook's target, then its rule (a rule with targets cannot be

@@ -34,6 +34,7 @@ occurrence runs once however many times, and however late, it is delivered.
 `LocalEventClock` stands in for EventBridge's clock in the local stack, where moto
 stores rules but never fires them.
 """
+
 import json
 import logging
 import threading
@@ -43,15 +44,15 @@ from typing import Callable, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.schedules import cron
 from chalicelib.api import payloads
+from chalicelib.api.errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_request
 from chalicelib.common.aws import error_code, failure_reason, is_transient
 from chalicelib.common.batches import chunks, in_parallel
-from chalicelib.api.errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_request
-from chalicelib.storage.tables import QuotaExceeded
 from chalicelib.notebooks.service import now_ms
+from chalicelib.schedules import cron
 from chalicelib.schedules.locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
+from chalicelib.storage.tables import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,11 @@ _RULES_PER_EVENT = 1000
 
 def _reason(error: Exception) -> str:
     """A short cause for the client: the AWS error code, never the raw message."""
-    if isinstance(error, ClientError) and error_code(error) == "LimitExceededException" \
-            and error.operation_name == "PutRule":
+    if (
+        isinstance(error, ClientError)
+        and error_code(error) == "LimitExceededException"
+        and error.operation_name == "PutRule"
+    ):
         return "EventBridge rule quota reached (LimitExceededException)"
     return failure_reason(error)
 
@@ -84,8 +88,9 @@ def _live_schedule(item) -> Optional[dict]:
 class Scheduler:
     """Schedules notebooks to run on the runner through EventBridge rules (`rules`)."""
 
-    def __init__(self, rules: ScheduleRules, notebooks, table, locks: ScheduleLocks, settings, dispatcher,
-                 clock=time.time):
+    def __init__(
+        self, rules: ScheduleRules, notebooks, table, locks: ScheduleLocks, settings, dispatcher, clock=time.time
+    ):
         self._rules = rules
         self._notebooks = notebooks
         self._table = table
@@ -109,8 +114,12 @@ class Scheduler:
         except cron.ScheduleError as error:
             raise bad_request(error.message)
         record = {
-            "period": spec.period, "time": spec.time, "until": spec.until, "timezone": spec.timezone,
-            "until_ms": int(spec.until_utc.timestamp() * 1000), "expression": spec.expression,
+            "period": spec.period,
+            "time": spec.time,
+            "until": spec.until,
+            "timezone": spec.timezone,
+            "until_ms": int(spec.until_utc.timestamp() * 1000),
+            "expression": spec.expression,
         }
         changes = {"updated_at": int(now * 1000), "updated_by": owner}
         ids = [item["notebook_id"] for item in items]
@@ -136,8 +145,11 @@ class Scheduler:
             raise self._quota_error()
 
     def _quota_error(self) -> ApiError:
-        return ApiError(400, PROCESSING_FAILED + "scheduled notebooks quota reached: at most "
-                        f"{self._settings.max_scheduled} per user (NOTEBOOKS_MAX_SCHEDULED)")
+        return ApiError(
+            400,
+            PROCESSING_FAILED + "scheduled notebooks quota reached: at most "
+            f"{self._settings.max_scheduled} per user (NOTEBOOKS_MAX_SCHEDULED)",
+        )
 
     def unschedule(self, owner: str, body: dict) -> None:
         """Remove the schedules of the listed notebooks (`nbk_ids`); idempotent.
@@ -172,7 +184,10 @@ class Scheduler:
         can have a rule; a rule left by a request that died is removed at its firing.
         """
         ids = [item["notebook_id"] for item in items if item.get("schedule") or item.get("schedule_lock")]
-        here, handed_over = ids[:self._settings.rules_removed_in_request], ids[self._settings.rules_removed_in_request:]
+        here, handed_over = (
+            ids[: self._settings.rules_removed_in_request],
+            ids[self._settings.rules_removed_in_request :],
+        )
         for batch in chunks(handed_over, _RULES_PER_EVENT):
             self._dispatcher.invoke({REMOVE_RULES_EVENT: {"owner": owner, "notebook_ids": batch}})
         if here:
@@ -234,9 +249,15 @@ class Scheduler:
         Best effort: a failure here is logged and the rest are still restored.
         """
         written = set(committed)
-        entries = [({**item, "schedule": record}, item.get("schedule"),
-                    {"updated_at": item["updated_at"], "updated_by": item["updated_by"]})
-                   for item in items if item["notebook_id"] in written]
+        entries = [
+            (
+                {**item, "schedule": record},
+                item.get("schedule"),
+                {"updated_at": item["updated_at"], "updated_by": item["updated_by"]},
+            )
+            for item in items
+            if item["notebook_id"] in written
+        ]
         try:
             self._table.set_schedules(owner, entries)
         except Exception:

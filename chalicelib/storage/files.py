@@ -4,6 +4,7 @@ Keys use ids, never names, so a rename moves no object and leaves none behind. T
 bucket is versioned: each write of a notebook makes a new object version, whose S3
 VersionId names it ("null" for an object written before versioning was on).
 """
+
 from botocore.exceptions import ClientError
 
 from chalicelib.common.aws import error_code
@@ -90,9 +91,11 @@ class NotebookFiles:
     def delete_many(self, keys: list) -> None:
         """Delete these keys, 1,000 per call (missing ones too: retries are safe)."""
         for start in range(0, len(keys), _DELETE_OBJECTS_KEYS):
-            chunk = [{"Key": key} for key in keys[start:start + _DELETE_OBJECTS_KEYS]]
+            chunk = [{"Key": key} for key in keys[start : start + _DELETE_OBJECTS_KEYS]]
             response = self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": chunk, "Quiet": True})
             if response.get("Errors"):
                 failure = response["Errors"][0]
-                raise ClientError({"Error": {"Code": failure.get("Code", "DeleteFailed"),
-                                             "Message": failure.get("Message", "")}}, "DeleteObjects")
+                raise ClientError(
+                    {"Error": {"Code": failure.get("Code", "DeleteFailed"), "Message": failure.get("Message", "")}},
+                    "DeleteObjects",
+                )

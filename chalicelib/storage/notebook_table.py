@@ -1,21 +1,41 @@
 """The notebooks table: notebook metadata, name claims, per-owner counters, run pointers and
 Run tokens (the item layout is described in tables.py)."""
+
 from functools import partial
 from typing import Optional
 
 from botocore.exceptions import ClientError
 
 from chalicelib.common.batches import chunks
-from chalicelib.storage.tables import (BY_CREATED, COUNTS_SK, NAME_PREFIX, NOTEBOOK_PREFIX, RUN_PREFIX,
-                                       SCHEDULED_PREFIX, TOKEN_PREFIX, TRANSACTION_ACTIONS, TTL_ATTRIBUTE, Conflict,
-                                       NameTaken, QuotaExceeded, Tally, batch_get, conditional_update, every_page,
-                                       is_condition_failure, set_clause, transact, write_chunks)
+from chalicelib.storage.tables import (
+    BY_CREATED,
+    COUNTS_SK,
+    NAME_PREFIX,
+    NOTEBOOK_PREFIX,
+    RUN_PREFIX,
+    SCHEDULED_PREFIX,
+    TOKEN_PREFIX,
+    TRANSACTION_ACTIONS,
+    TTL_ATTRIBUTE,
+    Conflict,
+    NameTaken,
+    QuotaExceeded,
+    Tally,
+    batch_get,
+    conditional_update,
+    every_page,
+    is_condition_failure,
+    set_clause,
+    transact,
+    write_chunks,
+)
 
 
 def scheduled_until(counts: dict) -> dict:
     """From a counters item: scheduled notebook id -> its `until` (epoch ms)."""
-    return {name[len(SCHEDULED_PREFIX):]: int(value) for name, value in counts.items()
-            if name.startswith(SCHEDULED_PREFIX)}
+    return {
+        name[len(SCHEDULED_PREFIX) :]: int(value) for name, value in counts.items() if name.startswith(SCHEDULED_PREFIX)
+    }
 
 
 def _schedule_presence(item: dict) -> str:
@@ -61,11 +81,20 @@ class NotebookTable:
         """Store a new notebook, claim its name and count it, together; NameTaken when the
         name is taken."""
         claim = {**self._claim(item["owner"], item["notebook_name"]), "notebook_id": item["notebook_id"]}
-        codes = self.transact(item["owner"], [
-            {"Put": {"TableName": self.name, "Item": {**self.key(item["owner"], item["notebook_id"]), **item},
-                     "ConditionExpression": "attribute_not_exists(sk)"}},
-            {"Put": {"TableName": self.name, "Item": claim, "ConditionExpression": "attribute_not_exists(sk)"}},
-        ], Tally(notebooks=1))
+        codes = self.transact(
+            item["owner"],
+            [
+                {
+                    "Put": {
+                        "TableName": self.name,
+                        "Item": {**self.key(item["owner"], item["notebook_id"]), **item},
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                },
+                {"Put": {"TableName": self.name, "Item": claim, "ConditionExpression": "attribute_not_exists(sk)"}},
+            ],
+            Tally(notebooks=1),
+        )
         if codes and codes[1] == "ConditionalCheckFailed":
             raise NameTaken(item["notebook_name"])
         if codes:
@@ -79,15 +108,29 @@ class NotebookTable:
         """
         expression, names, values = set_clause({"notebook_name": new_name, **changes})
         values[":old"] = old_name
-        codes = self.transact(owner, [
-            {"Update": {"TableName": self.name, "Key": self.key(owner, notebook_id),
+        codes = self.transact(
+            owner,
+            [
+                {
+                    "Update": {
+                        "TableName": self.name,
+                        "Key": self.key(owner, notebook_id),
                         "UpdateExpression": "SET " + expression,
                         "ConditionExpression": "notebook_name = :old AND attribute_not_exists(deleting)",
-                        "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}},
-            {"Delete": {"TableName": self.name, "Key": self._claim(owner, old_name)}},
-            {"Put": {"TableName": self.name, "Item": {**self._claim(owner, new_name), "notebook_id": notebook_id},
-                     "ConditionExpression": "attribute_not_exists(sk)"}},
-        ])
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                },
+                {"Delete": {"TableName": self.name, "Key": self._claim(owner, old_name)}},
+                {
+                    "Put": {
+                        "TableName": self.name,
+                        "Item": {**self._claim(owner, new_name), "notebook_id": notebook_id},
+                        "ConditionExpression": "attribute_not_exists(sk)",
+                    }
+                },
+            ],
+        )
         if codes and codes[0] != "ConditionalCheckFailed" and codes[2] == "ConditionalCheckFailed":
             raise NameTaken(new_name)
         if codes:
@@ -97,9 +140,12 @@ class NotebookTable:
         """Set `changes` on a live notebook; False if it is gone."""
         expression, names, values = set_clause(changes)
         return conditional_update(
-            self._table, Key=self.key(owner, notebook_id), UpdateExpression="SET " + expression,
+            self._table,
+            Key=self.key(owner, notebook_id),
+            UpdateExpression="SET " + expression,
             ConditionExpression="attribute_exists(sk) AND attribute_not_exists(deleting)",
-            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
         )
 
     def conditional_update(self, update: dict) -> bool:
@@ -110,7 +156,9 @@ class NotebookTable:
     def clear(self, owner: str, notebook_id: str, attribute: str) -> bool:
         """Remove `attribute` from a live notebook; False if it is gone or has none."""
         return conditional_update(
-            self._table, Key=self.key(owner, notebook_id), UpdateExpression="REMOVE #a",
+            self._table,
+            Key=self.key(owner, notebook_id),
+            UpdateExpression="REMOVE #a",
             ConditionExpression="attribute_exists(#a) AND attribute_not_exists(deleting)",
             ExpressionAttributeNames={"#a": attribute},
         )
@@ -131,14 +179,20 @@ class NotebookTable:
             return [self._schedule_action(owner, *entry) for entry in chunk], self._schedule_tally(chunk, limit)
 
         def reread(chunk, codes):
-            if codes[-1] == "ConditionalCheckFailed" and codes.count("ConditionalCheckFailed") == 1 \
-                    and limit is not None:
+            if (
+                codes[-1] == "ConditionalCheckFailed"
+                and codes.count("ConditionalCheckFailed") == 1
+                and limit is not None
+            ):
                 raise QuotaExceeded("scheduled")
             fresh = self.get_many(owner, [item["notebook_id"] for item, _, _ in chunk])
             live = {nid: item for nid, item in fresh.items() if not item.get("deleting")}
             gone.extend(item["notebook_id"] for item, _, _ in chunk if item["notebook_id"] not in live)
-            return [(live[item["notebook_id"]], schedule, changes) for item, schedule, changes in chunk
-                    if item["notebook_id"] in live]
+            return [
+                (live[item["notebook_id"]], schedule, changes)
+                for item, schedule, changes in chunk
+                if item["notebook_id"] in live
+            ]
 
         def written(chunk):
             if committed is not None:
@@ -152,11 +206,17 @@ class NotebookTable:
         update = "SET " + expression + ("" if schedule else " REMOVE #schedule")
         if not schedule:
             names["#schedule"] = "schedule"
-        return {"Update": {"TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
-                           "UpdateExpression": update,
-                           "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
-                                                  + _schedule_presence(item),
-                           "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}}
+        return {
+            "Update": {
+                "TableName": self.name,
+                "Key": self.key(owner, item["notebook_id"]),
+                "UpdateExpression": update,
+                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                + _schedule_presence(item),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
 
     @staticmethod
     def _schedule_tally(chunk: list, limit) -> Tally:
@@ -175,18 +235,36 @@ class NotebookTable:
         nothing, when it was replaced or removed since it was read."""
         tally = Tally()
         tally.schedules_removed.append(notebook_id)
-        codes = self.transact(owner, [{"Update": {
-            "TableName": self.name, "Key": self.key(owner, notebook_id), "UpdateExpression": "REMOVE #f",
-            "ConditionExpression": "attribute_not_exists(deleting) AND #f.#u = :u AND #f.#e = :e",
-            "ExpressionAttributeNames": {"#f": "schedule", "#u": "until_ms", "#e": "expression"},
-            "ExpressionAttributeValues": {":u": expected["until_ms"], ":e": expected["expression"]}}}], tally)
+        codes = self.transact(
+            owner,
+            [
+                {
+                    "Update": {
+                        "TableName": self.name,
+                        "Key": self.key(owner, notebook_id),
+                        "UpdateExpression": "REMOVE #f",
+                        "ConditionExpression": "attribute_not_exists(deleting) AND #f.#u = :u AND #f.#e = :e",
+                        "ExpressionAttributeNames": {"#f": "schedule", "#u": "until_ms", "#e": "expression"},
+                        "ExpressionAttributeValues": {":u": expected["until_ms"], ":e": expected["expression"]},
+                    }
+                }
+            ],
+            tally,
+        )
         return codes is None
 
     def page(self, owner: str, limit=None, start_key=None) -> tuple:
         """(items, next_key): up to `limit` notebooks of `owner`, oldest first."""
-        return self._query_page({"IndexName": BY_CREATED, "KeyConditionExpression": "#o = :o",
-                                 "ExpressionAttributeNames": {"#o": "owner"},
-                                 "ExpressionAttributeValues": {":o": owner}}, limit, start_key)
+        return self._query_page(
+            {
+                "IndexName": BY_CREATED,
+                "KeyConditionExpression": "#o = :o",
+                "ExpressionAttributeNames": {"#o": "owner"},
+                "ExpressionAttributeValues": {":o": owner},
+            },
+            limit,
+            start_key,
+        )
 
     def _query_page(self, request: dict, limit, start_key) -> tuple:
         """(items, next_key): one page of a Query of this table."""
@@ -212,11 +290,19 @@ class NotebookTable:
         def build(chunk):
             tally = Tally(notebooks=-len(chunk))
             tally.schedules_removed = [item["notebook_id"] for item in chunk if item.get("schedule")]
-            return [{"Update": {
-                "TableName": self.name, "Key": self.key(owner, item["notebook_id"]),
-                "UpdateExpression": "SET deleting = :t", "ExpressionAttributeValues": {":t": True},
-                "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
-                                       + _schedule_presence(item)}} for item in chunk], tally
+            return [
+                {
+                    "Update": {
+                        "TableName": self.name,
+                        "Key": self.key(owner, item["notebook_id"]),
+                        "UpdateExpression": "SET deleting = :t",
+                        "ExpressionAttributeValues": {":t": True},
+                        "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                        + _schedule_presence(item),
+                    }
+                }
+                for item in chunk
+            ], tally
 
         def reread(chunk, _codes):
             fresh = self.get_many(owner, [item["notebook_id"] for item in chunk])
@@ -233,24 +319,40 @@ class NotebookTable:
             for item in chunk:
                 actions += [
                     {"Delete": {"TableName": self.name, "Key": self.key(owner, item["notebook_id"])}},
-                    {"Delete": {"TableName": self.name, "Key": self._claim(owner, item["notebook_name"]),
-                                "ConditionExpression": "attribute_not_exists(sk) OR notebook_id = :id",
-                                "ExpressionAttributeValues": {":id": item["notebook_id"]}}},
+                    {
+                        "Delete": {
+                            "TableName": self.name,
+                            "Key": self._claim(owner, item["notebook_name"]),
+                            "ConditionExpression": "attribute_not_exists(sk) OR notebook_id = :id",
+                            "ExpressionAttributeValues": {":id": item["notebook_id"]},
+                        }
+                    },
                 ]
             if self.transact(owner, actions) is not None:
                 raise Conflict("remove")
 
     def run_pointer(self, owner: str, notebook_id: str, created_at: int, run_id: str) -> dict:
         """The item that lists a run under its notebook."""
-        return {"owner": owner, "sk": f"{RUN_PREFIX}{notebook_id}#{created_at:015d}#{run_id}",
-                "notebook_id": notebook_id, "run_id": run_id}
+        return {
+            "owner": owner,
+            "sk": f"{RUN_PREFIX}{notebook_id}#{created_at:015d}#{run_id}",
+            "notebook_id": notebook_id,
+            "run_id": run_id,
+        }
 
     def run_pointers(self, owner: str, notebook_id: str, limit=None, start_key=None, oldest_first=False) -> tuple:
         """(pointers, next_key): the notebook's runs, newest first (a consistent Query)."""
-        return self._query_page({"KeyConditionExpression": "#o = :o AND begins_with(sk, :p)",
-                                 "ExpressionAttributeNames": {"#o": "owner"},
-                                 "ExpressionAttributeValues": {":o": owner, ":p": f"{RUN_PREFIX}{notebook_id}#"},
-                                 "ConsistentRead": True, "ScanIndexForward": oldest_first}, limit, start_key)
+        return self._query_page(
+            {
+                "KeyConditionExpression": "#o = :o AND begins_with(sk, :p)",
+                "ExpressionAttributeNames": {"#o": "owner"},
+                "ExpressionAttributeValues": {":o": owner, ":p": f"{RUN_PREFIX}{notebook_id}#"},
+                "ConsistentRead": True,
+                "ScanIndexForward": oldest_first,
+            },
+            limit,
+            start_key,
+        )
 
     def all_run_pointers(self, owner: str, notebook_id: str) -> list:
         """Every run pointer of the notebook, newest first."""
@@ -258,8 +360,9 @@ class NotebookTable:
 
     def token(self, owner: str, token_hash: str, now_s: int):
         """A Run token's item, or None if there is none or it expired."""
-        item = self._table.get_item(Key={"owner": owner, "sk": TOKEN_PREFIX + token_hash},
-                                    ConsistentRead=True).get("Item")
+        item = self._table.get_item(Key={"owner": owner, "sk": TOKEN_PREFIX + token_hash}, ConsistentRead=True).get(
+            "Item"
+        )
         return item if item and int(item[TTL_ATTRIBUTE]) > now_s else None
 
     def claim_token(self, owner: str, token_hash: str, request: dict, now_s: int, ttl_s: int) -> bool:
@@ -269,10 +372,11 @@ class NotebookTable:
             self._table.put_item(
                 Item={"owner": owner, "sk": TOKEN_PREFIX + token_hash, TTL_ATTRIBUTE: now_s + ttl_s, **request},
                 ConditionExpression="attribute_not_exists(sk) OR #e < :now",
-                ExpressionAttributeNames={"#e": TTL_ATTRIBUTE}, ExpressionAttributeValues={":now": now_s})
+                ExpressionAttributeNames={"#e": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={":now": now_s},
+            )
         except ClientError as error:
             if is_condition_failure(error):
                 return False
             raise
         return True
-

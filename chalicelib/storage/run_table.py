@@ -1,12 +1,22 @@
 """The runs table: run records, each listed under its notebook in the notebooks table."""
+
 from functools import partial
 from typing import Optional
 
 from chalicelib.common.aws import all_items
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.storage.notebook_table import NotebookTable
-from chalicelib.storage.tables import (ACTIVE, BATCH_GET_KEYS, TERMINAL, Tally, batch_get, conditional_update,
-                                       entries_per_transaction, set_clause, write_chunks)
+from chalicelib.storage.tables import (
+    ACTIVE,
+    BATCH_GET_KEYS,
+    TERMINAL,
+    Tally,
+    batch_get,
+    conditional_update,
+    entries_per_transaction,
+    set_clause,
+    write_chunks,
+)
 
 
 class RunTable:
@@ -44,20 +54,31 @@ class RunTable:
         for run in runs:
             actions += [
                 {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
-                {"Put": {"TableName": self.notebooks.name,
-                         "Item": self.notebooks.run_pointer(owner, run["notebook_id"], run["created_at"],
-                                                             run["run_id"])}},
-                {"Update": {"TableName": self.notebooks.name, "Key": self.notebooks.key(owner, run["notebook_id"]),
-                            "UpdateExpression": "ADD no_of_runs :one, runs_kept :one SET last_run = :at",
-                            "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
-                                                   "(attribute_not_exists(last_run) OR last_run < :at)",
-                            "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]}}},
+                {
+                    "Put": {
+                        "TableName": self.notebooks.name,
+                        "Item": self.notebooks.run_pointer(owner, run["notebook_id"], run["created_at"], run["run_id"]),
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.notebooks.name,
+                        "Key": self.notebooks.key(owner, run["notebook_id"]),
+                        "UpdateExpression": "ADD no_of_runs :one, runs_kept :one SET last_run = :at",
+                        "ConditionExpression": "attribute_exists(sk) AND attribute_not_exists(deleting) AND "
+                        "(attribute_not_exists(last_run) OR last_run < :at)",
+                        "ExpressionAttributeValues": {":one": 1, ":at": run["created_at"]},
+                    }
+                },
             ]
         codes = self.notebooks.transact(owner, actions, Tally(runs_active=len(runs), runs_limit=active_limit))
         if codes is None:
             return None
-        failed = {index % self._ACTIONS_PER_RUN for index, code in enumerate(codes[:len(actions)])
-                  if code == "ConditionalCheckFailed"}
+        failed = {
+            index % self._ACTIONS_PER_RUN
+            for index, code in enumerate(codes[: len(actions)])
+            if code == "ConditionalCheckFailed"
+        }
         if 0 in failed:
             return "exists"
         return "notebook" if failed else "quota"
@@ -78,9 +99,12 @@ class RunTable:
 
     def unfinished(self) -> list:
         """Every run still queued or running: a Scan, for the local stack's start only."""
-        return all_items(self._table.scan, FilterExpression="#status IN (:queued, :running)",
-                         ExpressionAttributeNames={"#status": "status"},
-                         ExpressionAttributeValues={":queued": "queued", ":running": "running"})
+        return all_items(
+            self._table.scan,
+            FilterExpression="#status IN (:queued, :running)",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":queued": "queued", ":running": "running"},
+        )
 
     def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
         """Apply `changes` if the run is still in `expected_status` (its status stays
@@ -104,9 +128,13 @@ class RunTable:
         expression, names, values = set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
-        return {"Key": {"run_id": run_id}, "UpdateExpression": "SET " + expression,
-                "ConditionExpression": "#status = :expected",
-                "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+        return {
+            "Key": {"run_id": run_id},
+            "UpdateExpression": "SET " + expression,
+            "ConditionExpression": "#status = :expected",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
 
     def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
@@ -121,15 +149,28 @@ class RunTable:
             attempted.update(run_ids)
             actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]
             if notebook_id:
-                actions.append({"Update": {
-                    "TableName": self.notebooks.name, "Key": self.notebooks.key(owner, notebook_id),
-                    "UpdateExpression": "ADD runs_kept :minus", "ConditionExpression": "attribute_exists(sk)",
-                    "ExpressionAttributeValues": {":minus": -len(chunk)}}})
+                actions.append(
+                    {
+                        "Update": {
+                            "TableName": self.notebooks.name,
+                            "Key": self.notebooks.key(owner, notebook_id),
+                            "UpdateExpression": "ADD runs_kept :minus",
+                            "ConditionExpression": "attribute_exists(sk)",
+                            "ExpressionAttributeValues": {":minus": -len(chunk)},
+                        }
+                    }
+                )
             active = sum(1 for pointer in chunk if runs.get(pointer["run_id"], {}).get("status") in ACTIVE)
             return actions, Tally(runs_active=-active)
 
-        write_chunks(partial(self.notebooks.transact, owner), pointers, self._ACTIONS_PER_DELETION, build,
-                      lambda chunk, _codes: chunk, "runs")
+        write_chunks(
+            partial(self.notebooks.transact, owner),
+            pointers,
+            self._ACTIONS_PER_DELETION,
+            build,
+            lambda chunk, _codes: chunk,
+            "runs",
+        )
 
     def delete_many(self, owner: str, pointers: list, workers: int) -> None:
         """`delete` of many runs (a notebook Delete's), on up to `workers` threads: the runs
@@ -138,8 +179,9 @@ class RunTable:
         conflict); the rest by `delete`, with what was read, and any that changed since
         read by `delete` again."""
         runs = {}
-        for found in in_parallel(self.get_many, chunks([pointer["run_id"] for pointer in pointers], BATCH_GET_KEYS),
-                                 workers):
+        for found in in_parallel(
+            self.get_many, chunks([pointer["run_id"] for pointer in pointers], BATCH_GET_KEYS), workers
+        ):
             runs.update(found)
         ended = [pointer for pointer in pointers if runs.get(pointer["run_id"], {}).get("status") in TERMINAL]
 
@@ -151,15 +193,26 @@ class RunTable:
         changed = in_parallel(delete_ended, chunks(ended, per_transaction), workers)
         ended_ids = {pointer["run_id"] for pointer in ended}
         changed = [pointer for chunk in changed for pointer in chunk]
-        self.delete(owner, [pointer for pointer in pointers if pointer["run_id"] not in ended_ids],
-                    read={run_id: run for run_id, run in runs.items() if run_id not in ended_ids})
+        self.delete(
+            owner,
+            [pointer for pointer in pointers if pointer["run_id"] not in ended_ids],
+            read={run_id: run for run_id, run in runs.items() if run_id not in ended_ids},
+        )
         self.delete(owner, changed)
 
     def _deletion(self, owner: str, pointer: dict, runs: dict) -> list:
         """The actions deleting a run (if still in the status read, or still absent) and its pointer."""
         run = runs.get(pointer["run_id"])
-        condition = ({"ConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "status"},
-                      "ExpressionAttributeValues": {":s": run["status"]}} if run
-                     else {"ConditionExpression": "attribute_not_exists(run_id)"})
-        return [{"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
-                {"Delete": {"TableName": self.notebooks.name, "Key": {"owner": owner, "sk": pointer["sk"]}}}]
+        condition = (
+            {
+                "ConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": "status"},
+                "ExpressionAttributeValues": {":s": run["status"]},
+            }
+            if run
+            else {"ConditionExpression": "attribute_not_exists(run_id)"}
+        )
+        return [
+            {"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
+            {"Delete": {"TableName": self.notebooks.name, "Key": {"owner": owner, "sk": pointer["sk"]}}},
+        ]

@@ -21,6 +21,7 @@ Notebooks table, partitioned by owner, so one user's requests never read another
 Runs table:
   hash `run_id`.
 """
+
 import random
 import time
 from typing import Optional
@@ -90,8 +91,9 @@ def create_tables(dynamodb, settings) -> None:
         if definition["TableName"] not in existing:
             dynamodb.create_table(**definition)
             dynamodb.get_waiter("table_exists").wait(TableName=definition["TableName"])
-    dynamodb.update_time_to_live(TableName=settings.notebooks_table, TimeToLiveSpecification={
-        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
+    dynamodb.update_time_to_live(
+        TableName=settings.notebooks_table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+    )
 
 
 class NameTaken(Exception):
@@ -164,8 +166,7 @@ def entries_per_transaction(actions_per_entry: int) -> int:
     return (TRANSACTION_ACTIONS - 1) // actions_per_entry
 
 
-def write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str,
-                  written=None) -> None:
+def write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str, written=None) -> None:
     """Write `entries` cut so that each chunk's actions plus one counter update fit one
     transaction: `transact(*build(chunk))`, `build(chunk)` giving (actions, Tally), then
     `written(chunk)`. When a condition fails, `reread(chunk, codes)` gives what of the
@@ -206,10 +207,12 @@ def batch_get(client, table_name: str, keys: list) -> list:
             request = response.get("UnprocessedKeys") or {}
             if not request:
                 break
-            time.sleep(min(1.0, 0.05 * 2 ** attempt))  # throttled: AWS asks to send the rest later
+            time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: AWS asks to send the rest later
         else:
-            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
-                                         "Message": "keys left unprocessed"}}, "BatchGetItem")
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "keys left unprocessed"}},
+                "BatchGetItem",
+            )
     return items
 
 
@@ -229,9 +232,11 @@ class Tally:
         """The Update action, or None when nothing changes."""
         names, values, adds, sets, conditions = {}, {}, [], [], []
         scheduled = self.schedules_added - len(self.schedules_removed)
-        for field, delta, limit in (("notebooks", self.notebooks, None),
-                                    ("runs_active", self.runs_active, self.runs_limit),
-                                    ("scheduled", scheduled, self.scheduled_limit)):
+        for field, delta, limit in (
+            ("notebooks", self.notebooks, None),
+            ("runs_active", self.runs_active, self.runs_limit),
+            ("scheduled", scheduled, self.scheduled_limit),
+        ):
             if delta:
                 names[f"#{field}"] = field
                 values[f":{field}"] = delta
@@ -253,8 +258,12 @@ class Tally:
             clauses.append("REMOVE " + ", ".join(f"#r{i}" for i in range(len(self.schedules_removed))))
         if not clauses:
             return None
-        update = {"TableName": table_name, "Key": {"owner": owner, "sk": COUNTS_SK},
-                  "UpdateExpression": " ".join(clauses), "ExpressionAttributeNames": names}
+        update = {
+            "TableName": table_name,
+            "Key": {"owner": owner, "sk": COUNTS_SK},
+            "UpdateExpression": " ".join(clauses),
+            "ExpressionAttributeNames": names,
+        }
         if values:
             update["ExpressionAttributeValues"] = values
         if conditions:
