@@ -31,8 +31,10 @@ def _runs_answer(runs: list) -> dict:
 
 
 class RunStarter:
-    """Starts the runs a request asks for (Run, rerun), which its `run_dispatch` records
-    and dispatches; passes schedule firings and the local stack's restart through to it."""
+    """Starts the runs a request asks for (Run, rerun): validates the request, keeps its
+    client token and checks the active-runs quota; its `run_dispatch` records and
+    dispatches the runs. Schedule firings (runner/executor.py) and the local stack's
+    restart (devstack/local_lambda.py) call RunDispatch directly."""
 
     def __init__(self, table, notebooks, files, settings, run_dispatch, clock=time.time):
         self._table = table
