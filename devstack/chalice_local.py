@@ -11,9 +11,15 @@ server (in its worker process, again after every reload), the server:
   state lives in that stack's embedded AWS, so a reload loses nothing;
 - answers with the local server's fixes for clients written against the seed
   (devstack/local_http.py);
-- has its file watcher skip the state folder, the virtualenv and other dot-folders and
-  `__pycache__`: their changes are not code changes (and the snapshots written into the
-  state folder would reload the app every second).
+- has its file watcher skip the state folder and every generated folder (dot-folders such
+  as `.venv`, `.git` and the tools' caches, `__pycache__`, `build`, `dist`, `*.egg-info`):
+  their changes are not code changes (the snapshots written into the state folder would
+  reload the app every second, and `make package` rewrites `build/`); a file that vanishes
+  while the watcher looks is skipped, never an error.
+
+Settings in the environment win over `.chalice/config.json`: Chalice applies the stage's
+`environment_variables` over the process environment, and this command has it apply only
+those the environment does not set (devstack.stack.stage_defaults).
 """
 
 import functools
@@ -25,9 +31,13 @@ import sys
 import threading
 import time
 
+from chalice.cli.filewatch.stat import StatFileWatcher, StatWorkerProcess
+
 _CONNECTION_BACKLOG = 128
 _START_SECONDS = 120
-_SKIPPED_FOLDERS = ("__pycache__",)
+# Folders tools generate (besides dot-folders): their changes are not code changes.
+_GENERATED_FOLDERS = ("__pycache__", "build", "dist")
+_GENERATED_SUFFIXES = (".egg-info",)
 
 
 def attach() -> None:
@@ -47,6 +57,7 @@ def attach() -> None:
     create_local_server.local_stack = True
     local.create_local_server = create_local_server
     _watch_code_only()
+    _environment_wins()
 
 
 def connect() -> None:
@@ -108,44 +119,79 @@ def _install_request_handler(server, app_object, config) -> None:
     server.server.socket.listen(_CONNECTION_BACKLOG)
 
 
-def _is_code(path: str, state: str) -> bool:
-    """Whether a change to `path` is a change to the app: not in the state folder, a
-    dot-folder (the virtualenv, .git) or __pycache__."""
-    path = os.path.abspath(path)
-    if path == state or path.startswith(state + os.sep):
-        return False
-    folders = os.path.relpath(path, os.getcwd()).split(os.sep)[:-1]
-    return not any(name.startswith(".") or name in _SKIPPED_FOLDERS for name in folders)
+def _is_generated(name: str) -> bool:
+    """Whether a folder of this name holds what tools generate, or state, not code."""
+    return name.startswith(".") or name in _GENERATED_FOLDERS or name.endswith(_GENERATED_SUFFIXES)
+
+
+def code_files(root: str, state: str) -> dict:
+    """{path: modification time} of the files under `root` whose changes are code changes.
+
+    The state folder and generated folders are not walked into; a file that vanishes
+    between its folder's listing and its stat is left out."""
+    files = {}
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not _is_generated(name) and os.path.join(folder, name) != state]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                files[path] = os.stat(path).st_mtime
+            except OSError:
+                continue
+    return files
+
+
+class CodeWatcher(StatFileWatcher):
+    """Chalice's polling watcher over `code_files`: any file added, changed or removed
+    there reloads the app; nothing elsewhere does."""
+
+    def __init__(self, state: str):
+        super().__init__()
+        self._state = state
+
+    def _seed_mtime_cache(self, root_dir):
+        self._mtime_cache = code_files(os.path.abspath(root_dir), self._state)
+
+    def _single_pass_poll(self, root_dir, callback):
+        files = code_files(os.path.abspath(root_dir), self._state)
+        if files != self._mtime_cache:
+            self._mtime_cache = files
+            callback()
+
+
+class _CodeWorkerProcess(StatWorkerProcess):
+    def _start_file_watcher(self, project_dir):
+        from devstack.stack import state_folder
+
+        CodeWatcher(state_folder()).watch_for_file_changes(project_dir, self._on_file_change)
 
 
 def _watch_code_only() -> None:
-    """Have Chalice's file watchers ignore changes that are not code changes.
+    """Have Chalice's reloader watch with CodeWatcher (also where watchdog is installed,
+    whose watcher sees every change under the project)."""
+    from chalice.cli import reloader
 
-    The stat watcher may have listed the files before this runs (it starts alongside the
-    app's import), so each poll first forgets the files it now ignores."""
-    from chalice.cli.filewatch.stat import StatFileWatcher
+    reloader.get_best_worker_process = lambda: _CodeWorkerProcess
 
-    from devstack.stack import state_folder
 
-    state = state_folder()
-    walk, poll = StatFileWatcher._recursive_walk_files, StatFileWatcher._single_pass_poll
+def _environment_wins() -> None:
+    """Have Chalice apply only the stage's environment variables that the process
+    environment does not set."""
+    from chalice.cli.factory import CLIFactory
 
-    def walk_code(self, root_dir):
-        return (path for path in walk(self, root_dir) if _is_code(path, state))
+    from devstack.stack import stage_defaults
 
-    def poll_code(self, root_dir, callback):
-        self._mtime_cache = {path: mtime for path, mtime in self._mtime_cache.items() if _is_code(path, state)}
-        return poll(self, root_dir, callback)
+    load = CLIFactory.load_chalice_app
+    if getattr(load, "environment_wins", False):
+        return
 
-    StatFileWatcher._recursive_walk_files, StatFileWatcher._single_pass_poll = walk_code, poll_code
-    try:
-        from chalice.cli.filewatch.eventbased import WatchdogRestarter
-    except ImportError:
-        return  # watchdog is not installed: Chalice uses the stat watcher
-    on_event = WatchdogRestarter.on_any_event
-    WatchdogRestarter.on_any_event = lambda self, event: (
-        on_event(self, event) if _is_code(event.src_path, state) else None
-    )
+    def load_chalice_app(self, environment_variables=None, validate_feature_flags=True):
+        if environment_variables is not None:
+            environment_variables = stage_defaults(environment_variables, self._environ)
+        return load(self, environment_variables, validate_feature_flags)
+
+    load_chalice_app.environment_wins = True
+    CLIFactory.load_chalice_app = load_chalice_app
 
 
 def main() -> int:

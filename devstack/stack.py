@@ -79,6 +79,12 @@ def local_stage_environment() -> dict:
         return Config(chalice_stage="local", config_from_disk=json.load(config_file)).environment_variables
 
 
+def stage_defaults(stage_variables: dict, environ) -> dict:
+    """Those of a Chalice stage's `environment_variables` that `environ` does not set: the
+    stage's values are defaults, and a setting given to `make dev` (or `make api`) wins."""
+    return {name: value for name, value in stage_variables.items() if name not in environ}
+
+
 def running_stack(folder: str):
     """What `stack.json` says of the stack running on `folder`: {"aws": {"endpoint",
     "access_key_id", "secret_access_key", "region"}, "lambda": {"endpoint"}, "pid"}, or
@@ -192,7 +198,7 @@ class Stack:
         """Start the processes; what `stack.json` now says."""
         python = [sys.executable, "-m"]
         env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-        env.update(local_stage_environment())
+        env.update(stage_defaults(local_stage_environment(), env))
         self.settings = Settings.from_env(env)
         env.update(
             self._credentials,
