@@ -1,14 +1,20 @@
 """The documentation says what the code does: docs/configuration.md against `Settings`
-and the local stack's own variables."""
+and the local stack's own variables, and the README's quickstart pasted into bash
+against a real local stack."""
 
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
+import requests
 
 from chalicelib.common.config import Settings
+from devstack.stack import free_port
 from tests import config_doc
+from tests.local_stack import ADMIN, RunningStack, remove_state, state_folder
 
 ROOT = config_doc.ROOT
 DOCUMENTED = config_doc.settings_rows()
@@ -73,6 +79,51 @@ def test_the_local_stack_table_lists_what_devstack_reads():
     read = {name for name in read if not _STACK_INTERNAL.fullmatch(name)}
     documented = {config_doc.variable(row[0]) for row in config_doc.table("Local stack")}
     assert read == documented
+
+
+def quickstart_script(path: str = os.path.join(ROOT, "README.md")) -> str:
+    """The shell blocks of the README's Quickstart section, in order."""
+    with open(path) as readme:
+        section = readme.read().split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, "the Quickstart has no ```sh block"
+    return "\n".join(blocks)
+
+
+def test_the_quickstart_works_when_pasted():
+    """Every shell block of the Quickstart, but `make dev` (the stack is started here, on
+    a free port), through bash against the stack; then the run it made succeeded."""
+    script = "\n".join(line for line in quickstart_script().split("\n") if not line.startswith("make "))
+    assert "$URL" in script and "${URL:-" in script
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
+    try:
+        # From the repository, as a user pastes it, against a stack serving this repository:
+        # a file the quickstart left in it would reload the API under the next command.
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + '\necho "RUN=$RUN"'],
+            cwd=ROOT,
+            env={**os.environ, "URL": stack.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr + stack.output()
+        run_id = re.findall(r"^RUN=(\S+)$", done.stdout, re.M)[-1]
+        run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
+        assert run["status"] == "succeeded", run
+        assert run["parameters"] == {"name": "quickstart", "n": 2}
+        assert "Hello, quickstart! (2/2)" in done.stdout  # the log it printed
+        out = re.findall(r"^output in (\S+)$", done.stdout, re.M)[-1]
+        try:
+            with open(os.path.join(out, "hello-output.html")) as page:
+                assert page.read().count("Hello, quickstart!") == 2
+        finally:
+            shutil.rmtree(out)
+        assert "Restarting local dev server" not in stack.output()
+    finally:
+        stack.interrupt()
+        remove_state(state)
 
 
 def test_settings_from_env_is_what_the_table_checks():
