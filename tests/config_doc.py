@@ -10,8 +10,10 @@ from chalicelib.common.config import Settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGURATION = os.path.join(ROOT, "docs", "configuration.md")
 # Values tried, in order, until one changes a setting: a number parses as an int, a
-# float or a string; the words reach the booleans whichever way their default lies.
-PROBES = ("7", "false", "true")
+# float or a string (two numbers, in case a default is one of them); the words reach the
+# booleans whichever way their default lies. A new kind of setting that none of these
+# changes (say, one of a few names) adds a value it accepts here.
+PROBES = ("7", "8", "false", "true")
 
 
 def table(heading: str, path: str = CONFIGURATION) -> list:
@@ -51,7 +53,10 @@ def probe(name: str):
     no probe value changes any."""
     base = unset()
     for value in PROBES:
-        read = Settings.from_env({name: value})
+        try:
+            read = Settings.from_env({name: value})
+        except ValueError:
+            continue  # not a value of this setting's kind
         changed = [f.name for f in dataclasses.fields(Settings) if getattr(read, f.name) != getattr(base, f.name)]
         if changed:
             assert len(changed) == 1, f"{name}={value} changes {changed}"

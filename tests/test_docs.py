@@ -50,8 +50,9 @@ def _default_matches(cell: str, value) -> bool:
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
 def test_each_documented_default_is_the_settings_default(name):
-    field = config_doc.probe(name)[0]
-    value = getattr(config_doc.unset(), field)
+    probed = config_doc.probe(name)
+    assert probed is not None, f"{name} is documented, but Settings.from_env does not read it"
+    value = getattr(config_doc.unset(), probed[0])
     assert _default_matches(DOCUMENTED[name], value), f"{name}: documented {DOCUMENTED[name]}, Settings has {value!r}"
 
 
