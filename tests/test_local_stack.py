@@ -55,7 +55,7 @@ def start(launched, stack: RunningStack) -> RunningStack:
 
 
 def add_user(stack: RunningStack, name: str, password: str) -> None:
-    """The users command, pointed at the stack as the README says (`python -m devstack.stack env`)."""
+    """The users command, pointed at the stack as docs/security.md says (`python -m devstack.stack env`)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     env.update(client_environment(stack.connection()))
     subprocess.run(
