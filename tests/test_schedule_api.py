@@ -11,6 +11,7 @@ import pytest
 from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.schedules.cron import cron_times
 from tests.conftest import error
+from tests.test_runs import notebook_of, stream_text
 
 BASE = "/_notebooks/notebooks"
 
@@ -46,6 +47,7 @@ def test_seed_schedule_and_unschedule_samples_sent_with_get(api):
         "until": until,
         "timezone": "UTC",
         "next_run": next_monday_0650_utc(datetime.now(timezone.utc)),
+        "parameters": {},
     }
     assert api.json("GET", BASE + "/_all")[0]["schedule"] == {"period": "Monday", "time": "06:50", "until": until}
     assert api.json("GET", BASE + "/_count") == {"Total Notebooks": 1, "Not Scheduled": 0, "Scheduled": 1}
@@ -130,6 +132,29 @@ def test_a_schedule_firing_is_an_ordinary_run_with_trigger_schedule(api, executo
     # EventBridge delivering the same firing twice still makes one run
     assert executor.handle(scheduled_event(notebook_id)) == {"run_id": outcome["run_id"], "status": "skipped"}
     assert len(api.json("GET", f"{BASE}/{notebook_id}/runs")) == 1
+
+
+def test_a_schedule_keeps_its_parameters_shows_them_and_every_firing_runs_with_them(api, executor):
+    """Schedule's `parameters` are checked as a Run's are (a 400 naming the parameter, and
+    nothing scheduled), shown in Fetch's schedule, and given to the run each firing makes;
+    scheduling again without them replaces them."""
+    content = notebook_of("print(f'n={n} label={label}')", parameters_cell="n: int = 1\nlabel: str = 'x'")
+    notebook_id = api.create(content=content)["notebook_id"]
+    body = {"nbk_ids": [notebook_id], "until": future()}
+    for parameters, named in [({"m": 1}, "m"), ({"n": "five"}, "n")]:
+        status, message = error(api.call("POST", BASE + "/_schedule", {**body, "parameters": parameters}))
+        assert status == 400 and named in message, message
+        assert api.json("GET", f"{BASE}/{notebook_id}")["status"] == "Not Scheduled" and rule_names() == []
+    assert api.json("POST", BASE + "/_schedule", {**body, "parameters": {"n": 5, "label": "weekly"}}) == "Success"
+    assert api.json("GET", f"{BASE}/{notebook_id}")["schedule"]["parameters"] == {"n": 5, "label": "weekly"}
+    outcome = executor.handle(scheduled_event(notebook_id))
+    assert outcome["status"] == "succeeded"
+    run = api.json("GET", f"/_notebooks/runs/{outcome['run_id']}")
+    assert run["trigger"] == "schedule" and run["parameters"] == {"n": 5, "label": "weekly"}
+    output = api.json("GET", f"/_notebooks/runs/{outcome['run_id']}/output")
+    assert "n=5 label=weekly" in stream_text(output)
+    assert api.json("POST", BASE + "/_schedule", body) == "Success"
+    assert api.json("GET", f"{BASE}/{notebook_id}")["schedule"]["parameters"] == {}
 
 
 def test_the_first_firing_past_until_removes_the_schedule_and_runs_nothing(api, stack, executor):

@@ -164,6 +164,7 @@ def test_schedule_builds_the_rule_its_runner_target_and_the_stored_schedule(stac
         "until": UNTIL,
         "timezone": "UTC",
         "next_run": epoch("2030-01-07 06:50") * 1000,
+        "parameters": {},
     }  # NOW is a Tuesday
     assert stack.notebooks.fetch("admin", other)["status"] == "Not Scheduled"
     assert stack.notebooks.count("admin") == {"Total Notebooks": 2, "Not Scheduled": 1, "Scheduled": 1}
@@ -197,6 +198,7 @@ def test_omitted_period_is_daily_and_omitted_time_is_until_time_of_day(stack, sc
             "until": UNTIL,
             "timezone": "UTC",
             "next_run": epoch(next_run) * 1000,
+            "parameters": {},
         }, fields
 
 
@@ -230,6 +232,7 @@ def test_rescheduling_replaces_the_schedule(stack, scheduler, events):
         "until": "2030-06-01 00:00",
         "timezone": "UTC",
         "next_run": epoch("2030-01-01 18:05") * 1000,
+        "parameters": {},
     }
 
 
@@ -320,7 +323,7 @@ def test_a_firing_between_the_rule_and_the_stored_schedule_leaves_both(stack, sc
     monkeypatch.setattr(table, "set_schedules", firing_first)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": "12:00"})
     fired["thread"].join(30)
-    assert fired["due"] == NOW * 1000  # NOW is 12:00
+    assert fired["due"].at_ms == NOW * 1000  # NOW is 12:00
     assert rules(events) == {PREFIX + notebook_id: ("cron(0 12 * * ? *)", "ENABLED", runner_target(notebook_id))}
     assert stack.notebooks.fetch("admin", notebook_id)["status"] == "Scheduled"
 
@@ -349,7 +352,7 @@ def test_a_firing_between_a_reschedules_rule_and_its_stored_schedule_runs_the_ne
     monkeypatch.setattr(table, "set_schedules", firing_first)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": "12:00"})
     fired["thread"].join(30)
-    assert fired["due"] == NOW * 1000
+    assert fired["due"].at_ms == NOW * 1000
     assert set(rules(events)) == {PREFIX + notebook_id}
 
 
@@ -441,6 +444,7 @@ def test_aws_refusing_midway_rolls_the_whole_request_back(stack, events, clock, 
         "until": UNTIL,
         "timezone": "UTC",
         "next_run": epoch("2030-01-07 06:50") * 1000,
+        "parameters": {},
     }
 
 
@@ -540,7 +544,8 @@ def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
         status = stack.notebooks.fetch("admin", notebook_id)["status"]
         assert status == ("Scheduled" if shown_scheduled else "Not Scheduled"), now
         assert set(rules(events)) == {PREFIX + notebook_id}, now
-        assert scheduler.due_occurrence("admin", notebook_id) == runs, now
+        firing = scheduler.due_occurrence("admin", notebook_id)
+        assert (firing and firing.at_ms) == runs, now
         assert set(rules(events)) == ({PREFIX + notebook_id} if kept else set()), now
         assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is kept, now
         assert stack.notebooks.count("admin")["Scheduled"] == (1 if shown_scheduled else 0), now
@@ -594,11 +599,12 @@ def test_a_schedule_stored_before_time_zones_fires_as_its_utc_cron_says(stack, s
         "until": UNTIL,
         "timezone": None,
         "next_run": epoch("2030-01-07 06:50") * 1000,
+        "parameters": {},
     }
     clock.now = epoch("2030-01-07 06:50:30")
-    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-07 06:50") * 1000
+    assert scheduler.due_occurrence("admin", notebook_id).at_ms == epoch("2030-01-07 06:50") * 1000
     clock.now = epoch("2030-01-08 11:00:30")  # as before zones: a firing at any time runs
-    assert scheduler.due_occurrence("admin", notebook_id) == epoch("2030-01-08 11:00") * 1000
+    assert scheduler.due_occurrence("admin", notebook_id).at_ms == epoch("2030-01-08 11:00") * 1000
 
 
 def test_rule_prefix_must_leave_room_for_the_id_within_64_characters(stack, events):

@@ -128,8 +128,12 @@ def notebook_view(item: dict, at_ms: int, listing: bool = False) -> dict:
     scheduled = is_scheduled(item, at_ms)
     schedule = item["schedule"] if scheduled else _UNSCHEDULED
     shown = {field: schedule.get(field) for field in _UNSCHEDULED}
-    if scheduled and not listing:  # Fetch: the zone (null: stored before zones) and the next occurrence
-        shown.update(timezone=schedule.get("timezone"), next_run=cron.next_occurrence(schedule, at_ms))
+    if scheduled and not listing:  # Fetch: the zone (null: stored before zones), the next occurrence, parameters
+        shown.update(
+            timezone=schedule.get("timezone"),
+            next_run=cron.next_occurrence(schedule, at_ms),
+            parameters=json.loads(schedule.get("parameters", "{}")),
+        )
     last_run = item.get("last_run")
     return {
         "notebook_id": item["notebook_id"],

@@ -66,15 +66,15 @@ class RunExecutor:
     def record_firing(self, owner: str, notebook_id: str):
         """Record the run of a schedule rule's firing; its run id, or None when no
         occurrence is due (Scheduler.due_occurrence)."""
-        occurrence = self._scheduler.due_occurrence(owner, notebook_id)
-        if occurrence is None:
+        firing = self._scheduler.due_occurrence(owner, notebook_id)
+        if firing is None:
             return None
         # One id per notebook and occurrence: a second or late delivery of the same firing,
         # or another firing of the rule for the same occurrence, finds it taken. If an earlier
         # delivery recorded it and then failed, this one runs it: execute claims only a run
         # still queued, so the occurrence runs once.
-        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{occurrence // 60_000}"))
-        self._run_dispatch.record(owner, notebook_id, SCHEDULE, run_id=run_id)
+        run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{firing.at_ms // 60_000}"))
+        self._run_dispatch.record(owner, notebook_id, SCHEDULE, parameters=firing.parameters, run_id=run_id)
         return run_id
 
     def execute(self, run_id: str) -> str:

@@ -37,10 +37,11 @@ stores rules but never fires them.
 
 import json
 import logging
+import json
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -80,6 +81,13 @@ def _refuse(error: Exception) -> None:
         raise ApiError(400, PROCESSING_FAILED + _reason(error)) from error
 
 
+class Firing(NamedTuple):
+    """A due occurrence of a schedule: when (epoch ms), and the parameters its run gets."""
+
+    at_ms: int
+    parameters: dict
+
+
 def _live_schedule(item) -> Optional[dict]:
     """The stored schedule of a notebook's item, if the notebook is live."""
     return item.get("schedule") if item and not item.get("deleting") else None
@@ -102,10 +110,12 @@ class Scheduler:
     def schedule(self, owner: str, body: dict) -> None:
         """Schedule (or reschedule) the listed notebooks: all of them, or none.
 
-        Body: `nbk_ids`, `until` ("YYYY-MM-DD HH:MM"), optional `period` (a weekday) and
-        `time` ("HH:MM"). Every input is checked before anything changes; if AWS refuses
-        a step, everything this request changed is put back and the answer is a 400.
-        Rules are written concurrently, stored schedules 99 per transaction.
+        Body: `nbk_ids`, `until` ("YYYY-MM-DD HH:MM"), optional `period` (a weekday),
+        `time` ("HH:MM"), `timezone` and `parameters` (checked against each notebook's
+        declared parameters as a Run's are, and given to every run the schedule fires).
+        Every input is checked before anything changes; if AWS refuses a step, everything
+        this request changed is put back and the answer is a 400. Rules are written
+        concurrently, stored schedules 99 per transaction.
         """
         items = self._owned_items(owner, body)
         now = self._clock()
@@ -113,6 +123,9 @@ class Scheduler:
             spec = cron.parse_schedule(body, datetime.fromtimestamp(now, timezone.utc), self._settings.timezone)
         except cron.ScheduleError as error:
             raise bad_request(error.message)
+        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
+        if parameters:
+            self._notebooks.pin(owner, items, check=parameters)
         record = {
             "period": spec.period,
             "time": spec.time,
@@ -120,6 +133,7 @@ class Scheduler:
             "timezone": spec.timezone,
             "until_ms": int(spec.until_utc.timestamp() * 1000),
             "expression": spec.expression,
+            "parameters": json.dumps(parameters),
         }
         changes = {"updated_at": int(now * 1000), "updated_by": owner}
         ids = [item["notebook_id"] for item in items]
@@ -194,9 +208,9 @@ class Scheduler:
             with self._locks.held(owner, here):
                 self._in_parallel(self._rules.remove, here)
 
-    def due_occurrence(self, owner: str, notebook_id: str) -> Optional[int]:
-        """For the runner, when a notebook's rule fires: the occurrence (epoch ms) this
-        firing runs, or None: run nothing.
+    def due_occurrence(self, owner: str, notebook_id: str) -> Optional[Firing]:
+        """For the runner, when a notebook's rule fires: the occurrence this firing runs
+        (when, and the schedule's parameters), or None: run nothing.
 
         None when the firing is at no due occurrence (the rule's cron also matches UTC
         times that are none: see schedules/cron.py), and also when no schedule stands behind the
@@ -224,7 +238,7 @@ class Scheduler:
         now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
         occurrence = cron.due_occurrence(schedule, now)
         if occurrence is not None and occurrence <= until_ms:
-            return occurrence
+            return Firing(occurrence, json.loads(schedule.get("parameters", "{}")))
         if now <= until_ms + cron.LATE_SECONDS * 1000:
             return None  # a late firing of the last occurrence may still come
         # Conditional: a reschedule between our read and this write keeps its schedule and rule.
