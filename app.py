@@ -157,6 +157,16 @@ def notebook_runs(notebook_id):
     return bounded(runs, next_token)
 
 
+@route(RUNS, ["GET"], "Error occurred while retrieving runs")
+def list_runs():
+    query = app.current_request.query_params or {}
+    limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
+    runs, next_token = services.get().runs.across_notebooks(
+        caller(), query.get("status"), query.get("notebook_id"), limit, query.get("next_token")
+    )
+    return bounded(runs, next_token)
+
+
 @route(RUNS + "/{run_id}", ["GET"], "Error occurred while retrieving the run")
 def get_run(run_id):
     return services.get().runs.get(caller(), run_id)

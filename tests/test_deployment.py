@@ -170,7 +170,12 @@ def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resou
             "AttributeName": TTL_ATTRIBUTE,
             "Enabled": True,
         }
-    assert "GlobalSecondaryIndexes" not in resources["RunsTable"]["Properties"]
+    # The runs across notebooks (GET /_notebooks/runs): an owner's, and an owner's in one status.
+    indexes = resources["RunsTable"]["Properties"]["GlobalSecondaryIndexes"]
+    assert [(index["IndexName"], [key["AttributeName"] for key in index["KeySchema"]]) for index in indexes] == [
+        ("by_owner", ["owner", "created_at"]),
+        ("by_owner_status", ["owner_status", "created_at"]),
+    ]
 
 
 def test_the_runner_retries_drops_old_events_to_a_queue_and_has_its_own_concurrency_and_tmp(template, resources):

@@ -43,7 +43,7 @@ class RunRecords:
             "started_at": started,
             "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000),
         }
-        if not self._table.transition(run_id, QUEUED, changes):
+        if not self._table.transition(run_id, QUEUED, changes, owner=run["owner"]):
             return None
         return {**run, **changes}
 

@@ -29,13 +29,16 @@ from chalicelib.notebooks.service import now_ms
 from chalicelib.runs import html
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import log_key, run_object_keys
-from chalicelib.runs.records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING
+from chalicelib.runs.records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING, SUCCEEDED
 from chalicelib.storage.files import output_key
 from chalicelib.storage.tables import RUN_PREFIX
 
 log = logging.getLogger(__name__)
 
 MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# A page of runs across notebooks when the client names no `limit`.
+RUNS_PAGE = 100
 # How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
 CANCEL_WAIT_SECONDS = 10.0
 # A running run whose runner has not acted on a cancel within this long is ended cancelled.
@@ -146,6 +149,29 @@ class RunService:
         runs = self._table.get_many(pointer["run_id"] for pointer in pointers)
         views = [run_view(self._reap(runs[p["run_id"]])) for p in pointers if p["run_id"] in runs]
         return views, payloads.page_token(last_key)
+
+    def across_notebooks(self, owner: str, status=None, notebook_id=None, limit=None, next_token=None) -> tuple:
+        """(a page of the owner's runs newest first, next page's token or None), of all
+        notebooks or of `notebook_id`, all or those in `status`. Across notebooks a page
+        holds `limit` runs (default RUNS_PAGE) from one index Query, whatever is stored;
+        of one notebook, its runs (at most `max_runs_kept`) page as `for_notebook`'s do."""
+        if status is not None and status not in STATUSES:
+            raise bad_request("status must be one of " + ", ".join(STATUSES))
+        if notebook_id is not None:
+            runs, token = self.for_notebook(owner, notebook_id, limit, next_token)
+            return [run for run in runs if status in (None, run["status"])], token
+        index_key = ("owner_status", f"{owner}#{status}") if status else ("owner", owner)
+        start = payloads.page_key(
+            next_token,
+            lambda key: (
+                set(key) == {"run_id", "created_at", index_key[0]}
+                and key[index_key[0]] == index_key[1]
+                and payloads.canonical_id(key["run_id"]) == key["run_id"]
+                and type(key["created_at"]) is int
+            ),
+        )
+        items, last_key = self._table.page_of_owner(owner, status, limit or RUNS_PAGE, start)
+        return [run_view(self._reap(item)) for item in items], payloads.page_token(last_key)
 
     def output(self, owner: str, run_id: str, output_format: str = "ipynb") -> "RunOutput":
         """The run's executed notebook (while it runs: its latest checkpoint), as nbformat

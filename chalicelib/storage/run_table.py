@@ -7,6 +7,8 @@ from chalicelib.common.aws import all_items
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.tables import (
+    RUNS_BY_OWNER,
+    RUNS_BY_OWNER_STATUS,
     ACTIVE,
     BATCH_GET_KEYS,
     TERMINAL,
@@ -17,6 +19,13 @@ from chalicelib.storage.tables import (
     set_clause,
     write_chunks,
 )
+
+
+def owner_status(owner: str, status: str) -> str:
+    """The key of the runs index by owner and status."""
+    if owner is None:
+        raise ValueError("a run's status changes only with its owner known")
+    return f"{owner}#{status}"
 
 
 class RunTable:
@@ -52,8 +61,15 @@ class RunTable:
         """
         actions = []
         for run in runs:
+            stored = {**run, "owner_status": owner_status(owner, run["status"])}
             actions += [
-                {"Put": {"TableName": self.name, "Item": run, "ConditionExpression": "attribute_not_exists(run_id)"}},
+                {
+                    "Put": {
+                        "TableName": self.name,
+                        "Item": stored,
+                        "ConditionExpression": "attribute_not_exists(run_id)",
+                    }
+                },
                 {
                     "Put": {
                         "TableName": self.notebooks.name,
@@ -106,16 +122,16 @@ class RunTable:
             ExpressionAttributeValues={":queued": "queued", ":running": "running"},
         )
 
-    def transition(self, run_id: str, expected_status: str, changes: dict) -> bool:
+    def transition(self, run_id: str, expected_status: str, changes: dict, owner: Optional[str] = None) -> bool:
         """Apply `changes` if the run is still in `expected_status` (its status stays
-        active: for an end, see `end`)."""
-        return conditional_update(self._table, **self._status_update(run_id, expected_status, changes))
+        active: for an end, see `end`); `owner`, the run's, when `changes` has a status."""
+        return conditional_update(self._table, **self._status_update(run_id, expected_status, changes, owner))
 
     def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
         """Apply `changes` (a final status among them) if the run is still in the status
         it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
         counting it off the owner's active runs in the same transaction."""
-        update = self._status_update(run["run_id"], run["status"], changes)
+        update = self._status_update(run["run_id"], run["status"], changes, run["owner"])
         if unless_cancelling:
             update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
         action = {"Update": {"TableName": self.name, **update}}
@@ -123,8 +139,11 @@ class RunTable:
         return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
 
     @staticmethod
-    def _status_update(run_id: str, expected_status: str, changes: dict) -> dict:
-        """An update setting `changes` on the run if it is still in `expected_status`."""
+    def _status_update(run_id: str, expected_status: str, changes: dict, owner: Optional[str]) -> dict:
+        """An update setting `changes` on the run if it is still in `expected_status`; a
+        new status moves the run in the owner-and-status index too."""
+        if "status" in changes:
+            changes = {**changes, "owner_status": owner_status(owner, changes["status"])}
         expression, names, values = set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
@@ -135,6 +154,27 @@ class RunTable:
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
+
+    def page_of_owner(self, owner: str, status: Optional[str], limit: int, start_key: Optional[dict]) -> tuple:
+        """(runs, next_key): a page of the owner's runs across notebooks, newest first, all
+        of them or those in `status`: one Query of an index, whatever is stored."""
+        index, name, value = (
+            (RUNS_BY_OWNER_STATUS, "owner_status", owner_status(owner, status))
+            if status
+            else (RUNS_BY_OWNER, "owner", owner)
+        )
+        query = {
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :k",
+            "ExpressionAttributeNames": {"#k": name},
+            "ExpressionAttributeValues": {":k": value},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if start_key:
+            query["ExclusiveStartKey"] = start_key
+        page = self._table.query(**query)
+        return page["Items"], page.get("LastEvaluatedKey")
 
     def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the

@@ -38,6 +38,9 @@ RUN_PREFIX = "run#"
 TOKEN_PREFIX = "token#"
 SCHEDULED_PREFIX = "s_"
 BY_CREATED = "by_created"
+# Indexes of the runs table: an owner's runs, and an owner's runs in one status, newest first.
+RUNS_BY_OWNER = "by_owner"
+RUNS_BY_OWNER_STATUS = "by_owner_status"
 TTL_ATTRIBUTE = "expires_at"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE = frozenset({"queued", "running"})
@@ -72,7 +75,15 @@ def table_definitions(settings) -> list:
         {
             "TableName": settings.runs_table,
             "KeySchema": key("run_id"),
-            "AttributeDefinitions": attributes(run_id=string),
+            "AttributeDefinitions": attributes(run_id=string, owner=string, owner_status=string, created_at=number),
+            "GlobalSecondaryIndexes": [
+                {"IndexName": RUNS_BY_OWNER, "KeySchema": key("owner", "created_at"), "Projection": everything},
+                {
+                    "IndexName": RUNS_BY_OWNER_STATUS,
+                    "KeySchema": key("owner_status", "created_at"),
+                    "Projection": everything,
+                },
+            ],
             "BillingMode": "PAY_PER_REQUEST",
         },
         {
