@@ -37,7 +37,6 @@ stores rules but never fires them.
 
 import json
 import logging
-import json
 import threading
 import time
 from datetime import datetime, timezone

@@ -7,10 +7,10 @@ from chalicelib.common.aws import all_items
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.tables import (
-    RUNS_BY_OWNER,
-    RUNS_BY_OWNER_STATUS,
     ACTIVE,
     BATCH_GET_KEYS,
+    RUNS_BY_OWNER,
+    RUNS_BY_OWNER_STATUS,
     TERMINAL,
     Tally,
     batch_get,
