@@ -79,6 +79,10 @@ def document() -> dict:
                 "description": "IANA zone that period, time "
                 "and until are wall-clock in, all year (default NOTEBOOKS_TIMEZONE, else UTC)",
             },
+            "parameters": {
+                "type": "object",
+                "description": "papermill parameters for every run the schedule fires, checked as a Run's are",
+            },
         },
     }
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
@@ -109,6 +113,19 @@ def document() -> dict:
             },
         },
     }
+    runs_across = _paged(
+        _operation(
+            "The caller's runs across notebooks, newest first (100 without limit)", {"type": "array", "items": run}
+        )
+    )
+    runs_across["parameters"] = runs_across["parameters"] + [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        },
+        {"name": "notebook_id", "in": "query", "schema": {"type": "string"}},
+    ]
     runs_started = {
         "type": "object",
         "properties": {
@@ -226,6 +243,7 @@ def document() -> dict:
             "parameters": _path_id("notebook_id"),
             "get": _paged(_operation("The notebook's runs, newest first", {"type": "array", "items": run})),
         },
+        "/_notebooks/runs": {"get": runs_across},
         "/_notebooks/runs/{run_id}": {
             "parameters": _path_id("run_id"),
             "get": _operation("One run", run, errors=(404,)),
@@ -323,6 +341,10 @@ def document() -> dict:
                                     "nullable": True,
                                     "description": "Fetch of a scheduled "
                                     "notebook only: epoch ms of the next occurrence; null: none before until",
+                                },
+                                "parameters": {
+                                    "type": "object",
+                                    "description": "Fetch of a scheduled notebook only: its firings' parameters",
                                 },
                             },
                         },

@@ -13,6 +13,8 @@ import getpass
 import re
 import sys
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from chalicelib.auth.logins import hash_password
 from chalicelib.common import aws
 from chalicelib.common.config import Settings
@@ -80,9 +82,21 @@ def main(argv=None) -> int:
     remove = commands.add_parser("remove", help="remove a user")
     remove.add_argument("name")
     args = parser.parse_args(argv)
-
     settings = Settings.from_env()
-    store = UserStore(aws.dynamodb_table(settings.users_table, settings.region))
+    try:
+        return _run(args, UserStore(aws.dynamodb_table(settings.users_table, settings.region)))
+    except (BotoCoreError, ClientError) as error:
+        print(
+            f"error: cannot reach the users table {settings.users_table!r} ({aws.failure_reason(error)}). "
+            'Local stack: with `make dev` running, run `eval "$(.venv/bin/python -m devstack.stack env)"` first; '
+            "deployed stack: set AWS credentials, AWS_REGION and NOTEBOOKS_USERS_TABLE (a stack output).",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run(args, store: UserStore) -> int:
+    """One users command on `store`; its exit status."""
     if args.command == "list":
         print("\n".join(store.names()))
     elif args.command == "add":
