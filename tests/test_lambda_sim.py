@@ -458,7 +458,7 @@ def test_every_module_is_compiled_ahead_for_a_read_only_task_root(packaged):
     app_bytecode = files["__pycache__/app.cpython-311.pyc"]()
     assert int.from_bytes(app_bytecode[4:8], "little") == 1
     assert marshal.loads(app_bytecode[16:]).co_filename == "/var/task/app.py"  # alike wherever built
-    assert {"app.py", "chalicelib/runs.py", "chalice/app.py", "IPython/__init__.py"} <= set(sources)
+    assert {"app.py", "chalicelib/runs/service.py", "chalice/app.py", "IPython/__init__.py"} <= set(sources)
     assert not [name for name in names if name.startswith("bin/")]
     assert PACKAGED_JUPYTER_DATA.replace("/var/task/", "") + "/nbconvert/templates/lab/index.html.j2" in names
 
