@@ -194,7 +194,11 @@ class Watched:
     def shot(self, name: str) -> None:
         folder = os.environ.get("DASHBOARD_SCREENSHOTS")
         if folder:
-            self.page.wait_for_timeout(3000)  # for the output frame to paint: a picture, not a check
+            frame = self.page.locator("#output-frame")
+            if frame.is_visible():
+                # Chromium does not paint an isolated frame out of view: bring it in view first.
+                frame.scroll_into_view_if_needed()
+                self.page.wait_for_timeout(1000)  # for it to paint: a picture, not a check
             self.page.screenshot(path=os.path.join(folder, f"dashboard-{name}.png"), full_page=True)
 
 

@@ -126,6 +126,7 @@
     if (button) {
       button.disabled = true;
     }
+    $('message').hidden = true; // what an earlier action said no longer applies
     try {
       await work();
     } catch (error) {
@@ -216,6 +217,9 @@
     if (changed) {
       buildParameters(declared.parameters);
       fillScheduleForm(notebook.schedule);
+      stopPolling(); // the run shown was another notebook's
+      state.runId = null;
+      $('run').hidden = true;
     }
     await loadRuns();
     $('detail').hidden = false;
