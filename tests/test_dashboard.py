@@ -344,3 +344,14 @@ def test_a_log_too_large_for_a_response_is_a_link_and_such_an_output_its_reason(
         assert [problem for problem in watched.problems if "status of 413" not in problem] == []
     finally:
         context.close()
+
+
+def test_the_files_ship_in_the_api_functions_package(tmp_path, monkeypatch):
+    from deploy import package
+
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    _, code = package.chalice_package(tmp_path)
+    for name in assets.ASSETS:
+        shipped = code / "chalicelib" / "dashboard" / "static" / name
+        assert shipped.read_bytes() == (assets.STATIC / name).read_bytes(), name
