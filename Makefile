@@ -6,7 +6,7 @@ AWS_PORT ?= 8001
 LAMBDA_PORT ?= 8002
 STAMP := $(VENV)/.installed
 
-.PHONY: dev dev-reset aws api test bench venv constraints clean package smoke
+.PHONY: dev dev-reset aws api test browser bench venv constraints clean package smoke
 
 $(STAMP): requirements.txt requirements-runner.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,19 @@ aws: $(STAMP)
 api: $(STAMP)
 	$(VENV)/bin/python -m devstack.chalice_local local --stage local --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
+
+# Headless Chromium for the dashboard's browser test (tests/test_dashboard.py): Debian's, as
+# Playwright's own builds cannot be downloaded everywhere. Installed when missing and we are root.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else \
+	    echo "warning: /usr/bin/chromium is missing: the dashboard's test fails without it (apt-get install chromium)"; \
+	  fi; \
+	fi
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py

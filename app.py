@@ -13,6 +13,7 @@ from chalicelib import services
 from chalicelib.api import openapi, payloads, responses, web
 from chalicelib.api.errors import NOTEBOOK_ID_MISSING, bad_request
 from chalicelib.common.config import Settings
+from chalicelib.dashboard import assets
 from chalicelib.runner.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
@@ -20,6 +21,7 @@ app.register_middleware(web.handle, "http")
 
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
+UI = "/_notebooks/ui"
 _origin = Settings.from_env().cors_origin  # CORS is decided when the API is built
 CORS = (
     CORSConfig(
@@ -214,6 +216,21 @@ def cancel_run(run_id):
 @route(RUNS + "/{run_id}/rerun", ["POST"], "Error occurred while rerunning the notebook")
 def rerun(run_id):
     return services.get().runs.rerun(caller(), run_id, body())
+
+
+@app.route(UI, methods=["GET"], content_types=web.ANY_CONTENT_TYPE)
+def dashboard():
+    # `/_notebooks/ui` and `/_notebooks/ui/` both come here; the page's links are relative
+    # (the API may sit under a stage prefix), so they need the slash.
+    if not app.current_request.context.get("path", "").endswith("/"):
+        return Response(body="", status_code=302, headers={"Location": "ui/"})
+    return dashboard_file(assets.INDEX)
+
+
+@app.route(UI + "/{name}", methods=["GET"], content_types=web.ANY_CONTENT_TYPE)
+def dashboard_file(name):
+    page, headers = assets.asset(name, caller())
+    return Response(body=page, headers=headers)
 
 
 @app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)

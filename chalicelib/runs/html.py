@@ -5,7 +5,9 @@ raw cells and outputs, with an allowlist wide enough for headings, tables and Da
 (nbconvert's own `sanitize_html` flag escapes even <h1> and <p>), and every page is served with a
 Content-Security-Policy that allows no script at all and sandboxes the page into an
 opaque origin, so even markup that slipped through cannot call the API with the
-browser's cached credentials. Plots stay visible: images are inline `data:` URIs.
+browser's cached credentials. Plots stay visible: images are inline `data:` URIs. Only
+pages of the API's own origin may frame it: the dashboard (chalicelib/dashboard) shows
+outputs in a sandboxed frame.
 
 The page must be as safe saved to disk, where no CSP applies. Markdown (cells and
 `text/markdown` outputs) becomes HTML only in the template, after SanitizeHTML, so a
@@ -22,7 +24,7 @@ import bleach
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; sandbox"
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox"
 )
 HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
