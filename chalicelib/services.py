@@ -10,11 +10,12 @@ from chalicelib.auth.logins import Authenticator, LoginThrottle
 from chalicelib.auth.users import UserStore
 from chalicelib.common import aws
 from chalicelib.common.config import LAMBDA_RUN_LIMIT, Settings
+from chalicelib.common.model import Engine
 from chalicelib.notebooks.service import NotebookService
 from chalicelib.runner import sandbox
 from chalicelib.runner.executor import RunExecutor
 from chalicelib.runs.dispatch import RunDispatch
-from chalicelib.runs.engines import LAMBDA, LOCAL, EngineRouter, FargateDispatcher, LambdaDispatcher
+from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateDispatcher, LambdaDispatcher
 from chalicelib.runs.records import RunRecords
 from chalicelib.runs.service import RunService
 from chalicelib.runs.start import RunStarter
@@ -112,13 +113,13 @@ class Services:
         )
 
 
-def _dispatcher(settings: Settings):
+def _dispatcher(settings: Settings) -> Dispatcher:
     """Lambda and, where the deployment configures ECS, Fargate for the longer runs; in the
     local stack, its local Lambda (AWS_ENDPOINT_URL_LAMBDA points boto3 at it), for any run."""
     region = settings.region
     if settings.local_stack:
-        return LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LOCAL)
-    on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LAMBDA)
+        return LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=Engine.LOCAL)
+    on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=Engine.LAMBDA)
     if not settings.fargate:
         return on_lambda
     on_fargate = FargateDispatcher(

@@ -1,5 +1,7 @@
 """The OpenAPI 3 document of the whole API, served without credentials."""
 
+from chalicelib.common.model import FINAL, Engine, RunStatus, Trigger
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _IDS = {"type": "array", "items": {"type": "string", "format": "uuid"}, "maxItems": 1000}
 
@@ -122,7 +124,7 @@ def document() -> dict:
         {
             "name": "status",
             "in": "query",
-            "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+            "schema": {"type": "string", "enum": list(RunStatus)},
         },
         {"name": "notebook_id", "in": "query", "schema": {"type": "string"}},
     ]
@@ -151,7 +153,7 @@ def document() -> dict:
             "events": {
                 "type": "array",
                 "minItems": 1,
-                "items": {"type": "string", "enum": ["succeeded", "failed", "cancelled"]},
+                "items": {"type": "string", "enum": list(FINAL)},
             },
         },
     }
@@ -362,8 +364,8 @@ def document() -> dict:
                     "properties": {
                         "run_id": {"type": "string"},
                         "notebook_id": {"type": "string"},
-                        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                        "trigger": {"type": "string", "enum": ["manual", "schedule", "rerun"]},
+                        "status": {"type": "string", "enum": list(RunStatus)},
+                        "trigger": {"type": "string", "enum": list(Trigger)},
                         "module": {"type": "string", "nullable": True},
                         "parameters": {"type": "object"},
                         "created_at": {"type": "integer"},
@@ -387,7 +389,7 @@ def document() -> dict:
                             "nullable": True,
                             "description": "the notebook content the run executes (opaque)",
                         },
-                        "engine": {"type": "string", "enum": ["lambda", "fargate", "local"], "nullable": True},
+                        "engine": {"type": "string", "enum": list(Engine), "nullable": True},
                         "timeout": {"type": "number", "nullable": True, "description": "seconds"},
                         "current_cell": {
                             **nullable_int,

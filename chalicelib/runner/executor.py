@@ -13,22 +13,20 @@ import uuid
 
 import nbformat
 
+from chalicelib.common import runner_events
+from chalicelib.common.model import RunStatus, Trigger
 from chalicelib.common.periodic import Periodic
 from chalicelib.runs.dispatch import RunDispatch
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import LiveLog, capped, log_key, log_text
 from chalicelib.runs.outputs import fit_output
-from chalicelib.runs.records import CANCELLED, FAILED, SUCCEEDED, RunRecords
-from chalicelib.runs.service import SCHEDULE
-from chalicelib.schedules.scheduler import REMOVE_RULES_EVENT
+from chalicelib.runs.records import RunRecords
 from chalicelib.storage.files import notebook_key, output_key
 
 log = logging.getLogger(__name__)
 
 # How often a runner looks for a cancel request while its run executes.
 CANCEL_POLL_SECONDS = 2.0
-# The runner function's event for a webhook delivery of a run that ended in the API (runs/webhooks.py).
-DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 
 
 class RunExecutor:
@@ -47,15 +45,16 @@ class RunExecutor:
         self._stopping = threading.Event()
 
     def handle(self, event: dict) -> dict:
-        """Handle one runner invocation: `{"run_id"}` from the API, a schedule's
-        `{"notebook_id", "owner", "trigger": "schedule"}` from EventBridge, a webhook
-        delivery `{"deliver_webhook": run_id}` from the API, or deleted notebooks' rules
-        to remove, `{"remove_rules": {"owner", "notebook_ids"}}`, from a Delete."""
-        if DELIVER_WEBHOOK_EVENT in event:
-            return self._webhooks.deliver(event[DELIVER_WEBHOOK_EVENT])
-        if REMOVE_RULES_EVENT in event:
-            return {"rules_removed": self._schedule_rules.remove_handed_over(event[REMOVE_RULES_EVENT])}
-        if event.get("trigger") == SCHEDULE:
+        """Handle one runner invocation (common/runner_events.py has the shapes): a run
+        from the API, a schedule's firing from EventBridge, a webhook delivery from the
+        API, or deleted notebooks' rules to remove, from a Delete. Any other event:
+        runner_events.UnknownEvent."""
+        event = runner_events.parse(event)
+        if "deliver_webhook" in event:
+            return self._webhooks.deliver(event["deliver_webhook"])
+        if "remove_rules" in event:
+            return {"rules_removed": self._schedule_rules.remove_handed_over(event["remove_rules"])}
+        if "trigger" in event:
             run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:
                 return {"status": "skipped"}
@@ -74,7 +73,7 @@ class RunExecutor:
         # delivery recorded it and then failed, this one runs it: execute claims only a run
         # still queued, so the occurrence runs once.
         run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"schedule:{notebook_id}:{firing.at_ms // 60_000}"))
-        self._run_dispatch.record(owner, notebook_id, SCHEDULE, parameters=firing.parameters, run_id=run_id)
+        self._run_dispatch.record(owner, notebook_id, Trigger.SCHEDULE, parameters=firing.parameters, run_id=run_id)
         return run_id
 
     def execute(self, run_id: str) -> str:
@@ -90,7 +89,7 @@ class RunExecutor:
             if found is None:
                 if self._records.finish(
                     run_id,
-                    FAILED,
+                    RunStatus.FAILED,
                     error={
                         "cell_index": None,
                         "ename": "NotebookMissing",
@@ -98,7 +97,7 @@ class RunExecutor:
                     },
                 ):
                     self._deliver_webhook(run_id)
-                return FAILED
+                return RunStatus.FAILED
             data, version = found
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
                 self._records.pin_version(run_id, version)
@@ -127,7 +126,7 @@ class RunExecutor:
             self._files.put(target, output)
             self._store_final_log(log_target, execution.notebook, log_limit)
             error = execution.error or too_large
-            status = CANCELLED if execution.cancelled else FAILED if error else SUCCEEDED
+            status = RunStatus.CANCELLED if execution.cancelled else RunStatus.FAILED if error else RunStatus.SUCCEEDED
             final = self._records.conclude(run_id, status, error=error)
             if final is None and self._records.is_gone(run_id):
                 # the notebook was deleted while it ran: leave no output
@@ -139,11 +138,11 @@ class RunExecutor:
             log.exception("run %s failed in the runner", run_id)
             if self._records.finish(
                 run_id,
-                FAILED,
+                RunStatus.FAILED,
                 error={"cell_index": None, "ename": type(error).__name__, "evalue": "The runner failed; see its logs"},
             ):
                 self._deliver_webhook(run_id)
-            return FAILED
+            return RunStatus.FAILED
         finally:
             self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
 

@@ -21,6 +21,7 @@ import tempfile
 import threading
 
 from chalicelib import services
+from chalicelib.common import runner_events
 from chalicelib.runner import sandbox
 
 # The user a task's runner and kernels run as: Lambda's own (sbx_user1051).
@@ -46,7 +47,7 @@ def serve(run_id: str) -> dict:
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())
-    return executor.handle({"run_id": run_id})
+    return executor.handle(runner_events.run_event(run_id))
 
 
 if __name__ == "__main__":

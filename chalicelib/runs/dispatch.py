@@ -10,9 +10,9 @@ from decimal import Decimal
 
 from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
 from chalicelib.common.batches import chunks, in_parallel
+from chalicelib.common.model import RunStatus
 from chalicelib.notebooks.service import CONTENT_VERSION, now_ms
 from chalicelib.runs.log import run_object_keys
-from chalicelib.runs.records import FAILED, QUEUED, RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RunDispatch:
             "notebook_id": notebook_id,
             "owner": owner,
             "trigger": trigger,
-            "status": QUEUED,
+            "status": RunStatus.QUEUED,
             "created_at": created,
             "deadline_at": created + int(self._settings.queue_timeout * 1000),
             "parameters": json.dumps(parameters or {}),
@@ -179,7 +179,7 @@ class RunDispatch:
                 "evalue": f"The run could not be started: {type(error).__name__}",
             }
             if self._fail(run, reason):
-                run["status"] = FAILED
+                run["status"] = RunStatus.FAILED
             return
         if handed:
             self._note(run["run_id"], handed)
@@ -189,8 +189,8 @@ class RunDispatch:
         the run, queued or already claimed by its task. Best effort: the run goes on
         without it, and a cancel then relies on the runner alone."""
         try:
-            if not self._table.transition(run_id, QUEUED, handed):
-                self._table.transition(run_id, RUNNING, handed)
+            if not self._table.transition(run_id, RunStatus.QUEUED, handed):
+                self._table.transition(run_id, RunStatus.RUNNING, handed)
         except Exception:  # noqa: BLE001 - see above
             log.exception("could not record %s on run %s", sorted(handed), run_id)
 
@@ -198,24 +198,24 @@ class RunDispatch:
         """After the local Lambda restarts: a run that was running is failed (its kernel
         died with the stack), a queued one is dispatched again (Lambda's queue of
         asynchronous invocations survives; the local one did not). {status: count}."""
-        counts = {FAILED: 0, QUEUED: 0}
+        counts = {RunStatus.FAILED: 0, RunStatus.QUEUED: 0}
         for run in self._table.unfinished():
-            if run["status"] == RUNNING:
+            if run["status"] == RunStatus.RUNNING:
                 error = {
                     "cell_index": None,
                     "ename": "RunnerLost",
                     "evalue": "The local stack stopped while the run was in progress",
                 }
-                counts[FAILED] += self._fail(run, error)
+                counts[RunStatus.FAILED] += self._fail(run, error)
             else:
                 self._dispatch(run)
-                counts[QUEUED] += 1
+                counts[RunStatus.QUEUED] += 1
         return counts
 
     def _fail(self, run: dict, error: dict) -> bool:
         """End `run` failed if it is still in the status `run` has (counted off its
         owner's active runs), and tell its webhook; whether it was."""
-        ended = self._table.end(run, {"status": FAILED, "finished_at": now_ms(self._clock), "error": error})
+        ended = self._table.end(run, {"status": RunStatus.FAILED, "finished_at": now_ms(self._clock), "error": error})
         if ended and self._webhooks is not None:
-            self._webhooks.notify({**run, "status": FAILED})
+            self._webhooks.notify({**run, "status": RunStatus.FAILED})
         return ended

@@ -7,32 +7,65 @@ Every engine runs the same handler (RunExecutor.handle) on the same code:
   longer run, up to the deployment's maximum;
 - `local`: the local stack's worker processes (devstack/local_lambda.py), for any timeout.
 
-A dispatcher has `engine` (the engine of the runner function, which schedules fire
-directly), and answers `engine_for(timeout)`, `dispatch(run)` (the fields to record on
-the run, e.g. the Fargate task's ARN) and `stop(run)` (a cancel's backstop).
+What the services rely on is the `Dispatcher` protocol, which LambdaDispatcher (AWS's
+Lambda, or the local stack's) and EngineRouter (Lambda and Fargate) satisfy; each engine
+behind a router satisfies `RunEngine`.
 """
 
 import json
+from typing import Protocol, runtime_checkable
 
-LAMBDA, FARGATE, LOCAL = "lambda", "fargate", "local"
+from chalicelib.common import runner_events
+from chalicelib.common.model import Engine
+
+
+@runtime_checkable
+class RunEngine(Protocol):
+    """One engine: hands a recorded run to a runner, and stops it on cancel."""
+
+    engine: Engine
+
+    def dispatch(self, run: dict) -> dict:
+        """Start the run without waiting; the fields to record on it (e.g. a task's ARN)."""
+
+    def stop(self, run: dict) -> None:
+        """A cancel's backstop: stop the run's task, if it has one."""
+
+
+@runtime_checkable
+class Dispatcher(RunEngine, Protocol):
+    """What the services dispatch through: `engine` is the runner function's (which
+    schedules fire directly), `engine_for` picks a run's engine by its timeout, and
+    `invoke` sends the runner function an event that is not a run's (runner/events.py)."""
+
+    def engine_for(self, timeout: float) -> Engine:
+        """The engine a run with this timeout (seconds) runs on."""
+
+    def invoke(self, event: dict) -> None:
+        """Invoke the runner function with `event`, without waiting."""
+
+
+class UnknownEngine(ValueError):
+    """A run names an engine this deployment does not run (a record from another
+    deployment, or a corrupted one): never silently sent elsewhere."""
 
 
 class LambdaDispatcher:
     """Hands runs to the runner function with asynchronous (`Event`) invocations: AWS's,
     or the local Lambda's (engine `local`)."""
 
-    def __init__(self, lambda_client, function_name: str, engine: str = LAMBDA):
+    def __init__(self, lambda_client, function_name: str, engine: Engine = Engine.LAMBDA):
         self._lambda = lambda_client
         self._function = function_name
         self.engine = engine
 
-    def engine_for(self, timeout: float) -> str:
+    def engine_for(self, timeout: float) -> Engine:
         """Every run's engine: this dispatcher's."""
         return self.engine
 
     def dispatch(self, run: dict) -> dict:
         """Invoke the runner with the run's id, without waiting for it."""
-        self.invoke({"run_id": run["run_id"]})
+        self.invoke(runner_events.run_event(run["run_id"]))
         return {}
 
     def invoke(self, event: dict) -> None:
@@ -46,7 +79,7 @@ class LambdaDispatcher:
 class FargateDispatcher:
     """Starts one ECS Fargate task of the runner image per run."""
 
-    engine = FARGATE
+    engine = Engine.FARGATE
 
     def __init__(
         self,
@@ -95,15 +128,15 @@ class FargateDispatcher:
 class EngineRouter:
     """Lambda for runs whose timeout fits in it, Fargate beyond."""
 
-    def __init__(self, on_lambda: LambdaDispatcher, on_fargate: FargateDispatcher, lambda_limit: float):
+    def __init__(self, on_lambda: LambdaDispatcher, on_fargate: RunEngine, lambda_limit: float):
         self._on_lambda = on_lambda
         self._by_engine = {on_lambda.engine: on_lambda, on_fargate.engine: on_fargate}
         self._lambda_limit = lambda_limit
         self.engine = on_lambda.engine
 
-    def engine_for(self, timeout: float) -> str:
+    def engine_for(self, timeout: float) -> Engine:
         """The engine a run with this timeout (seconds) runs on."""
-        return self.engine if timeout <= self._lambda_limit else FARGATE
+        return self.engine if timeout <= self._lambda_limit else Engine.FARGATE
 
     def dispatch(self, run: dict) -> dict:
         """Hand the run to its engine (recorded on the run as `engine`)."""
@@ -117,6 +150,14 @@ class EngineRouter:
         """Invoke the runner function with `event` (not a run's: a webhook delivery)."""
         self._on_lambda.invoke(event)
 
-    def _engine_of(self, run: dict):
-        # A run recorded before runs had an engine was a Lambda run.
-        return self._by_engine.get(run.get("engine"), self._on_lambda)
+    def _engine_of(self, run: dict) -> RunEngine:
+        """The run's engine; UnknownEngine when it names one this router does not have."""
+        engine = run.get("engine")
+        if engine is None:  # recorded before runs had an engine: a Lambda run
+            return self._on_lambda
+        try:
+            return self._by_engine[engine]
+        except KeyError:
+            raise UnknownEngine(
+                f"run {run.get('run_id')} names engine {engine!r}; this deployment runs {', '.join(self._by_engine)}"
+            ) from None

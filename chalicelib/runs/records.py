@@ -7,10 +7,8 @@ their runner is gone).
 import time
 
 from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.common.model import RunStatus
 from chalicelib.notebooks.service import now_ms
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-FINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
 class RunRecords:
@@ -35,15 +33,15 @@ class RunRecords:
     def claim(self, run_id: str):
         """Move a queued run to running; the run, or None if another delivery has it."""
         run = self._table.get(run_id)
-        if run is None or run["status"] != QUEUED:
+        if run is None or run["status"] != RunStatus.QUEUED:
             return None
         started = now_ms(self._clock)
         changes = {
-            "status": RUNNING,
+            "status": RunStatus.RUNNING,
             "started_at": started,
             "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000),
         }
-        if not self._table.transition(run_id, QUEUED, changes, owner=run["owner"]):
+        if not self._table.transition(run_id, RunStatus.QUEUED, changes, owner=run["owner"]):
             return None
         return {**run, **changes}
 
@@ -54,14 +52,19 @@ class RunRecords:
 
     def pin_version(self, run_id: str, version: str) -> None:
         """Record on a running run the notebook version its runner read."""
-        self._table.transition(run_id, RUNNING, {"notebook_version": version})
+        self._table.transition(run_id, RunStatus.RUNNING, {"notebook_version": version})
 
     def progress(self, run_id: str, done: int, total: int) -> None:
         """Record cells done out of cells total on a running run."""
-        self._table.transition(run_id, RUNNING, {"cells_done": done, "cells_total": total})
+        self._table.transition(run_id, RunStatus.RUNNING, {"cells_done": done, "cells_total": total})
 
     def finish(
-        self, run_id: str, status: str, error=None, expected_status: str = RUNNING, unless_cancelling: bool = False
+        self,
+        run_id: str,
+        status: str,
+        error=None,
+        expected_status: str = RunStatus.RUNNING,
+        unless_cancelling: bool = False,
     ) -> bool:
         """End the run as `status` (with `error` for a failure), counting it off its
         owner's active runs; False if it was not `expected_status` any more (e.g. declared
@@ -77,20 +80,20 @@ class RunRecords:
         """End a running run as `status`, or as `cancelled` if a cancel was requested
         meanwhile; the final status, or None if the run was not running any more (declared
         lost, or deleted with its notebook). Exactly one final status wins any race."""
-        if status != CANCELLED and self.finish(run_id, status, error, unless_cancelling=True):
+        if status != RunStatus.CANCELLED and self.finish(run_id, status, error, unless_cancelling=True):
             return status
-        if self.finish(run_id, CANCELLED):
-            return CANCELLED
+        if self.finish(run_id, RunStatus.CANCELLED):
+            return RunStatus.CANCELLED
         return None
 
     def cancel_requested(self, run_id: str) -> bool:
         """Whether a cancel of the run was requested (or the run is over)."""
         run = self._table.get(run_id)
-        return run is None or run["status"] != RUNNING or "cancel_requested_at" in run
+        return run is None or run["status"] != RunStatus.RUNNING or "cancel_requested_at" in run
 
     def current_cell(self, run_id: str, index: int) -> None:
         """Record the index of the cell a running run executes."""
-        self._table.transition(run_id, RUNNING, {"current_cell": index})
+        self._table.transition(run_id, RunStatus.RUNNING, {"current_cell": index})
 
     def is_gone(self, run_id: str) -> bool:
         """Whether the run's record was deleted (with its notebook)."""

@@ -25,18 +25,16 @@ from chalicelib.api import payloads
 from chalicelib.api.errors import RUN_NOT_FOUND, ApiError, bad_request
 from chalicelib.api.responses import lambda_payload_bytes
 from chalicelib.common.batches import in_parallel
+from chalicelib.common.model import FINAL, RunStatus
 from chalicelib.notebooks.service import now_ms
 from chalicelib.runs import html
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import log_key, run_object_keys
-from chalicelib.runs.records import CANCELLED, FAILED, FINAL, QUEUED, RUNNING, SUCCEEDED
 from chalicelib.storage.files import output_key
 from chalicelib.storage.tables import RUN_PREFIX
 
 log = logging.getLogger(__name__)
 
-MANUAL, SCHEDULE, RERUN = "manual", "schedule", "rerun"
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 # A page of runs across notebooks when the client names no `limit`.
 RUNS_PAGE = 100
 # How long a Cancel request waits for the runner to end the run, within API Gateway's 29 s.
@@ -66,7 +64,7 @@ def run_view(item: dict) -> dict:
         "notebook_version": item.get("notebook_version"),
         "engine": item.get("engine"),
         "timeout": _seconds(item["timeout"]) if item.get("timeout") is not None else None,
-        "current_cell": optional_int("current_cell") if item["status"] == RUNNING else None,
+        "current_cell": optional_int("current_cell") if item["status"] == RunStatus.RUNNING else None,
         "webhook": (
             {"status": item["webhook"]["status"], "attempts": int(item["webhook"]["attempts"])}
             if item.get("webhook")
@@ -155,8 +153,8 @@ class RunService:
         notebooks or of `notebook_id`, all or those in `status`. Across notebooks a page
         holds `limit` runs (default RUNS_PAGE) from one index Query, whatever is stored;
         of one notebook, its runs (at most `max_runs_kept`) page as `for_notebook`'s do."""
-        if status is not None and status not in STATUSES:
-            raise bad_request("status must be one of " + ", ".join(STATUSES))
+        if status is not None and status not in list(RunStatus):
+            raise bad_request("status must be one of " + ", ".join(RunStatus))
         if notebook_id is not None:
             runs, token = self.for_notebook(owner, notebook_id, limit, next_token)
             return [run for run in runs if status in (None, run["status"])], token
@@ -239,12 +237,14 @@ class RunService:
         run = self._require(owner, run_id)
         run_id = run["run_id"]
         while run["status"] not in FINAL:
-            if run["status"] == QUEUED and self._records.finish(run_id, CANCELLED, expected_status=QUEUED):
+            if run["status"] == RunStatus.QUEUED and self._records.finish(
+                run_id, RunStatus.CANCELLED, expected_status=RunStatus.QUEUED
+            ):
                 self._stop(run)
-                self._announce({**run, "status": CANCELLED})
+                self._announce({**run, "status": RunStatus.CANCELLED})
                 break
-            if run["status"] == RUNNING and self._table.transition(
-                run_id, RUNNING, {"cancel_requested_at": now_ms(self._clock)}
+            if run["status"] == RunStatus.RUNNING and self._table.transition(
+                run_id, RunStatus.RUNNING, {"cancel_requested_at": now_ms(self._clock)}
             ):
                 self._stop(run)
                 return run_view(self._await_end(owner, run_id))
@@ -299,16 +299,22 @@ class RunService:
         running run whose cancel its runner did not act on in time is cancelled."""
         now = now_ms(self._clock)
         cancel_at = run.get("cancel_requested_at")
-        if run["status"] == RUNNING and cancel_at is not None and now > int(cancel_at) + CANCEL_DEADLINE_SECONDS * 1000:
-            return self._end_for_runner(run, CANCELLED, None)
-        if run["status"] not in (QUEUED, RUNNING) or now <= int(run["deadline_at"]):
+        if (
+            run["status"] == RunStatus.RUNNING
+            and cancel_at is not None
+            and now > int(cancel_at) + CANCEL_DEADLINE_SECONDS * 1000
+        ):
+            return self._end_for_runner(run, RunStatus.CANCELLED, None)
+        if run["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING) or now <= int(run["deadline_at"]):
             return run
         reason = (
             "The runner stopped without reporting a result (crashed or timed out)"
-            if run["status"] == RUNNING
+            if run["status"] == RunStatus.RUNNING
             else "No runner picked the run up in time"
         )
-        return self._end_for_runner(run, FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
+        return self._end_for_runner(
+            run, RunStatus.FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason}
+        )
 
     def _end_for_runner(self, run: dict, status: str, error) -> dict:
         """End a run that its runner did not end, counting it off its owner's active runs;

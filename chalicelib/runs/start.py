@@ -8,12 +8,11 @@ import uuid
 
 from chalicelib.api import payloads
 from chalicelib.api.errors import RUN_IDS_REQUIRED, ApiError
+from chalicelib.common.model import RunStatus, Trigger
 from chalicelib.notebooks.parameters import check as check_parameters
 from chalicelib.notebooks.parameters import declared as declared_parameters
 from chalicelib.notebooks.service import CONTENT_VERSION
 from chalicelib.runs.dispatch import dynamo_seconds, quota_error
-from chalicelib.runs.records import QUEUED
-from chalicelib.runs.service import MANUAL, RERUN
 from chalicelib.storage.files import notebook_key
 
 # A Run's client token stands for its first request this long.
@@ -65,7 +64,7 @@ class RunStarter:
                 self.run_dispatch.new_run(
                     owner,
                     item["notebook_id"],
-                    MANUAL,
+                    Trigger.MANUAL,
                     module,
                     parameters,
                     timeout=timeout,
@@ -105,7 +104,7 @@ class RunStarter:
         if merged:
             check_parameters(merged, declared_parameters(json.loads(found)))
         new = self.run_dispatch.new_run(
-            owner, item["notebook_id"], RERUN, run.get("module"), merged, timeout=timeout, version=version
+            owner, item["notebook_id"], Trigger.RERUN, run.get("module"), merged, timeout=timeout, version=version
         )
         self._check_quota(owner, 1)
         self.run_dispatch.record_and_dispatch(owner, [new], [item])
@@ -151,7 +150,7 @@ class RunStarter:
             self.run_dispatch.new_run(
                 owner,
                 item["notebook_id"],
-                MANUAL,
+                Trigger.MANUAL,
                 request["module"],
                 json.loads(request["parameters"]),
                 run_id=_token_run_id(owner, token_hash, item),
@@ -170,7 +169,7 @@ class RunStarter:
             )
         # A first attempt cut short may have recorded runs it never dispatched; the runner
         # claims a run once, so dispatching a queued run again is harmless.
-        self.run_dispatch.dispatch_all([run for run in existing.values() if run["status"] == QUEUED])
+        self.run_dispatch.dispatch_all([run for run in existing.values() if run["status"] == RunStatus.QUEUED])
         return [existing.get(run["run_id"], run) for run in runs]
 
     def _check_quota(self, owner: str, adding: int) -> None:

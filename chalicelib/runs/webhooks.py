@@ -50,13 +50,12 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
-from chalicelib.runner.executor import DELIVER_WEBHOOK_EVENT as DELIVER_EVENT
-from chalicelib.runs.records import FINAL
+from chalicelib.common import runner_events
+from chalicelib.common.model import FINAL
 from chalicelib.runs.service import run_view
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("succeeded", "failed", "cancelled")
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 MAX_URL_LENGTH = 2048
 MAX_SECRET_LENGTH = 256
@@ -64,6 +63,7 @@ MAX_ATTEMPTS = 4
 RETRY_DELAYS = (1.0, 3.0, 9.0)  # seconds before the 2nd, 3rd and 4th attempts
 ATTEMPT_TIMEOUT_SECONDS = 5.0
 WEBHOOK_NOT_FOUND = "No webhook for this notebook"
+_EVENT_NAMES = ", ".join(FINAL)  # a webhook's events are the final statuses
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -286,11 +286,11 @@ class Webhooks:
             raise bad_request(f"secret must be a non-empty string of at most {MAX_SECRET_LENGTH} characters")
         events = body.get("events")
         if not isinstance(events, list) or not events:
-            raise bad_request("events must be a non-empty list of succeeded, failed, cancelled")
-        unknown = [event for event in events if event not in EVENTS]
+            raise bad_request(f"events must be a non-empty list of {_EVENT_NAMES}")
+        unknown = [event for event in events if event not in FINAL]
         if unknown:
-            raise bad_request(f"events: unknown event {unknown[0]!r}; events are succeeded, failed, cancelled")
-        return {"url": body["url"], "secret": secret, "events": [event for event in EVENTS if event in events]}
+            raise bad_request(f"events: unknown event {unknown[0]!r}; events are {_EVENT_NAMES}")
+        return {"url": body["url"], "secret": secret, "events": [event for event in FINAL if event in events]}
 
     # Deliveries.
 
@@ -304,7 +304,7 @@ class Webhooks:
                 return None
             state = self._record(run, PENDING, 0)
             try:
-                self._dispatcher.invoke({DELIVER_EVENT: run["run_id"]})
+                self._dispatcher.invoke(runner_events.webhook_delivery(run["run_id"]))
             except Exception:  # noqa: BLE001 - the delivery cannot start: say so on the run
                 log.warning("could not hand over the webhook delivery of run %s", run["run_id"], exc_info=True)
                 state = self._record(run, FAILED, 0)

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from botocore.exceptions import ClientError
 
+from chalicelib.common import runner_events
 from chalicelib.common.aws import error_code
 from chalicelib.common.batches import in_parallel
 
@@ -23,7 +24,7 @@ _MAX_DESCRIPTION = 512
 
 
 def _target_input(owner: str, notebook_id: str) -> str:
-    return json.dumps({"notebook_id": notebook_id, "owner": owner, "trigger": "schedule"})
+    return json.dumps(runner_events.schedule_firing(owner, notebook_id))
 
 
 class ScheduleRules:

@@ -46,6 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.api import payloads
 from chalicelib.api.errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_request
+from chalicelib.common import runner_events
 from chalicelib.common.aws import error_code, failure_reason, is_transient
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.notebooks.service import now_ms
@@ -56,8 +57,6 @@ from chalicelib.storage.tables import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
-# The runner function's event that carries rules a Delete handed over (forget_notebooks).
-REMOVE_RULES_EVENT = "remove_rules"
 # Ids per such event: about 40 KB, far inside Lambda's 256 KB for an asynchronous event.
 _RULES_PER_EVENT = 1000
 
@@ -202,7 +201,7 @@ class Scheduler:
             ids[self._settings.rules_removed_in_request :],
         )
         for batch in chunks(handed_over, _RULES_PER_EVENT):
-            self._dispatcher.invoke({REMOVE_RULES_EVENT: {"owner": owner, "notebook_ids": batch}})
+            self._dispatcher.invoke(runner_events.remove_rules(owner, batch))
         if here:
             with self._locks.held(owner, here):
                 self._in_parallel(self._rules.remove, here)

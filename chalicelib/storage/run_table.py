@@ -5,13 +5,12 @@ from typing import Optional
 
 from chalicelib.common.aws import all_items
 from chalicelib.common.batches import chunks, in_parallel
+from chalicelib.common.model import ACTIVE, FINAL, RunStatus
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.tables import (
-    ACTIVE,
     BATCH_GET_KEYS,
     RUNS_BY_OWNER,
     RUNS_BY_OWNER_STATUS,
-    TERMINAL,
     Tally,
     batch_get,
     conditional_update,
@@ -119,7 +118,7 @@ class RunTable:
             self._table.scan,
             FilterExpression="#status IN (:queued, :running)",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":queued": "queued", ":running": "running"},
+            ExpressionAttributeValues={":queued": RunStatus.QUEUED, ":running": RunStatus.RUNNING},
         )
 
     def transition(self, run_id: str, expected_status: str, changes: dict, owner: Optional[str] = None) -> bool:
@@ -135,7 +134,7 @@ class RunTable:
         if unless_cancelling:
             update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
         action = {"Update": {"TableName": self.name, **update}}
-        active = run["status"] in ACTIVE and changes.get("status") in TERMINAL
+        active = run["status"] in ACTIVE and changes.get("status") in FINAL
         return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
 
     @staticmethod
@@ -223,7 +222,7 @@ class RunTable:
             self.get_many, chunks([pointer["run_id"] for pointer in pointers], BATCH_GET_KEYS), workers
         ):
             runs.update(found)
-        ended = [pointer for pointer in pointers if runs.get(pointer["run_id"], {}).get("status") in TERMINAL]
+        ended = [pointer for pointer in pointers if runs.get(pointer["run_id"], {}).get("status") in FINAL]
 
         def delete_ended(chunk) -> list:
             actions = [action for pointer in chunk for action in self._deletion(owner, pointer, runs)]

@@ -42,8 +42,6 @@ BY_CREATED = "by_created"
 RUNS_BY_OWNER = "by_owner"
 RUNS_BY_OWNER_STATUS = "by_owner_status"
 TTL_ATTRIBUTE = "expires_at"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE = frozenset({"queued", "running"})
 # AWS limits: actions in one TransactWriteItems, keys in one BatchGetItem.
 TRANSACTION_ACTIONS = 100
 BATCH_GET_KEYS = 100
