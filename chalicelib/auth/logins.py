@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.api.errors import ApiError, unauthorized
 from chalicelib.common.aws import error_code
+from chalicelib.common.clock import Clock
 from chalicelib.storage.tables import TTL_ATTRIBUTE
 
 # scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
@@ -88,7 +89,7 @@ class LoginThrottle:
 
     KEY_PREFIX = "#failed-logins#"
 
-    def __init__(self, table, max_failures: int, window_seconds: float, clock=time.time):
+    def __init__(self, table, max_failures: int, window_seconds: float, clock: Clock = time.time):
         self._table = table
         self._max_failures = max_failures
         self._window_ms = int(window_seconds * 1000)

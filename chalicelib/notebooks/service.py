@@ -27,20 +27,16 @@ from chalicelib.api.errors import (
     bad_request,
 )
 from chalicelib.common.batches import in_parallel
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.notebooks import parameters
 from chalicelib.schedules import cron
-from chalicelib.storage.files import notebook_key
+from chalicelib.storage.files import FileStore, notebook_key
 from chalicelib.storage.notebook_table import scheduled_until
 from chalicelib.storage.tables import NOTEBOOK_PREFIX, Conflict, NameTaken
 
 _UNSCHEDULED = {"period": None, "until": None, "time": None}
 _RENAME_ATTEMPTS = 5
 _DEFAULT_NAME_ATTEMPTS = 50
-
-
-def now_ms(clock=time.time) -> int:
-    """Epoch milliseconds, the unit of every time in responses."""
-    return int(clock() * 1000)
 
 
 PYTHON3_KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -157,7 +153,7 @@ class NotebookService:
     each has `forget_notebooks(owner, items)`, called when notebooks are deleted.
     """
 
-    def __init__(self, table, files, settings, clock=time.time):
+    def __init__(self, table, files: FileStore, settings, clock: Clock = time.time):
         self._table = table
         self._files = files
         self._settings = settings

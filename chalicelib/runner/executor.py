@@ -21,7 +21,7 @@ from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import LiveLog, capped, log_key, log_text
 from chalicelib.runs.outputs import fit_output
 from chalicelib.runs.records import RunRecords
-from chalicelib.storage.files import notebook_key, output_key
+from chalicelib.storage.files import FileStore, notebook_key, output_key
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,14 @@ class RunExecutor:
     """The runner function's work: execute one run end to end on a NotebookRunner."""
 
     def __init__(
-        self, records: RunRecords, run_dispatch: RunDispatch, webhooks, files, scheduler, schedule_rules, runner
+        self,
+        records: RunRecords,
+        run_dispatch: RunDispatch,
+        webhooks,
+        files: FileStore,
+        scheduler,
+        schedule_rules,
+        runner,
     ):
         self._records = records
         self._run_dispatch = run_dispatch  # records the runs of schedule firings

@@ -10,9 +10,12 @@ from decimal import Decimal
 
 from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
 from chalicelib.common.batches import chunks, in_parallel
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.model import RunStatus
-from chalicelib.notebooks.service import CONTENT_VERSION, now_ms
+from chalicelib.notebooks.service import CONTENT_VERSION
+from chalicelib.runs.engines import Dispatcher
 from chalicelib.runs.log import run_object_keys
+from chalicelib.storage.files import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,16 @@ class RunDispatch:
     """Records new runs `queued` and dispatches them to their engines: a Run request's (for
     runs.start.RunStarter), a schedule firing's, and the local stack's after a restart."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, clock=time.time, webhooks=None):
+    def __init__(
+        self,
+        table,
+        notebooks,
+        files: FileStore,
+        dispatcher: Dispatcher,
+        settings,
+        clock: Clock = time.time,
+        webhooks=None,
+    ):
         self._table = table
         self._webhooks = webhooks  # webhooks.Webhooks: told of the runs that fail here
         self._notebooks = notebooks

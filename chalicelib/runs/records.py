@@ -6,16 +6,16 @@ their runner is gone).
 
 import time
 
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.config import REPORT_GRACE_SECONDS
 from chalicelib.common.model import RunStatus
-from chalicelib.notebooks.service import now_ms
 
 
 class RunRecords:
     """The runner's side of the run records: each change is a conditional write on the
     run's status, so a runner changes only a run still in the state it expects."""
 
-    def __init__(self, table, settings, clock=time.time):
+    def __init__(self, table, settings, clock: Clock = time.time):
         self._table = table
         self._settings = settings
         self._clock = clock

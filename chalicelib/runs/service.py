@@ -25,12 +25,13 @@ from chalicelib.api import payloads
 from chalicelib.api.errors import RUN_NOT_FOUND, ApiError, bad_request
 from chalicelib.api.responses import lambda_payload_bytes
 from chalicelib.common.batches import in_parallel
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.model import FINAL, RunStatus
-from chalicelib.notebooks.service import now_ms
 from chalicelib.runs import html
+from chalicelib.runs.engines import Dispatcher
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import log_key, run_object_keys
-from chalicelib.storage.files import output_key
+from chalicelib.storage.files import FileStore, output_key
 from chalicelib.storage.tables import RUN_PREFIX
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,18 @@ class RunService:
     cancel. A queued run it cancels ends through `records` (runs.records.RunRecords), as
     runners end theirs."""
 
-    def __init__(self, table, notebooks, files, dispatcher, settings, starter, records, clock=time.time, webhooks=None):
+    def __init__(
+        self,
+        table,
+        notebooks,
+        files: FileStore,
+        dispatcher: Dispatcher,
+        settings,
+        starter,
+        records,
+        clock: Clock = time.time,
+        webhooks=None,
+    ):
         self._table = table
         self._records = records
         self.webhooks = webhooks  # webhooks.Webhooks: told of the runs that end here, in the API

@@ -8,12 +8,13 @@ import uuid
 
 from chalicelib.api import payloads
 from chalicelib.api.errors import RUN_IDS_REQUIRED, ApiError
+from chalicelib.common.clock import Clock
 from chalicelib.common.model import RunStatus, Trigger
 from chalicelib.notebooks.parameters import check as check_parameters
 from chalicelib.notebooks.parameters import declared as declared_parameters
 from chalicelib.notebooks.service import CONTENT_VERSION
 from chalicelib.runs.dispatch import dynamo_seconds, quota_error
-from chalicelib.storage.files import notebook_key
+from chalicelib.storage.files import FileStore, notebook_key
 
 # A Run's client token stands for its first request this long.
 TOKEN_SECONDS = 24 * 3600
@@ -35,7 +36,7 @@ class RunStarter:
     dispatches the runs. Schedule firings (runner/executor.py) and the local stack's
     restart (devstack/local_lambda.py) call RunDispatch directly."""
 
-    def __init__(self, table, notebooks, files, settings, run_dispatch, clock=time.time):
+    def __init__(self, table, notebooks, files: FileStore, settings, run_dispatch, clock: Clock = time.time):
         self._table = table
         self._notebooks = notebooks
         self._files = files

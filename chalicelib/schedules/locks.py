@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib.api.errors import PROCESSING_FAILED, ApiError
 from chalicelib.common.aws import failure_reason
 from chalicelib.common.batches import chunks
-from chalicelib.notebooks.service import now_ms
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.storage.notebook_table import NotebookTable
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _LOCKS_PER_TRANSACTION = 100
 class ScheduleLocks:
     """The schedule locks of notebooks, on their items in the notebooks table."""
 
-    def __init__(self, table: NotebookTable, clock=time.time):
+    def __init__(self, table: NotebookTable, clock: Clock = time.time):
         self._table = table
         self._clock = clock
 

@@ -49,7 +49,7 @@ from chalicelib.api.errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiE
 from chalicelib.common import runner_events
 from chalicelib.common.aws import error_code, failure_reason, is_transient
 from chalicelib.common.batches import chunks, in_parallel
-from chalicelib.notebooks.service import now_ms
+from chalicelib.common.clock import Clock, now_ms
 from chalicelib.schedules import cron
 from chalicelib.schedules.locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
@@ -95,7 +95,14 @@ class Scheduler:
     """Schedules notebooks to run on the runner through EventBridge rules (`rules`)."""
 
     def __init__(
-        self, rules: ScheduleRules, notebooks, table, locks: ScheduleLocks, settings, dispatcher, clock=time.time
+        self,
+        rules: ScheduleRules,
+        notebooks,
+        table,
+        locks: ScheduleLocks,
+        settings,
+        dispatcher,
+        clock: Clock = time.time,
     ):
         self._rules = rules
         self._notebooks = notebooks
@@ -302,7 +309,7 @@ class LocalEventClock:
     `fire` with each target's Input (parsed JSON).
     """
 
-    def __init__(self, events, prefix: str, fire: Callable[[dict], None], clock=time.time):
+    def __init__(self, events, prefix: str, fire: Callable[[dict], None], clock: Clock = time.time):
         self._events = events
         self._prefix = prefix
         self._fire = fire

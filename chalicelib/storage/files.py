@@ -5,6 +5,8 @@ bucket is versioned: each write of a notebook makes a new object version, whose 
 VersionId names it ("null" for an object written before versioning was on).
 """
 
+from typing import Optional, Protocol, runtime_checkable
+
 from botocore.exceptions import ClientError
 
 from chalicelib.common.aws import error_code
@@ -37,8 +39,36 @@ def response_key(owner: str, name: str) -> str:
     return f"{RESPONSES_PREFIX}{owner}/{name}.json"
 
 
+@runtime_checkable
+class FileStore(Protocol):
+    """What the services keep files in: notebooks, run outputs and logs, large answers,
+    each at a key, each write a new version. NotebookFiles is it on S3 (AWS's, or the
+    local stack's embedded one)."""
+
+    def put(self, key: str, body: bytes, content_type: str = ...) -> str:
+        """Store `body` at `key`; the version written."""
+
+    def size(self, key: str) -> Optional[int]:
+        """The size in bytes at `key`, or None."""
+
+    def get(self, key: str, version: Optional[str] = None) -> Optional[bytes]:
+        """The bytes at `key` (of `version`), or None."""
+
+    def get_version(self, key: str, version: Optional[str] = None) -> Optional[tuple]:
+        """(bytes, version) at `key`, or None."""
+
+    def download_url(self, key: str, seconds: int = ...) -> str:
+        """A link that lets whoever holds it download `key` for `seconds`."""
+
+    def delete(self, key: str, version: Optional[str] = None) -> None:
+        """Delete `key` (or that version of it); a missing one is no error."""
+
+    def delete_many(self, keys: list) -> None:
+        """Delete these keys; missing ones are no error."""
+
+
 class NotebookFiles:
-    """Reads and writes .ipynb objects in one bucket."""
+    """Reads and writes .ipynb objects in one bucket (a FileStore)."""
 
     def __init__(self, s3, bucket: str):
         self._s3 = s3
