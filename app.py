@@ -11,8 +11,18 @@ from chalice import Chalice, CORSConfig, Response
 
 from chalicelib import services
 from chalicelib.api import openapi, payloads, responses, web
-from chalicelib.api.errors import NOTEBOOK_ID_MISSING, bad_request
+from chalicelib.api.requests import (
+    ContentRequest,
+    CreateRequest,
+    IdsRequest,
+    RenameRequest,
+    RerunRequest,
+    RunRequest,
+    ScheduleRequest,
+    WebhookRequest,
+)
 from chalicelib.common.config import Settings
+from chalicelib.common.errors import NOTEBOOK_ID_MISSING, InvalidInput
 from chalicelib.dashboard import assets
 from chalicelib.runner.sandbox import SandboxError
 
@@ -57,8 +67,13 @@ def caller() -> str:
 
 
 def body(lenient: bool = False) -> dict:
-    """The current request's JSON body (`{}` when empty)."""
+    """The current request's JSON body (`{}` when empty; labelled JSON: web.require_json)."""
     return payloads.parse_body(app.current_request.raw_body, lenient=lenient)
+
+
+def settings():
+    """This deployment's settings."""
+    return services.get().settings
 
 
 def notebooks():
@@ -68,24 +83,24 @@ def notebooks():
 
 @route(NOTEBOOKS, ["POST"], "Error occurred while creating the notebook file", explain=True)
 def create_notebook():
-    return notebooks().create(caller(), body())
+    return notebooks().create(caller(), CreateRequest.parse(body()))
 
 
 @route(NOTEBOOKS, ["DELETE"], "Error occurred during notebook deletion", explain=True)
 def delete_notebooks():
-    notebooks().delete(caller(), body())
+    notebooks().delete(caller(), IdsRequest.parse(body(), settings()))
     return word("Success")
 
 
 @route(NOTEBOOKS, ["PUT"], "Error occurred while renaming the notebook file")
 def rename_without_id():
-    raise bad_request(NOTEBOOK_ID_MISSING)
+    raise InvalidInput(NOTEBOOK_ID_MISSING)
 
 
 @route(NOTEBOOKS + "/_all", ["GET"], "Error occurred while retrieving notebook information", explain=True)
 def list_notebooks():
     query = app.current_request.query_params or {}
-    limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
+    limit = payloads.page_limit(query.get("limit"), settings().max_ids)
     items, next_token = notebooks().list(caller(), limit, query.get("next_token"))
     return bounded(items, next_token)
 
@@ -96,7 +111,7 @@ def bounded(items: list, next_token) -> Response:
         items,
         caller(),
         services.get().files,
-        services.get().settings.max_response_bytes,
+        settings().max_response_bytes,
         {"X-Next-Token": next_token} if next_token else {},
     )
 
@@ -113,7 +128,7 @@ def fetch_notebook(notebook_id):
 
 @route(NOTEBOOKS + "/{notebook_id}", ["PUT"], "Error occurred while renaming the notebook file")
 def rename_notebook(notebook_id):
-    notebooks().rename(caller(), notebook_id, body())
+    notebooks().rename(caller(), notebook_id, RenameRequest.parse(body()))
     return word("Rename Successful")
 
 
@@ -124,7 +139,7 @@ def get_content(notebook_id):
 
 @route(NOTEBOOKS + "/{notebook_id}/content", ["PUT"], "Error occurred while writing the notebook file")
 def put_content(notebook_id):
-    notebooks().replace_content(caller(), notebook_id, body())
+    notebooks().replace_content(caller(), notebook_id, ContentRequest.parse(body()))
     return word("Success")
 
 
@@ -136,25 +151,26 @@ def notebook_parameters(notebook_id):
 @route(NOTEBOOKS + "/_run", ["GET", "POST"], "Error occurred during notebook execution", explain=True)
 def run_notebooks():
     # The seed's own sample sends unquoted keys: `{nbkIds: [...], module: "notebooks"}`.
-    return services.get().runs.start(caller(), body(lenient=True), app.current_request.headers.get("idempotency-key"))
+    request = RunRequest.parse(body(lenient=True), app.current_request.headers.get("idempotency-key"), settings())
+    return services.get().runs.start(caller(), request)
 
 
 @route(NOTEBOOKS + "/_schedule", ["GET", "POST"], "Error occurred during request processing", explain=True)
 def schedule_notebooks():
-    services.get().scheduler.schedule(caller(), body())
+    services.get().scheduler.schedule(caller(), ScheduleRequest.parse(body(), settings()))
     return word("Success")
 
 
 @route(NOTEBOOKS + "/_unschedule", ["GET", "POST"], "Error occurred during request processing", explain=True)
 def unschedule_notebooks():
-    services.get().scheduler.unschedule(caller(), body())
+    services.get().scheduler.unschedule(caller(), IdsRequest.parse(body(), settings()))
     return word("Success")
 
 
 @route(NOTEBOOKS + "/{notebook_id}/runs", ["GET"], "Error occurred while retrieving runs")
 def notebook_runs(notebook_id):
     query = app.current_request.query_params or {}
-    limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
+    limit = payloads.page_limit(query.get("limit"), settings().max_ids)
     runs, next_token = services.get().runs.for_notebook(caller(), notebook_id, limit, query.get("next_token"))
     return bounded(runs, next_token)
 
@@ -194,7 +210,7 @@ def _sent(output) -> Response:
 
 @route(NOTEBOOKS + "/{notebook_id}/webhook", ["PUT"], "Error occurred while setting the webhook")
 def put_webhook(notebook_id):
-    return services.get().webhooks.put(caller(), notebook_id, body())
+    return services.get().webhooks.put(caller(), notebook_id, WebhookRequest.parse(body()))
 
 
 @route(NOTEBOOKS + "/{notebook_id}/webhook", ["GET"], "Error occurred while retrieving the webhook")
@@ -215,7 +231,7 @@ def cancel_run(run_id):
 
 @route(RUNS + "/{run_id}/rerun", ["POST"], "Error occurred while rerunning the notebook")
 def rerun(run_id):
-    return services.get().runs.rerun(caller(), run_id, body())
+    return services.get().runs.rerun(caller(), run_id, RerunRequest.parse(body(), settings()))
 
 
 @app.route(UI, methods=["GET"], content_types=web.ANY_CONTENT_TYPE)

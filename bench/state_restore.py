@@ -60,6 +60,7 @@ def _fill(endpoint: str, credentials: dict) -> None:
     import nbformat
 
     from chalicelib import services
+    from chalicelib.api.requests import CreateRequest
     from chalicelib.common import aws
     from chalicelib.common.config import Settings
     from chalicelib.storage.files import output_key
@@ -77,7 +78,7 @@ def _fill(endpoint: str, credentials: dict) -> None:
         for j in range(20)
     ]
     content = json.loads(nbformat.writes(nbformat.v4.new_notebook(cells=cells)))
-    model = wiring.notebooks.create("admin", {"notebook_name": "bench model", "content": content})
+    model = wiring.notebooks.create("admin", CreateRequest("bench model.ipynb", content))
     run = wiring.run_dispatch.record("admin", model["notebook_id"], "manual", module="bench")
     wiring.files.put(output_key("admin", model["notebook_id"], run["run_id"]), json.dumps(content).encode())
     wiring.records.claim(run["run_id"])

@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 
 import requests
 
+from chalicelib.common.model import FINAL, RunStatus
+
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
 PRINTED = "smoke test ran here"
@@ -132,8 +134,8 @@ class Smoke:
         deadline = time.monotonic() + RUN_SECONDS
         while time.monotonic() < deadline:
             record = self.call("GET", f"{RUNS}/{self.run_id}").json()
-            if record["status"] in ("succeeded", "failed"):
-                expect(record["status"] == "succeeded", record)
+            if record["status"] in FINAL:
+                expect(record["status"] == RunStatus.SUCCEEDED, record)
                 seconds = (record["finished_at"] - record["created_at"]) / 1000
                 return f"run {self.run_id} succeeded in {seconds:.1f} s"
             time.sleep(1)

@@ -13,6 +13,7 @@ import botocore.exceptions
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
+from chalicelib.api import requests
 from chalicelib.common import aws
 
 # What the hostile suites tried, printed at the end of the session (tests/conftest.py).
@@ -260,3 +261,28 @@ def seed_notebooks(settings, owner: str, count: int, name_length: int = 0, start
         ExpressionAttributeValues={":n": count},
     )
     return ids
+
+
+class BodyCalls:
+    """`service` with its request-taking methods (schedule, unschedule, start, create,
+    delete) called with request bodies, parsed into typed requests as the API's routes
+    parse them; every other attribute is the service's own."""
+
+    _PARSERS = {
+        "schedule": lambda body, settings: requests.ScheduleRequest.parse(body, settings),
+        "unschedule": lambda body, settings: requests.IdsRequest.parse(body, settings),
+        "delete": lambda body, settings: requests.IdsRequest.parse(body, settings),
+        "start": lambda body, settings: requests.RunRequest.parse(body, None, settings),
+        "create": lambda body, settings: requests.CreateRequest.parse(body),
+    }
+
+    def __init__(self, service, settings):
+        self._service = service
+        self._settings = settings
+
+    def __getattr__(self, name):
+        method = getattr(self._service, name)
+        parse = self._PARSERS.get(name)
+        if parse is None:
+            return method
+        return lambda owner, body: method(owner, parse(body, self._settings))

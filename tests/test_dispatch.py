@@ -12,9 +12,10 @@ import pytest
 from moto import mock_aws
 
 from chalicelib import services
-from chalicelib.api.errors import ApiError
+from chalicelib.api.requests import CreateRequest, RunRequest
 from chalicelib.common import aws
 from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.common.errors import InvalidInput
 from chalicelib.runner import fargate_task
 from chalicelib.runs import service as runs_module
 from chalicelib.runs.engines import EngineRouter, FargateDispatcher
@@ -218,15 +219,15 @@ def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(
     local = services.get()
     invoked = []
     aws_env.setattr(local.dispatcher, "invoke", invoked.append)
-    notebook_id = local.notebooks.create("admin", {})["notebook_id"]
+    notebook_id = local.notebooks.create("admin", CreateRequest())["notebook_id"]
 
-    [run] = local.runs.start("admin", {"nbkIds": [notebook_id], "module": "m", "timeout": 43200})["runs"]
+    [run] = local.runs.start("admin", RunRequest([notebook_id], "m", {}, 43200))["runs"]
 
     assert invoked == [{"run_id": run["run_id"]}]
     shown = local.runs.get("admin", run["run_id"])
     assert (shown["engine"], shown["timeout"]) == ("local", 43200)
-    with pytest.raises(ApiError, match="at most 43200"):
-        local.runs.start("admin", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201})
+    with pytest.raises(InvalidInput, match="at most 43200"):
+        RunRequest.parse({"nbkIds": [notebook_id], "module": "m", "timeout": 43201}, None, local.settings)
 
 
 # --- A deployment with Fargate ---------------------------------------------------------

@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from chalicelib import services
+from chalicelib.api.requests import CreateRequest, IdsRequest, ScheduleRequest, WebhookRequest
 from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.schedules import locks as schedule_locks
 from chalicelib.storage.files import output_key
@@ -45,12 +46,12 @@ def one_cell_notebook():
 
 
 def new_notebook(service, **fields):
-    return service.notebooks.create("admin", fields)["notebook_id"]
+    return service.notebooks.create("admin", CreateRequest(**fields))["notebook_id"]
 
 
 def scheduled_notebook(service):
     notebook_id = new_notebook(service)
-    service.scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
+    service.scheduler.schedule("admin", ScheduleRequest([notebook_id], until=UNTIL))
     return notebook_id
 
 
@@ -67,7 +68,7 @@ WEBHOOK = {"url": "https://93.184.216.34/hook", "secret": "s", "events": ["faile
 
 def notebook_with_webhook(service):
     notebook_id = new_notebook(service)
-    service.webhooks.put("admin", notebook_id, WEBHOOK)
+    service.webhooks.put("admin", notebook_id, WebhookRequest(**WEBHOOK))
     return notebook_id
 
 
@@ -103,7 +104,7 @@ def clean(service):
     for owner in ("admin", "bob"):
         ids = [item["notebook_id"] for item in service.notebooks._table.all(owner)]
         if ids:
-            service.notebooks.delete(owner, {"nbk_ids": ids})
+            service.notebooks.delete(owner, IdsRequest(ids))
 
 
 @pytest.mark.parametrize("operation", list(API_OPERATIONS))
@@ -160,7 +161,7 @@ def schedule_firing(service):
     notebook_id = new_notebook(service, content=one_cell_notebook())
     # Daily at this minute, so that the firing below is at a due occurrence.
     now = datetime.now(timezone.utc).strftime("%H:%M")
-    service.scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL, "time": now})
+    service.scheduler.schedule("admin", ScheduleRequest([notebook_id], until=UNTIL, time=now))
     return {"notebook_id": notebook_id, "owner": "admin", "trigger": "schedule"}
 
 

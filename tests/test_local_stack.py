@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
+from chalicelib.api.requests import CreateRequest
 from devstack.stack import client_environment, free_port, running_stack
 from tests.local_stack import (
     ADMIN,
@@ -265,7 +266,7 @@ def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_l
 
 def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_again(stack, monkeypatch):
     """What the local Lambda does at start (moto, no processes)."""
-    notebook_id = stack.notebooks.create("admin", {})["notebook_id"]
+    notebook_id = stack.notebooks.create("admin", CreateRequest())["notebook_id"]
     running, queued, done = (stack.run_dispatch.record("admin", notebook_id, "manual") for _ in range(3))
     stack.records.claim(running["run_id"])
     stack.records.claim(done["run_id"])

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from chalicelib import services
+from chalicelib.api.requests import CreateRequest, RenameRequest
 from chalicelib.storage.files import notebook_key
 from tests.conftest import basic, error
 from tests.helpers import leftovers, stored_state
@@ -85,8 +86,8 @@ def test_trailing_slash_variants(api, path):
 
 def test_two_creates_in_the_same_second_get_distinct_names(stack):
     stack.notebooks._clock = lambda: 1_700_000_000.25
-    first = stack.notebooks.create("admin", {})
-    second = stack.notebooks.create("admin", {})
+    first = stack.notebooks.create("admin", CreateRequest())
+    second = stack.notebooks.create("admin", CreateRequest())
     assert first["notebook_name"] == "2023-11-14_22:13:20_admin.ipynb"
     assert second["notebook_name"] == "2023-11-14_22:13:20_admin_2.ipynb"
 
@@ -236,7 +237,7 @@ def test_rename_racing_another_rename_rereads_and_never_shares_a_name(stack, mon
     """A rename whose read went stale (another rename landed first) fails its condition,
     re-reads, and lands; the name claims always match the notebooks."""
     service, table = stack.notebooks, stack.notebooks._table
-    notebook_id = service.create("admin", {"notebook_name": "a"})["notebook_id"]
+    notebook_id = service.create("admin", CreateRequest("a.ipynb"))["notebook_id"]
     real_rename = table.rename
     raced = []
 
@@ -247,7 +248,7 @@ def test_rename_racing_another_rename_rereads_and_never_shares_a_name(stack, mon
         return real_rename(owner, nid, old_name, new_name, changes)
 
     monkeypatch.setattr(table, "rename", rename_after_a_rival)
-    service.rename("admin", notebook_id, {"new_name": "mine"})
+    service.rename("admin", notebook_id, RenameRequest("mine.ipynb"))
     assert service.fetch("admin", notebook_id)["notebook_name"] == "mine.ipynb"
     _, items = stored_state(stack.settings)
     claims = sorted(item["sk"] for item in items if item["sk"].startswith("name#"))

@@ -199,7 +199,7 @@ def test_local_stack_reads_chunked_bodies(local_stack):
     url, _ = local_stack
     admin = ("admin", "admin")
     chunks = (part for part in [b'{"notebook_', b'name": "chunked"}'])  # a generator: sent chunked
-    created = requests.post(url + BASE + "/", auth=admin, data=chunks)
+    created = requests.post(url + BASE + "/", auth=admin, data=chunks, headers={"Content-Type": "application/json"})
     assert created.json()["notebook_name"] == "chunked.ipynb"
 
 

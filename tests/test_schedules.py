@@ -12,11 +12,12 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from chalicelib.api.errors import ApiError
+from chalicelib.api.requests import CreateRequest, IdsRequest
+from chalicelib.common import errors
 from chalicelib.schedules.locks import ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
 from chalicelib.schedules.scheduler import LocalEventClock, Scheduler
-from tests.helpers import stored_state
+from tests.helpers import BodyCalls, stored_state
 
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner"
 PREFIX = "notebooks-"
@@ -95,7 +96,7 @@ def make_scheduler(stack, events, clock, settings=None) -> Scheduler:
         clock=clock,
     )
     stack.notebooks.add_dependent(scheduler)
-    return scheduler
+    return BodyCalls(scheduler, settings)
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def scheduler(stack, events, clock):
 
 
 def new(stack, owner="admin") -> str:
-    return stack.notebooks.create(owner, {})["notebook_id"]
+    return stack.notebooks.create(owner, CreateRequest())["notebook_id"]
 
 
 def rules(events) -> dict:
@@ -141,9 +142,8 @@ def runner_target(notebook_id, owner="admin") -> list:
 
 def refused(call, *args) -> str:
     """The message of the 400 that `call(*args)` raises."""
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(errors.InvalidInput) as raised:
         call(*args)
-    assert raised.value.status == 400
     return raised.value.message
 
 
@@ -266,8 +266,8 @@ def test_an_id_not_the_callers_is_notebook_id_invalid_and_changes_nothing(stack,
     bad_ids = (str(uuid.uuid4()), new(stack, "bob"), "not-a-uuid")
     before = snapshot(stack, events)
     for bad_id in bad_ids:
-        for operation in (scheduler.schedule, scheduler.unschedule):
-            body = {"nbk_ids": [kept, notebook_id, bad_id], "until": UNTIL, "time": "07:00"}
+        for operation, extra in ((scheduler.schedule, {"until": UNTIL, "time": "07:00"}), (scheduler.unschedule, {})):
+            body = {"nbk_ids": [kept, notebook_id, bad_id], **extra}
             assert refused(operation, "admin", body) == "Notebook ID invalid.", (operation, bad_id)
             assert snapshot(stack, events) == before, (operation, bad_id)
 
@@ -275,13 +275,13 @@ def test_an_id_not_the_callers_is_notebook_id_invalid_and_changes_nothing(stack,
 def test_missing_or_malformed_id_list_is_a_400(stack, scheduler, events):
     before = snapshot(stack, events)
     cases = [
-        ({"until": UNTIL}, "Notebook IDs are required"),
-        ({"nbk_ids": [], "until": UNTIL}, "Notebook IDs are required"),
-        ({"nbk_ids": "abc", "until": UNTIL}, "nbk_ids must be a list"),
+        ({}, "Notebook IDs are required"),
+        ({"nbk_ids": []}, "Notebook IDs are required"),
+        ({"nbk_ids": "abc"}, "nbk_ids must be a list"),
     ]
     for body, message in cases:
-        for operation in (scheduler.schedule, scheduler.unschedule):
-            assert refused(operation, "admin", body).startswith(message), (operation, body)
+        for operation, extra in ((scheduler.schedule, {"until": UNTIL}), (scheduler.unschedule, {})):
+            assert refused(operation, "admin", {**body, **extra}).startswith(message), (operation, body)
     assert snapshot(stack, events) == before
 
 
@@ -485,7 +485,7 @@ def test_unschedule_removes_rule_target_and_schedule_and_twice_is_fine(stack, sc
 def test_deleting_a_notebook_removes_its_rule(stack, scheduler, events):
     notebook_id, other = new(stack), new(stack)
     scheduler.schedule("admin", {"nbk_ids": [notebook_id, other], "until": UNTIL})
-    stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
+    stack.notebooks.delete("admin", IdsRequest([notebook_id]))
     assert set(rules(events)) == {PREFIX + other}
     scheduler.forget_notebooks("admin", [{"notebook_id": notebook_id, "schedule": {"until": UNTIL}}])  # again: no error
 
@@ -501,9 +501,9 @@ def test_a_schedule_change_waits_for_the_notebooks_lock_and_gives_up_with_a_409(
     assert other_request.lock("admin", notebook_id, "other-request", int(clock.now * 1000), 30_000)
     monkeypatch.setattr("chalicelib.schedules.locks._LOCK_WAIT_SECONDS", 0.2)
     before = snapshot(stack, events)
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(errors.Conflict) as raised:
         scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
-    assert raised.value.status == 409 and "try again" in raised.value.message
+    assert "try again" in raised.value.message
     assert snapshot(stack, events) == before
     other_request.unlock("admin", notebook_id, "other-request")
     scheduler.schedule("admin", {"nbk_ids": [notebook_id], "until": UNTIL})
@@ -549,7 +549,7 @@ def test_until_at_and_around_its_minute(stack, scheduler, events, clock):
         assert set(rules(events)) == ({PREFIX + notebook_id} if kept else set()), now
         assert ("schedule" in stack.notebooks._table.get("admin", notebook_id)) is kept, now
         assert stack.notebooks.count("admin")["Scheduled"] == (1 if shown_scheduled else 0), now
-        stack.notebooks.delete("admin", {"nbk_ids": [notebook_id]})
+        stack.notebooks.delete("admin", IdsRequest([notebook_id]))
 
 
 def test_expiry_keeps_a_schedule_replaced_since_it_was_read(stack, scheduler, events, clock, monkeypatch):
@@ -572,7 +572,7 @@ def test_expiry_keeps_a_schedule_replaced_since_it_was_read(stack, scheduler, ev
 
 def test_an_event_with_no_schedule_behind_it_is_skipped_and_its_rule_removed(stack, scheduler, events):
     unscheduled, deleted = new(stack), new(stack)
-    stack.notebooks.delete("admin", {"nbk_ids": [deleted]})
+    stack.notebooks.delete("admin", IdsRequest([deleted]))
     for notebook_id in (unscheduled, deleted):  # leftovers, e.g. of an unschedule that failed midway
         events.put_rule(Name=PREFIX + notebook_id, ScheduleExpression="cron(0 8 * * ? *)", State="ENABLED")
         events.put_targets(Rule=PREFIX + notebook_id, Targets=[{"Id": "runner", "Arn": ARN, "Input": "{}"}])
@@ -646,20 +646,20 @@ def test_rules_always_match_the_scheduled_notebooks(stack, events, clock):
             if rng.random() < 0.1:  # someone else's id: refused, and nothing changes
                 ids.append(rng.choice(owned["bob" if owner == "admin" else "admin"] or [str(uuid.uuid4())]))
             until = datetime.fromtimestamp(clock.now + rng.randint(2, 72) * 3600, timezone.utc)
-            body = {
-                "nbk_ids": ids,
-                "until": until.strftime("%Y-%m-%d %H:%M"),
-                "period": rng.choice(days),
-                "time": rng.choice(["06:50", None]),
-            }
+            body = {"nbk_ids": ids}  # Delete's and Unschedule's whole body
+            if action == "schedule":
+                body.update(
+                    until=until.strftime("%Y-%m-%d %H:%M"), period=rng.choice(days), time=rng.choice(["06:50", None])
+                )
             try:
                 if action == "delete":
-                    stack.notebooks.delete(owner, body)  # another's id in the list is passed over
+                    # another's id in the list is passed over
+                    stack.notebooks.delete(owner, IdsRequest.parse(body, stack.settings))
                     mine[:] = [notebook_id for notebook_id in mine if notebook_id not in ids]
                 else:
                     getattr(scheduler, action)(owner, body)
                 outcomes.add((action, "ok"))
-            except ApiError as error:
+            except errors.DomainError as error:
                 outcomes.add((action, error.message))
         expected = {
             PREFIX + item["notebook_id"]: (

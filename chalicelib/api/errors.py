@@ -1,4 +1,5 @@
-"""HTTP errors in the seed's shape: `{"error": {"status": N, "message": "..."}}`.
+"""HTTP errors in the seed's shape: `{"error": {"status": N, "message": "..."}}`, and the
+one table that turns a service's domain error (common/errors.py) into one.
 
 The HTTP status always equals N. The seed answers "No notebooks deleted" with status 200
 inside an error body, so status 200 is a valid error status here too.
@@ -7,11 +8,22 @@ inside an error body, so status 200 is a valid error status here too.
 from chalice import Response
 from chalice.app import ChaliceUnhandledError
 
+from chalicelib.common import errors
+from chalicelib.common.errors import (
+    MISSING_NEW_NAME,
+    MODULE_REQUIRED,
+    NO_NOTEBOOK_FOUND,
+    NOTEBOOK_ID_INVALID,
+    NOTEBOOK_ID_MISSING,
+    NOTEBOOK_IDS_REQUIRED,
+    RUN_IDS_REQUIRED,
+)
+
 AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="notebooks"'}
 
 
 class ApiError(ChaliceUnhandledError):
-    """A client-facing error, raised anywhere in chalicelib.
+    """A client-facing error as the edge answers it (status, message, headers).
 
     Chalice lets ChaliceUnhandledError through to the middleware, which answers it.
     """
@@ -36,29 +48,31 @@ def error_response(status: int, message: str, headers: dict = None) -> Response:
     )
 
 
-def bad_request(message: str) -> ApiError:
-    """A 400 with `message`."""
-    return ApiError(400, message)
+# Each domain error's status, and the headers that go with it. A subclass not listed
+# answers as its nearest listed base (NameTaken as Conflict).
+STATUSES = {
+    errors.InvalidInput: 400,
+    errors.Unauthenticated: 401,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+    errors.QuotaExceeded: 429,
+    errors.TooManyFailures: 429,
+    errors.NothingDeleted: 200,
+}
+_HEADERS = {
+    errors.Unauthenticated: lambda error: AUTH_HEADERS,
+    errors.TooManyFailures: lambda error: {"Retry-After": str(error.retry_after)},
+}
 
 
-def unauthorized() -> ApiError:
-    """The one answer to every failed login, whatever the cause."""
-    return ApiError(401, "Authentication required", AUTH_HEADERS)
+def from_domain(error: errors.DomainError) -> ApiError:
+    """The answer to a domain error: its status from STATUSES, its message as it is."""
+    kind = next(kind for kind in type(error).__mro__ if kind in STATUSES)
+    headers = _HEADERS.get(kind, lambda error: {})(error)
+    return ApiError(STATUSES[kind], error.message, headers)
 
 
-# The seed's prefix of a failure's detail (a 400's, a 409's).
-PROCESSING_FAILED = "Error occurred during request processing: "
-# Messages the seed fixes, named once so routes and tests agree on them.
-NOTEBOOK_ID_INVALID = "Notebook ID invalid."
-NOTEBOOK_IDS_REQUIRED = "Notebook IDs are required"
-RUN_IDS_REQUIRED = "Notebook ID(s) are required"
-NO_NOTEBOOK_FOUND = "No Notebook found"
-MISSING_NEW_NAME = "Missing new name"
-NOTEBOOK_ID_MISSING = "Notebook ID is missing"
-NO_NOTEBOOKS_DELETED = "No notebooks deleted"
-NAME_TAKEN = "A notebook with that name already exists"
-MODULE_REQUIRED = "Module name is required"
-RUN_NOT_FOUND = "Run not found"
 # Messages the seed gives word for word; others are details in the seed's "{str(e)}" slot.
 FIXED_MESSAGES = frozenset(
     {

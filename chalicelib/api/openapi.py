@@ -20,8 +20,18 @@ def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict
     responses.update({str(code): {"description": "Error", **_json(_ERROR)} for code in errors})
     operation = {"summary": summary, "responses": responses}
     if body is not None:
-        operation["requestBody"] = {"required": False, **_json(body)}
+        # A field the body does not define is a 400 naming it; a body not labelled JSON, a 415.
+        operation["requestBody"] = {"required": False, **_json(_closed(body))}
+        responses["415"] = {"description": "Content-Type must be application/json", **_json(_ERROR)}
     return operation
+
+
+def _closed(schema: dict) -> dict:
+    """An object schema that refuses fields it does not define (a notebook's fields are
+    nbformat's schema's to check)."""
+    if schema.get("type") != "object" or "properties" not in schema:
+        return schema
+    return {**schema, "additionalProperties": False}
 
 
 def _redirected(operation: dict) -> dict:
@@ -73,6 +83,7 @@ def document() -> dict:
         "properties": {
             "nbk_ids": _IDS,
             "until": {"type": "string", "example": "2030-12-13 06:50"},
+            "parameters": {"type": "object", "description": "papermill parameters of every firing"},
             "period": {"type": "string", "example": "Monday"},
             "time": {"type": "string", "example": "06:50"},
             "timezone": {
@@ -93,6 +104,7 @@ def document() -> dict:
         "required": ["nbkIds", "module"],
         "properties": {
             "nbkIds": _IDS,
+            "nbk_ids": {**_IDS, "description": "taken for nbkIds when nbkIds is not given"},
             "module": {"type": "string"},
             "parameters": {
                 "type": "object",

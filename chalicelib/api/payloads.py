@@ -13,7 +13,7 @@ import unicodedata
 
 import pyjson5
 
-from chalicelib.api.errors import MISSING_NEW_NAME, MODULE_REQUIRED, bad_request
+from chalicelib.common.errors import MISSING_NEW_NAME, MODULE_REQUIRED, InvalidInput
 
 MAX_NAME_LENGTH = 255
 MAX_MODULE_LENGTH = 255
@@ -41,7 +41,7 @@ def parse_body(raw, lenient: bool = False) -> dict:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
-        raise bad_request("Malformed JSON in request body: not UTF-8")
+        raise InvalidInput("Malformed JSON in request body: not UTF-8")
     # NaN, Infinity and 1e999 are read as floats here, then refused by field below.
     options = {"parse_float": float, "parse_constant": float}
     try:
@@ -56,14 +56,14 @@ def parse_body(raw, lenient: bool = False) -> dict:
                 raise strict_error
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
-        raise bad_request(f"Malformed JSON in request body: {error}")
+        raise InvalidInput(f"Malformed JSON in request body: {error}")
     except RecursionError:
-        raise bad_request(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
+        raise InvalidInput(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
     if not isinstance(value, dict):
-        raise bad_request("Request body must be a JSON object")
+        raise InvalidInput("Request body must be a JSON object")
     refusal = _unfit_field(value)
     if refusal is not None:
-        raise bad_request(refusal)
+        raise InvalidInput(refusal)
     return value
 
 
@@ -120,13 +120,13 @@ def id_list(body: dict, field: str, missing_message: str, max_ids: int) -> list:
     """
     value = body.get(field)
     if value is None or value == []:
-        raise bad_request(missing_message)
+        raise InvalidInput(missing_message)
     if not isinstance(value, list):
-        raise bad_request(f"{field} must be a list of notebook IDs")
+        raise InvalidInput(f"{field} must be a list of notebook IDs")
     if len(value) > max_ids:
-        raise bad_request(f"{field} holds {len(value)} IDs: at most {max_ids} are allowed")
+        raise InvalidInput(f"{field} holds {len(value)} IDs: at most {max_ids} are allowed")
     if not all(isinstance(item, str) for item in value):
-        raise bad_request(f"{field} must contain only strings")
+        raise InvalidInput(f"{field} must contain only strings")
     return list(dict.fromkeys(value))
 
 
@@ -136,26 +136,26 @@ def notebook_name(value, field: str = "new_name") -> str:
     Names are NFC-normalised so that two spellings of one Unicode name are one name.
     """
     if value is None:
-        raise bad_request(MISSING_NEW_NAME)
+        raise InvalidInput(MISSING_NEW_NAME)
     if not isinstance(value, str):
-        raise bad_request(f"{field} must be a string")
+        raise InvalidInput(f"{field} must be a string")
     name = unicodedata.normalize("NFC", value).strip()
     if not name:
-        raise bad_request(MISSING_NEW_NAME)
+        raise InvalidInput(MISSING_NEW_NAME)
     if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in name):
-        raise bad_request(f"{field} must not contain control characters")
+        raise InvalidInput(f"{field} must not contain control characters")
     if "/" in name or "\\" in name:
-        raise bad_request(f"{field} must not contain '/' or '\\'")
+        raise InvalidInput(f"{field} must not contain '/' or '\\'")
     if ".." in name:
-        raise bad_request(f"{field} must not contain '..'")
+        raise InvalidInput(f"{field} must not contain '..'")
     if not name.endswith(EXTENSION):
         name += EXTENSION
     stem = name[: -len(EXTENSION)]
     if not stem.strip():
-        raise bad_request(MISSING_NEW_NAME)
+        raise InvalidInput(MISSING_NEW_NAME)
     # The limit is on the name the user chose; `.ipynb` comes on top, given or not.
     if len(stem) > MAX_NAME_LENGTH:
-        raise bad_request(f"{field} is too long: at most {MAX_NAME_LENGTH} characters before .ipynb")
+        raise InvalidInput(f"{field} is too long: at most {MAX_NAME_LENGTH} characters before .ipynb")
     return name
 
 
@@ -163,11 +163,11 @@ def module_name(body: dict) -> str:
     """The Run request's required `module`."""
     value = body.get("module")
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise bad_request(MODULE_REQUIRED)
+        raise InvalidInput(MODULE_REQUIRED)
     if not isinstance(value, str):
-        raise bad_request("module must be a string")
+        raise InvalidInput("module must be a string")
     if len(value) > MAX_MODULE_LENGTH:
-        raise bad_request(f"module is too long: at most {MAX_MODULE_LENGTH} characters")
+        raise InvalidInput(f"module is too long: at most {MAX_MODULE_LENGTH} characters")
     return value
 
 
@@ -178,13 +178,13 @@ def parameters(body: dict, max_bytes: int) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise bad_request("parameters must be a JSON object")
+        raise InvalidInput("parameters must be a JSON object")
     for key in value:
         if not key.isidentifier() or keyword.iskeyword(key):
-            raise bad_request(f"parameters keys must be Python identifiers: {key!r} is not")
+            raise InvalidInput(f"parameters keys must be Python identifiers: {key!r} is not")
     size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
     if size > max_bytes:
-        raise bad_request(f"parameters are too large: {size} bytes as JSON, at most {max_bytes}")
+        raise InvalidInput(f"parameters are too large: {size} bytes as JSON, at most {max_bytes}")
     return value
 
 
@@ -201,7 +201,7 @@ def timeout(body: dict, default: float, maximum: float, beyond_maximum: str = ""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_TIMEOUT <= value <= maximum:
-        raise bad_request(
+        raise InvalidInput(
             f"timeout must be a number of seconds above 0 (at least {MIN_TIMEOUT:g}) "
             f"and at most {maximum:g}{beyond_maximum}"
         )
@@ -218,9 +218,9 @@ def client_token(body: dict, header) -> str:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise bad_request(f"{field} must be a non-empty string")
+        raise InvalidInput(f"{field} must be a non-empty string")
     if len(value) > MAX_CLIENT_TOKEN_LENGTH:
-        raise bad_request(f"{field} is too long: at most {MAX_CLIENT_TOKEN_LENGTH} characters")
+        raise InvalidInput(f"{field} is too long: at most {MAX_CLIENT_TOKEN_LENGTH} characters")
     return value
 
 
@@ -242,7 +242,7 @@ def page_key(token, valid) -> dict:
     except (ValueError, binascii.Error, UnicodeEncodeError, RecursionError):
         key = None
     if not isinstance(key, dict) or not valid(key):
-        raise bad_request("next_token is invalid")
+        raise InvalidInput("next_token is invalid")
     return key
 
 
@@ -251,5 +251,5 @@ def page_limit(value, maximum: int) -> int:
     if value is None:
         return None
     if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= maximum:
-        raise bad_request(f"limit must be an integer from 1 to {maximum}")
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}")
     return int(value)

@@ -1,7 +1,9 @@
-"""What every request goes through: size limit, authentication, error mapping, access log.
+"""What every request goes through: authentication, size limit, a body labelled JSON,
+error mapping, access log.
 
-Routes raise ApiError for client mistakes; AWS failures become 503s; anything else is
-a bug, logged with its traceback and answered with a 500 that says nothing more.
+Services raise domain errors (common/errors.py), answered as api/errors.py's table says;
+AWS failures become 503s; anything else is a bug, logged with its traceback and answered
+with a 500 that says nothing more.
 """
 
 import functools
@@ -12,11 +14,12 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import services
-from chalicelib.api.errors import FIXED_MESSAGES, ApiError, error_response
+from chalicelib.api.errors import FIXED_MESSAGES, ApiError, error_response, from_domain
 from chalicelib.common.aws import error_code
+from chalicelib.common.errors import DomainError
 
 OPENAPI_PATH = "/_notebooks/openapi.json"
-ANY_CONTENT_TYPE = ["*/*"]  # bodies are parsed by us, whatever the client labels them
+ANY_CONTENT_TYPE = ["*/*"]  # a body's label is checked by require_json, for every route
 
 # Not under the "notebooks" logger: Chalice sets its app logger to ERROR.
 access_log = logging.getLogger("chalicelib.access")
@@ -40,7 +43,10 @@ def seed_failures(message: str, explain: bool):
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             try:
-                return view(*args, **kwargs)
+                try:
+                    return view(*args, **kwargs)
+                except DomainError as refusal:
+                    raise from_domain(refusal) from refusal
             except ApiError as error:
                 if (
                     not explain
@@ -57,6 +63,28 @@ def seed_failures(message: str, explain: bool):
         return guarded
 
     return wrap
+
+
+JSON = "application/json"
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+# Where a notebook's JSON is the body itself; a form or file upload there is told so.
+CONTENT_PATH = "/_notebooks/notebooks/{notebook_id}/content"
+UPLOAD_HINT = ": send the notebook's JSON itself as the request body, with Content-Type: application/json"
+
+
+def require_json(request) -> None:
+    """A request that sends a body (not only whitespace) must label it `application/json`
+    (parameters such as `; charset=utf-8` aside): anything else, or no label, is a 415
+    naming the type, so a web page's form (text/plain, a form encoding: no CORS
+    preflight) cannot send one with a browser's cached credentials. A request without a
+    body needs no label."""
+    if not (request.raw_body or b"").strip():
+        return
+    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type == JSON:
+        return
+    hint = UPLOAD_HINT if media_type in _FORMS and request.path == CONTENT_PATH else ""
+    raise ApiError(415, f"Content-Type must be {JSON}{hint}")
 
 
 def _seed_shape(response):
@@ -79,9 +107,12 @@ def handle(request, get_response):
             limit = services.get().settings.max_body_bytes
             if len(request.raw_body or b"") > limit:
                 raise ApiError(413, f"Request body too large: at most {limit} bytes")
+            require_json(request)
         response = _seed_shape(get_response(request))
     except ApiError as error:
         response = error.response()
+    except DomainError as refusal:  # from the authenticator, before any route
+        response = from_domain(refusal).response()
     except (ClientError, BotoCoreError) as error:
         error_log.warning("AWS failure before %s %s: %s", request.method, request.path, error)
         response = error_response(503, f"Service unavailable: storage unavailable ({describe(error)})")

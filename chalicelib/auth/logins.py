@@ -20,9 +20,9 @@ import time
 
 from botocore.exceptions import ClientError
 
-from chalicelib.api.errors import ApiError, unauthorized
 from chalicelib.common.aws import error_code
 from chalicelib.common.clock import Clock
+from chalicelib.common.errors import TooManyFailures, Unauthenticated
 from chalicelib.storage.tables import TTL_ATTRIBUTE
 
 # scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
@@ -55,25 +55,18 @@ def verify_password(password: str, stored: str) -> bool:
 def parse_basic(header) -> tuple:
     """(username, password) from an `Authorization: Basic ...` header, else raise 401."""
     if not header:
-        raise unauthorized()
+        raise Unauthenticated()
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "basic" or not token:
-        raise unauthorized()
+        raise Unauthenticated()
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
     except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII header text
-        raise unauthorized()
+        raise Unauthenticated()
     username, colon, password = decoded.partition(":")
     if not colon or not username:
-        raise unauthorized()
+        raise Unauthenticated()
     return username, password
-
-
-def too_many_failures(retry_after: int) -> ApiError:
-    """The answer while a username is throttled: the same for known and unknown names."""
-    return ApiError(
-        429, f"Too many failed logins: try again in {retry_after} seconds", {"Retry-After": str(retry_after)}
-    )
 
 
 class LoginThrottle:
@@ -103,7 +96,7 @@ class LoginThrottle:
             return
         if int(record["failures"]) >= self._max_failures:
             retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
-            raise too_many_failures(max(1, retry_after))
+            raise TooManyFailures(max(1, retry_after))
 
     def record_failure(self, username: str) -> None:
         """Count one failed login: in the open window, else in a new one."""
@@ -187,7 +180,7 @@ class Authenticator:
         if not accepted:
             if throttled:
                 self._throttle.record_failure(username)
-            raise unauthorized()
+            raise Unauthenticated()
         with self._lock:
             self._verified = {k: v for k, v in self._verified.items() if v > now}
             self._verified[fingerprint] = now + self._cache_seconds

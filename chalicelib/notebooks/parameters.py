@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 
-from chalicelib.api.errors import bad_request
+from chalicelib.common import errors
 
 # Cached declarations larger than this are not kept on the notebook's item (400 KB a
 # DynamoDB item): such a notebook's content is read when a Run gives parameters.
@@ -106,11 +106,11 @@ def check(values: dict, declarations: list) -> None:
     for name, value in values.items():
         entry = by_name.get(name)
         if entry is None:
-            raise bad_request(f"Unknown parameter {name!r}: the notebook's parameters cell does not declare it")
+            raise errors.InvalidInput(f"Unknown parameter {name!r}: the notebook's parameters cell does not declare it")
         if value is None and entry["default"] == "None":
             continue
         if not fits(value, entry["type"]):
-            raise bad_request(f"Parameter {name!r} must be of type {entry['type']}, not {_json_type(value)}")
+            raise errors.InvalidInput(f"Parameter {name!r} must be of type {entry['type']}, not {_json_type(value)}")
 
 
 def fits(value, type_name: str) -> bool:

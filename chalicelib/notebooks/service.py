@@ -17,17 +17,11 @@ from typing import Optional
 import nbformat
 
 from chalicelib.api import payloads
-from chalicelib.api.errors import (
-    NAME_TAKEN,
-    NO_NOTEBOOK_FOUND,
-    NO_NOTEBOOKS_DELETED,
-    NOTEBOOK_ID_INVALID,
-    NOTEBOOK_IDS_REQUIRED,
-    ApiError,
-    bad_request,
-)
+from chalicelib.api.requests import ContentRequest, CreateRequest, IdsRequest, RenameRequest
+from chalicelib.common import errors
 from chalicelib.common.batches import in_parallel
 from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.errors import NO_NOTEBOOK_FOUND, NOTEBOOK_ID_INVALID
 from chalicelib.notebooks import parameters
 from chalicelib.schedules import cron
 from chalicelib.storage.files import FileStore, notebook_key
@@ -55,17 +49,17 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
     A notebook without a kernelspec gets python3's, the kernel the runner starts.
     """
     if not isinstance(value, dict):
-        raise bad_request(f"{field} must be a notebook (a JSON object)")
+        raise errors.InvalidInput(f"{field} must be a notebook (a JSON object)")
     version, minor = value.get("nbformat"), value.get("nbformat_minor")
     if type(version) is not int or version != 4:
-        raise bad_request(f"Invalid notebook in {field}: nbformat must be 4")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: nbformat must be 4")
     if type(minor) is not int or minor < 0:
-        raise bad_request(f"Invalid notebook in {field}: nbformat_minor must be a whole number")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: nbformat_minor must be a whole number")
     cells, metadata = value.get("cells"), value.get("metadata")
     if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
-        raise bad_request(f"Invalid notebook in {field}: cells must be a list of objects")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: cells must be a list of objects")
     if not isinstance(metadata, dict):
-        raise bad_request(f"Invalid notebook in {field}: metadata must be an object")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: metadata must be an object")
     try:
         # normalize() adds what newer minor versions require (cell ids) before validating;
         # on input it cannot repair it warns, and validate() below gives the reason.
@@ -75,10 +69,10 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
         notebook = nbformat.from_dict(normalized)
         nbformat.validate(notebook)
     except nbformat.ValidationError as error:
-        raise bad_request(f"Invalid notebook in {field}: {error.message}")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: {error.message}")
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         # nbformat's helpers assume the schema holds; odd input can break them first.
-        raise bad_request(f"Invalid notebook in {field}: not an nbformat v4 notebook ({type(error).__name__})")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: not an nbformat v4 notebook ({type(error).__name__})")
     notebook.metadata.setdefault("kernelspec", nbformat.from_dict(PYTHON3_KERNELSPEC))
     return notebook
 
@@ -174,7 +168,7 @@ class NotebookService:
         """The owner's live notebook item, else a 400 with `message`."""
         item = self.live(owner, notebook_id)
         if item is None:
-            raise bad_request(message)
+            raise errors.InvalidInput(message)
         return item
 
     def require_many(self, owner: str, notebook_ids: list) -> list:
@@ -182,11 +176,11 @@ class NotebookService:
         in two spellings is one), read 100 per call; a 400 if any is not one of them."""
         canonical = [payloads.canonical_id(value) for value in notebook_ids]
         if None in canonical:
-            raise bad_request(NOTEBOOK_ID_INVALID)
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)
         found = self.live_items(owner, canonical)
         items = [found.get(notebook_id) for notebook_id in dict.fromkeys(canonical)]
         if None in items:
-            raise bad_request(NOTEBOOK_ID_INVALID)
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)
         return items
 
     def live_items(self, owner: str, notebook_ids) -> dict:
@@ -197,12 +191,10 @@ class NotebookService:
             if not item.get("deleting")
         }
 
-    def create(self, owner: str, body: dict) -> dict:
-        """Create a notebook from the optional `notebook_name` and `content`."""
-        name = body.get("notebook_name")
-        if name is not None:
-            name = payloads.notebook_name(name, field="notebook_name")
-        notebook = parse_notebook(body["content"]) if body.get("content") is not None else new_notebook()
+    def create(self, owner: str, request: CreateRequest) -> dict:
+        """Create a notebook with the request's optional name and content."""
+        name = request.notebook_name
+        notebook = parse_notebook(request.content) if request.content is not None else new_notebook()
         data = serialise(notebook)
         self._check_size(data)
         notebook_id = str(uuid.uuid4())
@@ -236,7 +228,7 @@ class NotebookService:
             try:
                 self._table.create({**item, "notebook_name": name})
             except NameTaken:
-                raise ApiError(409, NAME_TAKEN)
+                raise errors.NameTaken()
             return name
         stamp = datetime.fromtimestamp(created / 1000, timezone.utc).strftime("%Y-%m-%d_%H:%M:%S")
         for attempt in range(1, _DEFAULT_NAME_ATTEMPTS + 1):
@@ -247,11 +239,11 @@ class NotebookService:
                 return candidate
             except NameTaken:
                 continue
-        raise ApiError(409, NAME_TAKEN)
+        raise errors.NameTaken()
 
-    def rename(self, owner: str, notebook_id, body: dict) -> None:
-        """Rename the notebook to `new_name`; its file stays where it is."""
-        new_name = payloads.notebook_name(body.get("new_name"))
+    def rename(self, owner: str, notebook_id, request: RenameRequest) -> None:
+        """Rename the notebook to the request's `new_name`; its file stays where it is."""
+        new_name = request.new_name
         for _ in range(_RENAME_ATTEMPTS):
             item = self.require(owner, notebook_id, NO_NOTEBOOK_FOUND)
             if item["notebook_name"] == new_name:
@@ -260,10 +252,10 @@ class NotebookService:
                 self._table.rename(owner, item["notebook_id"], item["notebook_name"], new_name, self._touched(owner))
                 return
             except NameTaken:
-                raise ApiError(409, NAME_TAKEN)
+                raise errors.NameTaken()
             except Conflict:
                 continue  # renamed or deleted meanwhile: read it again
-        raise ApiError(409, "The notebook was changed by another request; try again")
+        raise errors.Conflict("The notebook was changed by another request; try again")
 
     def fetch(self, owner: str, notebook_id) -> dict:
         """One notebook object."""
@@ -292,7 +284,7 @@ class NotebookService:
         scheduled = sum(1 for until_ms in scheduled_until(counts).values() if until_ms > at)
         return {"Total Notebooks": total, "Not Scheduled": total - scheduled, "Scheduled": scheduled}
 
-    def delete(self, owner: str, body: dict) -> int:
+    def delete(self, owner: str, request: IdsRequest) -> int:
         """Delete the listed notebooks the owner has: schedules and runs (side by side),
         files, then metadata.
 
@@ -302,12 +294,12 @@ class NotebookService:
         are unknown or malformed are passed over; none deleted is the seed's status-200
         error.
         """
-        ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
+        ids = request.ids
         # An id that is not even a UUID is, like an unknown one, not a notebook the caller owns.
         canonical = list(dict.fromkeys(filter(None, map(payloads.canonical_id, ids))))
         flagged = self._table.mark_deleting(owner, list(self._table.get_many(owner, canonical).values()))
         if not flagged:
-            raise ApiError(200, NO_NOTEBOOKS_DELETED)
+            raise errors.NothingDeleted()
         # Side by side (schedules' rules, runs' records and outputs): each is bounded in
         # concurrency itself, and a failure in one still lets the other finish, then fails
         # the request, which a retry completes.
@@ -324,7 +316,7 @@ class NotebookService:
         item = self.require(owner, notebook_id)
         data = self._files.get(notebook_key(owner, item["notebook_id"]), item.get(CONTENT_VERSION))
         if data is None:
-            raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)  # deleted while we read it
         return nbformat.reads(data.decode("utf-8"), as_version=4)
 
     def parameters(self, owner: str, notebook_id) -> dict:
@@ -350,7 +342,7 @@ class NotebookService:
         def read(item):
             found = self._files.get_version(notebook_key(owner, item["notebook_id"]), item.get(CONTENT_VERSION))
             if found is None:
-                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted while we read it
+                raise errors.InvalidInput(NOTEBOOK_ID_INVALID)  # deleted while we read it
             data, version = found
             return item["notebook_id"], Pinned(version, parameters.declared(json.loads(data)))
 
@@ -364,10 +356,10 @@ class NotebookService:
                 parameters.check(check, pinned[item["notebook_id"]].declared)
         return pinned
 
-    def replace_content(self, owner: str, notebook_id, body: dict) -> None:
-        """Replace the notebook file with `body`, a valid nbformat v4 notebook."""
+    def replace_content(self, owner: str, notebook_id, request: ContentRequest) -> None:
+        """Replace the notebook file with the request's, a valid nbformat v4 notebook."""
         item = self.require(owner, notebook_id)
-        notebook = parse_notebook(body, field="body")
+        notebook = parse_notebook(request.notebook, field="body")
         data = serialise(notebook)
         self._check_size(data)
         key = notebook_key(owner, item["notebook_id"])
@@ -381,11 +373,11 @@ class NotebookService:
             changes[DECLARED] = None  # too large to keep: read from the file when needed
         if not self._table.update(owner, item["notebook_id"], changes):
             self._files.delete(key, version)
-            raise bad_request(NOTEBOOK_ID_INVALID)
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)
 
     def _touched(self, owner: str) -> dict:
         return {"updated_at": now_ms(self._clock), "updated_by": owner}
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self._settings.max_body_bytes:
-            raise ApiError(413, f"Notebook too large: at most {self._settings.max_body_bytes} bytes")
+            raise errors.TooLarge(f"Notebook too large: at most {self._settings.max_body_bytes} bytes")

@@ -8,9 +8,10 @@ import time
 import uuid
 from decimal import Decimal
 
-from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
+from chalicelib.common import errors
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.errors import NOTEBOOK_ID_INVALID
 from chalicelib.common.model import RunStatus
 from chalicelib.notebooks.service import CONTENT_VERSION
 from chalicelib.runs.engines import Dispatcher
@@ -27,10 +28,9 @@ def dynamo_seconds(seconds: float) -> Decimal:
     return Decimal(str(seconds))
 
 
-def quota_error(limit: int, active) -> ApiError:
+def quota_error(limit: int, active) -> errors.QuotaExceeded:
     """The 429 of a request that would take its owner past `limit` active runs."""
-    return ApiError(
-        429,
+    return errors.QuotaExceeded(
         f"Too many runs queued or running: at most {limit} per user "
         f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended",
     )
@@ -121,7 +121,7 @@ class RunDispatch:
                 continue
             items = self._notebooks.live_items(owner, [run["notebook_id"] for run in runs])
             if any(run["notebook_id"] not in items for run in runs):
-                raise bad_request(NOTEBOOK_ID_INVALID)  # deleted since we looked
+                raise errors.InvalidInput(NOTEBOOK_ID_INVALID)  # deleted since we looked
             # A later `last_run` (a clock behind another's): record these just after it.
             latest = max(int(item.get("last_run", 0)) for item in items.values())
             created = max(now_ms(self._clock), latest + 1)
@@ -129,7 +129,7 @@ class RunDispatch:
                 {**run, "created_at": created, "deadline_at": run["deadline_at"] + created - run["created_at"]}
                 for run in runs
             ]
-        raise ApiError(409, "The notebooks were changed by other requests meanwhile; try again")
+        raise errors.Conflict("The notebooks were changed by other requests meanwhile; try again")
 
     def dispatch_all(self, runs: list) -> None:
         """Hand `runs` to their engines concurrently (a run that cannot be is failed)."""
@@ -147,8 +147,8 @@ class RunDispatch:
         )
         try:
             recorded = self._record_chunk(owner, [run], None)
-        except ApiError:
-            return None
+        except (errors.InvalidInput, errors.Conflict):
+            return None  # the notebook was deleted meanwhile, or changed on every attempt: no run
         if not recorded:
             return None
         self._expire_old_runs(owner, [item])

@@ -22,10 +22,12 @@ from typing import Optional
 import nbformat
 
 from chalicelib.api import payloads
-from chalicelib.api.errors import RUN_NOT_FOUND, ApiError, bad_request
+from chalicelib.api.requests import RerunRequest, RunRequest
 from chalicelib.api.responses import lambda_payload_bytes
+from chalicelib.common import errors
 from chalicelib.common.batches import in_parallel
 from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.errors import RUN_NOT_FOUND
 from chalicelib.common.model import FINAL, RunStatus
 from chalicelib.runs import html
 from chalicelib.runs.engines import Dispatcher
@@ -125,13 +127,13 @@ class RunService:
         self.starter = starter
         self._clock = clock
 
-    def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
+    def start(self, owner: str, request: RunRequest) -> dict:
         """Start runs of a Run request (see RunStarter.start)."""
-        return self.starter.start(owner, body, idempotency_key)
+        return self.starter.start(owner, request)
 
-    def rerun(self, owner: str, run_id: str, body: dict) -> dict:
+    def rerun(self, owner: str, run_id: str, request: RerunRequest) -> dict:
         """Start a new run of the owner's run's notebook version (see RunStarter.rerun)."""
-        return self.starter.rerun(owner, self._require(owner, run_id), body)
+        return self.starter.rerun(owner, self._require(owner, run_id), request)
 
     def get(self, owner: str, run_id: str) -> dict:
         """One run of the owner (another owner's is answered like an unknown one)."""
@@ -166,7 +168,7 @@ class RunService:
         holds `limit` runs (default RUNS_PAGE) from one index Query, whatever is stored;
         of one notebook, its runs (at most `max_runs_kept`) page as `for_notebook`'s do."""
         if status is not None and status not in list(RunStatus):
-            raise bad_request("status must be one of " + ", ".join(RunStatus))
+            raise errors.InvalidInput("status must be one of " + ", ".join(RunStatus))
         if notebook_id is not None:
             runs, token = self.for_notebook(owner, notebook_id, limit, next_token)
             return [run for run in runs if status in (None, run["status"])], token
@@ -192,15 +194,15 @@ class RunService:
         S3 download link instead, a larger page is refused.
         """
         if output_format not in ("ipynb", "json", "html"):
-            raise bad_request("format must be html or ipynb")
+            raise errors.InvalidInput("format must be html or ipynb")
         run = self._require(owner, run_id)
         key = output_key(owner, run["notebook_id"], run["run_id"])
         size = self._files.size(key)
         if size is None:
-            raise ApiError(404, "Run output not available yet")
+            raise errors.NotFound("Run output not available yet")
         limit = self._settings.max_response_bytes
-        too_large_page = ApiError(
-            413, f"Run output too large to show as HTML (over {limit} bytes): download it with format=ipynb"
+        too_large_page = errors.TooLarge(
+            f"Run output too large to show as HTML (over {limit} bytes): download it with format=ipynb"
         )
         if size > limit:
             if output_format == "html":
@@ -208,7 +210,7 @@ class RunService:
             return RunOutput("", {}, location=self._files.download_url(key))
         data = self._files.get(key)
         if data is None:
-            raise ApiError(404, "Run output not available yet")
+            raise errors.NotFound("Run output not available yet")
         notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
         if output_format == "html":
             page = html.render(notebook)
@@ -262,7 +264,7 @@ class RunService:
                 return run_view(self._await_end(owner, run_id))
             run = self._require(owner, run_id)  # it moved on meanwhile: look again
         else:
-            raise ApiError(409, "Run already finished")
+            raise errors.Conflict("Run already finished")
         return self.get(owner, run_id)
 
     def _stop(self, run: dict) -> None:
@@ -303,7 +305,7 @@ class RunService:
         run_id = payloads.canonical_id(run_id)
         run = self._table.get(run_id) if run_id else None
         if run is None or run["owner"] != owner:
-            raise ApiError(404, RUN_NOT_FOUND)
+            raise errors.NotFound(RUN_NOT_FOUND)
         return self._reap(run)
 
     def _reap(self, run: dict) -> dict:

@@ -7,7 +7,8 @@ import time
 import uuid
 
 from chalicelib.api import payloads
-from chalicelib.api.errors import RUN_IDS_REQUIRED, ApiError
+from chalicelib.api.requests import RerunRequest, RunRequest, run_timeout
+from chalicelib.common import errors
 from chalicelib.common.clock import Clock
 from chalicelib.common.model import RunStatus, Trigger
 from chalicelib.notebooks.parameters import check as check_parameters
@@ -44,21 +45,17 @@ class RunStarter:
         self.run_dispatch = run_dispatch  # run_dispatch.RunDispatch
         self._clock = clock  # client tokens' age
 
-    def start(self, owner: str, body: dict, idempotency_key=None) -> dict:
-        """Validate the whole request, record one queued run per notebook, dispatch them.
+    def start(self, owner: str, request: RunRequest) -> dict:
+        """Record one queued run per notebook of the request (its fields checked at the
+        edge: api/requests.py), dispatch them.
 
-        Any unknown id: 400 and nothing runs. Answers before any notebook executes. With
+        Any unknown id, or parameters the notebooks do not declare: 400 and nothing runs. Answers before any notebook executes. With
         a client token (`Idempotency-Key` or `client_token`), the same request again
         creates no new runs: it answers the first one's runs, recording and dispatching
         any that a first attempt cut short did not.
         """
-        field = "nbk_ids" if "nbkIds" not in body and "nbk_ids" in body else "nbkIds"
-        ids = payloads.id_list(body, field, RUN_IDS_REQUIRED, self._settings.max_ids)
-        module = payloads.module_name(body)
-        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
-        timeout = self._timeout(body)
-        token = payloads.client_token(body, idempotency_key)
-        items = self._notebooks.require_many(owner, ids)
+        module, parameters, timeout, token = request.module, request.parameters, request.timeout, request.client_token
+        items = self._notebooks.require_many(owner, request.ids)
         if token is None:
             pinned = self._notebooks.pin(owner, items, check=parameters or None)
             runs = [
@@ -79,29 +76,28 @@ class RunStarter:
             runs = self._start_once(owner, token, items, module, parameters, timeout)
         return _runs_answer(runs)
 
-    def rerun(self, owner: str, run: dict, body: dict) -> dict:
-        """A new run of the owner's `run`'s notebook version, with its parameters and
-        `parameters` from `body` merged over them, checked against what that version
-        declares, and its timeout unless `body` gives one. 409 when the version (or the
-        notebook) no longer exists. A client token is not taken: each rerun is a new run."""
-        given = payloads.parameters(body, self._settings.max_parameters_bytes)
+    def rerun(self, owner: str, run: dict, request: RerunRequest) -> dict:
+        """A new run of the owner's `run`'s notebook version, with its parameters and the
+        request's merged over them, checked against what that version declares, and its
+        timeout unless the request gives one. 409 when the version (or the notebook) no
+        longer exists. A client token is not taken: each rerun is a new run."""
         merged = payloads.parameters(
-            {"parameters": {**json.loads(run.get("parameters", "{}")), **given}}, self._settings.max_parameters_bytes
+            {"parameters": {**json.loads(run.get("parameters", "{}")), **request.parameters}},
+            self._settings.max_parameters_bytes,
         )
-        # The run's own timeout unless the body gives one; checked against today's limits
-        # either way (a deployment may have dropped Fargate since).
-        timeout = self._timeout(
-            body
-            if body.get("timeout") is not None or run.get("timeout") is None
-            else {"timeout": float(run["timeout"])}
-        )
+        # The run's own timeout unless the request gives one; checked against today's
+        # limits either way (a deployment may have dropped Fargate since).
+        timeout = request.timeout
+        if timeout is None:
+            stored = {"timeout": float(run["timeout"])} if run.get("timeout") is not None else {}
+            timeout = run_timeout(stored, self._settings)
         item = self._notebooks.live(owner, run["notebook_id"])
         version = run.get("notebook_version")
         if version is None:  # recorded before versions, and its runner has not pinned one yet
-            raise ApiError(409, "The notebook version of this run is not known until it starts")
+            raise errors.Conflict("The notebook version of this run is not known until it starts")
         found = self._files.get(notebook_key(owner, item["notebook_id"]), version) if item else None
         if found is None:
-            raise ApiError(409, "The notebook version of this run no longer exists")
+            raise errors.Conflict("The notebook version of this run no longer exists")
         if merged:
             check_parameters(merged, declared_parameters(json.loads(found)))
         new = self.run_dispatch.new_run(
@@ -111,24 +107,13 @@ class RunStarter:
         self.run_dispatch.record_and_dispatch(owner, [new], [item])
         return _runs_answer([new])
 
-    def _timeout(self, body: dict) -> float:
-        """The request's `timeout`: the deployment's run timeout by default, at most the
-        longest its engines take."""
-        longest = self._settings.longest_run()
-        why = (
-            " (longer runs need ECS Fargate, which this deployment has not set up)"
-            if longest < self._settings.max_run_timeout
-            else ""
-        )
-        return payloads.timeout(body, self._settings.run_timeout, longest, why)
-
     def _start_once(self, owner: str, token: str, items: list, module: str, parameters: dict, timeout: float) -> list:
         """The runs of the first request with `token`, recorded and dispatched once."""
         token_hash = hashlib.sha256(token.encode("utf-8")).hexdigest()
         now_s = int(self._clock())
         try:
             pinned = self._notebooks.pin(owner, items, check=parameters or None)
-        except ApiError:
+        except errors.InvalidInput:
             if self._table.notebooks.token(owner, token_hash, now_s) is None:
                 raise
             pinned = {}  # a repeat: its body's parameters are not used, the first request's are
@@ -143,7 +128,7 @@ class RunStarter:
         if not first:
             request = self._table.notebooks.token(owner, token_hash, now_s)
             if request is None:  # expired between our two reads
-                raise ApiError(409, "The client token is being reused; try again")
+                raise errors.Conflict("The client token is being reused; try again")
             live = self._notebooks.live_items(owner, request["notebook_ids"])
             items = [live[nid] for nid in request["notebook_ids"] if nid in live]
         versions = json.loads(request.get("versions", "{}"))

@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
-from chalicelib.common import runner_events
+from chalicelib.api.requests import WebhookRequest
+from chalicelib.common import errors, runner_events
+from chalicelib.common.errors import NOTEBOOK_ID_INVALID
 from chalicelib.common.model import FINAL
 from chalicelib.runs.service import run_view
 
@@ -246,19 +247,19 @@ class Webhooks:
 
     # The API: set, show, remove.
 
-    def put(self, owner: str, notebook_id, body: dict) -> dict:
-        """Set the notebook's webhook from `{"url", "secret", "events"}`; `{"url", "events"}`."""
+    def put(self, owner: str, notebook_id, request: WebhookRequest) -> dict:
+        """Set the notebook's webhook to the request's url, secret and events; `{"url", "events"}`."""
         item = self._notebooks.require(owner, notebook_id)
-        hook = self._parse(body)
+        hook = self._parse(request)
         if not self._table.update(owner, item["notebook_id"], {"webhook": hook}):
-            raise bad_request(NOTEBOOK_ID_INVALID)  # deleted meanwhile
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)  # deleted meanwhile
         return {"url": hook["url"], "events": hook["events"]}
 
     def get(self, owner: str, notebook_id) -> dict:
         """The notebook's webhook without its secret; 404 when it has none."""
         hook = self._notebooks.require(owner, notebook_id).get("webhook")
         if not hook:
-            raise ApiError(404, WEBHOOK_NOT_FOUND)
+            raise errors.NotFound(WEBHOOK_NOT_FOUND)
         return {"url": hook["url"], "events": list(hook["events"])}
 
     def delete(self, owner: str, notebook_id) -> None:
@@ -269,28 +270,28 @@ class Webhooks:
             not self._table.clear(owner, item["notebook_id"], "webhook")
             and self._notebooks.live(owner, item["notebook_id"]) is None
         ):
-            raise bad_request(NOTEBOOK_ID_INVALID)  # deleted meanwhile
+            raise errors.InvalidInput(NOTEBOOK_ID_INVALID)  # deleted meanwhile
 
-    def _parse(self, body: dict) -> dict:
+    def _parse(self, request: WebhookRequest) -> dict:
         try:
-            target = parse_url(body.get("url"), self._allow_loopback)
+            target = parse_url(request.url, self._allow_loopback)
             checked_addresses(target, self._allow_loopback, self.resolver)
         except Refused as refusal:
-            raise bad_request(str(refusal))
+            raise errors.InvalidInput(str(refusal))
         except ValueError:  # the resolver's UnicodeError: an empty or over-long label
-            raise bad_request("url has an invalid host name")
+            raise errors.InvalidInput("url has an invalid host name")
         except OSError:
             pass  # not resolvable yet: checked again at each delivery
-        secret = body.get("secret")
+        secret = request.secret
         if not isinstance(secret, str) or not secret or len(secret) > MAX_SECRET_LENGTH:
-            raise bad_request(f"secret must be a non-empty string of at most {MAX_SECRET_LENGTH} characters")
-        events = body.get("events")
+            raise errors.InvalidInput(f"secret must be a non-empty string of at most {MAX_SECRET_LENGTH} characters")
+        events = request.events
         if not isinstance(events, list) or not events:
-            raise bad_request(f"events must be a non-empty list of {_EVENT_NAMES}")
+            raise errors.InvalidInput(f"events must be a non-empty list of {_EVENT_NAMES}")
         unknown = [event for event in events if event not in FINAL]
         if unknown:
-            raise bad_request(f"events: unknown event {unknown[0]!r}; events are {_EVENT_NAMES}")
-        return {"url": body["url"], "secret": secret, "events": [event for event in FINAL if event in events]}
+            raise errors.InvalidInput(f"events: unknown event {unknown[0]!r}; events are {_EVENT_NAMES}")
+        return {"url": request.url, "secret": secret, "events": [event for event in FINAL if event in events]}
 
     # Deliveries.
 

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.api.errors import PROCESSING_FAILED, ApiError
+from chalicelib.common import errors
 from chalicelib.common.aws import failure_reason
 from chalicelib.common.batches import chunks
 from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.errors import PROCESSING_FAILED
 from chalicelib.storage.notebook_table import NotebookTable
 
 logger = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ class ScheduleLocks:
             if self._table.get(owner, notebook_id) is None:
                 return False
             if time.monotonic() > deadline:
-                raise ApiError(
-                    409, PROCESSING_FAILED + "another request is changing this notebook's schedule; try again"
+                raise errors.Conflict(
+                    PROCESSING_FAILED + "another request is changing this notebook's schedule; try again"
                 )
             time.sleep(random.uniform(0.01, 0.05))
 

@@ -45,11 +45,12 @@ from typing import Callable, NamedTuple, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.api import payloads
-from chalicelib.api.errors import NOTEBOOK_IDS_REQUIRED, PROCESSING_FAILED, ApiError, bad_request
-from chalicelib.common import runner_events
+from chalicelib.api.requests import IdsRequest, ScheduleRequest
+from chalicelib.common import errors, runner_events
 from chalicelib.common.aws import error_code, failure_reason, is_transient
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.errors import PROCESSING_FAILED
 from chalicelib.schedules import cron
 from chalicelib.schedules.locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
@@ -76,7 +77,7 @@ def _refuse(error: Exception) -> None:
     """An AWS refusal of the request (a quota, a validation) as the seed's 400; a transient
     failure (throttling, a 5xx, a timeout) is left to the route, which answers 503."""
     if isinstance(error, ClientError) and not is_transient(error):
-        raise ApiError(400, PROCESSING_FAILED + _reason(error)) from error
+        raise errors.InvalidInput(PROCESSING_FAILED + _reason(error)) from error
 
 
 class Firing(NamedTuple):
@@ -112,23 +113,25 @@ class Scheduler:
         self._dispatcher = dispatcher  # its `invoke` hands rule removals to the runner function
         self._clock = clock
 
-    def schedule(self, owner: str, body: dict) -> None:
+    def schedule(self, owner: str, request: ScheduleRequest) -> None:
         """Schedule (or reschedule) the listed notebooks: all of them, or none.
 
-        Body: `nbk_ids`, `until` ("YYYY-MM-DD HH:MM"), optional `period` (a weekday),
+        The request: `ids`, `until` ("YYYY-MM-DD HH:MM"), optional `period` (a weekday),
         `time` ("HH:MM"), `timezone` and `parameters` (checked against each notebook's
         declared parameters as a Run's are, and given to every run the schedule fires).
         Every input is checked before anything changes; if AWS refuses a step, everything
         this request changed is put back and the answer is a 400. Rules are written
         concurrently, stored schedules 99 per transaction.
         """
-        items = self._owned_items(owner, body)
+        items = self._notebooks.require_many(owner, request.ids)
         now = self._clock()
         try:
-            spec = cron.parse_schedule(body, datetime.fromtimestamp(now, timezone.utc), self._settings.timezone)
+            spec = cron.parse_schedule(
+                request.schedule_fields(), datetime.fromtimestamp(now, timezone.utc), self._settings.timezone
+            )
         except cron.ScheduleError as error:
-            raise bad_request(error.message)
-        parameters = payloads.parameters(body, self._settings.max_parameters_bytes)
+            raise errors.InvalidInput(error.message, field=error.field) from None
+        parameters = request.parameters or {}
         if parameters:
             self._notebooks.pin(owner, items, check=parameters)
         record = {
@@ -163,20 +166,19 @@ class Scheduler:
         if int(self._table.counts(owner).get("scheduled", 0)) + adding > self._settings.max_scheduled:
             raise self._quota_error()
 
-    def _quota_error(self) -> ApiError:
-        return ApiError(
-            400,
+    def _quota_error(self) -> errors.InvalidInput:
+        return errors.InvalidInput(
             PROCESSING_FAILED + "scheduled notebooks quota reached: at most "
             f"{self._settings.max_scheduled} per user (NOTEBOOKS_MAX_SCHEDULED)",
         )
 
-    def unschedule(self, owner: str, body: dict) -> None:
-        """Remove the schedules of the listed notebooks (`nbk_ids`); idempotent.
+    def unschedule(self, owner: str, request: IdsRequest) -> None:
+        """Remove the schedules of the listed notebooks (the request's `ids`); idempotent.
 
         Ids are all checked first. If AWS fails midway, what was done is put back (never a
         rule without its stored schedule), and the same request again does it all.
         """
-        ids = [item["notebook_id"] for item in self._owned_items(owner, body)]
+        ids = [item["notebook_id"] for item in self._notebooks.require_many(owner, request.ids)]
         changes = {"updated_at": now_ms(self._clock), "updated_by": owner}
         try:
             with self._locks.held(owner, ids):
@@ -255,11 +257,6 @@ class Scheduler:
 
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)
-
-    def _owned_items(self, owner: str, body: dict) -> list:
-        """The items of the listed notebooks, without repeats; a 400 if any is not the owner's."""
-        ids = payloads.id_list(body, "nbk_ids", NOTEBOOK_IDS_REQUIRED, self._settings.max_ids)
-        return self._notebooks.require_many(owner, ids)
 
     def _roll_back(self, owner: str, items: list, record: dict, committed: list) -> None:
         """Put each notebook's rule and stored schedule back as they were in `items`;
