@@ -1,0 +1,349 @@
+"""The explicit contracts: the run vocabulary defined once, the runner's events parsed
+by one function, the protocols the services rely on, the router's refusal of an unknown
+engine, the domain errors' one table at the edge, and the request bodies: unknown
+fields refused, JSON required."""
+
+import ast
+import json
+import time
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from chalicelib.api import errors as api_errors
+from chalicelib.api.requests import RUN_FIELDS
+from chalicelib.common import errors, runner_events
+from chalicelib.common.clock import Clock
+from chalicelib.common.model import FINAL, Engine, RunStatus, Trigger
+from chalicelib.runs.engines import (
+    Dispatcher,
+    EngineRouter,
+    FargateDispatcher,
+    LambdaDispatcher,
+    RunEngine,
+    UnknownEngine,
+)
+from chalicelib.storage.files import FileStore, NotebookFiles
+from tests.conftest import error
+from tests.helpers import stored_state
+from tests.test_runs import dispatched  # noqa: F401 - a fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = "/_notebooks/notebooks"
+RUNS = "/_notebooks/runs"
+SOME_ID = "8da5dd53-8ce0-4817-b6a1-e088f1aac8a7"
+CANCEL = f"{RUNS}/{SOME_ID}/cancel"
+
+# --- The run vocabulary, defined once ------------------------------------------------
+
+
+def _shipped_and_dev_modules():
+    for folder in ("chalicelib", "devstack", "deploy"):
+        yield from (ROOT / folder).rglob("*.py")
+    yield ROOT / "app.py"
+
+
+def test_run_statuses_triggers_and_engines_are_spelled_out_only_in_the_model():
+    """No module but common/model.py names a run status, trigger or engine as a constant
+    (`QUEUED = "queued"`) or lists two of one kind in a literal (`("succeeded", "failed")`):
+    each is defined once and imported."""
+    vocabularies = [set(RunStatus), set(Trigger), set(Engine)]
+    model = ROOT / "chalicelib" / "common" / "model.py"
+    found = []
+    for path in _shipped_and_dev_modules():
+        if path == model:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                words = {elt.value for elt in node.elts if isinstance(elt, ast.Constant)}
+                if any(len(words & vocabulary) >= 2 for vocabulary in vocabularies):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} lists {sorted(words)}")
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+                if any(name.isupper() for name in names) and any(node.value.value in v for v in vocabularies):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} defines {names} = {node.value.value!r}")
+    assert found == []
+
+
+def test_the_model_is_the_strings_the_api_and_tables_hold():
+    assert [str(status) for status in RunStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert FINAL == ("succeeded", "failed", "cancelled")
+    assert list(Trigger) == ["manual", "schedule", "rerun"] and list(Engine) == ["lambda", "fargate", "local"]
+    assert json.dumps({"status": RunStatus.QUEUED}) == '{"status": "queued"}'
+
+
+# --- The runner function's events ----------------------------------------------------
+
+
+def test_every_event_the_builders_make_is_parsed_as_itself():
+    built = [
+        runner_events.run_event("r-1"),
+        runner_events.schedule_firing("admin", SOME_ID),
+        runner_events.webhook_delivery("r-2"),
+        runner_events.remove_rules("admin", [SOME_ID]),
+    ]
+    assert [runner_events.parse(event) for event in built] == built
+    assert built[1] == {"notebook_id": SOME_ID, "owner": "admin", "trigger": "schedule"}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        [],
+        "run",
+        None,
+        {"run_id": 5},
+        {"run_id": "r", "extra": 1},
+        {"runid": "r"},
+        {"notebook_id": SOME_ID, "owner": "admin", "trigger": "manual"},
+        {"notebook_id": SOME_ID, "owner": "admin"},
+        {"deliver_webhook": ["r"]},
+        {"remove_rules": {"owner": "admin"}},
+        {"remove_rules": {"owner": "admin", "notebook_ids": "x"}},
+        {"remove_rules": {"owner": "admin", "notebook_ids": [1]}},
+        {"deliver_webhook": "r", "run_id": "r"},
+    ],
+)
+def test_an_event_of_no_known_shape_is_refused_loudly(event):
+    with pytest.raises(runner_events.UnknownEvent, match="the runner function takes"):
+        runner_events.parse(event)
+
+
+def test_the_runner_refuses_an_unknown_event_before_doing_anything(stack):
+    executor = stack.executor_on(runner=None)  # nothing may reach the runner
+    with pytest.raises(runner_events.UnknownEvent):
+        executor.handle({"notebook_id": SOME_ID, "owner": "admin", "trigger": "rerun"})
+
+
+# --- Protocols and the engine router -------------------------------------------------
+
+
+class _Engine:
+    def __init__(self, engine):
+        self.engine = engine
+        self.runs = []
+
+    def dispatch(self, run):
+        self.runs.append(run)
+        return {}
+
+    def stop(self, run):
+        self.runs.append(("stop", run))
+
+
+def test_the_real_implementations_and_the_local_stand_ins_satisfy_the_protocols(stack):
+    on_lambda = LambdaDispatcher(None, "runner")
+    local = LambdaDispatcher(None, "runner", engine=Engine.LOCAL)  # the local stack's Lambda
+    fargate = FargateDispatcher(None, "cluster", "task", "runner", ["subnet"], ["sg"], False)
+    for dispatcher in (on_lambda, local, EngineRouter(on_lambda, fargate, 840), stack.dispatcher):
+        assert isinstance(dispatcher, Dispatcher)
+    assert isinstance(fargate, RunEngine) and not isinstance(fargate, Dispatcher)
+    assert isinstance(stack.files, NotebookFiles) and isinstance(stack.files, FileStore)
+    assert isinstance(time.time, Clock) and isinstance(lambda: 0.0, Clock)
+
+
+def test_the_router_refuses_a_run_naming_an_engine_it_does_not_have():
+    on_lambda, on_fargate = _Engine(Engine.LAMBDA), _Engine(Engine.FARGATE)
+    router = EngineRouter(on_lambda, on_fargate, lambda_limit=840)
+    for engine in ("ecs", "LAMBDA", "local"):
+        with pytest.raises(UnknownEngine, match=f"names engine '{engine}'"):
+            router.dispatch({"run_id": "r", "engine": engine})
+        with pytest.raises(UnknownEngine):
+            router.stop({"run_id": "r", "engine": engine})
+    assert (on_lambda.runs, on_fargate.runs) == ([], [])
+    router.dispatch({"run_id": "old"})  # recorded before runs had an engine: a Lambda run
+    router.dispatch({"run_id": "long", "engine": "fargate"})
+    assert (on_lambda.runs, on_fargate.runs) == ([{"run_id": "old"}], [{"run_id": "long", "engine": "fargate"}])
+
+
+# --- Domain errors and their one table ----------------------------------------------
+
+
+def _all_domain_errors():
+    pending, seen = [errors.DomainError], []
+    while pending:
+        for kind in pending.pop().__subclasses__():
+            seen.append(kind)
+            pending.append(kind)
+    return seen
+
+
+EXAMPLES = {
+    errors.InvalidInput: (errors.InvalidInput("x is wrong", field="x"), 400, {}),
+    errors.NotFound: (errors.NotFound(errors.RUN_NOT_FOUND), 404, {}),
+    errors.Conflict: (errors.Conflict("Run already finished"), 409, {}),
+    errors.NameTaken: (errors.NameTaken(), 409, {}),
+    errors.QuotaExceeded: (errors.QuotaExceeded("Too many runs"), 429, {}),
+    errors.TooLarge: (errors.TooLarge("Notebook too large"), 413, {}),
+    errors.NothingDeleted: (errors.NothingDeleted(), 200, {}),
+    errors.Unauthenticated: (errors.Unauthenticated(), 401, api_errors.AUTH_HEADERS),
+    errors.TooManyFailures: (errors.TooManyFailures(7), 429, {"Retry-After": "7"}),
+}
+
+
+def test_the_table_at_the_edge_maps_every_domain_error_to_its_status_and_message():
+    assert set(_all_domain_errors()) == set(EXAMPLES), "a domain error without an example here"
+    for raised, status, headers in EXAMPLES.values():
+        answer = api_errors.from_domain(raised)
+        assert (answer.status, answer.message, answer.headers) == (status, raised.message, headers)
+    assert errors.NameTaken().message == "A notebook with that name already exists"
+    assert errors.NothingDeleted().message == "No notebooks deleted"
+    assert errors.TooManyFailures(7).message == "Too many failed logins: try again in 7 seconds"
+
+
+def test_the_domain_errors_know_no_http():
+    source = (ROOT / "chalicelib" / "common" / "errors.py").read_text()
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imported <= {"typing"}
+
+
+def test_services_raise_no_http_errors():
+    """ApiError is made at the edge only: by api/errors.py's table and web.py."""
+    allowed = {ROOT / "chalicelib" / "api" / "errors.py", ROOT / "chalicelib" / "api" / "web.py"}
+    for path in (ROOT / "chalicelib").rglob("*.py"):
+        if path not in allowed:
+            assert "ApiError" not in path.read_text(), path
+
+
+# --- Request bodies: unknown fields refused -------------------------------------------
+
+CREATED = "Error occurred while creating the notebook file: "
+EXECUTED = "Error occurred during notebook execution: "
+PROCESSED = "Error occurred during request processing: "
+# (method, path, a body with one field it does not define, that field, the seed's prefix)
+UNKNOWN_FIELD_CASES = [
+    ("POST", BASE + "/", {"notebook_name": "n", "nmae": "x"}, "nmae", CREATED),
+    (
+        "DELETE",
+        BASE + "/",
+        {"nbk_ids": [SOME_ID], "ids": [SOME_ID]},
+        "ids",
+        "Error occurred during notebook deletion: ",
+    ),
+    ("PUT", BASE + "/" + SOME_ID, {"new_name": "n", "name": "m"}, "name", ""),
+    ("POST", BASE + "/_run", {"nbkIds": [SOME_ID], "module": "m", "paramters": {"n": 5}}, "paramters", EXECUTED),
+    ("GET", BASE + "/_run", {"nbk_ids": [SOME_ID], "module": "m", "timeot": 5}, "timeot", EXECUTED),
+    (
+        "POST",
+        BASE + "/_schedule",
+        {"nbk_ids": [SOME_ID], "until": "2030-01-01 00:00", "perod": "Monday"},
+        "perod",
+        PROCESSED,
+    ),
+    ("GET", BASE + "/_unschedule", {"nbk_ids": [SOME_ID], "until": "2030-01-01 00:00"}, "until", PROCESSED),
+    (
+        "PUT",
+        BASE + f"/{SOME_ID}/webhook",
+        {"url": "https://example.com", "secret": "s", "event": ["failed"]},
+        "event",
+        "",
+    ),
+    ("POST", RUNS + f"/{SOME_ID}/rerun", {"parameters": {}, "timeout": 5, "module": "m"}, "module", ""),
+]
+
+
+@pytest.mark.parametrize("method, path, body, unknown, prefix", UNKNOWN_FIELD_CASES)
+def test_a_field_the_body_does_not_define_is_a_400_naming_it_and_changes_nothing(
+    api, stack, method, path, body, unknown, prefix
+):
+    before = stored_state(stack.settings)
+    status, message = error(api.call(method, path, body))
+    assert status == 400
+    assert message.startswith(f"{prefix}Unknown field: {unknown} (this request takes "), message
+    assert stored_state(stack.settings) == before
+
+
+def test_a_typo_in_a_run_names_the_field_and_runs_nothing(api, stack):
+    notebook_id = api.create()["notebook_id"]
+    response = api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "paramters": {"n": 5}})
+    assert error(response) == (
+        400,
+        "Error occurred during notebook execution: Unknown field: paramters (this request takes "
+        + ", ".join(RUN_FIELDS)
+        + ")",
+    )
+    assert api.json("GET", f"{BASE}/{notebook_id}")["no_of_runs"] == 0
+
+
+def test_a_notebook_written_with_an_unknown_top_level_field_is_refused_naming_it(api):
+    notebook_id = api.create()["notebook_id"]
+    body = {**nbformat.v4.new_notebook(), "cels": []}
+    status, message = error(api.call("PUT", f"{BASE}/{notebook_id}/content", body))
+    assert status == 400 and "'cels' was unexpected" in message
+
+
+@pytest.mark.usefixtures("dispatched")  # nothing executes
+def test_the_seeds_own_fields_stay_valid(api):
+    """The seed's Run sample as written (unquoted keys, `module`), and every field of the
+    Schedule sample."""
+    notebook_id = api.create()["notebook_id"]
+    seed_run = ('{nbkIds: ["%s"], module: "notebooks"}' % notebook_id).encode()
+    started = api.json("GET", BASE + "/_run", raw=seed_run)
+    assert [run["notebook_id"] for run in started["runs"]] == [notebook_id]
+    schedule = {"nbk_ids": [notebook_id], "period": "Monday", "time": "06:50", "until": "2030-12-13 06:50"}
+    assert api.json("GET", BASE + "/_schedule", schedule) == "Success"
+    assert api.json("GET", BASE + "/_unschedule", {"nbk_ids": [notebook_id]}) == "Success"
+
+
+# --- Request bodies: JSON only --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "text/html; charset=utf-8", "application/jsonp", ""],
+)
+def test_a_body_not_labelled_json_is_a_415_naming_the_type_and_changes_nothing(api, stack, content_type):
+    before = stored_state(stack.settings)
+    # Every route, whether it reads a body or not: a cross-site form cannot cancel a run either.
+    for method, path in (("POST", BASE + "/"), ("POST", BASE + "/_run"), ("DELETE", BASE + "/"), ("POST", CANCEL)):
+        response = api.call(method, path, raw=b'{"notebook_name": "csrf"}', headers={"Content-Type": content_type})
+        status, message = error(response)
+        assert (status, message.split(":")[0]) == (415, "Content-Type must be application/json"), (method, message)
+    assert stored_state(stack.settings) == before
+
+
+def test_json_with_parameters_is_json(api):
+    created = api.json(
+        "POST",
+        BASE + "/",
+        raw=b'{"notebook_name": "utf8"}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    )
+    assert created["notebook_name"] == "utf8.ipynb"
+
+
+def test_a_bodiless_request_needs_no_content_type(api):
+    """The seed's Create sample sends no body (and curl no Content-Type); a form label on
+    an empty body is no body either."""
+    for content_type in ("", "application/x-www-form-urlencoded"):
+        response = api.call("POST", BASE + "/", raw=b"", headers={"Content-Type": content_type})
+        assert response.status_code == 200, response.body
+
+
+def test_a_form_or_file_upload_of_content_is_told_what_to_send(api, stack):
+    notebook_id = api.create()["notebook_id"]
+    boundary = uuid.uuid4().hex
+    multipart = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.ipynb"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n{json.dumps(nbformat.v4.new_notebook())}\r\n--{boundary}--\r\n"
+    ).encode()
+    before = stored_state(stack.settings)
+    for content_type, body in (
+        (f"multipart/form-data; boundary={boundary}", multipart),
+        ("application/x-www-form-urlencoded", b"file=notebook"),
+    ):
+        response = api.call("PUT", f"{BASE}/{notebook_id}/content", raw=body, headers={"Content-Type": content_type})
+        assert error(response) == (
+            415,
+            "Content-Type must be application/json: send the notebook's JSON itself as the request body, "
+            "with Content-Type: application/json",
+        )
+    assert stored_state(stack.settings) == before
