@@ -41,7 +41,7 @@ class Dispatcher(RunEngine, Protocol):
     def engine_for(self, timeout: float) -> Engine:
         """The engine a run with this timeout (seconds) runs on."""
 
-    def invoke(self, event: dict) -> None:
+    def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner function with `event`, without waiting."""
 
 
@@ -68,7 +68,7 @@ class LambdaDispatcher:
         self.invoke(runner_events.run_event(run["run_id"]))
         return {}
 
-    def invoke(self, event: dict) -> None:
+    def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner with `event` (a run's, or a schedule rule's input), without waiting."""
         self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
 
@@ -146,7 +146,7 @@ class EngineRouter:
         """Stop the run's task, if its engine has one."""
         self._engine_of(run).stop(run)
 
-    def invoke(self, event: dict) -> None:
+    def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner function with `event` (not a run's: a webhook delivery)."""
         self._on_lambda.invoke(event)
 
