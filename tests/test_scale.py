@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 
 from chalicelib.api import payloads
 from chalicelib.api.errors import ApiError
-from chalicelib.common.errors import InvalidInput
 from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.common.errors import InvalidInput
 from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.runs import service as runs_module
 from chalicelib.schedules import scheduler as schedules

@@ -83,7 +83,6 @@ def document() -> dict:
         "properties": {
             "nbk_ids": _IDS,
             "until": {"type": "string", "example": "2030-12-13 06:50"},
-            "parameters": {"type": "object", "description": "papermill parameters of every firing"},
             "period": {"type": "string", "example": "Monday"},
             "time": {"type": "string", "example": "06:50"},
             "timezone": {

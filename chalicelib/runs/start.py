@@ -49,10 +49,10 @@ class RunStarter:
         """Record one queued run per notebook of the request (its fields checked at the
         edge: api/requests.py), dispatch them.
 
-        Any unknown id, or parameters the notebooks do not declare: 400 and nothing runs. Answers before any notebook executes. With
-        a client token (`Idempotency-Key` or `client_token`), the same request again
-        creates no new runs: it answers the first one's runs, recording and dispatching
-        any that a first attempt cut short did not.
+        Any unknown id, or parameters the notebooks do not declare: 400 and nothing runs.
+        Answers before any notebook executes. With a client token (`Idempotency-Key` or
+        `client_token`), the same request again creates no new runs: it answers the first
+        one's runs, recording and dispatching any that a first attempt cut short did not.
         """
         module, parameters, timeout, token = request.module, request.parameters, request.timeout, request.client_token
         items = self._notebooks.require_many(owner, request.ids)
