@@ -1,0 +1,4 @@
+"""`python -m notebooks_client`: the `notebooks` command."""
+from .cli import main
+
+raise SystemExit(main())
