@@ -207,43 +207,59 @@ def test_python_client_pages_follows_output_links_and_raises_api_errors(served, 
     client.delete(ids + [big])
 
 
-class _RecordingApi(http.server.BaseHTTPRequestHandler):
-    """A stand-in API whose list answers a 303 to a download link, then a last page."""
-
+@pytest.fixture
+def stand_in():
+    """A stand-in API on a free port: `answer(path)` gives each GET's (status, headers, body);
+    `seen` records each GET's path and Authorization header."""
     seen = []
 
-    def do_GET(self):
-        type(self).seen.append((self.path, self.headers.get("Authorization")))
-        if self.path.startswith("/_notebooks/notebooks/_all") and "next_token" not in self.path:
-            self._answer(303, b"", {"Location": "/download?signature=s", "X-Next-Token": "page-2"})
-        elif self.path.startswith("/download"):
-            self._answer(200, b'[{"notebook_id": "a"}]', {"Content-Type": "application/json"})
-        else:
-            self._answer(200, b'[{"notebook_id": "b"}]', {"Content-Type": "application/json"})
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            status, headers, body = server.answer(self.path)
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
 
-    def _answer(self, status, body, headers):
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        def log_message(self, *args):
+            pass
 
-    def log_message(self, *args):
-        pass
-
-
-def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingApi)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.seen, server.url = seen, f"http://127.0.0.1:{server.server_port}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = Client(f"http://127.0.0.1:{server.server_port}", "admin", "pw")
-        assert client.list_notebooks() == [{"notebook_id": "a"}, {"notebook_id": "b"}]
-    finally:
-        server.shutdown()
-        server.server_close()
-    [(first, first_auth), (download, download_auth), (second, second_auth)] = _RecordingApi.seen
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it(stand_in):
+    def answer(path):
+        if path.startswith("/_notebooks/notebooks/_all") and "next_token" not in path:
+            return 303, {"Location": "/download?signature=s", "X-Next-Token": "page-2"}, b""
+        return 200, JSON, b'[{"notebook_id": "a"}]' if path.startswith("/download") else b'[{"notebook_id": "b"}]'
+    stand_in.answer = answer
+    assert Client(stand_in.url, "admin", "pw").list_notebooks() == [{"notebook_id": "a"}, {"notebook_id": "b"}]
+    [(first, first_auth), (download, download_auth), (second, second_auth)] = stand_in.seen
     assert first_auth == second_auth == "Basic YWRtaW46cHc=" and download_auth is None
     assert download == "/download?signature=s" and "next_token=page-2" in second
+
+
+def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
+    answers = iter([(503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}'),
+                    (502, {}, b"<html>Bad gateway</html>"),
+                    (200, JSON, b'{"run_id": "r", "status": "succeeded"}'),
+                    (404, JSON, b'{"error": {"status": 404, "message": "Run not found"}}')])
+    stand_in.answer = lambda path: next(answers)
+    client = Client(stand_in.url, "admin", "pw")
+    assert client.wait("r", poll_seconds=0.01) == {"run_id": "r", "status": "succeeded"}
+    with pytest.raises(ApiError) as raised:
+        client.wait("r", poll_seconds=0.01)
+    assert (raised.value.status, raised.value.message) == (404, "Run not found")
 
 
 @SERVER_WORK

@@ -23,6 +23,8 @@ MODULE = "notebooks"
 PAGE_SIZE = 1000
 # Seconds to wait for one HTTP answer (Cancel alone may take 10 s on the server).
 REQUEST_TIMEOUT = 60
+# Polls in a row that `wait` lets fail (no answer, or a 5xx) before it gives up.
+WAIT_FAILURES_TOLERATED = 5
 USER_AGENT = "notebooks-client/0.1.0"
 
 
@@ -129,15 +131,25 @@ class Client:
 
     def wait(self, run_id: str, on_log: Optional[Callable[[str], None]] = None, poll_seconds: float = 1.0) -> dict:
         """The run object once the run has ended (succeeded, failed or cancelled), polled
-        every `poll_seconds`; `on_log`, if given, is called with each new piece of its log."""
-        log_seen = 0
+        every `poll_seconds`; `on_log`, if given, is called with each new piece of its log.
+
+        Up to WAIT_FAILURES_TOLERATED polls in a row may fail for want of an answer or
+        with a 5xx (a restarting server, a dropped connection): the run goes on meanwhile."""
+        log_seen, failures = 0, 0
         while True:
-            run = self.get_run(run_id)
-            if on_log is not None:  # read after the status, so the last read holds the whole log
-                log = self.log(run_id)
-                if len(log) > log_seen:
-                    on_log(log[log_seen:])
-                    log_seen = len(log)
+            try:
+                run = self.get_run(run_id)
+                log = self.log(run_id) if on_log is not None else ""  # after the status: the last one is whole
+            except ApiError as error:
+                failures += 1
+                if failures > WAIT_FAILURES_TOLERATED or (error.status is not None and error.status < 500):
+                    raise
+                time.sleep(poll_seconds)
+                continue
+            failures = 0
+            if len(log) > log_seen:
+                on_log(log[log_seen:])
+                log_seen = len(log)
             if run["status"] in FINAL_STATUSES:
                 return run
             time.sleep(poll_seconds)
