@@ -41,7 +41,7 @@ class ApiError(Exception):
         return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
 
 
-class Answer(NamedTuple):
+class _Answer(NamedTuple):
     """A successful answer: its decoded body (JSON value, or text) and the API's headers
     (those of the first answer when it was a redirect: `X-Next-Token` is there)."""
 
@@ -210,7 +210,7 @@ class Client:
             if not next_token:
                 return items
 
-    def _call(self, method: str, path: str, body=None, query: Optional[dict] = None) -> Answer:
+    def _call(self, method: str, path: str, body=None, query: Optional[dict] = None) -> _Answer:
         """One API request; a `303 See Other` is followed (a GET, without credentials: the
         link carries its own signature). An error body is raised as ApiError, even under
         HTTP 200 (the seed's "No notebooks deleted")."""
@@ -230,7 +230,7 @@ class Client:
         message = _seed_error(payload.json)
         if message is not None:
             raise ApiError(status, message)
-        return Answer(payload.json if payload.is_json else payload.text, api_headers)
+        return _Answer(payload.json if payload.is_json else payload.text, api_headers)
 
     def _send(self, request: urllib.request.Request) -> tuple:
         """(status, headers, _Payload) of one HTTP exchange; ApiError(None, ...) when none."""
@@ -243,7 +243,8 @@ class Client:
         except urllib.error.URLError as error:
             raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error.reason)}") from None
         except (socket.timeout, TimeoutError):
-            raise ApiError(None, f"no answer from {_origin(request.full_url)} within {self._request_timeout:g} s") from None
+            raise ApiError(None, f"no answer from {_origin(request.full_url)} "
+                                 f"within {self._request_timeout:g} s") from None
         except (OSError, HTTPException) as error:
             raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error)}") from None
 
