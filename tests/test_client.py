@@ -17,6 +17,7 @@ import requests
 
 from chalicelib.localstack import free_port
 from notebooks_client import ApiError, Client
+from notebooks_client.cli import parameters_of
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
 
 # Outputs over this many bytes are answered with a 303 to a download link.
@@ -88,6 +89,13 @@ def test_the_package_imports_neither_boto3_nor_papermill():
     code = ("import sys, notebooks_client, notebooks_client.cli; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'papermill', 'requests'}))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
+
+
+def test_a_parameter_value_is_json_where_it_parses_else_a_string():
+    pairs = [("n", "7"), ("x", "1.5"), ("s", "hello"), ("quoted", '"7"'), ("items", "[1, 2]"), ("flag", "true"),
+             ("none", "null"), ("nan", "NaN"), ("n", "8")]
+    assert parameters_of(pairs) == {"n": 8, "x": 1.5, "s": "hello", "quoted": "7", "items": [1, 2], "flag": True,
+                                    "none": None, "nan": "NaN"}
 
 
 def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, tmp_path):
