@@ -257,6 +257,20 @@ def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it(
     assert download == "/download?signature=s" and "next_token=page-2" in second
 
 
+def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_all_runs(stand_in):
+    def answer(path):
+        if path.startswith("/_notebooks/notebooks/n/runs?"):
+            return 200, JSON, b'[{"run_id": "2", "status": "failed"}, {"run_id": "1", "status": "succeeded"}]'
+        return 404, JSON, b'{"error": {"status": 404, "message": "Not found"}}'
+    stand_in.answer = answer
+    client = Client(stand_in.url, "admin", "pw")
+    assert client.list_runs("n", "failed") == [{"run_id": "2", "status": "failed"}]
+    assert [run["run_id"] for run in client.list_runs("n")] == ["2", "1"]
+    with pytest.raises(ApiError, match="lists runs by notebook only"):
+        client.list_runs(status="failed")
+    assert stand_in.seen[0][0].startswith("/_notebooks/runs?") and "notebook_id=n" in stand_in.seen[0][0]
+
+
 def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
     answers = iter([(503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}'),
                     (502, {}, b"<html>Bad gateway</html>"),
