@@ -2,6 +2,7 @@
 the real local stack, the command run as a user runs it: a subprocess, settings in the
 environment. One stack serves the whole module; notebooks are tiny and run on a real kernel.
 """
+
 import http.server
 import json
 import os
@@ -14,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-
-from chalicelib.localstack import free_port
 from notebooks_client import ApiError, Client
 from notebooks_client.cli import parameters_of
+
+from devstack.stack import free_port
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
 
 # Outputs over this many bytes are answered with a 303 to a download link.
@@ -51,14 +52,21 @@ def files(tmp_path_factory):
         path = folder / name
         path.write_text(json.dumps(notebook))
         return str(path)
+
     return write
 
 
 def notebooks(served, *args, user="admin", password="admin", url=None) -> subprocess.CompletedProcess:
     """`notebooks ARGS...` with its settings in the environment, as a user runs it."""
     env = {**os.environ, "NOTEBOOKS_URL": url or served.url, "NOTEBOOKS_USER": user, "NOTEBOOKS_PASSWORD": password}
-    return subprocess.run([sys.executable, "-m", "notebooks_client", *args], env=env, capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "notebooks_client", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def succeeds(served, *args) -> str:
@@ -86,16 +94,35 @@ def admin(served) -> Client:
 
 
 def test_the_package_imports_neither_boto3_nor_papermill():
-    code = ("import sys, notebooks_client, notebooks_client.cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'papermill', 'requests'}))")
+    code = (
+        "import sys, notebooks_client, notebooks_client.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'papermill', 'requests'}))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 
 def test_a_parameter_value_is_json_where_it_parses_else_a_string():
-    pairs = [("n", "7"), ("x", "1.5"), ("s", "hello"), ("quoted", '"7"'), ("items", "[1, 2]"), ("flag", "true"),
-             ("none", "null"), ("nan", "NaN"), ("n", "8")]
-    assert parameters_of(pairs) == {"n": 8, "x": 1.5, "s": "hello", "quoted": "7", "items": [1, 2], "flag": True,
-                                    "none": None, "nan": "NaN"}
+    pairs = [
+        ("n", "7"),
+        ("x", "1.5"),
+        ("s", "hello"),
+        ("quoted", '"7"'),
+        ("items", "[1, 2]"),
+        ("flag", "true"),
+        ("none", "null"),
+        ("nan", "NaN"),
+        ("n", "8"),
+    ]
+    assert parameters_of(pairs) == {
+        "n": 8,
+        "x": 1.5,
+        "s": "hello",
+        "quoted": "7",
+        "items": [1, 2],
+        "flag": True,
+        "none": None,
+        "nan": "NaN",
+    }
 
 
 def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, tmp_path):
@@ -105,7 +132,8 @@ def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, t
     assert listed["notebook_name"] == "typed parameters.ipynb" and listed["last_run"] == "-"
     assert json.loads(succeeds(served, "params", notebook_id, "--json")) == [
         {"name": "count", "type": "int", "default": "1", "help": ""},
-        {"name": "label", "type": "None", "default": "'a'", "help": ""}]
+        {"name": "label", "type": "None", "default": "'a'", "help": ""},
+    ]
 
     done = notebooks(served, "run", notebook_id, "-p", "count", "7", "-p", "label", "hello", "--wait")
     assert done.returncode == 0, done.stderr
@@ -129,8 +157,10 @@ def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, t
     assert follow.returncode == 0 and follow.stdout == "int 9 'hello'\n", follow
     mine = json.loads(succeeds(served, "runs", "--notebook", notebook_id, "--json"))
     assert [r["run_id"] for r in mine] == [again, run_id] and mine[0]["trigger"] == "rerun"
-    assert [r["run_id"] for r in json.loads(succeeds(
-        served, "runs", "--notebook", notebook_id, "--status", "succeeded", "--json"))] == [again, run_id]
+    assert [
+        r["run_id"]
+        for r in json.loads(succeeds(served, "runs", "--notebook", notebook_id, "--status", "succeeded", "--json"))
+    ] == [again, run_id]
 
 
 def test_wait_exits_1_for_a_failing_notebook(served, files):
@@ -140,7 +170,8 @@ def test_wait_exits_1_for_a_failing_notebook(served, files):
     assert done.stderr.startswith("before\n") and "ZeroDivisionError" in done.stderr
     run_id = done.stdout.strip()
     assert done.stderr.splitlines()[-1] == (
-        f"notebooks: run {run_id} failed: ZeroDivisionError: division by zero (cell 1)")
+        f"notebooks: run {run_id} failed: ZeroDivisionError: division by zero (cell 1)"
+    )
 
 
 def test_cancel_a_running_run(served, files):
@@ -160,11 +191,29 @@ def test_cancel_a_running_run(served, files):
 def test_rm_and_schedule_and_unschedule(served, files):
     first, second = (created(served, files(f"kept-{n}.ipynb", "1")) for n in (1, 2))
     until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
-    assert succeeds(served, "schedule", first, "--until", until, "--time", "06:50", "--period", "monday",
-                    "--timezone", "Europe/Paris") == ""
+    assert (
+        succeeds(
+            served,
+            "schedule",
+            first,
+            "--until",
+            until,
+            "--time",
+            "06:50",
+            "--period",
+            "monday",
+            "--timezone",
+            "Europe/Paris",
+        )
+        == ""
+    )
     schedule = admin(served).get_notebook(first)["schedule"]
     assert (schedule["period"], schedule["time"], schedule["until"], schedule["timezone"]) == (
-        "monday", "06:50", until, "Europe/Paris")
+        "monday",
+        "06:50",
+        until,
+        "Europe/Paris",
+    )
     assert succeeds(served, "unschedule", first) == ""
     assert admin(served).get_notebook(first)["status"] == "Not Scheduled"
 
@@ -189,8 +238,13 @@ def test_user_errors_are_one_line_without_traceback(served, files, tmp_path):
     one_line_error(notebooks(served, "create", files("taken.ipynb", "2")), "already exists", "409")
     one_line_error(notebooks(served, "run", named, "-p", "nope", "1"), "Unknown parameter 'nope'")
     env = {name: value for name, value in os.environ.items() if not name.startswith("NOTEBOOKS_")}
-    bare = subprocess.run([sys.executable, "-m", "notebooks_client", "ls"], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    bare = subprocess.run(
+        [sys.executable, "-m", "notebooks_client", "ls"],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     one_line_error(bare, "NOTEBOOKS_URL")
 
 
@@ -236,7 +290,7 @@ def stand_in():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.seen, server.url = seen, f"http://127.0.0.1:{server.server_port}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
@@ -250,6 +304,7 @@ def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it(
         if path.startswith("/_notebooks/notebooks/_all") and "next_token" not in path:
             return 303, {"Location": "/download?signature=s", "X-Next-Token": "page-2"}, b""
         return 200, JSON, b'[{"notebook_id": "a"}]' if path.startswith("/download") else b'[{"notebook_id": "b"}]'
+
     stand_in.answer = answer
     assert Client(stand_in.url, "admin", "pw").list_notebooks() == [{"notebook_id": "a"}, {"notebook_id": "b"}]
     [(first, first_auth), (download, download_auth), (second, second_auth)] = stand_in.seen
@@ -262,6 +317,7 @@ def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_al
         if path.startswith("/_notebooks/notebooks/n/runs?"):
             return 200, JSON, b'[{"run_id": "2", "status": "failed"}, {"run_id": "1", "status": "succeeded"}]'
         return 404, JSON, b'{"error": {"status": 404, "message": "Not found"}}'
+
     stand_in.answer = answer
     client = Client(stand_in.url, "admin", "pw")
     assert client.list_runs("n", "failed") == [{"run_id": "2", "status": "failed"}]
@@ -272,10 +328,14 @@ def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_al
 
 
 def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
-    answers = iter([(503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}'),
-                    (502, {}, b"<html>Bad gateway</html>"),
-                    (200, JSON, b'{"run_id": "r", "status": "succeeded"}'),
-                    (404, JSON, b'{"error": {"status": 404, "message": "Run not found"}}')])
+    answers = iter(
+        [
+            (503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}'),
+            (502, {}, b"<html>Bad gateway</html>"),
+            (200, JSON, b'{"run_id": "r", "status": "succeeded"}'),
+            (404, JSON, b'{"error": {"status": 404, "message": "Run not found"}}'),
+        ]
+    )
     stand_in.answer = lambda path: next(answers)
     client = Client(stand_in.url, "admin", "pw")
     assert client.wait("r", poll_seconds=0.01) == {"run_id": "r", "status": "succeeded"}

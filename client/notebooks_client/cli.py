@@ -6,6 +6,7 @@ never a traceback, and the exit status is then 1 (2 for a command line argparse 
 130 after Ctrl-C). `run --wait` and `logs --follow` exit 1 when the run failed or was
 cancelled.
 """
+
 import argparse
 import getpass
 import json
@@ -35,6 +36,7 @@ class _Parser(argparse.ArgumentParser):
 def parameter_value(text: str):
     """A `-p` value as papermill reads one: JSON where it parses (numbers, true, null,
     lists, objects, quoted strings), else the text itself."""
+
     def not_json(constant):
         raise ValueError(constant)  # NaN and Infinity are not JSON, whatever Python's json reads
 
@@ -61,7 +63,7 @@ def print_table(headers: list, rows: list) -> None:
     lines = [headers] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
     for line in lines:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 def print_json(value) -> None:
@@ -97,9 +99,11 @@ def write_text(path, text: str) -> None:
 
 def to_stream(stream):
     """A log callback that writes each new piece of a log to `stream` as it comes."""
+
     def write(text: str) -> None:
         stream.write(text)
         stream.flush()
+
     return write
 
 
@@ -116,6 +120,7 @@ def outcome(run: dict) -> int:
 
 # One function per command: (client, parsed arguments) -> exit status.
 
+
 def create(client: Client, args) -> int:
     content = read_notebook(args.file)
     name = args.name or os.path.basename(args.file)
@@ -128,9 +133,10 @@ def list_notebooks(client: Client, args) -> int:
     if args.json:
         print_json(notebooks)
     else:
-        print_table(["ID", "NAME", "STATUS", "LAST RUN (UTC)"],
-                    [[nb["notebook_id"], nb["notebook_name"], nb["status"], when(nb.get("last_run"))]
-                     for nb in notebooks])
+        print_table(
+            ["ID", "NAME", "STATUS", "LAST RUN (UTC)"],
+            [[nb["notebook_id"], nb["notebook_name"], nb["status"], when(nb.get("last_run"))] for nb in notebooks],
+        )
     return 0
 
 
@@ -144,8 +150,9 @@ def show_parameters(client: Client, args) -> int:
     if args.json:
         print_json(parameters)
     else:
-        print_table(["NAME", "TYPE", "DEFAULT", "HELP"],
-                    [[p["name"], p["type"], p["default"], p["help"]] for p in parameters])
+        print_table(
+            ["NAME", "TYPE", "DEFAULT", "HELP"], [[p["name"], p["type"], p["default"], p["help"]] for p in parameters]
+        )
     return 0
 
 
@@ -162,9 +169,20 @@ def list_runs(client: Client, args) -> int:
     if args.json:
         print_json(runs)
     else:
-        print_table(["RUN ID", "NOTEBOOK ID", "STATUS", "TRIGGER", "CREATED (UTC)", "FINISHED (UTC)"],
-                    [[r["run_id"], r["notebook_id"], r["status"], r["trigger"], when(r["created_at"]),
-                      when(r.get("finished_at"))] for r in runs])
+        print_table(
+            ["RUN ID", "NOTEBOOK ID", "STATUS", "TRIGGER", "CREATED (UTC)", "FINISHED (UTC)"],
+            [
+                [
+                    r["run_id"],
+                    r["notebook_id"],
+                    r["status"],
+                    r["trigger"],
+                    when(r["created_at"]),
+                    when(r.get("finished_at")),
+                ]
+                for r in runs
+            ],
+        )
     return 0
 
 
@@ -200,8 +218,14 @@ def output(client: Client, args) -> int:
 
 
 def schedule(client: Client, args) -> int:
-    client.schedule(args.notebook_ids, args.until, time_of_day=args.time, period=args.period,
-                    timezone=args.timezone, parameters=parameters_of(args.parameters) or None)
+    client.schedule(
+        args.notebook_ids,
+        args.until,
+        time_of_day=args.time,
+        period=args.period,
+        timezone=args.timezone,
+        parameters=parameters_of(args.parameters) or None,
+    )
     return 0
 
 
@@ -215,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     connection = _Parser(add_help=False)
     connection.add_argument("--url", default=argparse.SUPPRESS, help="the API's base URL (env NOTEBOOKS_URL)")
     connection.add_argument("--user", default=argparse.SUPPRESS, help="username (env NOTEBOOKS_USER)")
-    connection.add_argument("--password", default=argparse.SUPPRESS,
-                            help="password (env NOTEBOOKS_PASSWORD; asked for on a terminal)")
+    connection.add_argument(
+        "--password", default=argparse.SUPPRESS, help="password (env NOTEBOOKS_PASSWORD; asked for on a terminal)"
+    )
     parser = _Parser(prog=PROG, parents=[connection], description="Jupyter notebooks as jobs, over the notebooks API.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -226,8 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     def parameter_option(sub):
-        sub.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("NAME", "VALUE"),
-                         help="a papermill parameter; VALUE is read as JSON where it parses, else as a string")
+        sub.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            dest="parameters",
+            metavar=("NAME", "VALUE"),
+            help="a papermill parameter; VALUE is read as JSON where it parses, else as a string",
+        )
 
     sub = command("create", create, "upload a notebook file; prints its id")
     sub.add_argument("file", metavar="FILE.ipynb")
@@ -243,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("notebook_id", metavar="ID")
     parameter_option(sub)
     sub.add_argument("--timeout", type=float, metavar="S", help="stop the run after S seconds")
-    sub.add_argument("--wait", action="store_true",
-                     help="follow the log on stderr until the run ends; exit 1 unless it succeeded")
+    sub.add_argument(
+        "--wait", action="store_true", help="follow the log on stderr until the run ends; exit 1 unless it succeeded"
+    )
     sub = command("runs", list_runs, "list runs, newest first")
     sub.add_argument("--notebook", metavar="ID", help="only this notebook's runs")
     sub.add_argument("--status", metavar="S", help="only runs of this status (queued, running, succeeded, ...)")
@@ -253,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_id", metavar="RUN_ID")
     sub = command("logs", logs, "a run's log: its output and error tracebacks")
     sub.add_argument("run_id", metavar="RUN_ID")
-    sub.add_argument("--follow", action="store_true",
-                     help="print the log as it grows until the run ends; exit 1 unless it succeeded")
+    sub.add_argument(
+        "--follow", action="store_true", help="print the log as it grows until the run ends; exit 1 unless it succeeded"
+    )
     sub = command("cancel", cancel, "cancel a queued or running run; prints its status then")
     sub.add_argument("run_id", metavar="RUN_ID")
     sub = command("rerun", rerun, "run a past run's notebook version again; prints the new run id")

@@ -3,6 +3,7 @@
 Every method returns what the API answers, as plain dicts, lists or text. Every failure,
 an error answer of the API or a server that cannot be reached, raises `ApiError`.
 """
+
 import base64
 import json
 import socket
@@ -65,8 +66,9 @@ class Client:
     A `url` that is not http(s) raises ValueError; every request's failure raises ApiError.
     """
 
-    def __init__(self, url: str, user: str, password: str, page_size: int = PAGE_SIZE,
-                 request_timeout: float = REQUEST_TIMEOUT):
+    def __init__(
+        self, url: str, user: str, password: str, page_size: int = PAGE_SIZE, request_timeout: float = REQUEST_TIMEOUT
+    ):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"invalid URL {url!r}: expected http://HOST[:PORT] or https://HOST[/PATH]")
@@ -100,15 +102,24 @@ class Client:
         """What the notebook's `parameters` cell declares: [{"name", "type", "default", "help"}]."""
         return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}/parameters").body["parameters"]
 
-    def schedule(self, notebook_ids: list, until: str, time_of_day: Optional[str] = None,
-                 period: Optional[str] = None, timezone: Optional[str] = None,
-                 parameters: Optional[dict] = None) -> None:
+    def schedule(
+        self,
+        notebook_ids: list,
+        until: str,
+        time_of_day: Optional[str] = None,
+        period: Optional[str] = None,
+        timezone: Optional[str] = None,
+        parameters: Optional[dict] = None,
+    ) -> None:
         """Run these notebooks at `time_of_day` ("HH:MM"; omitted: the time in `until`) on
         `period` (a weekday; omitted: every day) until `until` ("YYYY-MM-DD HH:MM"), in
         `timezone` (an IANA name; omitted: the deployment's), with papermill `parameters`."""
         optional = {"time": time_of_day, "period": period, "timezone": timezone, "parameters": parameters}
-        body = {"nbk_ids": list(notebook_ids), "until": until,
-                **{key: value for key, value in optional.items() if value is not None}}
+        body = {
+            "nbk_ids": list(notebook_ids),
+            "until": until,
+            **{key: value for key, value in optional.items() if value is not None},
+        }
         self._call("POST", NOTEBOOKS + "/_schedule", body)
 
     def unschedule(self, notebook_ids: list) -> None:
@@ -117,8 +128,15 @@ class Client:
 
     # Runs
 
-    def run(self, notebook_id: str, parameters: Optional[dict] = None, timeout: Optional[float] = None,
-            wait: bool = False, on_log: Optional[Callable[[str], None]] = None, poll_seconds: float = 1.0) -> dict:
+    def run(
+        self,
+        notebook_id: str,
+        parameters: Optional[dict] = None,
+        timeout: Optional[float] = None,
+        wait: bool = False,
+        on_log: Optional[Callable[[str], None]] = None,
+        poll_seconds: float = 1.0,
+    ) -> dict:
         """Run the notebook with papermill `parameters`, stopped after `timeout` seconds
         (omitted: the deployment's default). Without `wait`: {"run_id", "notebook_id",
         "status"} as the run starts; with it, the run object once the run has ended (see
@@ -225,8 +243,10 @@ class Client:
             target = urllib.parse.urljoin(url, api_headers["Location"])
             status, _, payload = self._send(urllib.request.Request(target, headers={"User-Agent": USER_AGENT}))
         if status >= 300:
-            raise ApiError(status, _seed_error(payload.json) or _gateway_error(payload.json)
-                           or f"unexpected answer to {method} {path}")
+            raise ApiError(
+                status,
+                _seed_error(payload.json) or _gateway_error(payload.json) or f"unexpected answer to {method} {path}",
+            )
         message = _seed_error(payload.json)
         if message is not None:
             raise ApiError(status, message)
@@ -243,8 +263,9 @@ class Client:
         except urllib.error.URLError as error:
             raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error.reason)}") from None
         except (socket.timeout, TimeoutError):
-            raise ApiError(None, f"no answer from {_origin(request.full_url)} "
-                                 f"within {self._request_timeout:g} s") from None
+            raise ApiError(
+                None, f"no answer from {_origin(request.full_url)} within {self._request_timeout:g} s"
+            ) from None
         except (OSError, HTTPException) as error:
             raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error)}") from None
 
