@@ -122,6 +122,7 @@ def outcome(run: dict) -> int:
 
 
 def create(client: Client, args) -> int:
+    """`notebooks create FILE [--name NAME]`: upload the file; print the notebook id."""
     content = read_notebook(args.file)
     name = args.name or os.path.basename(args.file)
     print(client.create(content, name)["notebook_id"])
@@ -129,6 +130,7 @@ def create(client: Client, args) -> int:
 
 
 def list_notebooks(client: Client, args) -> int:
+    """`notebooks ls [--json]`: the caller's notebooks, as a table or JSON."""
     notebooks = client.list_notebooks()
     if args.json:
         print_json(notebooks)
@@ -141,11 +143,13 @@ def list_notebooks(client: Client, args) -> int:
 
 
 def remove(client: Client, args) -> int:
+    """`notebooks rm ID...`: delete the notebooks."""
     client.delete(args.notebook_ids)
     return 0
 
 
 def show_parameters(client: Client, args) -> int:
+    """`notebooks params ID [--json]`: the parameters the notebook declares."""
     parameters = client.parameters(args.notebook_id)
     if args.json:
         print_json(parameters)
@@ -157,6 +161,8 @@ def show_parameters(client: Client, args) -> int:
 
 
 def run(client: Client, args) -> int:
+    """`notebooks run ID [-p NAME VALUE]... [--timeout S] [--wait]`: print the run id; with
+    `--wait`, follow its log on stderr until it ends."""
     started = client.run(args.notebook_id, parameters_of(args.parameters), args.timeout)
     print(started["run_id"], flush=True)
     if not args.wait:
@@ -165,6 +171,7 @@ def run(client: Client, args) -> int:
 
 
 def list_runs(client: Client, args) -> int:
+    """`notebooks runs [--notebook ID] [--status S] [--json]`: runs, newest first."""
     runs = client.list_runs(args.notebook, args.status)
     if args.json:
         print_json(runs)
@@ -187,11 +194,13 @@ def list_runs(client: Client, args) -> int:
 
 
 def status(client: Client, args) -> int:
+    """`notebooks status RUN_ID`: the run object as JSON."""
     print_json(client.get_run(args.run_id))
     return 0
 
 
 def logs(client: Client, args) -> int:
+    """`notebooks logs RUN_ID [--follow]`: the run's log; with `--follow`, until it ends."""
     if args.follow:
         return outcome(client.wait(args.run_id, on_log=to_stream(sys.stdout)))
     sys.stdout.write(client.log(args.run_id))
@@ -199,16 +208,19 @@ def logs(client: Client, args) -> int:
 
 
 def cancel(client: Client, args) -> int:
+    """`notebooks cancel RUN_ID`: cancel the run; print its status then."""
     print(client.cancel(args.run_id)["status"])
     return 0
 
 
 def rerun(client: Client, args) -> int:
+    """`notebooks rerun RUN_ID [-p NAME VALUE]...`: print the new run's id."""
     print(client.rerun(args.run_id, parameters_of(args.parameters))["run_id"])
     return 0
 
 
 def output(client: Client, args) -> int:
+    """`notebooks output RUN_ID [--html] [-o FILE]`: the executed notebook, to FILE or stdout."""
     if args.html:
         text = client.output_html(args.run_id)
     else:
@@ -218,6 +230,7 @@ def output(client: Client, args) -> int:
 
 
 def schedule(client: Client, args) -> int:
+    """`notebooks schedule ID... --until ...`: schedule the notebooks."""
     client.schedule(
         args.notebook_ids,
         args.until,
@@ -230,6 +243,7 @@ def schedule(client: Client, args) -> int:
 
 
 def unschedule(client: Client, args) -> int:
+    """`notebooks unschedule ID...`: remove the notebooks' schedules."""
     client.unschedule(args.notebook_ids)
     return 0
 
