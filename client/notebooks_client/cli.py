@@ -1,0 +1,363 @@
+"""The `notebooks` command: the notebooks API from the shell.
+
+Results go to stdout (an id alone where a command makes one, so that `$(...)` takes it);
+run logs followed by `run --wait` and every error go to stderr. An error is one line,
+never a traceback, and the exit status is then 1 (2 for a command line argparse refuses,
+130 after Ctrl-C). `run --wait` and `logs --follow` exit 1 when the run failed or was
+cancelled.
+"""
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+from .client import ApiError, Client
+
+PROG = "notebooks"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake in the command's inputs (settings, files), said in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def parameter_value(text: str):
+    """A `-p` value as papermill reads one: JSON where it parses (numbers, true, null,
+    lists, objects, quoted strings), else the text itself."""
+
+    def not_json(constant):
+        raise ValueError(constant)  # NaN and Infinity are not JSON, whatever Python's json reads
+
+    try:
+        return json.loads(text, parse_constant=not_json)
+    except ValueError:
+        return text
+
+
+def parameters_of(pairs) -> dict:
+    """The `-p NAME VALUE` pairs as a parameters object (a later NAME wins)."""
+    return {name: parameter_value(value) for name, value in pairs or []}
+
+
+def when(epoch_ms) -> str:
+    """Epoch milliseconds as `YYYY-MM-DD HH:MM:SS` UTC; `-` for none."""
+    if not isinstance(epoch_ms, (int, float)) or isinstance(epoch_ms, bool):
+        return "-"
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(headers: list, rows: list) -> None:
+    """Rows under headers, in columns as wide as their widest cell."""
+    lines = [headers] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def print_json(value) -> None:
+    """A value as indented JSON."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def read_notebook(path: str) -> dict:
+    """The nbformat JSON of the notebook file at `path`."""
+    try:
+        with open(path, encoding="utf-8") as notebook_file:
+            content = json.load(notebook_file)
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    except ValueError as error:  # UnicodeDecodeError included
+        raise UserError(f"{path} is not a notebook (not JSON: {error})") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path} is not a notebook (not a JSON object)")
+    return content
+
+
+def write_text(path, text: str) -> None:
+    """`text` into the file at `path`, or to stdout when `path` is None."""
+    if path is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as output_file:
+            output_file.write(text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
+
+
+def to_stream(stream):
+    """A log callback that writes each new piece of a log to `stream` as it comes."""
+
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+def outcome(run: dict) -> int:
+    """The exit status for an ended run: 0 when it succeeded; else 1, saying why on stderr."""
+    if run["status"] == "succeeded":
+        return 0
+    error = run.get("error") or {}
+    cause = f": {error.get('ename')}: {error.get('evalue')}" if error.get("ename") else ""
+    cell = f" (cell {error['cell_index']})" if error.get("cell_index") is not None else ""
+    print(f"{PROG}: run {run['run_id']} {run['status']}{cause}{cell}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+# One function per command: (client, parsed arguments) -> exit status.
+
+
+def create(client: Client, args) -> int:
+    """`notebooks create FILE [--name NAME]`: upload the file; print the notebook id."""
+    content = read_notebook(args.file)
+    name = args.name or os.path.basename(args.file)
+    print(client.create(content, name)["notebook_id"])
+    return 0
+
+
+def list_notebooks(client: Client, args) -> int:
+    """`notebooks ls [--json]`: the caller's notebooks, as a table or JSON."""
+    notebooks = client.list_notebooks()
+    if args.json:
+        print_json(notebooks)
+    else:
+        print_table(
+            ["ID", "NAME", "STATUS", "LAST RUN (UTC)"],
+            [[nb["notebook_id"], nb["notebook_name"], nb["status"], when(nb.get("last_run"))] for nb in notebooks],
+        )
+    return 0
+
+
+def remove(client: Client, args) -> int:
+    """`notebooks rm ID...`: delete the notebooks."""
+    client.delete(args.notebook_ids)
+    return 0
+
+
+def show_parameters(client: Client, args) -> int:
+    """`notebooks params ID [--json]`: the parameters the notebook declares."""
+    parameters = client.parameters(args.notebook_id)
+    if args.json:
+        print_json(parameters)
+    else:
+        print_table(
+            ["NAME", "TYPE", "DEFAULT", "HELP"], [[p["name"], p["type"], p["default"], p["help"]] for p in parameters]
+        )
+    return 0
+
+
+def run(client: Client, args) -> int:
+    """`notebooks run ID [-p NAME VALUE]... [--timeout S] [--wait]`: print the run id; with
+    `--wait`, follow its log on stderr until it ends."""
+    started = client.run(args.notebook_id, parameters_of(args.parameters), args.timeout)
+    print(started["run_id"], flush=True)
+    if not args.wait:
+        return 0
+    return outcome(client.wait(started["run_id"], on_log=to_stream(sys.stderr)))
+
+
+def list_runs(client: Client, args) -> int:
+    """`notebooks runs [--notebook ID] [--status S] [--json]`: runs, newest first."""
+    runs = client.list_runs(args.notebook, args.status)
+    if args.json:
+        print_json(runs)
+    else:
+        print_table(
+            ["RUN ID", "NOTEBOOK ID", "STATUS", "TRIGGER", "CREATED (UTC)", "FINISHED (UTC)"],
+            [
+                [
+                    r["run_id"],
+                    r["notebook_id"],
+                    r["status"],
+                    r["trigger"],
+                    when(r["created_at"]),
+                    when(r.get("finished_at")),
+                ]
+                for r in runs
+            ],
+        )
+    return 0
+
+
+def status(client: Client, args) -> int:
+    """`notebooks status RUN_ID`: the run object as JSON."""
+    print_json(client.get_run(args.run_id))
+    return 0
+
+
+def logs(client: Client, args) -> int:
+    """`notebooks logs RUN_ID [--follow]`: the run's log; with `--follow`, until it ends."""
+    if args.follow:
+        return outcome(client.wait(args.run_id, on_log=to_stream(sys.stdout)))
+    sys.stdout.write(client.log(args.run_id))
+    return 0
+
+
+def cancel(client: Client, args) -> int:
+    """`notebooks cancel RUN_ID`: cancel the run; print its status then."""
+    print(client.cancel(args.run_id)["status"])
+    return 0
+
+
+def rerun(client: Client, args) -> int:
+    """`notebooks rerun RUN_ID [-p NAME VALUE]...`: print the new run's id."""
+    print(client.rerun(args.run_id, parameters_of(args.parameters))["run_id"])
+    return 0
+
+
+def output(client: Client, args) -> int:
+    """`notebooks output RUN_ID [--html] [-o FILE]`: the executed notebook, to FILE or stdout."""
+    if args.html:
+        text = client.output_html(args.run_id)
+    else:
+        text = json.dumps(client.output(args.run_id), indent=1, ensure_ascii=False) + "\n"
+    write_text(args.output_file, text)
+    return 0
+
+
+def schedule(client: Client, args) -> int:
+    """`notebooks schedule ID... --until ...`: schedule the notebooks."""
+    client.schedule(
+        args.notebook_ids,
+        args.until,
+        time_of_day=args.time,
+        period=args.period,
+        timezone=args.timezone,
+        parameters=parameters_of(args.parameters) or None,
+    )
+    return 0
+
+
+def unschedule(client: Client, args) -> int:
+    """`notebooks unschedule ID...`: remove the notebooks' schedules."""
+    client.unschedule(args.notebook_ids)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: connection options (before or after the command), then commands."""
+    connection = _Parser(add_help=False)
+    connection.add_argument("--url", default=argparse.SUPPRESS, help="the API's base URL (env NOTEBOOKS_URL)")
+    connection.add_argument("--user", default=argparse.SUPPRESS, help="username (env NOTEBOOKS_USER)")
+    connection.add_argument(
+        "--password", default=argparse.SUPPRESS, help="password (env NOTEBOOKS_PASSWORD; asked for on a terminal)"
+    )
+    parser = _Parser(prog=PROG, parents=[connection], description="Jupyter notebooks as jobs, over the notebooks API.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name, handler, help_text):
+        sub = commands.add_parser(name, parents=[connection], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def parameter_option(sub):
+        sub.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            dest="parameters",
+            metavar=("NAME", "VALUE"),
+            help="a papermill parameter; VALUE is read as JSON where it parses, else as a string",
+        )
+
+    sub = command("create", create, "upload a notebook file; prints its id")
+    sub.add_argument("file", metavar="FILE.ipynb")
+    sub.add_argument("--name", help="the notebook's name (default: the file's name)")
+    sub = command("ls", list_notebooks, "list your notebooks")
+    sub.add_argument("--json", action="store_true", help="the API's notebook objects as JSON")
+    sub = command("rm", remove, "delete notebooks, with their schedules and runs")
+    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    sub = command("params", show_parameters, "the parameters a notebook declares")
+    sub.add_argument("notebook_id", metavar="ID")
+    sub.add_argument("--json", action="store_true", help="as JSON")
+    sub = command("run", run, "run a notebook; prints the run id")
+    sub.add_argument("notebook_id", metavar="ID")
+    parameter_option(sub)
+    sub.add_argument("--timeout", type=float, metavar="S", help="stop the run after S seconds")
+    sub.add_argument(
+        "--wait", action="store_true", help="follow the log on stderr until the run ends; exit 1 unless it succeeded"
+    )
+    sub = command("runs", list_runs, "list runs, newest first")
+    sub.add_argument("--notebook", metavar="ID", help="only this notebook's runs")
+    sub.add_argument("--status", metavar="S", help="only runs of this status (queued, running, succeeded, ...)")
+    sub.add_argument("--json", action="store_true", help="the API's run objects as JSON")
+    sub = command("status", status, "a run's details, as JSON")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("logs", logs, "a run's log: its output and error tracebacks")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument(
+        "--follow", action="store_true", help="print the log as it grows until the run ends; exit 1 unless it succeeded"
+    )
+    sub = command("cancel", cancel, "cancel a queued or running run; prints its status then")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub = command("rerun", rerun, "run a past run's notebook version again; prints the new run id")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    parameter_option(sub)
+    sub = command("output", output, "a run's executed notebook")
+    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("--html", action="store_true", help="rendered as an HTML page")
+    sub.add_argument("-o", "--output", dest="output_file", metavar="FILE", help="write it to FILE, not stdout")
+    sub = command("schedule", schedule, "run notebooks on a schedule")
+    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    sub.add_argument("--until", required=True, metavar="'YYYY-MM-DD HH:MM'", help="the schedule's end")
+    sub.add_argument("--time", metavar="HH:MM", help="time of day (default: the time in --until)")
+    sub.add_argument("--period", metavar="DAY", help="a weekday (default: every day)")
+    sub.add_argument("--timezone", metavar="ZONE", help="an IANA zone (default: the deployment's)")
+    parameter_option(sub)
+    sub = command("unschedule", unschedule, "remove notebooks' schedules")
+    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    return parser
+
+
+def client_from(args) -> Client:
+    """A client from the options, else the environment (a password asked for on a terminal)."""
+    url = getattr(args, "url", None) or os.environ.get("NOTEBOOKS_URL")
+    user = getattr(args, "user", None) or os.environ.get("NOTEBOOKS_USER")
+    password = getattr(args, "password", None) or os.environ.get("NOTEBOOKS_PASSWORD")
+    if not url:
+        raise UserError("no API URL: give --url or set NOTEBOOKS_URL")
+    if not user:
+        raise UserError("no username: give --user or set NOTEBOOKS_USER")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UserError("no password: give --password or set NOTEBOOKS_PASSWORD")
+        password = getpass.getpass(f"Password for {user}: ")
+    try:
+        return Client(url, user, password)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def main(argv=None) -> int:
+    """Run the command in `argv` (default: sys.argv); its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(client_from(args), args)
+    except ApiError as error:
+        hint = ": check the username and password (--user, --password)" if error.status == 401 else ""
+        print(f"{PROG}: {error}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except UserError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `notebooks ls | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_FAILED

@@ -1,0 +1,322 @@
+"""The notebooks API over HTTP, with the standard library only (urllib).
+
+Every method returns what the API answers, as plain dicts, lists or text. Every failure,
+an error answer of the API or a server that cannot be reached, raises `ApiError`.
+"""
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.client import HTTPException
+from typing import Callable, Mapping, NamedTuple, Optional
+
+NOTEBOOKS = "/_notebooks/notebooks"
+RUNS = "/_notebooks/runs"
+# The run statuses that do not change any more.
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# The `module` recorded on the runs this client starts (the API requires one).
+MODULE = "notebooks"
+# Items asked for per page of a paged list: the API's largest page by default.
+PAGE_SIZE = 1000
+# Seconds to wait for one HTTP answer (Cancel alone may take 10 s on the server).
+REQUEST_TIMEOUT = 60
+# Polls in a row that `wait` lets fail (no answer, or a 5xx) before it gives up.
+WAIT_FAILURES_TOLERATED = 5
+USER_AGENT = "notebooks-client/0.1.0"
+
+
+class ApiError(Exception):
+    """A request that failed: `status` is the HTTP status of the API's error answer (None
+    when no answer came: the server could not be reached), `message` says why."""
+
+    def __init__(self, status: Optional[int], message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
+
+
+class _Answer(NamedTuple):
+    """A successful answer: its decoded body (JSON value, or text) and the API's headers
+    (those of the first answer when it was a redirect: `X-Next-Token` is there)."""
+
+    body: object
+    headers: Mapping
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as answers: the client follows them itself, without credentials."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+class Client:
+    """The notebooks API at `url` (e.g. http://127.0.0.1:8000), as `user` with `password`.
+
+    A `url` that is not http(s) raises ValueError; every request's failure raises ApiError.
+    """
+
+    def __init__(
+        self, url: str, user: str, password: str, page_size: int = PAGE_SIZE, request_timeout: float = REQUEST_TIMEOUT
+    ):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"invalid URL {url!r}: expected http://HOST[:PORT] or https://HOST[/PATH]")
+        self.url = url.rstrip("/")
+        token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+        self._authorization = f"Basic {token}"
+        self._page_size = page_size
+        self._request_timeout = request_timeout
+
+    # Notebooks
+
+    def create(self, content: Optional[dict] = None, name: Optional[str] = None) -> dict:
+        """Create a notebook from `content` (an nbformat v4 notebook; omitted: an empty
+        one) named `name` (omitted: the API names it); the API's answer, `notebook_id` in it."""
+        body = {key: value for key, value in (("notebook_name", name), ("content", content)) if value is not None}
+        return self._call("POST", NOTEBOOKS, body).body
+
+    def list_notebooks(self) -> list:
+        """All of the caller's notebooks, oldest first (every page, followed)."""
+        return self._all_pages(NOTEBOOKS + "/_all", {})
+
+    def get_notebook(self, notebook_id: str) -> dict:
+        """One notebook's details."""
+        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}").body
+
+    def delete(self, notebook_ids: list) -> None:
+        """Delete these notebooks with their schedules, runs and outputs."""
+        self._call("DELETE", NOTEBOOKS, {"nbk_ids": list(notebook_ids)})
+
+    def parameters(self, notebook_id: str) -> list:
+        """What the notebook's `parameters` cell declares: [{"name", "type", "default", "help"}]."""
+        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}/parameters").body["parameters"]
+
+    def schedule(
+        self,
+        notebook_ids: list,
+        until: str,
+        time_of_day: Optional[str] = None,
+        period: Optional[str] = None,
+        timezone: Optional[str] = None,
+        parameters: Optional[dict] = None,
+    ) -> None:
+        """Run these notebooks at `time_of_day` ("HH:MM"; omitted: the time in `until`) on
+        `period` (a weekday; omitted: every day) until `until` ("YYYY-MM-DD HH:MM"), in
+        `timezone` (an IANA name; omitted: the deployment's), with papermill `parameters`."""
+        optional = {"time": time_of_day, "period": period, "timezone": timezone, "parameters": parameters}
+        body = {
+            "nbk_ids": list(notebook_ids),
+            "until": until,
+            **{key: value for key, value in optional.items() if value is not None},
+        }
+        self._call("POST", NOTEBOOKS + "/_schedule", body)
+
+    def unschedule(self, notebook_ids: list) -> None:
+        """Remove the schedules of these notebooks."""
+        self._call("POST", NOTEBOOKS + "/_unschedule", {"nbk_ids": list(notebook_ids)})
+
+    # Runs
+
+    def run(
+        self,
+        notebook_id: str,
+        parameters: Optional[dict] = None,
+        timeout: Optional[float] = None,
+        wait: bool = False,
+        on_log: Optional[Callable[[str], None]] = None,
+        poll_seconds: float = 1.0,
+    ) -> dict:
+        """Run the notebook with papermill `parameters`, stopped after `timeout` seconds
+        (omitted: the deployment's default). Without `wait`: {"run_id", "notebook_id",
+        "status"} as the run starts; with it, the run object once the run has ended (see
+        `wait`)."""
+        body = {"nbkIds": [notebook_id], "module": MODULE, "parameters": parameters or {}}
+        if timeout is not None:
+            body["timeout"] = timeout
+        [started] = self._call("POST", NOTEBOOKS + "/_run", body).body["runs"]
+        return self.wait(started["run_id"], on_log, poll_seconds) if wait else started
+
+    def wait(self, run_id: str, on_log: Optional[Callable[[str], None]] = None, poll_seconds: float = 1.0) -> dict:
+        """The run object once the run has ended (succeeded, failed or cancelled), polled
+        every `poll_seconds`; `on_log`, if given, is called with each new piece of its log.
+
+        Up to WAIT_FAILURES_TOLERATED polls in a row may fail for want of an answer or
+        with a 5xx (a restarting server, a dropped connection): the run goes on meanwhile."""
+        log_seen, failures = 0, 0
+        while True:
+            try:
+                run = self.get_run(run_id)
+                log = self.log(run_id) if on_log is not None else ""  # after the status: the last one is whole
+            except ApiError as error:
+                failures += 1
+                if failures > WAIT_FAILURES_TOLERATED or (error.status is not None and error.status < 500):
+                    raise
+                time.sleep(poll_seconds)
+                continue
+            failures = 0
+            if len(log) > log_seen:
+                on_log(log[log_seen:])
+                log_seen = len(log)
+            if run["status"] in FINAL_STATUSES:
+                return run
+            time.sleep(poll_seconds)
+
+    def list_runs(self, notebook_id: Optional[str] = None, status: Optional[str] = None) -> list:
+        """Runs newest first, all of them or those of one notebook, of one status.
+
+        A server without the list of all runs (GET /_notebooks/runs) answers 404; then one
+        notebook's runs come from that notebook's list, filtered by status here."""
+        query = {key: value for key, value in (("notebook_id", notebook_id), ("status", status)) if value}
+        try:
+            return self._all_pages(RUNS, query)
+        except ApiError as error:
+            if not _is_missing_route(error):
+                raise
+            if not notebook_id:
+                raise ApiError(error.status, "this server lists runs by notebook only: give a notebook id") from None
+        runs = self._all_pages(f"{NOTEBOOKS}/{_quoted(notebook_id)}/runs", {})
+        return [run for run in runs if not status or run["status"] == status]
+
+    def get_run(self, run_id: str) -> dict:
+        """The run object: status, progress, error, parameters, times."""
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}").body
+
+    def log(self, run_id: str) -> str:
+        """The run's log so far: its stream output and error tracebacks."""
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/log").body
+
+    def cancel(self, run_id: str) -> dict:
+        """Cancel a queued or running run; the run object as it is then."""
+        return self._call("POST", f"{RUNS}/{_quoted(run_id)}/cancel").body
+
+    def rerun(self, run_id: str, parameters: Optional[dict] = None) -> dict:
+        """Run the notebook version of a past run again, its parameters updated with
+        `parameters`; {"run_id", "notebook_id", "status"} of the new run."""
+        body = {"parameters": parameters} if parameters else None
+        [started] = self._call("POST", f"{RUNS}/{_quoted(run_id)}/rerun", body).body["runs"]
+        return started
+
+    def output(self, run_id: str) -> dict:
+        """The executed notebook (nbformat JSON as a dict)."""
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output").body
+
+    def output_html(self, run_id: str) -> str:
+        """The executed notebook rendered as an HTML page."""
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output", query={"format": "html"}).body
+
+    # HTTP
+
+    def _all_pages(self, path: str, query: dict) -> list:
+        """Every item of a paged list, following `X-Next-Token` from page to page."""
+        items, next_token = [], None
+        while True:
+            page_query = {**query, "limit": self._page_size, **({"next_token": next_token} if next_token else {})}
+            answer = self._call("GET", path, query=page_query)
+            items.extend(answer.body)
+            next_token = answer.headers.get("X-Next-Token")
+            if not next_token:
+                return items
+
+    def _call(self, method: str, path: str, body=None, query: Optional[dict] = None) -> _Answer:
+        """One API request; a `303 See Other` is followed (a GET, without credentials: the
+        link carries its own signature). An error body is raised as ApiError, even under
+        HTTP 200 (the seed's "No notebooks deleted")."""
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = {"Authorization": self._authorization, "User-Agent": USER_AGENT}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        status, api_headers, payload = self._send(urllib.request.Request(url, data, headers, method=method))
+        if status == 303 and api_headers.get("Location"):
+            target = urllib.parse.urljoin(url, api_headers["Location"])
+            status, _, payload = self._send(urllib.request.Request(target, headers={"User-Agent": USER_AGENT}))
+        if status >= 300:
+            raise ApiError(
+                status,
+                _seed_error(payload.json) or _gateway_error(payload.json) or f"unexpected answer to {method} {path}",
+            )
+        message = _seed_error(payload.json)
+        if message is not None:
+            raise ApiError(status, message)
+        return _Answer(payload.json if payload.is_json else payload.text, api_headers)
+
+    def _send(self, request: urllib.request.Request) -> tuple:
+        """(status, headers, _Payload) of one HTTP exchange; ApiError(None, ...) when none."""
+        try:
+            with _OPENER.open(request, timeout=self._request_timeout) as response:
+                return response.status, response.headers, _Payload(response.headers, response.read())
+        except urllib.error.HTTPError as error:  # an answer all the same: 3xx, 4xx, 5xx
+            with error:
+                return error.code, error.headers, _Payload(error.headers, error.read())
+        except urllib.error.URLError as error:
+            raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error.reason)}") from None
+        except (socket.timeout, TimeoutError):
+            raise ApiError(
+                None, f"no answer from {_origin(request.full_url)} within {self._request_timeout:g} s"
+            ) from None
+        except (OSError, HTTPException) as error:
+            raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error)}") from None
+
+
+class _Payload:
+    """An answer's body: its text, and its JSON value when it is JSON."""
+
+    def __init__(self, headers, raw: bytes):
+        self.text = raw.decode(headers.get_content_charset() or "utf-8", errors="replace")
+        content_type = headers.get_content_type()  # S3 serves notebooks as application/x-ipynb+json
+        self.is_json = content_type == "application/json" or content_type.endswith("+json")
+        self.json = None
+        if self.is_json:
+            try:
+                self.json = json.loads(self.text)
+            except ValueError:
+                self.is_json = False
+
+
+def _seed_error(value) -> Optional[str]:
+    """The message of the API's error body `{"error": {"status", "message"}}`, else None."""
+    if isinstance(value, dict) and isinstance(value.get("error"), dict) and "message" in value["error"]:
+        return str(value["error"]["message"])
+    return None
+
+
+def _gateway_error(value) -> Optional[str]:
+    """The message of API Gateway's own error body `{"message"}`, else None."""
+    if isinstance(value, dict) and set(value) == {"message"}:
+        return str(value["message"])
+    return None
+
+
+def _is_missing_route(error: ApiError) -> bool:
+    """Whether the server has no such route: a 404, or API Gateway's 403 for it."""
+    return error.status == 404 or (error.status == 403 and error.message == "Missing Authentication Token")
+
+
+def _quoted(identifier: str) -> str:
+    """An id as one path segment, whatever it holds."""
+    return urllib.parse.quote(identifier, safe="")
+
+
+def _origin(url: str) -> str:
+    """Scheme, host and port of a URL (a presigned link's signature left out)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _reason(reason) -> str:
+    """A short cause: `Connection refused`, not `[Errno 111] Connection refused`."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
