@@ -82,12 +82,12 @@ def test_the_local_stack_table_lists_what_devstack_reads():
     assert read == documented
 
 
-def quickstart_script(path: str = os.path.join(ROOT, "README.md")) -> str:
-    """The shell blocks of the README's Quickstart section, in order."""
+def quickstart_script(heading: str = "Quickstart", path: str = os.path.join(ROOT, "README.md")) -> str:
+    """The shell blocks of a section of the README (by default the Quickstart), in order."""
     with open(path) as readme:
-        section = readme.read().split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
+        section = readme.read().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert blocks, "the Quickstart has no ```sh block"
+    assert blocks, f"the section {heading} has no ```sh block"
     return "\n".join(blocks)
 
 
@@ -122,6 +122,35 @@ def test_the_quickstart_works_when_pasted():
         finally:
             shutil.rmtree(out)
         assert "Restarting local dev server" not in stack.output()
+    finally:
+        stack.interrupt()
+        remove_state(state)
+
+
+def test_the_command_line_quickstart_works_when_pasted():
+    """The README's command-line block, pasted into bash against a stack: the run it waits
+    for succeeded with its typed parameters, the schedule keeps its own, and the dashboard
+    it points at answers."""
+    script = quickstart_script("Command line and dashboard")
+    state = state_folder()
+    stack = RunningStack(state, free_port()).started()
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + '\necho "ID=$ID RUN=$RUN"'],
+            cwd=ROOT,
+            env={**os.environ, "URL": stack.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr + stack.output()
+        notebook_id, run_id = re.findall(r"^ID=(\S+) RUN=(\S+)$", done.stdout, re.M)[-1]
+        run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
+        assert run["status"] == "succeeded" and run["parameters"] == {"name": "cli", "n": 2}, run
+        assert "Hello, cli! (2/2)" in done.stderr  # --wait followed the log on stderr
+        schedule = requests.get(f"{stack.url}/_notebooks/notebooks/{notebook_id}", auth=ADMIN).json()["schedule"]
+        assert schedule["timezone"] == "Europe/London" and schedule["parameters"] == {"name": "weekly"}
+        assert requests.get(f"{stack.url}/_notebooks/ui/", auth=ADMIN).status_code == 200
     finally:
         stack.interrupt()
         remove_state(state)
