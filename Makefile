@@ -1,5 +1,9 @@
 # Two commands do all the set-up: `make dev` serves the API locally, `make test` runs the suite.
-PYTHON ?= python3
+# Python 3.13, as Lambda's python3.13 runtime: a python3.13 on PATH that runs, else pyenv's
+# newest 3.13 (PYENV_ROOT, default ~/.pyenv). PYTHON=... names another.
+FIND_PYTHON := for candidate in python3.13 $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null | sort -rV); do \
+	"$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null && { echo "$$candidate"; break; }; done
+PYTHON ?= $(shell $(FIND_PYTHON))
 VENV := .venv
 PORT ?= 8000
 AWS_PORT ?= 8001
@@ -8,7 +12,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev dev-reset aws api test browser bench venv constraints clean package smoke
 
+# A venv of another Python (an older checkout's) is made again.
+ifneq ($(shell $(VENV)/bin/python -c 'import sys; print(sys.version_info[:2] == (3, 13))' 2>/dev/null),True)
+.PHONY: $(STAMP)
+endif
+
 $(STAMP): requirements.txt requirements-runner.txt requirements-dev.txt constraints.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.13 is needed (Lambda's python3.13 runtime), and there is none:" \
+	  "no python3.13 on PATH runs, and pyenv has no 3.13 under $${PYENV_ROOT:-$$HOME/.pyenv}/versions." \
+	  "Install it (e.g. pyenv install 3.13) or name one: make PYTHON=/path/to/python3.13 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || { echo "$(PYTHON) is not Python 3.13" >&2; exit 1; }
+	$(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
