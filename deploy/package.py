@@ -8,8 +8,8 @@
 
 Needs no AWS account or credentials. The dependencies are the pinned ones that `make
 test` tests: requirements.txt (and, in the image, requirements-runner.txt) under
-constraints.txt, installed by pip for Lambda's python3.11 on Amazon Linux 2 (glibc 2.26),
-whatever machine builds. Every module is
+constraints.txt, installed by pip for Lambda's python3.13 on Amazon Linux 2023 (glibc 2.34),
+x86_64, whatever machine builds: a library with no such wheel fails the build, named by pip. Every module is
 compiled to bytecode in the package (unchecked hashes, as the zip's timestamps are not
 exact): /var/task is read-only, so Python could cache nothing itself and would compile
 IPython again at every cold start and in every fresh kernel.
@@ -31,7 +31,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from deploy.template import CODE_URI, IMAGE_CONTEXT, RUNTIME, TASK_ROOT, image_runner, merge_template
+from deploy.template import ARCHITECTURE, CODE_URI, IMAGE_CONTEXT, RUNTIME, TASK_ROOT, image_runner, merge_template
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -39,12 +39,15 @@ TEMPLATE_NAME = "template.json"
 PACKAGE_NAME = CODE_URI.rsplit("/", 1)[-1]
 CHALICE_STAGE = "dev"
 
-# Lambda's python3.11 runs on Amazon Linux 2: glibc 2.26. pip accepts a wheel for any
-# glibc up to that (manylinux2014 is 2.17). The patch version matters to wheels that
-# require one (soupsieve: 3.11.5+); Lambda's runtime is a later 3.11 patch release.
-LAMBDA_PYTHON = RUNTIME.removeprefix("python") + ".7"
-LAMBDA_GLIBC_MINOR = 26
-PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, LAMBDA_GLIBC_MINOR + 1)]
+# Lambda's python3.13 runs on Amazon Linux 2023: glibc 2.34. pip accepts a wheel for any
+# glibc up to that (manylinux2014 is 2.17), on x86_64 only. The patch version matters to
+# wheels that require one: the first, so that none needs a later patch than Lambda's (the
+# simulation, tests/test_lambda_sim.py, runs 3.13.0 too).
+LAMBDA_PYTHON = RUNTIME.removeprefix("python") + ".0"
+LAMBDA_GLIBC_MINOR = 34
+PLATFORMS = ["manylinux2014_x86_64"] + [
+    f"manylinux_2_{minor}_{ARCHITECTURE}" for minor in range(17, LAMBDA_GLIBC_MINOR + 1)
+]
 PIP_TARGET_OPTIONS = [
     *(option for platform in PLATFORMS for option in ("--platform", platform)),
     "--only-binary=:all:",

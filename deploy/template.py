@@ -24,9 +24,12 @@ from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
 
 # Chalice's logical ids for app.py's two functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
-# Lambda's runtime for both functions, whichever Python runs `chalice package`; the
-# package's dependencies are built for it (deploy/package.py).
-RUNTIME = "python3.11"
+# Lambda's runtime for both functions (the runner image's base is AWS's image of it), on
+# Amazon Linux 2023, whichever Python runs `chalice package`; the package's dependencies
+# are built for it (deploy/package.py). Both run on x86_64 (.chalice/config.json's
+# lambda_architecture, and the Fargate task's CpuArchitecture): the wheels are built for it.
+RUNTIME = "python3.13"
+ARCHITECTURE = "x86_64"
 # Where `make package` writes the API function's code and the runner image's Docker
 # context (deploy/Dockerfile and the task tree it copies), relative to the template.
 CODE_URI = "./notebooks-lambda.zip"
@@ -514,8 +517,14 @@ def _fargate_environment() -> dict:
 
 def _task_definition(data: dict) -> dict:
     """One run per task: the runner image with the fargate_task entry point (RunTask adds
-    the run id as its command), Lambda's layout (read-only root, a writable /tmp)."""
-    environment = {**data, "HOME": "/tmp", "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"}}
+    the run id as its command), Lambda's layout (read-only root, a writable /tmp). A task
+    serves one run, so no kernel waits ahead of it: nothing is preloaded."""
+    environment = {
+        **data,
+        "HOME": "/tmp",
+        "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"},
+        "NOTEBOOKS_PRELOAD_MODULES": "",
+    }
     return {
         "Type": "AWS::ECS::TaskDefinition",
         "Condition": "FargateEnabled",
@@ -525,7 +534,7 @@ def _task_definition(data: dict) -> dict:
             "NetworkMode": "awsvpc",
             "Cpu": {"Ref": "FargateCpu"},
             "Memory": {"Ref": "FargateMemoryMB"},
-            "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"},
+            "RuntimePlatform": {"OperatingSystemFamily": "LINUX", "CpuArchitecture": ARCHITECTURE.upper()},
             "TaskRoleArn": {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
             "ExecutionRoleArn": {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
             "Volumes": [{"Name": "tmp"}],

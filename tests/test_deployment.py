@@ -73,12 +73,25 @@ def test_cfn_lint_finds_nothing(template_file):
 
 
 def test_both_functions_run_the_runtime_the_package_is_built_for(resources):
+    # python3.13 on Amazon Linux 2023, x86_64: the API function's runtime, the runner image's
+    # base and the Fargate task, and what pip installs the package for (glibc 2.34 at most).
+    assert RUNTIME == "python3.13" and sys.version_info[:2] == (3, 13)  # `make test` runs on it too
     assert resources["APIHandler"]["Properties"]["Runtime"] == RUNTIME
+    for function in ("APIHandler", "Runner"):
+        assert resources[function]["Properties"]["Architectures"] == ["x86_64"], function
+    platform = resources["RunnerTaskDefinition"]["Properties"]["RuntimePlatform"]
+    assert platform == {"OperatingSystemFamily": "LINUX", "CpuArchitecture": "X86_64"}
     assert package.LAMBDA_PYTHON.startswith(RUNTIME.removeprefix("python") + ".")
-    assert f"--python-version {package.LAMBDA_PYTHON}" in " ".join(package.PIP_TARGET_OPTIONS)
+    options = " ".join(package.PIP_TARGET_OPTIONS)
+    assert f"--python-version {package.LAMBDA_PYTHON}" in options and "--implementation cp" in options
+    assert "--only-binary=:all:" in options
+    platforms = set(re.findall(r"--platform (\S+)", options))
+    assert {"manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux2014_x86_64"} <= platforms
+    assert not {"manylinux_2_35_x86_64", "manylinux_2_39_x86_64"} & platforms
+    assert all(name.endswith("_x86_64") for name in platforms)
     # The runner image: AWS's base image of the same Python.
     base = re.search(r"^FROM (\S+)$", package.DOCKERFILE.read_text(), re.M).group(1)
-    assert base == "public.ecr.aws/lambda/python:" + RUNTIME.removeprefix("python")
+    assert base == "public.ecr.aws/lambda/python:3.13"
 
 
 def test_the_runner_is_an_image_that_sam_builds_from_the_tree_make_package_writes(resources):
@@ -373,7 +386,11 @@ def test_fargate_runs_the_same_image_with_the_fargate_entry_point_and_configured
     assert container["ReadonlyRootFilesystem"] is True
     assert container["MountPoints"] == [{"SourceVolume": "tmp", "ContainerPath": "/tmp"}]
     environment = {pair["Name"]: pair["Value"] for pair in container["Environment"]}
+    # A task serves one run: no kernel waits ahead of it, so none preloads modules.
+    assert environment["NOTEBOOKS_PRELOAD_MODULES"] == ""
+    assert Settings.from_env({"NOTEBOOKS_PRELOAD_MODULES": ""}).preload_modules == ()
     runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
+    assert "NOTEBOOKS_PRELOAD_MODULES" not in runner  # the runner function's warm kernel: the default
     for name in ("NOTEBOOKS_BUCKET", "NOTEBOOKS_TABLE", "NOTEBOOKS_RUNS_TABLE", "NOTEBOOKS_RULE_PREFIX"):
         assert environment[name] == runner[name]
     assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RunnerTaskLogGroup"}
