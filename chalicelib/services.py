@@ -101,7 +101,10 @@ class Services:
             shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             sandbox.forbid_inspection()
             runner = NotebookRunner(
-                self.settings.run_timeout, shared_tmp=shared_tmp, sweep_whole_user=shared_tmp is not None
+                self.settings.run_timeout,
+                shared_tmp=shared_tmp,
+                sweep_whole_user=shared_tmp is not None,
+                preload=self.settings.preload_modules,
             )
             self._runner_executor = self.executor_on(runner)
         return self._runner_executor

@@ -20,8 +20,12 @@ import time
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from chalicelib.common.config import Settings
 from chalicelib.runner import sandbox
 from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment
+
+# What the runner function's waiting kernel imports by default (NOTEBOOKS_PRELOAD_MODULES).
+PRELOAD = Settings().preload_modules
 
 
 def notebook(*cells, kernelspec=None):
@@ -142,20 +146,22 @@ print(json.dumps({
 
 
 @pytest.fixture
-def lambda_layout(monkeypatch, tmp_path):
+def lambda_layout(monkeypatch, tmp_path, request):
     """The runner as in a warm Lambda container, with `shared` standing for /tmp, and
-    `outside` a folder the test reads that no sweep touches."""
+    `outside` a folder the test reads that no sweep touches; its kernels preload the
+    modules the test's parameter names (none unless parametrized)."""
     shared, outside = tmp_path / "tmp", tmp_path / "outside"
     shared.mkdir()
     outside.mkdir()
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
     monkeypatch.setenv("HOME", os.environ.get("HOME", "/root"))  # restored after the test
     shared_tmp = prepare_lambda_environment(str(shared))
-    runner = NotebookRunner(run_timeout=60, shared_tmp=shared_tmp)
+    runner = NotebookRunner(run_timeout=60, shared_tmp=shared_tmp, preload=getattr(request, "param", ()))
     yield runner, {"shared": str(shared), "outside": str(outside)}
     runner.close()
 
 
+@pytest.mark.parametrize("lambda_layout", [(), PRELOAD], indirect=True, ids=["fresh kernel", "preloaded kernel"])
 def test_nothing_one_run_plants_reaches_the_next_users_run(lambda_layout):
     runner, where = lambda_layout
     target = os.path.join(where["outside"], "target.txt")
@@ -179,6 +185,84 @@ def test_nothing_one_run_plants_reaches_the_next_users_run(lambda_layout):
     # The cleanup followed no link: the file the attacker's link pointed at is untouched.
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o400
     assert seen["home_plants"] == []  # a fresh HOME
+
+
+PRELOADED = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot")
+# Run A: what its kernel had before any import, then state of every kind left behind.
+LEAVE_STATE = f"""
+import json, os, sys
+preloaded = [name for name in {PRELOADED!r} if name in sys.modules]
+own_names = sorted(set(dir()) & {{"numpy", "np", "pandas", "pd", "matplotlib", "mpl", "plt", "importlib"}})
+import numpy, pandas
+numpy.marker = 1
+pandas.DataFrame.marker = 1
+left_variable = "run A's"
+for folder in (shared, os.getcwd(), os.path.expanduser("~"), os.environ["TMPDIR"], os.environ["MPLCONFIGDIR"]):
+    with open(os.path.join(folder, "left-by-a.txt"), "w") as f:
+        f.write("A")
+print(json.dumps({{"preloaded": preloaded, "own_names": own_names, "home": os.path.expanduser("~")}}))
+"""
+# Run B: the same modules preloaded, none of run A's state; its plot still shows.
+FIND_STATE = f"""
+import glob, json, os, sys
+preloaded = [name for name in {PRELOADED!r} if name in sys.modules]
+import matplotlib, numpy, pandas
+import matplotlib.pyplot as plt
+home = os.path.expanduser("~")
+print(json.dumps({{
+    "preloaded": preloaded,
+    "module_attributes": [hasattr(numpy, "marker"), hasattr(pandas.DataFrame, "marker")],
+    "variable": "left_variable" in dir(),
+    "files": glob.glob(os.path.join(shared, "**", "left-by-a.txt"), recursive=True)
+    + glob.glob(os.path.join(home, "**", "left-by-a.txt"), recursive=True),
+    "home": home,
+    "private": [os.path.commonpath([run, path]) == run
+                for run in [os.path.dirname(home)]
+                for path in (matplotlib.get_configdir(), os.getcwd(), os.environ["TMPDIR"])],
+    "shared_now": os.listdir(shared),
+}}))
+plt.plot([1, 2, 3])
+plt.show()
+"""
+
+
+@pytest.mark.parametrize("lambda_layout", [PRELOAD], indirect=True)
+def test_a_preloaded_kernel_has_the_modules_and_nothing_of_the_previous_run(lambda_layout):
+    runner, where = lambda_layout
+    assert PRELOAD == ("numpy", "pandas", "matplotlib")
+    runner.prewarm()
+    first = report(runner.execute(notebook(LEAVE_STATE), parameters=where))
+    # The waiting kernel imported them before the run, and defined no name of the notebook's.
+    assert first["preloaded"] == list(PRELOADED) and first["own_names"] == []
+    runner.prewarm()  # the next run's kernel, as the executor starts it after each run
+
+    execution = runner.execute(notebook(FIND_STATE), parameters=where)
+    second = report(execution)
+    assert second["preloaded"] == list(PRELOADED)
+    assert second["home"] != first["home"]  # folders of its own
+    assert second["module_attributes"] == [False, False] and second["variable"] is False
+    assert second["files"] == []
+    # matplotlib's folder (its font list, written by the preload), the working folder and
+    # TMPDIR are the run's own, made before the kernel started.
+    assert second["private"] == [True, True, True]
+    assert len(second["shared_now"]) == 1 and second["shared_now"][0].startswith("notebook-run-")
+    plot = execution.notebook.cells[-1].outputs
+    assert any("image/png" in output.get("data", {}) for output in plot)  # the inline backend, drawing with Agg
+
+
+def test_the_preloaded_modules_are_configured_and_can_be_turned_off():
+    assert Settings.from_env({}).preload_modules == ("numpy", "pandas", "matplotlib")
+    assert Settings.from_env({"NOTEBOOKS_PRELOAD_MODULES": "numpy, scipy"}).preload_modules == ("numpy", "scipy")
+    assert Settings.from_env({"NOTEBOOKS_PRELOAD_MODULES": ""}).preload_modules == ()
+
+
+def test_a_module_that_fails_to_preload_does_not_stop_the_kernel():
+    runner = NotebookRunner(run_timeout=60, preload=("no_such_module_here", "colorsys"))
+    try:
+        execution = runner.execute(notebook("import sys; print('colorsys' in sys.modules, 'ran')"))
+    finally:
+        runner.close()
+    assert execution.error is None and printed(execution).split() == ["True", "ran"]
 
 
 @pytest.mark.parametrize("namespace", [True, False], ids=["in a PID namespace", "swept"])

@@ -85,6 +85,9 @@ class Settings:
     max_scheduled: int = 1000
     max_active_runs: int = 2000
     max_runs_kept: int = 100
+    # Modules the runner's waiting kernel imports before its run (NOTEBOOKS_PRELOAD_MODULES,
+    # comma-separated; empty: none), so a notebook importing them pays nothing.
+    preload_modules: tuple = ("numpy", "pandas", "matplotlib")
     # AWS calls one request makes at once (what AWS cannot batch).
     aws_concurrency: int = 16
     # A Delete removes this many notebooks' schedule rules itself, and hands the rest to
@@ -143,6 +146,9 @@ class Settings:
             max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
             max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
+            preload_modules=_list(env, "NOTEBOOKS_PRELOAD_MODULES")
+            if "NOTEBOOKS_PRELOAD_MODULES" in env
+            else d.preload_modules,
             aws_concurrency=_int(env, "NOTEBOOKS_AWS_CONCURRENCY", d.aws_concurrency),
             rules_removed_in_request=_int(env, "NOTEBOOKS_RULES_REMOVED_IN_REQUEST", d.rules_removed_in_request),
         )

@@ -12,8 +12,15 @@ user, and it cannot be ptrace-attached.
 The runner keeps its end of that pipe open for the kernel's life, so the pipe doubles
 as a lifeline: when the runner process dies, however abruptly (SIGKILL included), the
 kernel sees end-of-file and exits, taking its PID namespace's processes with it.
+
+`--preload numpy,pandas,matplotlib` (before the other options) imports those modules once
+the kernel is set up and before it answers its first request, so that the runner's
+waiting kernel has them ready for the run (NOTEBOOKS_PRELOAD_MODULES). They are imported
+by this process, not run in the notebook's namespace: the notebook finds them in
+sys.modules, and no name of its own.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -54,9 +61,33 @@ def _exit_when_runner_gone(lifeline: int) -> None:
     os._exit(1)
 
 
+def preload(names) -> None:
+    """Import the modules `names`; a module that fails to import is reported on stderr and
+    skipped (the notebook meets the same error if it imports it). matplotlib comes with
+    pyplot and its font list (built in the run's private folders, as a first plot would),
+    under the backend the kernel chose: ipykernel's inline backend, which draws with Agg."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+            if name == "matplotlib":
+                importlib.import_module("matplotlib.pyplot")
+        except Exception as error:  # noqa: BLE001 - a preload never stops the kernel
+            print(f"preloading {name} failed: {error!r}", file=sys.__stderr__, flush=True)
+
+
+def _preload_option(argv: list) -> list:
+    """The modules named by a leading `--preload a,b` in argv, removed from it."""
+    if argv[1:2] != ["--preload"]:
+        return []
+    names = argv[2]
+    del argv[1:3]
+    return [name.strip() for name in names.split(",") if name.strip()]
+
+
 def main() -> None:
-    """Start ipykernel with the secrets from stdin."""
+    """Start ipykernel with the secrets from stdin, preloading what `--preload` names."""
     forbid_inspection()
+    modules = _preload_option(sys.argv)
     secrets = _read_secrets()
     # As ipykernel_launcher does: no module of the working folder shadows ours at start.
     if sys.path and sys.path[0] in ("", os.getcwd()):
@@ -81,6 +112,14 @@ def main() -> None:
 
         def write_connection_file(self, **kwargs):
             """Nothing to write: the runner's file has every port, and ours would add the secrets."""
+
+        def initialize(self, argv=None):
+            super().initialize(argv)
+            # Set up (sockets bound, MPLBACKEND chosen, the shell made) but not yet
+            # answering: the runner's wait for the kernel covers the imports.
+            preload(modules)
+            sys.stdout.flush()  # as ipykernel does: nothing of this reaches the first cell
+            sys.stderr.flush()
 
     RunKernelApp.launch_instance()
 

@@ -39,6 +39,7 @@ from papermill.engines import NBClientEngine, NotebookExecutionManager, papermil
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import remove_error_markers
 from papermill.log import logger
+from traitlets import Tuple
 
 from chalicelib.runner import sandbox
 
@@ -120,17 +121,18 @@ def unsupported_kernel(notebook: NotebookNode) -> Optional[str]:
 
 class _RunnerKernelSpecs(KernelSpecManager):
     """The one kernel spec a run may use, fixed in code: none is read from disk, where a
-    notebook could have written one for the next run."""
+    notebook could have written one for the next run. `preload`: the modules the kernel
+    imports before it answers (chalicelib.runner.kernel's --preload)."""
+
+    preload = Tuple()
 
     def get_kernel_spec(self, kernel_name):
         return KernelSpec(
             argv=sandbox.pid_namespace_prefix()
             # -P: the working folder is not searched for the launcher's own modules.
+            + [sys.executable, "-P", "-m", "chalicelib.runner.kernel"]
+            + (["--preload", ",".join(self.preload)] if self.preload else [])
             + [
-                sys.executable,
-                "-P",
-                "-m",
-                "chalicelib.runner.kernel",
                 "-f",
                 "{connection_file}",
                 "--HistoryManager.hist_file=:memory:",
@@ -194,14 +196,15 @@ class _Kernel:
     """A started kernel, a client already connected to it, and the run's private folders.
 
     Connecting is part of the head start: a client's first wait for the kernel ends with
-    a fixed 0.2 s pause to flush its IOPub channel, paid here rather than by the run.
+    a fixed 0.2 s pause to flush its IOPub channel, paid here rather than by the run; so
+    are the imports of the `preload` modules, which the kernel makes before it is ready.
     """
 
-    def __init__(self, shared_tmp: Optional[str]):
+    def __init__(self, shared_tmp: Optional[str], preload: tuple = ()):
         self.folders = sandbox.RunFolders(base=shared_tmp)
         self.km = _KeysOffDiskKernelManager(
             kernel_name="python3",
-            kernel_spec_manager=_RunnerKernelSpecs(),
+            kernel_spec_manager=_RunnerKernelSpecs(preload=tuple(preload)),
             connection_file=self.folders.connection_file,
         )
         self.kc = None
@@ -418,13 +421,17 @@ class NotebookRunner:
         checkpoint_interval: float = 30.0,
         shared_tmp: Optional[str] = None,
         sweep_whole_user: bool = False,
+        preload: tuple = (),
     ):
         """`shared_tmp`: a folder every run can write to (Lambda's /tmp), which holds the
         runs' private folders and is emptied after each run; None: the system's
         temporary folder, left alone. `sweep_whole_user`: after a run, end every other
         process of this user, not only those below this process (Lambda), unless kernels
-        run in a PID namespace of their own, which holds all of a run's processes."""
+        run in a PID namespace of their own, which holds all of a run's processes.
+        `preload`: modules each kernel imports while it waits for its run (prewarm), so
+        that a run importing them finds them loaded; () for none."""
         self.run_timeout = run_timeout
+        self._preload = tuple(preload)
         self.progress_interval = progress_interval
         self.checkpoint_interval = checkpoint_interval
         self._shared_tmp = shared_tmp
@@ -439,7 +446,8 @@ class NotebookRunner:
     def prewarm(self) -> None:
         """Start a fresh kernel ahead of need (no-op if a fresh, live one is already waiting).
 
-        Kernel start (~0.6 s) then happens while the caller does other work; execute() uses it.
+        Kernel start (~0.6 s) and the preloaded imports then happen before the run, while
+        no run waits; execute() uses the kernel.
         Raises sandbox.SandboxError once a run could not be cleaned up after.
         """
         if self._broken:
@@ -454,7 +462,7 @@ class NotebookRunner:
         whole_user = self._sweep_whole_user and not sandbox.pid_namespace_prefix()
         self._processes = sandbox.ProcessSweep(whole_user=whole_user)
         self._processes.start()  # whatever exists before the kernel is not the run's
-        self._waiting = _Kernel(self._shared_tmp)
+        self._waiting = _Kernel(self._shared_tmp, self._preload)
 
     def execute(
         self,
