@@ -241,7 +241,7 @@ def deployment(stack, aws_env):
     role = boto3.client("iam").create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     boto3.client("lambda").create_function(
         FunctionName=stack.settings.runner_function,
-        Runtime="python3.11",
+        Runtime="python3.13",
         Role=role,
         Handler="app.runner",
         Code={"ZipFile": b"fake"},

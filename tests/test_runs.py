@@ -333,7 +333,7 @@ def test_lambda_dispatch_invokes_the_runner_asynchronously(stack):
     lambda_client = boto3.client("lambda", region_name="us-east-1")
     lambda_client.create_function(
         FunctionName="notebooks-dev-runner",
-        Runtime="python3.11",
+        Runtime="python3.13",
         Role=role,
         Handler="app.runner",
         Code={"ZipFile": b"fake"},
