@@ -73,7 +73,7 @@ class Services:
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
-        self._runner_executor = None
+        self._runner_executor: RunExecutor | None = None
 
     def runner_arn(self) -> str:
         """The runner function's ARN, the target of schedule rules."""
@@ -119,12 +119,13 @@ def _dispatcher(settings: Settings):
     if settings.local_stack:
         return LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LOCAL)
     on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=LAMBDA)
-    if not settings.fargate:
+    cluster, task_definition = settings.ecs_cluster, settings.ecs_task_definition
+    if not settings.fargate or cluster is None or task_definition is None:
         return on_lambda
     on_fargate = FargateDispatcher(
         aws.client("ecs", region),
-        settings.ecs_cluster,
-        settings.ecs_task_definition,
+        cluster,
+        task_definition,
         settings.ecs_container,
         settings.ecs_subnets,
         settings.ecs_security_groups,

@@ -195,15 +195,15 @@ def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
         notebook_id = requests.post(url + BASE + "/", auth=eve).json()["notebook_id"]
         start = threading.Barrier(2)
 
-        def put():
+        def put(start, notebook_id):
             start.wait()
             answers.append(requests.put(f"{url}{BASE}/{notebook_id}/content", auth=eve, json=content).json())
 
-        def delete():
+        def delete(start, notebook_id):
             start.wait()
             deletes.append(requests.delete(url + BASE + "/", auth=eve, json={"nbk_ids": [notebook_id]}).json())
 
-        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
+        threads = [threading.Thread(target=task, args=(start, notebook_id)) for task in (put, delete)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -204,7 +204,8 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
         "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
-        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib"
+        ":/var/task:/var/task/lib:/opt/lib",
         "PYTHONPATH": "/var/runtime",
         # A .zip function's handler, or an image function's command (the Dockerfile's CMD).
         "_HANDLER": properties.get("Handler") or properties["ImageConfig"]["Command"][0],
@@ -298,8 +299,10 @@ def route_of(template: dict, path: str) -> tuple:
         parts = resource.split("/")
         if len(parts) != len(segments):
             continue
-        if all(part == segment or part.startswith("{") for part, segment in zip(parts, segments)):
-            parameters = {part[1:-1]: segment for part, segment in zip(parts, segments) if part.startswith("{")}
+        if all(part == segment or part.startswith("{") for part, segment in zip(parts, segments, strict=True)):
+            parameters = {
+                part[1:-1]: segment for part, segment in zip(parts, segments, strict=True) if part.startswith("{")
+            }
             candidates.append((len(parameters), resource, parameters))
     assert candidates, f"no route for {path}"
     _, resource, parameters = min(candidates)

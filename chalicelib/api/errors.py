@@ -16,7 +16,7 @@ class ApiError(ChaliceUnhandledError):
     Chalice lets ChaliceUnhandledError through to the middleware, which answers it.
     """
 
-    def __init__(self, status: int, message: str, headers: dict = None):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -27,7 +27,7 @@ class ApiError(ChaliceUnhandledError):
         return error_response(self.status, self.message, self.headers)
 
 
-def error_response(status: int, message: str, headers: dict = None) -> Response:
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
     """A response with the seed's error body and HTTP status `status`."""
     return Response(
         body={"error": {"status": status, "message": message}},

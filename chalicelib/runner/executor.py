@@ -159,7 +159,7 @@ class RunExecutor:
         fails a run."""
         try:
             self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
-        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
+        except Exception:  # the run's outcome and output are what must be recorded
             log.warning("could not store the final log at %s", key, exc_info=True)
 
     def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:

@@ -13,6 +13,7 @@ the run, e.g. the Fargate task's ARN) and `stop(run)` (a cancel's backstop).
 """
 
 import json
+from collections.abc import Sequence
 
 LAMBDA, FARGATE, LOCAL = "lambda", "fargate", "local"
 
@@ -54,8 +55,8 @@ class FargateDispatcher:
         cluster: str,
         task_definition: str,
         container: str,
-        subnets: list,
-        security_groups: list,
+        subnets: Sequence[str],
+        security_groups: Sequence[str],
         assign_public_ip: bool,
     ):
         self._ecs = ecs_client
@@ -97,7 +98,10 @@ class EngineRouter:
 
     def __init__(self, on_lambda: LambdaDispatcher, on_fargate: FargateDispatcher, lambda_limit: float):
         self._on_lambda = on_lambda
-        self._by_engine = {on_lambda.engine: on_lambda, on_fargate.engine: on_fargate}
+        self._by_engine: dict[str | None, LambdaDispatcher | FargateDispatcher] = {
+            on_lambda.engine: on_lambda,
+            on_fargate.engine: on_fargate,
+        }
         self._lambda_limit = lambda_limit
         self.engine = on_lambda.engine
 

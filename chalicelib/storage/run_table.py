@@ -176,12 +176,14 @@ class RunTable:
         page = self._table.query(**query)
         return page["Items"], page.get("LastEvaluatedKey")
 
-    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
+    def delete(
+        self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: Optional[dict] = None
+    ) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
         active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
         that notebook's `runs_kept`. A run whose status changes meanwhile is read again.
         `read`: every one of these runs as just read (run id -> item), for first attempts."""
-        attempted = set()
+        attempted: set[str] = set()
 
         def build(chunk):  # reads the runs each time: a run's status is the condition on its delete
             run_ids = [pointer["run_id"] for pointer in chunk]
