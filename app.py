@@ -13,8 +13,8 @@ from chalicelib import services
 from chalicelib.api import openapi, payloads, responses, web
 from chalicelib.api.errors import NOTEBOOK_ID_MISSING, bad_request
 from chalicelib.common.config import Settings
+from chalicelib.common.errors import SandboxError
 from chalicelib.dashboard import assets
-from chalicelib.runner.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
 app.register_middleware(web.handle, "http")

@@ -33,7 +33,7 @@ import threading
 from concurrent.futures import Future
 from urllib.parse import unquote
 
-from chalicelib.runner.sandbox import SandboxError
+from chalicelib.common.errors import SandboxError
 from devstack.credentials import CredentialGuard, receive_secrets, send_secrets, split_environment
 
 log = logging.getLogger(__name__)

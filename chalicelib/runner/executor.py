@@ -20,6 +20,7 @@ from chalicelib.runs.log import LiveLog, capped, log_key, log_text
 from chalicelib.runs.outputs import fit_output
 from chalicelib.runs.records import CANCELLED, FAILED, SUCCEEDED, RunRecords
 from chalicelib.runs.service import SCHEDULE
+from chalicelib.runs.webhooks import DELIVER_EVENT as DELIVER_WEBHOOK_EVENT
 from chalicelib.schedules.scheduler import REMOVE_RULES_EVENT
 from chalicelib.storage.files import notebook_key, output_key
 
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 
 # How often a runner looks for a cancel request while its run executes.
 CANCEL_POLL_SECONDS = 2.0
-# The runner function's event for a webhook delivery of a run that ended in the API (runs/webhooks.py).
-DELIVER_WEBHOOK_EVENT = "deliver_webhook"
 
 
 class RunExecutor:

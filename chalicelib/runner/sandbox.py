@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from chalicelib.common.errors import SandboxError
+
 _PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _SWEEP_SECONDS = 10.0
@@ -224,10 +226,6 @@ def pid_namespace_prefix() -> list:
         except (OSError, subprocess.SubprocessError):
             _pid_namespace_usable = False
     return list(_PID_NAMESPACE) if _pid_namespace_usable else []
-
-
-class SandboxError(Exception):
-    """What a run left could not be removed: the process must not run another notebook."""
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -50,13 +50,15 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from chalicelib.api.errors import NOTEBOOK_ID_INVALID, ApiError, bad_request
-from chalicelib.runner.executor import DELIVER_WEBHOOK_EVENT as DELIVER_EVENT
 from chalicelib.runs.records import FINAL
 from chalicelib.runs.service import run_view
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("succeeded", "failed", "cancelled")
+# The runner function's event for the delivery of a run that ended in the API (the runner
+# executes runs; the API hands it their deliveries too, chalicelib.runner.executor).
+DELIVER_EVENT = "deliver_webhook"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 MAX_URL_LENGTH = 2048
 MAX_SECRET_LENGTH = 256
