@@ -337,6 +337,7 @@ def smoke(url: str, password: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.stack
 def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
     state = state_folder()
     stack = RunningStack(state, free_port()).started()

@@ -50,6 +50,8 @@ from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
 from devstack.embedded_aws import EmbeddedAws as GuardedMoto
 from devstack.state import StateFolder
 
+pytestmark = pytest.mark.sim
+
 HERE = Path(__file__).resolve().parent
 STACK = "notebooks-sim"
 STAGE = "sim"
@@ -386,6 +388,14 @@ def packaged(request, built):
     if request.param == "zip":
         return zip_files(built.zipped), package.ZIP_REQUIREMENTS
     return tree_files(built.image_task), package.IMAGE_REQUIREMENTS
+
+
+def test_the_package_holds_app_and_chalicelib_and_nothing_of_the_dev_stack_deploy_or_tests(packaged, built):
+    files, _ = packaged
+    assert "app.py" in files and "chalicelib/services.py" in files
+    assert package.unshipped(files) == []
+    for artifact in (built.zipped, built.image_task):
+        package.check_contents(artifact)  # as `make package` checks it
 
 
 def _pins(text: str) -> dict:
