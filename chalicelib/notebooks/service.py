@@ -34,7 +34,7 @@ from chalicelib.storage.files import notebook_key
 from chalicelib.storage.notebook_table import scheduled_until
 from chalicelib.storage.tables import NOTEBOOK_PREFIX, Conflict, NameTaken
 
-_UNSCHEDULED = {"period": None, "until": None, "time": None}
+_UNSCHEDULED: dict = {"period": None, "until": None, "time": None}
 _RENAME_ATTEMPTS = 5
 _DEFAULT_NAME_ATTEMPTS = 50
 

@@ -21,7 +21,7 @@ from chalicelib.storage.tables import (
 )
 
 
-def owner_status(owner: str, status: str) -> str:
+def owner_status(owner: Optional[str], status: str) -> str:
     """The key of the runs index by owner and status."""
     if owner is None:
         raise ValueError("a run's status changes only with its owner known")
