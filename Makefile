@@ -10,7 +10,7 @@ AWS_PORT ?= 8001
 LAMBDA_PORT ?= 8002
 STAMP := $(VENV)/.installed
 
-.PHONY: dev dev-reset aws api test browser bench venv constraints clean package smoke
+.PHONY: dev dev-reset aws api lint test test-fast browser bench venv constraints clean package smoke
 
 # A venv of another Python (an older checkout's) is made again.
 ifneq ($(shell $(VENV)/bin/python -c 'import sys; print(sys.version_info[:2] == (3, 13))' 2>/dev/null),True)
@@ -48,8 +48,27 @@ aws: $(STAMP)
 api: $(STAMP)
 	$(VENV)/bin/python -m devstack.chalice_local local --stage local --port $(PORT)
 
-test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest
+# Ruff (lint and format), mypy on what ships, and the import contracts (pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy chalicelib
+	$(VENV)/bin/lint-imports
+
+# The suite on $(TEST_WORKERS) processes (pytest-xdist), each test file on one of them, so a
+# file's module-scoped fixtures (a local stack, a built package) start once.
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+# The slow tiers (pyproject.toml's markers): the Lambda simulation, schemathesis, local stacks.
+SLOW_TIERS := sim or fuzz or stack
+
+# The whole suite, after the lint: what CI runs (.ci/run).
+test: lint browser
+	$(PYTEST)
+
+# Everything but the slow tiers, while editing.
+test-fast: $(STAMP) browser
+	$(PYTEST) -m "not ($(SLOW_TIERS))"
 
 # Headless Chromium for the dashboard's browser test (tests/test_dashboard.py): Debian's, as
 # Playwright's own builds cannot be downloaded everywhere. Installed when missing and we are root.
@@ -77,7 +96,7 @@ smoke: $(STAMP)
 constraints: $(STAMP)
 	{ echo "# Exact versions of everything installed, transitive dependencies included (pip freeze)."; \
 	  echo "# Regenerate after changing a requirements file: make constraints"; \
-	  $(VENV)/bin/pip freeze --exclude pip; } > constraints.txt
+	  $(VENV)/bin/pip freeze --exclude pip --exclude notebooks-client; } > constraints.txt
 
 clean:
 	rm -rf $(VENV)

@@ -22,9 +22,8 @@ from chalicelib.api.requests import (
     WebhookRequest,
 )
 from chalicelib.common.config import Settings
-from chalicelib.common.errors import NOTEBOOK_ID_MISSING, InvalidInput
+from chalicelib.common.errors import NOTEBOOK_ID_MISSING, InvalidInput, SandboxError
 from chalicelib.dashboard import assets
-from chalicelib.runner.sandbox import SandboxError
 
 app = Chalice(app_name="notebooks")
 app.register_middleware(web.handle, "http")

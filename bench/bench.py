@@ -35,10 +35,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import state_restore  # noqa: E402  (bench/ is on the path: bench/bench.py runs as a script)
-from init_time import report_init_times  # noqa: E402
+import state_restore
+from init_time import report_init_times
 
-from devstack.stack import free_port  # noqa: E402
+from devstack.stack import free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "9"))
 BATCH = 20

@@ -31,19 +31,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import boto3  # noqa: E402
-import botocore.client  # noqa: E402
-import requests  # noqa: E402
-from chalice.test import Client  # noqa: E402
-from moto import mock_aws  # noqa: E402
-from moto.core.botocore_stubber import BotocoreStubber  # noqa: E402
+import boto3
+import botocore.client
+import requests
+from chalice.test import Client
+from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
 
-from chalicelib import services  # noqa: E402
-from chalicelib.common import batches  # noqa: E402
-from chalicelib.common.config import Settings  # noqa: E402
-from devstack import embedded_aws  # noqa: E402
-from devstack.stack import provision  # noqa: E402
-from tests.helpers import AwsCalls, seed_notebooks  # noqa: E402
+from chalicelib import services
+from chalicelib.common import batches
+from chalicelib.common.config import Settings
+from devstack import embedded_aws
+from devstack.stack import provision
+from tests.helpers import AwsCalls, seed_notebooks
 
 BASE = "/_notebooks/notebooks"
 UNTIL = "2099-03-01 09:15"

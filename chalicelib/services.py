@@ -5,6 +5,7 @@ Nothing is built at import time, so tests and the local stack set the environmen
 """
 
 import threading
+from typing import TYPE_CHECKING
 
 from chalicelib.auth.logins import Authenticator, LoginThrottle
 from chalicelib.auth.users import UserStore
@@ -12,8 +13,6 @@ from chalicelib.common import aws
 from chalicelib.common.config import LAMBDA_RUN_LIMIT, Settings
 from chalicelib.common.model import Engine
 from chalicelib.notebooks.service import NotebookService
-from chalicelib.runner import sandbox
-from chalicelib.runner.executor import RunExecutor
 from chalicelib.runs.dispatch import RunDispatch
 from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateDispatcher, LambdaDispatcher
 from chalicelib.runs.records import RunRecords
@@ -26,6 +25,9 @@ from chalicelib.schedules.scheduler import Scheduler
 from chalicelib.storage.files import NotebookFiles
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.run_table import RunTable
+
+if TYPE_CHECKING:
+    from chalicelib.runner.executor import RunExecutor
 
 
 class Services:
@@ -74,7 +76,7 @@ class Services:
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
-        self._runner_executor = None
+        self._runner_executor: "RunExecutor | None" = None
 
     def runner_arn(self) -> str:
         """The runner function's ARN, the target of schedule rules."""
@@ -85,7 +87,7 @@ class Services:
             )
         return self._runner_arn
 
-    def runner_executor(self) -> RunExecutor:
+    def runner_executor(self) -> "RunExecutor":
         """The executor of this process, a Lambda container or a local Lambda worker: one
         per process, since its runner ends every process a run leaves below this one.
 
@@ -93,10 +95,9 @@ class Services:
         credentials or settings through /proc or attach to it.
         """
         if self._runner_executor is None:
-            from chalicelib.runner.notebook_runner import (  # the API function never loads them
-                NotebookRunner,
-                prepare_lambda_environment,
-            )
+            # Imported here: the API function never loads the runner (pyproject.toml's import contract).
+            from chalicelib.runner import sandbox
+            from chalicelib.runner.notebook_runner import NotebookRunner, prepare_lambda_environment
 
             shared_tmp = prepare_lambda_environment()  # before the first kernel: only /tmp is writable
             sandbox.forbid_inspection()
@@ -109,8 +110,10 @@ class Services:
             self._runner_executor = self.executor_on(runner)
         return self._runner_executor
 
-    def executor_on(self, runner) -> RunExecutor:
+    def executor_on(self, runner) -> "RunExecutor":
         """A RunExecutor of these services that executes runs on `runner` (runner.NotebookRunner)."""
+        from chalicelib.runner.executor import RunExecutor  # as above: only where runs execute
+
         return RunExecutor(
             self.records, self.run_dispatch, self.webhooks, self.files, self.scheduler, self.schedule_rules, runner
         )
@@ -123,12 +126,13 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     if settings.local_stack:
         return LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=Engine.LOCAL)
     on_lambda = LambdaDispatcher(aws.client("lambda", region), settings.runner_function, engine=Engine.LAMBDA)
-    if not settings.fargate:
+    cluster, task_definition = settings.ecs_cluster, settings.ecs_task_definition
+    if not settings.fargate or cluster is None or task_definition is None:
         return on_lambda
     on_fargate = FargateDispatcher(
         aws.client("ecs", region),
-        settings.ecs_cluster,
-        settings.ecs_task_definition,
+        cluster,
+        task_definition,
         settings.ecs_container,
         settings.ecs_subnets,
         settings.ecs_security_groups,

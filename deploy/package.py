@@ -71,6 +71,9 @@ RUNNER_REQUIREMENTS = ("requirements-runner.txt",)
 IMAGE_REQUIREMENTS = ZIP_REQUIREMENTS + RUNNER_REQUIREMENTS
 IMAGE_TASK = "task"  # the Dockerfile copies this folder of the context into /var/task
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+# This repository's packages that never ship: the local stack, the template generator and
+# smoke test, the tests and the benchmarks. (Only a top-level name counts: numpy/tests/ is numpy's.)
+NOT_SHIPPED = ("devstack", "deploy", "tests", "bench")
 
 
 def _compile(folder: Path) -> None:
@@ -242,15 +245,42 @@ def size_report(package: Path) -> str:
     )
 
 
+def unshipped(names) -> list:
+    """The paths among `names` (relative to a package's root) of a module of NOT_SHIPPED."""
+    return [name for name in names if name.split("/")[0].removesuffix(".py") in NOT_SHIPPED]
+
+
+def check_contents(package: Path) -> None:
+    """Refuse a package (.zip, or the image's task tree) that holds a module of NOT_SHIPPED,
+    naming the first such file (SystemExit: `make package` fails)."""
+    if package.is_dir():
+        names = [path.relative_to(package).as_posix() for path in package.rglob("*") if path.is_file()]
+    else:
+        with zipfile.ZipFile(package) as archive:
+            names = archive.namelist()
+    found = unshipped(names)
+    if found:
+        raise SystemExit(
+            f"{package} holds {found[0]} ({len(found)} file(s) of {', '.join(NOT_SHIPPED)}), which must not ship"
+        )
+
+
 def build(out: Path = BUILD) -> tuple:
     """(template, package, image task tree): everything `sam build` and `sam deploy`
-    need, in `out`."""
+    need, in `out`. Either package holding a module that must not ship fails the build
+    (check_contents) and is removed."""
     template, code = chalice_package(out)
     _compile(code)
     runtime = dependencies(ZIP_REQUIREMENTS)
     package = write_package(out, code, runtime)
     task = write_image_tree(out, code, [runtime, dependencies(RUNNER_REQUIREMENTS)])
     shutil.rmtree(code)
+    for built, remove in ((package, package.unlink), (task, lambda: shutil.rmtree(task))):
+        try:
+            check_contents(built)
+        except SystemExit:
+            remove()
+            raise
     return template, package, task
 
 
@@ -267,7 +297,7 @@ def main(argv=None) -> int:
     print(f"{template}: the stack's template (SAM)")
     print(f"{package}: {size_report(package)}")
     print(
-        f"{task}: the runner image's /var/task, {tree_size(task) / _MB:.0f} MB "
+        f"{task}: the runner image's /var/task, {tree_size(task) / _MB:.0f} MB unpacked "
         f"(a Lambda image may be {IMAGE_LIMIT_GB} GB); `sam build` builds the image"
     )
     if sizes(package)[1] > UNZIPPED_LIMIT_MB * _MB:

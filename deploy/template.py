@@ -575,8 +575,10 @@ def image_runner(template: dict) -> dict:
     return template
 
 
-def merge_template(settings: Settings = Settings()) -> dict:
-    """The CloudFormation fragment to merge into Chalice's template."""
+def merge_template(settings: Settings | None = None) -> dict:
+    """The CloudFormation fragment to merge into Chalice's template (`settings`: read from the
+    environment when the fragment is made, not when this module is imported)."""
+    settings = settings or Settings()
     notebooks, runs, users = (_table(d) for d in table_definitions(settings))
     # Run tokens (token#... items) and failed-login windows expire by themselves.
     for table in (notebooks, users):

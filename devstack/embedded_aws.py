@@ -302,7 +302,7 @@ class EmbeddedAws:
         while not self._stop.wait(SNAPSHOT_SECONDS):
             try:
                 self.snapshot()
-            except Exception:  # noqa: BLE001 - the next tick tries again
+            except Exception:  # the next tick tries again
                 log.exception("embedded AWS: snapshot failed")
 
     def stop(self) -> None:

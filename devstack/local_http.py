@@ -98,7 +98,7 @@ def request_handler(max_body_bytes: int):
                 try:
                     size = int(self.rfile.readline(1024).split(b";")[0].strip(), 16)
                 except ValueError:
-                    raise _Refused(400, "Malformed chunked request body")
+                    raise _Refused(400, "Malformed chunked request body") from None
                 if size == 0:
                     while self.rfile.readline(65536).strip():
                         pass  # trailers

@@ -33,7 +33,7 @@ import threading
 from concurrent.futures import Future
 from urllib.parse import unquote
 
-from chalicelib.runner.sandbox import SandboxError
+from chalicelib.common.errors import SandboxError
 from devstack.credentials import CredentialGuard, receive_secrets, send_secrets, split_environment
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _work(results_fd: int) -> None:
                 unfit = False
                 try:
                     outcome = [True, executor.handle(event)]
-                except Exception as error:  # noqa: BLE001 - reported as Lambda reports a handler's error
+                except Exception as error:  # reported as Lambda reports a handler's error
                     log.exception("local runner failed on %s", event)
                     outcome = [False, {"errorMessage": str(error), "errorType": type(error).__name__}]
                     unfit = isinstance(error, SandboxError)

@@ -76,7 +76,7 @@ def check_invariants(settings, settled: bool = False) -> None:
         assert owners and owners[0].get("schedule"), f"rule {name} without a stored schedule"
         assert rule["ScheduleExpression"] == owners[0]["schedule"]["expression"], f"rule {name} is stale"
         assert [target["Id"] for target in events.list_targets_by_rule(Rule=name)["Targets"]] == ["runner"]
-    for (owner, notebook_id), row in live.items():
+    for (_owner, notebook_id), row in live.items():
         if row.get("schedule"):
             assert settings.rule_prefix + notebook_id in rules, f"stored schedule of {notebook_id} without a rule"
     counted = {}

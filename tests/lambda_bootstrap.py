@@ -47,7 +47,7 @@ def main() -> None:
     module_name, handler_name = os.environ["_HANDLER"].rsplit(".", 1)
     try:
         handler = getattr(importlib.import_module(module_name), handler_name)
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported as Lambda reports an init error
         print(json.dumps({"init_error": traceback.format_exc()}), file=answers, flush=True)
         return
     print(
@@ -64,7 +64,7 @@ def main() -> None:
     for line in sys.stdin:
         try:
             answer = {"result": handler(json.loads(line), Context(timeout))}
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - reported as Lambda reports a handler's error
             answer = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}
         print(json.dumps(answer, default=str), file=answers, flush=True)
 

@@ -14,7 +14,7 @@ def seed_shaped_errors(ctx, response, case):
     try:
         body = json.loads(response.content)
     except ValueError:
-        raise AssertionError(f"{response.status_code} answer is not JSON: {response.content[:200]!r}")
+        raise AssertionError(f"{response.status_code} answer is not JSON: {response.content[:200]!r}") from None
     error = body.get("error") if isinstance(body, dict) else None
     if not (
         isinstance(error, dict)

@@ -68,7 +68,10 @@ def test_a_running_run_is_cancelled_within_seconds_and_keeps_its_output_so_far(a
 
 def test_a_cell_that_ignores_the_interrupt_is_killed(api, dispatched, executor, monkeypatch):
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)  # answer at once; the test waits
-    stubborn = "import time\nwhile True:\n    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n        print('ignored')"
+    stubborn = (
+        "import time\nwhile True:\n"
+        "    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n        print('ignored')"
+    )
     run_id = start_run(api, stubborn, "print('after')")
     worker = run_in_background(executor, dispatched)
     wait_for(api, run_id, lambda run: run["status"] == "running")

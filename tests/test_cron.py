@@ -5,6 +5,7 @@ calendar (datetime.weekday() of real dates), never against the code's own tables
 """
 
 import dataclasses
+import itertools
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -669,7 +670,7 @@ def test_a_year_of_weekly_firings_runs_once_a_week_at_the_local_minute(zone, per
         else:  # skipped that night: the first minute after the gap, as the offset before it gives
             assert local_hhmm(occurrence, zone) > hhmm, local
     # Consecutive runs are a week apart, give or take the DST shift.
-    assert all(abs(b - a - timedelta(days=7)) <= timedelta(hours=1) for a, b in zip(ran, ran[1:]))
+    assert all(abs(b - a - timedelta(days=7)) <= timedelta(hours=1) for a, b in itertools.pairwise(ran))
     utc_times = {occurrence.strftime("%H:%M") for occurrence in ran}
     assert len(utc_times) == (1 if zone.startswith("Asia/") else 2)
     assert len(list(cron_times(expression, YEAR_START, YEAR_END))) > len(ran) or len(utc_times) == 1

@@ -202,6 +202,7 @@ class Watched:
             self.page.screenshot(path=os.path.join(folder, f"dashboard-{name}.png"), full_page=True)
 
 
+@pytest.mark.stack
 def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
     from playwright.sync_api import expect
 
@@ -317,6 +318,7 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         context.close()
 
 
+@pytest.mark.stack
 def test_a_log_too_large_for_a_response_is_a_link_and_such_an_output_its_reason(small_responses_stack, chromium):
     from playwright.sync_api import expect
 

@@ -168,7 +168,7 @@ def test_the_bucket_is_encrypted_private_and_refuses_plain_http(resources):
 
 
 def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resources):
-    for logical_id, definition in zip(DATA_TABLES, table_definitions(Settings())):
+    for logical_id, definition in zip(DATA_TABLES, table_definitions(Settings()), strict=True):
         table = resources[logical_id]
         assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
         properties = table["Properties"]
@@ -350,6 +350,7 @@ def smoke(url: str, password: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.stack
 def test_make_smoke_passes_against_the_local_stack_and_fails_where_a_check_fails():
     state = state_folder()
     stack = RunningStack(state, free_port()).started()
@@ -491,7 +492,10 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
         "events:RemoveTargets",
     ):
         assert allowed(resources, "RunnerTaskRole", action) == []
-    may = lambda action: allowed(resources, "RunnerTaskExecutionRole", action)  # noqa: E731
+
+    def may(action):
+        return allowed(resources, "RunnerTaskExecutionRole", action)
+
     assert (
         may("ecr:BatchGetImage")
         == may("ecr:GetDownloadUrlForLayer")

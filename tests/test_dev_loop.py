@@ -117,6 +117,7 @@ def stack():
     remove_state(state)
 
 
+@pytest.mark.stack
 def test_a_run_timeout_given_to_make_dev_reaches_the_runs(stack):
     created = requests.post(f"{stack.url}{BASE}", json={"content": code_notebook("1 + 1")}, auth=ADMIN).json()
     runs = requests.post(
@@ -146,6 +147,7 @@ def _answers(stack) -> bool:
         return False
 
 
+@pytest.mark.stack
 def test_build_churn_neither_restarts_nor_stops_the_api(stack):
     workers = _api_workers(stack)
     assert len(workers) == 1, workers

@@ -91,6 +91,7 @@ def quickstart_script(heading: str = "Quickstart", path: str = os.path.join(ROOT
     return "\n".join(blocks)
 
 
+@pytest.mark.stack
 def test_the_quickstart_works_when_pasted():
     """Every shell block of the Quickstart, but `make dev` (the stack is started here, on
     a free port), through bash against the stack; then the run it made succeeded."""

@@ -206,6 +206,6 @@ def test_answers_with_binary_and_nested_values_are_moto_s_own(ddb, monkeypatch):
         ddb.batch_get_item(RequestItems={"t": {"Keys": keys}}),
         ddb.scan(TableName="t"),
     )
-    for mine, moto_s in zip(ours, theirs):
+    for mine, moto_s in zip(ours, theirs, strict=True):
         mine.pop("ResponseMetadata"), moto_s.pop("ResponseMetadata")
         assert mine == moto_s

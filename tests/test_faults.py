@@ -134,7 +134,7 @@ def test_every_aws_call_of_an_api_operation_failed_in_turn(api, faults, operatio
         check_invariants(service.settings)
         if is_unlock(failed_call):  # the lock is held until its lease ends: repeat after it
             lease_ended = time.time() + schedule_locks.LOCK_LEASE_MS / 1000
-            service.scheduler._clock = service.scheduler._locks._clock = lambda: lease_ended
+            service.scheduler._clock = service.scheduler._locks._clock = lambda at=lease_ended: at
         repeated = api.call(method, path, body)
         service.scheduler._clock = service.scheduler._locks._clock = time.time
         assert 200 <= repeated.status_code < 300, (operation, k, "the repeat failed", repeated.body)

@@ -54,6 +54,7 @@ def answered_requests(stack) -> int:
     return sum('"duration_ms"' in line for line in list(stack.lines))
 
 
+@pytest.mark.fuzz
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(fuzzed_stack, tmp_path):
     """Every check but the two that contradict the seed's contract: positive data
     acceptance (the seed answers an unknown id with 400, not 404) and negative data
@@ -113,6 +114,7 @@ def test_every_route_but_the_openapi_document_needs_credentials():
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "FOO"])
+@pytest.mark.stack
 def test_methods_the_server_does_not_know_are_405_in_the_seed_shape(fuzzed_stack, method):
     response = requests.request(method, fuzzed_stack.url + BASE + "/_count", auth=ADMIN)
     assert response.status_code == 405 and response.json() == {
@@ -121,6 +123,7 @@ def test_methods_the_server_does_not_know_are_405_in_the_seed_shape(fuzzed_stack
     assert "GET" in response.headers["Allow"]
 
 
+@pytest.mark.stack
 def test_methods_a_route_does_not_take_are_405_in_the_seed_shape(fuzzed_stack):
     document = requests.get(fuzzed_stack.url + OPENAPI_PATH).json()
     tried = 0
@@ -134,6 +137,7 @@ def test_methods_a_route_does_not_take_are_405_in_the_seed_shape(fuzzed_stack):
     assert tried > 20
 
 
+@pytest.mark.stack
 def test_oversized_request_lines_and_headers_are_414_and_431_in_the_seed_shape(fuzzed_stack):
     auth = b"Authorization: Basic " + base64.b64encode(b"admin:admin") + b"\r\n"
     cases = [
@@ -164,6 +168,7 @@ def test_oversized_request_lines_and_headers_are_414_and_431_in_the_seed_shape(f
         assert json.loads(body)["error"]["status"] == status
 
 
+@pytest.mark.stack
 def test_a_body_over_the_limit_is_a_413_the_client_reads(fuzzed_stack):
     """12 MB sent whole before the answer is read: urllib and requests both get the 413."""
     url, body = fuzzed_stack.url + BASE + "/", b"x" * 12_000_000
@@ -178,6 +183,7 @@ def test_a_body_over_the_limit_is_a_413_the_client_reads(fuzzed_stack):
     assert requests.get(fuzzed_stack.url + BASE + "/_count", auth=ADMIN).status_code == 200  # still serving
 
 
+@pytest.mark.stack
 def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
     """Over HTTP, with real threads, RACE_TRIES times: whichever wins, no file outlives
     its notebook, and the PUT answers success or `Notebook ID invalid.`."""
@@ -195,15 +201,15 @@ def test_a_content_put_racing_a_delete_never_leaves_a_file(fuzzed_stack):
         notebook_id = requests.post(url + BASE + "/", auth=eve).json()["notebook_id"]
         start = threading.Barrier(2)
 
-        def put():
+        def put(start, notebook_id):
             start.wait()
             answers.append(requests.put(f"{url}{BASE}/{notebook_id}/content", auth=eve, json=content).json())
 
-        def delete():
+        def delete(start, notebook_id):
             start.wait()
             deletes.append(requests.delete(url + BASE + "/", auth=eve, json={"nbk_ids": [notebook_id]}).json())
 
-        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
+        threads = [threading.Thread(target=task, args=(start, notebook_id)) for task in (put, delete)]
         for thread in threads:
             thread.start()
         for thread in threads:

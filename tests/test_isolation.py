@@ -55,7 +55,8 @@ def report(execution) -> dict:
 
 ATTACK = r"""
 import json, os, subprocess, sys, time
-planted_code = f"print('PLANTED'); open({os.path.join(outside, 'startup-ran')!r}, 'a').write(repr(In) if 'In' in dir() else 'ran')"
+planted_code = (f"print('PLANTED'); open({os.path.join(outside, 'startup-ran')!r}, 'a')"
+                ".write(repr(In) if 'In' in dir() else 'ran')")
 ipython_dirs = {os.environ["IPYTHONDIR"], os.path.expanduser("~/.ipython"), os.path.join(shared, "ipython"),
                 os.path.join(shared, ".ipython")}
 for base in ipython_dirs:

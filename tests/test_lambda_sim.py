@@ -55,6 +55,8 @@ from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
 from devstack.embedded_aws import EmbeddedAws as GuardedMoto
 from devstack.state import StateFolder
 
+pytestmark = pytest.mark.sim
+
 HERE = Path(__file__).resolve().parent
 STACK = "notebooks-sim"
 STAGE = "sim"
@@ -209,7 +211,8 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
         "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
-        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+        "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib"
+        ":/var/task:/var/task/lib:/opt/lib",
         "PYTHONPATH": "/var/runtime",
         # A .zip function's handler, or an image function's command (the Dockerfile's CMD).
         "_HANDLER": properties.get("Handler") or properties["ImageConfig"]["Command"][0],
@@ -303,8 +306,10 @@ def route_of(template: dict, path: str) -> tuple:
         parts = resource.split("/")
         if len(parts) != len(segments):
             continue
-        if all(part == segment or part.startswith("{") for part, segment in zip(parts, segments)):
-            parameters = {part[1:-1]: segment for part, segment in zip(parts, segments) if part.startswith("{")}
+        if all(part == segment or part.startswith("{") for part, segment in zip(parts, segments, strict=True)):
+            parameters = {
+                part[1:-1]: segment for part, segment in zip(parts, segments, strict=True) if part.startswith("{")
+            }
             candidates.append((len(parameters), resource, parameters))
     assert candidates, f"no route for {path}"
     _, resource, parameters = min(candidates)
@@ -388,6 +393,14 @@ def packaged(request, built):
     if request.param == "zip":
         return zip_files(built.zipped), package.ZIP_REQUIREMENTS
     return tree_files(built.image_task), package.IMAGE_REQUIREMENTS
+
+
+def test_the_package_holds_app_and_chalicelib_and_nothing_of_the_dev_stack_deploy_or_tests(packaged, built):
+    files, _ = packaged
+    assert "app.py" in files and "chalicelib/services.py" in files
+    assert package.unshipped(files) == []
+    for artifact in (built.zipped, built.image_task):
+        package.check_contents(artifact)  # as `make package` checks it
 
 
 def _pins(text: str) -> dict:

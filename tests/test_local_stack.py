@@ -82,6 +82,7 @@ def snapshot_of(url: str, notebook_ids, run_id) -> dict:
     }
 
 
+@pytest.mark.stack
 def test_state_survives_a_clean_stop_and_a_kill_9_and_schedules_still_fire(state, launched):
     """Notebooks, a run and its output, a schedule and a user, through a Ctrl-C and a
     restart, then a kill -9 of every process of the stack and a restart; a run in flight
@@ -187,6 +188,7 @@ def answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.stack
 def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state(tmp_path, launched):
     """`make aws`, then `chalice local --stage local` in (a copy of) the project: the
     seed's samples as written, then an edit to app.py reloads the app, and a notebook
@@ -250,6 +252,7 @@ def test_chalice_local_answers_the_seed_samples_and_reloads_without_losing_state
     assert running_stack(state) is None
 
 
+@pytest.mark.stack
 def test_chalice_local_starts_a_stack_when_none_runs_and_it_stops_with_chalice_local(state, tmp_path, launched):
     project = project_copy(str(tmp_path))
     server = chalice_local(launched, project, state, free_port())

@@ -14,6 +14,9 @@ from chalicelib.storage.files import notebook_key
 from tests.conftest import basic, error
 from tests.helpers import leftovers, stored_state
 
+# A well-formed id no notebook has; fixed, so that every pytest-xdist worker collects the same tests.
+UNKNOWN_ID = "0b6c3a52-8e1f-4d7a-9b2e-5f4c1d0e9a87"
+
 BASE = "/_notebooks/notebooks"
 DEFAULT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}_admin(_\d+)?\.ipynb$")
 
@@ -228,7 +231,7 @@ def test_unicode_names_work_end_to_end(api):
     assert api.call("POST", BASE, {"notebook_name": "U\u0308nïcødé ✓"}).status_code == 409
 
 
-@pytest.mark.parametrize("notebook_id", [str(uuid.uuid4()), "not-a-uuid", "..%2F.."])
+@pytest.mark.parametrize("notebook_id", [UNKNOWN_ID, "not-a-uuid", "..%2F.."])
 def test_rename_unknown_id(api, notebook_id):
     assert error(api.call("PUT", f"{BASE}/{notebook_id}", {"new_name": "x"})) == (400, "No Notebook found")
 
@@ -258,7 +261,7 @@ def test_rename_racing_another_rename_rereads_and_never_shares_a_name(stack, mon
 # --- Fetch, List, Count ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("notebook_id", [str(uuid.uuid4()), "nope", "1" * 300])
+@pytest.mark.parametrize("notebook_id", [UNKNOWN_ID, "nope", "1" * 300])
 def test_fetch_unknown_or_malformed_id(api, notebook_id):
     assert error(api.call("GET", f"{BASE}/{notebook_id}")) == (400, "Notebook ID invalid.")
 

@@ -88,6 +88,7 @@ def local_stack(running_stack):
     return running_stack.url, running_stack.process
 
 
+@pytest.mark.stack
 def test_local_stack_serves_the_api_over_http(local_stack):
     url, _ = local_stack
     admin = ("admin", "admin")
@@ -109,6 +110,7 @@ def test_local_stack_serves_the_api_over_http(local_stack):
     assert unknown.status_code == 404 and unknown.json()["error"]["status"] == 404
 
 
+@pytest.mark.stack
 def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
     url, _ = local_stack
     admin = ("admin", "admin")
@@ -133,12 +135,14 @@ def test_local_stack_runs_the_seed_run_sample_as_written(local_stack):
     assert "ran in the local stack" in page.text and "sandbox" in page.headers["Content-Security-Policy"]
 
 
+@pytest.mark.stack
 def test_local_stack_serves_openapi_without_credentials(local_stack):
     url, _ = local_stack
     document = requests.get(url + "/_notebooks/openapi.json").json()
     assert document["openapi"].startswith("3.") and BASE + "/_run" in document["paths"]
 
 
+@pytest.mark.stack
 def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
     """Many creates at once (many in one second), then many renames to one name."""
     url, _ = local_stack
@@ -162,6 +166,7 @@ def test_local_stack_keeps_names_unique_under_concurrent_requests(local_stack):
     requests.delete(url + BASE + "/", auth=admin, json={"nbk_ids": ids})
 
 
+@pytest.mark.stack
 def test_local_stack_answers_a_burst_of_clients(local_stack):
     url, _ = local_stack
     with ThreadPoolExecutor(48) as pool:
@@ -185,6 +190,7 @@ def raw_http(url, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.stack
 def test_local_stack_refuses_oversized_and_malformed_lengths_in_the_seed_shape(local_stack):
     url, _ = local_stack
     auth = base64.b64encode(b"admin:admin")
@@ -195,6 +201,7 @@ def test_local_stack_refuses_oversized_and_malformed_lengths_in_the_seed_shape(l
     assert bogus.startswith(b"HTTP/1.1 400") and b'"status":400' in bogus
 
 
+@pytest.mark.stack
 def test_local_stack_reads_chunked_bodies(local_stack):
     url, _ = local_stack
     admin = ("admin", "admin")
@@ -203,6 +210,7 @@ def test_local_stack_reads_chunked_bodies(local_stack):
     assert created.json()["notebook_name"] == "chunked.ipynb"
 
 
+@pytest.mark.stack
 def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_requests(running_stack):
     """Schedules and unschedules of the same notebooks at once: afterwards a notebook reads
     Scheduled exactly when its EventBridge rule exists."""
@@ -230,6 +238,7 @@ def test_local_stack_keeps_rules_and_schedules_together_under_concurrent_request
     assert not [r for r in events.list_rules(NamePrefix="notebooks-")["Rules"] if r["Name"][10:] in ids]
 
 
+@pytest.mark.stack
 def test_local_stack_hands_the_rules_of_a_large_delete_to_its_runner(running_stack):
     """Past the 100 rules a Delete removes itself, the rest go to the local runner
     function, which removes them just after the answer."""
@@ -253,6 +262,7 @@ def test_local_stack_hands_the_rules_of_a_large_delete_to_its_runner(running_sta
     assert rules_left() == 0
 
 
+@pytest.mark.stack
 def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_stack):
     """The API's runs go through the local Lambda's Invoke API (an Event invocation);
     delivering the same event again, synchronously, is skipped, as on AWS."""
@@ -329,6 +339,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.stack
 def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_stack):
     """A hostile notebook run through the stack (which runs without root's capabilities
     when the tests run as root): no /proc environ of the stack's processes that it can
@@ -382,6 +393,7 @@ def test_a_notebook_reads_no_stack_secret_and_cannot_use_its_servers(running_sta
     ), found["calls"]
 
 
+@pytest.mark.stack
 def test_local_stack_stops_on_ctrl_c_leaving_nothing_behind(running_stack):
     processes = descendants(running_stack.process.pid)
     assert len(processes) >= 4  # embedded AWS, local Lambda and its worker, chalice local

@@ -284,6 +284,21 @@ def test_a_schedule_roll_back_racing_a_handed_over_delete_leaves_no_rule(api, st
     assert rule_names() == set()
 
 
+def nth_call_fails(fail_at, target_service):
+    """AwsCalls' `fail`: the `fail_at`-th call to `target_service` (reads by key not counted)
+    fails; None: none does."""
+    seen = 0
+
+    def fail(service, operation):
+        nonlocal seen
+        if fail_at is None or service != target_service or operation == "GetItem":
+            return False
+        seen += 1
+        return seen == fail_at
+
+    return fail
+
+
 def test_count_equals_a_full_recount_after_random_operations_and_faults(api, stack, dispatched):
     generator = random.Random(10)
     ids = [api.create()["notebook_id"] for _ in range(6)]
@@ -297,15 +312,7 @@ def test_count_equals_a_full_recount_after_random_operations_and_faults(api, sta
         # Now and then the n-th AWS call of a request fails.
         fail_at = generator.randrange(1, 12) if generator.random() < 0.4 else None
         target_service = generator.choice(services)
-        seen = {"n": 0}
-
-        def fail(service, operation):
-            if fail_at is None or service != target_service or operation == "GetItem":
-                return False
-            seen["n"] += 1
-            return seen["n"] == fail_at
-
-        with AwsCalls(fail=fail):
+        with AwsCalls(fail=nth_call_fails(fail_at, target_service)):
             if action == "create":
                 response = api.call("POST", BASE + "/")
                 if response.status_code == 200:

@@ -395,14 +395,14 @@ def tls_for(name: str, folder) -> tuple:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(ca_key, hashes.SHA256())
 
-    usage = dict(
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = {
+        "content_commitment": False,
+        "key_encipherment": False,
+        "data_encipherment": False,
+        "key_agreement": False,
+        "encipher_only": False,
+        "decipher_only": False,
+    }
     ca = certificate(
         ca_name,
         ca_key.public_key(),
@@ -455,6 +455,7 @@ def test_loopback_is_allowed_in_the_local_stack_only():
     assert "NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK" not in template
 
 
+@pytest.mark.stack
 def test_make_dev_delivers_to_loopback_and_serves_the_log(receiver):
     """The local stack as `make dev` runs it: its `local` stage allows a loopback url,
     its local Lambda runs the notebook and delivers; the log is served as text."""

@@ -5,8 +5,6 @@ The HTTP status always equals N. The seed answers "No notebooks deleted" with st
 inside an error body, so status 200 is a valid error status here too.
 """
 
-from typing import Optional
-
 from chalice import Response
 from chalice.app import ChaliceUnhandledError
 
@@ -30,7 +28,7 @@ class ApiError(ChaliceUnhandledError):
     Chalice lets ChaliceUnhandledError through to the middleware, which answers it.
     """
 
-    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -41,7 +39,7 @@ class ApiError(ChaliceUnhandledError):
         return error_response(self.status, self.message, self.headers)
 
 
-def error_response(status: int, message: str, headers: Optional[dict] = None) -> Response:
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
     """A response with the seed's error body and HTTP status `status`."""
     return Response(
         body={"error": {"status": status, "message": message}},

@@ -10,7 +10,7 @@ def _json(schema: dict) -> dict:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _operation(summary: str, ok: dict, body: dict = None, errors=(400,)) -> dict:
+def _operation(summary: str, ok: dict, body: dict | None = None, errors=(400,)) -> dict:
     responses = {
         "200": {"description": "OK", **_json(ok)},
         "401": {"description": "Authentication required", **_json(_ERROR)},
@@ -98,7 +98,7 @@ def document() -> dict:
         },
     }
     ids_body = {"type": "object", "required": ["nbk_ids"], "properties": {"nbk_ids": _IDS}}
-    run_body = {
+    run_body: dict = {
         "type": "object",
         "required": ["nbkIds", "module"],
         "properties": {
@@ -151,7 +151,7 @@ def document() -> dict:
             }
         },
     }
-    webhook = {
+    webhook: dict = {
         "type": "object",
         "properties": {
             "url": {

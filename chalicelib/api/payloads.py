@@ -41,24 +41,23 @@ def parse_body(raw, lenient: bool = False) -> dict:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
-        raise InvalidInput("Malformed JSON in request body: not UTF-8")
+        raise InvalidInput("Malformed JSON in request body: not UTF-8") from None
     # NaN, Infinity and 1e999 are read as floats here, then refused by field below.
-    options = {"parse_float": float, "parse_constant": float}
     try:
         try:
-            value = json.loads(text, **options)
+            value = json.loads(text, parse_float=float, parse_constant=float)
         except ValueError as strict_error:
             if not lenient:
                 raise
             try:
                 value = pyjson5.loads(text)
             except pyjson5.Json5Exception:
-                raise strict_error
+                raise strict_error from None
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except ValueError as error:  # UnicodeEncodeError included: a lone surrogate
-        raise InvalidInput(f"Malformed JSON in request body: {error}")
+        raise InvalidInput(f"Malformed JSON in request body: {error}") from None
     except RecursionError:
-        raise InvalidInput(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep")
+        raise InvalidInput(f"Malformed JSON in request body: nested more than {MAX_DEPTH} levels deep") from None
     if not isinstance(value, dict):
         raise InvalidInput("Request body must be a JSON object")
     refusal = _unfit_field(value)
@@ -89,7 +88,7 @@ def _unfit_field(body: dict):
     return None
 
 
-def canonical_id(value) -> str:
+def canonical_id(value) -> str | None:
     """The lower-case form of a UUID string, or None when `value` is not one."""
     if isinstance(value, str) and _UUID.match(value):
         return value.lower()
@@ -211,7 +210,7 @@ def timeout(body: dict, default: float, maximum: float, beyond_maximum: str = ""
 MAX_CLIENT_TOKEN_LENGTH = 255
 
 
-def client_token(body: dict, header) -> str:
+def client_token(body: dict, header) -> str | None:
     """A Run's optional idempotency token: the `Idempotency-Key` header, else `client_token`
     in the body; None when neither is given."""
     value, field = (header, "Idempotency-Key") if header is not None else (body.get("client_token"), "client_token")
@@ -224,7 +223,7 @@ def client_token(body: dict, header) -> str:
     return value
 
 
-def page_token(key) -> str:
+def page_token(key) -> str | None:
     """The `next_token` of a DynamoDB LastEvaluatedKey (None: no next page)."""
     if not key:
         return None
@@ -232,7 +231,7 @@ def page_token(key) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain).encode("utf-8")).decode("ascii")
 
 
-def page_key(token, valid) -> dict:
+def page_key(token, valid) -> dict | None:
     """The LastEvaluatedKey in a `next_token` (None when there is none); a 400 unless
     `valid(key)` holds, so a client cannot read past what it may see."""
     if not token:
@@ -246,7 +245,7 @@ def page_key(token, valid) -> dict:
     return key
 
 
-def page_limit(value, maximum: int) -> int:
+def page_limit(value, maximum: int) -> int | None:
     """The List `limit` query parameter: None when absent, else an int in 1..maximum."""
     if value is None:
         return None

@@ -24,7 +24,7 @@ def lambda_payload_bytes(body: str) -> int:
     return len(json.dumps(body).encode("utf-8")) + ENVELOPE_BYTES
 
 
-def bounded_json(value, owner: str, files: FileStore, limit: int, headers: dict = None) -> Response:
+def bounded_json(value, owner: str, files: FileStore, limit: int, headers: dict | None = None) -> Response:
     """`value` as a JSON response, or, past `limit` bytes of Lambda payload, a 303 to a
     presigned S3 copy of the same JSON (5 minutes)."""
     headers = dict(headers or {})

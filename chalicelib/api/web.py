@@ -58,7 +58,7 @@ def seed_failures(message: str, explain: bool):
                 raise ApiError(400, f"{message}: {error.message}", error.headers) from error
             except (ClientError, BotoCoreError) as error:
                 error_log.warning("AWS failure in %s: %s", view.__name__, error)
-                raise ApiError(503, f"{message}: storage unavailable ({describe(error)})")
+                raise ApiError(503, f"{message}: storage unavailable ({describe(error)})") from error
 
         return guarded
 
@@ -116,7 +116,7 @@ def handle(request, get_response):
     except (ClientError, BotoCoreError) as error:
         error_log.warning("AWS failure before %s %s: %s", request.method, request.path, error)
         response = error_response(503, f"Service unavailable: storage unavailable ({describe(error)})")
-    except Exception:
+    except Exception:  # noqa: BLE001 - the last resort: logged, answered as a 500 in the seed's shape
         error_log.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(500, "Internal server error")
     access_log.info(

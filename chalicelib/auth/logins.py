@@ -35,17 +35,20 @@ def hash_password(password: str) -> str:
     """A salted scrypt hash of `password`, self-describing: scrypt$n$r$p$salt$hash."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
-    encode = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
-    return f"{_SCHEME}${_N}${_R}${_P}${encode(salt)}${encode(digest)}"
+    return f"{_SCHEME}${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def verify_password(password: str, stored: str) -> bool:
     """Whether `password` matches the `stored` hash, compared in constant time."""
     try:
-        scheme, n, r, p, salt, expected = stored.split("$")
+        scheme, n, r, p, salt_text, expected_text = stored.split("$")
         if scheme != _SCHEME:
             return False
-        salt, expected = base64.b64decode(salt), base64.b64decode(expected)
+        salt, expected = base64.b64decode(salt_text), base64.b64decode(expected_text)
         digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected))
     except (ValueError, binascii.Error):
         return False
@@ -62,7 +65,7 @@ def parse_basic(header) -> tuple:
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
     except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII header text
-        raise Unauthenticated()
+        raise Unauthenticated() from None
     username, colon, password = decoded.partition(":")
     if not colon or not username:
         raise Unauthenticated()
@@ -146,14 +149,14 @@ class Authenticator:
     key, so a removed user or a changed password takes effect at once.
     """
 
-    def __init__(self, users, cache_seconds: float = 60.0, throttle: LoginThrottle = None):
+    def __init__(self, users, cache_seconds: float = 60.0, throttle: LoginThrottle | None = None):
         self._users = users
         self._throttle = throttle
         self._cache_seconds = cache_seconds
         self._key = os.urandom(32)
-        self._verified = {}
+        self._verified: dict[bytes, float] = {}
         self._lock = threading.Lock()
-        self._dummy_hash = None
+        self._dummy_hash: str | None = None
 
     def authenticate(self, header) -> str:
         """The username the `Authorization` header proves, else raise the 401."""
@@ -164,11 +167,11 @@ class Authenticator:
         with self._lock:
             expires = self._verified.get(fingerprint)
         # A name longer than any username's limit is never a user: nothing to throttle.
-        throttled = self._throttle is not None and len(username) <= _MAX_USERNAME
-        if throttled:
+        throttle = self._throttle if len(username) <= _MAX_USERNAME else None
+        if throttle is not None:
             # First, and even for a login verified a moment ago: else a guess that hits the
             # password a user just used would get through a lock, from the cache.
-            self._throttle.check(username)
+            throttle.check(username)
         if stored is not None and expires is not None and expires > now:
             return username
         if stored is None:
@@ -178,8 +181,8 @@ class Authenticator:
         else:
             accepted = verify_password(password, stored)
         if not accepted:
-            if throttled:
-                self._throttle.record_failure(username)
+            if throttle is not None:
+                throttle.record_failure(username)
             raise Unauthenticated()
         with self._lock:
             self._verified = {k: v for k, v in self._verified.items() if v > now}

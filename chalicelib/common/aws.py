@@ -5,6 +5,7 @@ stack (moto's server, reached through `AWS_ENDPOINT_URL`) can redirect them.
 """
 
 import threading
+from typing import Any
 
 import boto3
 import botocore.loaders
@@ -14,8 +15,8 @@ from botocore.exceptions import ClientError
 
 _lock = threading.Lock()
 _session = None
-_clients = {}
-_resources = {}
+_clients: dict[tuple, Any] = {}
+_resources: dict[tuple, Any] = {}
 _RETRIES = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
 # Service models are large JSON files: load them once per process, not once per session.
 _models = botocore.loaders.create_loader()

@@ -83,3 +83,11 @@ class TooManyFailures(DomainError):
     def __init__(self, retry_after: int):
         super().__init__(f"Too many failed logins: try again in {retry_after} seconds")
         self.retry_after = retry_after
+
+
+class SandboxError(Exception):
+    """What a run left could not be removed: the process must not run another notebook.
+
+    Here, not in chalicelib.runner: the runner function's handler in app.py and the local
+    stack's Lambda end a container on it, and app.py (the API's module too) must not load
+    the runner at import (the import contract in pyproject.toml)."""

@@ -29,5 +29,5 @@ class Periodic:
         while not self._stop.wait(self._interval):
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - tried again at the next tick
+            except Exception:  # tried again at the next tick
                 log.warning("%s: a tick failed", self._thread.name, exc_info=True)

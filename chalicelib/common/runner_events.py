@@ -15,21 +15,24 @@ a builder, a rule's Input edited by hand or a stray invocation fails loudly in t
 runner's log instead of executing something else.
 """
 
-from typing import Literal, TypedDict, Union
+from typing import Literal, TypedDict, Union, final
 
 from chalicelib.common.model import Trigger
 
 
+@final  # closed: `in` tells the shapes apart (for mypy too)
 class RunEvent(TypedDict):
     run_id: str
 
 
+@final  # closed: `in` tells the shapes apart (for mypy too)
 class ScheduleFiring(TypedDict):
     notebook_id: str
     owner: str
     trigger: Literal["schedule"]
 
 
+@final  # closed: `in` tells the shapes apart (for mypy too)
 class WebhookDelivery(TypedDict):
     deliver_webhook: str
 
@@ -39,6 +42,7 @@ class HandedOverRules(TypedDict):
     notebook_ids: list
 
 
+@final  # closed: `in` tells the shapes apart (for mypy too)
 class RemoveRules(TypedDict):
     remove_rules: HandedOverRules
 

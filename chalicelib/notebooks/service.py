@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -28,7 +29,7 @@ from chalicelib.storage.files import FileStore, notebook_key
 from chalicelib.storage.notebook_table import scheduled_until
 from chalicelib.storage.tables import NOTEBOOK_PREFIX, Conflict, NameTaken
 
-_UNSCHEDULED = {"period": None, "until": None, "time": None}
+_UNSCHEDULED: dict = {"period": None, "until": None, "time": None}
 _RENAME_ATTEMPTS = 5
 _DEFAULT_NAME_ATTEMPTS = 50
 
@@ -69,10 +70,12 @@ def parse_notebook(value, field: str = "content") -> nbformat.NotebookNode:
         notebook = nbformat.from_dict(normalized)
         nbformat.validate(notebook)
     except nbformat.ValidationError as error:
-        raise errors.InvalidInput(f"Invalid notebook in {field}: {error.message}")
+        raise errors.InvalidInput(f"Invalid notebook in {field}: {error.message}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         # nbformat's helpers assume the schema holds; odd input can break them first.
-        raise errors.InvalidInput(f"Invalid notebook in {field}: not an nbformat v4 notebook ({type(error).__name__})")
+        raise errors.InvalidInput(
+            f"Invalid notebook in {field}: not an nbformat v4 notebook ({type(error).__name__})"
+        ) from None
     notebook.metadata.setdefault("kernelspec", nbformat.from_dict(PYTHON3_KERNELSPEC))
     return notebook
 
@@ -110,7 +113,7 @@ def content_fields(notebook, version: str) -> dict:
 def is_scheduled(item: dict, at_ms: int) -> bool:
     """Whether the notebook has a schedule whose `until` is still ahead."""
     schedule = item.get("schedule")
-    return bool(schedule) and int(schedule["until_ms"]) > at_ms
+    return bool(schedule and int(schedule["until_ms"]) > at_ms)
 
 
 def notebook_view(item: dict, at_ms: int, listing: bool = False) -> dict:
@@ -151,14 +154,14 @@ class NotebookService:
         self._table = table
         self._files = files
         self._settings = settings
-        self._dependents = []
+        self._dependents: list = []
         self._clock = clock
 
     def add_dependent(self, dependent) -> None:
         """Register something to forget a notebook when it is deleted."""
         self._dependents.append(dependent)
 
-    def live(self, owner: str, notebook_id) -> dict:
+    def live(self, owner: str, notebook_id) -> Optional[dict]:
         """The owner's notebook item, or None when unknown, malformed, or being deleted."""
         canonical = payloads.canonical_id(notebook_id)
         item = self._table.get(owner, canonical) if canonical else None
@@ -228,7 +231,7 @@ class NotebookService:
             try:
                 self._table.create({**item, "notebook_name": name})
             except NameTaken:
-                raise errors.NameTaken()
+                raise errors.NameTaken() from None
             return name
         stamp = datetime.fromtimestamp(created / 1000, timezone.utc).strftime("%Y-%m-%d_%H:%M:%S")
         for attempt in range(1, _DEFAULT_NAME_ATTEMPTS + 1):
@@ -252,7 +255,7 @@ class NotebookService:
                 self._table.rename(owner, item["notebook_id"], item["notebook_name"], new_name, self._touched(owner))
                 return
             except NameTaken:
-                raise errors.NameTaken()
+                raise errors.NameTaken() from None
             except Conflict:
                 continue  # renamed or deleted meanwhile: read it again
         raise errors.Conflict("The notebook was changed by another request; try again")
@@ -325,7 +328,7 @@ class NotebookService:
         pinned = self.pin(owner, [item], check={})[item["notebook_id"]]
         return {"parameters": pinned.declared}
 
-    def pin(self, owner: str, items: list, check=None) -> dict:
+    def pin(self, owner: str, items: Sequence[dict], check=None) -> dict:
         """notebook id -> Pinned(version, declared) of the content a Run of these items
         executes now; with `check` (the Run's parameters, {} for none), each notebook's
         declared parameters are read too and, when `check` is not empty, the values

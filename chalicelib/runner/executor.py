@@ -51,12 +51,12 @@ class RunExecutor:
         self._runner = runner
         self._stopping = threading.Event()
 
-    def handle(self, event: dict) -> dict:
+    def handle(self, raw_event: object) -> dict:
         """Handle one runner invocation (common/runner_events.py has the shapes): a run
         from the API, a schedule's firing from EventBridge, a webhook delivery from the
         API, or deleted notebooks' rules to remove, from a Delete. Any other event:
         runner_events.UnknownEvent."""
-        event = runner_events.parse(event)
+        event = runner_events.parse(raw_event)
         if "deliver_webhook" in event:
             return self._webhooks.deliver(event["deliver_webhook"])
         if "remove_rules" in event:
@@ -165,7 +165,7 @@ class RunExecutor:
         fails a run."""
         try:
             self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
-        except Exception:  # noqa: BLE001 - the run's outcome and output are what must be recorded
+        except Exception:  # the run's outcome and output are what must be recorded
             log.warning("could not store the final log at %s", key, exc_info=True)
 
     def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:

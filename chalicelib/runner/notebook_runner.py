@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, Optional
 
 import nbformat
@@ -31,6 +32,7 @@ import papermill
 import zmq
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.provisioning import LocalProvisioner
 from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
@@ -155,7 +157,8 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
+        self._curve_keys = zmq.curve_keypair()
+        self.curve_publickey, self.curve_secretkey = self._curve_keys
 
     def secrets(self) -> bytes:
         """What the kernel reads from its standard input: one line of JSON."""
@@ -163,8 +166,8 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
             json.dumps(
                 {
                     "key": self.session.key.decode(),
-                    "curve_publickey": self.curve_publickey.decode(),
-                    "curve_secretkey": self.curve_secretkey.decode(),
+                    "curve_publickey": self._curve_keys[0].decode(),
+                    "curve_secretkey": self._curve_keys[1].decode(),
                 }
             ).encode()
             + b"\n"
@@ -210,6 +213,7 @@ class _Kernel:
         self.kc = None
         # The secrets reach the kernel through its stdin. Our end stays open while the
         # kernel lives: the kernel exits when it closes, even if this process is killed.
+        self._lifeline: Optional[int]
         key_reader, self._lifeline = os.pipe()
         try:
             try:
@@ -328,6 +332,8 @@ class _CheckpointManager(NotebookExecutionManager):
     Papermill calls save() at every cell start and end, on long-running output
     (autosave_cell) and at the end; it would write the whole notebook each time.
     """
+
+    last_save_time: datetime  # papermill's, set in its __init__
 
     def __init__(self, nb, run: _Run):
         super().__init__(nb, progress_bar=False, autosave_cell_every=run.checkpoint_interval)
@@ -450,19 +456,24 @@ class NotebookRunner:
         no run waits; execute() uses the kernel.
         Raises sandbox.SandboxError once a run could not be cleaned up after.
         """
+        self._prewarmed()
+
+    def _prewarmed(self) -> tuple["_Kernel", sandbox.ProcessSweep]:
+        """prewarm(), giving the waiting kernel and the sweep of what its run starts."""
         if self._broken:
             raise sandbox.SandboxError(f"a previous run could not be cleaned up after: {self._broken}")
-        if self._waiting is not None:
+        if self._waiting is not None and self._processes is not None:  # set together, below
             if self._waiting.is_alive():
-                return
+                return self._waiting, self._processes
             self._waiting.shutdown()
             self._waiting = None
         # In a PID namespace nothing of the run can be elsewhere: the user's other
         # processes (another function sharing the user, outside Lambda) are left alone.
         whole_user = self._sweep_whole_user and not sandbox.pid_namespace_prefix()
-        self._processes = sandbox.ProcessSweep(whole_user=whole_user)
-        self._processes.start()  # whatever exists before the kernel is not the run's
-        self._waiting = _Kernel(self._shared_tmp, self._preload)
+        processes = self._processes = sandbox.ProcessSweep(whole_user=whole_user)
+        processes.start()  # whatever exists before the kernel is not the run's
+        kernel = self._waiting = _Kernel(self._shared_tmp, self._preload)
+        return kernel, processes
 
     def execute(
         self,
@@ -500,8 +511,8 @@ class NotebookRunner:
         refusal = unsupported_kernel(notebook)
         if refusal:
             return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel", "evalue": refusal})
-        self.prewarm()
-        kernel, self._waiting = self._waiting, None
+        kernel, processes = self._prewarmed()
+        self._waiting = None
         run = _Run(
             kernel=kernel,
             run_timeout=run_timeout,
@@ -538,10 +549,11 @@ class NotebookRunner:
         finally:
             with self._executing_lock:
                 self._executing = None
-            self._end_run(kernel)
+            self._end_run(kernel, processes)
         run.report_progress()
         if run.cancelled:
             return Execution(notebook=run.notebook or notebook, error=None, cancelled=True)
+        assert run.notebook is not None  # set by _RunnerEngine before any cell runs
         return Execution(notebook=run.notebook, error=run.error)
 
     def live(self) -> tuple:
@@ -568,7 +580,10 @@ class NotebookRunner:
             if run is None or run.cancelled:
                 return
             run.cancelled = True
-            pid = run.kernel.km.provisioner.pid
+            provisioner = run.kernel.km.provisioner
+            # _Kernel starts a local process, alive while its run executes.
+            assert isinstance(provisioner, LocalProvisioner) and provisioner.pid is not None
+            pid = provisioner.pid
         # The kernel leads its process group (and may sit in a PID namespace below the
         # process jupyter_client started): interrupt the group, as Jupyter does.
         self._signal_if_executing(run, lambda: os.killpg(pid, signal.SIGINT))
@@ -586,17 +601,18 @@ class NotebookRunner:
                 except ProcessLookupError:
                     pass
 
-    def _end_run(self, kernel: "_Kernel") -> None:
+    def _end_run(self, kernel: "_Kernel", processes: sandbox.ProcessSweep) -> None:
         """Stop the kernel, end every process the run started, remove what it wrote.
 
         Each step is tried whatever the others did. If any fails, this runner refuses
         to run another notebook (SandboxError from prewarm and execute), rather than let
         the next run find what is left: its process must end (on Lambda, a new container).
         """
-        steps = [kernel.stop, self._processes.sweep, kernel.folders.remove]
-        if self._shared_tmp:  # Lambda: /tmp, /dev/shm and System V IPC are the container's
+        steps = [kernel.stop, processes.sweep, kernel.folders.remove]
+        shared_tmp = self._shared_tmp
+        if shared_tmp:  # Lambda: /tmp, /dev/shm and System V IPC are the container's
             steps += [
-                lambda: sandbox.empty_folder(self._shared_tmp),
+                lambda: sandbox.empty_folder(shared_tmp),
                 lambda: sandbox.empty_folder("/dev/shm"),
                 sandbox.remove_ipc_objects,
             ]

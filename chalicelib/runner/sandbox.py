@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from chalicelib.common.errors import SandboxError
+
 _PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _SWEEP_SECONDS = 10.0
@@ -105,7 +107,7 @@ def _has_live_threads(pid: int) -> bool:
 
 
 def _descendants(table: dict, root: int) -> set:
-    children = {}
+    children: dict[int, list[int]] = {}
     for pid, (ppid, *_) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, stack = set(), [root]
@@ -143,7 +145,7 @@ class ProcessSweep:
 
     def __init__(self, whole_user: bool = False):
         self._whole_user = whole_user and os.getuid() != 0
-        self._before = set()
+        self._before: set[tuple] = set()
 
     def start(self) -> None:
         """Remember what exists now (processes that are not the run's)."""
@@ -226,10 +228,6 @@ def pid_namespace_prefix() -> list:
     return list(_PID_NAMESPACE) if _pid_namespace_usable else []
 
 
-class SandboxError(Exception):
-    """What a run left could not be removed: the process must not run another notebook."""
-
-
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -246,7 +244,7 @@ def remove_tree(path: str) -> None:
         os.unlink(path)
         return
     os.chmod(path, stat.S_IRWXU)
-    folders, names = [os.open(path, _DIRECTORY)], [None]
+    folders, names = [os.open(path, _DIRECTORY)], [path]
     try:
         while folders:
             folder, deeper = folders[-1], None
@@ -309,7 +307,7 @@ def remove_ipc_objects() -> None:
         except OSError:
             continue
         for row in rows:
-            fields = dict(zip(header, row))
+            fields = dict(zip(header, row, strict=False))
             if int(fields["uid"]) == uid:
                 if kind == "sem":
                     getattr(libc, control)(int(fields[id_column]), 0, _IPC_RMID)
@@ -326,7 +324,7 @@ class RunFolders:
     working folder; `connection_file` the kernel's connection file.
     """
 
-    def __init__(self, base: str = None):
+    def __init__(self, base: str | None = None):
         self.root = tempfile.mkdtemp(prefix="notebook-run-", dir=base)  # mode 0700
         home = os.path.join(self.root, "home")
         runtime = os.path.join(self.root, "runtime")

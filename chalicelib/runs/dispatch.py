@@ -177,7 +177,7 @@ class RunDispatch:
 
         try:
             in_parallel(expire, over, self._settings.aws_concurrency)
-        except Exception:  # noqa: BLE001 - the runs were recorded; expiry catches up later
+        except Exception:  # the runs were recorded; expiry catches up later
             log.exception("expiring old runs of %s failed", owner)
 
     def _dispatch(self, run: dict) -> None:
@@ -203,7 +203,7 @@ class RunDispatch:
         try:
             if not self._table.transition(run_id, RunStatus.QUEUED, handed):
                 self._table.transition(run_id, RunStatus.RUNNING, handed)
-        except Exception:  # noqa: BLE001 - see above
+        except Exception:
             log.exception("could not record %s on run %s", sorted(handed), run_id)
 
     def resume_after_restart(self) -> dict:

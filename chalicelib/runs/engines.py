@@ -13,6 +13,7 @@ behind a router satisfies `RunEngine`.
 """
 
 import json
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from chalicelib.common import runner_events
@@ -87,8 +88,8 @@ class FargateDispatcher:
         cluster: str,
         task_definition: str,
         container: str,
-        subnets: list,
-        security_groups: list,
+        subnets: Sequence[str],
+        security_groups: Sequence[str],
         assign_public_ip: bool,
     ):
         self._ecs = ecs_client
@@ -130,7 +131,10 @@ class EngineRouter:
 
     def __init__(self, on_lambda: LambdaDispatcher, on_fargate: RunEngine, lambda_limit: float):
         self._on_lambda = on_lambda
-        self._by_engine = {on_lambda.engine: on_lambda, on_fargate.engine: on_fargate}
+        self._by_engine: dict[str, RunEngine] = {
+            on_lambda.engine: on_lambda,
+            on_fargate.engine: on_fargate,
+        }
         self._lambda_limit = lambda_limit
         self.engine = on_lambda.engine
 

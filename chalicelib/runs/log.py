@@ -90,7 +90,7 @@ class LiveLog(Periodic):
     def __init__(
         self,
         snapshot: Callable[[], tuple],
-        store: Callable[[str], None],
+        store: Callable[[str], object],
         record_cell: Callable[[int], None],
         max_bytes: int,
         interval: Optional[float] = None,

@@ -233,7 +233,9 @@ class RunService:
             self._settings.aws_concurrency,
         )
         pointers = [
-            (item["notebook_id"], pointer) for item, item_pointers in zip(ran, found) for pointer in item_pointers
+            (item["notebook_id"], pointer)
+            for item, item_pointers in zip(ran, found, strict=True)
+            for pointer in item_pointers
         ]
         self._files.delete_many(
             [key for notebook_id, pointer in pointers for key in run_object_keys(owner, notebook_id, pointer["run_id"])]
@@ -273,7 +275,7 @@ class RunService:
         stands without it."""
         try:
             self._dispatcher.stop(run)
-        except Exception:  # noqa: BLE001 - see above
+        except Exception:  # see above
             log.warning("could not stop the task of run %s", run["run_id"], exc_info=True)
 
     def _await_end(self, owner: str, run_id: str) -> dict:
@@ -302,8 +304,8 @@ class RunService:
         return RunOutput(text, {"Content-Type": LOG_CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
     def _require(self, owner: str, run_id: str) -> dict:
-        run_id = payloads.canonical_id(run_id)
-        run = self._table.get(run_id) if run_id else None
+        canonical = payloads.canonical_id(run_id)
+        run = self._table.get(canonical) if canonical else None
         if run is None or run["owner"] != owner:
             raise errors.NotFound(RUN_NOT_FOUND)
         return self._reap(run)

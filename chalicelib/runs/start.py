@@ -117,7 +117,7 @@ class RunStarter:
             if self._table.notebooks.token(owner, token_hash, now_s) is None:
                 raise
             pinned = {}  # a repeat: its body's parameters are not used, the first request's are
-        request = {
+        request: dict = {
             "notebook_ids": [item["notebook_id"] for item in items],
             "module": module,
             "parameters": json.dumps(parameters),

@@ -142,11 +142,11 @@ def parse_url(url, allow_loopback: bool = False) -> Target:
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise Refused("url is not a valid URL")
+        raise Refused("url is not a valid URL") from None
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise Refused("url has an invalid port")
+        raise Refused("url has an invalid port") from None
     if not host:
         raise Refused("url must be an absolute https URL with a host")
     if parts.username is not None or parts.password is not None:
@@ -201,10 +201,11 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, host, port, address, timeout, context):
         super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
+        self._ssl_context = context
 
     def connect(self):
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
 def delivery_id(run_id: str) -> str:
@@ -277,9 +278,9 @@ class Webhooks:
             target = parse_url(request.url, self._allow_loopback)
             checked_addresses(target, self._allow_loopback, self.resolver)
         except Refused as refusal:
-            raise errors.InvalidInput(str(refusal))
+            raise errors.InvalidInput(str(refusal)) from None
         except ValueError:  # the resolver's UnicodeError: an empty or over-long label
-            raise errors.InvalidInput("url has an invalid host name")
+            raise errors.InvalidInput("url has an invalid host name") from None
         except OSError:
             pass  # not resolvable yet: checked again at each delivery
         secret = request.secret
@@ -306,11 +307,11 @@ class Webhooks:
             state = self._record(run, PENDING, 0)
             try:
                 self._dispatcher.invoke(runner_events.webhook_delivery(run["run_id"]))
-            except Exception:  # noqa: BLE001 - the delivery cannot start: say so on the run
+            except Exception:
                 log.warning("could not hand over the webhook delivery of run %s", run["run_id"], exc_info=True)
                 state = self._record(run, FAILED, 0)
             return state
-        except Exception:  # noqa: BLE001 - a webhook never fails the request
+        except Exception:  # a webhook never fails the request
             log.exception("webhook notification of run %s failed", run.get("run_id"))
             return None
 
@@ -322,7 +323,7 @@ class Webhooks:
         delivery never fails a run."""
         try:
             return {"run_id": run_id, "webhook": self._deliver(run_id, only_pending)}
-        except Exception:  # noqa: BLE001 - logged; the run's outcome stands
+        except Exception:  # logged; the run's outcome stands
             log.exception("webhook delivery of run %s failed", run_id)
             return {"run_id": run_id, "webhook": None}
 
@@ -366,6 +367,7 @@ class Webhooks:
         try:
             target = parse_url(url, self._allow_loopback)
             address = checked_addresses(target, self._allow_loopback, self.resolver)[0]
+            connection: http.client.HTTPConnection
             if target.scheme == "https":
                 context = self.ssl_context or ssl.create_default_context()
                 connection = _PinnedHTTPSConnection(target.host, target.port, address, ATTEMPT_TIMEOUT_SECONDS, context)

@@ -148,7 +148,8 @@ def _parse_until(value, zone, now: datetime) -> tuple:
     if match is None:
         raise ScheduleError("until", "until must be a string in YYYY-MM-DD HH:MM format")
     try:
-        local = datetime(*(int(part) for part in match.groups()), tzinfo=zone)
+        year, month, day, hour, minute = (int(part) for part in match.groups())
+        local = datetime(year, month, day, hour, minute, tzinfo=zone)
         # Converting year-1 or year-9999 times to UTC can leave datetime's range.
         until_utc = local.astimezone(_UTC)
     except (ValueError, OverflowError):
@@ -371,7 +372,7 @@ def _field_values(text: str, field: _Field) -> Optional[frozenset]:
             raise ValueError(f"{field.name}: '?' is only allowed in day-of-month and day-of-week")
         return None
     items = text.split(",")
-    values = set()
+    values: set[int] = set()
     for item in items:
         if item == "":
             raise ValueError(f"{field.name}: empty list item in {text!r}")
@@ -393,7 +394,7 @@ def _parse(expression) -> tuple:
         raise ValueError(f"{expression!r} has an empty field: separate fields by single spaces")
     if len(texts) != len(_FIELDS):
         raise ValueError(f"{expression!r} has {len(texts)} fields; AWS cron needs 6")
-    fields = tuple(_field_values(text, field) for text, field in zip(texts, _FIELDS))
+    fields = tuple(_field_values(text, field) for text, field in zip(texts, _FIELDS, strict=True))
     if (fields[2] is None) == (fields[4] is None):
         raise ValueError(f"{expression!r}: exactly one of day-of-month and day-of-week must be '?'")
     return fields

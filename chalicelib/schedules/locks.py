@@ -45,7 +45,7 @@ class ScheduleLocks:
         self._clock = clock
 
     @contextmanager
-    def held(self, owner: str, notebook_ids: list, wait_seconds: float = None):
+    def held(self, owner: str, notebook_ids: list, wait_seconds: float | None = None):
         """Hold the schedule locks of these notebooks (in id order, so two requests never
         wait on each other in a circle): a notebook's rule and stored schedule change
         together, one request at a time. A notebook whose item is gone needs no lock.
@@ -92,13 +92,13 @@ class ScheduleLocks:
         return self._table.conditional_update(self._lock_update(owner, notebook_id, token, at_ms, lease_ms))
 
     def _lock_update(self, owner, notebook_id, token, at_ms, lease_ms) -> dict:
-        return dict(
-            Key=self._table.key(owner, notebook_id),
-            UpdateExpression="SET schedule_lock = :token, schedule_lock_until = :until",
-            ConditionExpression="attribute_exists(sk) AND "
+        return {
+            "Key": self._table.key(owner, notebook_id),
+            "UpdateExpression": "SET schedule_lock = :token, schedule_lock_until = :until",
+            "ConditionExpression": "attribute_exists(sk) AND "
             "(attribute_not_exists(schedule_lock) OR schedule_lock_until < :now)",
-            ExpressionAttributeValues={":token": token, ":until": at_ms + lease_ms, ":now": at_ms},
-        )
+            "ExpressionAttributeValues": {":token": token, ":until": at_ms + lease_ms, ":now": at_ms},
+        }
 
     def _lock_many(self, owner: str, notebook_ids: list, token: str, at_ms: int, lease_ms: int) -> bool:
         """Take the locks of up to 100 notebooks in one transaction: all of them, or (False)
@@ -114,12 +114,12 @@ class ScheduleLocks:
         self._table.conditional_update(self._unlock_update(owner, notebook_id, token))
 
     def _unlock_update(self, owner, notebook_id, token) -> dict:
-        return dict(
-            Key=self._table.key(owner, notebook_id),
-            UpdateExpression="REMOVE schedule_lock, schedule_lock_until",
-            ConditionExpression="schedule_lock = :token",
-            ExpressionAttributeValues={":token": token},
-        )
+        return {
+            "Key": self._table.key(owner, notebook_id),
+            "UpdateExpression": "REMOVE schedule_lock, schedule_lock_until",
+            "ConditionExpression": "schedule_lock = :token",
+            "ExpressionAttributeValues": {":token": token},
+        }
 
     def _unlock_many(self, owner: str, notebook_ids: list, token: str) -> None:
         """Release the locks `token` holds, 100 per transaction (one by one where a chunk

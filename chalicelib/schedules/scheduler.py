@@ -150,7 +150,7 @@ class Scheduler:
             # Read again under the lock: the roll-back restores what was there just before.
             items = list(self._notebooks.live_items(owner, ids).values())
             self._check_quota(owner, sum(1 for item in items if not item.get("schedule")))
-            committed = []
+            committed: list[str] = []
             try:
                 self._in_parallel(lambda item: self._rules.install(owner, item["notebook_id"], record), items)
                 gone = self._table.set_schedules(owner, [(item, record, changes) for item in items], limit, committed)
@@ -183,7 +183,7 @@ class Scheduler:
         try:
             with self._locks.held(owner, ids):
                 items = list(self._notebooks.live_items(owner, ids).values())  # under the lock: what to restore
-                committed = []
+                committed: list[str] = []
                 try:
                     self._table.set_schedules(owner, [(item, None, changes) for item in items], committed=committed)
                     self._in_parallel(self._rules.remove, ids)
@@ -231,17 +231,18 @@ class Scheduler:
         if canonical is None:
             return None
         item = self._table.get(owner, canonical)
-        if _live_schedule(item) is None or item.get("schedule_lock"):
+        schedule = _live_schedule(item)
+        if schedule is None or item.get("schedule_lock"):
             # Unbacked, or a schedule change under way: a Schedule request puts its rule
             # before it stores the schedule, both under the notebook's lock, so this firing
             # may come from a rule whose schedule is not stored yet. Read again under the
             # lock; with still no schedule, the rule is a leftover.
             with self._locks.held(owner, [canonical], wait_seconds=FIRING_LOCK_WAIT_SECONDS):
                 item = self._table.get(owner, canonical)
-                if _live_schedule(item) is None:
+                schedule = _live_schedule(item)
+                if schedule is None:
                     self._rules.remove(canonical)
                     return None
-        schedule = _live_schedule(item)
         now, until_ms = now_ms(self._clock), int(schedule["until_ms"])
         occurrence = cron.due_occurrence(schedule, now)
         if occurrence is not None and occurrence <= until_ms:
@@ -258,7 +259,7 @@ class Scheduler:
     def _in_parallel(self, work, items) -> list:
         return in_parallel(work, list(items), self._settings.aws_concurrency)
 
-    def _roll_back(self, owner: str, items: list, record: dict, committed: list) -> None:
+    def _roll_back(self, owner: str, items: list, record: Optional[dict], committed: list) -> None:
         """Put each notebook's rule and stored schedule back as they were in `items`;
         `committed`: the notebooks whose stored schedule this request wrote.
 
@@ -311,7 +312,7 @@ class LocalEventClock:
         self._prefix = prefix
         self._fire = fire
         self._clock = clock
-        self._done = set()  # (rule name, minute) already fired, or failed: never twice
+        self._done: set[tuple] = set()  # (rule name, minute) already fired, or failed: never twice
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -369,7 +370,7 @@ class LocalEventClock:
         return [rule for page in pages for rule in page["Rules"] if rule.get("State") == "ENABLED"]
 
     def _fire_targets(self, name: str) -> list:
-        fired = []
+        fired: list[tuple] = []
         try:
             pages = self._events.get_paginator("list_targets_by_rule").paginate(Rule=name)
             targets = [target for page in pages for target in page["Targets"]]

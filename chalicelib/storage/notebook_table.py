@@ -71,7 +71,7 @@ class NotebookTable:
         """The owner's counters item (see the module's docstring); {} before the first write."""
         return self._table.get_item(Key={"owner": owner, "sk": COUNTS_SK}, ConsistentRead=True).get("Item") or {}
 
-    def transact(self, owner: str, actions: list, tally: Tally = None) -> Optional[list]:
+    def transact(self, owner: str, actions: list, tally: Optional[Tally] = None) -> Optional[list]:
         """`actions` and the owner's counters changed by `tally`, all or nothing; the
         cancellation reasons (the counters' last) when a condition failed, else None."""
         counter = tally.action(self.name, owner) if tally else None
@@ -163,7 +163,9 @@ class NotebookTable:
             ExpressionAttributeNames={"#a": attribute},
         )
 
-    def set_schedules(self, owner: str, entries: list, limit: Optional[int] = None, committed: list = None) -> list:
+    def set_schedules(
+        self, owner: str, entries: list, limit: Optional[int] = None, committed: Optional[list] = None
+    ) -> list:
         """Store or clear the schedules of many notebooks, with the owner's counters.
 
         `entries`: (item as read, schedule or None, changes). Each write is conditional on
@@ -173,7 +175,7 @@ class NotebookTable:
         Appends each notebook written to `committed` (as it goes: a caller that undoes
         a failed request knows what was written); returns the ids left out.
         """
-        gone = []
+        gone: list[str] = []
 
         def build(chunk):
             return [self._schedule_action(owner, *entry) for entry in chunk], self._schedule_tally(chunk, limit)

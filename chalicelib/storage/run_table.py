@@ -20,7 +20,7 @@ from chalicelib.storage.tables import (
 )
 
 
-def owner_status(owner: str, status: str) -> str:
+def owner_status(owner: Optional[str], status: str) -> str:
     """The key of the runs index by owner and status."""
     if owner is None:
         raise ValueError("a run's status changes only with its owner known")
@@ -175,12 +175,14 @@ class RunTable:
         page = self._table.query(**query)
         return page["Items"], page.get("LastEvaluatedKey")
 
-    def delete(self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: dict = None) -> None:
+    def delete(
+        self, owner: str, pointers: list, notebook_id: Optional[str] = None, read: Optional[dict] = None
+    ) -> None:
         """Delete these runs (given by their pointers) with their pointers, counting the
         active ones off the owner's runs, 49 per transaction; with `notebook_id`, also off
         that notebook's `runs_kept`. A run whose status changes meanwhile is read again.
         `read`: every one of these runs as just read (run id -> item), for first attempts."""
-        attempted = set()
+        attempted: set[str] = set()
 
         def build(chunk):  # reads the runs each time: a run's status is the condition on its delete
             run_ids = [pointer["run_id"] for pointer in chunk]
