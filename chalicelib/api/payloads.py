@@ -25,6 +25,10 @@ _MAX_EPOCH_MS = 10**13
 EXTENSION = ".ipynb"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
+# Bidi controls make a name display as another ("invoice\u202egnp.ipynb"); zero-width
+# characters make two names that look the same.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
 
 
 def parse_body(raw, lenient: bool = False) -> dict:
@@ -143,6 +147,12 @@ def notebook_name(value, field: str = "new_name") -> str:
         raise InvalidInput(MISSING_NEW_NAME)
     if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in name):
         raise InvalidInput(f"{field} must not contain control characters")
+    if any(char in _BIDI_CONTROLS for char in name):
+        raise InvalidInput(
+            f"{field} must not contain bidirectional control characters (they make a name display as another)"
+        )
+    if any(char in _ZERO_WIDTH for char in name):
+        raise InvalidInput(f"{field} must not contain zero-width characters (they make two names look the same)")
     if "/" in name or "\\" in name:
         raise InvalidInput(f"{field} must not contain '/' or '\\'")
     if ".." in name:
