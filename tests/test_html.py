@@ -4,6 +4,7 @@ the page is saved to disk and opened without its Content-Security-Policy."""
 import base64
 import re
 
+import bleach
 import bs4
 import nbformat
 import pytest
@@ -136,3 +137,57 @@ def test_the_checker_finds_what_it_looks_for():
         '<svg><a xlink:href="javascript:x"></a></svg>',
     ]:
         assert active_content(raw), raw
+
+
+def visible_text(page: str) -> str:
+    """What a browser shows of `page`: its body's text, without the template's styles."""
+    soup = bs4.BeautifulSoup(page, "html.parser")
+    for element in soup.find_all(["style", "script"]):
+        element.decompose()
+    return soup.body.get_text()
+
+
+def test_a_dataframe_renders_as_a_table_without_its_css_as_text():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"city": ["Oslo", "Lima"], "people": [709_000, 10_000_000]})
+    assert "<style scoped>" in frame._repr_html_()  # what pandas sends, and bleach escaped
+    page = html.render(output("text/html", frame._repr_html_()))
+    table = bs4.BeautifulSoup(page, "html.parser").find("table", class_="dataframe")
+    assert table is not None and "Lima" in table.get_text()
+    assert ".dataframe" not in visible_text(page) and "vertical-align" not in visible_text(page)
+
+
+def test_style_elements_are_dropped_however_written():
+    assert html.drop_style_elements("a<STYLE media=x>p{}</style >b<style>c") == "ab"
+    assert html.drop_style_elements("<styles>x</styles>") == "<styles>x</styles>"
+
+
+def test_html_nested_deeper_than_the_cap_is_a_notice_not_sanitised(monkeypatch):
+    sanitised = []
+    real = bleach.sanitizer.Cleaner.clean
+    monkeypatch.setattr(
+        bleach.sanitizer.Cleaner, "clean", lambda self, text: sanitised.append(text) or real(self, text)
+    )
+    deep = "<div>" * 5000 + "deep" + "</div>" * 5000
+    page = html.render(output("text/html", deep))
+    assert html.TOO_DEEP_NOTICE in page and "deep</div>" not in page
+    assert all(len(text) < 1000 for text in sanitised)  # the deep HTML never reached the sanitiser
+
+
+@pytest.mark.parametrize(
+    "markup, too_deep",
+    [
+        ("<div>" * 101, True),
+        ("<div/>" * 101, True),  # HTML reads <div/> as an open <div>
+        ("<div>" * 100, False),
+        ("<div></div>" * 5000, False),
+        ("<p><br><img src=x>" * 50, False),  # void elements hold nothing
+        ("<svg>" + "<path/>" * 5000 + "</svg>", False),  # self-closing in SVG
+        ("<div></span>" * 101, True),  # an end tag without its start closes nothing
+        ("<b><i></b>" * 101, True),  # each <i> closed by </b> is reopened by the parser
+        ("<b><i></i></b>" * 101, False),
+        ("<div><i></div></i>" * 101, False),  # a lingering <i> ends at its own end tag
+    ],
+)
+def test_the_depth_gauge(markup, too_deep):
+    assert html.nests_too_deep(markup) is too_deep

@@ -15,10 +15,18 @@ last pass over the whole page removes what could run there: every script (nbconv
 MathJax, RequireJS and Mermaid loaders too, which would read notebook text as input),
 every event-handler attribute, frames and embedded objects, and every `javascript:`,
 `vbscript:` or non-image `data:` URL in a link or source.
+
+Rendering time is bounded whatever the HTML's shape: the sanitiser (html5lib's tree
+builder) is quadratic in nesting depth, so each piece of HTML (a Markdown or raw cell, a
+`text/html` or `text/markdown` output) nested deeper than MAX_HTML_DEPTH elements is shown
+as a notice instead, found by one linear pass before it is sanitised. `<style>` elements
+are dropped before sanitising (bleach would print their CSS as text, as above every
+pandas DataFrame): a page's look is the template's.
 """
 
 import re
 import threading
+from html.parser import HTMLParser
 
 import bleach
 
@@ -104,6 +112,104 @@ _DATA_IMAGE = re.compile(r"data:image/(png|gif|jpeg|jpg|webp|bmp)[;,]")
 _DATA_SVG = re.compile(r"data:image/svg\+xml[;,]")
 _lock = threading.Lock()
 _exporter = None
+# Deepest element nesting a piece of HTML may have to be shown. A DataFrame's table is
+# about 6 deep; nested lists and block quotes a few dozen at most.
+MAX_HTML_DEPTH = 100
+TOO_DEEP_NOTICE = (
+    f"<p>[This HTML is nested more than {MAX_HTML_DEPTH} elements deep, too deep to show here: "
+    "download the notebook (format=ipynb) to see it.]</p>"
+)
+# Elements that never hold others, whatever the markup says.
+_VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "param",
+    "source",
+    "track",
+    "wbr",
+}
+_FOREIGN = ("svg", "math")  # where `<x/>` closes itself, as in XML
+
+
+# HTML's formatting elements: one closed by an enclosing element's end tag stays
+# "active", and the parser reopens it before later content (`<b><i></b>x`: x is in an <i>).
+_FORMATTING = {"a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small", "strike", "strong", "tt", "u"}
+
+
+class _DepthGauge(HTMLParser):
+    """Whether HTML nests deeper than `limit`, in one pass: a stack of open elements, an
+    end tag closing up to its match (ignored without one), as a browser's parser does,
+    and every formatting element closed that way still counted, since the parser may
+    reopen it. It errs on the deep side: implied ends (a `<p>` closing an open `<p>`)
+    close nothing here."""
+
+    def __init__(self, limit: int):
+        super().__init__(convert_charrefs=False)
+        self.limit, self.open, self.too_deep = limit, [], False
+        self.lingering = {}  # formatting elements closed by an enclosing end tag, by name
+
+    def _measure(self) -> None:
+        self.too_deep = self.too_deep or len(self.open) + sum(self.lingering.values()) > self.limit
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in _VOID:
+            self.open.append(tag)
+            self._measure()
+
+    def handle_startendtag(self, tag, attrs):
+        if not any(name in self.open for name in _FOREIGN):  # HTML reads `<div/>` as `<div>`
+            self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            match = len(self.open) - 1 - self.open[::-1].index(tag)
+            for inner in self.open[match + 1 :]:
+                if inner in _FORMATTING:
+                    self.lingering[inner] = self.lingering.get(inner, 0) + 1
+            del self.open[match:]
+            self._measure()
+        elif self.lingering.get(tag):
+            self.lingering[tag] -= 1
+
+
+def nests_too_deep(markup: str, limit: int = MAX_HTML_DEPTH) -> bool:
+    """Whether `markup` nests elements more than `limit` deep (its cost is linear: the
+    stack never grows past `limit + 1` before the answer is known)."""
+    gauge = _DepthGauge(limit)
+    step = 4096
+    for start in range(0, len(markup), step):
+        gauge.feed(markup[start : start + step])
+        if gauge.too_deep:
+            return True
+    gauge.close()
+    return gauge.too_deep
+
+
+def drop_style_elements(markup: str) -> str:
+    """`markup` without its `<style>` elements and their content; an unclosed one runs to
+    the end, as browsers read it. Linear in the length of `markup`."""
+    lowered, kept, position = markup.lower(), [], 0
+    while True:
+        start = lowered.find("<style", position)
+        while start != -1 and lowered[start + 6 : start + 7] not in (">", "/", " ", "\t", "\n", "\r", "\f", ""):
+            start = lowered.find("<style", start + 6)  # <styles>, not a style element
+        if start == -1:
+            kept.append(markup[position:])
+            return "".join(kept)
+        kept.append(markup[position:start])
+        end = lowered.find("</style", start)
+        if end == -1:
+            return "".join(kept)
+        close = lowered.find(">", end)
+        position = len(markup) if close == -1 else close + 1
 
 
 def render(notebook) -> str:
@@ -117,9 +223,18 @@ def render(notebook) -> str:
             from nbconvert.preprocessors.sanitize import SanitizeHTML
             from traitlets.config import Config
 
+            class BoundedSanitizeHTML(SanitizeHTML):
+                """SanitizeHTML on HTML whose styles are dropped, and only if not too deep."""
+
+                def sanitize_html_tags(self, html_str):
+                    html_str = drop_style_elements(html_str)
+                    if nests_too_deep(html_str):
+                        return TOO_DEEP_NOTICE
+                    return super().sanitize_html_tags(html_str)
+
             config = Config(
                 {
-                    "SanitizeHTML": {
+                    "BoundedSanitizeHTML": {
                         "tags": _TAGS,
                         "attributes": _ATTRIBUTES,
                         # SVG plots stay: the page embeds them as <img src="data:...">, where
@@ -129,7 +244,7 @@ def render(notebook) -> str:
                 }
             )
             _exporter = HTMLExporter(config=config)
-            _exporter.register_preprocessor(SanitizeHTML, enabled=True)
+            _exporter.register_preprocessor(BoundedSanitizeHTML, enabled=True)
         body, _ = _exporter.from_notebook_node(notebook)
     return remove_active_content(body)
 
