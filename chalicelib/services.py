@@ -37,10 +37,11 @@ class Services:
         self.settings = settings
         region = settings.region
         users_table = aws.dynamodb_table(settings.users_table, region)
-        self.users = UserStore(users_table)
-        self.authenticator = Authenticator(
-            self.users, throttle=LoginThrottle(users_table, settings.login_attempts, settings.login_window)
+        self.users = UserStore(users_table, settings.password_scrypt_n)
+        throttle = LoginThrottle(
+            users_table, settings.login_attempts, settings.login_window, settings.login_source_attempts
         )
+        self.authenticator = Authenticator(self.users, throttle=throttle)
         self.files = NotebookFiles(aws.client("s3", region), settings.bucket)
         notebook_table = NotebookTable(aws.dynamodb_table(settings.notebooks_table, region))
         self.notebooks = NotebookService(notebook_table, self.files, settings)

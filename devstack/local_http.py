@@ -37,6 +37,9 @@ def request_handler(max_body_bytes: int):
 
     class RequestHandler(ChaliceRequestHandler):
         def _generic_handle(self):
+            # The source address API Gateway would give (Chalice's own says 127.0.0.1):
+            # failed logins are counted per source.
+            self.local_gateway.event_converter.LOCAL_SOURCE_IP = self.client_address[0]
             # The seed's Run sample has a double slash (`//_notebooks`); treat `//` as `/`.
             self.path = re.sub(r"/{2,}", "/", self.path)
             try:

@@ -52,7 +52,7 @@ def provision(settings: Settings, users=()) -> None:
     # As the deployed bucket: every content write makes a version that runs can pin.
     s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
     create_tables(aws.client("dynamodb", settings.region), settings)
-    store = UserStore(aws.dynamodb_table(settings.users_table, settings.region))
+    store = UserStore(aws.dynamodb_table(settings.users_table, settings.region), settings.password_scrypt_n)
     for name, password in users:
         if store.password_hash(name) is None:
             store.add(name, password)

@@ -1,4 +1,5 @@
-"""Login throttling: failed logins per username, counted in DynamoDB."""
+"""Login throttling: failed logins per user and source address, and per source address,
+counted in DynamoDB; password hashes at OWASP's scrypt cost, upgraded at login."""
 
 import json
 
@@ -6,12 +7,14 @@ import pytest
 
 from chalicelib import services
 from chalicelib.api.errors import ApiError
-from chalicelib.auth.logins import Authenticator, LoginThrottle
+from chalicelib.auth.logins import SCRYPT_N, Authenticator, LoginThrottle, hash_password
 from chalicelib.common import aws
+from chalicelib.common.config import Settings
 from tests.conftest import basic
 
 COUNT = "/_notebooks/notebooks/_count"
-ATTEMPTS, WINDOW = 5, 300.0
+ATTEMPTS, WINDOW, SOURCE_ATTEMPTS = 5, 300.0, 12
+HOME, ELSEWHERE = "198.51.100.7", "203.0.113.9"
 
 
 class Clock:
@@ -26,14 +29,27 @@ class Clock:
 def clock(stack):
     clock = Clock(1_800_000_000.0)
     throttle = LoginThrottle(
-        aws.dynamodb_table(stack.settings.users_table, stack.settings.region), ATTEMPTS, WINDOW, clock=clock
+        aws.dynamodb_table(stack.settings.users_table, stack.settings.region),
+        ATTEMPTS,
+        WINDOW,
+        SOURCE_ATTEMPTS,
+        clock=clock,
     )
     stack.authenticator._throttle = throttle
     return clock
 
 
-def login(api, user, password):
+def login(api, user, password, source=HOME):
+    """A request as API Gateway hands it over: the proxy event's identity.sourceIp is `source`."""
+    api._client.http._local_gateway.event_converter.LOCAL_SOURCE_IP = source
     return api._client.http.request("GET", COUNT, headers={"Authorization": basic(user, password)})
+
+
+def stored_keys(stack) -> list:
+    return sorted(
+        item["username"]
+        for item in aws.dynamodb_table(stack.settings.users_table, stack.settings.region).scan()["Items"]
+    )
 
 
 def answer(response):
@@ -85,11 +101,72 @@ def forget_verified_logins():
     services.get().authenticator._verified.clear()
 
 
-def test_an_unknown_user_is_answered_exactly_like_a_known_one(api, clock):
-    known = [answer(login(api, "bob", "guess")) for _ in range(ATTEMPTS + 2)]
-    unknown = [answer(login(api, "nobody", "guess")) for _ in range(ATTEMPTS + 2)]
-    assert known == unknown
-    assert [status for status, _, _ in known] == [401] * ATTEMPTS + [429, 429]
+def test_a_lockout_from_another_source_does_not_lock_the_user_out_at_home(api, clock):
+    for _ in range(ATTEMPTS + 3):
+        login(api, "bob", "guess", source=ELSEWHERE)
+    assert login(api, "bob", "bob-secret", source=ELSEWHERE).status_code == 429
+    forget_verified_logins()
+    assert login(api, "bob", "bob-secret", source=HOME).status_code == 200
+    assert login(api, "bob", "guess", source=HOME).status_code == 401  # its own budget, untouched
+
+
+def test_spraying_many_users_from_one_source_is_stopped_there_only(api, stack, clock):
+    stack.users.add("carol", "carol-secret")
+    stack.users.add("dave", "dave-secret")
+    statuses = []
+    for round_ in range(4):  # under each user's own limit, but SOURCE_ATTEMPTS in all
+        for user in ("admin", "bob", "carol", "dave"):
+            statuses.append(login(api, user, f"password{round_}", source=ELSEWHERE).status_code)
+    assert statuses[:SOURCE_ATTEMPTS] == [401] * SOURCE_ATTEMPTS and set(statuses[SOURCE_ATTEMPTS:]) == {429}
+    status, body, retry_after = answer(login(api, "carol", "carol-secret", source=ELSEWHERE))
+    assert status == 429 and "Too many failed logins" in body["error"]["message"] and int(retry_after) == WINDOW
+    assert login(api, "carol", "carol-secret", source=HOME).status_code == 200
+
+
+def test_nothing_is_written_for_a_name_that_is_not_a_user(api, stack, clock):
+    before = stored_keys(stack)
+    for name in ["nobody", "x" * 64, "y" * 300, "has#hash"]:
+        for _ in range(ATTEMPTS + 2):
+            status, body, _ = answer(login(api, name, "guess"))
+            assert status == 401 and body == {"error": {"status": 401, "message": body["error"]["message"]}}
+    assert stored_keys(stack) == before == ["admin", "bob"]
+    assert answer(login(api, "nobody", "guess")) == answer(login(api, "bob", "guess"))  # the same 401
+
+
+def test_an_unknown_name_is_refused_once_its_source_is_locked(api, stack, clock):
+    stack.users.add("carol", "carol-secret")
+    for attempt in range(SOURCE_ATTEMPTS):  # 4 each: under each user's own limit
+        assert login(api, ("admin", "bob", "carol")[attempt % 3], "guess", source=ELSEWHERE).status_code == 401
+    assert login(api, "nobody", "guess", source=ELSEWHERE).status_code == 429
+    assert login(api, "nobody", "guess", source=HOME).status_code == 401
+
+
+def test_new_hashes_use_owasps_scrypt_cost_by_default():
+    assert Settings().password_scrypt_n == SCRYPT_N == 2**17
+    scheme, n, r, p, *_ = hash_password("pw").split("$")
+    assert (scheme, int(n), int(r), int(p)) == ("scrypt", 2**17, 8, 1)
+
+
+def test_a_weaker_hash_is_upgraded_at_the_next_successful_login_only(api, stack, clock):
+    table = aws.dynamodb_table(stack.settings.users_table, stack.settings.region)
+    old = hash_password("bob-secret", n=2**10)
+    table.put_item(Item={"username": "bob", "password_hash": old})
+    assert login(api, "bob", "guess").status_code == 401
+    assert stack.users.password_hash("bob") == old  # a wrong password upgrades nothing
+    assert login(api, "bob", "bob-secret").status_code == 200
+    upgraded = stack.users.password_hash("bob")
+    assert upgraded != old and upgraded.split("$")[1:4] == [str(stack.settings.password_scrypt_n), "8", "1"]
+    forget_verified_logins()
+    assert login(api, "bob", "bob-secret").status_code == 200
+    assert stack.users.password_hash("bob") == upgraded  # upgraded once
+
+
+def test_an_upgrade_never_overwrites_a_password_changed_meanwhile(stack):
+    old = hash_password("first", n=2**10)
+    stack.users.add("erin", "second")
+    changed = stack.users.password_hash("erin")
+    assert stack.users.upgrade_hash("erin", "first", old) == old
+    assert stack.users.password_hash("erin") == changed
 
 
 def test_the_count_holds_across_containers(stack, clock):

@@ -102,7 +102,8 @@ def handle(request, get_response):
     username = "-"
     try:
         if request.path != OPENAPI_PATH:
-            username = services.get().authenticator.authenticate(request.headers.get("authorization"))
+            source = (request.context.get("identity") or {}).get("sourceIp") or "-"
+            username = services.get().authenticator.authenticate(request.headers.get("authorization"), source)
             request.username = username
             limit = services.get().settings.max_body_bytes
             if len(request.raw_body or b"") > limit:

@@ -1,12 +1,18 @@
 """Authentication: HTTP Basic credentials checked against salted scrypt hashes, with
-failed logins throttled per username.
+failed logins throttled per username and source address, and per source address.
 
 Every failure, whatever its cause (no header, bad encoding, unknown user, wrong
 password), raises the same 401, and an unknown user costs the same hash as a known one.
-Past `max_failures` failed logins for one username within a window, every login for that
-name, right password or not, is a 429 with `Retry-After` until the window ends; the
-count lives in DynamoDB, so it holds across Lambda containers, and an unknown name is
-counted and refused exactly like a known one.
+Failures are counted only for names that are users, so no request writes anything for a
+name that is not one. Past `max_failures` failed logins for one user from one source
+address within a window, every login for that user from that address, right password or
+not, is a 429 with `Retry-After` until the window ends; the user's logins from elsewhere
+are not affected. Past `max_source_failures` failed logins from one address (whatever
+the users), every login from that address is a 429 likewise: the limit on password
+spraying. The counts live in DynamoDB, so they hold across Lambda containers.
+
+Hashes use OWASP's scrypt parameters (N=2^17, r=8, p=1: 128 MiB a check); a stored hash
+with weaker parameters is replaced at the user's next successful login.
 """
 
 import base64
@@ -25,17 +31,24 @@ from chalicelib.common.clock import Clock
 from chalicelib.common.errors import TooManyFailures, Unauthenticated
 from chalicelib.storage.tables import TTL_ATTRIBUTE
 
-# scrypt cost: about 40 ms a check here; memory 16 MiB (128 * r * n bytes).
-_N, _R, _P, _DKLEN = 2**14, 8, 1, 32
+# OWASP's scrypt parameters. N is a setting (Settings.password_scrypt_n) only so that
+# tests can make users cheaply; R and P are fixed.
+SCRYPT_N, _R, _P, _DKLEN = 2**17, 8, 1, 32
 _SCHEME = "scrypt"
-_MAX_USERNAME = 64
+_MAX_SOURCE = 64  # an IPv6 address is at most 45 characters
 
 
-def hash_password(password: str) -> str:
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    # OpenSSL refuses more memory than maxmem (default 32 MiB): allow what n, r, p need.
+    maxmem = 128 * r * (n + 2) + 128 * r * p + 2**20
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=maxmem)
+
+
+def hash_password(password: str, n: int = SCRYPT_N) -> str:
     """A salted scrypt hash of `password`, self-describing: scrypt$n$r$p$salt$hash."""
     salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
-    return f"{_SCHEME}${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+    digest = _scrypt(password, salt, n, _R, _P, _DKLEN)
+    return f"{_SCHEME}${n}${_R}${_P}${_b64(salt)}${_b64(digest)}"
 
 
 def _b64(data: bytes) -> str:
@@ -49,10 +62,19 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != _SCHEME:
             return False
         salt, expected = base64.b64decode(salt_text), base64.b64decode(expected_text)
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected))
+        digest = _scrypt(password, salt, int(n), int(r), int(p), len(expected))
     except (ValueError, binascii.Error):
         return False
     return hmac.compare_digest(digest, expected)
+
+
+def weaker_than(stored: str, n: int) -> bool:
+    """Whether the `stored` hash was made with weaker parameters than (n, r=8, p=1)."""
+    try:
+        scheme, stored_n, r, p, *_ = stored.split("$")
+        return scheme != _SCHEME or int(stored_n) < n or int(r) < _R or int(p) < _P
+    except ValueError:
+        return True
 
 
 def parse_basic(header) -> tuple:
@@ -73,41 +95,68 @@ def parse_basic(header) -> tuple:
 
 
 class LoginThrottle:
-    """Failed logins per username, in the users table under keys no username can have
-    (`#failed-logins#<name>`; usernames never contain `#`).
+    """Failed logins in the users table, under keys no username can have (usernames never
+    contain `#`): per user and source address (`#failed-logins#<name>#<address>`) and per
+    source address (`#failed-source#<address>`).
 
-    A window opens at a name's first failure; once `max_failures` failures fall in it,
-    every login for that name is refused until it ends, so no one is locked out longer
-    than `window_seconds`. Failures are counted after the password check, with atomic
+    A count's window opens at its first failure; once its limit of failures falls in it,
+    the logins it covers are refused until it ends, so no one is locked out longer than
+    `window_seconds`. Failures are counted after the password check, with atomic
     writes: a burst of right passwords is never refused, and parallel guesses can exceed
     the budget by at most what is in flight at the moment it runs out.
     """
 
     KEY_PREFIX = "#failed-logins#"
+    SOURCE_PREFIX = "#failed-source#"
 
-    def __init__(self, table, max_failures: int, window_seconds: float, clock: Clock = time.time):
+    def __init__(
+        self,
+        table,
+        max_failures: int,
+        window_seconds: float,
+        max_source_failures: int = None,
+        clock: Clock = time.time,
+    ):
         self._table = table
         self._max_failures = max_failures
+        self._max_source_failures = max_source_failures
         self._window_ms = int(window_seconds * 1000)
         self._clock = clock
 
-    def check(self, username: str) -> None:
-        """Raise the 429 if `username` is locked out now."""
-        record = self._table.get_item(Key=self._key(username), ConsistentRead=True).get("Item")
-        now = self._now_ms()
-        if record is None or int(record["window_start"]) <= now - self._window_ms:
-            return
-        if int(record["failures"]) >= self._max_failures:
-            retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
-            raise TooManyFailures(max(1, retry_after))
+    def _counts(self, username, source: str):
+        """[(key, limit)] of the counts that cover a login of the user `username` (None:
+        a name that is not a user, which has none) from `source`."""
+        counts = []
+        if username is not None:
+            counts.append(({"username": f"{self.KEY_PREFIX}{username}#{source}"}, self._max_failures))
+        if self._max_source_failures:
+            counts.append(({"username": self.SOURCE_PREFIX + source}, self._max_source_failures))
+        return counts
 
-    def record_failure(self, username: str) -> None:
-        """Count one failed login: in the open window, else in a new one."""
+    def check(self, username, source: str) -> None:
+        """Raise the 429 if logins of the user `username` (None: a name that is not a
+        user) from `source` are locked out now."""
+        now = self._now_ms()
+        for key, limit in self._counts(username, source):
+            record = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+            if record is None or int(record["window_start"]) <= now - self._window_ms:
+                continue
+            if int(record["failures"]) >= limit:
+                retry_after = math.ceil((int(record["window_start"]) + self._window_ms - now) / 1000)
+                raise TooManyFailures(max(1, retry_after))
+
+    def record_failure(self, username: str, source: str) -> None:
+        """Count one failed login of the user `username` from `source`, in each count's
+        open window, else in a new one."""
+        for key, _ in self._counts(username, source):
+            self._count(key)
+
+    def _count(self, key: dict) -> None:
         now = self._now_ms()
         cutoff = now - self._window_ms
         try:
             self._table.update_item(
-                Key=self._key(username),
+                Key=key,
                 UpdateExpression="ADD failures :one",
                 ConditionExpression="window_start > :cutoff",
                 ExpressionAttributeValues={":one": 1, ":cutoff": cutoff},
@@ -118,7 +167,7 @@ class LoginThrottle:
                 raise
         try:
             self._table.update_item(
-                Key=self._key(username),
+                Key=key,
                 UpdateExpression=f"SET window_start = :now, failures = :one, {TTL_ATTRIBUTE} = :expires",
                 ConditionExpression="attribute_not_exists(window_start) OR window_start <= :cutoff",
                 ExpressionAttributeValues={
@@ -131,10 +180,7 @@ class LoginThrottle:
         except ClientError as error:
             if error_code(error) != "ConditionalCheckFailedException":
                 raise
-            self.record_failure(username)  # a concurrent failure opened the window: count in it
-
-    def _key(self, username: str) -> dict:
-        return {"username": self.KEY_PREFIX + username}
+            self._count(key)  # a concurrent failure opened the window: count in it
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -158,20 +204,20 @@ class Authenticator:
         self._lock = threading.Lock()
         self._dummy_hash: str | None = None
 
-    def authenticate(self, header) -> str:
-        """The username the `Authorization` header proves, else raise the 401."""
+    def authenticate(self, header, source: str = "-") -> str:
+        """The username the `Authorization` header proves, else raise the 401; `source`
+        is the request's source address (API Gateway's `identity.sourceIp`)."""
         username, password = parse_basic(header)
+        source = source[:_MAX_SOURCE]
         stored = self._users.password_hash(username)
-        fingerprint = hmac.new(self._key, f"{username}\0{password}\0{stored}".encode("utf-8"), hashlib.sha256).digest()
+        fingerprint = self._fingerprint(username, password, stored)
         now = time.monotonic()
         with self._lock:
             expires = self._verified.get(fingerprint)
-        # A name longer than any username's limit is never a user: nothing to throttle.
-        throttle = self._throttle if len(username) <= _MAX_USERNAME else None
-        if throttle is not None:
+        if self._throttle is not None:
             # First, and even for a login verified a moment ago: else a guess that hits the
             # password a user just used would get through a lock, from the cache.
-            throttle.check(username)
+            self._throttle.check(username if stored is not None else None, source)
         if stored is not None and expires is not None and expires > now:
             return username
         if stored is None:
@@ -181,15 +227,21 @@ class Authenticator:
         else:
             accepted = verify_password(password, stored)
         if not accepted:
-            if throttle is not None:
-                throttle.record_failure(username)
+            if self._throttle is not None and stored is not None:  # nothing written for a non-user
+                self._throttle.record_failure(username, source)
             raise Unauthenticated()
+        if weaker_than(stored, self._users.scrypt_n):
+            stored = self._users.upgrade_hash(username, password, stored)
+            fingerprint = self._fingerprint(username, password, stored)
         with self._lock:
             self._verified = {k: v for k, v in self._verified.items() if v > now}
             self._verified[fingerprint] = now + self._cache_seconds
         return username
 
+    def _fingerprint(self, username: str, password: str, stored) -> bytes:
+        return hmac.new(self._key, f"{username}\0{password}\0{stored}".encode("utf-8"), hashlib.sha256).digest()
+
     def _dummy(self) -> str:
         if self._dummy_hash is None:
-            self._dummy_hash = hash_password("not a real password")
+            self._dummy_hash = hash_password("not a real password", self._users.scrypt_n)
         return self._dummy_hash

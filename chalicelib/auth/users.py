@@ -15,8 +15,9 @@ import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.auth.logins import hash_password
+from chalicelib.auth.logins import SCRYPT_N, hash_password
 from chalicelib.common import aws
+from chalicelib.common.aws import error_code
 from chalicelib.common.config import Settings
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,63}$")
@@ -30,8 +31,9 @@ def valid_username(name: str) -> bool:
 class UserStore:
     """Users and their password hashes, one DynamoDB item each, keyed by username."""
 
-    def __init__(self, table):
+    def __init__(self, table, scrypt_n: int = SCRYPT_N):
         self._table = table
+        self.scrypt_n = scrypt_n  # the cost of new hashes
 
     def password_hash(self, username: str):
         """The stored hash of `username`, or None for an unknown user."""
@@ -46,7 +48,24 @@ class UserStore:
             raise ValueError(f"invalid username {username!r}: use letters, digits and _.@+- only")
         if not password:
             raise ValueError("the password must not be empty")
-        self._table.put_item(Item={"username": username, "password_hash": hash_password(password)})
+        self._table.put_item(Item={"username": username, "password_hash": hash_password(password, self.scrypt_n)})
+
+    def upgrade_hash(self, username: str, password: str, old_hash: str) -> str:
+        """Replace `username`'s `old_hash` by a hash of `password` (which it matched) at
+        today's cost; the hash stored afterwards. A password changed meanwhile is kept."""
+        new_hash = hash_password(password, self.scrypt_n)
+        try:
+            self._table.update_item(
+                Key={"username": username},
+                UpdateExpression="SET password_hash = :new",
+                ConditionExpression="password_hash = :old",
+                ExpressionAttributeValues={":new": new_hash, ":old": old_hash},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            return old_hash
+        return new_hash
 
     def remove(self, username: str) -> bool:
         """Remove `username`; whether it existed."""
@@ -84,7 +103,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
-        return _run(args, UserStore(aws.dynamodb_table(settings.users_table, settings.region)))
+        store = UserStore(aws.dynamodb_table(settings.users_table, settings.region), settings.password_scrypt_n)
+        return _run(args, store)
     except (BotoCoreError, ClientError) as error:
         print(
             f"error: cannot reach the users table {settings.users_table!r} ({aws.failure_reason(error)}). "

@@ -66,9 +66,15 @@ class Settings:
     queue_timeout: float = 6 * 3600.0
     timezone: str = "UTC"
     rule_prefix: str = "notebooks-"
-    # Failed logins allowed per username in a window; past them, 429 until it ends.
+    # Failed logins allowed per user and source address in a window; past them, that
+    # user's logins from that address are 429 until it ends.
     login_attempts: int = 5
     login_window: float = 300.0
+    # Failed logins allowed per source address (whatever the users) in a window: the
+    # limit on password spraying. 0: none.
+    login_source_attempts: int = 50
+    # scrypt's N for new password hashes: OWASP's 2^17 (128 MiB a check). Lower only in tests.
+    password_scrypt_n: int = 2**17
 
     # Lambda returns at most 6 MB; a larger JSON answer is served from S3 (303).
     max_response_bytes: int = SIX_MB
@@ -138,6 +144,8 @@ class Settings:
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
             login_attempts=_int(env, "NOTEBOOKS_LOGIN_ATTEMPTS", d.login_attempts),
             login_window=_float(env, "NOTEBOOKS_LOGIN_WINDOW", d.login_window),
+            login_source_attempts=_int(env, "NOTEBOOKS_LOGIN_SOURCE_ATTEMPTS", d.login_source_attempts),
+            password_scrypt_n=_int(env, "NOTEBOOKS_PASSWORD_SCRYPT_N", d.password_scrypt_n),
             max_response_bytes=_int(env, "NOTEBOOKS_MAX_RESPONSE_BYTES", d.max_response_bytes),
             max_output_bytes=_int(env, "NOTEBOOKS_MAX_OUTPUT_BYTES", d.max_output_bytes),
             max_parameters_bytes=_int(env, "NOTEBOOKS_MAX_PARAMETERS_BYTES", d.max_parameters_bytes),
