@@ -7,6 +7,10 @@
 - the runner's asynchronous invocation settings, reserved concurrency, /tmp size, a queue
   for the events it could not take, and both functions' log groups with a retention;
 - parameters for what differs between deployments (Stage, retention days, concurrency).
+- the API's protection: stage throttling (a rate and a burst for the whole stage), the
+  API function's reserved concurrency (a floor for the API and a ceiling on what it can
+  take of the account's), and optionally a WAF web ACL on the stage with a rate-based
+  rule per source address.
 - the runner as a container image (SAM builds it from the Metadata's Docker context,
   which `make package` writes), and for runs longer than Lambda's 15 minutes an ECS
   cluster and a Fargate task definition of the same image, with a task role as narrow
@@ -103,6 +107,40 @@ PARAMETERS = {
         "Description": "Runs that may execute at once (reserved for the runner, so runs cannot take the "
         "API's concurrency); 0 reserves none",
     },
+    "ApiThrottleRateLimit": {
+        "Type": "Number",
+        "Default": 50,
+        "MinValue": 1,
+        "Description": "Requests per second the API stage serves, in a steady state, over all clients; "
+        "API Gateway answers 429 past it",
+    },
+    "ApiThrottleBurstLimit": {
+        "Type": "Number",
+        "Default": 100,
+        "MinValue": 1,
+        "Description": "Requests the API stage serves at once in a burst, over all clients",
+    },
+    "ApiReservedConcurrency": {
+        "Type": "Number",
+        "Default": 20,
+        "MinValue": 0,
+        "Description": "Concurrency reserved for the API function: always available to it, and all it may use "
+        "of the account's; 0 reserves none",
+    },
+    "ApiWafEnabled": {
+        "Type": "String",
+        "Default": "false",
+        "AllowedValues": ["true", "false"],
+        "Description": "Whether a WAF web ACL guards the API stage, blocking a source address past ApiWafRateLimit "
+        "(WAF is billed per web ACL and per request)",
+    },
+    "ApiWafRateLimit": {
+        "Type": "Number",
+        "Default": 1000,
+        "MinValue": 100,
+        "MaxValue": 2000000000,
+        "Description": "Requests one source address may make in any 5 minutes before the WAF blocks it",
+    },
     "RunnerEphemeralStorageMB": {
         "Type": "Number",
         "Default": 2048,
@@ -162,6 +200,8 @@ PARAMETERS = {
 CONDITIONS = {
     "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
     "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
+    "ApiConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiReservedConcurrency"}, 0]}]},
+    "ApiWafEnabled": {"Fn::Equals": [{"Ref": "ApiWafEnabled"}, "true"]},
     "FargateEnabled": {
         "Fn::And": [
             {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerImageUri"}, ""]}]},
@@ -565,6 +605,65 @@ def _task_definition(data: dict) -> dict:
     }
 
 
+def _reserved_concurrency(condition: str, parameter: str) -> dict:
+    return {"Fn::If": [condition, {"Ref": parameter}, {"Ref": "AWS::NoValue"}]}
+
+
+def _api_protection() -> dict:
+    """Stage throttling for Chalice's RestAPI, and the optional WAF web ACL on its stage."""
+    visibility = lambda name: {  # noqa: E731
+        "SampledRequestsEnabled": True,
+        "CloudWatchMetricsEnabled": True,
+        "MetricName": {"Fn::Sub": "${AWS::StackName}-" + name},
+    }
+    return {
+        "RestAPI": {
+            "Properties": {
+                "MethodSettings": [
+                    {
+                        "ResourcePath": "/*",
+                        "HttpMethod": "*",
+                        "ThrottlingRateLimit": {"Ref": "ApiThrottleRateLimit"},
+                        "ThrottlingBurstLimit": {"Ref": "ApiThrottleBurstLimit"},
+                    }
+                ]
+            }
+        },
+        "ApiWebAcl": {
+            "Type": "AWS::WAFv2::WebACL",
+            "Condition": "ApiWafEnabled",
+            "Properties": {
+                "Scope": "REGIONAL",
+                "DefaultAction": {"Allow": {}},
+                "VisibilityConfig": visibility("api"),
+                "Rules": [
+                    {
+                        "Name": "requests-per-source-address",
+                        "Priority": 0,
+                        "Action": {"Block": {}},
+                        "Statement": {
+                            "RateBasedStatement": {"Limit": {"Ref": "ApiWafRateLimit"}, "AggregateKeyType": "IP"}
+                        },
+                        "VisibilityConfig": visibility("api-rate"),
+                    }
+                ],
+            },
+        },
+        "ApiWebAclAssociation": {
+            "Type": "AWS::WAFv2::WebACLAssociation",
+            "Condition": "ApiWafEnabled",
+            "Properties": {
+                # RestAPI.Stage: SAM's stage of the API, which the association then follows.
+                "ResourceArn": {
+                    "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}::"
+                    "/restapis/${RestAPI}/stages/${RestAPI.Stage}"
+                },
+                "WebACLArn": {"Fn::GetAtt": ["ApiWebAcl", "Arn"]},
+            },
+        },
+    }
+
+
 def image_runner(template: dict) -> dict:
     """Chalice's template with the runner function as a container image: its handler
     becomes the image's command, and Chalice's .zip properties go (a merge can only add)."""
@@ -621,6 +720,9 @@ def merge_template(settings: Settings | None = None) -> dict:
                     "Runtime": RUNTIME,
                     "CodeUri": CODE_URI,
                     "Role": {"Fn::GetAtt": ["ApiRole", "Arn"]},
+                    "ReservedConcurrentExecutions": _reserved_concurrency(
+                        "ApiConcurrencyReserved", "ApiReservedConcurrency"
+                    ),
                     **_environment(
                         **data,
                         NOTEBOOKS_USERS_TABLE={"Ref": "UsersTable"},
@@ -639,13 +741,9 @@ def merge_template(settings: Settings | None = None) -> dict:
                     "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
                     **_environment(**data, **_fargate_environment()),
                     "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
-                    "ReservedConcurrentExecutions": {
-                        "Fn::If": [
-                            "RunnerConcurrencyReserved",
-                            {"Ref": "RunnerReservedConcurrency"},
-                            {"Ref": "AWS::NoValue"},
-                        ]
-                    },
+                    "ReservedConcurrentExecutions": _reserved_concurrency(
+                        "RunnerConcurrencyReserved", "RunnerReservedConcurrency"
+                    ),
                     "EventInvokeConfig": {
                         "MaximumRetryAttempts": RUNNER_RETRY_ATTEMPTS,
                         "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
@@ -656,6 +754,7 @@ def merge_template(settings: Settings | None = None) -> dict:
                 },
                 "Metadata": {"Dockerfile": "Dockerfile", "DockerContext": "./" + IMAGE_CONTEXT, "DockerTag": RUNTIME},
             },
+            **_api_protection(),
             "RunnerInvokedByScheduleRules": {
                 "Type": "AWS::Lambda::Permission",
                 "Properties": {

@@ -510,3 +510,48 @@ def test_the_api_function_has_a_full_vcpu_for_its_1000_id_requests(resources):
     requests are CPU-bound (botocore's work per call), and docs/performance.md's
     estimates assume a full core."""
     assert resources["APIHandler"]["Properties"]["MemorySize"] >= 1769
+
+
+def test_the_api_function_has_room_for_owasps_scrypt(resources):
+    """A login's scrypt check at N=2^17, r=8 takes 128 MiB, beside the function's own."""
+    from chalicelib.auth.logins import SCRYPT_N
+
+    scrypt_mib = 128 * SCRYPT_N * 8 / 2**20
+    assert scrypt_mib == 128 and resources["APIHandler"]["Properties"]["MemorySize"] >= 4 * scrypt_mib
+    assert "NOTEBOOKS_PASSWORD_SCRYPT_N" not in json.dumps(resources)  # the default, OWASP's, applies
+
+
+def test_the_api_stage_is_throttled_by_parameters(template, resources):
+    [settings] = resources["RestAPI"]["Properties"]["MethodSettings"]
+    assert settings == {
+        "ResourcePath": "/*",
+        "HttpMethod": "*",
+        "ThrottlingRateLimit": {"Ref": "ApiThrottleRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottleBurstLimit"},
+    }
+    parameters = template["Parameters"]
+    assert 0 < parameters["ApiThrottleRateLimit"]["Default"] <= parameters["ApiThrottleBurstLimit"]["Default"]
+
+
+def test_the_api_function_has_a_reserved_concurrency_of_its_own(template, resources):
+    assert resources["APIHandler"]["Properties"]["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ApiConcurrencyReserved", {"Ref": "ApiReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["ApiConcurrencyReserved"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ApiReservedConcurrency"}, 0]}]
+    }
+    assert template["Parameters"]["ApiReservedConcurrency"]["Default"] > 0
+
+
+def test_an_optional_waf_web_acl_blocks_a_source_past_its_rate_on_the_api_stage(template, resources):
+    assert template["Parameters"]["ApiWafEnabled"]["Default"] == "false"
+    assert template["Conditions"]["ApiWafEnabled"] == {"Fn::Equals": [{"Ref": "ApiWafEnabled"}, "true"]}
+    acl, association = resources["ApiWebAcl"], resources["ApiWebAclAssociation"]
+    assert acl["Condition"] == association["Condition"] == "ApiWafEnabled"
+    assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
+    [rule] = acl["Properties"]["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"] == {"RateBasedStatement": {"Limit": {"Ref": "ApiWafRateLimit"}, "AggregateKeyType": "IP"}}
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+    arn = association["Properties"]["ResourceArn"]["Fn::Sub"]
+    assert arn.endswith("/restapis/${RestAPI}/stages/${RestAPI.Stage}") and ":apigateway:${AWS::Region}::" in arn
