@@ -88,9 +88,10 @@ class Services:
             )
         return self._runner_arn
 
-    def runner_executor(self) -> "RunExecutor":
-        """The executor of this process, a Lambda container or a local Lambda worker: one
-        per process, since its runner ends every process a run leaves below this one.
+    def runner_executor(self, kernel_uid=None) -> "RunExecutor":
+        """The executor of this process, a Lambda container, a local Lambda worker or a
+        Fargate task (whose kernels run as `kernel_uid`): one per process, since its
+        runner ends every process a run leaves below this one.
 
         The process is made non-dumpable first, so kernels (same user) cannot read its
         credentials or settings through /proc or attach to it.
@@ -107,6 +108,7 @@ class Services:
                 shared_tmp=shared_tmp,
                 sweep_whole_user=shared_tmp is not None,
                 preload=self.settings.preload_modules,
+                kernel_uid=kernel_uid,
             )
             self._runner_executor = self.executor_on(runner)
         return self._runner_executor

@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -631,6 +630,7 @@ def test_a_run_that_cannot_be_cleaned_up_after_stops_the_runner(lambda_layout, m
         real_empty_folder(path)
         raise sandbox.SandboxError(f"could not remove {path}/stuck: Device or resource busy")
 
+    runner.prewarm()  # its cleanup before the kernel succeeds
     monkeypatch.setattr(sandbox, "empty_folder", empty_folder_that_fails)
     execution = runner.execute(notebook("print('ran')"), parameters=where)
 
@@ -641,35 +641,216 @@ def test_a_run_that_cannot_be_cleaned_up_after_stops_the_runner(lambda_layout, m
         runner.execute(notebook("print('never')"), parameters=where)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving up root needs root")
-def test_an_ecs_task_gives_up_root_before_its_runner_starts():
-    """ECS runs the image as root: the task's process becomes an unprivileged user with no
-    capabilities and no groups, non-dumpable, and its tmp stays writable for that user."""
-    tmp = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is closed to other users
-    tmp.chmod(0o755)
+def test_no_kernel_starts_where_the_cleanup_before_it_fails(lambda_layout, monkeypatch):
+    runner, where = lambda_layout
+
+    def empty_folder_that_fails(path):
+        raise sandbox.SandboxError(f"could not remove {path}/stuck: Device or resource busy")
+
+    monkeypatch.setattr(sandbox, "empty_folder", empty_folder_that_fails)
+    with pytest.raises(sandbox.SandboxError, match="stuck"):
+        runner.prewarm()
+    assert runner._waiting is None
+    with pytest.raises(sandbox.SandboxError):
+        runner.execute(notebook("print('never')"), parameters=where)
+
+
+def readable_by_others(path: str) -> bool:
+    """Whether a user other than root can reach and read `path` (every folder above it
+    searchable by others, the file readable)."""
+    parts = pathlib.Path(path).resolve().parts
+    folders = [pathlib.Path(*parts[:index]) for index in range(1, len(parts))]
+    return all(os.stat(folder).st_mode & 0o001 for folder in folders) and bool(os.stat(path).st_mode & 0o004)
+
+
+AS_ITS_OWN_USER = r"""
+import os
+print(os.getresuid(), os.getresgid(), os.getgroups())
+open('written-in-the-working-folder', 'w').write('x')
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing the kernel to another user needs root")
+@pytest.mark.skipif(
+    not readable_by_others(os.path.join(sys.base_prefix, "lib")),
+    reason="this machine's Python is closed to other users (test_lambda_sim runs a root task from /var/lang)",
+)
+@pytest.mark.parametrize("namespace", [True, False], ids=["in a PID namespace", "without"])
+def test_a_root_runners_kernel_runs_as_a_user_of_its_own(monkeypatch, namespace):
+    if namespace and not sandbox.pid_namespace_prefix():
+        pytest.skip("this machine gives kernels no PID namespace")
+    monkeypatch.setattr(sandbox, "_pid_namespace_usable", namespace)
+    runner = NotebookRunner(run_timeout=60, kernel_uid=993)
     try:
-        _gives_up_root(tmp)
+        execution = runner.execute(notebook(AS_ITS_OWN_USER))
     finally:
-        sandbox.remove_tree(str(tmp))
+        runner.close()
+    assert execution.error is None, execution.error
+    assert printed(execution).splitlines()[0] == "(993, 993, 993) (993, 993, 993) []"
 
 
-def _gives_up_root(tmp):
-    code = (
-        "import ctypes, json, os\n"
-        "from chalicelib.runner import sandbox\n"
-        f"done = sandbox.give_up_root(993, {str(tmp)!r})\n"
-        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
-        f"open(os.path.join({str(tmp)!r}, 'mine'), 'w').write('x')\n"
-        "print(json.dumps({'done': done, 'ids': [os.getresuid(), os.getresgid()], 'groups': os.getgroups(),\n"
-        "                  'caps': status['CapEff'].strip(), 'dumpable': ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
+# A runner process, as a Lambda container's: `shared` stands for its /tmp, and kernels
+# get no PID namespace. Its notebook gets the runner's pid as a parameter (what
+# os.getppid() gives there).
+RUNNER_PROCESS = r"""
+import json, os, sys
+from nbformat.v4 import new_code_cell, new_notebook
+from chalicelib.runner import sandbox
+from chalicelib.runner.notebook_runner import NotebookRunner
+sandbox._pid_namespace_usable = False  # as on Lambda: the kernel's parent is its runner
+shared, source = sys.argv[1], sys.argv[2]
+runner = NotebookRunner(run_timeout=60, shared_tmp=shared)
+nb = new_notebook(cells=[new_code_cell("runner_pid = None\nshared = None", metadata={"tags": ["parameters"]}),
+                         new_code_cell(source)])
+nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+execution = runner.execute(nb, parameters={"runner_pid": os.getpid(), "shared": shared})
+outputs = [output.get("text", "") for output in execution.notebook.cells[-1].outputs]
+print(json.dumps({"error": execution.error, "outputs": outputs}))
+runner.close()
+"""
+PLANT_AND_KILL_RUNNER = r"""
+import os, pickle, signal
+class Trap:
+    def __reduce__(self):
+        return (print, ("PLANTED CODE RAN",))
+for folder in (shared, "/dev/shm"):
+    with open(os.path.join(folder, f"planted-{runner_pid}.pkl"), "wb") as f:
+        pickle.dump(Trap(), f)
+os.kill(runner_pid, signal.SIGKILL)
+"""
+LOOK_FOR_PLANTS = r"""
+import glob, os, pickle
+found = glob.glob(os.path.join(shared, "planted-*.pkl")) + glob.glob("/dev/shm/planted-*.pkl")
+for path in found:
+    pickle.load(open(path, "rb"))
+print("found", found)
+"""
+
+
+def run_runner_process(shared, source):
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER_PROCESS, str(shared), source],
         capture_output=True,
         text=True,
+        timeout=120,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
-    assert seen == {"done": True, "ids": [[993] * 3, [993] * 3], "groups": [], "caps": "0" * 16, "dumpable": 0}
-    assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o1777 and os.stat(tmp / "mine").st_uid == 993
+
+
+def test_a_run_that_kills_its_runner_leaves_nothing_for_the_next_run(tmp_path):
+    """Its runner did no cleanup: the next runner process, cold, cleans before its kernel starts."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    killed = run_runner_process(shared, PLANT_AND_KILL_RUNNER)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    planted = list(shared.glob("planted-*.pkl")) + list(pathlib.Path("/dev/shm").glob("planted-*.pkl"))
+    assert len(planted) == 2  # the trap is set
+    try:
+        after = run_runner_process(shared, LOOK_FOR_PLANTS)
+        assert after.returncode == 0, after.stderr
+        seen = json.loads(after.stdout.strip().splitlines()[-1])
+        assert seen == {"error": None, "outputs": ["found []\n"]}
+        assert not any(path.exists() for path in planted)
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+
+
+def test_the_prewarmed_kernel_of_a_cold_runner_starts_after_the_cleanup(lambda_layout):
+    runner, where = lambda_layout
+    planted = pathlib.Path(where["shared"]) / "planted.pkl"
+    planted.write_bytes(b"trap")
+    runner.prewarm()  # a cold start: no run has ended in this process yet
+    assert not planted.exists()
+
+
+FORGE_LOG_LINES = r"""
+import os, subprocess
+forged = 'START RequestId: 00000000-0000-0000-0000-000000000000 FORGED'
+os.write(1, (forged + ' fd 1\n').encode())
+os.write(2, (forged + ' fd 2\n').encode())
+subprocess.run(['sh', '-c', f'echo "{forged} subprocess" >&2'])
+print('done')
+"""
+
+
+def test_a_notebook_cannot_write_into_the_runners_own_log_stream(capfd):
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(notebook(FORGE_LOG_LINES))
+    finally:
+        runner.close()
+    assert execution.error is None, execution.error
+    runner_streams = "".join(capfd.readouterr())
+    assert "FORGED" not in runner_streams
+    # The lines are the run's: in the kernel's own output, which ends its log.
+    for where in ("fd 1", "fd 2", "subprocess"):
+        assert f"FORGED {where}" in execution.kernel_output
+
+
+@pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
+def test_in_a_pid_namespace_the_kernel_is_not_pid_1_and_dies_of_sigterm_as_under_papermill():
+    """nbclient's Autokill notebook: the kernel signals itself."""
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(
+            notebook(
+                "import os\nprint(os.getpid(), os.getppid())", "import signal\nos.kill(os.getpid(), signal.SIGTERM)"
+            )
+        )
+    finally:
+        runner.close()
+    assert printed(execution).split() == ["2", "1"]  # PID 1 is the init
+    assert execution.error["ename"] == "DeadKernelError" and execution.error["cell_index"] == 2
+
+
+ORPHANS = r"""
+import os, time
+for _ in range(5):
+    if os.fork() == 0:          # a child that forks a grandchild and exits at once:
+        if os.fork() == 0:      # the grandchild, orphaned, exits a moment later
+            time.sleep(0.2)
+            os._exit(0)
+        os._exit(0)
+time.sleep(1.5)
+for _ in range(5):
+    try:
+        os.waitpid(-1, 0)       # the kernel's own children
+    except ChildProcessError:
+        break
+zombies = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    with open(f'/proc/{pid}/stat') as f:
+        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+            zombies.append(pid)
+print('zombies', zombies)
+"""
+
+
+@pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
+def test_the_init_reaps_orphans_in_the_kernels_namespace():
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(notebook(ORPHANS))
+    finally:
+        runner.close()
+    assert execution.error is None, execution.error
+    assert printed(execution).strip() == "zombies []"
+
+
+@pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
+def test_the_init_passes_signals_on_to_the_kernel():
+    runner = NotebookRunner(run_timeout=60)
+    try:
+        execution = runner.execute(
+            notebook(
+                "import os, signal, time\n"
+                "signal.signal(signal.SIGUSR1, lambda *_: print('kernel got SIGUSR1'))\n"
+                "os.kill(1, signal.SIGUSR1)\n"
+                "time.sleep(0.5)"
+            )
+        )
+    finally:
+        runner.close()
+    assert execution.error is None, execution.error
+    assert "kernel got SIGUSR1" in printed(execution)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # How often a runner looks for a cancel request while its run executes.
 CANCEL_POLL_SECONDS = 2.0
+# Introduces, in a run's final log, what the kernel process wrote to its stdout and stderr.
+KERNEL_OUTPUT_HEADING = "\n--- the kernel process's own output (stdout and stderr) ---"
 
 
 class RunExecutor:
@@ -131,7 +133,7 @@ class RunExecutor:
                 )
             output, too_large = fit_output(execution.notebook, limit)
             self._files.put(target, output)
-            self._store_final_log(log_target, execution.notebook, log_limit)
+            self._store_final_log(log_target, execution, log_limit)
             error = execution.error or too_large
             status = RunStatus.CANCELLED if execution.cancelled else RunStatus.FAILED if error else RunStatus.SUCCEEDED
             final = self._records.conclude(run_id, status, error=error)
@@ -160,11 +162,14 @@ class RunExecutor:
         self._stopping.set()
         self._runner.cancel()
 
-    def _store_final_log(self, key: str, notebook, limit: int) -> None:
-        """Store the run's whole log; if that fails, the last live one stays: a log never
-        fails a run."""
+    def _store_final_log(self, key: str, execution, limit: int) -> None:
+        """Store the run's whole log, the kernel process's own output last; if that
+        fails, the last live one stays: a log never fails a run."""
+        text = log_text(execution.notebook.cells)
+        if execution.kernel_output.strip():
+            text += f"{KERNEL_OUTPUT_HEADING}\n{execution.kernel_output}"
         try:
-            self._files.put(key, capped(log_text(notebook.cells), limit).encode("utf-8"), LOG_CONTENT_TYPE)
+            self._files.put(key, capped(text, limit).encode("utf-8"), LOG_CONTENT_TYPE)
         except Exception:  # the run's outcome and output are what must be recorded
             log.warning("could not store the final log at %s", key, exc_info=True)
 

@@ -8,13 +8,14 @@ ECS stops a task with SIGTERM (a cancel's StopTask), and SIGKILL 30 s later: on 
 the run is stopped as a cancel stops it, so its output so far is stored and it ends
 `cancelled` before that.
 
-ECS runs the image as root; the task gives root up before anything else (see
-sandbox.give_up_root), so a notebook runs as an unprivileged user, as on Lambda, and
-cannot read the task's credentials from the runner's environment.
+ECS runs the image as root. The runner stays root, and its kernels run as KERNEL_UID, a
+user of their own with no groups (runner/kernel.py's --run-as): a notebook cannot signal
+its runner, read the task's credentials from its environment, or attach to it.
 """
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -22,28 +23,31 @@ import threading
 
 from chalicelib import services
 from chalicelib.common import runner_events
-from chalicelib.runner import sandbox
 
-# The user a task's runner and kernels run as: Lambda's own (sbx_user1051).
-TASK_UID = 993
+# The user a task's kernels run as, when the task runs as root: Lambda's own (sbx_user1051).
+KERNEL_UID = 993
 
 
 def main(argv) -> int:
-    """Give up root (ECS starts the image as root), then run the run named in argv[1]; 0
-    whatever the notebook did (its outcome is recorded)."""
+    """Run the run named in argv[1] (as root, as ECS starts the image, with kernels as
+    KERNEL_UID); 0 whatever the notebook did (its outcome is recorded)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if len(argv) != 2:
         print("usage: python -m chalicelib.runner.fargate_task RUN_ID", file=sys.stderr)
         return 2
-    sandbox.give_up_root(TASK_UID, tempfile.gettempdir())  # does nothing unless root
     print(json.dumps(serve(argv[1])), flush=True)
     return 0
 
 
 def serve(run_id: str) -> dict:
-    """Execute the run with the runner handler, as this process's user; SIGTERM (StopTask)
-    stops it as a cancel does. The handler's answer."""
-    executor = services.get().runner_executor()
+    """Execute the run with the runner handler; as root, its kernel runs as KERNEL_UID,
+    which may write in the temporary folder (sticky, as /tmp). SIGTERM (StopTask) stops
+    it as a cancel does. The handler's answer."""
+    kernel_uid = None
+    if os.geteuid() == 0:
+        os.chmod(tempfile.gettempdir(), 0o1777)
+        kernel_uid = KERNEL_UID
+    executor = services.get().runner_executor(kernel_uid=kernel_uid)
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())

@@ -18,11 +18,22 @@ the kernel is set up and before it answers its first request, so that the runner
 waiting kernel has them ready for the run (NOTEBOOKS_PRELOAD_MODULES). They are imported
 by this process, not run in the notebook's namespace: the notebook finds them in
 sys.modules, and no name of its own.
+
+`--run-as=UID` (the runner is root: a Fargate task) makes the process that user, with
+no groups, once ipykernel is loaded and before it reads its secrets, so the notebook
+runs apart from its runner.
+
+Started as the first process of a PID namespace (PID 1, which the OS shields from every
+signal it has no handler for, so `os.kill(os.getpid(), signal.SIGTERM)` would do
+nothing), the process forks: PID 1 stays a minimal init (`_init`), which forwards
+signals to the kernel and reaps orphans, and the child goes on as the kernel, which
+then receives signals as it would anywhere else.
 """
 
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -30,6 +41,53 @@ import time
 from chalicelib.runner.sandbox import forbid_inspection
 
 _CONNECTION_FILE_WAIT_SECONDS = 5.0
+RUN_AS_OPTION = "--run-as="
+# What the init passes on to the kernel. Not SIGINT: an interrupt goes to the kernel's
+# process group, init included, and the kernel must get it once.
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_INIT_SIGNALS = {*_FORWARDED, signal.SIGINT}
+
+
+def _run_as(argv: list) -> list:
+    """Become the user `--run-as=UID` names, if any (no groups, its own uid as gid);
+    `argv` without the option."""
+    kept = [arg for arg in argv if not arg.startswith(RUN_AS_OPTION)]
+    for arg in argv:
+        if arg.startswith(RUN_AS_OPTION):
+            uid = int(arg[len(RUN_AS_OPTION) :])
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+    return kept
+
+
+def _init() -> bool:
+    """If this is PID 1, fork: return True in the child (the kernel); in the parent, be
+    the namespace's init until the kernel ends, then exit as it did (the OS then kills
+    every other process of the namespace). False when not PID 1."""
+    if os.getpid() != 1:
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, _INIT_SIGNALS)  # until each side has its handlers
+    kernel = os.fork()
+    if kernel == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INIT_SIGNALS)
+        return True
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)  # the secrets are the kernel's to read
+    os.close(null)
+    forward = lambda signum, _frame: os.kill(kernel, signum)  # noqa: E731
+    for signum in _FORWARDED:
+        signal.signal(signum, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _INIT_SIGNALS)
+    while True:
+        try:
+            pid, status = os.wait()  # the kernel, or an orphan re-parented here
+        except ChildProcessError:
+            os._exit(1)
+        if pid == kernel:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
 
 
 def _read_secrets() -> dict:
@@ -54,8 +112,7 @@ def _read_secrets() -> dict:
 def _exit_when_runner_gone(lifeline: int) -> None:
     """Block until the runner's end of the pipe closes, then end this process at once.
 
-    os._exit, not a signal: as the first process of a PID namespace, the kernel ignores
-    signals sent from inside it, SIGKILL included."""
+    os._exit, not a signal: it ends this process whatever its handlers."""
     while os.read(lifeline, 4096):
         pass
     os._exit(1)
@@ -85,16 +142,28 @@ def _preload_option(argv: list) -> list:
 
 
 def main() -> None:
-    """Start ipykernel with the secrets from stdin, preloading what `--preload` names."""
-    forbid_inspection()
+    """Start ipykernel with the secrets from stdin, preloading what `--preload` names (as
+    `--run-as`'s user, below an init when PID 1)."""
     modules = _preload_option(sys.argv)
-    secrets = _read_secrets()
     # As ipykernel_launcher does: no module of the working folder shadows ours at start.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
+    # Loaded by the runner's user, before any change of user: the kernel's own code.
     from ipykernel.kernelapp import IPKernelApp
 
+    sys.argv = _run_as(sys.argv)
+    forbid_inspection()  # after the change of user, which resets it
+    below_init = _init()
+    secrets = _read_secrets()
+
     class RunKernelApp(IPKernelApp):
+        def init_poller(self):
+            if below_init:
+                # The parent is our init, which ipykernel's poller would take for a dead
+                # runner; 1 tells it so. The lifeline tells when the runner is gone.
+                self.parent_handle = 1
+            super().init_poller()
+
         def load_connection_file(self, connection_file=None):
             # The kernel manager may rewrite the file once right after launch: wait for it.
             deadline = time.monotonic() + _CONNECTION_FILE_WAIT_SECONDS

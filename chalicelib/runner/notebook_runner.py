@@ -9,7 +9,13 @@ fresh folders (working folder, HOME, IPython, Jupyter, TMPDIR: no shared startup
 config, kernel spec or history), history kept in memory, and a session key that is never
 written to disk. After the run, the kernel and every process the run started are killed,
 its folders removed, and with `shared_tmp` (Lambda's /tmp) everything else it wrote there
-too. `prewarm()` starts the next kernel ahead of need, only once the previous run is swept.
+too. `prewarm()` starts the next kernel ahead of need, only once the previous run is swept;
+before any kernel starts (the first of a process too), what is shared is emptied again,
+so a run that killed its runner process, which then did no cleanup, leaves nothing.
+
+The kernel's stdout and stderr (what is written to file descriptors 1 and 2, which
+ipykernel also copies there) never reach the runner's own: they go to a file of the
+run's, whose end `Execution.kernel_output` carries to the run's log.
 
 One NotebookRunner per process: the sweep ends every process that appeared below this
 process during a run. It must be used from one thread (kernel and client share that
@@ -21,6 +27,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,9 +48,10 @@ from papermill.engines import NBClientEngine, NotebookExecutionManager, papermil
 from papermill.exceptions import PapermillExecutionError
 from papermill.execute import remove_error_markers
 from papermill.log import logger
-from traitlets import Tuple
+from traitlets import Integer, Tuple
 
 from chalicelib.runner import sandbox
+from chalicelib.runner.kernel import RUN_AS_OPTION
 
 _ENGINE_NAME = "notebook-runner"
 # nbclient does not run cells with this tag; we pass it explicitly so the progress total agrees.
@@ -57,6 +65,8 @@ _KERNEL_READY_SECONDS = 60
 CANCEL_GRACE_SECONDS = 5.0
 # The folder holding `chalicelib`: the kernel's launcher is imported from it.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# How much of the kernel process's own output (stdout, stderr) a run's log keeps: its end.
+KERNEL_OUTPUT_BYTES = 64 * 1024
 # Settings of the runner's own process that a kernel must not inherit: the service's
 # identity and configuration, and any pointer to shared Jupyter/IPython folders.
 _PRIVATE_PREFIXES = ("AWS_", "ECS_", "NOTEBOOKS_", "JUPYTER", "IPYTHON", "PYTHONSTARTUP")
@@ -71,11 +81,15 @@ class Execution:
     cell_index indexes `notebook.cells`, whose failing cell also carries an error output.
     `cancelled`: the run was stopped by cancel(); `notebook` is what ran until then, and
     `error` is None.
+    `kernel_output`: the end (KERNEL_OUTPUT_BYTES) of what the kernel process wrote to
+    its stdout and stderr: the notebook's fd-level output again, and the kernel's own
+    messages (a crash's among them).
     """
 
     notebook: NotebookNode
     error: Optional[dict]
     cancelled: bool = False
+    kernel_output: str = ""
 
 
 def prepare_lambda_environment(tmp: str = LAMBDA_TMP) -> Optional[str]:
@@ -124,16 +138,20 @@ def unsupported_kernel(notebook: NotebookNode) -> Optional[str]:
 class _RunnerKernelSpecs(KernelSpecManager):
     """The one kernel spec a run may use, fixed in code: none is read from disk, where a
     notebook could have written one for the next run. `preload`: the modules the kernel
-    imports before it answers (chalicelib.runner.kernel's --preload)."""
+    imports before it answers (chalicelib.runner.kernel's --preload). With `kernel_uid`,
+    the kernel runs as that user."""
 
     preload = Tuple()
+    kernel_uid = Integer(None, allow_none=True)
 
     def get_kernel_spec(self, kernel_name):
+        run_as = [] if self.kernel_uid is None else [f"{RUN_AS_OPTION}{self.kernel_uid}"]
         return KernelSpec(
-            argv=sandbox.pid_namespace_prefix()
+            argv=sandbox.pid_namespace_prefix(user_namespace=self.kernel_uid is None)
             # -P: the working folder is not searched for the launcher's own modules.
             + [sys.executable, "-P", "-m", "chalicelib.runner.kernel"]
             + (["--preload", ",".join(self.preload)] if self.preload else [])
+            + run_as
             + [
                 "-f",
                 "{connection_file}",
@@ -155,10 +173,11 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
     send the kernel a message it accepts nor read what the kernel publishes.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, kernel_uid: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self._curve_keys = zmq.curve_keypair()
         self.curve_publickey, self.curve_secretkey = self._curve_keys
+        self.kernel_uid = kernel_uid
 
     def secrets(self) -> bytes:
         """What the kernel reads from its standard input: one line of JSON."""
@@ -180,6 +199,8 @@ class _KeysOffDiskKernelManager(AsyncKernelManager):
             super().write_connection_file(**kwargs)
         finally:
             self.session.key, self.curve_publickey, self.curve_secretkey = secrets
+        if self.kernel_uid is not None:  # written 0600: the kernel's user must read it
+            os.chown(self.connection_file, self.kernel_uid, self.kernel_uid)
 
 
 def _stderr_error(cell) -> dict:
@@ -203,23 +224,34 @@ class _Kernel:
     are the imports of the `preload` modules, which the kernel makes before it is ready.
     """
 
-    def __init__(self, shared_tmp: Optional[str], preload: tuple = ()):
+    def __init__(self, shared_tmp: Optional[str], preload: tuple = (), kernel_uid: Optional[int] = None):
         self.folders = sandbox.RunFolders(base=shared_tmp)
         self.km = _KeysOffDiskKernelManager(
+            kernel_uid=kernel_uid,
             kernel_name="python3",
-            kernel_spec_manager=_RunnerKernelSpecs(preload=tuple(preload)),
+            kernel_spec_manager=_RunnerKernelSpecs(preload=tuple(preload), kernel_uid=kernel_uid),
             connection_file=self.folders.connection_file,
         )
         self.kc = None
+        self.output = ""
+        # The kernel's stdout and stderr: a file with no name (a notebook can neither find
+        # nor replace it), read through this process's own descriptor.
+        self._output_file = tempfile.TemporaryFile(dir=shared_tmp)
         # The secrets reach the kernel through its stdin. Our end stays open while the
         # kernel lives: the kernel exits when it closes, even if this process is killed.
         self._lifeline: Optional[int]
         key_reader, self._lifeline = os.pipe()
         try:
+            if kernel_uid is not None:
+                self.folders.hand_over(kernel_uid)
             try:
                 os.write(self._lifeline, self.km.secrets())
                 run_sync(self.km.start_kernel)(
-                    cwd=self.folders.workdir, env=_kernel_env(self.folders), stdin=key_reader
+                    cwd=self.folders.workdir,
+                    env=_kernel_env(self.folders),
+                    stdin=key_reader,
+                    stdout=self._output_file,
+                    stderr=self._output_file,
                 )
             finally:
                 os.close(key_reader)
@@ -250,6 +282,15 @@ class _Kernel:
             if self._lifeline is not None:
                 os.close(self._lifeline)
                 self._lifeline = None
+            if not self._output_file.closed:
+                self.output = self._output_tail()
+                self._output_file.close()
+
+    def _output_tail(self) -> str:
+        """The end of what the kernel process wrote to its stdout and stderr."""
+        size = os.fstat(self._output_file.fileno()).st_size
+        start = max(0, size - KERNEL_OUTPUT_BYTES)
+        return os.pread(self._output_file.fileno(), size - start, start).decode("utf-8", errors="replace")
 
     def shutdown(self) -> None:
         """Kill the kernel and remove its folders."""
@@ -428,20 +469,25 @@ class NotebookRunner:
         shared_tmp: Optional[str] = None,
         sweep_whole_user: bool = False,
         preload: tuple = (),
+        kernel_uid: Optional[int] = None,
     ):
         """`shared_tmp`: a folder every run can write to (Lambda's /tmp), which holds the
-        runs' private folders and is emptied after each run; None: the system's
-        temporary folder, left alone. `sweep_whole_user`: after a run, end every other
+        runs' private folders and is emptied (with /dev/shm and System V IPC) after each
+        run and before each kernel starts; None: the system's temporary folder, left
+        alone. `sweep_whole_user`: after a run and before a kernel starts, end every other
         process of this user, not only those below this process (Lambda), unless kernels
         run in a PID namespace of their own, which holds all of a run's processes.
         `preload`: modules each kernel imports while it waits for its run (prewarm), so
-        that a run importing them finds them loaded; () for none."""
+        that a run importing them finds them loaded; () for none.
+        `kernel_uid` (for a runner running as root: a Fargate task): the user kernels run
+        as, apart from this process's."""
         self.run_timeout = run_timeout
         self._preload = tuple(preload)
         self.progress_interval = progress_interval
         self.checkpoint_interval = checkpoint_interval
         self._shared_tmp = shared_tmp
         self._sweep_whole_user = sweep_whole_user
+        self._kernel_uid = kernel_uid
         self._waiting: Optional[_Kernel] = None
         self._processes: Optional[sandbox.ProcessSweep] = None
         self._broken: Optional[str] = None  # why this runner must not run another notebook
@@ -471,9 +517,24 @@ class NotebookRunner:
         # processes (another function sharing the user, outside Lambda) are left alone.
         whole_user = self._sweep_whole_user and not sandbox.pid_namespace_prefix()
         processes = self._processes = sandbox.ProcessSweep(whole_user=whole_user)
+        self._clear_before_kernel(whole_user)
         processes.start()  # whatever exists before the kernel is not the run's
-        kernel = self._waiting = _Kernel(self._shared_tmp, self._preload)
+        kernel = self._waiting = _Kernel(self._shared_tmp, self._preload, self._kernel_uid)
         return kernel, processes
+
+    def _clear_before_kernel(self, whole_user: bool) -> None:
+        """What _end_run does after a run, again before a kernel starts: the last run may
+        have killed its runner process (which then cleaned up nothing) and left processes,
+        files in /tmp and /dev/shm, or IPC objects for the next run to find."""
+        try:
+            if whole_user:
+                sandbox.ProcessSweep(whole_user=True).sweep()
+            if self._shared_tmp:
+                sandbox.clear_shared(self._shared_tmp)
+        except Exception as error:
+            self._broken = f"{error!r}"
+            logger.error("could not clean up before a kernel: %r", error)
+            raise sandbox.SandboxError(f"could not clean up before a kernel: {self._broken}") from error
 
     def execute(
         self,
@@ -552,9 +613,9 @@ class NotebookRunner:
             self._end_run(kernel, processes)
         run.report_progress()
         if run.cancelled:
-            return Execution(notebook=run.notebook or notebook, error=None, cancelled=True)
+            return Execution(notebook=run.notebook or notebook, error=None, cancelled=True, kernel_output=kernel.output)
         assert run.notebook is not None  # set by _RunnerEngine before any cell runs
-        return Execution(notebook=run.notebook, error=run.error)
+        return Execution(notebook=run.notebook, error=run.error, kernel_output=kernel.output)
 
     def live(self) -> tuple:
         """(the executing notebook's cells, the index of the cell executing or last
@@ -611,11 +672,7 @@ class NotebookRunner:
         steps = [kernel.stop, processes.sweep, kernel.folders.remove]
         shared_tmp = self._shared_tmp
         if shared_tmp:  # Lambda: /tmp, /dev/shm and System V IPC are the container's
-            steps += [
-                lambda: sandbox.empty_folder(shared_tmp),
-                lambda: sandbox.empty_folder("/dev/shm"),
-                sandbox.remove_ipc_objects,
-            ]
+            steps.append(lambda: sandbox.clear_shared(shared_tmp))
         for step in steps:
             try:
                 step()

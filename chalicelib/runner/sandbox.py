@@ -52,20 +52,6 @@ def forbid_inspection() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
-def give_up_root(uid: int, writable: str) -> bool:
-    """As root, make `writable` world-writable (sticky, as /tmp is) and become `uid`, with
-    no supplementary groups and, as any process leaving root, no capabilities and
-    non-dumpable; whether it did (False when not root). For an ECS task, which runs its
-    image as root: its kernels then run unprivileged, as on Lambda."""
-    if os.geteuid() != 0:
-        return False
-    os.chmod(writable, 0o1777)
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    return True
-
-
 def adopt_orphans() -> None:
     """Make this process the reaper of its orphaned descendants (Linux 3.4+)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -196,14 +182,16 @@ class ProcessSweep:
 
 
 # util-linux's unshare: a user namespace (so no privilege is needed), a PID namespace whose
-# first process is the kernel, with /proc mounted for it alone, and an IPC namespace (its
-# own System V IPC objects and POSIX message queues). When unshare dies,
-# the kernel gets SIGKILL, and when the kernel dies the OS kills every process in the
-# namespace: nothing the run started can outlive it, however it forks.
+# first process is the kernel's launcher (which stays its init: runner/kernel.py), with
+# /proc mounted for it alone, and an IPC namespace (its own System V IPC objects and POSIX
+# message queues). When unshare dies, the init gets SIGKILL, and when the init dies the OS
+# kills every process in the namespace: nothing the run started can outlive it, however
+# it forks. Root needs no user namespace, and must have none to hand the kernel to
+# another user (a user namespace maps only root's own id).
+_USER_NAMESPACE = ["--user", "--map-current-user"]
 _PID_NAMESPACE = [
     "unshare",
-    "--user",
-    "--map-current-user",
+    *_USER_NAMESPACE,
     "--pid",
     "--ipc",
     "--fork",
@@ -214,10 +202,11 @@ _PID_NAMESPACE = [
 _pid_namespace_usable = None
 
 
-def pid_namespace_prefix() -> list:
+def pid_namespace_prefix(user_namespace: bool = True) -> list:
     """The command prefix that starts a program in a PID namespace of its own, or [] where
     this machine does not allow it (no util-linux unshare, or no unprivileged user
-    namespaces: Lambda, macOS, some hardened Linux distributions)."""
+    namespaces: Lambda, macOS, some hardened Linux distributions). Without
+    `user_namespace` (for root only), the program stays in this user namespace."""
     global _pid_namespace_usable
     if _pid_namespace_usable is None:
         try:
@@ -225,7 +214,9 @@ def pid_namespace_prefix() -> list:
             _pid_namespace_usable = probe.returncode == 0
         except (OSError, subprocess.SubprocessError):
             _pid_namespace_usable = False
-    return list(_PID_NAMESPACE) if _pid_namespace_usable else []
+    if not _pid_namespace_usable:
+        return []
+    return [arg for arg in _PID_NAMESPACE if user_namespace or arg not in _USER_NAMESPACE]
 
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -292,6 +283,15 @@ _SYSV_IPC = {"shm": ("shmid", "shmctl"), "msg": ("msqid", "msgctl"), "sem": ("se
 _IPC_RMID = 0
 
 
+def clear_shared(shared_tmp: str) -> None:
+    """Empty what every run on this machine shares (Lambda: the container's /tmp,
+    /dev/shm and System V IPC): after each run, and before each kernel starts, so that a
+    run that killed its runner leaves nothing for the next either."""
+    empty_folder(shared_tmp)
+    empty_folder("/dev/shm")
+    remove_ipc_objects()
+
+
 def remove_ipc_objects() -> None:
     """Remove every System V shared memory segment, message queue and semaphore set this
     user owns (for Lambda, where kernels get no IPC namespace of their own). Never for
@@ -347,6 +347,12 @@ class RunFolders:
         }
         for folder in {self.workdir, *self.env.values()}:
             os.makedirs(folder, mode=0o700, exist_ok=True)
+
+    def hand_over(self, uid: int) -> None:
+        """Give the folders to the kernel's user `uid` (as root, whose kernels run as
+        another user), who must write in them."""
+        for folder, _, _ in os.walk(self.root):
+            os.chown(folder, uid, uid)
 
     def remove(self) -> None:
         """Remove the folders and everything the run wrote in them (OSError if it cannot)."""
