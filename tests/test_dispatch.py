@@ -315,7 +315,15 @@ def test_cancelling_a_fargate_run_stops_its_task_and_a_failing_stop_does_not_fai
     assert api.json("POST", f"{RUNS}/{queued}/cancel")["status"] == "cancelled"
 
 
-def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployment):
+@pytest.fixture
+def task_kernel_as_this_user(monkeypatch):
+    """As root, a task's kernel runs as another user (fargate_task.KERNEL_UID), who needs
+    to read this machine's Python: test_lambda_sim runs a root task that way, from
+    /var/lang. Here the kernel stays this process's user."""
+    monkeypatch.setattr(fargate_task, "kernel_user", lambda: None)
+
+
+def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployment, task_kernel_as_this_user):
     deployed, _, _ = deployment
     notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
@@ -330,7 +338,9 @@ def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployme
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == record["finished_at"]
 
 
-def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far(api, deployment):
+def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far(
+    api, deployment, task_kernel_as_this_user
+):
     deployed, _, _ = deployment
     notebook_id = api.create(content=notebook_of("print('before')", "import time; time.sleep(60)", "print('after')"))[
         "notebook_id"

@@ -39,15 +39,19 @@ def main(argv) -> int:
     return 0
 
 
+def kernel_user():
+    """KERNEL_UID when this task runs as root (then its temporary folder is made
+    writable by it: sticky, as /tmp), else None: kernels run as this process's user."""
+    if os.geteuid() != 0:
+        return None
+    os.chmod(tempfile.gettempdir(), 0o1777)
+    return KERNEL_UID
+
+
 def serve(run_id: str) -> dict:
-    """Execute the run with the runner handler; as root, its kernel runs as KERNEL_UID,
-    which may write in the temporary folder (sticky, as /tmp). SIGTERM (StopTask) stops
-    it as a cancel does. The handler's answer."""
-    kernel_uid = None
-    if os.geteuid() == 0:
-        os.chmod(tempfile.gettempdir(), 0o1777)
-        kernel_uid = KERNEL_UID
-    executor = services.get().runner_executor(kernel_uid=kernel_uid)
+    """Execute the run with the runner handler, its kernel as `kernel_user()`; SIGTERM
+    (StopTask) stops it as a cancel does. The handler's answer."""
+    executor = services.get().runner_executor(kernel_uid=kernel_user())
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())
