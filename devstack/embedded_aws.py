@@ -258,7 +258,7 @@ class SerialApp:
 class EmbeddedAws:
     """Moto's server with a credential guard and snapshots to a state folder."""
 
-    def __init__(self, folder: StateFolder, access_key_id: str, port: int = 0):
+    def __init__(self, folder: StateFolder, access_key_id: str, secret: str, port: int = 0):
         from moto.moto_server.werkzeug_app import MotoRequestHandler
         from werkzeug.serving import make_server
 
@@ -269,7 +269,7 @@ class EmbeddedAws:
         self._server = make_server(
             "127.0.0.1",
             port,
-            CredentialGuard(self.app, access_key_id),
+            CredentialGuard(self.app, access_key_id, secret),
             threaded=True,
             request_handler=MotoRequestHandler,
         )
@@ -335,7 +335,12 @@ def main() -> int:
     if not folder.take():
         print(f"The state folder {folder.path} is in use by another local stack.", file=sys.stderr)
         return 2
-    server = EmbeddedAws(folder, os.environ["AWS_ACCESS_KEY_ID"], int(os.environ.get("NOTEBOOKS_AWS_PORT") or 0))
+    server = EmbeddedAws(
+        folder,
+        os.environ["AWS_ACCESS_KEY_ID"],
+        os.environ["AWS_SECRET_ACCESS_KEY"],
+        int(os.environ.get("NOTEBOOKS_AWS_PORT") or 0),
+    )
     stopped = stop_on_signals()
     try:
         restored = server.start(restore_with=_client_maker(server.endpoint))

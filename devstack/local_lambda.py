@@ -249,7 +249,11 @@ def main() -> int:
     server = make_server(
         "127.0.0.1",
         int(os.environ.get("NOTEBOOKS_LAMBDA_PORT") or 0),
-        CredentialGuard(InvokeApi(settings.runner_function, pool), os.environ["AWS_ACCESS_KEY_ID"]),
+        CredentialGuard(
+            InvokeApi(settings.runner_function, pool),
+            os.environ["AWS_ACCESS_KEY_ID"],
+            os.environ["AWS_SECRET_ACCESS_KEY"],
+        ),
         threaded=True,
     )
     # This process's own Lambda client (the clock's, the recovery's) calls this server.

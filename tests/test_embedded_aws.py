@@ -209,3 +209,123 @@ def test_answers_with_binary_and_nested_values_are_moto_s_own(ddb, monkeypatch):
     for mine, moto_s in zip(ours, theirs, strict=True):
         mine.pop("ResponseMetadata"), moto_s.pop("ResponseMetadata")
         assert mine == moto_s
+
+
+SECRET = "the-stacks-secret"
+
+
+@pytest.fixture
+def guarded(tmp_path, monkeypatch):
+    """The embedded AWS on loopback, answering only the stack's key; and a client maker."""
+    from devstack.state import StateFolder
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    key_id = "LOCAL" + "A" * 32
+    folder = StateFolder(str(tmp_path / "state"))
+    assert folder.take()
+    server = embedded_aws.EmbeddedAws(folder, key_id, SECRET)
+    server.start()
+
+    def client(service, secret=SECRET, **options):
+        return boto3.client(
+            service,
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            **options,
+        )
+
+    try:
+        yield client
+    finally:
+        server.stop()
+        folder.release()
+
+
+def refused(call) -> str:
+    with pytest.raises(ClientError) as raised:
+        call()
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    return raised.value.response["Error"]["Code"]
+
+
+def test_a_request_with_the_right_key_id_but_a_wrong_secret_is_refused(guarded):
+    s3, ddb = guarded("s3"), guarded("dynamodb")
+    s3.create_bucket(Bucket="bucket-b")
+    key = "runs/alice/x y+z%/ünï.ipynb"  # signed over its encoded path
+    s3.put_object(Bucket="bucket-b", Key=key, Body=b"secret notebook")
+    assert s3.get_object(Bucket="bucket-b", Key=key)["Body"].read() == b"secret notebook"
+    assert ddb.list_tables()["TableNames"] == []
+    assert guarded("lambda").list_functions()["Functions"] == []  # a REST-JSON protocol
+
+    assert (
+        refused(lambda: guarded("s3", secret="guessed").get_object(Bucket="bucket-b", Key=key))
+        == "SignatureDoesNotMatch"
+    )
+    assert refused(lambda: guarded("dynamodb", secret="guessed").list_tables()) == "InvalidSignatureException"
+    assert refused(lambda: guarded("lambda", secret="guessed").list_functions()) == "InvalidSignatureException"
+    assert refused(lambda: guarded("s3", secret="guessed").put_object(Bucket="bucket-b", Key="k", Body=b"x"))
+    assert "Contents" not in s3.list_objects_v2(Bucket="bucket-b", Prefix="k")
+
+
+@pytest.mark.parametrize("version", ["s3v4", "s3"], ids=["SigV4", "SigV2"])
+def test_a_download_link_opens_its_object_only_and_only_until_it_expires(guarded, version):
+    import time
+    import urllib.error
+    import urllib.request
+
+    from botocore.config import Config
+
+    s3 = guarded("s3", config=Config(signature_version=version))
+    s3.create_bucket(Bucket="bucket-b")
+    s3.put_object(Bucket="bucket-b", Key="runs/alice/out.ipynb", Body=b"alice's")
+    s3.put_object(Bucket="bucket-b", Key="runs/bob/out.ipynb", Body=b"bob's")
+    link = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "bucket-b", "Key": "runs/alice/out.ipynb"}, ExpiresIn=2
+    )
+    assert urllib.request.urlopen(link).read() == b"alice's"
+    for forged in (link.replace("alice", "bob"), link.replace("Signature=", "Signature=0")):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(forged)
+        assert raised.value.code == 403
+    time.sleep(3)
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(link)
+    assert raised.value.code == 403
+
+
+def test_the_local_lambda_refuses_a_wrong_secret_too():
+    """The local Lambda's server has the same guard: its Invoke API, signed SigV4 with a body."""
+    import json
+
+    from werkzeug.serving import make_server
+
+    from devstack.credentials import CredentialGuard
+
+    def invoke_api(environ, start_response):
+        payload = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"echo": json.loads(payload)}).encode()]
+
+    key_id = "LOCAL" + "B" * 32
+    server = make_server("127.0.0.1", 0, CredentialGuard(invoke_api, key_id, SECRET), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def invoke(secret):
+            client = boto3.client(
+                "lambda",
+                endpoint_url=f"http://127.0.0.1:{server.server_port}",
+                region_name="us-east-1",
+                aws_access_key_id=key_id,
+                aws_secret_access_key=secret,
+            )
+            return client.invoke(FunctionName="runner", Payload=b'{"run_id": "r"}')
+
+        assert json.loads(invoke(SECRET)["Payload"].read()) == {"echo": {"run_id": "r"}}
+        assert refused(lambda: invoke("guessed")) == "InvalidSignatureException"
+    finally:
+        server.shutdown()
