@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from chalicelib.runner.executor import KERNEL_OUTPUT_HEADING
 from chalicelib.runs import log as run_log
 from chalicelib.runs.log import capped, log_key
 from deploy import template as deployment
@@ -50,6 +51,14 @@ def test_the_log_of_a_running_notebook_while_it_runs_and_after(api, dispatched, 
     assert text.startswith("before\nsleeping\nwoke\n")
     assert "ZeroDivisionError" in text and "1 / 0" in text  # the traceback, after the cells before it
     assert "\x1b" not in text  # IPython's colours stripped
+
+
+def test_what_the_kernel_process_writes_to_its_stdout_and_stderr_ends_its_runs_log(api, dispatched, executor):
+    run_id = start_run(api, "import os\nos.write(2, b'written to fd 2\\n')\nprint('printed')")
+    run_all(executor, dispatched)
+    text = read_log(api, run_id)
+    cells, heading, kernel_output = text.partition(KERNEL_OUTPUT_HEADING)
+    assert "printed" in cells and heading and "written to fd 2" in kernel_output
 
 
 def test_a_log_over_its_cap_keeps_its_first_and_last_parts_and_goes_with_its_run(api, stack, dispatched, executor):
