@@ -65,6 +65,7 @@ ACCOUNT = "123456789012"
 SANDBOX_UID = 993  # Lambda's own user id; no entry in this machine's /etc/passwd
 PASSWORD = "sim-secret"
 SIM_ACCESS_KEY_ID = "ASIASIMULATION"  # the functions' credentials, as Lambda's role would give
+SIM_SECRET_ACCESS_KEY = "simulated-secret"
 # Physical names CloudFormation would give the stack's resources.
 PHYSICAL = {
     "NotebookFiles": "notebooks-sim-notebookfiles-1a2b3c",
@@ -133,8 +134,8 @@ class EmbeddedAws:
 
     def __init__(self, state: Path):
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's own request log
-        # The local stack's embedded AWS: it answers only the functions' key.
-        self.server = GuardedMoto(StateFolder(str(state)), SIM_ACCESS_KEY_ID)
+        # The local stack's embedded AWS: it answers only requests signed with the functions' key.
+        self.server = GuardedMoto(StateFolder(str(state)), SIM_ACCESS_KEY_ID, SIM_SECRET_ACCESS_KEY)
         self.server.start()
         self.url = self.server.endpoint
         settings = Settings(
@@ -153,7 +154,7 @@ class EmbeddedAws:
             "endpoint_url": self.url,
             "region_name": REGION,
             "aws_access_key_id": SIM_ACCESS_KEY_ID,
-            "aws_secret_access_key": "sim",
+            "aws_secret_access_key": SIM_SECRET_ACCESS_KEY,
         }
 
     def client(self, service: str):
@@ -204,7 +205,7 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ACCESS_KEY_ID": SIM_ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": "simulated-secret",
+        "AWS_SECRET_ACCESS_KEY": SIM_SECRET_ACCESS_KEY,
         "AWS_SESSION_TOKEN": "simulated-token",
         "LAMBDA_TASK_ROOT": "/var/task",
         "LAMBDA_RUNTIME_DIR": "/var/runtime",
@@ -225,19 +226,19 @@ def lambda_environment(function: str, template: dict, aws: EmbeddedAws, lambda_s
     return env
 
 
-class SimulatedFunction:
-    """One warm Lambda container of one function: a process in its own mount (and pid)
-    namespace, fed events one at a time."""
-
-    def __init__(self, root: Path, task: Path, env: dict):
-        runtime = root / "runtime"
-        runtime.mkdir()
-        shutil.copy(HERE / "lambda_bootstrap.py", runtime / "bootstrap.py")
-        empty = root / "empty"
-        empty.mkdir()
-        python = Path(sys.base_prefix)  # this machine's Python 3.13, as Lambda's /var/lang
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        script = f"""set -e
+def sandbox_script(root: Path, task: Path, env: dict, command: str, as_user: bool = True) -> str:
+    """The shell script that runs `command` (arguments of /var/lang's Python) as Lambda
+    runs a function (see the module's docstring): in the mount namespace the script makes,
+    as the sandbox's user, or with `as_user=False` as root, as ECS runs a task's image."""
+    runtime = root / "runtime"
+    runtime.mkdir()
+    shutil.copy(HERE / "lambda_bootstrap.py", runtime / "bootstrap.py")
+    empty = root / "empty"
+    empty.mkdir()
+    python = Path(sys.base_prefix)  # this machine's Python 3.13, as Lambda's /var/lang
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    user = f"setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups --no-new-privs" if as_user else ""
+    return f"""set -e
 mount --make-rprivate /
 # Lambda's /var: the package, the runtime and the language, all read-only.
 mount -t tmpfs -o size=1m,mode=0755 tmpfs /var
@@ -252,9 +253,16 @@ mount -o remount,ro /var
 mount -t tmpfs -o size=512m,mode=1777 tmpfs /tmp
 cd /var/task
 exec env -i {" ".join(shlex.quote(f"{key}={value}") for key, value in env.items())} \\
-  setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups --no-new-privs \\
-  /var/lang/bin/{version} /var/runtime/bootstrap.py
+  {user} /var/lang/bin/{version} {command}
 """
+
+
+class SimulatedFunction:
+    """One warm Lambda container of one function: a process in its own mount (and pid)
+    namespace, fed events one at a time."""
+
+    def __init__(self, root: Path, task: Path, env: dict):
+        script = sandbox_script(root, task, env, "/var/runtime/bootstrap.py")
         self.log = open(root / "log.txt", "w+")
         self.process = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script],
@@ -697,3 +705,57 @@ def test_the_runner_image_runs_a_notebook_of_the_data_stack_and_its_html_shows_t
     page = api.request("GET", f"/_notebooks/runs/{run['run_id']}/output", query={"format": "html"})
     assert page["statusCode"] == 200
     assert re.search(r'<img[^>]+src="data:image/png;base64,[A-Za-z0-9+/]{1000,}', page["body"])
+
+
+KERNEL_USER_NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "cells": [
+        {
+            "cell_type": "code",
+            "id": "k1",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import os, signal\n"
+            "open('written-in-the-working-folder', 'w').write('x')\n"
+            "print('kernel', os.getresuid(), os.getgroups(), 'pid', os.getpid())\n"
+            "os.kill(os.getpid(), signal.SIGTERM)",  # nbclient's Autokill: as under papermill
+        },
+    ],
+}
+
+
+@simulation_only
+def test_a_fargate_task_runs_as_root_and_its_kernel_as_a_user_of_its_own(simulation, tmp_path):
+    """ECS starts the image as root: the task's runner stays root, its kernel runs as
+    fargate_task.KERNEL_UID, below an init where it has a PID namespace."""
+    from chalicelib.runner.fargate_task import KERNEL_UID
+
+    api = ApiGateway(simulation.functions["APIHandler"], simulation.template)
+    notebook_id = api.json("POST", BASE + "/", {"notebook_name": "task"})["notebook_id"]
+    assert api.json("PUT", f"{BASE}/{notebook_id}/content", KERNEL_USER_NOTEBOOK) == "Success"
+    [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "notebooks"})["runs"]
+
+    env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
+    for name in [name for name in env if name.startswith("AWS_LAMBDA") or name in ("_HANDLER", "LAMBDA_TASK_ROOT")]:
+        del env[name]  # a task, not a function
+    script = sandbox_script(
+        tmp_path, simulation.tasks["Runner"], env, f"-m chalicelib.runner.fargate_task {run['run_id']}", as_user=False
+    )
+    task = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert task.returncode == 0, task.stderr[-4000:]
+    assert json.loads(task.stdout.strip().splitlines()[-1]) == {"run_id": run["run_id"], "status": "failed"}
+
+    record = api.json("GET", f"/_notebooks/runs/{run['run_id']}")
+    assert record["error"]["ename"] == "DeadKernelError", record  # SIGTERM reached the kernel
+    [printed] = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")["cells"][0]["outputs"][:1]
+    uid, pid = printed["text"].split("pid")
+    assert uid.strip() == f"kernel {(KERNEL_UID,) * 3} []"
+    assert int(pid) != 1
