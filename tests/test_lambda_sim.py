@@ -720,8 +720,15 @@ KERNEL_USER_NOTEBOOK = {
             "outputs": [],
             "source": "import os, signal\n"
             "open('written-in-the-working-folder', 'w').write('x')\n"
-            "print('kernel', os.getresuid(), os.getgroups(), 'pid', os.getpid())\n"
-            "os.kill(os.getpid(), signal.SIGTERM)",  # nbclient's Autokill: as under papermill
+            "print('kernel', os.getresuid(), os.getgroups(), 'pid', os.getpid())",
+        },
+        {
+            "cell_type": "code",
+            "id": "k2",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "os.kill(os.getpid(), signal.SIGTERM)",  # nbclient's Autokill: as under papermill
         },
     ],
 }
@@ -754,8 +761,8 @@ def test_a_fargate_task_runs_as_root_and_its_kernel_as_a_user_of_its_own(simulat
     assert json.loads(task.stdout.strip().splitlines()[-1]) == {"run_id": run["run_id"], "status": "failed"}
 
     record = api.json("GET", f"/_notebooks/runs/{run['run_id']}")
-    assert record["error"]["ename"] == "DeadKernelError", record  # SIGTERM reached the kernel
-    [printed] = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")["cells"][0]["outputs"][:1]
+    assert (record["error"]["ename"], record["error"]["cell_index"]) == ("DeadKernelError", 1), record
+    [printed] = api.json("GET", f"/_notebooks/runs/{run['run_id']}/output")["cells"][0]["outputs"]
     uid, pid = printed["text"].split("pid")
     assert uid.strip() == f"kernel {(KERNEL_UID,) * 3} []"
     assert int(pid) != 1
