@@ -774,12 +774,17 @@ print('done')
 """
 
 
-def test_a_notebook_cannot_write_into_the_runners_own_log_stream(capfd):
+def run_once(*cells):
+    """The Execution of a notebook of `cells` on a runner of its own, closed afterwards."""
     runner = NotebookRunner(run_timeout=60)
     try:
-        execution = runner.execute(notebook(FORGE_LOG_LINES))
+        return runner.execute(notebook(*cells))
     finally:
         runner.close()
+
+
+def test_a_notebook_cannot_write_into_the_runners_own_log_stream(capfd):
+    execution = run_once(FORGE_LOG_LINES)
     assert execution.error is None, execution.error
     runner_streams = "".join(capfd.readouterr())
     assert "FORGED" not in runner_streams
@@ -791,15 +796,9 @@ def test_a_notebook_cannot_write_into_the_runners_own_log_stream(capfd):
 @pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
 def test_in_a_pid_namespace_the_kernel_is_not_pid_1_and_dies_of_sigterm_as_under_papermill():
     """nbclient's Autokill notebook: the kernel signals itself."""
-    runner = NotebookRunner(run_timeout=60)
-    try:
-        execution = runner.execute(
-            notebook(
-                "import os\nprint(os.getpid(), os.getppid())", "import signal\nos.kill(os.getpid(), signal.SIGTERM)"
-            )
-        )
-    finally:
-        runner.close()
+    execution = run_once(
+        "import os\nprint(os.getpid(), os.getppid())", "import signal\nos.kill(os.getpid(), signal.SIGTERM)"
+    )
     assert printed(execution).split() == ["2", "1"]  # PID 1 is the init
     assert execution.error["ename"] == "DeadKernelError" and execution.error["cell_index"] == 2
 
@@ -829,28 +828,18 @@ print('zombies', zombies)
 
 @pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
 def test_the_init_reaps_orphans_in_the_kernels_namespace():
-    runner = NotebookRunner(run_timeout=60)
-    try:
-        execution = runner.execute(notebook(ORPHANS))
-    finally:
-        runner.close()
+    execution = run_once(ORPHANS)
     assert execution.error is None, execution.error
     assert printed(execution).strip() == "zombies []"
 
 
 @pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
 def test_the_init_passes_signals_on_to_the_kernel():
-    runner = NotebookRunner(run_timeout=60)
-    try:
-        execution = runner.execute(
-            notebook(
-                "import os, signal, time\n"
-                "signal.signal(signal.SIGUSR1, lambda *_: print('kernel got SIGUSR1'))\n"
-                "os.kill(1, signal.SIGUSR1)\n"
-                "time.sleep(0.5)"
-            )
-        )
-    finally:
-        runner.close()
+    execution = run_once(
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGUSR1, lambda *_: print('kernel got SIGUSR1'))\n"
+        "os.kill(1, signal.SIGUSR1)\n"
+        "time.sleep(0.5)"
+    )
     assert execution.error is None, execution.error
     assert "kernel got SIGUSR1" in printed(execution)
