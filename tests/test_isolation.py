@@ -830,7 +830,7 @@ print('zombies', zombies)
 def test_the_init_reaps_orphans_in_the_kernels_namespace():
     execution = run_once(ORPHANS)
     assert execution.error is None, execution.error
-    assert printed(execution).strip() == "zombies []"
+    assert printed(execution).strip().splitlines()[-1] == "zombies []"  # after 3.13's warning about fork()
 
 
 @pytest.mark.skipif(not sandbox.pid_namespace_prefix(), reason="this machine gives kernels no PID namespace")
