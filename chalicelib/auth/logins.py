@@ -114,7 +114,7 @@ class LoginThrottle:
         table,
         max_failures: int,
         window_seconds: float,
-        max_source_failures: int = None,
+        max_source_failures: int | None = None,
         clock: Clock = time.time,
     ):
         self._table = table

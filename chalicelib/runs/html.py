@@ -153,8 +153,9 @@ class _DepthGauge(HTMLParser):
 
     def __init__(self, limit: int):
         super().__init__(convert_charrefs=False)
-        self.limit, self.open, self.too_deep = limit, [], False
-        self.lingering = {}  # formatting elements closed by an enclosing end tag, by name
+        self.limit, self.too_deep = limit, False
+        self.open: list[str] = []
+        self.lingering: dict[str, int] = {}  # formatting elements closed by an enclosing end tag, by name
 
     def _measure(self) -> None:
         self.too_deep = self.too_deep or len(self.open) + sum(self.lingering.values()) > self.limit
