@@ -248,7 +248,7 @@ def dashboard_file(name):
     return Response(body=page, headers=headers)
 
 
-@app.route(web.OPENAPI_PATH, methods=["GET"], cors=CORS)
+@app.route(web.OPENAPI_PATH, methods=["GET"], content_types=web.ANY_CONTENT_TYPE, cors=CORS)
 def openapi_document():
     return openapi.document()
 

@@ -311,6 +311,20 @@ def test_a_body_not_labelled_json_is_a_415_naming_the_type_and_changes_nothing(a
     assert stored_state(stack.settings) == before
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_an_empty_form_is_a_415_too_but_a_bodiless_request_and_any_get_are_not(api, stack, content_type):
+    """An empty <form method=post> from another site creates nothing; the seed's bodiless
+    Create (no Content-Type) still works, and a GET with any label answers."""
+    before = stored_state(stack.settings)
+    for method, path in (("POST", BASE + "/"), ("POST", CANCEL)):
+        response = api.call(method, path, raw=b"", headers={"Content-Type": content_type})
+        assert error(response)[0] == 415, (method, path)
+    assert stored_state(stack.settings) == before
+    assert api.call("POST", BASE + "/", raw=b"", headers={"Content-Type": ""}).status_code == 200
+    for path in ("/_notebooks/openapi.json", BASE + "/_count"):
+        assert api.call("GET", path, headers={"Content-Type": content_type}).status_code == 200, path
+
+
 def test_json_with_parameters_is_json(api):
     created = api.json(
         "POST",
@@ -322,9 +336,9 @@ def test_json_with_parameters_is_json(api):
 
 
 def test_a_bodiless_request_needs_no_content_type(api):
-    """The seed's Create sample sends no body (and curl no Content-Type); a form label on
-    an empty body is no body either."""
-    for content_type in ("", "application/x-www-form-urlencoded"):
+    """The seed's Create sample sends no body (and curl no Content-Type); JSON's label on
+    an empty body is fine too. (An empty form's label is not: see above.)"""
+    for content_type in ("", "application/json"):
         response = api.call("POST", BASE + "/", raw=b"", headers={"Content-Type": content_type})
         assert response.status_code == 200, response.body
 

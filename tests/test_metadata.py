@@ -126,3 +126,25 @@ def test_delete_many_deletes_ended_runs_side_by_side_and_the_rest_with_their_cou
     # that raced failed and went to `delete` with the other 10, which counted 9 off.
     assert sorted(count for count, tally in transactions if tally is None) == [4, 98, 98]
     assert sum(-tally.runs_active for _, tally in transactions if tally is not None) == 9
+
+
+def test_schedules_with_large_parameters_are_written_within_a_transactions_4_mb(stack, tables, monkeypatch):
+    """DynamoDB refuses a transaction of more than 4 MB of items: schedules carrying 60 KB
+    of parameters each go fewer to a transaction, all of them written."""
+    notebooks, _ = tables
+    items = list(notebooks.get_many(OWNER, seed_notebooks(stack.settings, OWNER, 120)).values())
+    schedule = {"until_ms": 4_102_444_800_000, "expression": "cron(0 6 * * ? *)", "parameters": "x" * 60_000}
+    sizes, transact = [], notebooks.transact
+    monkeypatch.setattr(
+        notebooks,
+        "transact",
+        lambda owner, actions, tally=None: sizes.append(len(repr(actions))) or transact(owner, actions, tally),
+    )
+    notebooks.set_schedules(OWNER, [(item, schedule, {"updated_by": OWNER}) for item in items])
+    assert len(sizes) > 1 and max(sizes) < 4 * 1024 * 1024 - 16 * 1024 * metadata.TRANSACTION_ACTIONS, sizes
+    stored = notebooks.get_many(OWNER, [item["notebook_id"] for item in items])
+    assert all(item["schedule"]["parameters"] == schedule["parameters"] for item in stored.values())
+    sizes.clear()
+    small = {**schedule, "parameters": "{}"}
+    notebooks.set_schedules(OWNER, [(item, small, {"updated_by": OWNER}) for item in stored.values()])
+    assert len(sizes) == 2  # 98 and 22: as many a transaction as its actions allow

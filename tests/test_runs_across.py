@@ -1,6 +1,7 @@
 """GET /_notebooks/runs: the caller's runs across notebooks, newest first, filtered by
 status or notebook, paged like List, at a cost that does not grow with stored runs."""
 
+import base64
 import json
 import uuid
 
@@ -74,6 +75,26 @@ def test_runs_across_notebooks_page_with_the_next_token(api, stack, dispatched):
     assert error(api.call("GET", f"{RUNS}?next_token={token}", user="bob")) == (400, "next_token is invalid")
     assert error(api.call("GET", f"{RUNS}?status=queued&next_token={token}")) == (400, "next_token is invalid")
     assert error(api.call("GET", f"{RUNS}?next_token=bm90LWpzb24")) == (400, "next_token is invalid")
+
+
+def token(key: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def test_forged_tokens_out_of_range_are_400s_not_500s(api):
+    """Values DynamoDB would refuse (a number past 38 digits, a sort key past 1 KB) are
+    refused before they reach it."""
+    run_id = str(uuid.uuid4())
+    notebook_id = api.create()["notebook_id"]
+    for query, key in [
+        ("", {"run_id": run_id, "created_at": 10**40, "owner": "admin"}),
+        ("status=queued&", {"run_id": run_id, "created_at": -1, "owner_status": "admin#queued"}),
+        (f"notebook_id={notebook_id}&", {"owner": "admin", "sk": f"run#{notebook_id}#" + "9" * 2000}),
+    ]:
+        response = api.call("GET", f"{RUNS}?{query}next_token={token(key)}")
+        assert error(response) == (400, "next_token is invalid"), query
+        response = api.call("GET", f"{BASE}/{notebook_id}/runs?next_token={token(key)}")
+        assert error(response) == (400, "next_token is invalid"), query
 
 
 @pytest.mark.parametrize(

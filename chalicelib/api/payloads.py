@@ -24,6 +24,8 @@ MAX_DEPTH = 64
 _MAX_EPOCH_MS = 10**13
 EXTENSION = ".ipynb"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A run pointer's sort key after its notebook's prefix: created_at (15 digits) and a run id.
+_RUN_POINTER_TAIL = re.compile(r"[0-9]{15}#[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
 # Bidi controls make a name display as another ("invoice\u202egnp.ipynb"); zero-width
 # characters make two names that look the same.
@@ -99,6 +101,25 @@ def canonical_id(value) -> str | None:
     return None
 
 
+def is_epoch_ms(value) -> bool:
+    """Whether a page key's `created_at` is epoch ms: an int (not a bool) in range, so a
+    forged one never reaches DynamoDB (which takes at most 38 digits)."""
+    return type(value) is int and 0 <= value <= _MAX_EPOCH_MS
+
+
+def is_run_pointer_key(key, owner: str, prefix: str) -> bool:
+    """Whether `key`, decoded from a client's next_token, is a page key of `owner`'s run
+    pointers under `prefix`: `run#<notebook>#<created_at, 15 digits>#<run id>`, no more."""
+    return (
+        isinstance(key, dict)
+        and set(key) == {"owner", "sk"}
+        and key["owner"] == owner
+        and isinstance(key["sk"], str)
+        and key["sk"].startswith(prefix)
+        and _RUN_POINTER_TAIL.fullmatch(key["sk"][len(prefix) :]) is not None
+    )
+
+
 def is_page_key(key, owner: str, prefix: str) -> bool:
     """Whether `key`, decoded from a client's next_token, is a List page key of `owner`:
     exactly `owner`, `sk` (`prefix` and a UUID) and `created_at` (epoch ms, an int, not a
@@ -111,8 +132,7 @@ def is_page_key(key, owner: str, prefix: str) -> bool:
         and isinstance(sk, str)
         and sk.startswith(prefix)
         and _UUID.fullmatch(sk[len(prefix) :]) is not None
-        and type(created_at) is int
-        and 0 <= created_at <= _MAX_EPOCH_MS
+        and is_epoch_ms(created_at)
     )
 
 

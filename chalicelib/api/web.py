@@ -76,12 +76,14 @@ def require_json(request) -> None:
     """A request that sends a body (not only whitespace) must label it `application/json`
     (parameters such as `; charset=utf-8` aside): anything else, or no label, is a 415
     naming the type, so a web page's form (text/plain, a form encoding: no CORS
-    preflight) cannot send one with a browser's cached credentials. A request without a
-    body needs no label."""
-    if not (request.raw_body or b"").strip():
-        return
+    preflight) cannot send one with a browser's cached credentials, even an empty one. A
+    request without a body needs no label."""
     media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-    if media_type == JSON:
+    if not (request.raw_body or b"").strip():
+        # An empty form a web page posts changes things too (a Create, a cancel): refused.
+        if request.method in ("GET", "HEAD") or media_type not in (*_FORMS, "text/plain"):
+            return
+    elif media_type == JSON:
         return
     hint = UPLOAD_HINT if media_type in _FORMS and request.path == CONTENT_PATH else ""
     raise ApiError(415, f"Content-Type must be {JSON}{hint}")

@@ -145,15 +145,7 @@ class RunService:
         item = self._notebooks.require(owner, notebook_id)
         nid = item["notebook_id"]
         prefix = f"{RUN_PREFIX}{nid}#"
-        start = payloads.page_key(
-            next_token,
-            lambda key: (
-                set(key) == {"owner", "sk"}
-                and key["owner"] == owner
-                and isinstance(key["sk"], str)
-                and key["sk"].startswith(prefix)
-            ),
-        )
+        start = payloads.page_key(next_token, lambda key: payloads.is_run_pointer_key(key, owner, prefix))
         if limit is None and start is None:
             pointers, last_key = self._table.notebooks.all_run_pointers(owner, nid), None
         else:
@@ -179,7 +171,7 @@ class RunService:
                 set(key) == {"run_id", "created_at", index_key[0]}
                 and key[index_key[0]] == index_key[1]
                 and payloads.canonical_id(key["run_id"]) == key["run_id"]
-                and type(key["created_at"]) is int
+                and payloads.is_epoch_ms(key["created_at"])
             ),
         )
         items, last_key = self._table.page_of_owner(owner, status, limit or RUNS_PAGE, start)

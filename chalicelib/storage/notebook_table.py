@@ -1,6 +1,7 @@
 """The notebooks table: notebook metadata, name claims, per-owner counters, run pointers and
 Run tokens (the item layout is described in tables.py)."""
 
+import json
 from functools import partial
 from typing import Optional
 
@@ -25,6 +26,7 @@ from chalicelib.storage.tables import (
     conditional_update,
     every_page,
     is_condition_failure,
+    items_per_transaction,
     set_clause,
     transact,
     write_chunks,
@@ -200,7 +202,17 @@ class NotebookTable:
             if committed is not None:
                 committed.extend(item["notebook_id"] for item, _, _ in chunk)
 
-        write_chunks(partial(self.transact, owner), entries, 1, build, reread, "schedules", written)
+        largest = max((len(json.dumps(schedule, default=str)) for _, schedule, _ in entries if schedule), default=0)
+        write_chunks(
+            partial(self.transact, owner),
+            entries,
+            1,
+            build,
+            reread,
+            "schedules",
+            written,
+            max_entries=items_per_transaction(largest),
+        )
         return gone
 
     def _schedule_action(self, owner: str, item: dict, schedule, changes: dict) -> dict:

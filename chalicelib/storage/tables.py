@@ -169,19 +169,41 @@ def transact(client, actions: list) -> Optional[list]:
     raise AssertionError("unreachable")
 
 
+# DynamoDB refuses a transaction whose items add up to more than 4 MB: what a request
+# writes per notebook item (a schedule with its parameters) is budgeted within 3 MB, each
+# item counted with this allowance for what it already holds.
+TRANSACTION_BYTES = 3 * 1024 * 1024
+ITEM_ALLOWANCE_BYTES = 16 * 1024
+
+
+def items_per_transaction(written_bytes: int) -> int:
+    """How many items, each getting `written_bytes` more, fit one transaction's byte budget."""
+    return max(1, TRANSACTION_BYTES // (written_bytes + ITEM_ALLOWANCE_BYTES))
+
+
 def entries_per_transaction(actions_per_entry: int) -> int:
     """How many entries of `actions_per_entry` actions each, with one counter update, fit
     one transaction."""
     return (TRANSACTION_ACTIONS - 1) // actions_per_entry
 
 
-def write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str, written=None) -> None:
+def write_chunks(
+    transact,
+    entries: list,
+    actions_per_entry: int,
+    build,
+    reread,
+    conflict: str,
+    written=None,
+    max_entries: Optional[int] = None,
+) -> None:
     """Write `entries` cut so that each chunk's actions plus one counter update fit one
-    transaction: `transact(*build(chunk))`, `build(chunk)` giving (actions, Tally), then
+    transaction (and at most `max_entries` entries, where the bytes they write bound it):
+    `transact(*build(chunk))`, `build(chunk)` giving (actions, Tally), then
     `written(chunk)`. When a condition fails, `reread(chunk, codes)` gives what of the
     chunk is still to write, as it now is (nothing: done), and the chunk is built again;
     Conflict(`conflict`) when it fails every one of _CONFLICT_ATTEMPTS times."""
-    for chunk in chunks(entries, entries_per_transaction(actions_per_entry)):
+    for chunk in chunks(entries, min(entries_per_transaction(actions_per_entry), max_entries or len(entries) or 1)):
         for _ in range(_CONFLICT_ATTEMPTS):
             codes = transact(*build(chunk))
             if codes is None:
