@@ -110,6 +110,7 @@ def test_a_parameter_value_is_json_where_it_parses_else_a_string():
         ("flag", "true"),
         ("none", "null"),
         ("nan", "NaN"),
+        ("deep", "[" * 5000),
         ("n", "8"),
     ]
     assert parameters_of(pairs) == {
@@ -121,6 +122,7 @@ def test_a_parameter_value_is_json_where_it_parses_else_a_string():
         "flag": True,
         "none": None,
         "nan": "NaN",
+        "deep": "[" * 5000,
     }
 
 
@@ -232,6 +234,8 @@ def test_user_errors_are_one_line_without_traceback(served, files, tmp_path):
     one_line_error(notebooks(served, "status", unknown), "Run not found", "404")
     one_line_error(notebooks(served, "output", "not-a-run-id", "--html"), "Run not found")
     one_line_error(notebooks(served, "create", str(tmp_path / "missing.ipynb")), "cannot read", "missing.ipynb")
+    (tmp_path / "deep.ipynb").write_text("[" * 100000)
+    one_line_error(notebooks(served, "create", str(tmp_path / "deep.ipynb")), "nested too deep")
     one_line_error(notebooks(served, "run", unknown, "-p", "count"), "argument -p", "expected 2 arguments")
     named = created(served, files("taken.ipynb", "1"))
     one_line_error(notebooks(served, "create", files("taken.ipynb", "2")), "already exists", "409")
@@ -309,6 +313,19 @@ def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it(
     [(first, first_auth), (download, download_auth), (second, second_auth)] = stand_in.seen
     assert first_auth == second_auth == "Basic YWRtaW46cHc=" and download_auth is None
     assert download == "/download?signature=s" and "next_token=page-2" in second
+
+
+@pytest.mark.parametrize("location", ["file:///etc/hostname", "data:text/plain,hello"])
+def test_a_download_link_that_is_not_http_is_refused(stand_in, location):
+    stand_in.answer = lambda path: (303, {"Location": location}, b"")
+    with pytest.raises(ApiError) as raised:
+        Client(stand_in.url, "admin", "pw").output(str(uuid.uuid4()))
+    assert raised.value.status is None and "not http(s)" in raised.value.message
+
+
+def test_an_unknown_charset_is_read_as_utf8(stand_in):
+    stand_in.answer = lambda path: (200, {"Content-Type": "application/json; charset=no-such"}, b'{"status": "ok"}')
+    assert Client(stand_in.url, "admin", "pw").get_run(str(uuid.uuid4())) == {"status": "ok"}
 
 
 def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_all_runs(stand_in):

@@ -42,7 +42,7 @@ def parameter_value(text: str):
 
     try:
         return json.loads(text, parse_constant=not_json)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep for Python's JSON reader: not JSON here
         return text
 
 
@@ -80,6 +80,8 @@ def read_notebook(path: str) -> dict:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     except ValueError as error:  # UnicodeDecodeError included
         raise UserError(f"{path} is not a notebook (not JSON: {error})") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a notebook (JSON nested too deep)") from None
     if not isinstance(content, dict):
         raise UserError(f"{path} is not a notebook (not a JSON object)")
     return content

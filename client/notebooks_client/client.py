@@ -241,6 +241,8 @@ class Client:
         status, api_headers, payload = self._send(urllib.request.Request(url, data, headers, method=method))
         if status == 303 and api_headers.get("Location"):
             target = urllib.parse.urljoin(url, api_headers["Location"])
+            if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+                raise ApiError(None, f"the server sent a download link that is not http(s): {_origin(target)}")
             status, _, payload = self._send(urllib.request.Request(target, headers={"User-Agent": USER_AGENT}))
         if status >= 300:
             raise ApiError(
@@ -274,7 +276,10 @@ class _Payload:
     """An answer's body: its text, and its JSON value when it is JSON."""
 
     def __init__(self, headers, raw: bytes):
-        self.text = raw.decode(headers.get_content_charset() or "utf-8", errors="replace")
+        try:
+            self.text = raw.decode(headers.get_content_charset() or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know: read it as UTF-8
+            self.text = raw.decode("utf-8", errors="replace")
         content_type = headers.get_content_type()  # S3 serves notebooks as application/x-ipynb+json
         self.is_json = content_type == "application/json" or content_type.endswith("+json")
         self.json = None
