@@ -88,7 +88,10 @@ class Settings:
     # `local` stage sets it; a deployment never does.
     webhook_allow_loopback: bool = False
     # Per-user quotas.
-    max_scheduled: int = 1000
+    max_scheduled: int = 200
+    # The deployment's scheduled notebooks, all users together: one EventBridge rule each,
+    # kept below the account's rule quota per region (300 by default).
+    max_scheduled_total: int = 250
     max_active_runs: int = 2000
     max_runs_kept: int = 100
     # Modules the runner's waiting kernel imports before its run (NOTEBOOKS_PRELOAD_MODULES,
@@ -152,6 +155,7 @@ class Settings:
             max_log_bytes=_int(env, "NOTEBOOKS_MAX_LOG_BYTES", d.max_log_bytes),
             webhook_allow_loopback=env.get("NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK", "").lower() == "true",
             max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
+            max_scheduled_total=_int(env, "NOTEBOOKS_MAX_SCHEDULED_TOTAL", d.max_scheduled_total),
             max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
             preload_modules=_list(env, "NOTEBOOKS_PRELOAD_MODULES")

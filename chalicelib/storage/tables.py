@@ -16,6 +16,9 @@ Notebooks table, partitioned by owner, so one user's requests never read another
                         the run: a notebook's runs, newest first, by a consistent Query
                         (never an index that may lag).
     `token#<sha256>`    a Run's client token: the request it stands for (24 h, TTL).
+  owner `#deployment` (no username starts with `#`), sk `#counts`: the deployment's
+                        counters: `scheduled` (every owner's scheduled notebooks, changed
+                        in the same transactions as the owners' counters: the rule budget).
   LSI `by_created` (owner, created_at): sparse, as only notebooks carry `created_at`;
   List is a Query on it, oldest first.
 Runs table:
@@ -34,6 +37,7 @@ from chalicelib.common.batches import chunks
 NOTEBOOK_PREFIX = "nb#"
 NAME_PREFIX = "name#"
 COUNTS_SK = "#counts"
+DEPLOYMENT = "#deployment"
 RUN_PREFIX = "run#"
 TOKEN_PREFIX = "token#"
 SCHEDULED_PREFIX = "s_"
@@ -114,7 +118,8 @@ class Conflict(Exception):
 
 
 class QuotaExceeded(Exception):
-    """A per-user quota (a condition on the owner's counters) refused the write."""
+    """A quota (a condition on the owner's counters, or on the deployment's) refused the
+    write; its argument names the counter."""
 
 
 def set_clause(fields: dict, prefix: str = "f") -> tuple:
@@ -228,11 +233,12 @@ def batch_get(client, table_name: str, keys: list) -> list:
 class Tally:
     """Changes to one owner's counters, made as one Update in a transaction."""
 
-    def __init__(self, notebooks=0, runs_active=0, runs_limit=None, scheduled_limit=None):
+    def __init__(self, notebooks=0, runs_active=0, runs_limit=None, scheduled_limit=None, scheduled_total_limit=None):
         self.notebooks = notebooks
         self.runs_active = runs_active
         self.runs_limit = runs_limit
         self.scheduled_limit = scheduled_limit
+        self.scheduled_total_limit = scheduled_total_limit  # the deployment's, across owners
         self.schedules_set = {}  # notebook id -> until_ms: a scheduled notebook, new or not
         self.schedules_added = 0  # how many of those were not scheduled before
         self.schedules_removed = []  # notebook ids that were scheduled
@@ -240,7 +246,7 @@ class Tally:
     def action(self, table_name: str, owner: str) -> Optional[dict]:
         """The Update action, or None when nothing changes."""
         names, values, adds, sets, conditions = {}, {}, [], [], []
-        scheduled = self.schedules_added - len(self.schedules_removed)
+        scheduled = self.scheduled_change()
         for field, delta, limit in (
             ("notebooks", self.notebooks, None),
             ("runs_active", self.runs_active, self.runs_limit),
@@ -277,4 +283,29 @@ class Tally:
             update["ExpressionAttributeValues"] = values
         if conditions:
             update["ConditionExpression"] = " AND ".join(conditions)
+        return {"Update": update}
+
+    def scheduled_change(self) -> int:
+        """How many more (or fewer) scheduled notebooks the owner has after this change."""
+        return self.schedules_added - len(self.schedules_removed)
+
+    def deployment_action(self, table_name: str) -> Optional[dict]:
+        """The Update of the deployment's scheduled total (the rule budget: at most
+        `scheduled_total_limit` when adding), or None when it does not change."""
+        delta = self.scheduled_change()
+        if not delta:
+            return None
+        update = {
+            "TableName": table_name,
+            "Key": {"owner": DEPLOYMENT, "sk": COUNTS_SK},
+            "UpdateExpression": "ADD #scheduled :delta",
+            "ExpressionAttributeNames": {"#scheduled": "scheduled"},
+            "ExpressionAttributeValues": {":delta": delta},
+        }
+        limit = self.scheduled_total_limit
+        if limit is not None and delta > 0:
+            if delta > limit:
+                raise QuotaExceeded("scheduled_total")
+            update["ConditionExpression"] = "attribute_not_exists(#scheduled) OR #scheduled <= :max"
+            update["ExpressionAttributeValues"][":max"] = limit - delta
         return {"Update": update}
