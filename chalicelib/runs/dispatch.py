@@ -8,7 +8,7 @@ import time
 import uuid
 from decimal import Decimal
 
-from chalicelib.common import errors
+from chalicelib.common import errors, runner_events
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.errors import NOTEBOOK_ID_INVALID
@@ -134,6 +134,14 @@ class RunDispatch:
     def dispatch_all(self, runs: list) -> None:
         """Hand `runs` to their engines concurrently (a run that cannot be is failed)."""
         in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
+
+    def drain(self) -> None:
+        """Start a runner invocation that claims the fair queue's next run, if a slot is
+        free. Best effort: the reaper starts one at its next round when runs still wait."""
+        try:
+            self._dispatcher.invoke(runner_events.drain())
+        except Exception:  # best effort: see the docstring
+            log.warning("could not start a runner to drain the queue", exc_info=True)
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
         """Create a queued run and count it on its notebook; None if the notebook is gone

@@ -72,6 +72,11 @@ class NotebookTable:
         DEPLOYMENT's: the deployment's counters."""
         return self._table.get_item(Key={"owner": owner, "sk": COUNTS_SK}, ConsistentRead=True).get("Item") or {}
 
+    def counts_of(self, owners) -> dict:
+        """owner -> counters item, of those of `owners` that have one; 100 per call."""
+        keys = [{"owner": owner, "sk": COUNTS_SK} for owner in dict.fromkeys(owners)]
+        return {item["owner"]: item for item in batch_get(self._client, self.name, keys)}
+
     def transact(self, owner: str, actions: list, tally: Optional[Tally] = None) -> Optional[list]:
         """`actions` and the owner's counters changed by `tally` (and the deployment's
         scheduled total, when the owner's changes), all or nothing; the cancellation
