@@ -126,7 +126,7 @@ class WorkerPool:
     """
 
     def __init__(self, size: int):
-        self._env, self._secrets = split_environment(dict(os.environ))
+        self._env, self._secrets = {}, {}
         self._jobs = queue.Queue()
         self._stopping = threading.Event()
         self._feeders = [
@@ -134,7 +134,9 @@ class WorkerPool:
         ]
 
     def start(self) -> None:
-        """Start the workers."""
+        """Start the workers, with this process's environment as it is now (the local
+        Lambda's own address in it: a runner starts the fair queue's next drain)."""
+        self._env, self._secrets = split_environment(dict(os.environ))
         for feeder in self._feeders:
             feeder.start()
 

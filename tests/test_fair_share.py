@@ -6,8 +6,6 @@ import dataclasses
 import json
 import time
 
-import pytest
-
 from chalicelib.runs.queue import FairQueue
 from chalicelib.runs.reaper import Reaper
 from chalicelib.storage.tables import DEPLOYMENT
