@@ -27,7 +27,8 @@ RUNS = "/_notebooks/runs"
 
 @pytest.fixture
 def started():
-    """Start a stack (one worker: tests.local_stack.stack_env) with these environment settings; stopped (and its state removed) at the end."""
+    """Start a stack (one worker: tests.local_stack.stack_env) with these environment
+    settings; stopped, and its state removed, at the end."""
     stacks = []
 
     def start(**env):
