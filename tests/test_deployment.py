@@ -523,9 +523,10 @@ def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, re
         variables = resources[function]["Properties"]["Environment"]["Variables"]
         settings = Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()})
         assert settings.runner_capacity == int(defaults["RunnerReservedConcurrency"]) == 10
-        assert settings.max_running == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_capacity
+        assert settings.running_per_user() == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_capacity
         # the active-runs quota: what one user's slots finish within the queue timeout, not 2,000
-        assert settings.max_active_runs == settings.max_running * int(MAX_EVENT_AGE_SECONDS // settings.run_timeout)
+        assert settings.max_active_runs is None  # unset: derived
+        assert settings.active_runs_quota() == 5 * int(MAX_EVENT_AGE_SECONDS // settings.run_timeout)
         assert settings.max_scheduled_total == int(defaults["MaxScheduledTotal"]) == 250 < 300
         assert settings.max_scheduled == int(defaults["MaxScheduledPerUser"]) < settings.max_scheduled_total
         unreserved = Settings.from_env(

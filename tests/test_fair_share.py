@@ -108,7 +108,7 @@ def test_the_active_runs_quota_defaults_to_what_the_users_slots_serve_within_the
     settings = Settings.from_env(
         {"NOTEBOOKS_RUNNER_CAPACITY": "10", "NOTEBOOKS_QUEUE_TIMEOUT": "3600", "NOTEBOOKS_RUN_TIMEOUT": "600"}
     )
-    assert settings.max_running == 5 and settings.max_active_runs == 5 * 6
+    assert settings.running_per_user() == 5 and settings.active_runs_quota() == 5 * 6
     local = Settings.from_env({"NOTEBOOKS_LOCAL_STACK": "true", "NOTEBOOKS_LOCAL_WORKERS": "1"})
     assert local.runner_slots() == 1 and local.running_per_user() == 1
 

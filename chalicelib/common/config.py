@@ -67,7 +67,8 @@ class Settings:
     # The fair queue (docs/fair-share.md): runs executing at once on the runner function
     # (its reserved concurrency; the local stack: its workers), and per user.
     runner_capacity: int = 10
-    max_running: int = 5
+    # Unset: half the capacity (see `running_per_user`).
+    max_running: Optional[int] = None
     # How often the reaper ends the runs past their deadline (the local stack's clock;
     # a deployment's EventBridge rule has its own rate).
     reap_interval: float = 120.0
@@ -99,9 +100,9 @@ class Settings:
     # The deployment's scheduled notebooks, all users together: one EventBridge rule each,
     # kept below the account's rule quota per region (300 by default).
     max_scheduled_total: int = 250
-    # Default: what one user's runner slots finish within the queue timeout at the
-    # default run timeout (see `from_env`), so no run waits past it for its turn.
-    max_active_runs: int = 125
+    # Unset: what one user's runner slots finish within the queue timeout at the default
+    # run timeout (see `active_runs_quota`), so no run waits past it for its turn.
+    max_active_runs: Optional[int] = None
     max_runs_kept: int = 100
     # Modules the runner's waiting kernel imports before its run (NOTEBOOKS_PRELOAD_MODULES,
     # comma-separated; empty: none), so a notebook importing them pays nothing.
@@ -129,24 +130,23 @@ class Settings:
         return max(1, self.local_workers if self.local_stack else self.runner_capacity)
 
     def running_per_user(self) -> int:
-        """Runs one user may have executing at once (never above the capacity)."""
-        return max(1, min(self.max_running, self.runner_slots()))
+        """Runs one user may have executing at once: `max_running`, by default half the
+        capacity; at least 1, at most the capacity."""
+        wanted = self.max_running if self.max_running is not None else self.runner_slots() // 2
+        return max(1, min(wanted, self.runner_slots()))
+
+    def active_runs_quota(self) -> int:
+        """Runs one user may have queued or running: `max_active_runs`, by default what
+        the user's slots finish within the queue timeout at the default run timeout."""
+        if self.max_active_runs is not None:
+            return self.max_active_runs
+        return self.running_per_user() * max(1, int(self.queue_timeout // self.run_timeout))
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
-        """Build settings from `env` (default: the process environment). Unset, the
-        per-user limit on running runs is half the runner's capacity, and the per-user
-        active-runs quota what those slots finish within the queue timeout at the default
-        run timeout."""
+        """Build settings from `env` (default: the process environment)."""
         env = os.environ if env is None else env
         d = cls()
-        local_stack = env.get("NOTEBOOKS_LOCAL_STACK") == "true"
-        local_workers = _int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers)
-        capacity = _int(env, "NOTEBOOKS_RUNNER_CAPACITY", d.runner_capacity)
-        max_running = _int(env, "NOTEBOOKS_MAX_RUNNING", max(1, (local_workers if local_stack else capacity) // 2))
-        run_timeout = _float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout)
-        queue_timeout = _float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout)
-        servable = max_running * max(1, int(queue_timeout // run_timeout))
         return cls(
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or d.region,
             bucket=env.get("NOTEBOOKS_BUCKET", d.bucket),
@@ -159,9 +159,9 @@ class Settings:
             max_body_bytes=_int(env, "NOTEBOOKS_MAX_BODY_BYTES", d.max_body_bytes),
             runner_function=env.get("NOTEBOOKS_RUNNER_FUNCTION", d.runner_function),
             runner_arn=env.get("NOTEBOOKS_RUNNER_ARN") or None,
-            local_workers=local_workers,
-            local_stack=local_stack,
-            run_timeout=run_timeout,
+            local_workers=_int(env, "NOTEBOOKS_LOCAL_WORKERS", d.local_workers),
+            local_stack=env.get("NOTEBOOKS_LOCAL_STACK") == "true",
+            run_timeout=_float(env, "NOTEBOOKS_RUN_TIMEOUT", d.run_timeout),
             max_run_timeout=_float(env, "NOTEBOOKS_MAX_RUN_TIMEOUT", d.max_run_timeout),
             ecs_cluster=env.get("NOTEBOOKS_ECS_CLUSTER") or None,
             ecs_task_definition=env.get("NOTEBOOKS_ECS_TASK_DEFINITION") or None,
@@ -169,9 +169,9 @@ class Settings:
             ecs_security_groups=_list(env, "NOTEBOOKS_ECS_SECURITY_GROUPS"),
             ecs_container=env.get("NOTEBOOKS_ECS_CONTAINER") or d.ecs_container,
             ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
-            queue_timeout=queue_timeout,
-            runner_capacity=capacity,
-            max_running=max_running,
+            queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
+            runner_capacity=_int(env, "NOTEBOOKS_RUNNER_CAPACITY", d.runner_capacity),
+            max_running=_int(env, "NOTEBOOKS_MAX_RUNNING", d.max_running),
             reap_interval=_float(env, "NOTEBOOKS_REAP_SECONDS", d.reap_interval),
             timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
@@ -186,7 +186,7 @@ class Settings:
             webhook_allow_loopback=env.get("NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK", "").lower() == "true",
             max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
             max_scheduled_total=_int(env, "NOTEBOOKS_MAX_SCHEDULED_TOTAL", d.max_scheduled_total),
-            max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", servable),
+            max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
             preload_modules=_list(env, "NOTEBOOKS_PRELOAD_MODULES")
             if "NOTEBOOKS_PRELOAD_MODULES" in env

@@ -98,7 +98,7 @@ class RunDispatch:
         recorded = []
         try:
             for chunk in chunks(runs, self._table.runs_per_transaction()):
-                recorded += self._record_chunk(owner, chunk, self._settings.max_active_runs)
+                recorded += self._record_chunk(owner, chunk, self._settings.active_runs_quota())
         finally:
             self.dispatch_all(recorded)
         self._expire_old_runs(owner, items)
@@ -112,7 +112,7 @@ class RunDispatch:
                 return runs
             if why == "quota":
                 active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-                raise quota_error(self._settings.max_active_runs, active)
+                raise quota_error(self._settings.active_runs_quota(), active)
             if why == "exists":  # a concurrent attempt with the same client token got there first
                 taken = self._table.get_many(run["run_id"] for run in runs)
                 runs = [run for run in runs if run["run_id"] not in taken]

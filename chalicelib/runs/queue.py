@@ -1,7 +1,7 @@
 """The fair queue (docs/fair-share.md): queued runs wait in DynamoDB (the runs table's
 `by_status` index) and each runner invocation that has a slot claims the next run, taking
 users in turn: the user served least recently first (never served: first of all), that
-user's oldest run first, and no user beyond `max_running` runs at once nor the
+user's oldest run first, and no user beyond `running_per_user()` runs at once nor the
 deployment beyond its runner's capacity. Runs on Fargate are not queued here: their
 task claims its run itself.
 """
