@@ -92,7 +92,7 @@ class RunDispatch:
         return run
 
     def record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
-        """Record `runs` of the notebook `items` (up to 33 per transaction, within the
+        """Record `runs` of the notebook `items` (up to 32 per transaction, within the
         owner's active-runs quota), then dispatch them concurrently; the runs recorded
         before a failure are dispatched too, then the failure is raised."""
         recorded = []

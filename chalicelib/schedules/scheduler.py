@@ -121,7 +121,7 @@ class Scheduler:
         declared parameters as a Run's are, and given to every run the schedule fires).
         Every input is checked before anything changes; if AWS refuses a step, everything
         this request changed is put back and the answer is a 400. Rules are written
-        concurrently, stored schedules 99 per transaction.
+        concurrently, stored schedules 98 per transaction.
         """
         items = self._notebooks.require_many(owner, request.ids)
         now = self._clock()

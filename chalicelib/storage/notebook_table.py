@@ -183,7 +183,7 @@ class NotebookTable:
 
         `entries`: (item as read, schedule or None, changes). Each write is conditional on
         the notebook being live with its schedule present or absent as read, and the whole
-        is written in transactions of up to 99 notebooks. A notebook deleted meanwhile is
+        is written in transactions of up to 98 notebooks. A notebook deleted meanwhile is
         left out. QuotaExceeded when more than `limit` notebooks of the owner would be
         scheduled ("scheduled"), or more than `total_limit` of all owners ("scheduled_total").
         Appends each notebook written to `committed` (as it goes: a caller that undoes
@@ -297,7 +297,7 @@ class NotebookTable:
 
     def mark_deleting(self, owner: str, items: list) -> list:
         """Flag these live notebooks as being deleted, so reads treat them as gone, and
-        count them (and their schedules) off, 99 per transaction. Returns the items
+        count them (and their schedules) off, 98 per transaction. Returns the items
         flagged now or before (a delete that failed halfway left its flag; the same
         request again finishes it); a notebook gone meanwhile is left out."""
         flagged = [item for item in items if item.get("deleting")]

@@ -193,9 +193,9 @@ def transact(client, actions: list) -> Optional[list]:
 
 
 def entries_per_transaction(actions_per_entry: int) -> int:
-    """How many entries of `actions_per_entry` actions each, with one counter update, fit
-    one transaction."""
-    return (TRANSACTION_ACTIONS - 1) // actions_per_entry
+    """How many entries of `actions_per_entry` actions each, with the owner's and the
+    deployment's counter updates, fit one transaction."""
+    return (TRANSACTION_ACTIONS - 2) // actions_per_entry
 
 
 def write_chunks(transact, entries: list, actions_per_entry: int, build, reread, conflict: str, written=None) -> None:
