@@ -255,9 +255,10 @@ def openapi_document():
 
 @app.lambda_function(name="runner")
 def runner(event, context):
-    """The runner function: executes runs dispatched by the API and fired by schedules."""
+    """The runner function: executes runs dispatched by the API and fired by schedules,
+    reaps lost runs, and consumes its own failed events (see RunExecutor.handle)."""
     try:
-        return services.get().runner_executor().handle(event)
+        return services.get().runner_executor().handle(event, getattr(context, "aws_request_id", None))
     except SandboxError:
         # What a run left could not be removed: end this container, and Lambda starts a
         # clean one (the run itself was recorded; a retried event finds it done).

@@ -15,6 +15,8 @@ from chalicelib.common.model import Engine
 from chalicelib.notebooks.service import NotebookService
 from chalicelib.runs.dispatch import RunDispatch
 from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateDispatcher, LambdaDispatcher
+from chalicelib.runs.queue import FairQueue
+from chalicelib.runs.reaper import Reaper
 from chalicelib.runs.records import RunRecords
 from chalicelib.runs.service import RunService
 from chalicelib.runs.start import RunStarter
@@ -74,6 +76,8 @@ class Services:
             settings,
             self.dispatcher,
         )
+        self.queue = FairQueue(run_table, settings)
+        self.reaper = Reaper(run_table, self.runs, self.run_dispatch)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn
@@ -118,7 +122,15 @@ class Services:
         from chalicelib.runner.executor import RunExecutor  # as above: only where runs execute
 
         return RunExecutor(
-            self.records, self.run_dispatch, self.webhooks, self.files, self.scheduler, self.schedule_rules, runner
+            self.records,
+            self.run_dispatch,
+            self.webhooks,
+            self.files,
+            self.scheduler,
+            self.schedule_rules,
+            runner,
+            queue=self.queue,
+            reaper=self.reaper,
         )
 
 

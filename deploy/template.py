@@ -6,11 +6,15 @@
 - one IAM role per function, naming exact resources (Ref, GetAtt, ${AWS::Partition});
 - the runner's asynchronous invocation settings, reserved concurrency, /tmp size, a queue
   for the events it could not take, and both functions' log groups with a retention;
-- parameters for what differs between deployments (Stage, retention days, concurrency).
+- parameters for what differs between deployments (Stage, retention days, concurrency,
+  the fair queue's per-user limit, the schedule quotas);
 - the API's protection: stage throttling (a rate and a burst for the whole stage), the
   API function's reserved concurrency (a floor for the API and a ceiling on what it can
   take of the account's), and optionally a WAF web ACL on the stage with a rate-based
-  rule per source address.
+  rule per source address;
+- the reaper's EventBridge rule, which invokes the runner every few minutes with
+  `{"reap": {}}`, and the event source mapping that feeds the failed events' queue to
+  the runner (runs/reaper.py);
 - the runner as a container image (SAM builds it from the Metadata's Docker context,
   which `make package` writes), and for runs longer than Lambda's 15 minutes an ECS
   cluster and a Fargate task definition of the same image, with a task role as narrow
@@ -22,9 +26,12 @@ stages (two stacks) live side by side in one account and region, and a stack can
 created again after deletion although its retained data is still there.
 """
 
+import json
+
+from chalicelib.common import runner_events
 from chalicelib.common.config import Settings
 from chalicelib.storage.files import RESPONSES_PREFIX
-from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
+from chalicelib.storage.tables import BY_STATUS, TTL_ATTRIBUTE, table_definitions
 
 # Chalice's logical ids for app.py's two functions.
 API_FUNCTION, RUNNER_FUNCTION = "APIHandler", "Runner"
@@ -141,6 +148,32 @@ PARAMETERS = {
         "MaxValue": 2000000000,
         "Description": "Requests one source address may make in any 5 minutes before the WAF blocks it",
     },
+    "MaxRunningRunsPerUser": {
+        "Type": "Number",
+        "Default": 5,
+        "MinValue": 1,
+        "Description": "Runs one user may have executing at once (the fair queue: docs/fair-share.md); the "
+        "runner's capacity is RunnerReservedConcurrency (10 when 0)",
+    },
+    "MaxScheduledTotal": {
+        "Type": "Number",
+        "Default": 250,
+        "MinValue": 1,
+        "Description": "Scheduled notebooks of all users together, one EventBridge rule each: keep it below the "
+        "account's rule quota per region (300 by default), less the rules of other stacks",
+    },
+    "MaxScheduledPerUser": {
+        "Type": "Number",
+        "Default": 200,
+        "MinValue": 1,
+        "Description": "Scheduled notebooks per user (at most MaxScheduledTotal in effect)",
+    },
+    "ReaperRateMinutes": {
+        "Type": "Number",
+        "Default": 2,
+        "MinValue": 2,
+        "Description": "Minutes between the reaper's rounds, which fail runs past their deadline",
+    },
     "RunnerEphemeralStorageMB": {
         "Type": "Number",
         "Default": 2048,
@@ -197,6 +230,8 @@ PARAMETERS = {
         "Description": "Memory of a Fargate run, a size Fargate allows with FargateCpu",
     },
 }
+# The fair queue's capacity when no concurrency is reserved for the runner.
+UNRESERVED_RUNNER_CAPACITY = 10
 CONDITIONS = {
     "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
     "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
@@ -303,6 +338,13 @@ def _objects(prefix: str) -> dict:
     return {"Fn::Sub": "${NotebookFiles.Arn}/" + prefix + "*"}
 
 
+# The runner's own ARN, built from its name: a Ref or GetAtt in its own role would be circular.
+_RUNNER_NAME = {"Fn::Sub": "${AWS::StackName}-runner"}
+_RUNNER_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-runner"
+}
+
+
 def _table_and_indexes(logical_id: str) -> list:
     return [{"Fn::GetAtt": [logical_id, "Arn"]}, {"Fn::Sub": "${" + logical_id + ".Arn}/index/*"}]
 
@@ -392,7 +434,9 @@ def runner_statements() -> list:
     removes the notebook's oldest runs past the number kept (their outputs, records and
     pointers, found by a Query of the notebook's pointers and a BatchGetItem), and an
     expiry and its lock update the notebook. Nothing on the users table, no invoking, no
-    creating rules."""
+    creating rules. The fair queue and the reaper Query the runs table's `by_status`
+    index (active runs only); the runner invokes itself (the next drain, a webhook
+    delivery of a run the reaper ended), and consumes its failed events' queue."""
     return [
         _logs("RunnerLogGroup"),
         {
@@ -431,6 +475,24 @@ def runner_statements() -> list:
                 "dynamodb:BatchGetItem",
             ],
             "Resource": {"Fn::GetAtt": ["NotebooksTable", "Arn"]},
+        },
+        {
+            "Sid": "ActiveRuns",
+            "Effect": "Allow",
+            "Action": ["dynamodb:Query"],
+            "Resource": {"Fn::Sub": "${RunsTable.Arn}/index/" + BY_STATUS},
+        },
+        {
+            "Sid": "InvokeItself",
+            "Effect": "Allow",
+            "Action": ["lambda:InvokeFunction"],
+            "Resource": _RUNNER_ARN,
+        },
+        {
+            "Sid": "ConsumeFailedEvents",
+            "Effect": "Allow",
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+            "Resource": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]},
         },
         {
             "Sid": "RemoveLeftoverRules",
@@ -480,9 +542,10 @@ def fargate_statements() -> list:
 
 def task_statements() -> list:
     """The Fargate task's permissions: the runner's on the data, nothing else (its logs go
-    through the execution role; failed Lambda events, and the rules the runner function
-    removes, are no concern of a task, which runs one run by its id)."""
-    return [s for s in runner_statements() if s["Sid"] not in ("Logs", "FailedEvents", "RemoveLeftoverRules")]
+    through the execution role; failed Lambda events, the fair queue, the reaper and the
+    rules the runner function removes are no concern of a task, which runs one run by its id)."""
+    runner_only = ("Logs", "FailedEvents", "RemoveLeftoverRules", "ActiveRuns", "InvokeItself", "ConsumeFailedEvents")
+    return [s for s in runner_statements() if s["Sid"] not in runner_only]
 
 
 def task_execution_statements() -> list:
@@ -687,6 +750,12 @@ def merge_template(settings: Settings | None = None) -> dict:
         "NOTEBOOKS_TABLE": {"Ref": "NotebooksTable"},
         "NOTEBOOKS_RUNS_TABLE": {"Ref": "RunsTable"},
         "NOTEBOOKS_RULE_PREFIX": RULE_PREFIX,
+        "NOTEBOOKS_RUNNER_CAPACITY": {
+            "Fn::If": ["RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, UNRESERVED_RUNNER_CAPACITY]
+        },
+        "NOTEBOOKS_MAX_RUNNING": {"Ref": "MaxRunningRunsPerUser"},
+        "NOTEBOOKS_MAX_SCHEDULED": {"Ref": "MaxScheduledPerUser"},
+        "NOTEBOOKS_MAX_SCHEDULED_TOTAL": {"Ref": "MaxScheduledTotal"},
     }
     return {
         "Parameters": PARAMETERS,
@@ -711,7 +780,44 @@ def merge_template(settings: Settings | None = None) -> dict:
             "RunnerTaskDefinition": _task_definition(data),
             "FailedRunnerEvents": {
                 "Type": "AWS::SQS::Queue",
-                "Properties": {"MessageRetentionPeriod": 14 * 24 * 3600, "SqsManagedSseEnabled": True},
+                # Lambda asks for a visibility timeout of at least the consumer function's timeout.
+                "Properties": {
+                    "MessageRetentionPeriod": 14 * 24 * 3600,
+                    "SqsManagedSseEnabled": True,
+                    "VisibilityTimeout": 6 * 900,
+                },
+            },
+            "FailedRunnerEventsConsumer": {
+                "Type": "AWS::Lambda::EventSourceMapping",
+                "Properties": {
+                    "EventSourceArn": {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]},
+                    "FunctionName": {"Ref": RUNNER_FUNCTION},
+                    "BatchSize": 10,
+                },
+            },
+            "ReaperRule": {
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Description": "Fails runs past their deadline (the runner's reaper)",
+                    "ScheduleExpression": {"Fn::Sub": "rate(${ReaperRateMinutes} minutes)"},
+                    "State": "ENABLED",
+                    "Targets": [
+                        {
+                            "Id": "reaper",
+                            "Arn": {"Fn::GetAtt": [RUNNER_FUNCTION, "Arn"]},
+                            "Input": json.dumps(runner_events.reap()),
+                        }
+                    ],
+                },
+            },
+            "RunnerInvokedByReaper": {
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "Action": "lambda:InvokeFunction",
+                    "FunctionName": {"Ref": RUNNER_FUNCTION},
+                    "Principal": "events.amazonaws.com",
+                    "SourceArn": {"Fn::GetAtt": ["ReaperRule", "Arn"]},
+                },
             },
             API_FUNCTION: {
                 "DependsOn": ["ApiLogGroup"],
@@ -736,10 +842,10 @@ def merge_template(settings: Settings | None = None) -> dict:
             RUNNER_FUNCTION: {
                 "DependsOn": ["RunnerLogGroup"],
                 "Properties": {
-                    "FunctionName": {"Fn::Sub": "${AWS::StackName}-runner"},
+                    "FunctionName": _RUNNER_NAME,
                     "PackageType": "Image",
                     "Role": {"Fn::GetAtt": ["RunnerRole", "Arn"]},
-                    **_environment(**data, **_fargate_environment()),
+                    **_environment(**data, NOTEBOOKS_RUNNER_FUNCTION=_RUNNER_NAME, **_fargate_environment()),
                     "EphemeralStorage": {"Size": {"Ref": "RunnerEphemeralStorageMB"}},
                     "ReservedConcurrentExecutions": _reserved_concurrency(
                         "RunnerConcurrencyReserved", "RunnerReservedConcurrency"

@@ -13,7 +13,9 @@
   next kernel started ahead of need, and after every run ends every process that run
   left below it (see runner/sandbox.py);
 - runs the EventBridge clock (schedules.LocalEventClock), which fires due rules' targets
-  through the Invoke API, with the same LambdaDispatcher the API uses;
+  through the Invoke API, with the same LambdaDispatcher the API uses, and the reaper's
+  clock, which invokes the runner with `{"reap": {}}` every `NOTEBOOKS_REAP_SECONDS`
+  (runs/reaper.py), as the deployment's EventBridge rule does;
 - at start, fails the runs that were running when the stack stopped and dispatches the
   queued ones again;
 - prints `ready <endpoint>` once it serves.
@@ -33,7 +35,9 @@ import threading
 from concurrent.futures import Future
 from urllib.parse import unquote
 
+from chalicelib.common import runner_events
 from chalicelib.common.errors import SandboxError
+from chalicelib.common.periodic import Periodic
 from devstack.credentials import CredentialGuard, receive_secrets, send_secrets, split_environment
 
 log = logging.getLogger(__name__)
@@ -122,7 +126,7 @@ class WorkerPool:
     """
 
     def __init__(self, size: int):
-        self._env, self._secrets = split_environment(dict(os.environ))
+        self._env, self._secrets = {}, {}
         self._jobs = queue.Queue()
         self._stopping = threading.Event()
         self._feeders = [
@@ -130,7 +134,9 @@ class WorkerPool:
         ]
 
     def start(self) -> None:
-        """Start the workers."""
+        """Start the workers, with this process's environment as it is now (the local
+        Lambda's own address in it: a runner starts the fair queue's next drain)."""
+        self._env, self._secrets = split_environment(dict(os.environ))
         for feeder in self._feeders:
             feeder.start()
 
@@ -272,9 +278,11 @@ def main() -> int:
         aws.client("events", settings.region), settings.rule_prefix, services.get().dispatcher.invoke
     )
     clock.start()
+    reaper = Periodic(settings.reap_interval, lambda: services.get().dispatcher.invoke(runner_events.reap()), "reaper")
     print(f"ready {os.environ['AWS_ENDPOINT_URL_LAMBDA']}", flush=True)
     try:
-        stopped.wait()
+        with reaper:
+            stopped.wait()
     finally:
         clock.stop()
         server.shutdown()

@@ -42,7 +42,8 @@ def check_invariants(settings, settled: bool = False) -> None:
       path to an end), each notebook counts exactly the runs recorded for it, and every
       run has its pointer under its notebook, every pointer its run;
     - each owner's counters are a recount: live notebooks, stored schedules, queued or
-      running runs.
+      running runs, runs holding a runner slot; and the deployment's: stored schedules
+      and runs holding a slot, of every owner.
     A notebook flagged `deleting` is half-deleted: the same Delete again finishes it, and
     with `settled` none may be left.
     """
@@ -90,13 +91,20 @@ def check_invariants(settings, settled: bool = False) -> None:
         assert int(row.get("no_of_runs", 0)) == counted.get(key, 0), f"no_of_runs of {key[1]} is not a recount"
     pointers = {(row["owner"], row["run_id"]) for row in rows if row["sk"].startswith("run#")}
     assert pointers == {(run["owner"], run["run_id"]) for run in runs}, "runs and their pointers differ"
-    owners = {row["owner"] for row in rows} | {run["owner"] for run in runs}
+    slotted = [run for run in runs if run["status"] == "running" and run.get("slot")]
+    deployment = next((row for row in rows if row["owner"] == "#deployment"), {})
+    assert {name: int(deployment.get(name, 0)) for name in ("scheduled", "running")} == {
+        "scheduled": sum(1 for row in live.values() if row.get("schedule")),
+        "running": len(slotted),
+    }, "the deployment's counters"
+    owners = {row["owner"] for row in rows if row["owner"] != "#deployment"} | {run["owner"] for run in runs}
     for owner in owners:
         counters = next((row for row in rows if row["owner"] == owner and row["sk"] == "#counts"), {})
         recount = {
             "notebooks": sum(1 for (who, _) in live if who == owner),
             "scheduled": sum(1 for (who, _), row in live.items() if who == owner and row.get("schedule")),
             "runs_active": sum(1 for run in runs if run["owner"] == owner and run["status"] in ("queued", "running")),
+            "runs_running": sum(1 for run in slotted if run["owner"] == owner),
         }
         assert {name: int(counters.get(name, 0)) for name in recount} == recount, f"counters of {owner}"
 
@@ -153,12 +161,12 @@ class FaultInjector:
 def leftovers(settings) -> tuple:
     """`stored_state` less the per-user counters that read zero: what deleting everything leaves."""
     objects, items = stored_state(settings)
-    counters = ("notebooks", "scheduled", "runs_active")
+    counters = ("notebooks", "scheduled", "runs_active", "runs_running", "running")
     zeroed = [
         item
         for item in items
         if item["sk"] == "#counts"
-        and set(item) <= {"owner", "sk", *counters}
+        and set(item) <= {"owner", "sk", "served_at", *counters}
         and not any(item.get(name) for name in counters)
     ]
     return objects, [item for item in items if item not in zeroed]

@@ -44,7 +44,7 @@ def test_a_queued_run_cancelled_never_starts(api, dispatched, executor):
     answer = api.json("POST", f"{RUNS}/{run_id}/cancel")
 
     assert answer["status"] == "cancelled" and answer["finished_at"] is not None
-    assert executor.handle(dispatched.events.pop()) == {"run_id": run_id, "status": "skipped"}
+    assert executor.handle(dispatched.events.pop()) == {"status": "idle"}
     assert api.json("GET", f"{RUNS}/{run_id}")["status"] == "cancelled"
     assert error(api.call("GET", f"{RUNS}/{run_id}/output")) == (404, "Run output not available yet")
 

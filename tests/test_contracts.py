@@ -83,9 +83,14 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         runner_events.schedule_firing("admin", SOME_ID),
         runner_events.webhook_delivery("r-2"),
         runner_events.remove_rules("admin", [SOME_ID]),
+        runner_events.drain(),
+        runner_events.drain("r-3"),
+        runner_events.reap(),
+        {"Records": [{"body": "{}"}]},  # the failed events' queue, as SQS hands it over
     ]
     assert [runner_events.parse(event) for event in built] == built
     assert built[1] == {"notebook_id": SOME_ID, "owner": "admin", "trigger": "schedule"}
+    assert built[4:7] == [{"drain": {}}, {"drain": {"run_id": "r-3"}}, {"reap": {}}]
 
 
 @pytest.mark.parametrize(
@@ -105,6 +110,14 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         {"remove_rules": {"owner": "admin", "notebook_ids": "x"}},
         {"remove_rules": {"owner": "admin", "notebook_ids": [1]}},
         {"deliver_webhook": "r", "run_id": "r"},
+        {"drain": None},
+        {"drain": {"run_id": 5}},
+        {"drain": {"runid": "r"}},
+        {"drain": {}, "run_id": "r"},
+        {"reap": None},
+        {"reap": {"now": 1}},
+        {"Records": "x"},
+        {"Records": ["x"]},
     ],
 )
 def test_an_event_of_no_known_shape_is_refused_loudly(event):

@@ -183,11 +183,13 @@ def test_tables_are_the_designed_ones_on_demand_with_recovery_and_retained(resou
             "AttributeName": TTL_ATTRIBUTE,
             "Enabled": True,
         }
-    # The runs across notebooks (GET /_notebooks/runs): an owner's, and an owner's in one status.
+    # The runs across notebooks (GET /_notebooks/runs): an owner's, and an owner's in one
+    # status; and the sparse index of active runs (the fair queue, the reaper).
     indexes = resources["RunsTable"]["Properties"]["GlobalSecondaryIndexes"]
     assert [(index["IndexName"], [key["AttributeName"] for key in index["KeySchema"]]) for index in indexes] == [
         ("by_owner", ["owner", "created_at"]),
         ("by_owner_status", ["owner_status", "created_at"]),
+        ("by_status", ["active_status", "deadline_at"]),
     ]
 
 
@@ -291,9 +293,15 @@ def test_the_runner_may_read_notebooks_write_outputs_and_records_and_remove_rule
         "dynamodb:BatchGetItem",
     ):
         assert may(action) == [runs, notebooks]
-    assert may("dynamodb:Query") == [notebooks]  # the notebook's run pointers, no index
+    # the notebook's run pointers, and the active runs' index (the fair queue, the reaper)
+    assert may("dynamodb:Query") == [notebooks, {"Fn::Sub": "${RunsTable.Arn}/index/by_status"}]
     assert may("dynamodb:Scan") == may("dynamodb:BatchWriteItem") == []
-    assert may("lambda:InvokeFunction") == []
+    # itself only: the next drain of the fair queue, the webhook of a run the reaper ended
+    assert may("lambda:InvokeFunction") == [
+        {"Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-runner"}
+    ]
+    queue = [{"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}]
+    assert may("sqs:ReceiveMessage") == may("sqs:DeleteMessage") == may("sqs:GetQueueAttributes") == queue
     assert may("events:PutRule") == may("events:PutTargets") == []
     assert may("events:DeleteRule") == may("events:RemoveTargets") == may("events:ListTargetsByRule") != []
     assert may("sqs:SendMessage") == [{"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}]
@@ -410,6 +418,9 @@ def _resolved(value, parameters: dict, fargate: bool):
     [(function, argument)] = value.items()
     if function == "Fn::If":
         condition, when_true, when_false = argument
+        if condition == "RunnerConcurrencyReserved":
+            reserved = parameters.get("RunnerReservedConcurrency", "0") != "0"
+            return _resolved(when_true if reserved else when_false, parameters, fargate)
         assert condition == "FargateEnabled"
         return _resolved(when_true if fargate else when_false, parameters, fargate)
     if function == "Fn::Join":
@@ -479,7 +490,8 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
     runner_data = [
         s
         for s in statements(resources, "RunnerRole")
-        if s["Sid"] not in ("Logs", "FailedEvents") and not s["Action"][0].startswith(("ecs:", "iam:", "events:"))
+        if s["Sid"] not in ("Logs", "FailedEvents", "ActiveRuns", "InvokeItself", "ConsumeFailedEvents")
+        and not s["Action"][0].startswith(("ecs:", "iam:", "events:"))
     ]
     assert statements(resources, "RunnerTaskRole") == runner_data
     for action in (
@@ -503,6 +515,45 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
     )
     assert may("logs:PutLogEvents") == [{"Fn::GetAtt": ["RunnerTaskLogGroup", "Arn"]}]
     assert may("s3:GetObject") == may("dynamodb:GetItem") == []
+
+
+def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, resources):
+    defaults = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    for function in ("APIHandler", "Runner"):
+        variables = resources[function]["Properties"]["Environment"]["Variables"]
+        settings = Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()})
+        assert settings.runner_capacity == int(defaults["RunnerReservedConcurrency"]) == 10
+        assert settings.running_per_user() == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_capacity
+        # the active-runs quota: what one user's slots finish within the queue timeout, not 2,000
+        assert settings.max_active_runs is None  # unset: derived
+        assert settings.active_runs_quota() == 5 * int(MAX_EVENT_AGE_SECONDS // settings.run_timeout)
+        assert settings.max_scheduled_total == int(defaults["MaxScheduledTotal"]) == 250 < 300
+        assert settings.max_scheduled == int(defaults["MaxScheduledPerUser"]) < settings.max_scheduled_total
+        unreserved = Settings.from_env(
+            {k: _resolved(v, {**defaults, "RunnerReservedConcurrency": "0"}, False) for k, v in variables.items()}
+        )
+        assert unreserved.runner_capacity == 10
+    runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
+    assert runner["NOTEBOOKS_RUNNER_FUNCTION"] == {"Fn::Sub": "${AWS::StackName}-runner"}
+    assert resources["Runner"]["Properties"]["FunctionName"] == runner["NOTEBOOKS_RUNNER_FUNCTION"]
+
+
+def test_the_reaper_runs_every_few_minutes_and_the_failed_events_have_a_consumer(template, resources):
+    rule = resources["ReaperRule"]["Properties"]
+    assert rule["ScheduleExpression"] == {"Fn::Sub": "rate(${ReaperRateMinutes} minutes)"}
+    assert int(template["Parameters"]["ReaperRateMinutes"]["Default"]) <= 5
+    [target] = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["Runner", "Arn"]} and json.loads(target["Input"]) == {"reap": {}}
+    permission = resources["RunnerInvokedByReaper"]["Properties"]
+    assert permission["Principal"] == "events.amazonaws.com"
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["ReaperRule", "Arn"]}
+    consumer = resources["FailedRunnerEventsConsumer"]
+    assert consumer["Type"] == "AWS::Lambda::EventSourceMapping"
+    assert consumer["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["FailedRunnerEvents", "Arn"]}
+    assert consumer["Properties"]["FunctionName"] == {"Ref": "Runner"}
+    # Lambda requires the queue's visibility timeout to cover the consumer's timeout.
+    visibility = resources["FailedRunnerEvents"]["Properties"]["VisibilityTimeout"]
+    assert visibility >= resources["Runner"]["Properties"]["Timeout"]
 
 
 def test_the_api_function_has_a_full_vcpu_for_its_1000_id_requests(resources):

@@ -223,7 +223,7 @@ def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(
 
     [run] = local.runs.start("admin", RunRequest([notebook_id], "m", {}, 43200))["runs"]
 
-    assert invoked == [{"run_id": run["run_id"]}]
+    assert invoked == [{"drain": {"run_id": run["run_id"]}}]
     shown = local.runs.get("admin", run["run_id"])
     assert (shown["engine"], shown["timeout"]) == ("local", 43200)
     with pytest.raises(InvalidInput, match="at most 43200"):

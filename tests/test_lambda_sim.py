@@ -108,8 +108,8 @@ simulation_only = pytest.mark.skipif(bool(_unavailable()), reason=f"Lambda simul
 def resolve(value):
     """A template value with Ref, Fn::GetAtt, Fn::Sub, Fn::Join and Fn::If resolved
     against this stack."""
-    if isinstance(value, str):
-        return value
+    if not isinstance(value, dict):
+        return str(value)
     [(function, argument)] = value.items()
     if function == "Ref":
         return PHYSICAL.get(argument) or PARAMETERS[argument]
@@ -123,7 +123,9 @@ def resolve(value):
         separator, listed = argument
         return separator.join(item for item in resolve(listed).split(",") if item)
     if function == "Fn::If":
-        condition, _, otherwise = argument
+        condition, when_true, otherwise = argument
+        if condition == "RunnerConcurrencyReserved":
+            return resolve(when_true if PARAMETERS["RunnerReservedConcurrency"] != "0" else otherwise)
         assert condition == "FargateEnabled", condition
         return resolve(otherwise)
     raise AssertionError(f"unexpected intrinsic {function}")
@@ -609,7 +611,7 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     # The seed's Run sample: a GET with a body, keys unquoted.
     [run] = api.json("GET", BASE + "/_run", '{nbkIds: ["%s"], module: "notebooks"}' % notebook_id)["runs"]
     assert run["status"] == "queued"
-    assert lambda_service.invocations == [(PHYSICAL["Runner"], {"run_id": run["run_id"]})]
+    assert lambda_service.invocations == [(PHYSICAL["Runner"], {"drain": {"run_id": run["run_id"]}})]
 
     until = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d %H:%M")
     due = datetime.now(timezone.utc).strftime("%H:%M")  # daily at this minute: the event below is due

@@ -279,6 +279,6 @@ def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_
     assert stack.run_dispatch.resume_after_restart() == {"failed": 1, "queued": 1}
     interrupted = stack.runs.get("admin", running["run_id"])
     assert interrupted["status"] == "failed" and interrupted["error"]["ename"] == "RunnerLost"
-    assert dispatched == [{"run_id": queued["run_id"]}]
+    assert dispatched == [{"drain": {"run_id": queued["run_id"]}}]
     assert stack.runs.get("admin", queued["run_id"])["status"] == "queued"
     assert stack.runs.get("admin", done["run_id"])["status"] == "succeeded"

@@ -77,7 +77,7 @@ def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatch
     started = api.json("GET", BASE + "/_run", raw=raw)  # the `//` of the seed: see test_operations
     [run] = started["runs"]
     assert run["notebook_id"] == notebook_id and run["status"] == "queued"
-    assert dispatched.events == [{"run_id": run["run_id"]}]
+    assert dispatched.events == [{"drain": {"run_id": run["run_id"]}}]
     fetched = api.json("GET", f"{BASE}/{notebook_id}")
     assert fetched["no_of_runs"] == 1 and isinstance(fetched["last_run"], int)
 
@@ -177,7 +177,7 @@ def test_a_second_delivery_of_one_run_does_not_execute_it_again(api, stack, disp
     event = dispatched.events[0]
     assert executor.handle(event) == {"run_id": run["run_id"], "status": "succeeded"}
     finished = api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"]
-    assert executor.handle(event) == {"run_id": run["run_id"], "status": "skipped"}
+    assert executor.handle(event) == {"status": "idle"}  # nothing left to claim
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == finished
 
 
@@ -344,7 +344,7 @@ def test_lambda_dispatch_invokes_the_runner_asynchronously(stack):
     )
     LambdaDispatcher(lambda_client, "notebooks-dev-runner").dispatch({"run_id": "r-1"})
     assert invoked == [
-        {"FunctionName": "notebooks-dev-runner", "InvocationType": "Event", "Payload": b'{"run_id": "r-1"}'}
+        {"FunctionName": "notebooks-dev-runner", "InvocationType": "Event", "Payload": b'{"drain": {"run_id": "r-1"}}'}
     ]
 
 
@@ -364,7 +364,7 @@ def test_the_runner_lambda_entry_point_runs_a_dispatched_run(api, stack, dispatc
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
     try:
         assert app.runner(dispatched.events[0], None) == {"run_id": run["run_id"], "status": "succeeded"}
-        assert app.runner(dispatched.events[0], None)["status"] == "skipped"  # Lambda's retry
+        assert app.runner(dispatched.events[0], None)["status"] == "idle"  # Lambda's retry: nothing to claim
     finally:
         stack.runner_executor().close()  # the warm container's next kernel
     assert "from the runner function" in stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output"))

@@ -122,6 +122,8 @@ def test_no_request_costs_more_at_1000_notebooks_than_at_10(api, stack, dispatch
     stack.notebooks._clock = itertools.count(1_700_000_000, 60).__next__
     seed_notebooks(stack.settings, "admin", 10)
     seed_notebooks(stack.settings, "bob", 1000)  # other users' notebooks cost nothing either
+    # The deployment's counters exist once anyone has scheduled: a Schedule reads them.
+    stack.notebooks._table._table.put_item(Item={"owner": "#deployment", "sk": "#counts", "scheduled": 0})
     small = operations_calls(api, dispatched)
     seed_notebooks(stack.settings, "admin", 990, start_ms=1_600_000_000_000)
     large = operations_calls(api, dispatched)
@@ -329,7 +331,7 @@ def test_count_equals_a_full_recount_after_random_operations_and_faults(api, sta
             elif action == "run" and ids:
                 api.call("POST", BASE + "/_run", {"nbkIds": some(2), "module": "m"})
             elif action == "end run" and dispatched.events:
-                run_id = dispatched.events.pop(0)["run_id"]
+                run_id = dispatched.events.pop(0)["drain"]["run_id"]
                 try:
                     stack.records.finish(run_id, "failed", expected_status="queued")
                 except Exception:  # noqa: BLE001 - an injected fault; the run stays queued
@@ -407,7 +409,7 @@ def test_active_runs_quota_is_a_429_and_frees_as_runs_end(api, stack, dispatched
     status, message = error(api.call("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"}))
     assert status == 429 and "at most 2" in message
     assert api.json("GET", f"{BASE}/{ids[2]}/runs") == [] and len(dispatched.events) == 2
-    stack.records.finish(dispatched.events[0]["run_id"], "failed", expected_status="queued")
+    stack.records.finish(dispatched.events[0]["drain"]["run_id"], "failed", expected_status="queued")
     api.json("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"})
     assert recount(stack)["active runs"] == 2 == counted(stack)["active runs"]
 
@@ -416,7 +418,7 @@ def test_a_run_ended_any_way_counts_off_active_runs_cancelled_included(api, stac
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     ids = [api.create()["notebook_id"] for _ in range(4)]
     api.json("POST", BASE + "/_run", {"nbkIds": ids, "module": "m"})
-    queued, acted_on, unanswered, lost = (event["run_id"] for event in dispatched.events)
+    queued, acted_on, unanswered, lost = (event["drain"]["run_id"] for event in dispatched.events)
     assert counted(stack)["active runs"] == 4
     assert api.json("POST", f"{RUNS}/{queued}/cancel")["status"] == "cancelled"  # never starts
     for run_id in (acted_on, unanswered, lost):
@@ -490,7 +492,7 @@ def test_a_retry_with_the_token_completes_a_run_request_cut_short(api, stack, di
     assert [run["notebook_id"] for run in runs] == ids
     assert len({run["run_id"] for run in runs}) == 70
     assert all(api.json("GET", f"{BASE}/{nid}")["no_of_runs"] == 1 for nid in ids[::10])
-    assert {event["run_id"] for event in dispatched.events} == {run["run_id"] for run in runs}
+    assert {event["drain"]["run_id"] for event in dispatched.events} == {run["run_id"] for run in runs}
 
 
 @pytest.mark.parametrize(

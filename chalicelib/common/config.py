@@ -62,8 +62,16 @@ class Settings:
     ecs_security_groups: tuple = ()
     ecs_container: str = "runner"
     ecs_assign_public_ip: bool = True
-    # How long a queued run may wait for a runner before it is reported lost.
+    # How long a queued run may wait for a runner before it is failed.
     queue_timeout: float = 6 * 3600.0
+    # The fair queue (docs/fair-share.md): runs executing at once on the runner function
+    # (its reserved concurrency; the local stack: its workers), and per user.
+    runner_capacity: int = 10
+    # Unset: half the capacity (see `running_per_user`).
+    max_running: Optional[int] = None
+    # How often the reaper ends the runs past their deadline (the local stack's clock;
+    # a deployment's EventBridge rule has its own rate).
+    reap_interval: float = 120.0
     timezone: str = "UTC"
     rule_prefix: str = "notebooks-"
     # Failed logins allowed per user and source address in a window; past them, that
@@ -88,8 +96,13 @@ class Settings:
     # `local` stage sets it; a deployment never does.
     webhook_allow_loopback: bool = False
     # Per-user quotas.
-    max_scheduled: int = 1000
-    max_active_runs: int = 2000
+    max_scheduled: int = 200
+    # The deployment's scheduled notebooks, all users together: one EventBridge rule each,
+    # kept below the account's rule quota per region (300 by default).
+    max_scheduled_total: int = 250
+    # Unset: what one user's runner slots finish within the queue timeout at the default
+    # run timeout (see `active_runs_quota`), so no run waits past it for its turn.
+    max_active_runs: Optional[int] = None
     max_runs_kept: int = 100
     # Modules the runner's waiting kernel imports before its run (NOTEBOOKS_PRELOAD_MODULES,
     # comma-separated; empty: none), so a notebook importing them pays nothing.
@@ -111,6 +124,23 @@ class Settings:
         if self.fargate or self.local_stack:
             return self.max_run_timeout
         return min(self.max_run_timeout, LAMBDA_RUN_LIMIT)
+
+    def runner_slots(self) -> int:
+        """Runs the Lambda (or local) runner executes at once: the fair queue's capacity."""
+        return max(1, self.local_workers if self.local_stack else self.runner_capacity)
+
+    def running_per_user(self) -> int:
+        """Runs one user may have executing at once: `max_running`, by default half the
+        capacity; at least 1, at most the capacity."""
+        wanted = self.max_running if self.max_running is not None else self.runner_slots() // 2
+        return max(1, min(wanted, self.runner_slots()))
+
+    def active_runs_quota(self) -> int:
+        """Runs one user may have queued or running: `max_active_runs`, by default what
+        the user's slots finish within the queue timeout at the default run timeout."""
+        if self.max_active_runs is not None:
+            return self.max_active_runs
+        return self.running_per_user() * max(1, int(self.queue_timeout // self.run_timeout))
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -140,6 +170,9 @@ class Settings:
             ecs_container=env.get("NOTEBOOKS_ECS_CONTAINER") or d.ecs_container,
             ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
             queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
+            runner_capacity=_int(env, "NOTEBOOKS_RUNNER_CAPACITY", d.runner_capacity),
+            max_running=_int(env, "NOTEBOOKS_MAX_RUNNING", d.max_running),
+            reap_interval=_float(env, "NOTEBOOKS_REAP_SECONDS", d.reap_interval),
             timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,
             rule_prefix=env.get("NOTEBOOKS_RULE_PREFIX", d.rule_prefix),
             login_attempts=_int(env, "NOTEBOOKS_LOGIN_ATTEMPTS", d.login_attempts),
@@ -152,6 +185,7 @@ class Settings:
             max_log_bytes=_int(env, "NOTEBOOKS_MAX_LOG_BYTES", d.max_log_bytes),
             webhook_allow_loopback=env.get("NOTEBOOKS_WEBHOOK_ALLOW_LOOPBACK", "").lower() == "true",
             max_scheduled=_int(env, "NOTEBOOKS_MAX_SCHEDULED", d.max_scheduled),
+            max_scheduled_total=_int(env, "NOTEBOOKS_MAX_SCHEDULED_TOTAL", d.max_scheduled_total),
             max_active_runs=_int(env, "NOTEBOOKS_MAX_ACTIVE_RUNS", d.max_active_runs),
             max_runs_kept=_int(env, "NOTEBOOKS_MAX_RUNS_KEPT", d.max_runs_kept),
             preload_modules=_list(env, "NOTEBOOKS_PRELOAD_MODULES")

@@ -1,4 +1,4 @@
-"""The runner function's events, all four shapes in one place: who builds them (the
+"""The runner function's events, all its shapes in one place: who builds them (the
 builders below) and how the runner reads them (`parse`).
 
 - RunEvent `{"run_id"}`: a run the API recorded (an asynchronous Lambda invocation, or a
@@ -8,14 +8,19 @@ builders below) and how the runner reads them (`parse`).
 - WebhookDelivery `{"deliver_webhook": run_id}`: the end of a run that ended in the API,
   to deliver (runs/webhooks.py);
 - RemoveRules `{"remove_rules": {"owner", "notebook_ids"}}`: rules a Delete handed over
-  (schedules/scheduler.py).
+  (schedules/scheduler.py);
+- Drain `{"drain": {}}`, or `{"drain": {"run_id"}}` naming a run just queued: claim and
+  execute the fair queue's next run (runs/queue.py), sent by the API and by runners;
+- Reap `{"reap": {}}`: the Input of the reaper's EventBridge rule (runs/reaper.py);
+- FailedEvents `{"Records": [...]}`: SQS records of the runner's failed invocations (the
+  failed events' queue, consumed by the runner; runs/reaper.py reads each record's body).
 
 An event of any other shape is refused with UnknownEvent, never guessed at: a mistake in
 a builder, a rule's Input edited by hand or a stray invocation fails loudly in the
 runner's log instead of executing something else.
 """
 
-from typing import Literal, TypedDict, Union, final
+from typing import Literal, Optional, TypedDict, Union, final
 
 from chalicelib.common.model import Trigger
 
@@ -47,7 +52,26 @@ class RemoveRules(TypedDict):
     remove_rules: HandedOverRules
 
 
-RunnerEvent = Union[RunEvent, ScheduleFiring, WebhookDelivery, RemoveRules]
+class DrainRun(TypedDict, total=False):
+    run_id: str
+
+
+@final  # closed: `in` tells the shapes apart (for mypy too)
+class Drain(TypedDict):
+    drain: DrainRun
+
+
+@final  # closed: `in` tells the shapes apart (for mypy too)
+class Reap(TypedDict):
+    reap: dict
+
+
+@final  # closed: `in` tells the shapes apart (for mypy too)
+class FailedEvents(TypedDict):
+    Records: list
+
+
+RunnerEvent = Union[RunEvent, ScheduleFiring, WebhookDelivery, RemoveRules, Drain, Reap, FailedEvents]
 
 
 class UnknownEvent(ValueError):
@@ -74,12 +98,23 @@ def remove_rules(owner: str, notebook_ids: list) -> RemoveRules:
     return {"remove_rules": {"owner": owner, "notebook_ids": list(notebook_ids)}}
 
 
+def drain(run_id: Optional[str] = None) -> Drain:
+    """The event that claims and executes the fair queue's next run; `run_id` names a run
+    just queued, which the queue's index may not show yet."""
+    return {"drain": {} if run_id is None else {"run_id": run_id}}
+
+
+def reap() -> Reap:
+    """The event that ends the runs past their deadline (the reaper rule's Input)."""
+    return {"reap": {}}
+
+
 def _strings(value, *names) -> bool:
     return isinstance(value, dict) and all(isinstance(value.get(name), str) for name in names)
 
 
 def parse(event) -> RunnerEvent:
-    """`event` as one of the four shapes (its keys exactly those of one, each value of its
+    """`event` as one of the shapes above (its keys exactly those of one, each value of its
     type); UnknownEvent, naming what was received, for anything else."""
     keys = set(event) if isinstance(event, dict) else None
     if keys == {"run_id"} and _strings(event, "run_id"):
@@ -102,7 +137,17 @@ def parse(event) -> RunnerEvent:
             and all(isinstance(notebook_id, str) for notebook_id in handed["notebook_ids"])
         ):
             return event
+    if keys == {"drain"}:
+        claim = event["drain"]
+        if isinstance(claim, dict) and (claim == {} or (set(claim) == {"run_id"} and _strings(claim, "run_id"))):
+            return event
+    if keys == {"reap"} and event["reap"] == {}:
+        return event
+    records = event.get("Records") if keys == {"Records"} else None
+    if isinstance(records, list) and all(isinstance(record, dict) for record in records):
+        return event
     shown = sorted(map(str, keys)) if keys is not None else type(event).__name__
     raise UnknownEvent(
-        f"the runner function takes a run, a schedule firing, a webhook delivery or a rule removal, not {shown}"
+        "the runner function takes a run, a schedule firing, a webhook delivery, a rule removal, "
+        f"a drain, a reap or failed events, not {shown}"
     )

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import uuid
+from typing import Optional
 
 import nbformat
 
@@ -43,8 +44,12 @@ class RunExecutor:
         scheduler,
         schedule_rules,
         runner,
+        queue=None,
+        reaper=None,
     ):
         self._records = records
+        self._queue = queue  # runs.queue.FairQueue: the runs that `drain` events claim
+        self._reaper = reaper  # runs.reaper.Reaper: `reap` events and failed events
         self._run_dispatch = run_dispatch  # records the runs of schedule firings
         self._webhooks = webhooks  # webhooks.Webhooks, or None
         self._files = files
@@ -53,23 +58,43 @@ class RunExecutor:
         self._runner = runner
         self._stopping = threading.Event()
 
-    def handle(self, raw_event: object) -> dict:
-        """Handle one runner invocation (common/runner_events.py has the shapes): a run
-        from the API, a schedule's firing from EventBridge, a webhook delivery from the
-        API, or deleted notebooks' rules to remove, from a Delete. Any other event:
-        runner_events.UnknownEvent."""
+    def handle(self, raw_event: object, request_id: Optional[str] = None) -> dict:
+        """Handle one runner invocation (common/runner_events.py has the shapes;
+        `request_id`: Lambda's id of it): a drain from the API or a runner (the fair
+        queue's next run), a schedule's firing from EventBridge (recorded, then drained),
+        a reap from the reaper's rule, the failed events' queue's SQS records, a run (a
+        Fargate task's one run), a webhook delivery from the API, or deleted notebooks'
+        rules to remove, from a Delete. Any other event: runner_events.UnknownEvent."""
         event = runner_events.parse(raw_event)
         if "deliver_webhook" in event:
             return self._webhooks.deliver(event["deliver_webhook"])
         if "remove_rules" in event:
             return {"rules_removed": self._schedule_rules.remove_handed_over(event["remove_rules"])}
+        if "reap" in event:
+            return self._reaper.reap()
+        if "Records" in event:
+            return self._reaper.failed_events(event["Records"])
         if "trigger" in event:
             run_id = self.record_firing(event["owner"], event["notebook_id"])
             if run_id is None:
                 return {"status": "skipped"}
-        else:
-            run_id = event["run_id"]
-        return {"run_id": run_id, "status": self.execute(run_id)}
+            return self.drain(run_id, request_id)
+        if "drain" in event:
+            return self.drain(event["drain"].get("run_id"), request_id)
+        return {"run_id": event["run_id"], "status": self.execute(event["run_id"])}
+
+    def drain(self, hint=None, request_id=None) -> dict:
+        """Claim the fair queue's next run (`hint`: a run just queued) and execute it;
+        another drain is started once it is claimed (to fill any other free slot) and
+        once it ends (its slot is free again). {"status": "idle"} when no run may start."""
+        run = self._queue.claim_next(hint, request_id)
+        if run is None:
+            return {"status": "idle"}
+        self._run_dispatch.drain()
+        try:
+            return {"run_id": run["run_id"], "status": self._execute_claimed(run)}
+        finally:
+            self._run_dispatch.drain()
 
     def record_firing(self, owner: str, notebook_id: str):
         """Record the run of a schedule rule's firing; its run id, or None when no
@@ -86,13 +111,18 @@ class RunExecutor:
         return run_id
 
     def execute(self, run_id: str) -> str:
-        """Claim and execute the run; its final status ("skipped" if not ours to run)."""
+        """Claim and execute the run outside the fair queue (a Fargate task's); its final
+        status ("skipped" if not ours to run)."""
         run = self._records.claim(run_id)
         if run is None:
             # Lambda's retry of an invocation that ran out of time while delivering: finish that.
             self._deliver_webhook(run_id, only_pending=True)
             return "skipped"
-        owner, notebook_id = run["owner"], run["notebook_id"]
+        return self._execute_claimed(run)
+
+    def _execute_claimed(self, run: dict) -> str:
+        """Execute a run this runner claimed; its final status."""
+        run_id, owner, notebook_id = run["run_id"], run["owner"], run["notebook_id"]
         try:
             found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
             if found is None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from decimal import Decimal
 
-from chalicelib.common import errors
+from chalicelib.common import errors, runner_events
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.errors import NOTEBOOK_ID_INVALID
@@ -92,13 +92,13 @@ class RunDispatch:
         return run
 
     def record_and_dispatch(self, owner: str, runs: list, items: list) -> None:
-        """Record `runs` of the notebook `items` (up to 33 per transaction, within the
+        """Record `runs` of the notebook `items` (up to 32 per transaction, within the
         owner's active-runs quota), then dispatch them concurrently; the runs recorded
         before a failure are dispatched too, then the failure is raised."""
         recorded = []
         try:
             for chunk in chunks(runs, self._table.runs_per_transaction()):
-                recorded += self._record_chunk(owner, chunk, self._settings.max_active_runs)
+                recorded += self._record_chunk(owner, chunk, self._settings.active_runs_quota())
         finally:
             self.dispatch_all(recorded)
         self._expire_old_runs(owner, items)
@@ -112,7 +112,7 @@ class RunDispatch:
                 return runs
             if why == "quota":
                 active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-                raise quota_error(self._settings.max_active_runs, active)
+                raise quota_error(self._settings.active_runs_quota(), active)
             if why == "exists":  # a concurrent attempt with the same client token got there first
                 taken = self._table.get_many(run["run_id"] for run in runs)
                 runs = [run for run in runs if run["run_id"] not in taken]
@@ -134,6 +134,14 @@ class RunDispatch:
     def dispatch_all(self, runs: list) -> None:
         """Hand `runs` to their engines concurrently (a run that cannot be is failed)."""
         in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
+
+    def drain(self) -> None:
+        """Start a runner invocation that claims the fair queue's next run, if a slot is
+        free. Best effort: the reaper starts one at its next round when runs still wait."""
+        try:
+            self._dispatcher.invoke(runner_events.drain())
+        except Exception:  # best effort: see the docstring
+            log.warning("could not start a runner to drain the queue", exc_info=True)
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
         """Create a queued run and count it on its notebook; None if the notebook is gone

@@ -2,10 +2,12 @@
 
 Every engine runs the same handler (RunExecutor.handle) on the same code:
 - `lambda`: an asynchronous (Event) invocation of the runner function, for a run whose
-  timeout fits in Lambda's 15 minutes;
+  timeout fits in Lambda's 15 minutes: a `drain` event, whose runner claims the next run
+  of the fair queue (runs/queue.py), which may be another user's;
 - `fargate`: an ECS Fargate task of the runner image (chalicelib.runner.fargate_task), for a
   longer run, up to the deployment's maximum;
-- `local`: the local stack's worker processes (devstack/local_lambda.py), for any timeout.
+- `local`: the local stack's worker processes (devstack/local_lambda.py), for any
+  timeout, through the same fair queue.
 
 What the services rely on is the `Dispatcher` protocol, which LambdaDispatcher (AWS's
 Lambda, or the local stack's) and EngineRouter (Lambda and Fargate) satisfy; each engine
@@ -65,8 +67,9 @@ class LambdaDispatcher:
         return self.engine
 
     def dispatch(self, run: dict) -> dict:
-        """Invoke the runner with the run's id, without waiting for it."""
-        self.invoke(runner_events.run_event(run["run_id"]))
+        """Invoke the runner to drain the fair queue, where the run waits, without waiting
+        for it."""
+        self.invoke(runner_events.drain(run["run_id"]))
         return {}
 
     def invoke(self, event: runner_events.RunnerEvent) -> None:

@@ -11,6 +11,21 @@ from chalicelib.common.config import REPORT_GRACE_SECONDS
 from chalicelib.common.model import RunStatus
 
 
+def claim_changes(run: dict, started_ms: int, default_timeout: float, request_id=None) -> dict:
+    """The changes that move a queued run to running at `started_ms`: its start, and its
+    deadline (its timeout and the report grace later); the claiming runner invocation's
+    request id, when known (its failed event then names the run: runs/reaper.py)."""
+    timeout = float(run.get("timeout", default_timeout))
+    changes = {
+        "status": RunStatus.RUNNING,
+        "started_at": started_ms,
+        "deadline_at": started_ms + int((timeout + REPORT_GRACE_SECONDS) * 1000),
+    }
+    if request_id:
+        changes["runner_request"] = request_id
+    return changes
+
+
 class RunRecords:
     """The runner's side of the run records: each change is a conditional write on the
     run's status, so a runner changes only a run still in the state it expects."""
@@ -31,16 +46,12 @@ class RunRecords:
         return self._settings.max_log_bytes
 
     def claim(self, run_id: str):
-        """Move a queued run to running; the run, or None if another delivery has it."""
+        """Move a queued run to running, outside the fair queue (a Fargate task's run);
+        the run, or None if another delivery has it."""
         run = self._table.get(run_id)
         if run is None or run["status"] != RunStatus.QUEUED:
             return None
-        started = now_ms(self._clock)
-        changes = {
-            "status": RunStatus.RUNNING,
-            "started_at": started,
-            "deadline_at": started + int((self.timeout_of(run) + REPORT_GRACE_SECONDS) * 1000),
-        }
+        changes = claim_changes(run, now_ms(self._clock), self._settings.run_timeout)
         if not self._table.transition(run_id, RunStatus.QUEUED, changes, owner=run["owner"]):
             return None
         return {**run, **changes}

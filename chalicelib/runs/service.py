@@ -151,7 +151,7 @@ class RunService:
         else:
             pointers, last_key = self._table.notebooks.run_pointers(owner, nid, limit, start)
         runs = self._table.get_many(pointer["run_id"] for pointer in pointers)
-        views = [run_view(self._reap(runs[p["run_id"]])) for p in pointers if p["run_id"] in runs]
+        views = [run_view(self.reap(runs[p["run_id"]])) for p in pointers if p["run_id"] in runs]
         return views, payloads.page_token(last_key)
 
     def across_notebooks(self, owner: str, status=None, notebook_id=None, limit=None, next_token=None) -> tuple:
@@ -175,7 +175,7 @@ class RunService:
             ),
         )
         items, last_key = self._table.page_of_owner(owner, status, limit or RUNS_PAGE, start)
-        return [run_view(self._reap(item)) for item in items], payloads.page_token(last_key)
+        return [run_view(self.reap(item)) for item in items], payloads.page_token(last_key)
 
     def output(self, owner: str, run_id: str, output_format: str = "ipynb") -> "RunOutput":
         """The run's executed notebook (while it runs: its latest checkpoint), as nbformat
@@ -300,11 +300,13 @@ class RunService:
         run = self._table.get(canonical) if canonical else None
         if run is None or run["owner"] != owner:
             raise errors.NotFound(RUN_NOT_FOUND)
-        return self._reap(run)
+        return self.reap(run)
 
-    def _reap(self, run: dict) -> dict:
-        """A queued or running run past its deadline is failed: its runner is gone. A
-        running run whose cancel its runner did not act on in time is cancelled."""
+    def reap(self, run: dict) -> dict:
+        """The run as it is now: a queued or running run past its deadline is failed (its
+        runner is gone, or none took it within the queue timeout), with its webhook; a
+        running run whose cancel its runner did not act on in time is cancelled. (Reads
+        do it, and so does the reaper, runs/reaper.py, for runs nobody reads.)"""
         now = now_ms(self._clock)
         cancel_at = run.get("cancel_requested_at")
         if (
@@ -312,21 +314,19 @@ class RunService:
             and cancel_at is not None
             and now > int(cancel_at) + CANCEL_DEADLINE_SECONDS * 1000
         ):
-            return self._end_for_runner(run, RunStatus.CANCELLED, None)
+            return self.end_lost(run, None, RunStatus.CANCELLED)
         if run["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING) or now <= int(run["deadline_at"]):
             return run
         reason = (
             "The runner stopped without reporting a result (crashed or timed out)"
             if run["status"] == RunStatus.RUNNING
-            else "No runner picked the run up in time"
+            else "The run waited for a runner longer than the queue timeout (NOTEBOOKS_QUEUE_TIMEOUT) and never started"
         )
-        return self._end_for_runner(
-            run, RunStatus.FAILED, {"cell_index": None, "ename": "RunnerLost", "evalue": reason}
-        )
+        return self.end_lost(run, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
 
-    def _end_for_runner(self, run: dict, status: str, error) -> dict:
-        """End a run that its runner did not end, counting it off its owner's active runs;
-        the run as it is now."""
+    def end_lost(self, run: dict, error, status: RunStatus = RunStatus.FAILED) -> dict:
+        """End a run that its runner did not end (counting it off its owner's active
+        runs, and its runner slot) and tell its webhook; the run as it is now."""
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
         if self._table.end(run, changes):
             ended = {**run, **changes}

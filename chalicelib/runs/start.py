@@ -160,5 +160,5 @@ class RunStarter:
 
     def _check_quota(self, owner: str, adding: int) -> None:
         active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-        if active + adding > self._settings.max_active_runs:
-            raise quota_error(self._settings.max_active_runs, active)
+        if active + adding > self._settings.active_runs_quota():
+            raise quota_error(self._settings.active_runs_quota(), active)

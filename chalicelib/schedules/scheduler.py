@@ -54,7 +54,7 @@ from chalicelib.common.errors import PROCESSING_FAILED
 from chalicelib.schedules import cron
 from chalicelib.schedules.locks import FIRING_LOCK_WAIT_SECONDS, ScheduleLocks
 from chalicelib.schedules.rules import ScheduleRules
-from chalicelib.storage.tables import QuotaExceeded
+from chalicelib.storage.tables import DEPLOYMENT, QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Scheduler:
         declared parameters as a Run's are, and given to every run the schedule fires).
         Every input is checked before anything changes; if AWS refuses a step, everything
         this request changed is put back and the answer is a 400. Rules are written
-        concurrently, stored schedules 99 per transaction.
+        concurrently, stored schedules 98 per transaction.
         """
         items = self._notebooks.require_many(owner, request.ids)
         now = self._clock()
@@ -153,20 +153,36 @@ class Scheduler:
             committed: list[str] = []
             try:
                 self._in_parallel(lambda item: self._rules.install(owner, item["notebook_id"], record), items)
-                gone = self._table.set_schedules(owner, [(item, record, changes) for item in items], limit, committed)
+                gone = self._table.set_schedules(
+                    owner,
+                    [(item, record, changes) for item in items],
+                    limit,
+                    committed,
+                    self._settings.max_scheduled_total,
+                )
                 self._in_parallel(self._rules.remove, gone)  # deleted meanwhile: leave no rule behind
             except Exception as error:
                 self._roll_back(owner, items, record, committed)
                 if isinstance(error, QuotaExceeded):
-                    raise self._quota_error() from error
+                    raise self._quota_error(str(error)) from error
                 _refuse(error)
                 raise
 
     def _check_quota(self, owner: str, adding: int) -> None:
+        """The owner's quota, then the deployment's rule budget, as read now (before any
+        AWS call); the transaction storing the schedules enforces both again, atomically."""
         if int(self._table.counts(owner).get("scheduled", 0)) + adding > self._settings.max_scheduled:
-            raise self._quota_error()
+            raise self._quota_error("scheduled")
+        total = int(self._table.counts(DEPLOYMENT).get("scheduled", 0)) if adding else 0
+        if total + adding > self._settings.max_scheduled_total:
+            raise self._quota_error("scheduled_total")
 
-    def _quota_error(self) -> errors.InvalidInput:
+    def _quota_error(self, counter: str) -> errors.InvalidInput:
+        if counter == "scheduled_total":
+            return errors.InvalidInput(
+                f"The deployment's limit of {self._settings.max_scheduled_total} scheduled notebooks is reached "
+                "(NOTEBOOKS_MAX_SCHEDULED_TOTAL)",
+            )
         return errors.InvalidInput(
             PROCESSING_FAILED + "scheduled notebooks quota reached: at most "
             f"{self._settings.max_scheduled} per user (NOTEBOOKS_MAX_SCHEDULED)",

@@ -70,14 +70,22 @@ class NotebookTable:
         return {item["notebook_id"]: item for item in batch_get(self._client, self.name, keys)}
 
     def counts(self, owner: str) -> dict:
-        """The owner's counters item (see the module's docstring); {} before the first write."""
+        """The owner's counters item (see the module's docstring); {} before the first write.
+        DEPLOYMENT's: the deployment's counters."""
         return self._table.get_item(Key={"owner": owner, "sk": COUNTS_SK}, ConsistentRead=True).get("Item") or {}
 
+    def counts_of(self, owners) -> dict:
+        """owner -> counters item, of those of `owners` that have one; 100 per call."""
+        keys = [{"owner": owner, "sk": COUNTS_SK} for owner in dict.fromkeys(owners)]
+        return {item["owner"]: item for item in batch_get(self._client, self.name, keys)}
+
     def transact(self, owner: str, actions: list, tally: Optional[Tally] = None) -> Optional[list]:
-        """`actions` and the owner's counters changed by `tally`, all or nothing; the
-        cancellation reasons (the counters' last) when a condition failed, else None."""
-        counter = tally.action(self.name, owner) if tally else None
-        return transact(self._client, actions + ([counter] if counter else []))
+        """`actions` and the owner's counters changed by `tally` (and the deployment's
+        scheduled total, when the owner's changes), all or nothing; the cancellation
+        reasons (`actions`' first, then the owner's counters', then the deployment's)
+        when a condition failed, else None."""
+        counters = [tally.action(self.name, owner), tally.deployment_action(self.name)] if tally else []
+        return transact(self._client, actions + [counter for counter in counters if counter])
 
     def create(self, item: dict) -> None:
         """Store a new notebook, claim its name and count it, together; NameTaken when the
@@ -166,29 +174,35 @@ class NotebookTable:
         )
 
     def set_schedules(
-        self, owner: str, entries: list, limit: Optional[int] = None, committed: Optional[list] = None
+        self,
+        owner: str,
+        entries: list,
+        limit: Optional[int] = None,
+        committed: Optional[list] = None,
+        total_limit: Optional[int] = None,
     ) -> list:
         """Store or clear the schedules of many notebooks, with the owner's counters.
 
         `entries`: (item as read, schedule or None, changes). Each write is conditional on
         the notebook being live with its schedule present or absent as read, and the whole
-        is written in transactions of up to 99 notebooks. A notebook deleted meanwhile is
-        left out. QuotaExceeded when more than `limit` notebooks would be scheduled.
+        is written in transactions of up to 98 notebooks. A notebook deleted meanwhile is
+        left out. QuotaExceeded when more than `limit` notebooks of the owner would be
+        scheduled ("scheduled"), or more than `total_limit` of all owners ("scheduled_total").
         Appends each notebook written to `committed` (as it goes: a caller that undoes
         a failed request knows what was written); returns the ids left out.
         """
         gone: list[str] = []
 
         def build(chunk):
-            return [self._schedule_action(owner, *entry) for entry in chunk], self._schedule_tally(chunk, limit)
+            return [self._schedule_action(owner, *entry) for entry in chunk], self._schedule_tally(
+                chunk, limit, total_limit
+            )
 
         def reread(chunk, codes):
-            if (
-                codes[-1] == "ConditionalCheckFailed"
-                and codes.count("ConditionalCheckFailed") == 1
-                and limit is not None
-            ):
-                raise QuotaExceeded("scheduled")
+            # Only a counter refused: a quota, the owner's or (last) the deployment's.
+            counters = codes[len(chunk) :]
+            if "ConditionalCheckFailed" in counters and "ConditionalCheckFailed" not in codes[: len(chunk)]:
+                raise QuotaExceeded("scheduled" if counters[0] == "ConditionalCheckFailed" else "scheduled_total")
             fresh = self.get_many(owner, [item["notebook_id"] for item, _, _ in chunk])
             live = {nid: item for nid, item in fresh.items() if not item.get("deleting")}
             gone.extend(item["notebook_id"] for item, _, _ in chunk if item["notebook_id"] not in live)
@@ -233,8 +247,8 @@ class NotebookTable:
         }
 
     @staticmethod
-    def _schedule_tally(chunk: list, limit) -> Tally:
-        tally = Tally(scheduled_limit=limit)
+    def _schedule_tally(chunk: list, limit, total_limit) -> Tally:
+        tally = Tally(scheduled_limit=limit, scheduled_total_limit=total_limit)
         for item, schedule, _ in chunk:
             if schedule:
                 tally.schedules_set[item["notebook_id"]] = int(schedule["until_ms"])
@@ -295,7 +309,7 @@ class NotebookTable:
 
     def mark_deleting(self, owner: str, items: list) -> list:
         """Flag these live notebooks as being deleted, so reads treat them as gone, and
-        count them (and their schedules) off, 99 per transaction. Returns the items
+        count them (and their schedules) off, 98 per transaction. Returns the items
         flagged now or before (a delete that failed halfway left its flag; the same
         request again finishes it); a notebook gone meanwhile is left out."""
         flagged = [item for item in items if item.get("deleting")]

@@ -8,7 +8,11 @@ from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.model import ACTIVE, FINAL, RunStatus
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.tables import (
+    ACTIVE_STATUS,
     BATCH_GET_KEYS,
+    BY_STATUS,
+    COUNTS_SK,
+    DEPLOYMENT,
     RUNS_BY_OWNER,
     RUNS_BY_OWNER_STATUS,
     Tally,
@@ -16,6 +20,7 @@ from chalicelib.storage.tables import (
     conditional_update,
     entries_per_transaction,
     set_clause,
+    transact,
     write_chunks,
 )
 
@@ -35,7 +40,10 @@ class RunTable:
     failed or cancelled (a queued run may be cancelled too). A cancel of a running run is
     a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
     requested can only end cancelled. A run counts as active on its owner's counters from
-    its creation to its end, whichever (or its deletion), in the same transactions.
+    its creation to its end, whichever (or its deletion), in the same transactions. A
+    run claimed from the fair queue holds a runner slot (`slot`) until it ends: counted
+    on its owner's `runs_running` and the deployment's `running`, in the same
+    transactions. Queued and running runs carry `active_status`, for the `by_status` index.
     """
 
     # Per run: its record, its pointer, its notebook's update.
@@ -65,7 +73,7 @@ class RunTable:
                 {
                     "Put": {
                         "TableName": self.name,
-                        "Item": stored,
+                        "Item": {**stored, ACTIVE_STATUS: run["status"]},
                         "ConditionExpression": "attribute_not_exists(run_id)",
                     }
                 },
@@ -112,6 +120,71 @@ class RunTable:
         keys = [{"run_id": run_id} for run_id in dict.fromkeys(run_ids)]
         return {item["run_id"]: item for item in batch_get(self._client, self.name, keys)}
 
+    def claim(self, run: dict, changes: dict, running_limit: int, capacity: int, now_ms: int) -> Optional[str]:
+        """Move the queued `run` to running with `changes`, holding a runner slot: counted
+        on its owner's running runs (at most `running_limit`; the owner's `served_at` set
+        to `now_ms`, for the queue's turns) and the deployment's (at most `capacity`), all
+        in one transaction. None when claimed; else why not: "taken" (no longer queued),
+        "owner" (its owner has `running_limit` running), "full" (no slot free)."""
+        update = self._status_update(run["run_id"], RunStatus.QUEUED, {**changes, "slot": True}, run["owner"])
+        counters = [
+            (
+                {"owner": run["owner"], "sk": COUNTS_SK},
+                "ADD runs_running :one SET served_at = :now",
+                "attribute_not_exists(runs_running) OR runs_running < :limit",
+                {":one": 1, ":now": now_ms, ":limit": running_limit},
+            ),
+            (
+                {"owner": DEPLOYMENT, "sk": COUNTS_SK},
+                "ADD running :one",
+                "attribute_not_exists(running) OR running < :limit",
+                {":one": 1, ":limit": capacity},
+            ),
+        ]
+        actions = [{"Update": {"TableName": self.name, **update}}] + [
+            {
+                "Update": {
+                    "TableName": self.notebooks.name,
+                    "Key": key,
+                    "UpdateExpression": expression,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+            for key, expression, condition, values in counters
+        ]
+        codes = transact(self._client, actions)
+        if codes is None:
+            return None
+        failed = [code == "ConditionalCheckFailed" for code in codes]
+        return "taken" if failed[0] else "owner" if failed[1] else "full"
+
+    def with_status(self, status: str, deadline_before=None, limit=None) -> list:
+        """Queued or running runs (by the `by_status` index: run id, owner, created_at,
+        engine, deadline_at), earliest deadline first; only those whose deadline is before
+        `deadline_before` (epoch ms), and at most `limit`, when given. Eventually
+        consistent: a caller checks each run's status again as it changes it."""
+        condition, values = "#s = :s", {":s": status}
+        if deadline_before is not None:
+            condition += " AND deadline_at < :before"
+            values[":before"] = deadline_before
+        request = {
+            "IndexName": BY_STATUS,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": {"#s": ACTIVE_STATUS},
+            "ExpressionAttributeValues": values,
+        }
+        items: list[dict] = []
+        while limit is None or len(items) < limit:
+            if limit is not None:
+                request["Limit"] = limit - len(items)
+            page = self._table.query(**request)
+            items += page["Items"]
+            if "LastEvaluatedKey" not in page:
+                break
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items
+
     def unfinished(self) -> list:
         """Every run still queued or running: a Scan, for the local stack's start only."""
         return all_items(
@@ -135,20 +208,30 @@ class RunTable:
             update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
         action = {"Update": {"TableName": self.name, **update}}
         active = run["status"] in ACTIVE and changes.get("status") in FINAL
-        return self.notebooks.transact(run["owner"], [action], Tally(runs_active=-1 if active else 0)) is None
+        slot = active and _holds_slot(run)
+        tally = Tally(runs_active=-1 if active else 0, runs_running=-1 if slot else 0)
+        return self.notebooks.transact(run["owner"], [action], tally) is None
 
     @staticmethod
     def _status_update(run_id: str, expected_status: str, changes: dict, owner: Optional[str]) -> dict:
         """An update setting `changes` on the run if it is still in `expected_status`; a
-        new status moves the run in the owner-and-status index too."""
+        new status moves the run in the owner-and-status index too, and in the active
+        runs' index (`active_status`: set while queued or running, removed at its end)."""
         if "status" in changes:
             changes = {**changes, "owner_status": owner_status(owner, changes["status"])}
         expression, names, values = set_clause(changes)
         names["#status"] = "status"
         values[":expected"] = expected_status
+        expression = "SET " + expression
+        if changes.get("status") in ACTIVE:
+            names["#active"], values[":active"] = ACTIVE_STATUS, changes["status"]
+            expression += ", #active = :active"
+        elif "status" in changes:
+            names["#active"] = ACTIVE_STATUS
+            expression += " REMOVE #active"
         return {
             "Key": {"run_id": run_id},
-            "UpdateExpression": "SET " + expression,
+            "UpdateExpression": expression,
             "ConditionExpression": "#status = :expected",
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
@@ -201,8 +284,9 @@ class RunTable:
                         }
                     }
                 )
-            active = sum(1 for pointer in chunk if runs.get(pointer["run_id"], {}).get("status") in ACTIVE)
-            return actions, Tally(runs_active=-active)
+            found = [runs.get(pointer["run_id"], {}) for pointer in chunk]
+            active = sum(1 for run in found if run.get("status") in ACTIVE)
+            return actions, Tally(runs_active=-active, runs_running=-sum(1 for run in found if _holds_slot(run)))
 
         write_chunks(
             partial(self.notebooks.transact, owner),
@@ -257,3 +341,8 @@ class RunTable:
             {"Delete": {"TableName": self.name, "Key": {"run_id": pointer["run_id"]}, **condition}},
             {"Delete": {"TableName": self.notebooks.name, "Key": {"owner": owner, "sk": pointer["sk"]}}},
         ]
+
+
+def _holds_slot(run: dict) -> bool:
+    """Whether the run, as read, holds a runner slot of the fair queue."""
+    return run.get("status") == RunStatus.RUNNING and bool(run.get("slot"))

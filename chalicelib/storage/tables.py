@@ -18,8 +18,15 @@ Notebooks table, partitioned by owner, so one user's requests never read another
     `token#<sha256>`    a Run's client token: the request it stands for (24 h, TTL).
   LSI `by_created` (owner, created_at): sparse, as only notebooks carry `created_at`;
   List is a Query on it, oldest first.
+  owner `#deployment` (no username starts with `#`), sk `#counts`: the deployment's
+                        counters: `scheduled` (every owner's scheduled notebooks: the
+                        rule budget) and `running` (runs holding a runner slot: the fair
+                        queue's capacity), changed in the same transactions as the owners'.
 Runs table:
   hash `run_id`.
+  GSI `by_status` (active_status, deadline_at): sparse, as only queued and running runs
+  carry `active_status` (their status; removed when they end): the fair queue's queued
+  runs and the reaper's overdue ones, whatever the number of runs stored.
 """
 
 import random
@@ -34,6 +41,7 @@ from chalicelib.common.batches import chunks
 NOTEBOOK_PREFIX = "nb#"
 NAME_PREFIX = "name#"
 COUNTS_SK = "#counts"
+DEPLOYMENT = "#deployment"
 RUN_PREFIX = "run#"
 TOKEN_PREFIX = "token#"
 SCHEDULED_PREFIX = "s_"
@@ -41,6 +49,8 @@ BY_CREATED = "by_created"
 # Indexes of the runs table: an owner's runs, and an owner's runs in one status, newest first.
 RUNS_BY_OWNER = "by_owner"
 RUNS_BY_OWNER_STATUS = "by_owner_status"
+BY_STATUS = "by_status"
+ACTIVE_STATUS = "active_status"
 TTL_ATTRIBUTE = "expires_at"
 # AWS limits: actions in one TransactWriteItems, keys in one BatchGetItem.
 TRANSACTION_ACTIONS = 100
@@ -73,13 +83,25 @@ def table_definitions(settings) -> list:
         {
             "TableName": settings.runs_table,
             "KeySchema": key("run_id"),
-            "AttributeDefinitions": attributes(run_id=string, owner=string, owner_status=string, created_at=number),
+            "AttributeDefinitions": attributes(
+                run_id=string,
+                owner=string,
+                owner_status=string,
+                created_at=number,
+                active_status=string,
+                deadline_at=number,
+            ),
             "GlobalSecondaryIndexes": [
                 {"IndexName": RUNS_BY_OWNER, "KeySchema": key("owner", "created_at"), "Projection": everything},
                 {
                     "IndexName": RUNS_BY_OWNER_STATUS,
                     "KeySchema": key("owner_status", "created_at"),
                     "Projection": everything,
+                },
+                {
+                    "IndexName": BY_STATUS,
+                    "KeySchema": key(ACTIVE_STATUS, "deadline_at"),
+                    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["owner", "created_at", "engine"]},
                 },
             ],
             "BillingMode": "PAY_PER_REQUEST",
@@ -114,7 +136,8 @@ class Conflict(Exception):
 
 
 class QuotaExceeded(Exception):
-    """A per-user quota (a condition on the owner's counters) refused the write."""
+    """A quota (a condition on the owner's counters, or on the deployment's) refused the
+    write; its argument names the counter."""
 
 
 def set_clause(fields: dict, prefix: str = "f") -> tuple:
@@ -182,9 +205,9 @@ def items_per_transaction(written_bytes: int) -> int:
 
 
 def entries_per_transaction(actions_per_entry: int) -> int:
-    """How many entries of `actions_per_entry` actions each, with one counter update, fit
-    one transaction."""
-    return (TRANSACTION_ACTIONS - 1) // actions_per_entry
+    """How many entries of `actions_per_entry` actions each, with the owner's and the
+    deployment's counter updates, fit one transaction."""
+    return (TRANSACTION_ACTIONS - 2) // actions_per_entry
 
 
 def write_chunks(
@@ -250,11 +273,21 @@ def batch_get(client, table_name: str, keys: list) -> list:
 class Tally:
     """Changes to one owner's counters, made as one Update in a transaction."""
 
-    def __init__(self, notebooks=0, runs_active=0, runs_limit=None, scheduled_limit=None):
+    def __init__(
+        self,
+        notebooks=0,
+        runs_active=0,
+        runs_limit=None,
+        scheduled_limit=None,
+        scheduled_total_limit=None,
+        runs_running=0,
+    ):
         self.notebooks = notebooks
         self.runs_active = runs_active
         self.runs_limit = runs_limit
+        self.runs_running = runs_running  # runs holding a runner slot: the owner's and the deployment's
         self.scheduled_limit = scheduled_limit
+        self.scheduled_total_limit = scheduled_total_limit  # the deployment's, across owners
         self.schedules_set = {}  # notebook id -> until_ms: a scheduled notebook, new or not
         self.schedules_added = 0  # how many of those were not scheduled before
         self.schedules_removed = []  # notebook ids that were scheduled
@@ -262,10 +295,11 @@ class Tally:
     def action(self, table_name: str, owner: str) -> Optional[dict]:
         """The Update action, or None when nothing changes."""
         names, values, adds, sets, conditions = {}, {}, [], [], []
-        scheduled = self.schedules_added - len(self.schedules_removed)
+        scheduled = self.scheduled_change()
         for field, delta, limit in (
             ("notebooks", self.notebooks, None),
             ("runs_active", self.runs_active, self.runs_limit),
+            ("runs_running", self.runs_running, None),
             ("scheduled", scheduled, self.scheduled_limit),
         ):
             if delta:
@@ -297,6 +331,39 @@ class Tally:
         }
         if values:
             update["ExpressionAttributeValues"] = values
+        if conditions:
+            update["ConditionExpression"] = " AND ".join(conditions)
+        return {"Update": update}
+
+    def scheduled_change(self) -> int:
+        """How many more (or fewer) scheduled notebooks the owner has after this change."""
+        return self.schedules_added - len(self.schedules_removed)
+
+    def deployment_action(self, table_name: str) -> Optional[dict]:
+        """The Update of the deployment's counters: its scheduled total (the rule budget:
+        at most `scheduled_total_limit` when adding) and its runs holding a runner slot;
+        None when neither changes."""
+        scheduled = self.scheduled_change()
+        if not scheduled and not self.runs_running:
+            return None
+        names, values, adds, conditions = {}, {}, [], []
+        for field, delta in (("scheduled", scheduled), ("running", self.runs_running)):
+            if delta:
+                names[f"#{field}"], values[f":{field}"] = field, delta
+                adds.append(f"#{field} :{field}")
+        limit = self.scheduled_total_limit
+        if limit is not None and scheduled > 0:
+            if scheduled > limit:
+                raise QuotaExceeded("scheduled_total")
+            conditions.append("(attribute_not_exists(#scheduled) OR #scheduled <= :scheduled_max)")
+            values[":scheduled_max"] = limit - scheduled
+        update = {
+            "TableName": table_name,
+            "Key": {"owner": DEPLOYMENT, "sk": COUNTS_SK},
+            "UpdateExpression": "ADD " + ", ".join(adds),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
         if conditions:
             update["ConditionExpression"] = " AND ".join(conditions)
         return {"Update": update}

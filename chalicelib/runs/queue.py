@@ -1,0 +1,82 @@
+"""The fair queue (docs/fair-share.md): queued runs wait in DynamoDB (the runs table's
+`by_status` index) and each runner invocation that has a slot claims the next run, taking
+users in turn: the user served least recently first (never served: first of all), that
+user's oldest run first, and no user beyond `running_per_user()` runs at once nor the
+deployment beyond its runner's capacity. Runs on Fargate are not queued here: their
+task claims its run itself.
+"""
+
+import time
+from typing import Optional
+
+from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.model import Engine, RunStatus
+from chalicelib.runs.records import claim_changes
+
+# Queued runs a claim looks at, oldest deadlines first: every user's quota bounds them,
+# this bounds a claim's cost whatever they add up to.
+CANDIDATES = 1000
+# Runs of one user a claim tries before the next user (others may claim them meanwhile).
+TRIES_PER_OWNER = 3
+
+
+class FairQueue:
+    """Claims queued runs for runner slots, users in turn."""
+
+    def __init__(self, table, settings, clock: Clock = time.time):
+        self._table = table  # storage.run_table.RunTable
+        self._settings = settings
+        self._clock = clock
+
+    def claim_next(self, hint: Optional[str] = None, request_id: Optional[str] = None) -> Optional[dict]:
+        """Claim the next run in turn for this runner: the run as claimed (running, with
+        its deadline), or None when no run may start now (none queued, every queued run's
+        owner at their limit, or no slot free). `hint`: a run just queued, which the
+        index may not show yet; `request_id`: the claiming runner invocation's."""
+        by_owner = self._queued_by_owner(hint)
+        if not by_owner:
+            return None
+        counters = self._table.notebooks.counts_of(by_owner)
+        limit = self._settings.running_per_user()
+
+        def turn(owner):
+            item = counters.get(owner, {})
+            return int(item.get("served_at", 0)), int(by_owner[owner][0]["created_at"]), owner
+
+        for owner in sorted(by_owner, key=turn):
+            if int(counters.get(owner, {}).get("runs_running", 0)) >= limit:
+                continue
+            for candidate in by_owner[owner][:TRIES_PER_OWNER]:
+                run = self._table.get(candidate["run_id"])
+                if run is None or run["status"] != RunStatus.QUEUED:
+                    continue
+                claimed = self._claim(run, limit, request_id)
+                if claimed == "full":
+                    return None
+                if claimed == "owner":
+                    break
+                if claimed is not None:
+                    return claimed
+        return None
+
+    def _queued_by_owner(self, hint) -> dict:
+        """owner -> their queued runs (not Fargate's), oldest first."""
+        queued = self._table.with_status(RunStatus.QUEUED, limit=CANDIDATES)
+        if hint and all(item["run_id"] != hint for item in queued):
+            run = self._table.get(hint)
+            if run is not None and run["status"] == RunStatus.QUEUED:
+                queued.append(run)
+        by_owner: dict[str, list[dict]] = {}
+        for item in sorted(queued, key=lambda item: (int(item["created_at"]), item["run_id"])):
+            if item.get("engine") != Engine.FARGATE:
+                by_owner.setdefault(item["owner"], []).append(item)
+        return by_owner
+
+    def _claim(self, run: dict, limit: int, request_id):
+        """The claimed run, None if another runner took it, or why not ("owner", "full")."""
+        started = now_ms(self._clock)
+        changes = claim_changes(run, started, self._settings.run_timeout, request_id)
+        why = self._table.claim(run, changes, limit, self._settings.runner_slots(), started)
+        if why == "taken":
+            return None
+        return why or {**run, **changes, "slot": True}

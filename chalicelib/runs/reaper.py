@@ -1,0 +1,71 @@
+"""No silent loss: the reaper, which the runner function runs on a schedule (an
+EventBridge rule in a deployment, a clock of its own in the local stack), ends the runs
+past their deadline as `failed`, with their webhook, whether or not anyone reads them; and
+the consumer of the runner's failed events (those Lambda gave up on), which fails the run
+such an event was executing.
+
+Both read only active runs: the runs table's `by_status` index holds queued and running
+runs alone, so their cost does not grow with the runs stored.
+"""
+
+import json
+import logging
+import time
+
+from chalicelib.common.clock import Clock, now_ms
+from chalicelib.common.model import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    """Ends lost runs, as RunService ends them when they are read (RunService.reap)."""
+
+    def __init__(self, table, runs, run_dispatch, clock: Clock = time.time):
+        self._table = table  # storage.run_table.RunTable
+        self._runs = runs  # runs.service.RunService: how a lost run ends
+        self._run_dispatch = run_dispatch  # sends a drain when runs wait in the queue
+        self._clock = clock
+
+    def reap(self) -> dict:
+        """End every queued or running run past its deadline (a queued one waited longer
+        than the queue timeout; a running one's runner stopped without reporting); then,
+        if runs are still queued, start a runner to claim them (a lost invocation never
+        strands them). {"reaped": how many ended now}."""
+        now = now_ms(self._clock)
+        reaped = 0
+        for status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            for item in self._table.with_status(status, deadline_before=now):
+                run = self._table.get(item["run_id"])
+                if run is not None and run["status"] == status:
+                    reaped += self._runs.reap(run)["status"] == RunStatus.FAILED
+        if self._table.with_status(RunStatus.QUEUED, limit=1):
+            self._run_dispatch.drain()
+        return {"reaped": reaped}
+
+    def failed_events(self, records: list) -> dict:
+        """Consume the runner's failed events (SQS records of Lambda's on-failure
+        destination): a run that the failed invocation had claimed (its `runner_request`)
+        and that is still running is ended `failed` with its webhook; a queued run stays
+        in the queue, which runs it. {"failed": how many runs ended}."""
+        ended = 0
+        for record in records:
+            try:
+                body = json.loads(record["body"])
+                payload = body.get("requestPayload") or {}
+                request_id = body.get("requestContext", {}).get("requestId")
+                condition = body.get("requestContext", {}).get("condition", "unknown")
+            except (KeyError, TypeError, ValueError):
+                log.warning("a failed runner event that is not Lambda's destination record: %r", record)
+                continue
+            run_id = payload.get("run_id") or (payload.get("drain") or {}).get("run_id")
+            run = self._table.get(run_id) if isinstance(run_id, str) else None
+            if run is None or run["status"] != RunStatus.RUNNING or run.get("runner_request") != request_id:
+                continue
+            error = {
+                "cell_index": None,
+                "ename": "RunnerLost",
+                "evalue": f"Lambda gave up on the runner invocation executing the run ({condition})",
+            }
+            ended += self._runs.end_lost(run, error)["status"] == RunStatus.FAILED
+        return {"failed": ended}
