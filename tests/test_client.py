@@ -126,6 +126,7 @@ def test_a_parameter_value_is_json_where_it_parses_else_a_string():
     }
 
 
+@pytest.mark.stack
 def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, tmp_path):
     path = files("typed.ipynb", PRINTS_PARAMETERS, parameters=PARAMETERS_CELL)
     notebook_id = created(served, path, "--name", "typed parameters")
@@ -164,6 +165,7 @@ def test_create_run_with_typed_parameters_logs_output_and_rerun(served, files, t
     ] == [again, run_id]
 
 
+@pytest.mark.stack
 def test_wait_exits_1_for_a_failing_notebook(served, files):
     notebook_id = created(served, files("fails.ipynb", "print('before')", "1/0"))
     done = notebooks(served, "run", notebook_id, "--wait")
@@ -175,6 +177,7 @@ def test_wait_exits_1_for_a_failing_notebook(served, files):
     )
 
 
+@pytest.mark.stack
 def test_cancel_a_running_run(served, files):
     notebook_id = created(served, files("sleeps.ipynb", "print('started', flush=True)", "import time; time.sleep(60)"))
     run_id = succeeds(served, "run", notebook_id).strip()
@@ -189,6 +192,7 @@ def test_cancel_a_running_run(served, files):
     one_line_error(notebooks(served, "cancel", run_id), "Run already finished", "409")
 
 
+@pytest.mark.stack
 def test_rm_and_schedule_and_unschedule(served, files):
     first, second = (created(served, files(f"kept-{n}.ipynb", "1")) for n in (1, 2))
     until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
@@ -224,6 +228,7 @@ def test_rm_and_schedule_and_unschedule(served, files):
     one_line_error(notebooks(served, "rm", first), "No notebooks deleted")
 
 
+@pytest.mark.stack
 def test_user_errors_are_one_line_without_traceback(served, files, tmp_path):
     # eve, not admin: failed logins lock the name for a while
     one_line_error(notebooks(served, "ls", user="eve", password="wrong"), "Authentication required", "401")
@@ -251,6 +256,7 @@ def test_user_errors_are_one_line_without_traceback(served, files, tmp_path):
     one_line_error(bare, "NOTEBOOKS_URL")
 
 
+@pytest.mark.stack
 def test_python_client_pages_follows_output_links_and_raises_api_errors(served, files):
     client = Client(served.url, "admin", "admin", page_size=2)
     ids = [client.create(code_notebook(f"print({n})"))["notebook_id"] for n in range(3)]
@@ -360,6 +366,7 @@ def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
     assert (raised.value.status, raised.value.message) == (404, "Run not found")
 
 
+@pytest.mark.stack
 def test_schedule_with_parameters(served, files):
     notebook_id = created(served, files("scheduled.ipynb", PRINTS_PARAMETERS, parameters=PARAMETERS_CELL))
     until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
@@ -380,6 +387,7 @@ def eventually_listed(served, expected: set, *options) -> list:
         time.sleep(0.2)
 
 
+@pytest.mark.stack
 def test_runs_across_notebooks(served, files):
     ok, bad = (created(served, files(name, source)) for name, source in (("ok.ipynb", "1"), ("bad.ipynb", "1/0")))
     ok_run = admin(served).run(ok, wait=True, poll_seconds=0.2)["run_id"]

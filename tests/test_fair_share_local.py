@@ -21,6 +21,8 @@ from tests.local_stack import (
     wait_for_run,
 )
 
+pytestmark = pytest.mark.stack  # each test starts a local stack
+
 EVE = ("eve", "eve-pw")
 RUNS = "/_notebooks/runs"
 
