@@ -91,70 +91,66 @@ def quickstart_script(heading: str = "Quickstart", path: str = os.path.join(ROOT
     return "\n".join(blocks)
 
 
+@pytest.fixture
+def stack():
+    """A local stack on a free port, serving this repository (stopped afterwards)."""
+    state = state_folder()
+    running = RunningStack(state, free_port()).started()
+    yield running
+    running.interrupt()
+    remove_state(state)
+
+
+def pasted(script: str, stack) -> subprocess.CompletedProcess:
+    """`script` through bash from the repository, as a user pastes it, against `stack`;
+    it must exit 0. (A file it left in the repository would reload the API under the
+    next command.)"""
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "URL": stack.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + stack.output()
+    return done
+
+
 @pytest.mark.stack
-def test_the_quickstart_works_when_pasted():
+def test_the_quickstart_works_when_pasted(stack):
     """Every shell block of the Quickstart, but `make dev` (the stack is started here, on
     a free port), through bash against the stack; then the run it made succeeded."""
     script = "\n".join(line for line in quickstart_script().split("\n") if not line.startswith("make "))
     assert "$URL" in script and "${URL:-" in script
-    state = state_folder()
-    stack = RunningStack(state, free_port()).started()
+    done = pasted(script + '\necho "RUN=$RUN"', stack)
+    run_id = re.findall(r"^RUN=(\S+)$", done.stdout, re.M)[-1]
+    run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
+    assert run["status"] == "succeeded", run
+    assert run["parameters"] == {"name": "quickstart", "n": 2}
+    assert "Hello, quickstart! (2/2)" in done.stdout  # the log it printed
+    out = re.findall(r"^output in (\S+)$", done.stdout, re.M)[-1]
     try:
-        # From the repository, as a user pastes it, against a stack serving this repository:
-        # a file the quickstart left in it would reload the API under the next command.
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script + '\necho "RUN=$RUN"'],
-            cwd=ROOT,
-            env={**os.environ, "URL": stack.url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr + stack.output()
-        run_id = re.findall(r"^RUN=(\S+)$", done.stdout, re.M)[-1]
-        run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
-        assert run["status"] == "succeeded", run
-        assert run["parameters"] == {"name": "quickstart", "n": 2}
-        assert "Hello, quickstart! (2/2)" in done.stdout  # the log it printed
-        out = re.findall(r"^output in (\S+)$", done.stdout, re.M)[-1]
-        try:
-            with open(os.path.join(out, "hello-output.html")) as page:
-                assert page.read().count("Hello, quickstart!") == 2
-        finally:
-            shutil.rmtree(out)
-        assert "Restarting local dev server" not in stack.output()
+        with open(os.path.join(out, "hello-output.html")) as page:
+            assert page.read().count("Hello, quickstart!") == 2
     finally:
-        stack.interrupt()
-        remove_state(state)
+        shutil.rmtree(out)
+    assert "Restarting local dev server" not in stack.output()
 
 
-def test_the_command_line_quickstart_works_when_pasted():
+@pytest.mark.stack
+def test_the_command_line_quickstart_works_when_pasted(stack):
     """The README's command-line block, pasted into bash against a stack: the run it waits
     for succeeded with its typed parameters, the schedule keeps its own, and the dashboard
     it points at answers."""
-    script = quickstart_script("Command line and dashboard")
-    state = state_folder()
-    stack = RunningStack(state, free_port()).started()
-    try:
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script + '\necho "ID=$ID RUN=$RUN"'],
-            cwd=ROOT,
-            env={**os.environ, "URL": stack.url},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr + stack.output()
-        notebook_id, run_id = re.findall(r"^ID=(\S+) RUN=(\S+)$", done.stdout, re.M)[-1]
-        run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
-        assert run["status"] == "succeeded" and run["parameters"] == {"name": "cli", "n": 2}, run
-        assert "Hello, cli! (2/2)" in done.stderr  # --wait followed the log on stderr
-        schedule = requests.get(f"{stack.url}/_notebooks/notebooks/{notebook_id}", auth=ADMIN).json()["schedule"]
-        assert schedule["timezone"] == "Europe/London" and schedule["parameters"] == {"name": "weekly"}
-        assert requests.get(f"{stack.url}/_notebooks/ui/", auth=ADMIN).status_code == 200
-    finally:
-        stack.interrupt()
-        remove_state(state)
+    done = pasted(quickstart_script("Command line and dashboard") + '\necho "ID=$ID RUN=$RUN"', stack)
+    notebook_id, run_id = re.findall(r"^ID=(\S+) RUN=(\S+)$", done.stdout, re.M)[-1]
+    run = requests.get(f"{stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
+    assert run["status"] == "succeeded" and run["parameters"] == {"name": "cli", "n": 2}, run
+    assert "Hello, cli! (2/2)" in done.stderr  # --wait followed the log on stderr
+    schedule = requests.get(f"{stack.url}/_notebooks/notebooks/{notebook_id}", auth=ADMIN).json()["schedule"]
+    assert schedule["timezone"] == "Europe/London" and schedule["parameters"] == {"name": "weekly"}
+    assert requests.get(f"{stack.url}/_notebooks/ui/", auth=ADMIN).status_code == 200
 
 
 def test_settings_from_env_is_what_the_table_checks():
