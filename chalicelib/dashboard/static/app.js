@@ -491,8 +491,10 @@
       row.classList.toggle('selected', row.dataset.runId === runId);
     }
     $('run').hidden = false;
-    await poll(runId, true);
+    // Scrolled before the run is shown, never after: a page that jumps once the run's
+    // Cancel shows would put another button (Run, say) under the pointer.
     $('run').scrollIntoView({ block: 'start' });
+    await poll(runId, true);
   }
 
   // One look at the run and its log; again in POLL_MS while it has not ended.
