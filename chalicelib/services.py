@@ -14,7 +14,8 @@ from chalicelib.common.config import LAMBDA_RUN_LIMIT, Settings
 from chalicelib.common.model import Engine
 from chalicelib.notebooks.service import NotebookService
 from chalicelib.runs.dispatch import RunDispatch
-from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateDispatcher, LambdaDispatcher
+from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateTasks, LambdaDispatcher
+from chalicelib.runs.fargate_pool import FargatePool
 from chalicelib.runs.queue import FairQueue
 from chalicelib.runs.reaper import Reaper
 from chalicelib.runs.records import RunRecords
@@ -77,6 +78,7 @@ class Services:
             self.dispatcher,
         )
         self.queue = FairQueue(run_table, settings)
+        self.fargate_pool = FargatePool(self.queue, self.dispatcher, self.run_dispatch)
         self.reaper = Reaper(run_table, self.runs, self.run_dispatch)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
@@ -130,6 +132,7 @@ class Services:
             self.schedule_rules,
             runner,
             queue=self.queue,
+            fargate_pool=self.fargate_pool,
             reaper=self.reaper,
         )
 
@@ -144,7 +147,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
     cluster, task_definition = settings.ecs_cluster, settings.ecs_task_definition
     if not settings.fargate or cluster is None or task_definition is None:
         return on_lambda
-    on_fargate = FargateDispatcher(
+    tasks = FargateTasks(
         aws.client("ecs", region),
         cluster,
         task_definition,
@@ -153,7 +156,7 @@ def _dispatcher(settings: Settings) -> Dispatcher:
         settings.ecs_security_groups,
         settings.ecs_assign_public_ip,
     )
-    return EngineRouter(on_lambda, on_fargate, LAMBDA_RUN_LIMIT)
+    return EngineRouter(on_lambda, tasks, LAMBDA_RUN_LIMIT)
 
 
 _lock = threading.Lock()

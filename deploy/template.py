@@ -48,7 +48,7 @@ IMAGE_CONTEXT = "runner-image"
 # Properties of a .zip function that an image function must not have.
 _ZIP_ONLY = ("Runtime", "Handler", "CodeUri", "Layers")
 # The Fargate task's container (NOTEBOOKS_ECS_CONTAINER), and what it runs: the runner
-# handler for the run whose id RunTask appends as the command (dispatch.FargateDispatcher).
+# handler for the run whose id RunTask appends as the command (runs/engines.py's FargateTasks).
 TASK_CONTAINER = "runner"
 TASK_ENTRY_POINT = ["python3", "-m", "chalicelib.runner.fargate_task"]
 TASK_ROOT = "/var/task"  # where Lambda unzips the package, and the image and the task run from
@@ -215,6 +215,14 @@ PARAMETERS = {
         "Default": "true",
         "AllowedValues": ["true", "false"],
         "Description": "Whether tasks get a public IP (subnets without a NAT gateway or VPC endpoints need one)",
+    },
+    "FargateCapacity": {
+        "Type": "Number",
+        "Default": 10,
+        "MinValue": 1,
+        "Description": "Fargate tasks running at once, all users together (the fair queue's Fargate pool: "
+        "docs/fair-share.md); each user at most MaxRunningRunsPerUser of them. Keep it within the account's "
+        "Fargate vCPU quota at FargateCpu each",
     },
     "FargateCpu": {
         "Type": "String",
@@ -483,7 +491,7 @@ def runner_statements() -> list:
             "Resource": {"Fn::Sub": "${RunsTable.Arn}/index/" + BY_STATUS},
         },
         {
-            "Sid": "InvokeItself",
+            "Sid": "InvokeRunner",
             "Effect": "Allow",
             "Action": ["lambda:InvokeFunction"],
             "Resource": _RUNNER_ARN,
@@ -509,19 +517,10 @@ def runner_statements() -> list:
     ]
 
 
-def fargate_statements() -> list:
-    """Starting and stopping the runner's Fargate tasks (the dispatcher, in the API and in
-    the runner for a schedule's long run): RunTask of this stack's task definition in
-    its cluster, StopTask of that cluster's tasks, and passing the task's two roles to
-    ECS, no other role and to no other service."""
+def stop_task_statements() -> list:
+    """Stopping the runner's Fargate tasks (a cancel's backstop, in the API and in the
+    runner): StopTask of this stack's cluster's tasks."""
     return [
-        {
-            "Sid": "StartRunTasks",
-            "Effect": "Allow",
-            "Action": ["ecs:RunTask"],
-            "Resource": _TASK_DEFINITIONS,
-            "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}},
-        },
         {
             "Sid": "StopRunTasks",
             "Effect": "Allow",
@@ -530,6 +529,23 @@ def fargate_statements() -> list:
                 "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"
             },
         },
+    ]
+
+
+def fargate_statements() -> list:
+    """Starting and stopping the runner's Fargate tasks (the runner function, which
+    drains the fair queue's Fargate pool): RunTask of this stack's task definition in its
+    cluster, StopTask of that cluster's tasks, and passing the task's two roles to ECS, no
+    other role and to no other service."""
+    return [
+        {
+            "Sid": "StartRunTasks",
+            "Effect": "Allow",
+            "Action": ["ecs:RunTask"],
+            "Resource": _TASK_DEFINITIONS,
+            "Condition": {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}},
+        },
+        *stop_task_statements(),
         {
             "Sid": "PassTaskRoles",
             "Effect": "Allow",
@@ -541,10 +557,11 @@ def fargate_statements() -> list:
 
 
 def task_statements() -> list:
-    """The Fargate task's permissions: the runner's on the data, nothing else (its logs go
-    through the execution role; failed Lambda events, the fair queue, the reaper and the
-    rules the runner function removes are no concern of a task, which runs one run by its id)."""
-    runner_only = ("Logs", "FailedEvents", "RemoveLeftoverRules", "ActiveRuns", "InvokeItself", "ConsumeFailedEvents")
+    """The Fargate task's permissions: the runner's on the data, and invoking the runner
+    function (its run's end drains the Fargate pool), nothing else (its logs go through the
+    execution role; failed Lambda events, the fair queue, the reaper and the rules the
+    runner function removes are no concern of a task, which runs one run by its id)."""
+    runner_only = ("Logs", "FailedEvents", "RemoveLeftoverRules", "ActiveRuns", "ConsumeFailedEvents")
     return [s for s in runner_statements() if s["Sid"] not in runner_only]
 
 
@@ -615,6 +632,7 @@ def _fargate_environment() -> dict:
         "NOTEBOOKS_ECS_SECURITY_GROUPS": {"Fn::Join": [",", {"Ref": "FargateSecurityGroups"}]},
         "NOTEBOOKS_ECS_CONTAINER": TASK_CONTAINER,
         "NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP": {"Ref": "FargateAssignPublicIp"},
+        "NOTEBOOKS_FARGATE_CAPACITY": {"Ref": "FargateCapacity"},
     }
 
 
@@ -626,6 +644,8 @@ def _task_definition(data: dict) -> dict:
         **data,
         "HOME": "/tmp",
         "NOTEBOOKS_MAX_RUN_TIMEOUT": {"Ref": "MaxRunTimeoutSeconds"},
+        # Its run's end drains the Fargate pool through the runner function.
+        "NOTEBOOKS_RUNNER_FUNCTION": _RUNNER_NAME,
         "NOTEBOOKS_PRELOAD_MODULES": "",
     }
     return {
@@ -766,7 +786,7 @@ def merge_template(settings: Settings | None = None) -> dict:
             "NotebooksTable": notebooks,
             "RunsTable": runs,
             "UsersTable": users,
-            "ApiRole": _role(api_statements() + fargate_statements()),
+            "ApiRole": _role(api_statements() + stop_task_statements()),
             "RunnerRole": _role(runner_statements() + fargate_statements()),
             "ApiLogGroup": _log_group("api"),
             "RunnerLogGroup": _log_group("runner"),

@@ -6,6 +6,7 @@ import time
 
 from chalicelib.runs import service as runs_module
 from tests.conftest import error
+from tests.helpers import take
 from tests.test_runs import BASE, RUNS, notebook_of, run_all
 
 pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
@@ -109,7 +110,7 @@ def test_another_users_run_cannot_be_cancelled(api, dispatched):
 def test_cancel_requested_before_the_runner_ends_the_run_wins(api, stack, dispatched, monkeypatch):
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     run_id = start_run(api, "print(1)")
-    assert stack.records.claim(run_id) is not None
+    assert take(stack, run_id) is not None
     assert stack.runs.cancel("admin", run_id)["status"] == "running"
 
     assert stack.records.conclude(run_id, "succeeded") == "cancelled"
@@ -118,7 +119,7 @@ def test_cancel_requested_before_the_runner_ends_the_run_wins(api, stack, dispat
 
 def test_a_run_ended_before_the_cancel_stays_ended(api, stack, dispatched):
     run_id = start_run(api, "print(1)")
-    assert stack.records.claim(run_id) is not None
+    assert take(stack, run_id) is not None
     assert stack.records.conclude(run_id, "failed", error={"cell_index": 0, "ename": "E", "evalue": "v"}) == "failed"
 
     assert error(api.call("POST", f"{RUNS}/{run_id}/cancel")) == (409, "Run already finished")
@@ -129,7 +130,7 @@ def test_a_run_ended_before_the_cancel_stays_ended(api, stack, dispatched):
 def test_a_cancel_whose_runner_is_gone_ends_the_run_after_a_deadline(api, stack, dispatched, monkeypatch):
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     run_id = start_run(api, "print(1)")
-    assert stack.records.claim(run_id) is not None
+    assert take(stack, run_id) is not None
     assert stack.runs.cancel("admin", run_id)["status"] == "running"
     later = time.time() + runs_module.CANCEL_DEADLINE_SECONDS + 1
     stack.runs._clock = lambda: later

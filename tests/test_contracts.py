@@ -16,15 +16,8 @@ from chalicelib.api import errors as api_errors
 from chalicelib.api.requests import RUN_FIELDS
 from chalicelib.common import errors, runner_events
 from chalicelib.common.clock import Clock
-from chalicelib.common.model import FINAL, Engine, RunStatus, Trigger
-from chalicelib.runs.engines import (
-    Dispatcher,
-    EngineRouter,
-    FargateDispatcher,
-    LambdaDispatcher,
-    RunEngine,
-    UnknownEngine,
-)
+from chalicelib.common.model import FINAL, Engine, Pool, RunStatus, Trigger
+from chalicelib.runs.engines import Dispatcher, EngineRouter, FargateTasks, LambdaDispatcher, UnknownEngine
 from chalicelib.storage.files import FileStore, NotebookFiles
 from tests.conftest import error
 from tests.helpers import stored_state
@@ -71,6 +64,7 @@ def test_the_model_is_the_strings_the_api_and_tables_hold():
     assert [str(status) for status in RunStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
     assert FINAL == ("succeeded", "failed", "cancelled")
     assert list(Trigger) == ["manual", "schedule", "rerun"] and list(Engine) == ["lambda", "fargate", "local"]
+    assert list(Pool) == ["runner", "fargate"]
     assert json.dumps({"status": RunStatus.QUEUED}) == '{"status": "queued"}'
 
 
@@ -86,11 +80,20 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         runner_events.drain(),
         runner_events.drain("r-3"),
         runner_events.reap(),
+        runner_events.drain(pool=Pool.FARGATE),
+        runner_events.drain("r-4", Pool.FARGATE),
         {"Records": [{"body": "{}"}]},  # the failed events' queue, as SQS hands it over
     ]
     assert [runner_events.parse(event) for event in built] == built
     assert built[1] == {"notebook_id": SOME_ID, "owner": "admin", "trigger": "schedule"}
-    assert built[4:7] == [{"drain": {}}, {"drain": {"run_id": "r-3"}}, {"reap": {}}]
+    assert built[4:9] == [
+        {"drain": {}},
+        {"drain": {"run_id": "r-3"}},
+        {"reap": {}},
+        {"drain": {"pool": "fargate"}},
+        {"drain": {"run_id": "r-4", "pool": "fargate"}},
+    ]
+    assert [runner_events.drain_pool(event) for event in (built[5], built[8])] == [Pool.RUNNER, Pool.FARGATE]
 
 
 @pytest.mark.parametrize(
@@ -114,6 +117,9 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         {"drain": {"run_id": 5}},
         {"drain": {"runid": "r"}},
         {"drain": {}, "run_id": "r"},
+        {"drain": {"pool": "runner"}},
+        {"drain": {"pool": "lambda"}},
+        {"drain": {"pool": ["fargate"]}},
         {"reap": None},
         {"reap": {"now": 1}},
         {"Records": "x"},
@@ -134,42 +140,65 @@ def test_the_runner_refuses_an_unknown_event_before_doing_anything(stack):
 # --- Protocols and the engine router -------------------------------------------------
 
 
-class _Engine:
-    def __init__(self, engine):
-        self.engine = engine
-        self.runs = []
+class _Lambda:
+    """The runner function's invocations, recorded."""
 
-    def dispatch(self, run):
-        self.runs.append(run)
-        return {}
+    engine = Engine.LAMBDA
+
+    def __init__(self):
+        self.events = []
+
+    def invoke(self, event):
+        self.events.append(event)
+
+
+class _Tasks:
+    """Fargate tasks started and stopped, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, run):
+        self.calls.append(("start", run["run_id"]))
+        return {"task_arn": "arn:task/" + run["run_id"]}
 
     def stop(self, run):
-        self.runs.append(("stop", run))
+        self.calls.append(("stop", run["run_id"]))
 
 
 def test_the_real_implementations_and_the_local_stand_ins_satisfy_the_protocols(stack):
     on_lambda = LambdaDispatcher(None, "runner")
     local = LambdaDispatcher(None, "runner", engine=Engine.LOCAL)  # the local stack's Lambda
-    fargate = FargateDispatcher(None, "cluster", "task", "runner", ["subnet"], ["sg"], False)
-    for dispatcher in (on_lambda, local, EngineRouter(on_lambda, fargate, 840), stack.dispatcher):
+    tasks = FargateTasks(None, "cluster", "task", "runner", ["subnet"], ["sg"], False)
+    for dispatcher in (on_lambda, local, EngineRouter(on_lambda, tasks, 840), stack.dispatcher):
         assert isinstance(dispatcher, Dispatcher)
-    assert isinstance(fargate, RunEngine) and not isinstance(fargate, Dispatcher)
+    assert not isinstance(tasks, Dispatcher)
     assert isinstance(stack.files, NotebookFiles) and isinstance(stack.files, FileStore)
     assert isinstance(time.time, Clock) and isinstance(lambda: 0.0, Clock)
 
 
 def test_the_router_refuses_a_run_naming_an_engine_it_does_not_have():
-    on_lambda, on_fargate = _Engine(Engine.LAMBDA), _Engine(Engine.FARGATE)
-    router = EngineRouter(on_lambda, on_fargate, lambda_limit=840)
+    on_lambda, tasks = _Lambda(), _Tasks()
+    router = EngineRouter(on_lambda, tasks, lambda_limit=840)
     for engine in ("ecs", "LAMBDA", "local"):
         with pytest.raises(UnknownEngine, match=f"names engine '{engine}'"):
             router.dispatch({"run_id": "r", "engine": engine})
         with pytest.raises(UnknownEngine):
             router.stop({"run_id": "r", "engine": engine})
-    assert (on_lambda.runs, on_fargate.runs) == ([], [])
+        with pytest.raises(UnknownEngine):
+            router.start_task({"run_id": "r", "engine": engine})
+    assert (on_lambda.events, tasks.calls) == ([], [])
+    with pytest.raises(UnknownEngine, match="not in a task"):
+        router.start_task({"run_id": "short", "engine": "lambda"})
+    with pytest.raises(UnknownEngine, match="needs a Fargate task"):
+        LambdaDispatcher(None, "runner").start_task({"run_id": "long", "engine": "fargate"})
     router.dispatch({"run_id": "old"})  # recorded before runs had an engine: a Lambda run
     router.dispatch({"run_id": "long", "engine": "fargate"})
-    assert (on_lambda.runs, on_fargate.runs) == ([{"run_id": "old"}], [{"run_id": "long", "engine": "fargate"}])
+    assert on_lambda.events == [{"drain": {"run_id": "old"}}, {"drain": {"run_id": "long", "pool": "fargate"}}]
+    assert router.start_task({"run_id": "long", "engine": "fargate"}) == {"task_arn": "arn:task/long"}
+    router.stop({"run_id": "old"})
+    router.stop({"run_id": "long", "engine": "fargate"})
+    assert tasks.calls == [("start", "long"), ("stop", "long")]
 
 
 # --- Domain errors and their one table ----------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.common.config import Settings
+from chalicelib.common.model import Pool
 from chalicelib.storage.files import RESPONSES_PREFIX
 from chalicelib.storage.tables import TTL_ATTRIBUTE, table_definitions
 from deploy import package
@@ -457,7 +458,7 @@ def test_the_dispatchers_of_both_functions_find_fargate_once_the_stack_has_a_tas
         assert settings.max_run_timeout == 12 * 3600
 
 
-def test_the_functions_may_start_and_stop_this_stacks_tasks_and_pass_only_the_task_roles(resources):
+def test_the_runner_starts_this_stacks_tasks_passing_only_the_task_roles_and_both_functions_stop_them(resources):
     task_definitions = [
         {
             "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:"
@@ -466,19 +467,21 @@ def test_the_functions_may_start_and_stop_this_stacks_tasks_and_pass_only_the_ta
     ]
     assert resources["RunnerTaskDefinition"]["Properties"]["Family"] == {"Fn::Sub": "${AWS::StackName}-runner"}
     for role in ("ApiRole", "RunnerRole"):
-        assert allowed(resources, role, "ecs:RunTask") == task_definitions
-        [start] = [s for s in statements(resources, role) if "ecs:RunTask" in s["Action"]]
-        assert start["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}
         assert allowed(resources, role, "ecs:StopTask") == [
             {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}
         ]
-        assert allowed(resources, role, "iam:PassRole") == [
-            {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
-            {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
-        ]
-        [passing] = [s for s in statements(resources, role) if "iam:PassRole" in s["Action"]]
-        assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
-        assert allowed(resources, role, "ecs:RegisterTaskDefinition") == []
+    # The API only queues runs: the runner function drains the Fargate pool, starting the tasks.
+    assert allowed(resources, "ApiRole", "ecs:RunTask") == allowed(resources, "ApiRole", "iam:PassRole") == []
+    assert allowed(resources, "RunnerRole", "ecs:RunTask") == task_definitions
+    [start] = [s for s in statements(resources, "RunnerRole") if "ecs:RunTask" in s["Action"]]
+    assert start["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}
+    assert allowed(resources, "RunnerRole", "iam:PassRole") == [
+        {"Fn::GetAtt": ["RunnerTaskRole", "Arn"]},
+        {"Fn::GetAtt": ["RunnerTaskExecutionRole", "Arn"]},
+    ]
+    [passing] = [s for s in statements(resources, "RunnerRole") if "iam:PassRole" in s["Action"]]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+    assert allowed(resources, "RunnerRole", "ecs:RegisterTaskDefinition") == []
 
 
 def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_and_logs(resources):
@@ -490,7 +493,7 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
     runner_data = [
         s
         for s in statements(resources, "RunnerRole")
-        if s["Sid"] not in ("Logs", "FailedEvents", "ActiveRuns", "InvokeItself", "ConsumeFailedEvents")
+        if s["Sid"] not in ("Logs", "FailedEvents", "ActiveRuns", "ConsumeFailedEvents")
         and not s["Action"][0].startswith(("ecs:", "iam:", "events:"))
     ]
     assert statements(resources, "RunnerTaskRole") == runner_data
@@ -499,7 +502,6 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
         "iam:PassRole",
         "sqs:SendMessage",
         "logs:PutLogEvents",
-        "lambda:InvokeFunction",
         "events:DeleteRule",
         "events:RemoveTargets",
     ):
@@ -515,6 +517,13 @@ def test_the_task_role_is_the_runners_on_the_data_and_the_execution_role_pulls_a
     )
     assert may("logs:PutLogEvents") == [{"Fn::GetAtt": ["RunnerTaskLogGroup", "Arn"]}]
     assert may("s3:GetObject") == may("dynamodb:GetItem") == []
+    # A task's run's end drains the Fargate pool: it invokes the runner function, by name.
+    assert allowed(resources, "RunnerTaskRole", "lambda:InvokeFunction") == [
+        {"Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-runner"}
+    ]
+    [container] = resources["RunnerTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    task_environment = {variable["Name"]: variable["Value"] for variable in container["Environment"]}
+    assert task_environment["NOTEBOOKS_RUNNER_FUNCTION"] == {"Fn::Sub": "${AWS::StackName}-runner"}
 
 
 def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, resources):
@@ -524,6 +533,13 @@ def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, re
         settings = Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()})
         assert settings.runner_capacity == int(defaults["RunnerReservedConcurrency"]) == 10
         assert settings.running_per_user() == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_capacity
+        # The Fargate pool: its capacity a parameter, each user at most MaxRunningRunsPerUser of it.
+        assert settings.fargate_capacity == int(defaults["FargateCapacity"]) == 10
+        assert settings.running_per_user(Pool.FARGATE) == 5
+        smaller = Settings.from_env(
+            {k: _resolved(v, {**defaults, "FargateCapacity": "3"}, True) for k, v in variables.items()}
+        )
+        assert (smaller.runner_slots(Pool.FARGATE), smaller.running_per_user(Pool.FARGATE)) == (3, 3)
         # the active-runs quota: what one user's slots finish within the queue timeout, not 2,000
         assert settings.max_active_runs is None  # unset: derived
         assert settings.active_runs_quota() == 5 * int(MAX_EVENT_AGE_SECONDS // settings.run_timeout)

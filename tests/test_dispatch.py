@@ -1,5 +1,6 @@
-"""Dispatch: which engine a run goes to, and how it is handed over (Lambda, ECS Fargate);
-each run's own timeout, from the request to the runner and the run's deadline."""
+"""Dispatch: which engine a run goes to, and how it is handed over (Lambda, ECS Fargate:
+the fair queue's Fargate pool, whose drains start one task per run); each run's own
+timeout, from the request to the runner and the run's deadline."""
 
 import os
 import signal
@@ -16,11 +17,13 @@ from chalicelib.api.requests import CreateRequest, RunRequest
 from chalicelib.common import aws
 from chalicelib.common.config import REPORT_GRACE_SECONDS
 from chalicelib.common.errors import InvalidInput
+from chalicelib.common.model import Pool
 from chalicelib.runner import fargate_task
 from chalicelib.runs import service as runs_module
-from chalicelib.runs.engines import EngineRouter, FargateDispatcher
+from chalicelib.runs.engines import EngineRouter, FargateTasks
+from chalicelib.runs.records import TASK_START_SECONDS
 from tests.conftest import error
-from tests.helpers import stored_state
+from tests.helpers import check_invariants, stored_state, take
 from tests.test_runs import BASE, RUNS, notebook_of, run_all, stream_text
 
 pytest_plugins = ["tests.test_runs"]  # its fixtures: dispatched, executor
@@ -57,19 +60,17 @@ def ecs_for_runs():
 
 @pytest.fixture
 def fargate(aws_env):
-    """moto's ECS set up for runs, and a Fargate dispatcher on it."""
+    """moto's ECS set up for runs, and the Fargate tasks on it."""
     with mock_aws():
         ecs, cluster, task_definition, subnet, group = ecs_for_runs()
-        dispatcher = FargateDispatcher(
-            ecs, cluster, task_definition, "runner", [subnet], [group], assign_public_ip=True
-        )
-        yield ecs, cluster, task_definition, subnet, dispatcher
+        tasks = FargateTasks(ecs, cluster, task_definition, "runner", [subnet], [group], assign_public_ip=True)
+        yield ecs, cluster, task_definition, subnet, tasks
 
 
 def test_a_fargate_run_is_one_task_of_the_runner_with_the_run_id_as_its_command(fargate):
-    ecs, cluster, task_definition, subnet, dispatcher = fargate
+    ecs, cluster, task_definition, subnet, tasks = fargate
 
-    recorded = dispatcher.dispatch({"run_id": "3f1c2a9e-0000-4000-8000-000000000001"})
+    recorded = tasks.start({"run_id": "3f1c2a9e-0000-4000-8000-000000000001"})
 
     [task] = ecs.describe_tasks(cluster=cluster, tasks=[recorded["task_arn"]])["tasks"]
     assert task["taskDefinitionArn"] == task_definition
@@ -82,61 +83,57 @@ def test_a_fargate_run_is_one_task_of_the_runner_with_the_run_id_as_its_command(
 
 
 def test_stopping_a_fargate_run_stops_its_task(fargate):
-    ecs, cluster, _, _, dispatcher = fargate
-    recorded = dispatcher.dispatch({"run_id": "r-1"})
+    ecs, cluster, _, _, tasks = fargate
+    recorded = tasks.start({"run_id": "r-1"})
 
-    dispatcher.stop({"run_id": "r-1", **recorded})
+    tasks.stop({"run_id": "r-1", **recorded})
 
     [task] = ecs.describe_tasks(cluster=cluster, tasks=[recorded["task_arn"]])["tasks"]
     assert task["desiredStatus"] == "STOPPED"
 
 
 def test_a_run_ecs_cannot_start_is_an_error_not_a_silent_loss(fargate, monkeypatch):
-    ecs, _, _, _, dispatcher = fargate
+    ecs, _, _, _, tasks = fargate
     monkeypatch.setattr(ecs, "run_task", lambda **_: {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]})
 
     with pytest.raises(RuntimeError, match="RESOURCE:MEMORY"):
-        dispatcher.dispatch({"run_id": "r-1"})
+        tasks.start({"run_id": "r-1"})
 
 
-class Recorder:
-    def __init__(self, engine):
-        self.engine, self.runs = engine, []
+class RecordingLambda:
+    engine = "lambda"
 
-    def dispatch(self, run):
-        self.runs.append(run)
-        return {}
-
-    def stop(self, run):
-        self.runs.remove(run)
+    def __init__(self):
+        self.events = []
 
     def invoke(self, event):
-        self.runs.append(event)
+        self.events.append(event)
 
 
 @pytest.mark.parametrize("timeout, engine", [(1, "lambda"), (840, "lambda"), (840.5, "fargate"), (43200, "fargate")])
-def test_the_engine_follows_the_runs_timeout(timeout, engine):
-    on_lambda, on_fargate = Recorder("lambda"), Recorder("fargate")
-    router = EngineRouter(on_lambda, on_fargate, lambda_limit=840)
+def test_the_engine_follows_the_runs_timeout_and_its_dispatch_drains_that_engines_pool(timeout, engine):
+    on_lambda = RecordingLambda()
+    router = EngineRouter(on_lambda, tasks=None, lambda_limit=840)
 
     assert router.engine_for(timeout) == engine
-    run = {"run_id": "r", "engine": router.engine_for(timeout)}
-    router.dispatch(run)
-    assert (on_lambda.runs, on_fargate.runs) == (([run], []) if engine == "lambda" else ([], [run]))
+    router.dispatch({"run_id": "r", "engine": router.engine_for(timeout)})
+    assert on_lambda.events == [{"drain": {"run_id": "r", **({"pool": "fargate"} if engine == "fargate" else {})}}]
 
 
 def test_events_that_are_not_runs_go_to_the_runner_function_whatever_the_engines():
     """A webhook delivery of a run that ended in the API is for the runner function."""
-    on_lambda, on_fargate = Recorder("lambda"), Recorder("fargate")
-    EngineRouter(on_lambda, on_fargate, lambda_limit=840).invoke({"deliver_webhook": "r"})
-    assert (on_lambda.runs, on_fargate.runs) == ([{"deliver_webhook": "r"}], [])
+    on_lambda = RecordingLambda()
+    EngineRouter(on_lambda, tasks=None, lambda_limit=840).invoke({"deliver_webhook": "r"})
+    assert on_lambda.events == [{"deliver_webhook": "r"}]
 
 
 # --- A run's timeout and engine, through the API ---------------------------------------
 
 
-def start(api, notebook_id, expect=200, **fields):
-    return api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **fields}, expect=expect)
+def start(api, notebook_id, expect=200, user="admin", **fields):
+    return api.json(
+        "POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", **fields}, expect=expect, user=user
+    )
 
 
 def test_a_bad_timeout_is_a_400_naming_it_and_records_nothing(api, stack, dispatched):
@@ -203,7 +200,7 @@ def test_the_runner_executes_a_run_within_its_own_timeout(api, stack, dispatched
 def test_the_stuck_run_deadline_follows_the_runs_own_timeout(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     [run] = start(api, notebook_id, timeout=100)["runs"]
-    claimed = stack.records.claim(run["run_id"])
+    claimed = take(stack, run["run_id"])
     lost_at = claimed["started_at"] / 1000 + 100 + REPORT_GRACE_SECONDS
 
     stack.runs._clock = lambda: lost_at - 1
@@ -233,20 +230,40 @@ def test_the_local_stack_takes_any_timeout_up_to_the_maximum_on_its_own_workers(
 # --- A deployment with Fargate ---------------------------------------------------------
 
 
+class Deployment:
+    """The stack as a deployment with ECS (moto's): `invoked`, every event sent to the
+    runner function; `run_tasks`, the parameters of every RunTask call made."""
+
+    def __init__(self, services_, ecs_names):
+        self.services = services_
+        self.ecs_names = ecs_names  # (cluster, task definition, subnet, security group)
+        self.invoked = []
+        self.run_tasks = []
+
+    def drain_fargate(self) -> list:
+        """Handle the Fargate pool's drains sent so far, and those they send, as the runner
+        function would; the runs whose tasks they started, in order, each with its status
+        ("started", or "failed" when ECS started no task); every drain ends idle."""
+        answers = []
+        executor = self.services.executor_on(runner=None)  # a Fargate drain executes nothing here
+        while drains := [event for event in self.invoked if event.get("drain", {}).get("pool") == "fargate"]:
+            self.invoked.remove(drains[0])
+            answers.append(executor.handle(drains[0]))
+        assert answers[-1:] == [{"status": "idle"}], answers
+        return [answer for answer in answers if answer != {"status": "idle"}]
+
+    def run(self, run_id: str) -> dict:
+        return self.services.runs._table.get(run_id)
+
+
 @pytest.fixture
-def deployment(stack, aws_env):
-    """The stack configured as a deployment with ECS (moto's), and a runner function in
-    moto's Lambda; `run_tasks` keeps the parameters of every RunTask call made."""
+def deployment(stack, aws_env, monkeypatch):
+    """The stack configured as a deployment with ECS (moto's): a Deployment. Its Fargate
+    pool runs 3 tasks at once, at most 2 of one user's."""
     _, cluster, task_definition, subnet, group = ecs_for_runs()
-    role = boto3.client("iam").create_role(RoleName="runner", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    boto3.client("lambda").create_function(
-        FunctionName=stack.settings.runner_function,
-        Runtime="python3.13",
-        Role=role,
-        Handler="app.runner",
-        Code={"ZipFile": b"fake"},
-    )
     for name, value in {
+        "NOTEBOOKS_FARGATE_CAPACITY": "3",
+        "NOTEBOOKS_MAX_RUNNING": "2",
         "NOTEBOOKS_ECS_CLUSTER": cluster,
         "NOTEBOOKS_ECS_TASK_DEFINITION": task_definition,
         "NOTEBOOKS_ECS_SUBNETS": subnet,
@@ -254,64 +271,155 @@ def deployment(stack, aws_env):
     }.items():
         aws_env.setenv(name, value)
     services.reset()
-    deployed = services.get()
-    run_tasks = []
-    aws.client("ecs", deployed.settings.region).meta.events.register(
-        "provide-client-params.ecs.RunTask", lambda params, **_: run_tasks.append(dict(params))
+    deployed = Deployment(services.get(), (cluster, task_definition, subnet, group))
+    monkeypatch.setattr(deployed.services.dispatcher, "invoke", deployed.invoked.append)
+    aws.client("ecs", deployed.services.settings.region).meta.events.register(
+        "provide-client-params.ecs.RunTask", lambda params, **_: deployed.run_tasks.append(dict(params))
     )
-    yield deployed, run_tasks, (cluster, task_definition, subnet, group)
-    if deployed._runner_executor is not None:  # the Fargate task's executor: its next kernel
-        deployed._runner_executor.close()
+    yield deployed
+    if deployed.services._runner_executor is not None:  # the Fargate task's executor: its next kernel
+        deployed.services._runner_executor.close()
 
 
-def test_a_run_longer_than_lambda_takes_is_one_fargate_task_carrying_its_run_id(api, deployment):
-    deployed, run_tasks, (cluster, task_definition, subnet, group) = deployment
+def test_a_run_longer_than_lambda_takes_waits_in_the_fargate_pool_and_gets_a_task_carrying_its_run_id(api, deployment):
+    cluster, task_definition, subnet, group = deployment.ecs_names
     notebook_id = api.create()["notebook_id"]
 
     [short] = start(api, notebook_id, timeout=840)["runs"]
-    assert run_tasks == []
     [long] = start(api, notebook_id, timeout=43200)["runs"]
 
-    assert [call["overrides"] for call in run_tasks] == [
-        {"containerOverrides": [{"name": "runner", "command": [long["run_id"]]}]}
+    # The API only queues: the runner function drains each run's pool.
+    assert deployment.invoked == [
+        {"drain": {"run_id": short["run_id"]}},
+        {"drain": {"run_id": long["run_id"], "pool": "fargate"}},
     ]
-    [call] = run_tasks
+    assert deployment.run_tasks == []
+    shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (short, long)}
+    assert [(shown[r["run_id"]]["engine"], shown[r["run_id"]]["timeout"]) for r in (short, long)] == [
+        ("lambda", 840),
+        ("fargate", 43200),
+    ]
+
+    assert deployment.drain_fargate() == [{"run_id": long["run_id"], "status": "started"}]
+    [call] = deployment.run_tasks
+    assert call["overrides"] == {"containerOverrides": [{"name": "runner", "command": [long["run_id"]]}]}
     assert (call["cluster"], call["taskDefinition"], call["launchType"]) == (cluster, task_definition, "FARGATE")
     assert call["networkConfiguration"] == {
         "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}
     }
-    record = deployed.runs._table.get(long["run_id"])
+    record = deployment.run(long["run_id"])
     [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[record["task_arn"]])["tasks"]
     assert task["overrides"]["containerOverrides"][0]["command"] == [long["run_id"]]
-    shown = {run["run_id"]: api.json("GET", f"{RUNS}/{run['run_id']}") for run in (short, long)}
-    assert [
-        (shown[r["run_id"]]["engine"], shown[r["run_id"]]["timeout"], shown[r["run_id"]]["status"])
-        for r in (short, long)
-    ] == [("lambda", 840, "queued"), ("fargate", 43200, "queued")]
+    assert (record["status"], record["slot"], "task_started_at" in record) == ("running", True, False)
+    assert deployment.run(short["run_id"])["status"] == "queued"  # the runner pool's: not a task's
     assert error(api.call("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m", "timeout": 43201}))[
         1
     ].endswith(": timeout must be a number of seconds above 0 (at least 0.001) and at most 43200")
 
 
+def test_the_fargate_pool_serves_users_in_turn_within_its_capacity_and_per_user_limit(api, deployment):
+    settings = deployment.services.settings
+    assert (settings.runner_slots(Pool.FARGATE), settings.running_per_user(Pool.FARGATE)) == (3, 2)
+    bobs = api.create(user="bob")["notebook_id"]
+    flood = [start(api, bobs, timeout=3600, user="bob")["runs"][0]["run_id"] for _ in range(5)]
+    assert deployment.drain_fargate() == [{"run_id": run_id, "status": "started"} for run_id in flood[:2]]
+    alices = api.create()["notebook_id"]
+    [admins] = start(api, alices, timeout=3600)["runs"]
+
+    # Bob holds his 2 of the 3 tasks; the third slot is the other user's, though bob queued first.
+    assert deployment.drain_fargate() == [{"run_id": admins["run_id"], "status": "started"}]
+    assert [deployment.run(run_id)["status"] for run_id in flood] == ["running"] * 2 + ["queued"] * 3
+    assert len(deployment.run_tasks) == 3
+    check_invariants(settings)
+
+    # A task's run ends: its slot goes to bob's next run, oldest first, with a task of its own.
+    assert deployment.services.records.adopt(flood[0])["task_started_at"] > 0
+    assert deployment.services.records.conclude(flood[0], "succeeded") == "succeeded"
+    deployment.invoked.append({"drain": {"pool": "fargate"}})  # what the task sends at its end
+    assert deployment.drain_fargate() == [{"run_id": flood[2], "status": "started"}]
+    assert len(deployment.run_tasks) == 4
+    check_invariants(settings)
+
+
+def test_a_fargate_run_ecs_cannot_start_fails_saying_so_and_frees_its_slot(api, deployment, monkeypatch):
+    notebook_id = api.create()["notebook_id"]
+    refused, first, second = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(3))
+    ecs = aws.client("ecs", deployment.services.settings.region)
+    real_run_task, calls = ecs.run_task, []
+
+    def out_of_memory_once(**params):
+        calls.append(params)
+        if len(calls) == 1:
+            return {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]}
+        return real_run_task(**params)
+
+    monkeypatch.setattr(ecs, "run_task", out_of_memory_once)
+    answers = deployment.drain_fargate()
+
+    assert answers[0] == {"run_id": refused, "status": "failed"}
+    record = api.json("GET", f"{RUNS}/{refused}")
+    assert record["status"] == "failed"
+    assert record["error"] == {
+        "cell_index": None,
+        "ename": "DispatchError",
+        "evalue": "The run could not be started: RuntimeError",
+    }
+    # Its slot was freed: the next drains (sent after the failure) started both others,
+    # which the per-user limit of 2 would not allow had it kept it.
+    assert answers[1:] == [{"run_id": first, "status": "started"}, {"run_id": second, "status": "started"}]
+    check_invariants(deployment.services.settings)
+
+
+def test_a_fargate_run_whose_task_never_starts_it_is_failed_by_the_reaper(api, deployment):
+    notebook_id = api.create()["notebook_id"]
+    [run] = start(api, notebook_id, timeout=43200)["runs"]
+    deployment.drain_fargate()
+    claimed = deployment.run(run["run_id"])
+    # Its deadline is the task's start, not its 12 hours.
+    assert int(claimed["deadline_at"]) == int(claimed["started_at"]) + TASK_START_SECONDS * 1000
+
+    later = int(claimed["deadline_at"]) / 1000 + 1
+    monkeypatch_clock(deployment.services, later)
+    assert deployment.services.reaper.reap() == {"reaped": 1}
+    record = api.json("GET", f"{RUNS}/{run['run_id']}")
+    assert record["status"] == "failed"
+    assert record["error"]["evalue"] == "The run's Fargate task did not start it within 10 minutes"
+    check_invariants(deployment.services.settings)
+
+
+def monkeypatch_clock(services_, at: float) -> None:
+    """The services' clock (the reaper's and the API's) set to `at`, epoch seconds."""
+    services_.runs._clock = lambda: at
+    services_.reaper._clock = lambda: at
+
+
 def test_cancelling_a_fargate_run_stops_its_task_and_a_failing_stop_does_not_fail_the_cancel(
     api, deployment, monkeypatch
 ):
-    deployed, _, (cluster, _, _, _) = deployment
+    cluster = deployment.ecs_names[0]
     monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
     notebook_id = api.create()["notebook_id"]
-    running, queued = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(2))
-    assert deployed.records.claim(running) is not None  # its task took it
+    running, unstarted, queued = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(3))
+    deployment.drain_fargate()  # two of them: the per-user limit
+    assert deployment.services.records.adopt(running) is not None  # its task started it
 
     assert api.json("POST", f"{RUNS}/{running}/cancel")["status"] == "running"  # asked; the runner ends it
-    task_arn = deployed.runs._table.get(running)["task_arn"]
-    [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"]
+    [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[deployment.run(running)["task_arn"]])["tasks"]
     assert task["desiredStatus"] == "STOPPED"
-    assert deployed.records.conclude(running, "succeeded") == "cancelled"
+    assert deployment.services.records.conclude(running, "succeeded") == "cancelled"
+
+    # A run whose task has not started it yet ends at once: its task finds nothing to run.
+    assert api.json("POST", f"{RUNS}/{unstarted}/cancel")["status"] == "cancelled"
+    [task] = boto3.client("ecs").describe_tasks(cluster=cluster, tasks=[deployment.run(unstarted)["task_arn"]])["tasks"]
+    assert task["desiredStatus"] == "STOPPED"
+    assert deployment.services.records.adopt(unstarted) is None
+    assert {"drain": {"pool": "fargate"}} in deployment.invoked  # its slot is free for the next run
+    check_invariants(deployment.services.settings)
 
     def refuse(**_):
         raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "StopTask")
 
-    monkeypatch.setattr(aws.client("ecs", deployed.settings.region), "stop_task", refuse)
+    monkeypatch.setattr(aws.client("ecs", deployment.services.settings.region), "stop_task", refuse)
     assert api.json("POST", f"{RUNS}/{queued}/cancel")["status"] == "cancelled"
 
 
@@ -324,15 +432,20 @@ def task_kernel_as_this_user(monkeypatch):
 
 
 def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployment, task_kernel_as_this_user):
-    deployed, _, _ = deployment
     notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
+    # Started before its run was claimed for it (a task of another deployment, by hand): nothing.
+    assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "skipped"}
+    deployment.drain_fargate()
+    deployment.invoked.clear()
 
     assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "succeeded"}
 
     record = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert (record["status"], record["engine"]) == ("succeeded", "fargate")
     assert stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output")) == "42\n"
+    assert {"drain": {"pool": "fargate"}} in deployment.invoked  # its end frees its slot for the next
+    check_invariants(deployment.services.settings)
     # A second start of the task: nothing.
     assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "skipped"}
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["finished_at"] == record["finished_at"]
@@ -341,21 +454,21 @@ def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployme
 def test_stopping_the_fargate_task_ends_its_run_cancelled_with_the_output_so_far(
     api, deployment, task_kernel_as_this_user
 ):
-    deployed, _, _ = deployment
     notebook_id = api.create(content=notebook_of("print('before')", "import time; time.sleep(60)", "print('after')"))[
         "notebook_id"
     ]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
+    deployment.drain_fargate()
 
-    def stop_once_running():  # as ECS's StopTask does: SIGTERM to the task's process
+    def stop_once_sleeping():  # as ECS's StopTask does: SIGTERM to the task's process
         deadline = time.monotonic() + 30
-        while deployed.runs.get("admin", run["run_id"])["status"] != "running" and time.monotonic() < deadline:
+        while deployment.run(run["run_id"]).get("current_cell") != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1)
+        time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.getsignal(signal.SIGTERM)
-    stopper = threading.Thread(target=stop_once_running, daemon=True)
+    stopper = threading.Thread(target=stop_once_sleeping, daemon=True)
     stopper.start()
     try:
         begun = time.monotonic()

@@ -153,8 +153,9 @@ def executor(faults):
 
 
 def queued_run(service):
+    """A run queued, and the drain the API sends for it."""
     notebook_id = new_notebook(service, content=one_cell_notebook())
-    return {"run_id": service.run_dispatch.record("admin", notebook_id, "manual", module="m")["run_id"]}
+    return {"drain": {"run_id": service.run_dispatch.record("admin", notebook_id, "manual", module="m")["run_id"]}}
 
 
 def schedule_firing(service):
@@ -165,7 +166,7 @@ def schedule_firing(service):
     return {"notebook_id": notebook_id, "owner": "admin", "trigger": "schedule"}
 
 
-@pytest.mark.parametrize("operation, set_up", [("runner execute", queued_run), ("schedule firing", schedule_firing)])
+@pytest.mark.parametrize("operation, set_up", [("runner drain", queued_run), ("schedule firing", schedule_firing)])
 def test_every_aws_call_of_the_runner_failed_in_turn(faults, executor, operation, set_up):
     """A real kernel runs a one-cell notebook at every step. The faulted invocation is
     delivered again, as Lambda retries a failed asynchronous invocation: afterwards every

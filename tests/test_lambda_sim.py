@@ -48,6 +48,10 @@ import pytest
 
 from chalicelib.auth.users import UserStore
 from chalicelib.common.config import Settings
+from chalicelib.common.model import Pool
+from chalicelib.runs.queue import FairQueue
+from chalicelib.storage.notebook_table import NotebookTable
+from chalicelib.storage.run_table import RunTable
 from chalicelib.storage.tables import create_tables
 from deploy import package
 from deploy import template as deployment
@@ -746,6 +750,12 @@ def test_a_fargate_task_runs_as_root_and_its_kernel_as_a_user_of_its_own(simulat
     notebook_id = api.json("POST", BASE + "/", {"notebook_name": "task"})["notebook_id"]
     assert api.json("PUT", f"{BASE}/{notebook_id}/content", KERNEL_USER_NOTEBOOK) == "Success"
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "notebooks"})["runs"]
+    # The sim has no Fargate engine: the run becomes a Fargate one, claimed as the Fargate
+    # pool's drain claims it before it starts the run's task.
+    dynamodb = boto3.resource("dynamodb", **simulation.aws._options())
+    runs = RunTable(dynamodb.Table(PHYSICAL["RunsTable"]), NotebookTable(dynamodb.Table(PHYSICAL["NotebooksTable"])))
+    assert runs.transition(run["run_id"], "queued", {"engine": "fargate"})
+    assert FairQueue(runs, Settings()).claim_next(pool=Pool.FARGATE)["run_id"] == run["run_id"]
 
     env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)
     for name in [name for name in env if name.startswith("AWS_LAMBDA") or name in ("_HANDLER", "LAMBDA_TASK_ROOT")]:
@@ -768,3 +778,5 @@ def test_a_fargate_task_runs_as_root_and_its_kernel_as_a_user_of_its_own(simulat
     uid, pid = printed["text"].split("pid")
     assert uid.strip() == f"kernel {(KERNEL_UID,) * 3} []"
     assert int(pid) != 1
+    # Its end freed its slot: the task drained the Fargate pool through the runner function.
+    assert simulation.lambda_service.invocations[-1] == (PHYSICAL["Runner"], {"drain": {"pool": "fargate"}})

@@ -16,6 +16,7 @@ import requests
 
 from chalicelib.api.requests import CreateRequest
 from devstack.stack import client_environment, free_port, running_stack
+from tests.helpers import take
 from tests.local_stack import (
     ADMIN,
     BASE,
@@ -271,8 +272,8 @@ def test_a_restart_fails_the_runs_it_interrupted_and_dispatches_the_queued_ones_
     """What the local Lambda does at start (moto, no processes)."""
     notebook_id = stack.notebooks.create("admin", CreateRequest())["notebook_id"]
     running, queued, done = (stack.run_dispatch.record("admin", notebook_id, "manual") for _ in range(3))
-    stack.records.claim(running["run_id"])
-    stack.records.claim(done["run_id"])
+    take(stack, running["run_id"])
+    take(stack, done["run_id"])
     stack.records.finish(done["run_id"], "succeeded")
     dispatched = []
     monkeypatch.setattr(stack.dispatcher, "invoke", dispatched.append)

@@ -14,7 +14,7 @@ from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.runs.engines import LambdaDispatcher
 from chalicelib.storage.files import output_key
 from tests.conftest import error
-from tests.helpers import leftovers, stored_state
+from tests.helpers import leftovers, stored_state, take
 
 BASE = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
@@ -184,7 +184,7 @@ def test_a_second_delivery_of_one_run_does_not_execute_it_again(api, stack, disp
 def test_a_run_whose_runner_vanished_is_failed_after_its_deadline(api, stack, dispatched):
     notebook_id = api.create()["notebook_id"]
     [run] = api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})["runs"]
-    assert stack.records.claim(run["run_id"]) is not None  # a runner took it, then died
+    assert take(stack, run["run_id"]) is not None  # a runner took it, then died
     assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "running"
     later = time.time() + stack.settings.run_timeout + 61
     stack.runs._clock = lambda: later

@@ -22,7 +22,7 @@ from deploy import template as deployment
 from devstack import stack as localstack
 from devstack.stack import free_port
 from tests.conftest import error
-from tests.helpers import leftovers, stored_state
+from tests.helpers import leftovers, stored_state, take
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
 from tests.test_cancel import start_run
 from tests.test_runs import BASE, RUNS, RecordingDispatcher, run_all
@@ -250,7 +250,7 @@ def end_run(api, stack, url, status="succeeded", events=("succeeded", "failed", 
     not delivered yet: RunExecutor delivers right after this, as `deliver` does here."""
     run_id = start_run(api, "print(1)")
     put_hook(api, api.json("GET", f"{RUNS}/{run_id}")["notebook_id"], url, events=events)
-    assert stack.records.claim(run_id) is not None
+    assert take(stack, run_id) is not None
     error_ = {"cell_index": 0, "ename": "ValueError", "evalue": "bad"} if status == "failed" else None
     assert stack.records.conclude(run_id, status, error=error_) == status
     return run_id
@@ -331,7 +331,7 @@ def test_ends_in_the_api_are_handed_to_the_runner_function(api, stack, dispatche
     for run_id in (cancelled, lost):
         put_hook(api, api.json("GET", f"{RUNS}/{run_id}")["notebook_id"], receiver.url())
     assert api.json("POST", f"{RUNS}/{cancelled}/cancel")["webhook"] == {"status": "pending", "attempts": 0}
-    assert stack.records.claim(lost) is not None  # a runner took it, then vanished
+    assert take(stack, lost) is not None  # a runner took it, then vanished
     later = time.time() + stack.settings.run_timeout + 61
     stack.runs._clock = lambda: later
     assert api.json("GET", f"{RUNS}/{lost}")["webhook"] == {"status": "pending", "attempts": 0}

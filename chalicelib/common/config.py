@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from chalicelib.common.model import Pool
+
 SIX_MB = 6 * 1024 * 1024
 # After its run timeout, a runner gets this long to report (stop the kernel, store the
 # output, record the end) before the API declares it lost.
@@ -67,6 +69,9 @@ class Settings:
     # The fair queue (docs/fair-share.md): runs executing at once on the runner function
     # (its reserved concurrency; the local stack: its workers), and per user.
     runner_capacity: int = 10
+    # Fargate tasks running at once (the deployment's own bound; the account's Fargate vCPU
+    # quota bounds it too): the fair queue's Fargate pool.
+    fargate_capacity: int = 10
     # Unset: half the capacity (see `running_per_user`).
     max_running: Optional[int] = None
     # How often the reaper ends the runs past their deadline (the local stack's clock;
@@ -125,15 +130,19 @@ class Settings:
             return self.max_run_timeout
         return min(self.max_run_timeout, LAMBDA_RUN_LIMIT)
 
-    def runner_slots(self) -> int:
-        """Runs the Lambda (or local) runner executes at once: the fair queue's capacity."""
+    def runner_slots(self, pool: Pool = Pool.RUNNER) -> int:
+        """Runs the pool executes at once, its capacity in the fair queue: the Lambda (or
+        local) runner's, or the Fargate tasks'."""
+        if pool == Pool.FARGATE:
+            return max(1, self.fargate_capacity)
         return max(1, self.local_workers if self.local_stack else self.runner_capacity)
 
-    def running_per_user(self) -> int:
-        """Runs one user may have executing at once: `max_running`, by default half the
-        capacity; at least 1, at most the capacity."""
-        wanted = self.max_running if self.max_running is not None else self.runner_slots() // 2
-        return max(1, min(wanted, self.runner_slots()))
+    def running_per_user(self, pool: Pool = Pool.RUNNER) -> int:
+        """Runs one user may have executing at once in the pool: `max_running`, by default
+        half the pool's capacity; at least 1, at most the capacity."""
+        slots = self.runner_slots(pool)
+        wanted = self.max_running if self.max_running is not None else slots // 2
+        return max(1, min(wanted, slots))
 
     def active_runs_quota(self) -> int:
         """Runs one user may have queued or running: `max_active_runs`, by default what
@@ -171,6 +180,7 @@ class Settings:
             ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
             queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
             runner_capacity=_int(env, "NOTEBOOKS_RUNNER_CAPACITY", d.runner_capacity),
+            fargate_capacity=_int(env, "NOTEBOOKS_FARGATE_CAPACITY", d.fargate_capacity),
             max_running=_int(env, "NOTEBOOKS_MAX_RUNNING", d.max_running),
             reap_interval=_float(env, "NOTEBOOKS_REAP_SECONDS", d.reap_interval),
             timezone=env.get("NOTEBOOKS_TIMEZONE") or d.timezone,

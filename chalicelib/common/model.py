@@ -1,6 +1,7 @@
-"""The run vocabulary, defined once: a run's status, what triggered it, and the engine
-that executes it. Each is a StrEnum, so a member is the very string stored in DynamoDB,
-sent in JSON and compared with what a table returns."""
+"""The run vocabulary, defined once: a run's status, what triggered it, the engine that
+executes it and the fair queue's pool of runner slots it waits for. Each is a StrEnum, so
+a member is the very string stored in DynamoDB, sent in JSON and compared with what a
+table returns."""
 
 from enum import StrEnum
 
@@ -36,3 +37,17 @@ class Engine(StrEnum):
     LAMBDA = "lambda"
     FARGATE = "fargate"
     LOCAL = "local"
+
+
+class Pool(StrEnum):
+    """The fair queue's pools of runner slots (docs/fair-share.md), each with its own
+    capacity and per-user limit: the runner function's (Lambda, or the local stack's
+    workers) and the deployment's Fargate tasks'."""
+
+    RUNNER = "runner"
+    FARGATE = "fargate"
+
+
+def pool_of(engine) -> Pool:
+    """The pool whose slots a run on `engine` waits for."""
+    return Pool.FARGATE if engine == Engine.FARGATE else Pool.RUNNER

@@ -1,16 +1,18 @@
 """The runner function's events, all its shapes in one place: who builds them (the
 builders below) and how the runner reads them (`parse`).
 
-- RunEvent `{"run_id"}`: a run the API recorded (an asynchronous Lambda invocation, or a
-  Fargate task's command);
+- RunEvent `{"run_id"}`: a run the fair queue claimed for a Fargate task (the task's
+  command);
 - ScheduleFiring `{"notebook_id", "owner", "trigger": "schedule"}`: the Input of a
   schedule's EventBridge rule target (schedules/rules.py);
 - WebhookDelivery `{"deliver_webhook": run_id}`: the end of a run that ended in the API,
   to deliver (runs/webhooks.py);
 - RemoveRules `{"remove_rules": {"owner", "notebook_ids"}}`: rules a Delete handed over
   (schedules/scheduler.py);
-- Drain `{"drain": {}}`, or `{"drain": {"run_id"}}` naming a run just queued: claim and
-  execute the fair queue's next run (runs/queue.py), sent by the API and by runners;
+- Drain `{"drain": {}}`, with `"run_id"` naming a run just queued and `"pool": "fargate"`
+  for the Fargate pool (else the runner function's): claim the pool's next run in the fair
+  queue (runs/queue.py) and execute it, or start its Fargate task; sent by the API, by
+  runners and by Fargate tasks;
 - Reap `{"reap": {}}`: the Input of the reaper's EventBridge rule (runs/reaper.py);
 - FailedEvents `{"Records": [...]}`: SQS records of the runner's failed invocations (the
   failed events' queue, consumed by the runner; runs/reaper.py reads each record's body).
@@ -22,7 +24,7 @@ runner's log instead of executing something else.
 
 from typing import Literal, Optional, TypedDict, Union, final
 
-from chalicelib.common.model import Trigger
+from chalicelib.common.model import Pool, Trigger
 
 
 @final  # closed: `in` tells the shapes apart (for mypy too)
@@ -54,6 +56,7 @@ class RemoveRules(TypedDict):
 
 class DrainRun(TypedDict, total=False):
     run_id: str
+    pool: Literal["fargate"]
 
 
 @final  # closed: `in` tells the shapes apart (for mypy too)
@@ -79,7 +82,7 @@ class UnknownEvent(ValueError):
 
 
 def run_event(run_id: str) -> RunEvent:
-    """The event that executes a recorded run."""
+    """The event that executes a run claimed for a Fargate task."""
     return {"run_id": run_id}
 
 
@@ -98,10 +101,19 @@ def remove_rules(owner: str, notebook_ids: list) -> RemoveRules:
     return {"remove_rules": {"owner": owner, "notebook_ids": list(notebook_ids)}}
 
 
-def drain(run_id: Optional[str] = None) -> Drain:
-    """The event that claims and executes the fair queue's next run; `run_id` names a run
-    just queued, which the queue's index may not show yet."""
-    return {"drain": {} if run_id is None else {"run_id": run_id}}
+def drain(run_id: Optional[str] = None, pool: Pool = Pool.RUNNER) -> Drain:
+    """The event that claims the pool's next run in the fair queue (and executes it, or
+    starts its Fargate task); `run_id` names a run just queued, which the queue's index
+    may not show yet."""
+    claim: DrainRun = {} if run_id is None else {"run_id": run_id}
+    if pool == Pool.FARGATE:
+        claim["pool"] = "fargate"  # Pool.FARGATE, as the TypedDict spells it
+    return {"drain": claim}
+
+
+def drain_pool(event: Drain) -> Pool:
+    """The pool a drain event claims from."""
+    return Pool.FARGATE if event["drain"].get("pool") == Pool.FARGATE else Pool.RUNNER
 
 
 def reap() -> Reap:
@@ -139,7 +151,12 @@ def parse(event) -> RunnerEvent:
             return event
     if keys == {"drain"}:
         claim = event["drain"]
-        if isinstance(claim, dict) and (claim == {} or (set(claim) == {"run_id"} and _strings(claim, "run_id"))):
+        if (
+            isinstance(claim, dict)
+            and set(claim) <= {"run_id", "pool"}
+            and ("run_id" not in claim or _strings(claim, "run_id"))
+            and claim.get("pool", Pool.FARGATE) == Pool.FARGATE
+        ):
             return event
     if keys == {"reap"} and event["reap"] == {}:
         return event

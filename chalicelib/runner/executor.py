@@ -15,7 +15,7 @@ from typing import Optional
 import nbformat
 
 from chalicelib.common import runner_events
-from chalicelib.common.model import RunStatus, Trigger
+from chalicelib.common.model import Pool, RunStatus, Trigger
 from chalicelib.common.periodic import Periodic
 from chalicelib.runs.dispatch import RunDispatch
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
@@ -45,10 +45,12 @@ class RunExecutor:
         schedule_rules,
         runner,
         queue=None,
+        fargate_pool=None,
         reaper=None,
     ):
         self._records = records
         self._queue = queue  # runs.queue.FairQueue: the runs that `drain` events claim
+        self._fargate_pool = fargate_pool  # runs.fargate_pool.FargatePool: the Fargate pool's drains
         self._reaper = reaper  # runs.reaper.Reaper: `reap` events and failed events
         self._run_dispatch = run_dispatch  # records the runs of schedule firings
         self._webhooks = webhooks  # webhooks.Webhooks, or None
@@ -60,11 +62,12 @@ class RunExecutor:
 
     def handle(self, raw_event: object, request_id: Optional[str] = None) -> dict:
         """Handle one runner invocation (common/runner_events.py has the shapes;
-        `request_id`: Lambda's id of it): a drain from the API or a runner (the fair
-        queue's next run), a schedule's firing from EventBridge (recorded, then drained),
-        a reap from the reaper's rule, the failed events' queue's SQS records, a run (a
-        Fargate task's one run), a webhook delivery from the API, or deleted notebooks'
-        rules to remove, from a Delete. Any other event: runner_events.UnknownEvent."""
+        `request_id`: Lambda's id of it): a drain from the API, a runner or a task (the
+        fair queue's next run, executed here or, from the Fargate pool, in a task started
+        for it), a schedule's firing from EventBridge (recorded, then drained), a reap from
+        the reaper's rule, the failed events' queue's SQS records, a run (a Fargate task's
+        one run), a webhook delivery from the API, or deleted notebooks' rules to remove,
+        from a Delete. Any other event: runner_events.UnknownEvent."""
         event = runner_events.parse(raw_event)
         if "deliver_webhook" in event:
             return self._webhooks.deliver(event["deliver_webhook"])
@@ -80,6 +83,8 @@ class RunExecutor:
                 return {"status": "skipped"}
             return self.drain(run_id, request_id)
         if "drain" in event:
+            if runner_events.drain_pool(event) == Pool.FARGATE:
+                return self._fargate_pool.drain(event["drain"].get("run_id"), request_id)
             return self.drain(event["drain"].get("run_id"), request_id)
         return {"run_id": event["run_id"], "status": self.execute(event["run_id"])}
 
@@ -111,14 +116,18 @@ class RunExecutor:
         return run_id
 
     def execute(self, run_id: str) -> str:
-        """Claim and execute the run outside the fair queue (a Fargate task's); its final
-        status ("skipped" if not ours to run)."""
-        run = self._records.claim(run_id)
+        """Execute the run the fair queue claimed for this Fargate task (RunRecords.adopt),
+        then drain the Fargate pool (its slot is free again); the run's final status
+        ("skipped" if not this task's to run)."""
+        run = self._records.adopt(run_id)
         if run is None:
-            # Lambda's retry of an invocation that ran out of time while delivering: finish that.
+            # A second start of the task after its run ended: finish a pending delivery.
             self._deliver_webhook(run_id, only_pending=True)
             return "skipped"
-        return self._execute_claimed(run)
+        try:
+            return self._execute_claimed(run)
+        finally:
+            self._run_dispatch.drain(Pool.FARGATE)
 
     def _execute_claimed(self, run: dict) -> str:
         """Execute a run this runner claimed; its final status."""

@@ -12,7 +12,7 @@ from chalicelib.common import errors, runner_events
 from chalicelib.common.batches import chunks, in_parallel
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.errors import NOTEBOOK_ID_INVALID
-from chalicelib.common.model import RunStatus
+from chalicelib.common.model import Pool, RunStatus
 from chalicelib.notebooks.service import CONTENT_VERSION
 from chalicelib.runs.engines import Dispatcher
 from chalicelib.runs.log import run_object_keys
@@ -135,13 +135,14 @@ class RunDispatch:
         """Hand `runs` to their engines concurrently (a run that cannot be is failed)."""
         in_parallel(self._dispatch, runs, self._settings.aws_concurrency)
 
-    def drain(self) -> None:
-        """Start a runner invocation that claims the fair queue's next run, if a slot is
-        free. Best effort: the reaper starts one at its next round when runs still wait."""
+    def drain(self, pool: Pool = Pool.RUNNER) -> None:
+        """Start a runner invocation that claims the pool's next run in the fair queue, if
+        a slot is free. Best effort: the reaper starts one at its next round when runs
+        still wait."""
         try:
-            self._dispatcher.invoke(runner_events.drain())
+            self._dispatcher.invoke(runner_events.drain(pool=pool))
         except Exception:  # best effort: see the docstring
-            log.warning("could not start a runner to drain the queue", exc_info=True)
+            log.warning("could not start a runner to drain the %s pool", pool, exc_info=True)
 
     def record(self, owner: str, notebook_id: str, trigger: str, module=None, parameters=None, run_id=None):
         """Create a queued run and count it on its notebook; None if the notebook is gone
@@ -189,8 +190,14 @@ class RunDispatch:
             log.exception("expiring old runs of %s failed", owner)
 
     def _dispatch(self, run: dict) -> None:
+        self.hand_over(run, self._dispatcher.dispatch)
+
+    def hand_over(self, run: dict, start) -> None:
+        """Hand `run` over with `start(run)` (a dispatch, or a claimed Fargate run's task
+        start), recording what it answers on the run; a run that cannot be handed over is
+        failed (its status in `run` then says so)."""
         try:
-            handed = self._dispatcher.dispatch(run)
+            handed = start(run)
         except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
             log.warning("dispatch of run %s failed: %s", run["run_id"], error)
             reason = {

@@ -1,17 +1,19 @@
 """Dispatch: how a recorded run reaches a runner, and which engine runs it.
 
-Every engine runs the same handler (RunExecutor.handle) on the same code:
-- `lambda`: an asynchronous (Event) invocation of the runner function, for a run whose
-  timeout fits in Lambda's 15 minutes: a `drain` event, whose runner claims the next run
-  of the fair queue (runs/queue.py), which may be another user's;
-- `fargate`: an ECS Fargate task of the runner image (chalicelib.runner.fargate_task), for a
-  longer run, up to the deployment's maximum;
+Every engine runs the same handler (RunExecutor.handle) on the same code, and every run
+waits in the fair queue (runs/queue.py) for a slot of its engine's pool; dispatching a
+run is an asynchronous (Event) invocation of the runner function with a `drain` event for
+that pool, which claims the pool's next run, maybe another user's:
+- `lambda`: for a run whose timeout fits in Lambda's 15 minutes; the runner function
+  executes the run it claims;
+- `fargate`: for a longer run, up to the deployment's maximum; the runner function starts
+  an ECS Fargate task of the runner image for the run it claims (FargateTasks, from
+  runs/fargate_pool.py), and the task executes it (chalicelib.runner.fargate_task);
 - `local`: the local stack's worker processes (devstack/local_lambda.py), for any
-  timeout, through the same fair queue.
+  timeout, as `lambda`.
 
 What the services rely on is the `Dispatcher` protocol, which LambdaDispatcher (AWS's
-Lambda, or the local stack's) and EngineRouter (Lambda and Fargate) satisfy; each engine
-behind a router satisfies `RunEngine`.
+Lambda, or the local stack's) and EngineRouter (Lambda and Fargate) satisfy.
 """
 
 import json
@@ -19,30 +21,32 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from chalicelib.common import runner_events
-from chalicelib.common.model import Engine
+from chalicelib.common.model import Engine, Pool, pool_of
 
 
 @runtime_checkable
-class RunEngine(Protocol):
-    """One engine: hands a recorded run to a runner, and stops it on cancel."""
+class Dispatcher(Protocol):
+    """What the services dispatch through: `engine` is the runner function's (which
+    schedules fire directly), `engine_for` picks a run's engine by its timeout, `dispatch`
+    drains the run's pool, `start_task` starts the task of a Fargate run the queue
+    claimed, `stop` is a cancel's backstop, and `invoke` sends the runner function any
+    event (common/runner_events.py)."""
 
     engine: Engine
 
+    def engine_for(self, timeout: float) -> Engine:
+        """The engine a run with this timeout (seconds) runs on."""
+
     def dispatch(self, run: dict) -> dict:
-        """Start the run without waiting; the fields to record on it (e.g. a task's ARN)."""
+        """Drain the pool of the recorded run's engine, without waiting; the fields to
+        record on the run (none, today)."""
+
+    def start_task(self, run: dict) -> dict:
+        """Start the ECS task of a Fargate run the fair queue claimed; the fields to
+        record on it (the task's ARN)."""
 
     def stop(self, run: dict) -> None:
         """A cancel's backstop: stop the run's task, if it has one."""
-
-
-@runtime_checkable
-class Dispatcher(RunEngine, Protocol):
-    """What the services dispatch through: `engine` is the runner function's (which
-    schedules fire directly), `engine_for` picks a run's engine by its timeout, and
-    `invoke` sends the runner function an event that is not a run's (runner/events.py)."""
-
-    def engine_for(self, timeout: float) -> Engine:
-        """The engine a run with this timeout (seconds) runs on."""
 
     def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner function with `event`, without waiting."""
@@ -72,6 +76,10 @@ class LambdaDispatcher:
         self.invoke(runner_events.drain(run["run_id"]))
         return {}
 
+    def start_task(self, run: dict) -> dict:
+        """No tasks here: UnknownEngine (no run of this deployment waits for Fargate)."""
+        raise UnknownEngine(f"run {run.get('run_id')} needs a Fargate task; this deployment runs {self.engine}")
+
     def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner with `event` (a run's, or a schedule rule's input), without waiting."""
         self._lambda.invoke(FunctionName=self._function, InvocationType="Event", Payload=json.dumps(event).encode())
@@ -80,10 +88,8 @@ class LambdaDispatcher:
         """Nothing to stop: the runner acts on the run's cancel request itself."""
 
 
-class FargateDispatcher:
-    """Starts one ECS Fargate task of the runner image per run."""
-
-    engine = Engine.FARGATE
+class FargateTasks:
+    """Starts and stops the ECS Fargate tasks of the runner image, one per run."""
 
     def __init__(
         self,
@@ -107,7 +113,7 @@ class FargateDispatcher:
             }
         }
 
-    def dispatch(self, run: dict) -> dict:
+    def start(self, run: dict) -> dict:
         """RunTask with the run's id as the container's command; the task's ARN."""
         response = self._ecs.run_task(
             cluster=self._cluster,
@@ -130,14 +136,11 @@ class FargateDispatcher:
 
 
 class EngineRouter:
-    """Lambda for runs whose timeout fits in it, Fargate beyond."""
+    """Lambda for runs whose timeout fits in it, Fargate tasks beyond."""
 
-    def __init__(self, on_lambda: LambdaDispatcher, on_fargate: RunEngine, lambda_limit: float):
+    def __init__(self, on_lambda: LambdaDispatcher, tasks: FargateTasks, lambda_limit: float):
         self._on_lambda = on_lambda
-        self._by_engine: dict[str, RunEngine] = {
-            on_lambda.engine: on_lambda,
-            on_fargate.engine: on_fargate,
-        }
+        self._tasks = tasks
         self._lambda_limit = lambda_limit
         self.engine = on_lambda.engine
 
@@ -146,25 +149,33 @@ class EngineRouter:
         return self.engine if timeout <= self._lambda_limit else Engine.FARGATE
 
     def dispatch(self, run: dict) -> dict:
-        """Hand the run to its engine (recorded on the run as `engine`)."""
-        return self._engine_of(run).dispatch(run)
+        """Invoke the runner to drain the pool of the run's engine (recorded on the run as
+        `engine`), without waiting."""
+        self.invoke(runner_events.drain(run["run_id"], pool_of(self._engine_of(run))))
+        return {}
+
+    def start_task(self, run: dict) -> dict:
+        """Start the task of a Fargate run the fair queue claimed; its ARN."""
+        if pool_of(self._engine_of(run)) != Pool.FARGATE:
+            raise UnknownEngine(f"run {run.get('run_id')} runs on {run.get('engine')}, not in a task")
+        return self._tasks.start(run)
 
     def stop(self, run: dict) -> None:
-        """Stop the run's task, if its engine has one."""
-        self._engine_of(run).stop(run)
+        """Stop the run's task, if it has one."""
+        if self._engine_of(run) == Engine.FARGATE:
+            self._tasks.stop(run)
 
     def invoke(self, event: runner_events.RunnerEvent) -> None:
-        """Invoke the runner function with `event` (not a run's: a webhook delivery)."""
+        """Invoke the runner function with `event`, without waiting."""
         self._on_lambda.invoke(event)
 
-    def _engine_of(self, run: dict) -> RunEngine:
+    def _engine_of(self, run: dict) -> Engine:
         """The run's engine; UnknownEngine when it names one this router does not have."""
         engine = run.get("engine")
         if engine is None:  # recorded before runs had an engine: a Lambda run
-            return self._on_lambda
-        try:
-            return self._by_engine[engine]
-        except KeyError:
+            return self.engine
+        if engine not in (self.engine, Engine.FARGATE):
             raise UnknownEngine(
-                f"run {run.get('run_id')} names engine {engine!r}; this deployment runs {', '.join(self._by_engine)}"
-            ) from None
+                f"run {run.get('run_id')} names engine {engine!r}; this deployment runs {self.engine}, fargate"
+            )
+        return Engine(engine)

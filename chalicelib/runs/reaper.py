@@ -13,7 +13,8 @@ import logging
 import time
 
 from chalicelib.common.clock import Clock, now_ms
-from chalicelib.common.model import RunStatus
+from chalicelib.common.model import RunStatus, pool_of
+from chalicelib.runs.queue import CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Reaper:
     def reap(self) -> dict:
         """End every queued or running run past its deadline (a queued one waited longer
         than the queue timeout; a running one's runner stopped without reporting); then,
-        if runs are still queued, start a runner to claim them (a lost invocation never
+        if runs are still queued, drain each pool they wait for (a lost invocation never
         strands them). {"reaped": how many ended now}."""
         now = now_ms(self._clock)
         reaped = 0
@@ -39,8 +40,9 @@ class Reaper:
                 run = self._table.get(item["run_id"])
                 if run is not None and run["status"] == status:
                     reaped += self._runs.reap(run)["status"] == RunStatus.FAILED
-        if self._table.with_status(RunStatus.QUEUED, limit=1):
-            self._run_dispatch.drain()
+        waiting = {pool_of(item.get("engine")) for item in self._table.with_status(RunStatus.QUEUED, limit=CANDIDATES)}
+        for pool in sorted(waiting):
+            self._run_dispatch.drain(pool)
         return {"reaped": reaped}
 
     def failed_events(self, records: list) -> dict:
@@ -62,6 +64,8 @@ class Reaper:
             run = self._table.get(run_id) if isinstance(run_id, str) else None
             if run is None or run["status"] != RunStatus.RUNNING or run.get("runner_request") != request_id:
                 continue
+            if run.get("task_arn"):
+                continue  # a Fargate run whose task the failed drain started: the task runs it
             error = {
                 "cell_index": None,
                 "ename": "RunnerLost",

@@ -8,22 +8,34 @@ import time
 
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.config import REPORT_GRACE_SECONDS
-from chalicelib.common.model import RunStatus
+from chalicelib.common.model import Pool, RunStatus, pool_of
+
+# How long a run claimed for a Fargate task may wait for the task to start it (ECS
+# provisions the task and pulls the image first): past it, the reaper frees its slot.
+TASK_START_SECONDS = 600
+# Set on a Fargate run when its task starts it: a second task never runs it.
+TASK_STARTED = "task_started_at"
+# Set on a running run by a cancel, which its runner acts on.
+CANCEL_REQUESTED = "cancel_requested_at"
 
 
 def claim_changes(run: dict, started_ms: int, default_timeout: float, request_id=None) -> dict:
     """The changes that move a queued run to running at `started_ms`: its start, and its
-    deadline (its timeout and the report grace later); the claiming runner invocation's
-    request id, when known (its failed event then names the run: runs/reaper.py)."""
-    timeout = float(run.get("timeout", default_timeout))
-    changes = {
-        "status": RunStatus.RUNNING,
-        "started_at": started_ms,
-        "deadline_at": started_ms + int((timeout + REPORT_GRACE_SECONDS) * 1000),
-    }
+    deadline (its timeout and the report grace later; for a Fargate run, the time its task
+    has to start it, RunRecords.adopt); the claiming runner invocation's request id, when
+    known (its failed event then names the run: runs/reaper.py)."""
+    changes = {"status": RunStatus.RUNNING, **_timed_from(run, started_ms, default_timeout)}
+    if pool_of(run.get("engine")) == Pool.FARGATE:
+        changes["deadline_at"] = started_ms + TASK_START_SECONDS * 1000
     if request_id:
         changes["runner_request"] = request_id
     return changes
+
+
+def _timed_from(run: dict, started_ms: int, default_timeout: float) -> dict:
+    """A run's start at `started_ms` and its deadline: its timeout and the report grace later."""
+    timeout = float(run.get("timeout", default_timeout))
+    return {"started_at": started_ms, "deadline_at": started_ms + int((timeout + REPORT_GRACE_SECONDS) * 1000)}
 
 
 class RunRecords:
@@ -45,16 +57,27 @@ class RunRecords:
         """The largest run log the runner stores."""
         return self._settings.max_log_bytes
 
-    def claim(self, run_id: str):
-        """Move a queued run to running, outside the fair queue (a Fargate task's run);
-        the run, or None if another delivery has it."""
+    def adopt(self, run_id: str):
+        """A Fargate task's start of the run the fair queue claimed for it: the run, timed
+        from now, or None when it is not the task's to run (never claimed for Fargate,
+        started by another task, or ended). A run whose cancel was requested before its
+        task started ends cancelled here, unrun."""
         run = self._table.get(run_id)
-        if run is None or run["status"] != RunStatus.QUEUED:
+        if (
+            run is None
+            or run["status"] != RunStatus.RUNNING
+            or pool_of(run.get("engine")) != Pool.FARGATE
+            or TASK_STARTED in run
+        ):
             return None
-        changes = claim_changes(run, now_ms(self._clock), self._settings.run_timeout)
-        if not self._table.transition(run_id, RunStatus.QUEUED, changes, owner=run["owner"]):
+        if CANCEL_REQUESTED in run:
+            self.finish(run_id, RunStatus.CANCELLED)
             return None
-        return {**run, **changes}
+        started = now_ms(self._clock)
+        changes = {TASK_STARTED: started, **_timed_from(run, started, self._settings.run_timeout)}
+        if self._table.transition(run_id, RunStatus.RUNNING, changes, unless=(TASK_STARTED, CANCEL_REQUESTED)):
+            return {**run, **changes}
+        return self.adopt(run_id)  # changed meanwhile (a cancel, another task): look again
 
     def timeout_of(self, run: dict) -> float:
         """The run's own timeout, seconds (a run recorded before runs had one: the
@@ -84,7 +107,9 @@ class RunRecords:
         if run is None or run["status"] != expected_status:
             return False
         return self._table.end(
-            run, {"status": status, "finished_at": now_ms(self._clock), "error": error}, unless_cancelling
+            run,
+            {"status": status, "finished_at": now_ms(self._clock), "error": error},
+            unless=(CANCEL_REQUESTED,) if unless_cancelling else (),
         )
 
     def conclude(self, run_id: str, status: str, error=None):
@@ -100,7 +125,7 @@ class RunRecords:
     def cancel_requested(self, run_id: str) -> bool:
         """Whether a cancel of the run was requested (or the run is over)."""
         run = self._table.get(run_id)
-        return run is None or run["status"] != RunStatus.RUNNING or "cancel_requested_at" in run
+        return run is None or run["status"] != RunStatus.RUNNING or CANCEL_REQUESTED in run
 
     def current_cell(self, run_id: str, index: int) -> None:
         """Record the index of the cell a running run executes."""

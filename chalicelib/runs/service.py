@@ -28,11 +28,12 @@ from chalicelib.common import errors
 from chalicelib.common.batches import in_parallel
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.errors import RUN_NOT_FOUND
-from chalicelib.common.model import FINAL, RunStatus
+from chalicelib.common.model import FINAL, Engine, Pool, RunStatus
 from chalicelib.runs import html
 from chalicelib.runs.engines import Dispatcher
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import log_key, run_object_keys
+from chalicelib.runs.records import CANCEL_REQUESTED, TASK_START_SECONDS, TASK_STARTED
 from chalicelib.storage.files import FileStore, output_key
 from chalicelib.storage.tables import RUN_PREFIX
 
@@ -237,22 +238,21 @@ class RunService:
     def cancel(self, owner: str, run_id: str) -> dict:
         """Cancel a queued or running run of the owner; the run as it is then.
 
-        A queued run ends `cancelled` at once and never starts. A running run gets a
-        cancel request, which its runner acts on within seconds (interrupting the kernel,
-        keeping the output so far); this waits up to CANCEL_WAIT_SECONDS for that. Either
-        way, a Fargate run's task is then stopped too. A finished run: 409.
+        A queued run ends `cancelled` at once and never starts, and so does a Fargate run
+        whose task has not started it yet. A running run gets a cancel request, which its
+        runner acts on within seconds (interrupting the kernel, keeping the output so
+        far); this waits up to CANCEL_WAIT_SECONDS for that. Either way, a Fargate run's
+        task is then stopped too. A finished run: 409.
         """
         run = self._require(owner, run_id)
         run_id = run["run_id"]
         while run["status"] not in FINAL:
-            if run["status"] == RunStatus.QUEUED and self._records.finish(
-                run_id, RunStatus.CANCELLED, expected_status=RunStatus.QUEUED
-            ):
+            if self._end_unstarted(run):
                 self._stop(run)
                 self._announce({**run, "status": RunStatus.CANCELLED})
                 break
             if run["status"] == RunStatus.RUNNING and self._table.transition(
-                run_id, RunStatus.RUNNING, {"cancel_requested_at": now_ms(self._clock)}
+                run_id, RunStatus.RUNNING, {CANCEL_REQUESTED: now_ms(self._clock)}
             ):
                 self._stop(run)
                 return run_view(self._await_end(owner, run_id))
@@ -260,6 +260,22 @@ class RunService:
         else:
             raise errors.Conflict("Run already finished")
         return self.get(owner, run_id)
+
+    def _end_unstarted(self, run: dict) -> bool:
+        """End `run` cancelled if nothing executes it yet: queued, or claimed for a Fargate
+        task that has not started it (its slot freed; the Fargate pool drained for the
+        next). Whether it was."""
+        ended = {"status": RunStatus.CANCELLED, "finished_at": now_ms(self._clock), "error": None}
+        if run["status"] == RunStatus.QUEUED:
+            return self._table.end(run, ended)
+        if (
+            run.get("engine") != Engine.FARGATE
+            or TASK_STARTED in run
+            or not self._table.end(run, ended, (TASK_STARTED,))
+        ):
+            return False
+        self.starter.run_dispatch.drain(Pool.FARGATE)
+        return True
 
     def _stop(self, run: dict) -> None:
         """Stop the run's engine task, if it has one (after the cancel is recorded, so
@@ -308,7 +324,7 @@ class RunService:
         running run whose cancel its runner did not act on in time is cancelled. (Reads
         do it, and so does the reaper, runs/reaper.py, for runs nobody reads.)"""
         now = now_ms(self._clock)
-        cancel_at = run.get("cancel_requested_at")
+        cancel_at = run.get(CANCEL_REQUESTED)
         if (
             run["status"] == RunStatus.RUNNING
             and cancel_at is not None
@@ -317,11 +333,14 @@ class RunService:
             return self.end_lost(run, None, RunStatus.CANCELLED)
         if run["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING) or now <= int(run["deadline_at"]):
             return run
-        reason = (
-            "The runner stopped without reporting a result (crashed or timed out)"
-            if run["status"] == RunStatus.RUNNING
-            else "The run waited for a runner longer than the queue timeout (NOTEBOOKS_QUEUE_TIMEOUT) and never started"
-        )
+        if run["status"] == RunStatus.QUEUED:
+            reason = (
+                "The run waited for a runner longer than the queue timeout (NOTEBOOKS_QUEUE_TIMEOUT) and never started"
+            )
+        elif run.get("engine") == Engine.FARGATE and TASK_STARTED not in run:
+            reason = f"The run's Fargate task did not start it within {TASK_START_SECONDS // 60} minutes"
+        else:
+            reason = "The runner stopped without reporting a result (crashed or timed out)"
         return self.end_lost(run, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
 
     def end_lost(self, run: dict, error, status: RunStatus = RunStatus.FAILED) -> dict:

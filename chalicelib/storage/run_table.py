@@ -5,7 +5,7 @@ from typing import Optional
 
 from chalicelib.common.aws import all_items
 from chalicelib.common.batches import chunks, in_parallel
-from chalicelib.common.model import ACTIVE, FINAL, RunStatus
+from chalicelib.common.model import ACTIVE, FINAL, Pool, RunStatus, pool_of
 from chalicelib.storage.notebook_table import NotebookTable
 from chalicelib.storage.tables import (
     ACTIVE_STATUS,
@@ -15,6 +15,7 @@ from chalicelib.storage.tables import (
     DEPLOYMENT,
     RUNS_BY_OWNER,
     RUNS_BY_OWNER_STATUS,
+    SLOT_COUNTERS,
     Tally,
     batch_get,
     conditional_update,
@@ -41,9 +42,9 @@ class RunTable:
     a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
     requested can only end cancelled. A run counts as active on its owner's counters from
     its creation to its end, whichever (or its deletion), in the same transactions. A
-    run claimed from the fair queue holds a runner slot (`slot`) until it ends: counted
-    on its owner's `runs_running` and the deployment's `running`, in the same
-    transactions. Queued and running runs carry `active_status`, for the `by_status` index.
+    run claimed from the fair queue holds a slot of its engine's pool (`slot`) until it
+    ends: counted on its owner's and the deployment's counters of that pool
+    (SLOT_COUNTERS), in the same transactions. Queued and running runs carry `active_status`, for the `by_status` index.
     """
 
     # Per run: its record, its pointer, its notebook's update.
@@ -121,23 +122,25 @@ class RunTable:
         return {item["run_id"]: item for item in batch_get(self._client, self.name, keys)}
 
     def claim(self, run: dict, changes: dict, running_limit: int, capacity: int, now_ms: int) -> Optional[str]:
-        """Move the queued `run` to running with `changes`, holding a runner slot: counted
-        on its owner's running runs (at most `running_limit`; the owner's `served_at` set
-        to `now_ms`, for the queue's turns) and the deployment's (at most `capacity`), all
-        in one transaction. None when claimed; else why not: "taken" (no longer queued),
-        "owner" (its owner has `running_limit` running), "full" (no slot free)."""
+        """Move the queued `run` to running with `changes`, holding a slot of its engine's
+        pool: counted on its owner's running runs of the pool (at most `running_limit`;
+        the owner's last service by the pool set to `now_ms`, for the queue's turns) and
+        the deployment's (at most `capacity`), all in one transaction. None when claimed;
+        else why not: "taken" (no longer queued), "owner" (its owner has `running_limit`
+        running), "full" (no slot free)."""
         update = self._status_update(run["run_id"], RunStatus.QUEUED, {**changes, "slot": True}, run["owner"])
+        names = SLOT_COUNTERS[pool_of(run.get("engine"))]
         counters = [
             (
                 {"owner": run["owner"], "sk": COUNTS_SK},
-                "ADD runs_running :one SET served_at = :now",
-                "attribute_not_exists(runs_running) OR runs_running < :limit",
+                "ADD #running :one SET #served = :now",
+                {"#running": names.owner_running, "#served": names.served_at},
                 {":one": 1, ":now": now_ms, ":limit": running_limit},
             ),
             (
                 {"owner": DEPLOYMENT, "sk": COUNTS_SK},
-                "ADD running :one",
-                "attribute_not_exists(running) OR running < :limit",
+                "ADD #running :one",
+                {"#running": names.deployment_running},
                 {":one": 1, ":limit": capacity},
             ),
         ]
@@ -147,11 +150,12 @@ class RunTable:
                     "TableName": self.notebooks.name,
                     "Key": key,
                     "UpdateExpression": expression,
-                    "ConditionExpression": condition,
+                    "ConditionExpression": "attribute_not_exists(#running) OR #running < :limit",
+                    "ExpressionAttributeNames": attribute_names,
                     "ExpressionAttributeValues": values,
                 }
             }
-            for key, expression, condition, values in counters
+            for key, expression, attribute_names, values in counters
         ]
         codes = transact(self._client, actions)
         if codes is None:
@@ -194,29 +198,32 @@ class RunTable:
             ExpressionAttributeValues={":queued": RunStatus.QUEUED, ":running": RunStatus.RUNNING},
         )
 
-    def transition(self, run_id: str, expected_status: str, changes: dict, owner: Optional[str] = None) -> bool:
-        """Apply `changes` if the run is still in `expected_status` (its status stays
-        active: for an end, see `end`); `owner`, the run's, when `changes` has a status."""
-        return conditional_update(self._table, **self._status_update(run_id, expected_status, changes, owner))
+    def transition(
+        self, run_id: str, expected_status: str, changes: dict, owner: Optional[str] = None, unless: tuple = ()
+    ) -> bool:
+        """Apply `changes` if the run is still in `expected_status` and has none of the
+        attributes `unless` names (its status stays active: for an end, see `end`);
+        `owner`, the run's, when `changes` has a status."""
+        return conditional_update(self._table, **self._status_update(run_id, expected_status, changes, owner, unless))
 
-    def end(self, run: dict, changes: dict, unless_cancelling: bool = False) -> bool:
+    def end(self, run: dict, changes: dict, unless: tuple = ()) -> bool:
         """Apply `changes` (a final status among them) if the run is still in the status
-        it has in `run` (and, with `unless_cancelling`, no cancel has been requested),
-        counting it off the owner's active runs in the same transaction."""
-        update = self._status_update(run["run_id"], run["status"], changes, run["owner"])
-        if unless_cancelling:
-            update["ConditionExpression"] += " AND attribute_not_exists(cancel_requested_at)"
+        it has in `run` and has none of the attributes `unless` names (say, a cancel
+        request), counting it off the owner's active runs in the same transaction."""
+        update = self._status_update(run["run_id"], run["status"], changes, run["owner"], unless)
         action = {"Update": {"TableName": self.name, **update}}
         active = run["status"] in ACTIVE and changes.get("status") in FINAL
-        slot = active and _holds_slot(run)
-        tally = Tally(runs_active=-1 if active else 0, runs_running=-1 if slot else 0)
+        tally = Tally(runs_active=-1 if active else 0, slots=_slots_released([run] if active else []))
         return self.notebooks.transact(run["owner"], [action], tally) is None
 
     @staticmethod
-    def _status_update(run_id: str, expected_status: str, changes: dict, owner: Optional[str]) -> dict:
-        """An update setting `changes` on the run if it is still in `expected_status`; a
-        new status moves the run in the owner-and-status index too, and in the active
-        runs' index (`active_status`: set while queued or running, removed at its end)."""
+    def _status_update(
+        run_id: str, expected_status: str, changes: dict, owner: Optional[str], unless: tuple = ()
+    ) -> dict:
+        """An update setting `changes` on the run if it is still in `expected_status` and
+        has none of the attributes `unless` names; a new status moves the run in the
+        owner-and-status index too, and in the active runs' index (`active_status`: set
+        while queued or running, removed at its end)."""
         if "status" in changes:
             changes = {**changes, "owner_status": owner_status(owner, changes["status"])}
         expression, names, values = set_clause(changes)
@@ -229,10 +236,14 @@ class RunTable:
         elif "status" in changes:
             names["#active"] = ACTIVE_STATUS
             expression += " REMOVE #active"
+        condition = "#status = :expected"
+        for index, name in enumerate(unless):
+            names[f"#unless{index}"] = name
+            condition += f" AND attribute_not_exists(#unless{index})"
         return {
             "Key": {"run_id": run_id},
             "UpdateExpression": expression,
-            "ConditionExpression": "#status = :expected",
+            "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
         }
@@ -286,7 +297,7 @@ class RunTable:
                 )
             found = [runs.get(pointer["run_id"], {}) for pointer in chunk]
             active = sum(1 for run in found if run.get("status") in ACTIVE)
-            return actions, Tally(runs_active=-active, runs_running=-sum(1 for run in found if _holds_slot(run)))
+            return actions, Tally(runs_active=-active, slots=_slots_released(found))
 
         write_chunks(
             partial(self.notebooks.transact, owner),
@@ -343,6 +354,11 @@ class RunTable:
         ]
 
 
-def _holds_slot(run: dict) -> bool:
-    """Whether the run, as read, holds a runner slot of the fair queue."""
-    return run.get("status") == RunStatus.RUNNING and bool(run.get("slot"))
+def _slots_released(runs: list) -> dict:
+    """Pool -> minus the runs, as read, that hold one of its slots (ending or deleting
+    `runs` frees them)."""
+    released = dict.fromkeys(Pool, 0)
+    for run in runs:
+        if run.get("status") == RunStatus.RUNNING and run.get("slot"):
+            released[pool_of(run.get("engine"))] -= 1
+    return released

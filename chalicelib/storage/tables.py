@@ -6,7 +6,9 @@ Notebooks table, partitioned by owner, so one user's requests never read another
     `name#<name>`       a name claim. Creating and renaming write the notebook and its
                         claims in one transaction, so names are unique per owner and two
                         notebooks never share a name, not even for a moment.
-    `#counts`           the owner's counters: `notebooks`, `scheduled`, `runs_active`, and
+    `#counts`           the owner's counters: `notebooks`, `scheduled`, `runs_active`, the
+                        runs holding a slot of each pool of the fair queue and when the
+                        owner was last served from it (SLOT_COUNTERS), and
                         one attribute `s_<notebook_id>` (its `until` in epoch ms) per
                         scheduled notebook. Every write that creates, deletes, schedules,
                         unschedules or expires a notebook, or starts or ends a run, changes
@@ -20,8 +22,8 @@ Notebooks table, partitioned by owner, so one user's requests never read another
   List is a Query on it, oldest first.
   owner `#deployment` (no username starts with `#`), sk `#counts`: the deployment's
                         counters: `scheduled` (every owner's scheduled notebooks: the
-                        rule budget) and `running` (runs holding a runner slot: the fair
-                        queue's capacity), changed in the same transactions as the owners'.
+                        rule budget) and, per pool, the runs holding one of its slots (the
+                        fair queue's capacity), changed in the same transactions as the owners'.
 Runs table:
   hash `run_id`.
   GSI `by_status` (active_status, deadline_at): sparse, as only queued and running runs
@@ -31,12 +33,14 @@ Runs table:
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 from botocore.exceptions import ClientError
 
 from chalicelib.common.aws import error_code
 from chalicelib.common.batches import chunks
+from chalicelib.common.model import Pool
 
 NOTEBOOK_PREFIX = "nb#"
 NAME_PREFIX = "name#"
@@ -56,6 +60,24 @@ TTL_ATTRIBUTE = "expires_at"
 TRANSACTION_ACTIONS = 100
 BATCH_GET_KEYS = 100
 _CONFLICT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class SlotCounters:
+    """The counters of one pool of the fair queue's slots: an owner's runs holding one,
+    when the owner was last served one (the queue's turns), and the deployment's runs
+    holding one."""
+
+    owner_running: str
+    served_at: str
+    deployment_running: str
+
+
+# The runner pool's names predate the Fargate pool: stored counters keep them.
+SLOT_COUNTERS = {
+    Pool.RUNNER: SlotCounters("runs_running", "served_at", "running"),
+    Pool.FARGATE: SlotCounters("fargate_running", "fargate_served_at", "fargate_running"),
+}
 
 
 def table_definitions(settings) -> list:
@@ -280,12 +302,13 @@ class Tally:
         runs_limit=None,
         scheduled_limit=None,
         scheduled_total_limit=None,
-        runs_running=0,
+        slots=None,
     ):
         self.notebooks = notebooks
         self.runs_active = runs_active
         self.runs_limit = runs_limit
-        self.runs_running = runs_running  # runs holding a runner slot: the owner's and the deployment's
+        # Pool -> change in the runs holding one of its slots: the owner's and the deployment's.
+        self.slots = {pool: delta for pool, delta in (slots or {}).items() if delta}
         self.scheduled_limit = scheduled_limit
         self.scheduled_total_limit = scheduled_total_limit  # the deployment's, across owners
         self.schedules_set = {}  # notebook id -> until_ms: a scheduled notebook, new or not
@@ -299,7 +322,7 @@ class Tally:
         for field, delta, limit in (
             ("notebooks", self.notebooks, None),
             ("runs_active", self.runs_active, self.runs_limit),
-            ("runs_running", self.runs_running, None),
+            *((SLOT_COUNTERS[pool].owner_running, delta, None) for pool, delta in self.slots.items()),
             ("scheduled", scheduled, self.scheduled_limit),
         ):
             if delta:
@@ -344,10 +367,11 @@ class Tally:
         at most `scheduled_total_limit` when adding) and its runs holding a runner slot;
         None when neither changes."""
         scheduled = self.scheduled_change()
-        if not scheduled and not self.runs_running:
+        if not scheduled and not self.slots:
             return None
         names, values, adds, conditions = {}, {}, [], []
-        for field, delta in (("scheduled", scheduled), ("running", self.runs_running)):
+        running = [(SLOT_COUNTERS[pool].deployment_running, delta) for pool, delta in self.slots.items()]
+        for field, delta in [("scheduled", scheduled), *running]:
             if delta:
                 names[f"#{field}"], values[f":{field}"] = field, delta
                 adds.append(f"#{field} :{field}")

@@ -1,0 +1,31 @@
+"""The Fargate pool's drain (docs/fair-share.md): the runner function claims the pool's
+next run in the fair queue (runs/queue.py) and starts an ECS task for it; the task then
+starts the run and executes it (runner/fargate_task.py, RunRecords.adopt). Runs longer
+than Lambda allows thus wait their turn like the others, at most the pool's capacity of
+tasks at once and at most `running_per_user` of one user's.
+"""
+
+from chalicelib.common.model import Pool, RunStatus
+
+
+class FargatePool:
+    """Starts the tasks of the Fargate pool's runs, users in turn."""
+
+    def __init__(self, queue, dispatcher, run_dispatch):
+        self._queue = queue  # runs.queue.FairQueue
+        self._dispatcher = dispatcher  # runs.engines.Dispatcher: its start_task
+        self._run_dispatch = run_dispatch  # runs.dispatch.RunDispatch: hand-over, and the next drain
+
+    def drain(self, hint=None, request_id=None) -> dict:
+        """Claim the pool's next run (`hint`: a run just queued) and start its task; then
+        drain again, for any other free slot. {"status": "idle"} when no run may start;
+        else the run's id and "started", or "failed" when ECS started no task (the run is
+        failed, with its webhook, and its slot freed)."""
+        run = self._queue.claim_next(hint, request_id, Pool.FARGATE)
+        if run is None:
+            return {"status": "idle"}
+        try:
+            self._run_dispatch.hand_over(run, self._dispatcher.start_task)
+        finally:
+            self._run_dispatch.drain(Pool.FARGATE)
+        return {"run_id": run["run_id"], "status": "failed" if run["status"] == RunStatus.FAILED else "started"}
