@@ -267,14 +267,16 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         page.fill("input[name=n]", "600")
         page.fill("input[name=pause]", "0.5")
         page.click("#run-button")
+        expect(page.locator("#run-id")).not_to_have_text(rerun_id)
+        long_run_id = page.text_content("#run-id")
         expect(page.locator("#run-status")).to_have_text("running")
         expect(page.locator("#run-log")).to_contain_text("step 1 of")
         expect(page.locator("#cancel-run")).to_be_visible()
         watched.shot("4-run-live")
-        long_run_id = page.text_content("#run-id")
         page.click("#cancel-run")
         expect(page.locator("#run-status")).to_have_text("cancelled")
         expect(page.locator("#run-id")).to_have_text(long_run_id)  # that run, not another started by a stray click
+        assert requests.get(f"{ui_stack.url}/_notebooks/runs/{long_run_id}", auth=ADMIN).json()["status"] == "cancelled"
         expect(page.locator("#rerun")).to_be_visible()
         expect(page.locator("#runs tbody tr")).to_have_count(3)
 

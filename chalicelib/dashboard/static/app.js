@@ -483,6 +483,13 @@
     stopPolling();
     state.runId = runId;
     $('run-id').textContent = runId;
+    // Nothing of the run shown before stays beside the new id: its status and buttons
+    // come with the new run's first look.
+    badge($('run-status'), '');
+    $('run-meta').textContent = '';
+    $('run-progress-text').textContent = '';
+    $('cancel-run').hidden = true;
+    $('rerun').hidden = true;
     $('run-log').textContent = '';
     $('run-error').hidden = true;
     $('output').hidden = true;
@@ -505,6 +512,15 @@
       if (runId !== state.runId) {
         return;
       }
+      if (FINAL.has(run.status) && !first) {
+        // The run ended while we watched: the notebook's run count and lists changed.
+        // They are redrawn before the end shows, so nothing above the run moves once
+        // its Rerun button is there to click.
+        await Promise.all([loadRuns(), refreshNotebook(), loadNotebooks()]);
+        if (runId !== state.runId) {
+          return;
+        }
+      }
       renderRun(run);
       await loadLog(runId);
     } catch (error) {
@@ -517,10 +533,6 @@
     }
     if (run && FINAL.has(run.status)) {
       showOutput(run);
-      if (!first) {
-        // The run ended while we watched: the notebook's run count and list changed.
-        await Promise.all([loadRuns(), refreshNotebook(), loadNotebooks()]);
-      }
       return;
     }
     state.pollTimer = setTimeout(() => poll(runId), POLL_MS);
