@@ -79,7 +79,7 @@ class Services:
         )
         self.queue = FairQueue(run_table, settings)
         self.fargate_pool = FargatePool(self.queue, self.dispatcher, self.run_dispatch)
-        self.reaper = Reaper(run_table, self.runs, self.run_dispatch)
+        self.reaper = Reaper(run_table, self.runs, self.run_dispatch, self.dispatcher)
         self.notebooks.add_dependent(self.scheduler)
         self.notebooks.add_dependent(self.runs)
         self._runner_arn = settings.runner_arn

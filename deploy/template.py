@@ -111,8 +111,9 @@ PARAMETERS = {
         "Type": "Number",
         "Default": 10,
         "MinValue": 0,
-        "Description": "Runs that may execute at once (reserved for the runner, so runs cannot take the "
-        "API's concurrency); 0 reserves none",
+        "Description": "Concurrency reserved for the runner, so runs cannot take the API's: runs execute "
+        "at most 2 fewer at once (RUNNER_HEADROOM: kept for drains, the reaper and webhook deliveries); "
+        "0 reserves none",
     },
     "ApiThrottleRateLimit": {
         "Type": "Number",
@@ -240,6 +241,9 @@ PARAMETERS = {
 }
 # The fair queue's capacity when no concurrency is reserved for the runner.
 UNRESERVED_RUNNER_CAPACITY = 10
+# Of the runner's concurrency, invocations never taken by runs (NOTEBOOKS_RUNNER_HEADROOM):
+# a drain of the Fargate pool, the reaper or a webhook delivery does not wait for a run to end.
+RUNNER_HEADROOM = 2
 CONDITIONS = {
     "RunOutputsExpire": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunOutputDays"}, 0]}]},
     "RunnerConcurrencyReserved": {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunnerReservedConcurrency"}, 0]}]},
@@ -517,6 +521,9 @@ def runner_statements() -> list:
     ]
 
 
+_CLUSTER_TASKS = {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}
+
+
 def stop_task_statements() -> list:
     """Stopping the runner's Fargate tasks (a cancel's backstop, in the API and in the
     runner): StopTask of this stack's cluster's tasks."""
@@ -525,19 +532,24 @@ def stop_task_statements() -> list:
             "Sid": "StopRunTasks",
             "Effect": "Allow",
             "Action": ["ecs:StopTask"],
-            "Resource": {
-                "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"
-            },
+            "Resource": _CLUSTER_TASKS,
         },
     ]
 
 
 def fargate_statements() -> list:
-    """Starting and stopping the runner's Fargate tasks (the runner function, which
-    drains the fair queue's Fargate pool): RunTask of this stack's task definition in its
-    cluster, StopTask of that cluster's tasks, and passing the task's two roles to ECS, no
-    other role and to no other service."""
+    """Starting, watching and stopping the runner's Fargate tasks (the runner function,
+    which drains the fair queue's Fargate pool and reaps the runs of stopped tasks):
+    RunTask of this stack's task definition in its cluster, DescribeTasks and StopTask of
+    that cluster's tasks, and passing the task's two roles to ECS, no other role and to no
+    other service."""
     return [
+        {
+            "Sid": "DescribeRunTasks",
+            "Effect": "Allow",
+            "Action": ["ecs:DescribeTasks"],
+            "Resource": _CLUSTER_TASKS,
+        },
         {
             "Sid": "StartRunTasks",
             "Effect": "Allow",
@@ -773,6 +785,7 @@ def merge_template(settings: Settings | None = None) -> dict:
         "NOTEBOOKS_RUNNER_CAPACITY": {
             "Fn::If": ["RunnerConcurrencyReserved", {"Ref": "RunnerReservedConcurrency"}, UNRESERVED_RUNNER_CAPACITY]
         },
+        "NOTEBOOKS_RUNNER_HEADROOM": str(RUNNER_HEADROOM),
         "NOTEBOOKS_MAX_RUNNING": {"Ref": "MaxRunningRunsPerUser"},
         "NOTEBOOKS_MAX_SCHEDULED": {"Ref": "MaxScheduledPerUser"},
         "NOTEBOOKS_MAX_SCHEDULED_TOTAL": {"Ref": "MaxScheduledTotal"},

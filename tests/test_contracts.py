@@ -73,7 +73,6 @@ def test_the_model_is_the_strings_the_api_and_tables_hold():
 
 def test_every_event_the_builders_make_is_parsed_as_itself():
     built = [
-        runner_events.run_event("r-1"),
         runner_events.schedule_firing("admin", SOME_ID),
         runner_events.webhook_delivery("r-2"),
         runner_events.remove_rules("admin", [SOME_ID]),
@@ -85,15 +84,15 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         {"Records": [{"body": "{}"}]},  # the failed events' queue, as SQS hands it over
     ]
     assert [runner_events.parse(event) for event in built] == built
-    assert built[1] == {"notebook_id": SOME_ID, "owner": "admin", "trigger": "schedule"}
-    assert built[4:9] == [
+    assert built[0] == {"notebook_id": SOME_ID, "owner": "admin", "trigger": "schedule"}
+    assert built[3:8] == [
         {"drain": {}},
         {"drain": {"run_id": "r-3"}},
         {"reap": {}},
         {"drain": {"pool": "fargate"}},
         {"drain": {"run_id": "r-4", "pool": "fargate"}},
     ]
-    assert [runner_events.drain_pool(event) for event in (built[5], built[8])] == [Pool.RUNNER, Pool.FARGATE]
+    assert [runner_events.drain_pool(event) for event in (built[4], built[7])] == [Pool.RUNNER, Pool.FARGATE]
 
 
 @pytest.mark.parametrize(
@@ -103,6 +102,7 @@ def test_every_event_the_builders_make_is_parsed_as_itself():
         [],
         "run",
         None,
+        {"run_id": "r"},  # a Fargate task's command, never the runner function's event
         {"run_id": 5},
         {"run_id": "r", "extra": 1},
         {"runid": "r"},

@@ -470,8 +470,11 @@ def test_the_runner_starts_this_stacks_tasks_passing_only_the_task_roles_and_bot
         assert allowed(resources, role, "ecs:StopTask") == [
             {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${RunnerCluster}/*"}
         ]
-    # The API only queues runs: the runner function drains the Fargate pool, starting the tasks.
-    assert allowed(resources, "ApiRole", "ecs:RunTask") == allowed(resources, "ApiRole", "iam:PassRole") == []
+    # The API only queues runs: the runner function drains the Fargate pool, starting the
+    # tasks, and its reaper looks for stopped ones.
+    for action in ("ecs:RunTask", "iam:PassRole", "ecs:DescribeTasks"):
+        assert allowed(resources, "ApiRole", action) == []
+    assert allowed(resources, "RunnerRole", "ecs:DescribeTasks") == allowed(resources, "RunnerRole", "ecs:StopTask")
     assert allowed(resources, "RunnerRole", "ecs:RunTask") == task_definitions
     [start] = [s for s in statements(resources, "RunnerRole") if "ecs:RunTask" in s["Action"]]
     assert start["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["RunnerCluster", "Arn"]}}}
@@ -532,7 +535,9 @@ def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, re
         variables = resources[function]["Properties"]["Environment"]["Variables"]
         settings = Settings.from_env({k: _resolved(v, defaults, False) for k, v in variables.items()})
         assert settings.runner_capacity == int(defaults["RunnerReservedConcurrency"]) == 10
-        assert settings.running_per_user() == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_capacity
+        # Runs take 8 of the 10: 2 invocations are always there for drains, the reaper, deliveries.
+        assert (settings.runner_headroom, settings.runner_slots()) == (2, 8)
+        assert settings.running_per_user() == int(defaults["MaxRunningRunsPerUser"]) <= settings.runner_slots()
         # The Fargate pool: its capacity a parameter, each user at most MaxRunningRunsPerUser of it.
         assert settings.fargate_capacity == int(defaults["FargateCapacity"]) == 10
         assert settings.running_per_user(Pool.FARGATE) == 5

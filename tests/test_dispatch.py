@@ -10,6 +10,7 @@ import time
 import boto3
 import botocore.exceptions
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from chalicelib import services
@@ -20,7 +21,7 @@ from chalicelib.common.errors import InvalidInput
 from chalicelib.common.model import Pool
 from chalicelib.runner import fargate_task
 from chalicelib.runs import service as runs_module
-from chalicelib.runs.engines import EngineRouter, FargateTasks
+from chalicelib.runs.engines import CapacityUnavailable, EngineRouter, FargateTasks
 from chalicelib.runs.records import TASK_START_SECONDS
 from tests.conftest import error
 from tests.helpers import check_invariants, stored_state, take
@@ -92,12 +93,30 @@ def test_stopping_a_fargate_run_stops_its_task(fargate):
     assert task["desiredStatus"] == "STOPPED"
 
 
-def test_a_run_ecs_cannot_start_is_an_error_not_a_silent_loss(fargate, monkeypatch):
+@pytest.mark.parametrize(
+    "answer, now",
+    [
+        ({"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]}, True),
+        ({"tasks": [], "failures": [{"reason": "Capacity is unavailable at this time. Please try again"}]}, True),
+        (ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "RunTask"), True),
+        (ClientError({"Error": {"Code": "ServerException", "Message": "Service error"}}, "RunTask"), True),
+        ({"tasks": [], "failures": [{"reason": "MISSING"}]}, False),
+        ({"tasks": [], "failures": []}, False),
+        (ClientError({"Error": {"Code": "InvalidParameterException", "Message": "No subnet"}}, "RunTask"), False),
+    ],
+)
+def test_a_task_ecs_cannot_start_is_an_error_saying_whether_it_may_start_later(fargate, monkeypatch, answer, now):
     ecs, _, _, _, tasks = fargate
-    monkeypatch.setattr(ecs, "run_task", lambda **_: {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]})
 
-    with pytest.raises(RuntimeError, match="RESOURCE:MEMORY"):
+    def run_task(**_):
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(ecs, "run_task", run_task)
+    with pytest.raises((RuntimeError, ClientError)) as raised:
         tasks.start({"run_id": "r-1"})
+    assert isinstance(raised.value, CapacityUnavailable) == now
 
 
 class RecordingLambda:
@@ -243,13 +262,14 @@ class Deployment:
     def drain_fargate(self) -> list:
         """Handle the Fargate pool's drains sent so far, and those they send, as the runner
         function would; the runs whose tasks they started, in order, each with its status
-        ("started", or "failed" when ECS started no task); every drain ends idle."""
+        ("started"; "failed" when ECS refused the task; "queued" when it had no capacity,
+        which ends the drains); else every chain of drains ends idle."""
         answers = []
         executor = self.services.executor_on(runner=None)  # a Fargate drain executes nothing here
         while drains := [event for event in self.invoked if event.get("drain", {}).get("pool") == "fargate"]:
             self.invoked.remove(drains[0])
             answers.append(executor.handle(drains[0]))
-        assert answers[-1:] == [{"status": "idle"}], answers
+        assert answers[-1]["status"] in ("idle", "queued"), answers
         return [answer for answer in answers if answer != {"status": "idle"}]
 
     def run(self, run_id: str) -> dict:
@@ -341,19 +361,22 @@ def test_the_fargate_pool_serves_users_in_turn_within_its_capacity_and_per_user_
     check_invariants(settings)
 
 
-def test_a_fargate_run_ecs_cannot_start_fails_saying_so_and_frees_its_slot(api, deployment, monkeypatch):
-    notebook_id = api.create()["notebook_id"]
-    refused, first, second = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(3))
+def refuse_first_run_task(deployment, monkeypatch, answer) -> None:
+    """ECS answers the deployment's first RunTask with `answer`, the later ones as moto does."""
     ecs = aws.client("ecs", deployment.services.settings.region)
     real_run_task, calls = ecs.run_task, []
 
-    def out_of_memory_once(**params):
+    def refusing_once(**params):
         calls.append(params)
-        if len(calls) == 1:
-            return {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]}
-        return real_run_task(**params)
+        return answer if len(calls) == 1 else real_run_task(**params)
 
-    monkeypatch.setattr(ecs, "run_task", out_of_memory_once)
+    monkeypatch.setattr(ecs, "run_task", refusing_once)
+
+
+def test_a_fargate_run_ecs_refuses_fails_saying_so_and_frees_its_slot(api, deployment, monkeypatch):
+    notebook_id = api.create()["notebook_id"]
+    refused, first, second = (start(api, notebook_id, timeout=3600)["runs"][0]["run_id"] for _ in range(3))
+    refuse_first_run_task(deployment, monkeypatch, {"tasks": [], "failures": [{"reason": "MISSING"}]})
     answers = deployment.drain_fargate()
 
     assert answers[0] == {"run_id": refused, "status": "failed"}
@@ -367,6 +390,28 @@ def test_a_fargate_run_ecs_cannot_start_fails_saying_so_and_frees_its_slot(api, 
     # Its slot was freed: the next drains (sent after the failure) started both others,
     # which the per-user limit of 2 would not allow had it kept it.
     assert answers[1:] == [{"run_id": first, "status": "started"}, {"run_id": second, "status": "started"}]
+    check_invariants(deployment.services.settings)
+
+
+def test_a_fargate_run_ecs_has_no_capacity_for_waits_again_and_starts_at_the_reapers_next_round(
+    api, deployment, monkeypatch
+):
+    notebook_id = api.create()["notebook_id"]
+    [run] = start(api, notebook_id, timeout=3600)["runs"]
+    refuse_first_run_task(deployment, monkeypatch, {"tasks": [], "failures": [{"reason": "RESOURCE:CPU"}]})
+
+    # Back in the queue, its slot freed, and no drain after it: ECS is short of capacity.
+    assert deployment.drain_fargate() == [{"run_id": run["run_id"], "status": "queued"}]
+    record = deployment.run(run["run_id"])
+    assert (record["status"], record["started_at"], record["slot"]) == ("queued", None, False)
+    queue_timeout_ms = int(deployment.services.settings.queue_timeout * 1000)
+    assert int(record["deadline_at"]) == int(record["created_at"]) + queue_timeout_ms
+    assert api.json("GET", f"{RUNS}/{run['run_id']}")["status"] == "queued"
+    check_invariants(deployment.services.settings)
+
+    assert deployment.services.reaper.reap() == {"reaped": 0}  # its next round drains the pool
+    assert deployment.drain_fargate() == [{"run_id": run["run_id"], "status": "started"}]
+    assert deployment.run(run["run_id"])["status"] == "running" and len(deployment.run_tasks) == 1  # moto's
     check_invariants(deployment.services.settings)
 
 
@@ -384,6 +429,46 @@ def test_a_fargate_run_whose_task_never_starts_it_is_failed_by_the_reaper(api, d
     record = api.json("GET", f"{RUNS}/{run['run_id']}")
     assert record["status"] == "failed"
     assert record["error"]["evalue"] == "The run's Fargate task did not start it within 10 minutes"
+    check_invariants(deployment.services.settings)
+
+
+def test_a_fargate_run_whose_task_stopped_under_it_is_failed_by_the_reaper_freeing_its_slot(
+    api, deployment, task_kernel_as_this_user
+):
+    cluster = deployment.ecs_names[0]
+    notebook_id = api.create()["notebook_id"]
+    lost, alive, waiting = (start(api, notebook_id, timeout=43200)["runs"][0]["run_id"] for _ in range(3))
+    deployment.drain_fargate()  # two tasks: the per-user limit
+    for run_id in (lost, alive):
+        assert deployment.services.records.adopt(run_id) is not None
+    ecs = boto3.client("ecs")
+    ecs.stop_task(cluster=cluster, task=deployment.run(lost)["task_arn"], reason="OutOfMemoryError: Container killed")
+
+    # Hours before its deadline, the reaper's round finds its task stopped.
+    assert deployment.services.reaper.reap() == {"reaped": 1}
+    record = api.json("GET", f"{RUNS}/{lost}")
+    assert record["status"] == "failed" and record["error"]["ename"] == "RunnerLost"
+    assert record["error"]["evalue"] == (
+        "The run's Fargate task stopped before the run ended: OutOfMemoryError: Container killed"
+    )
+    assert deployment.run(alive)["status"] == "running"
+    check_invariants(deployment.services.settings)
+    # Its slot went to the waiting run.
+    assert deployment.drain_fargate() == [{"run_id": waiting, "status": "started"}]
+
+
+def test_a_task_starting_its_run_as_the_reaper_ends_it_wins(api, deployment, task_kernel_as_this_user):
+    """The reaper read the run just past its start deadline; its task starts it before
+    the reaper's end: the run executes, and is not failed under it."""
+    notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
+    [run] = start(api, notebook_id, timeout=3600)["runs"]
+    deployment.drain_fargate()
+    as_read = deployment.run(run["run_id"])
+    assert deployment.services.records.adopt(run["run_id"]) is not None  # the task, meanwhile
+
+    monkeypatch_clock(deployment.services, int(as_read["deadline_at"]) / 1000 + 1)
+    assert deployment.services.runs.reap(as_read)["status"] == "running"
+    assert deployment.run(run["run_id"])["status"] == "running"
     check_invariants(deployment.services.settings)
 
 

@@ -123,7 +123,7 @@ def test_the_reaper_ends_a_run_whose_runner_died_with_nobody_polling(api, stack,
     assert queue.claim_next()["run_id"] == lost  # its runner claimed it, then was killed
     dispatched.events.clear()
     monkeypatch.setattr(stack.webhooks, "_dispatcher", dispatched)  # deliveries recorded, not invoked
-    reaper = Reaper(stack.queue._table, stack.runs, stack.run_dispatch, clock=lambda: now)
+    reaper = Reaper(stack.queue._table, stack.runs, stack.run_dispatch, stack.dispatcher, clock=lambda: now)
     now = 1.0  # epoch seconds: before every deadline
     assert reaper.reap() == {"reaped": 0}
     lost_record = stack.queue._table.get(lost)
@@ -144,9 +144,9 @@ def test_the_reaper_fails_a_run_that_waited_past_the_queue_timeout_with_a_clear_
     [run_id] = queue_runs(api, "bob", 1)
     deadline = int(stack.queue._table.get(run_id)["deadline_at"]) / 1000
     stack.runs._clock = lambda: deadline + 1
-    assert Reaper(stack.queue._table, stack.runs, stack.run_dispatch, clock=lambda: deadline + 1).reap() == {
-        "reaped": 1
-    }
+    assert Reaper(
+        stack.queue._table, stack.runs, stack.run_dispatch, stack.dispatcher, clock=lambda: deadline + 1
+    ).reap() == {"reaped": 1}
     record = api.json("GET", f"{RUNS}/{run_id}", user="bob")
     assert record["status"] == "failed" and "queue timeout (NOTEBOOKS_QUEUE_TIMEOUT)" in record["error"]["evalue"]
 
@@ -160,7 +160,9 @@ def test_the_reaper_reads_only_overdue_active_runs(api, stack, dispatched, execu
     reads = []
     real_get = stack.queue._table.get
     monkeypatch.setattr(stack.queue._table, "get", lambda run_id: reads.append(run_id) or real_get(run_id))
-    assert Reaper(stack.queue._table, stack.runs, stack.run_dispatch, clock=lambda: 4e9).reap() == {"reaped": 0}
+    assert Reaper(stack.queue._table, stack.runs, stack.run_dispatch, stack.dispatcher, clock=lambda: 4e9).reap() == {
+        "reaped": 0
+    }
     assert reads == []
 
 
@@ -177,7 +179,7 @@ def test_the_failed_events_consumer_fails_the_run_its_failed_invocation_claimed(
         }
         return {"eventSource": "aws:sqs", "body": json.dumps(body)}
 
-    reaper = Reaper(stack.queue._table, stack.runs, stack.run_dispatch)
+    reaper = Reaper(stack.queue._table, stack.runs, stack.run_dispatch, stack.dispatcher)
     # the failed event of req-1, and one naming `other` from an invocation that did not claim it
     outcome = reaper.failed_events([record("req-1", crashed), record("req-9", other), {"body": "not json"}])
     assert outcome == {"failed": 1}

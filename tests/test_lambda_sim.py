@@ -51,8 +51,8 @@ from chalicelib.common.config import Settings
 from chalicelib.common.model import Pool
 from chalicelib.runs.queue import FairQueue
 from chalicelib.storage.notebook_table import NotebookTable
-from chalicelib.storage.run_table import RunTable
-from chalicelib.storage.tables import create_tables
+from chalicelib.storage.run_table import RunTable, index_status
+from chalicelib.storage.tables import ACTIVE_STATUS, create_tables
 from deploy import package
 from deploy import template as deployment
 from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
@@ -754,7 +754,8 @@ def test_a_fargate_task_runs_as_root_and_its_kernel_as_a_user_of_its_own(simulat
     # pool's drain claims it before it starts the run's task.
     dynamodb = boto3.resource("dynamodb", **simulation.aws._options())
     runs = RunTable(dynamodb.Table(PHYSICAL["RunsTable"]), NotebookTable(dynamodb.Table(PHYSICAL["NotebooksTable"])))
-    assert runs.transition(run["run_id"], "queued", {"engine": "fargate"})
+    fargate = {"engine": "fargate", ACTIVE_STATUS: index_status("queued", Pool.FARGATE)}  # as the API records one
+    assert runs.transition(run["run_id"], "queued", fargate)
     assert FairQueue(runs, Settings()).claim_next(pool=Pool.FARGATE)["run_id"] == run["run_id"]
 
     env = lambda_environment("Runner", simulation.template, simulation.aws, simulation.lambda_service)

@@ -69,6 +69,10 @@ class Settings:
     # The fair queue (docs/fair-share.md): runs executing at once on the runner function
     # (its reserved concurrency; the local stack: its workers), and per user.
     runner_capacity: int = 10
+    # Of the runner function's capacity, invocations kept free of runs, for what must not
+    # wait behind them: drains (the Fargate pool's among them), the reaper, webhook
+    # deliveries, failed events. The template keeps 2.
+    runner_headroom: int = 0
     # Fargate tasks running at once (the deployment's own bound; the account's Fargate vCPU
     # quota bounds it too): the fair queue's Fargate pool.
     fargate_capacity: int = 10
@@ -131,11 +135,11 @@ class Settings:
         return min(self.max_run_timeout, LAMBDA_RUN_LIMIT)
 
     def runner_slots(self, pool: Pool = Pool.RUNNER) -> int:
-        """Runs the pool executes at once, its capacity in the fair queue: the Lambda (or
-        local) runner's, or the Fargate tasks'."""
+        """Runs the pool executes at once, its capacity in the fair queue: the Lambda
+        runner's (less its headroom) or the local stack's workers, or the Fargate tasks'."""
         if pool == Pool.FARGATE:
             return max(1, self.fargate_capacity)
-        return max(1, self.local_workers if self.local_stack else self.runner_capacity)
+        return max(1, self.local_workers if self.local_stack else self.runner_capacity - self.runner_headroom)
 
     def running_per_user(self, pool: Pool = Pool.RUNNER) -> int:
         """Runs one user may have executing at once in the pool: `max_running`, by default
@@ -180,6 +184,7 @@ class Settings:
             ecs_assign_public_ip=env.get("NOTEBOOKS_ECS_ASSIGN_PUBLIC_IP", "true").lower() != "false",
             queue_timeout=_float(env, "NOTEBOOKS_QUEUE_TIMEOUT", d.queue_timeout),
             runner_capacity=_int(env, "NOTEBOOKS_RUNNER_CAPACITY", d.runner_capacity),
+            runner_headroom=_int(env, "NOTEBOOKS_RUNNER_HEADROOM", d.runner_headroom),
             fargate_capacity=_int(env, "NOTEBOOKS_FARGATE_CAPACITY", d.fargate_capacity),
             max_running=_int(env, "NOTEBOOKS_MAX_RUNNING", d.max_running),
             reap_interval=_float(env, "NOTEBOOKS_REAP_SECONDS", d.reap_interval),

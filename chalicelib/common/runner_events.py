@@ -1,8 +1,6 @@
 """The runner function's events, all its shapes in one place: who builds them (the
 builders below) and how the runner reads them (`parse`).
 
-- RunEvent `{"run_id"}`: a run the fair queue claimed for a Fargate task (the task's
-  command);
 - ScheduleFiring `{"notebook_id", "owner", "trigger": "schedule"}`: the Input of a
   schedule's EventBridge rule target (schedules/rules.py);
 - WebhookDelivery `{"deliver_webhook": run_id}`: the end of a run that ended in the API,
@@ -25,11 +23,6 @@ runner's log instead of executing something else.
 from typing import Literal, Optional, TypedDict, Union, final
 
 from chalicelib.common.model import Pool, Trigger
-
-
-@final  # closed: `in` tells the shapes apart (for mypy too)
-class RunEvent(TypedDict):
-    run_id: str
 
 
 @final  # closed: `in` tells the shapes apart (for mypy too)
@@ -74,16 +67,11 @@ class FailedEvents(TypedDict):
     Records: list
 
 
-RunnerEvent = Union[RunEvent, ScheduleFiring, WebhookDelivery, RemoveRules, Drain, Reap, FailedEvents]
+RunnerEvent = Union[ScheduleFiring, WebhookDelivery, RemoveRules, Drain, Reap, FailedEvents]
 
 
 class UnknownEvent(ValueError):
     """An event of no shape the runner function takes."""
-
-
-def run_event(run_id: str) -> RunEvent:
-    """The event that executes a run claimed for a Fargate task."""
-    return {"run_id": run_id}
 
 
 def schedule_firing(owner: str, notebook_id: str) -> ScheduleFiring:
@@ -129,8 +117,6 @@ def parse(event) -> RunnerEvent:
     """`event` as one of the shapes above (its keys exactly those of one, each value of its
     type); UnknownEvent, naming what was received, for anything else."""
     keys = set(event) if isinstance(event, dict) else None
-    if keys == {"run_id"} and _strings(event, "run_id"):
-        return event
     if (
         keys == {"notebook_id", "owner", "trigger"}
         and _strings(event, "notebook_id", "owner")
@@ -165,6 +151,6 @@ def parse(event) -> RunnerEvent:
         return event
     shown = sorted(map(str, keys)) if keys is not None else type(event).__name__
     raise UnknownEvent(
-        "the runner function takes a run, a schedule firing, a webhook delivery, a rule removal, "
+        "the runner function takes a schedule firing, a webhook delivery, a rule removal, "
         f"a drain, a reap or failed events, not {shown}"
     )

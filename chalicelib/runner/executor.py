@@ -65,9 +65,10 @@ class RunExecutor:
         `request_id`: Lambda's id of it): a drain from the API, a runner or a task (the
         fair queue's next run, executed here or, from the Fargate pool, in a task started
         for it), a schedule's firing from EventBridge (recorded, then drained), a reap from
-        the reaper's rule, the failed events' queue's SQS records, a run (a Fargate task's
-        one run), a webhook delivery from the API, or deleted notebooks' rules to remove,
-        from a Delete. Any other event: runner_events.UnknownEvent."""
+        the reaper's rule, the failed events' queue's SQS records, a webhook delivery from
+        the API, or deleted notebooks' rules to remove, from a Delete. Any other event (a
+        run's id alone among them: only a Fargate task executes a run by its id, with
+        `execute`): runner_events.UnknownEvent."""
         event = runner_events.parse(raw_event)
         if "deliver_webhook" in event:
             return self._webhooks.deliver(event["deliver_webhook"])
@@ -82,11 +83,9 @@ class RunExecutor:
             if run_id is None:
                 return {"status": "skipped"}
             return self.drain(run_id, request_id)
-        if "drain" in event:
-            if runner_events.drain_pool(event) == Pool.FARGATE:
-                return self._fargate_pool.drain(event["drain"].get("run_id"), request_id)
-            return self.drain(event["drain"].get("run_id"), request_id)
-        return {"run_id": event["run_id"], "status": self.execute(event["run_id"])}
+        if runner_events.drain_pool(event) == Pool.FARGATE:  # what is left: a drain
+            return self._fargate_pool.drain(event["drain"].get("run_id"), request_id)
+        return self.drain(event["drain"].get("run_id"), request_id)
 
     def drain(self, hint=None, request_id=None) -> dict:
         """Claim the fair queue's next run (`hint`: a run just queued) and execute it;
@@ -121,9 +120,7 @@ class RunExecutor:
         ("skipped" if not this task's to run)."""
         run = self._records.adopt(run_id)
         if run is None:
-            # A second start of the task after its run ended: finish a pending delivery.
-            self._deliver_webhook(run_id, only_pending=True)
-            return "skipped"
+            return "skipped"  # whoever ended it delivers its webhook
         try:
             return self._execute_claimed(run)
         finally:
@@ -212,10 +209,10 @@ class RunExecutor:
         except Exception:  # the run's outcome and output are what must be recorded
             log.warning("could not store the final log at %s", key, exc_info=True)
 
-    def _deliver_webhook(self, run_id: str, only_pending: bool = False) -> None:
+    def _deliver_webhook(self, run_id: str) -> None:
         """Deliver the end of a run this runner ended to its webhook, here and now."""
         if self._webhooks is not None:
-            self._webhooks.deliver(run_id, only_pending)
+            self._webhooks.deliver(run_id)
 
     def prewarm(self) -> None:
         """Start the first run's kernel ahead of need."""

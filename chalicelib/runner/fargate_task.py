@@ -1,7 +1,8 @@
 """The runner as an ECS Fargate task, for runs longer than Lambda allows.
 
-`python -m chalicelib.runner.fargate_task <run_id>` executes that one run with the same handler
-as the runner function (RunExecutor.handle), in the same image, then exits: a task serves
+`python -m chalicelib.runner.fargate_task <run_id>` executes that one run, which the fair
+queue's Fargate pool claimed for this task (runs/fargate_pool.py), with the runner
+function's executor (RunExecutor.execute), in the same image, then exits: a task serves
 one run, so nothing of it is left for another.
 
 ECS stops a task with SIGTERM (a cancel's StopTask), and SIGKILL 30 s later: on SIGTERM
@@ -22,7 +23,6 @@ import tempfile
 import threading
 
 from chalicelib import services
-from chalicelib.common import runner_events
 
 # The user a task's kernels run as, when the task runs as root: Lambda's own (sbx_user1051).
 KERNEL_UID = 993
@@ -49,13 +49,14 @@ def kernel_user():
 
 
 def serve(run_id: str) -> dict:
-    """Execute the run with the runner handler, its kernel as `kernel_user()`; SIGTERM
-    (StopTask) stops it as a cancel does. The handler's answer."""
+    """Execute the run with the runner's executor, its kernel as `kernel_user()`; SIGTERM
+    (StopTask) stops it as a cancel does. The run's id and final status ("skipped" when
+    it was not this task's to run)."""
     executor = services.get().runner_executor(kernel_uid=kernel_user())
     # From a thread of its own: the handler may interrupt the main thread inside the
     # runner's lock, which cancel() takes.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=executor.cancel, daemon=True).start())
-    return executor.handle(runner_events.run_event(run_id))
+    return {"run_id": run_id, "status": executor.execute(run_id)}
 
 
 if __name__ == "__main__":

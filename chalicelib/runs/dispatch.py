@@ -14,7 +14,7 @@ from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.errors import NOTEBOOK_ID_INVALID
 from chalicelib.common.model import Pool, RunStatus
 from chalicelib.notebooks.service import CONTENT_VERSION
-from chalicelib.runs.engines import Dispatcher
+from chalicelib.runs.engines import CapacityUnavailable, Dispatcher
 from chalicelib.runs.log import run_object_keys
 from chalicelib.storage.files import FileStore
 
@@ -195,9 +195,12 @@ class RunDispatch:
     def hand_over(self, run: dict, start) -> None:
         """Hand `run` over with `start(run)` (a dispatch, or a claimed Fargate run's task
         start), recording what it answers on the run; a run that cannot be handed over is
-        failed (its status in `run` then says so)."""
+        failed (its status in `run` then says so). CapacityUnavailable is the caller's
+        to handle: the run may be tried again."""
         try:
             handed = start(run)
+        except CapacityUnavailable:
+            raise
         except Exception as error:  # noqa: BLE001 - any failure to hand over fails the run
             log.warning("dispatch of run %s failed: %s", run["run_id"], error)
             reason = {
@@ -213,11 +216,10 @@ class RunDispatch:
 
     def _note(self, run_id: str, handed: dict) -> None:
         """Record what the engine answered (a Fargate task's ARN, for cancel's StopTask) on
-        the run, queued or already claimed by its task. Best effort: the run goes on
-        without it, and a cancel then relies on the runner alone."""
+        the run, claimed for it. Best effort: the run goes on without it, and a cancel
+        then relies on the runner alone."""
         try:
-            if not self._table.transition(run_id, RunStatus.QUEUED, handed):
-                self._table.transition(run_id, RunStatus.RUNNING, handed)
+            self._table.transition(run_id, RunStatus.RUNNING, handed)
         except Exception:
             log.exception("could not record %s on run %s", sorted(handed), run_id)
 

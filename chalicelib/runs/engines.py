@@ -20,7 +20,11 @@ import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from botocore.exceptions import ClientError
+
 from chalicelib.common import runner_events
+from chalicelib.common.aws import error_code
+from chalicelib.common.batches import chunks
 from chalicelib.common.model import Engine, Pool, pool_of
 
 
@@ -48,8 +52,24 @@ class Dispatcher(Protocol):
     def stop(self, run: dict) -> None:
         """A cancel's backstop: stop the run's task, if it has one."""
 
+    def stopped_tasks(self, runs: list) -> dict:
+        """run id -> why ECS stopped its task, for those of `runs` whose task has stopped."""
+
     def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner function with `event`, without waiting."""
+
+
+class CapacityUnavailable(RuntimeError):
+    """ECS could not start a task now (no Fargate capacity, throttled, unavailable): the
+    run may wait in its queue and be tried again later."""
+
+
+# What says ECS could not start a task *now*: capacity (a RunTask failure's reason, or the
+# error's message) and AWS's own transient errors.
+_CAPACITY_REASONS = ("RESOURCE:", "Capacity is unavailable")
+_TRANSIENT_CODES = {"ThrottlingException", "ServerException", "ServiceUnavailableException"}
+# Tasks one DescribeTasks call takes.
+DESCRIBE_TASKS_MAX = 100
 
 
 class UnknownEngine(ValueError):
@@ -87,6 +107,10 @@ class LambdaDispatcher:
     def stop(self, run: dict) -> None:
         """Nothing to stop: the runner acts on the run's cancel request itself."""
 
+    def stopped_tasks(self, runs: list) -> dict:
+        """No tasks here: none stopped."""
+        return {}
+
 
 class FargateTasks:
     """Starts and stops the ECS Fargate tasks of the runner image, one per run."""
@@ -114,25 +138,51 @@ class FargateTasks:
         }
 
     def start(self, run: dict) -> dict:
-        """RunTask with the run's id as the container's command; the task's ARN."""
-        response = self._ecs.run_task(
+        """RunTask with the run's id as the container's command; the task's ARN.
+        CapacityUnavailable when ECS cannot start it now, RuntimeError when it refuses it."""
+        try:
+            response = self._run_task(run)
+        except ClientError as error:
+            message = str(error.response.get("Error", {}).get("Message", ""))
+            if error_code(error) in _TRANSIENT_CODES or any(reason in message for reason in _CAPACITY_REASONS):
+                raise CapacityUnavailable(f"ECS started no task now: {error_code(error)}") from error
+            raise
+        failures = response.get("failures") or []
+        if failures or not response.get("tasks"):
+            reasons = ", ".join(f.get("reason", "unknown") for f in failures) or "no reason given"
+            if any(reason in f.get("reason", "") for f in failures for reason in _CAPACITY_REASONS):
+                raise CapacityUnavailable(f"ECS started no task now: {reasons}")
+            raise RuntimeError(f"ECS started no task: {reasons}")
+        return {"task_arn": response["tasks"][0]["taskArn"]}
+
+    def _run_task(self, run: dict) -> dict:
+        return self._ecs.run_task(
             cluster=self._cluster,
             taskDefinition=self._task_definition,
             launchType="FARGATE",
             count=1,
             networkConfiguration=self._network,
             startedBy="notebooks",
+            # One task per claim of the run, even when botocore retries a call that timed out.
+            clientToken=f"{run['run_id']}-{run.get('started_at', 0)}",
             overrides={"containerOverrides": [{"name": self._container, "command": [run["run_id"]]}]},
         )
-        if response.get("failures") or not response.get("tasks"):
-            reasons = ", ".join(f.get("reason", "unknown") for f in response.get("failures", []))
-            raise RuntimeError(f"ECS started no task: {reasons or 'no reason given'}")
-        return {"task_arn": response["tasks"][0]["taskArn"]}
 
     def stop(self, run: dict) -> None:
         """StopTask on the run's task, as a cancel's backstop (the runner stops it first)."""
         if run.get("task_arn"):
             self._ecs.stop_task(cluster=self._cluster, task=run["task_arn"], reason="Run cancelled")
+
+    def stopped(self, runs: list) -> dict:
+        """run id -> ECS's stopped reason, for those of `runs` (with a `task_arn`) whose
+        task has stopped: DescribeTasks, 100 tasks a call."""
+        by_task = {run["task_arn"]: run["run_id"] for run in runs if run.get("task_arn")}
+        stopped = {}
+        for arns in chunks(list(by_task), DESCRIBE_TASKS_MAX):
+            for task in self._ecs.describe_tasks(cluster=self._cluster, tasks=arns).get("tasks", []):
+                if task.get("lastStatus") == "STOPPED" and task.get("taskArn") in by_task:
+                    stopped[by_task[task["taskArn"]]] = task.get("stoppedReason") or "no reason given"
+        return stopped
 
 
 class EngineRouter:
@@ -164,6 +214,10 @@ class EngineRouter:
         """Stop the run's task, if it has one."""
         if self._engine_of(run) == Engine.FARGATE:
             self._tasks.stop(run)
+
+    def stopped_tasks(self, runs: list) -> dict:
+        """run id -> why ECS stopped its task, for the Fargate runs of `runs` whose task has."""
+        return self._tasks.stopped([run for run in runs if run.get("engine") == Engine.FARGATE])
 
     def invoke(self, event: runner_events.RunnerEvent) -> None:
         """Invoke the runner function with `event`, without waiting."""

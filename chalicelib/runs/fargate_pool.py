@@ -5,7 +5,12 @@ than Lambda allows thus wait their turn like the others, at most the pool's capa
 tasks at once and at most `running_per_user` of one user's.
 """
 
+import logging
+
 from chalicelib.common.model import Pool, RunStatus
+from chalicelib.runs.engines import CapacityUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class FargatePool:
@@ -19,13 +24,18 @@ class FargatePool:
     def drain(self, hint=None, request_id=None) -> dict:
         """Claim the pool's next run (`hint`: a run just queued) and start its task; then
         drain again, for any other free slot. {"status": "idle"} when no run may start;
-        else the run's id and "started", or "failed" when ECS started no task (the run is
-        failed, with its webhook, and its slot freed)."""
+        else the run's id and "started"; "failed" when ECS refused the task (the run is
+        failed, with its webhook, and its slot freed); "queued" when ECS has no capacity
+        now (the run waits again, its slot freed)."""
         run = self._queue.claim_next(hint, request_id, Pool.FARGATE)
         if run is None:
             return {"status": "idle"}
         try:
             self._run_dispatch.hand_over(run, self._dispatcher.start_task)
-        finally:
-            self._run_dispatch.drain(Pool.FARGATE)
+        except CapacityUnavailable as error:
+            # Back in the queue, and no next drain now: the reaper's next round drains
+            # the pool again, when ECS may have capacity.
+            log.warning("run %s waits again: %s", run["run_id"], error)
+            return {"run_id": run["run_id"], "status": "queued" if self._queue.requeue(run) else "changed"}
+        self._run_dispatch.drain(Pool.FARGATE)
         return {"run_id": run["run_id"], "status": "failed" if run["status"] == RunStatus.FAILED else "started"}

@@ -13,7 +13,7 @@ from typing import Optional
 
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.model import Pool, RunStatus, pool_of
-from chalicelib.runs.records import claim_changes
+from chalicelib.runs.records import TASK_STARTED, claim_changes
 from chalicelib.storage.tables import SLOT_COUNTERS
 
 # Queued runs a claim looks at, oldest deadlines first: every user's quota bounds them,
@@ -67,7 +67,7 @@ class FairQueue:
 
     def _queued_by_owner(self, hint, pool: Pool) -> dict:
         """owner -> their queued runs waiting for `pool`, oldest first."""
-        queued = self._table.with_status(RunStatus.QUEUED, limit=CANDIDATES)
+        queued = self._table.with_status(RunStatus.QUEUED, limit=CANDIDATES, pool=pool)
         if hint and all(item["run_id"] != hint for item in queued):
             run = self._table.get(hint)
             if run is not None and run["status"] == RunStatus.QUEUED:
@@ -87,3 +87,14 @@ class FairQueue:
         if why == "taken":
             return None
         return why or {**run, **changes, "slot": True}
+
+    def requeue(self, run: dict) -> bool:
+        """Give back a run this queue claimed that nothing executes yet (a Fargate run whose
+        task ECS could not start now): queued again, first in its owner's line, its slot
+        freed, waiting until the queue timeout after its creation; whether it was (a
+        task that started it meanwhile keeps it)."""
+        changes = {
+            "deadline_at": int(run["created_at"]) + int(self._settings.queue_timeout * 1000),
+            "started_at": None,
+        }
+        return self._table.requeue(run, changes, unless=(TASK_STARTED,))

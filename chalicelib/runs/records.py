@@ -60,8 +60,8 @@ class RunRecords:
     def adopt(self, run_id: str):
         """A Fargate task's start of the run the fair queue claimed for it: the run, timed
         from now, or None when it is not the task's to run (never claimed for Fargate,
-        started by another task, or ended). A run whose cancel was requested before its
-        task started ends cancelled here, unrun."""
+        started by another task, or ended). A cancel requested meanwhile is acted on as
+        the run executes, as any run's."""
         run = self._table.get(run_id)
         if (
             run is None
@@ -70,14 +70,11 @@ class RunRecords:
             or TASK_STARTED in run
         ):
             return None
-        if CANCEL_REQUESTED in run:
-            self.finish(run_id, RunStatus.CANCELLED)
-            return None
         started = now_ms(self._clock)
         changes = {TASK_STARTED: started, **_timed_from(run, started, self._settings.run_timeout)}
-        if self._table.transition(run_id, RunStatus.RUNNING, changes, unless=(TASK_STARTED, CANCEL_REQUESTED)):
-            return {**run, **changes}
-        return self.adopt(run_id)  # changed meanwhile (a cancel, another task): look again
+        if not self._table.transition(run_id, RunStatus.RUNNING, changes, unless=(TASK_STARTED,)):
+            return None  # ended, or started by another task, meanwhile
+        return {**run, **changes}
 
     def timeout_of(self, run: dict) -> float:
         """The run's own timeout, seconds (a run recorded before runs had one: the

@@ -268,11 +268,7 @@ class RunService:
         ended = {"status": RunStatus.CANCELLED, "finished_at": now_ms(self._clock), "error": None}
         if run["status"] == RunStatus.QUEUED:
             return self._table.end(run, ended)
-        if (
-            run.get("engine") != Engine.FARGATE
-            or TASK_STARTED in run
-            or not self._table.end(run, ended, (TASK_STARTED,))
-        ):
+        if not _unstarted_task(run) or not self._table.end(run, ended, (TASK_STARTED,)):
             return False
         self.starter.run_dispatch.drain(Pool.FARGATE)
         return True
@@ -337,18 +333,29 @@ class RunService:
             reason = (
                 "The run waited for a runner longer than the queue timeout (NOTEBOOKS_QUEUE_TIMEOUT) and never started"
             )
-        elif run.get("engine") == Engine.FARGATE and TASK_STARTED not in run:
+        elif _unstarted_task(run):
             reason = f"The run's Fargate task did not start it within {TASK_START_SECONDS // 60} minutes"
         else:
             reason = "The runner stopped without reporting a result (crashed or timed out)"
-        return self.end_lost(run, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
+        ended = self.end_lost(run, {"cell_index": None, "ename": "RunnerLost", "evalue": reason})
+        if _unstarted_task(run) and ended["status"] == RunStatus.FAILED:
+            self._stop(run)  # a task still starting would find nothing to run
+        return ended
 
     def end_lost(self, run: dict, error, status: RunStatus = RunStatus.FAILED) -> dict:
         """End a run that its runner did not end (counting it off its owner's active
-        runs, and its runner slot) and tell its webhook; the run as it is now."""
+        runs, and its runner slot) and tell its webhook; the run as it is now. A Fargate
+        run that its task has not started ends only if the task does not start it
+        meanwhile (RunRecords.adopt)."""
         changes = {"status": status, "finished_at": now_ms(self._clock), "error": error}
-        if self._table.end(run, changes):
+        if self._table.end(run, changes, (TASK_STARTED,) if _unstarted_task(run) else ()):
             ended = {**run, **changes}
             webhook = self._announce(ended)
             return {**ended, "webhook": webhook} if webhook else ended
         return self._table.get(run["run_id"])
+
+
+def _unstarted_task(run: dict) -> bool:
+    """Whether `run`, as read, is a running Fargate run that its task has not started yet
+    (claimed, its task starting)."""
+    return run["status"] == RunStatus.RUNNING and run.get("engine") == Engine.FARGATE and TASK_STARTED not in run

@@ -315,24 +315,23 @@ class Webhooks:
             log.exception("webhook notification of run %s failed", run.get("run_id"))
             return None
 
-    def deliver(self, run_id: str, only_pending: bool = False) -> dict:
+    def deliver(self, run_id: str) -> dict:
         """Deliver the end of run `run_id` to its notebook's webhook, if the webhook wants
-        that event and the delivery is not done yet (with `only_pending`: only one that
-        was started and cut short): up to MAX_ATTEMPTS POSTs in all, `retry_delays` apart,
-        recorded on the run. {"run_id", "webhook": status or None}. Never raises: a
-        delivery never fails a run."""
+        that event and the delivery is not done yet: up to MAX_ATTEMPTS POSTs in all,
+        `retry_delays` apart, recorded on the run. {"run_id", "webhook": status or None}.
+        Never raises: a delivery never fails a run."""
         try:
-            return {"run_id": run_id, "webhook": self._deliver(run_id, only_pending)}
+            return {"run_id": run_id, "webhook": self._deliver(run_id)}
         except Exception:  # logged; the run's outcome stands
             log.exception("webhook delivery of run %s failed", run_id)
             return {"run_id": run_id, "webhook": None}
 
-    def _deliver(self, run_id: str, only_pending: bool) -> Optional[str]:
+    def _deliver(self, run_id: str) -> Optional[str]:
         run = self._runs.get(run_id)
         if run is None or run["status"] not in FINAL:
             return None
         state = run.get("webhook") or {}
-        if state.get("status") in (DELIVERED, FAILED) or only_pending and state.get("status") != PENDING:
+        if state.get("status") in (DELIVERED, FAILED):
             return state.get("status")
         attempts = int(state.get("attempts", 0))
         hook = self._hook_for(run)

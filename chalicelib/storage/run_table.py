@@ -26,6 +26,13 @@ from chalicelib.storage.tables import (
 )
 
 
+def index_status(status: str, pool: Pool) -> str:
+    """A queued or running run's key in the `by_status` index: its status, but a queued
+    Fargate run's apart ("queued#fargate"), so each pool's queue is a partition of its
+    own, read without the other's."""
+    return f"{status}#{pool}" if status == RunStatus.QUEUED and pool == Pool.FARGATE else status
+
+
 def owner_status(owner: Optional[str], status: str) -> str:
     """The key of the runs index by owner and status."""
     if owner is None:
@@ -74,7 +81,7 @@ class RunTable:
                 {
                     "Put": {
                         "TableName": self.name,
-                        "Item": {**stored, ACTIVE_STATUS: run["status"]},
+                        "Item": {**stored, ACTIVE_STATUS: index_status(run["status"], pool_of(run.get("engine")))},
                         "ConditionExpression": "attribute_not_exists(run_id)",
                     }
                 },
@@ -163,12 +170,13 @@ class RunTable:
         failed = [code == "ConditionalCheckFailed" for code in codes]
         return "taken" if failed[0] else "owner" if failed[1] else "full"
 
-    def with_status(self, status: str, deadline_before=None, limit=None) -> list:
-        """Queued or running runs (by the `by_status` index: run id, owner, created_at,
-        engine, deadline_at), earliest deadline first; only those whose deadline is before
-        `deadline_before` (epoch ms), and at most `limit`, when given. Eventually
-        consistent: a caller checks each run's status again as it changes it."""
-        condition, values = "#s = :s", {":s": status}
+    def with_status(self, status: str, deadline_before=None, limit=None, pool: Pool = Pool.RUNNER) -> list:
+        """Queued runs waiting for `pool`, or running runs of any pool (by the `by_status`
+        index: run id, owner, created_at, engine, deadline_at), earliest deadline first;
+        only those whose deadline is before `deadline_before` (epoch ms), and at most
+        `limit`, when given. Eventually consistent: a caller checks each run's status
+        again as it changes it."""
+        condition, values = "#s = :s", {":s": index_status(status, pool)}
         if deadline_before is not None:
             condition += " AND deadline_at < :before"
             values[":before"] = deadline_before
@@ -216,14 +224,34 @@ class RunTable:
         tally = Tally(runs_active=-1 if active else 0, slots=_slots_released([run] if active else []))
         return self.notebooks.transact(run["owner"], [action], tally) is None
 
+    def requeue(self, run: dict, changes: dict, unless: tuple = ()) -> bool:
+        """Put back in its pool's queue, with `changes`, a run claimed (as read in `run`)
+        that nothing executes yet and that has none of the attributes `unless` names,
+        giving its slot back, in one transaction; whether it was."""
+        update = self._status_update(
+            run["run_id"],
+            RunStatus.RUNNING,
+            {**changes, "status": RunStatus.QUEUED, "slot": False},
+            run["owner"],
+            unless,
+            pool_of(run.get("engine")),
+        )
+        action = {"Update": {"TableName": self.name, **update}}
+        return self.notebooks.transact(run["owner"], [action], Tally(slots=_slots_released([run]))) is None
+
     @staticmethod
     def _status_update(
-        run_id: str, expected_status: str, changes: dict, owner: Optional[str], unless: tuple = ()
+        run_id: str,
+        expected_status: str,
+        changes: dict,
+        owner: Optional[str],
+        unless: tuple = (),
+        pool: Pool = Pool.RUNNER,
     ) -> dict:
         """An update setting `changes` on the run if it is still in `expected_status` and
         has none of the attributes `unless` names; a new status moves the run in the
         owner-and-status index too, and in the active runs' index (`active_status`: set
-        while queued or running, removed at its end)."""
+        while queued or running, in `pool`'s queue when queued, removed at its end)."""
         if "status" in changes:
             changes = {**changes, "owner_status": owner_status(owner, changes["status"])}
         expression, names, values = set_clause(changes)
@@ -231,7 +259,7 @@ class RunTable:
         values[":expected"] = expected_status
         expression = "SET " + expression
         if changes.get("status") in ACTIVE:
-            names["#active"], values[":active"] = ACTIVE_STATUS, changes["status"]
+            names["#active"], values[":active"] = ACTIVE_STATUS, index_status(changes["status"], pool)
             expression += ", #active = :active"
         elif "status" in changes:
             names["#active"] = ACTIVE_STATUS

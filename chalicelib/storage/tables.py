@@ -27,8 +27,9 @@ Notebooks table, partitioned by owner, so one user's requests never read another
 Runs table:
   hash `run_id`.
   GSI `by_status` (active_status, deadline_at): sparse, as only queued and running runs
-  carry `active_status` (their status; removed when they end): the fair queue's queued
-  runs and the reaper's overdue ones, whatever the number of runs stored.
+  carry `active_status` (their status, `queued#fargate` for a queued Fargate run;
+  removed when they end): each pool's queue and the reaper's overdue runs, whatever the
+  number of runs stored.
 """
 
 import random
