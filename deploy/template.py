@@ -153,8 +153,9 @@ PARAMETERS = {
         "Type": "Number",
         "Default": 5,
         "MinValue": 1,
-        "Description": "Runs one user may have executing at once (the fair queue: docs/fair-share.md); the "
-        "runner's capacity is RunnerReservedConcurrency (10 when 0)",
+        "Description": "Runs one user may have executing at once in each pool (the fair queue: "
+        "docs/fair-share.md); the runner's capacity is RunnerReservedConcurrency (10 when 0) less 2, "
+        "Fargate's is FargateCapacity",
     },
     "MaxScheduledTotal": {
         "Type": "Number",

@@ -16,7 +16,7 @@ from moto import mock_aws
 from chalicelib import services
 from chalicelib.api.requests import CreateRequest, RunRequest
 from chalicelib.common import aws
-from chalicelib.common.config import REPORT_GRACE_SECONDS
+from chalicelib.common.config import REPORT_GRACE_SECONDS, Settings
 from chalicelib.common.errors import InvalidInput
 from chalicelib.common.model import Pool
 from chalicelib.runner import fargate_task
@@ -100,6 +100,16 @@ def test_stopping_a_fargate_run_stops_its_task(fargate):
         ({"tasks": [], "failures": [{"reason": "Capacity is unavailable at this time. Please try again"}]}, True),
         (ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "RunTask"), True),
         (ClientError({"Error": {"Code": "ServerException", "Message": "Service error"}}, "RunTask"), True),
+        (ClientError({"Error": {"Code": "LimitExceededException", "Message": "vCPU quota"}}, "RunTask"), True),
+        (
+            ClientError(
+                {"Error": {"Code": "ClientException", "Message": "You've reached the limit on the number of vCPUs"}},
+                "RunTask",
+            ),
+            True,
+        ),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="https://ecs.us-east-1.amazonaws.com"), True),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="https://ecs.us-east-1.amazonaws.com"), True),
         ({"tasks": [], "failures": [{"reason": "MISSING"}]}, False),
         ({"tasks": [], "failures": []}, False),
         (ClientError({"Error": {"Code": "InvalidParameterException", "Message": "No subnet"}}, "RunTask"), False),
@@ -455,6 +465,53 @@ def test_a_fargate_run_whose_task_stopped_under_it_is_failed_by_the_reaper_freei
     check_invariants(deployment.services.settings)
     # Its slot went to the waiting run.
     assert deployment.drain_fargate() == [{"run_id": waiting, "status": "started"}]
+
+
+def test_the_reaper_ends_a_cancelled_run_whose_task_was_killed_cancelled_and_a_forgotten_task_as_stopped(
+    api, deployment, monkeypatch
+):
+    notebook_id = api.create()["notebook_id"]
+    cancelled, forgotten = (start(api, notebook_id, timeout=43200)["runs"][0]["run_id"] for _ in range(2))
+    deployment.drain_fargate()
+    for run_id in (cancelled, forgotten):
+        assert deployment.services.records.adopt(run_id) is not None
+    monkeypatch.setattr(runs_module, "CANCEL_WAIT_SECONDS", 0)
+    assert api.json("POST", f"{RUNS}/{cancelled}/cancel")["status"] == "running"  # StopTask; its kernel hangs on
+    ecs = aws.client("ecs", deployment.services.settings.region)
+    real_describe = ecs.describe_tasks
+    forgotten_arn = deployment.run(forgotten)["task_arn"]
+
+    def describe(cluster, tasks):  # ECS forgets a stopped task within an hour
+        known = real_describe(cluster=cluster, tasks=[arn for arn in tasks if arn != forgotten_arn])
+        return {**known, "failures": [{"arn": forgotten_arn, "reason": "MISSING"}]}
+
+    monkeypatch.setattr(ecs, "describe_tasks", describe)
+    assert deployment.services.reaper.reap() == {"reaped": 2}
+    assert api.json("GET", f"{RUNS}/{cancelled}")["status"] == "cancelled"
+    record = api.json("GET", f"{RUNS}/{forgotten}")
+    assert (record["status"], record["error"]["evalue"]) == (
+        "failed",
+        "The run's Fargate task stopped before the run ended: ECS no longer knows the task",
+    )
+    check_invariants(deployment.services.settings)
+
+
+def test_an_ecs_error_in_the_reapers_round_never_stops_its_drains(api, deployment, monkeypatch):
+    notebook_id = api.create()["notebook_id"]
+    running, waiting = (start(api, notebook_id, timeout=43200)["runs"][0]["run_id"] for _ in range(2))
+    monkeypatch.setenv("NOTEBOOKS_MAX_RUNNING", "1")
+    monkeypatch.setattr(deployment.services.queue, "_settings", Settings.from_env())  # one task per user
+    deployment.drain_fargate()
+    assert deployment.services.records.adopt(running) is not None
+    deployment.invoked.clear()
+
+    def unavailable(**_):
+        raise ClientError({"Error": {"Code": "ServerException", "Message": "down"}}, "DescribeTasks")
+
+    monkeypatch.setattr(aws.client("ecs", deployment.services.settings.region), "describe_tasks", unavailable)
+    assert deployment.services.reaper.reap() == {"reaped": 0}
+    assert {"drain": {"pool": "fargate"}} in deployment.invoked  # `waiting` is still drained for
+    assert deployment.run(waiting)["status"] == "queued"
 
 
 def test_a_task_starting_its_run_as_the_reaper_ends_it_wins(api, deployment, task_kernel_as_this_user):

@@ -1,6 +1,6 @@
 """Dispatch: how a recorded run reaches a runner, and which engine runs it.
 
-Every engine runs the same handler (RunExecutor.handle) on the same code, and every run
+Every engine runs the same executor (runner/executor.py) on the same code, and every run
 waits in the fair queue (runs/queue.py) for a slot of its engine's pool; dispatching a
 run is an asynchronous (Event) invocation of the runner function with a `drain` event for
 that pool, which claims the pool's next run, maybe another user's:
@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.common import runner_events
 from chalicelib.common.aws import error_code
@@ -66,8 +66,8 @@ class CapacityUnavailable(RuntimeError):
 
 # What says ECS could not start a task *now*: capacity (a RunTask failure's reason, or the
 # error's message) and AWS's own transient errors.
-_CAPACITY_REASONS = ("RESOURCE:", "Capacity is unavailable")
-_TRANSIENT_CODES = {"ThrottlingException", "ServerException", "ServiceUnavailableException"}
+_CAPACITY_REASONS = ("RESOURCE:", "Capacity is unavailable", "reached the limit")
+_TRANSIENT_CODES = {"ThrottlingException", "ServerException", "ServiceUnavailableException", "LimitExceededException"}
 # Tasks one DescribeTasks call takes.
 DESCRIBE_TASKS_MAX = 100
 
@@ -147,6 +147,8 @@ class FargateTasks:
             if error_code(error) in _TRANSIENT_CODES or any(reason in message for reason in _CAPACITY_REASONS):
                 raise CapacityUnavailable(f"ECS started no task now: {error_code(error)}") from error
             raise
+        except (ConnectionError, HTTPClientError) as error:  # botocore's, after its retries
+            raise CapacityUnavailable(f"ECS did not answer: {type(error).__name__}") from error
         failures = response.get("failures") or []
         if failures or not response.get("tasks"):
             reasons = ", ".join(f.get("reason", "unknown") for f in failures) or "no reason given"
@@ -169,19 +171,24 @@ class FargateTasks:
         )
 
     def stop(self, run: dict) -> None:
-        """StopTask on the run's task, as a cancel's backstop (the runner stops it first)."""
+        """StopTask on the run's task (a cancel's backstop, or a reaped run's task)."""
         if run.get("task_arn"):
-            self._ecs.stop_task(cluster=self._cluster, task=run["task_arn"], reason="Run cancelled")
+            self._ecs.stop_task(cluster=self._cluster, task=run["task_arn"], reason="The run was ended")
 
     def stopped(self, runs: list) -> dict:
         """run id -> ECS's stopped reason, for those of `runs` (with a `task_arn`) whose
-        task has stopped: DescribeTasks, 100 tasks a call."""
+        task has stopped, or that ECS no longer knows (it forgets a stopped task within
+        about an hour): DescribeTasks, 100 tasks a call."""
         by_task = {run["task_arn"]: run["run_id"] for run in runs if run.get("task_arn")}
         stopped = {}
         for arns in chunks(list(by_task), DESCRIBE_TASKS_MAX):
-            for task in self._ecs.describe_tasks(cluster=self._cluster, tasks=arns).get("tasks", []):
+            described = self._ecs.describe_tasks(cluster=self._cluster, tasks=arns)
+            for task in described.get("tasks", []):
                 if task.get("lastStatus") == "STOPPED" and task.get("taskArn") in by_task:
                     stopped[by_task[task["taskArn"]]] = task.get("stoppedReason") or "no reason given"
+            for failure in described.get("failures", []):
+                if failure.get("reason") == "MISSING" and failure.get("arn") in by_task:
+                    stopped[by_task[failure["arn"]]] = "ECS no longer knows the task"
         return stopped
 
 

@@ -26,7 +26,8 @@ class FargatePool:
         drain again, for any other free slot. {"status": "idle"} when no run may start;
         else the run's id and "started"; "failed" when ECS refused the task (the run is
         failed, with its webhook, and its slot freed); "queued" when ECS has no capacity
-        now (the run waits again, its slot freed)."""
+        now (the run waits again, its slot freed). After either, no next drain: the
+        reaper's next round drains the pool again."""
         run = self._queue.claim_next(hint, request_id, Pool.FARGATE)
         if run is None:
             return {"status": "idle"}
@@ -37,5 +38,9 @@ class FargatePool:
             # the pool again, when ECS may have capacity.
             log.warning("run %s waits again: %s", run["run_id"], error)
             return {"run_id": run["run_id"], "status": "queued" if self._queue.requeue(run) else "changed"}
+        if run["status"] == RunStatus.FAILED:
+            # No next drain either: a refusal may be the deployment's (a role, a subnet), and
+            # would fail every queued run in turn; the reaper's next round drains again.
+            return {"run_id": run["run_id"], "status": "failed"}
         self._run_dispatch.drain(Pool.FARGATE)
-        return {"run_id": run["run_id"], "status": "failed" if run["status"] == RunStatus.FAILED else "started"}
+        return {"run_id": run["run_id"], "status": "started"}

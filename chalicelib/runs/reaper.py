@@ -14,7 +14,7 @@ import time
 
 from chalicelib.common.clock import Clock, now_ms
 from chalicelib.common.model import Engine, Pool, RunStatus, pool_of
-from chalicelib.runs.records import TASK_STARTED
+from chalicelib.runs.records import CANCEL_REQUESTED, TASK_STARTED
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ class Reaper:
     def reap(self) -> dict:
         """End every queued or running run past its deadline (a queued one waited longer
         than the queue timeout; a running one's runner stopped without reporting), and
-        every Fargate run whose task has stopped under it; then,
-        if runs are still queued, drain each pool they wait for (a lost invocation never
-        strands them). {"reaped": how many ended now}."""
+        every Fargate run whose task has stopped under it; then, if runs are still
+        queued, drain each pool they wait for (a lost invocation, or a Fargate start that
+        failed, never strands them). {"reaped": how many ended now}."""
         now = now_ms(self._clock)
         reaped = 0
         overdue = [(RunStatus.QUEUED, pool) for pool in Pool] + [(RunStatus.RUNNING, Pool.RUNNER)]
@@ -43,16 +43,20 @@ class Reaper:
                 run = self._table.get(item["run_id"])
                 if run is not None and run["status"] == status:
                     reaped += self._runs.reap(run)["status"] == RunStatus.FAILED
-        reaped += self._end_runs_of_stopped_tasks()
+        try:
+            reaped += self._end_runs_of_stopped_tasks()
+        except Exception:  # ECS unreachable, say: the drains below must still go out
+            log.exception("could not look for the runs of stopped Fargate tasks")
         for pool in Pool:
             if self._table.with_status(RunStatus.QUEUED, limit=1, pool=pool):
                 self._run_dispatch.drain(pool)
         return {"reaped": reaped}
 
     def _end_runs_of_stopped_tasks(self) -> int:
-        """End `failed` the Fargate runs their task started whose task ECS has stopped (the
-        container killed, out of memory, its host lost): they would otherwise hold their
-        slot until their deadline, hours away. How many ended."""
+        """End the Fargate runs their task started whose task ECS has stopped (the
+        container killed, out of memory, its host lost): `failed`, or `cancelled` when a
+        cancel was requested; they would otherwise hold their slot until their deadline,
+        hours away. How many ended."""
         running = [item for item in self._table.with_status(RunStatus.RUNNING) if item.get("engine") == Engine.FARGATE]
         runs = [
             run
@@ -62,10 +66,14 @@ class Reaper:
         stopped = self._dispatcher.stopped_tasks(runs) if runs else {}
         ended = 0
         for run in runs:
-            if run["run_id"] in stopped:
-                evalue = f"The run's Fargate task stopped before the run ended: {stopped[run['run_id']]}"
-                error = {"cell_index": None, "ename": "RunnerLost", "evalue": evalue}
-                ended += self._runs.end_lost(run, error)["status"] == RunStatus.FAILED
+            if run["run_id"] not in stopped:
+                continue
+            if CANCEL_REQUESTED in run:  # stopped by its cancel (StopTask) before it reported
+                ended += self._runs.end_lost(run, None, RunStatus.CANCELLED)["status"] == RunStatus.CANCELLED
+                continue
+            evalue = f"The run's Fargate task stopped before the run ended: {stopped[run['run_id']]}"
+            error = {"cell_index": None, "ename": "RunnerLost", "evalue": evalue}
+            ended += self._runs.end_lost(run, error)["status"] == RunStatus.FAILED
         return ended
 
     def failed_events(self, records: list) -> dict:

@@ -43,9 +43,10 @@ def owner_status(owner: Optional[str], status: str) -> str:
 class RunTable:
     """Run records in the runs table, listed under their notebooks in the notebooks table.
 
-    Status moves only forward, each step a conditional write: queued → running (a run is
+    Status moves forward, each step a conditional write: queued → running (a run is
     claimed once, so a second delivery of the same invocation does nothing) → succeeded,
-    failed or cancelled (a queued run may be cancelled too). A cancel of a running run is
+    failed or cancelled (a queued run may be cancelled too). The one step back: a Fargate
+    run whose task ECS could not start now is queued again (`requeue`). A cancel of a running run is
     a request (`cancel_requested_at`) that the runner acts on; a run whose cancel was
     requested can only end cancelled. A run counts as active on its owner's counters from
     its creation to its end, whichever (or its deletion), in the same transactions. A
