@@ -263,9 +263,9 @@ def test_local_stack_hands_the_rules_of_a_large_delete_to_its_runner(running_sta
 
 
 @pytest.mark.stack
-def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_stack):
+def test_local_lambda_serves_the_invoke_api_and_a_second_delivery_runs_nothing(running_stack):
     """The API's runs go through the local Lambda's Invoke API (an Event invocation);
-    delivering the same event again, synchronously, is skipped, as on AWS."""
+    delivering the same event again, synchronously, runs nothing, as on AWS."""
     from botocore.exceptions import ClientError
 
     url = running_stack.url
@@ -275,15 +275,23 @@ def test_local_lambda_serves_the_invoke_api_and_skips_a_second_delivery(running_
     [run] = requests.post(url + BASE + "/_run", auth=ADMIN, json={"nbkIds": [notebook_id], "module": "m"}).json()[
         "runs"
     ]
-    assert wait_for_run(url, run["run_id"])["status"] == "succeeded"
+    done = wait_for_run(url, run["run_id"])
+    assert done["status"] == "succeeded"
     local_lambda = running_stack.local_lambda()
     again = local_lambda.invoke(
         FunctionName="notebooks-local-runner",
         InvocationType="RequestResponse",
-        Payload=json.dumps({"run_id": run["run_id"]}).encode(),
+        Payload=json.dumps({"drain": {"run_id": run["run_id"]}}).encode(),
     )
     assert again["StatusCode"] == 200 and "FunctionError" not in again
-    assert json.loads(again["Payload"].read()) == {"run_id": run["run_id"], "status": "skipped"}
+    assert json.loads(again["Payload"].read()) == {"status": "idle"}  # nothing queued: the run is not run twice
+    bare = local_lambda.invoke(  # a run's id alone is a Fargate task's command, not the function's event
+        FunctionName="notebooks-local-runner",
+        InvocationType="RequestResponse",
+        Payload=json.dumps({"run_id": run["run_id"]}).encode(),
+    )
+    assert bare["FunctionError"] == "Unhandled"
+    assert requests.get(f"{url}/_notebooks/runs/{run['run_id']}", auth=ADMIN).json() == done
     assert local_lambda.invoke(FunctionName="notebooks-local-runner", InvocationType="DryRun")["StatusCode"] == 204
     with pytest.raises(ClientError) as unknown:
         local_lambda.invoke(FunctionName="another-function", Payload=b"{}")
