@@ -3,6 +3,9 @@
 import base64
 import json
 
+import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from chalice.test import Client
 from moto import mock_aws
@@ -13,6 +16,9 @@ from devstack import embedded_aws
 from devstack.stack import provision
 
 USERS = [("admin", "admin"), ("bob", "bob-secret")]
+# AWS's service models, loaded once per process for the tests' own boto3 clients (as
+# chalicelib.common.aws loads them once for the project's).
+_MODELS = botocore.loaders.create_loader()
 
 
 def basic(user: str, password: str) -> str:
@@ -41,6 +47,11 @@ def stack(aws_env):
     """Moto with the bucket, the tables and two users (admin, bob)."""
     embedded_aws.install()
     with mock_aws():
+        # mock_aws leaves boto3 without a default session, so the tests' first boto3.client
+        # of each kind would load its service model again in every test.
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _MODELS)
+        boto3.setup_default_session(botocore_session=core)
         services.reset()
         provision(Settings.from_env(), USERS)
         yield services.get()
