@@ -1,6 +1,7 @@
 """Fixtures: moto's mock_aws for every AWS call, and a Chalice test client with users."""
 
 import base64
+import copy
 import json
 
 import boto3
@@ -9,6 +10,7 @@ import botocore.session
 import pytest
 from chalice.test import Client
 from moto import mock_aws
+from moto.core.base_backend import BackendDict
 
 from chalicelib import services
 from chalicelib.common.config import Settings
@@ -19,6 +21,9 @@ USERS = [("admin", "admin"), ("bob", "bob-secret")]
 # AWS's service models, loaded once per process for the tests' own boto3 clients (as
 # chalicelib.common.aws loads them once for the project's).
 _MODELS = botocore.loaders.create_loader()
+# {repr(settings): [(moto's backends of a service, account, region, the backend as
+# provisioning left it)]}: what `provisioned` restores.
+_PROVISIONED: dict = {}
 
 
 def basic(user: str, password: str) -> str:
@@ -53,9 +58,29 @@ def stack(aws_env):
         core.register_component("data_loader", _MODELS)
         boto3.setup_default_session(botocore_session=core)
         services.reset()
-        provision(Settings.from_env(), USERS)
+        provisioned(Settings.from_env())
         yield services.get()
         services.reset()
+
+
+def provisioned(settings) -> None:
+    """`provision(settings, USERS)`, in a mock_aws just started: done once per process and
+    settings; after that, moto's backends as provisioning left them are put back instead,
+    copies of their own for each test (a millisecond, where provisioning takes a tenth of
+    a second: most tests start from it). tests/test_fixtures.py checks that a restored
+    stack is a provisioned one."""
+    key = repr(settings)
+    if key not in _PROVISIONED:
+        provision(settings, USERS)
+        _PROVISIONED[key] = [
+            (backends, account, region, copy.deepcopy(backend))
+            for backends in BackendDict._instances
+            for account, regional in backends.items()
+            for region, backend in regional.items()
+        ]
+        return
+    for backends, account, region, backend in _PROVISIONED[key]:
+        backends[account][region] = copy.deepcopy(backend)
 
 
 class Api:
