@@ -8,6 +8,7 @@ import pytest
 
 from chalicelib.runner import executor as executor_module
 from chalicelib.runner import notebook_runner
+from chalicelib.runs import log as run_log
 from chalicelib.runs import service as runs_module
 from tests.conftest import error
 from tests.helpers import take
@@ -40,9 +41,11 @@ def wait_for(api, run_id, predicate, seconds=30):
 
 @pytest.fixture
 def prompt(monkeypatch):
-    """The runner asks after a cancel every 0.2 s, not 2 s, and kills a cell that ignores the
-    interrupt after 1 s, not 5: what these tests wait for, not what they test."""
+    """The runner asks after a cancel every 0.2 s, not 2 s, records the executing cell every
+    0.2 s, not 2 s, and kills a cell that ignores the interrupt after 1 s, not 5: what these
+    tests wait for, not what they test."""
     monkeypatch.setattr(executor_module, "CANCEL_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(run_log, "LOG_INTERVAL_SECONDS", 0.2)
     monkeypatch.setattr(notebook_runner, "CANCEL_GRACE_SECONDS", 1.0)
 
 
@@ -65,8 +68,7 @@ def test_a_queued_run_cancelled_never_starts(api, dispatched, executor):
 def test_a_running_run_is_cancelled_within_seconds_and_keeps_its_output_so_far(api, dispatched, executor, prompt):
     run_id = start_run(api, "print('before')", "import time; time.sleep(120)", "print('after')")
     worker = run_in_background(executor, dispatched)
-    wait_for(api, run_id, lambda run: run["status"] == "running")
-    time.sleep(0.5)  # into the sleeping cell
+    wait_for(api, run_id, lambda run: run["current_cell"] == 1)  # the sleeping cell
 
     answer = api.json("POST", f"{RUNS}/{run_id}/cancel")
 
@@ -87,8 +89,8 @@ def test_a_cell_that_ignores_the_interrupt_is_killed(api, dispatched, executor, 
     )
     run_id = start_run(api, stubborn, "print('after')")
     worker = run_in_background(executor, dispatched)
-    wait_for(api, run_id, lambda run: run["status"] == "running")
-    time.sleep(0.5)
+    wait_for(api, run_id, lambda run: run["current_cell"] == 0)
+    time.sleep(0.3)  # into its loop
 
     assert api.json("POST", f"{RUNS}/{run_id}/cancel")["status"] == "running"  # asked, not done yet
 
