@@ -58,17 +58,20 @@ lint: $(STAMP)
 # The suite on $(TEST_WORKERS) processes (pytest-xdist), each test file on one of them, so a
 # file's module-scoped fixtures (a local stack, a built package) start once.
 TEST_WORKERS ?= 2
-PYTEST := $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+# test-fast's: one more than this machine's 2 cores, since its runs leave them idle part of
+# the time (a kernel's start waits on the kernel, cancels and timeouts wait on the clock).
+FAST_WORKERS ?= 3
+PYTEST := $(VENV)/bin/python -m pytest --dist loadfile
 # The slow tiers (pyproject.toml's markers): the Lambda simulation, schemathesis, local stacks.
 SLOW_TIERS := sim or fuzz or stack
 
 # The whole suite, after the lint: what CI runs (.ci/run).
 test: lint browser
-	$(PYTEST)
+	$(PYTEST) -n $(TEST_WORKERS)
 
 # Everything but the slow tiers, while editing.
 test-fast: $(STAMP) browser
-	$(PYTEST) -m "not ($(SLOW_TIERS))"
+	$(PYTEST) -n $(FAST_WORKERS) -m "not ($(SLOW_TIERS))"
 
 # Headless Chromium for the dashboard's browser test (tests/test_dashboard.py): Debian's, as
 # Playwright's own builds cannot be downloaded everywhere. Installed when missing and we are root.

@@ -1,11 +1,17 @@
 """Fixtures: moto's mock_aws for every AWS call, and a Chalice test client with users."""
 
 import base64
+import copy
+import gc
 import json
 
+import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from chalice.test import Client
 from moto import mock_aws
+from moto.core.base_backend import BackendDict
 
 from chalicelib import services
 from chalicelib.common.config import Settings
@@ -13,6 +19,17 @@ from devstack import embedded_aws
 from devstack.stack import provision
 
 USERS = [("admin", "admin"), ("bob", "bob-secret")]
+# AWS's service models, loaded once per process for the tests' own boto3 clients (as
+# chalicelib.common.aws loads them once for the project's).
+_MODELS = botocore.loaders.create_loader()
+# {repr(settings): [(moto's backends of a service, account, region, the backend as
+# provisioning left it)]}: what `provisioned` restores.
+_PROVISIONED: dict = {}
+# After this many tests, a process has loaded most of what it keeps for the session (AWS's
+# service models, moto's): a full collection then freezes it (gc.freeze), out of the walk
+# of every later full collection, which otherwise spends a tenth of the suite's time on it.
+_FREEZE_AFTER = (10, 60)
+_tests_done = 0
 
 
 def basic(user: str, password: str) -> str:
@@ -29,9 +46,10 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    # Users made at 2^14, not OWASP's 2^17: a hash costs 16 MiB and a few ms, not 128 MiB
-    # and a second (tests/test_throttling.py checks the default and the upgrade).
-    monkeypatch.setenv("NOTEBOOKS_PASSWORD_SCRYPT_N", str(2**14))
+    # Users made at 2^10, not OWASP's 2^17: a hash costs 1 MiB and a few ms, not 128 MiB
+    # and a second, and most tests make two users and log both in (tests/test_throttling.py
+    # checks the default and the upgrade).
+    monkeypatch.setenv("NOTEBOOKS_PASSWORD_SCRYPT_N", str(2**10))
     return monkeypatch
 
 
@@ -40,10 +58,35 @@ def stack(aws_env):
     """Moto with the bucket, the tables and two users (admin, bob)."""
     embedded_aws.install()
     with mock_aws():
+        # mock_aws leaves boto3 without a default session, so the tests' first boto3.client
+        # of each kind would load its service model again in every test.
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _MODELS)
+        boto3.setup_default_session(botocore_session=core)
         services.reset()
-        provision(Settings.from_env(), USERS)
+        provisioned(Settings.from_env())
         yield services.get()
         services.reset()
+
+
+def provisioned(settings) -> None:
+    """`provision(settings, USERS)`, in a mock_aws just started: done once per process and
+    settings; after that, moto's backends as provisioning left them are put back instead,
+    copies of their own for each test (a millisecond, where provisioning takes a tenth of
+    a second: most tests start from it). tests/test_fixtures.py checks that a restored
+    stack is a provisioned one."""
+    key = repr(settings)
+    if key not in _PROVISIONED:
+        provision(settings, USERS)
+        _PROVISIONED[key] = [
+            (backends, account, region, copy.deepcopy(backend))
+            for backends in BackendDict._instances
+            for account, regional in backends.items()
+            for region, backend in regional.items()
+        ]
+        return
+    for backends, account, region, backend in _PROVISIONED[key]:
+        backends[account][region] = copy.deepcopy(backend)
 
 
 class Api:
@@ -84,6 +127,21 @@ def error(response) -> tuple:
     assert set(body) == {"error"} and set(body["error"]) == {"status", "message"}, body
     assert body["error"]["status"] == response.status_code
     return body["error"]["status"], body["error"]["message"]
+
+
+def pytest_collection_finish(session):
+    """What collection imported lives as long as the process: frozen (see _FREEZE_AFTER)."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """After the tests in _FREEZE_AFTER (their teardown done), freeze what is left alive."""
+    global _tests_done
+    _tests_done += 1
+    if _tests_done in _FREEZE_AFTER:
+        gc.collect()
+        gc.freeze()
 
 
 def pytest_terminal_summary(terminalreporter):

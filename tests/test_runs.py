@@ -40,9 +40,19 @@ def dispatched(stack, monkeypatch):
     return recorder
 
 
+class KernelPerRun(NotebookRunner):
+    """A NotebookRunner that starts each run's kernel as the run starts, as it does when no
+    kernel is waiting, never ahead of it: after a run, the executor prewarms the next one,
+    which in a test no run ever uses (tests/test_runner.py and tests/test_isolation.py
+    test prewarming; test_faults.py and test_schedule_api.py run an executor that prewarms)."""
+
+    def prewarm(self) -> None:
+        pass
+
+
 @pytest.fixture
 def executor(stack):
-    runner = NotebookRunner(run_timeout=20)
+    runner = KernelPerRun(run_timeout=20)
     yield stack.executor_on(runner)
     runner.close()
 
