@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import random
+import shlex
 import signal
 import stat
 import subprocess
@@ -153,6 +154,11 @@ def lambda_layout(monkeypatch, tmp_path, request):
     shared, outside = tmp_path / "tmp", tmp_path / "outside"
     shared.mkdir()
     outside.mkdir()
+    # The machine's /dev/shm is not the test's to empty (as root, a browser's files are in
+    # it): the sweeps empty a folder of the test's instead.
+    shared_memory = tmp_path / "shm"
+    shared_memory.mkdir()
+    monkeypatch.setattr(sandbox, "SHARED_MEMORY", str(shared_memory))
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "notebooks-runner")
     monkeypatch.setenv("HOME", os.environ.get("HOME", "/root"))  # restored after the test
     shared_tmp = prepare_lambda_environment(str(shared))
@@ -727,9 +733,15 @@ print("found", found)
 """
 
 
-def run_runner_process(shared, source):
+def run_runner_process(shared, source, shared_memory):
+    """The runner process, and its kernels, with `shared_memory` as their /dev/shm (a
+    mount namespace of their own, as root): the machine's is not the test's to empty."""
+    command = [sys.executable, "-c", RUNNER_PROCESS, str(shared), source]
+    if os.getuid() == 0:
+        script = f'mount --make-rprivate / && mount --bind {shlex.quote(str(shared_memory))} /dev/shm && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", script, "runner", *command]
     return subprocess.run(
-        [sys.executable, "-c", RUNNER_PROCESS, str(shared), source],
+        command,
         capture_output=True,
         text=True,
         timeout=120,
@@ -741,12 +753,14 @@ def test_a_run_that_kills_its_runner_leaves_nothing_for_the_next_run(tmp_path):
     """Its runner did no cleanup: the next runner process, cold, cleans before its kernel starts."""
     shared = tmp_path / "tmp"
     shared.mkdir()
-    killed = run_runner_process(shared, PLANT_AND_KILL_RUNNER)
+    shared_memory = tmp_path / "shm" if os.getuid() == 0 else pathlib.Path("/dev/shm")
+    shared_memory.mkdir(exist_ok=True)
+    killed = run_runner_process(shared, PLANT_AND_KILL_RUNNER, shared_memory)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    planted = list(shared.glob("planted-*.pkl")) + list(pathlib.Path("/dev/shm").glob("planted-*.pkl"))
+    planted = list(shared.glob("planted-*.pkl")) + list(shared_memory.glob("planted-*.pkl"))
     assert len(planted) == 2  # the trap is set
     try:
-        after = run_runner_process(shared, LOOK_FOR_PLANTS)
+        after = run_runner_process(shared, LOOK_FOR_PLANTS, shared_memory)
         assert after.returncode == 0, after.stderr
         seen = json.loads(after.stdout.strip().splitlines()[-1])
         assert seen == {"error": None, "outputs": ["found []\n"]}

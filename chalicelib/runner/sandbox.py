@@ -283,12 +283,16 @@ _SYSV_IPC = {"shm": ("shmid", "shmctl"), "msg": ("msqid", "msgctl"), "sem": ("se
 _IPC_RMID = 0
 
 
+# POSIX shared memory (shm_open, sem_open): one folder for the whole machine.
+SHARED_MEMORY = "/dev/shm"
+
+
 def clear_shared(shared_tmp: str) -> None:
     """Empty what every run on this machine shares (Lambda: the container's /tmp,
     /dev/shm and System V IPC): after each run, and before each kernel starts, so that a
     run that killed its runner leaves nothing for the next either."""
     empty_folder(shared_tmp)
-    empty_folder("/dev/shm")
+    empty_folder(SHARED_MEMORY)
     remove_ipc_objects()
 
 
