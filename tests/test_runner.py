@@ -3,6 +3,7 @@
 import copy
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -346,3 +347,29 @@ def test_an_error_ipython_reports_on_stderr_is_named():
         runner.close()
     assert execution.error["cell_index"] == 0 and execution.error["ename"] == "UsageError"
     assert "no_such_magic" in execution.error["evalue"]
+
+
+def test_a_kernel_whose_port_was_taken_meanwhile_is_started_again(runner, monkeypatch, caplog):
+    """jupyter_client picks free ports, then the kernel binds them: another process may
+    take one in between (here: the test), and that kernel dies at start."""
+    from jupyter_client.provisioning.local_provisioner import LocalPortCache
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real = LocalPortCache.find_available_port
+    ports = []
+
+    def first_one_taken(self, ip):
+        ports.append(taken.getsockname()[1] if not ports else real(self, ip))
+        return ports[-1]
+
+    monkeypatch.setattr(LocalPortCache, "find_available_port", first_one_taken)
+    try:
+        execution = runner.execute(notebook("print(6 * 7)"))
+    finally:
+        taken.close()
+
+    assert execution.error is None and execution.notebook.cells[0].outputs[0]["text"] == "42\n"
+    assert len(ports) == 10  # two kernels' five ports: the first kernel's shell port was taken
+    assert "a kernel died at start (attempt 1)" in caplog.text

@@ -60,6 +60,10 @@ _SKIP_TAG = "skip-execution"
 _MIN_CELL_TIMEOUT = 0.01
 LAMBDA_TMP = "/tmp"
 _KERNEL_READY_SECONDS = 60
+# A kernel binds ports its manager found free a moment before, and another process may
+# take one meanwhile (jupyter_client's port race: "Address already in use"): the kernel
+# dies at start. Started again, it gets other ports.
+KERNEL_START_ATTEMPTS = 3
 # After a cancel's interrupt, a cell that goes on (it caught KeyboardInterrupt) gets this
 # long before its kernel is killed.
 CANCEL_GRACE_SECONDS = 5.0
@@ -519,8 +523,20 @@ class NotebookRunner:
         processes = self._processes = sandbox.ProcessSweep(whole_user=whole_user)
         self._clear_before_kernel(whole_user)
         processes.start()  # whatever exists before the kernel is not the run's
-        kernel = self._waiting = _Kernel(self._shared_tmp, self._preload, self._kernel_uid)
+        kernel = self._waiting = self._start_kernel()
         return kernel, processes
+
+    def _start_kernel(self) -> "_Kernel":
+        """A new kernel, ready; one that dies at start is started again, up to
+        KERNEL_START_ATTEMPTS in all."""
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            try:
+                return _Kernel(self._shared_tmp, self._preload, self._kernel_uid)
+            except RuntimeError as error:  # jupyter_client's, from its wait for the kernel
+                if "died" not in str(error) or attempt == KERNEL_START_ATTEMPTS:
+                    raise
+                logger.warning("a kernel died at start (attempt %d): %s", attempt, error)
+        raise AssertionError("unreachable")
 
     def _clear_before_kernel(self, whole_user: bool) -> None:
         """What _end_run does after a run, again before a kernel starts: the last run may
