@@ -65,7 +65,6 @@ class Services:
             self.dispatcher,
             settings,
             starter,
-            self.records,
             webhooks=self.webhooks,
         )
         self.schedule_rules = ScheduleRules(aws.client("events", region), notebook_table, settings, self.runner_arn)

@@ -103,8 +103,7 @@ class RunOutput:
 
 class RunService:
     """Runs as the API sees them: start (by its `starter`), read, list, outputs, logs,
-    cancel. A queued run it cancels ends through `records` (runs.records.RunRecords), as
-    runners end theirs."""
+    cancel, and the end of runs their runner did not end (`reap`, `end_lost`)."""
 
     def __init__(
         self,
@@ -114,12 +113,10 @@ class RunService:
         dispatcher: Dispatcher,
         settings,
         starter,
-        records,
         clock: Clock = time.time,
         webhooks=None,
     ):
         self._table = table
-        self._records = records
         self.webhooks = webhooks  # webhooks.Webhooks: told of the runs that end here, in the API
         self._notebooks = notebooks
         self._files = files
