@@ -68,6 +68,13 @@ class CapacityUnavailable(RuntimeError):
 # error's message) and AWS's own transient errors.
 _CAPACITY_REASONS = ("RESOURCE:", "Capacity is unavailable", "reached the limit")
 _TRANSIENT_CODES = {"ThrottlingException", "ServerException", "ServiceUnavailableException", "LimitExceededException"}
+
+
+def _says_no_capacity(text: str) -> bool:
+    """Whether ECS's reason or message says it has no capacity now."""
+    return any(reason in text for reason in _CAPACITY_REASONS)
+
+
 # Tasks one DescribeTasks call takes.
 DESCRIBE_TASKS_MAX = 100
 
@@ -144,7 +151,7 @@ class FargateTasks:
             response = self._run_task(run)
         except ClientError as error:
             message = str(error.response.get("Error", {}).get("Message", ""))
-            if error_code(error) in _TRANSIENT_CODES or any(reason in message for reason in _CAPACITY_REASONS):
+            if error_code(error) in _TRANSIENT_CODES or _says_no_capacity(message):
                 raise CapacityUnavailable(f"ECS started no task now: {error_code(error)}") from error
             raise
         except (ConnectionError, HTTPClientError) as error:  # botocore's, after its retries
@@ -152,7 +159,7 @@ class FargateTasks:
         failures = response.get("failures") or []
         if failures or not response.get("tasks"):
             reasons = ", ".join(f.get("reason", "unknown") for f in failures) or "no reason given"
-            if any(reason in f.get("reason", "") for f in failures for reason in _CAPACITY_REASONS):
+            if any(_says_no_capacity(f.get("reason", "")) for f in failures):
                 raise CapacityUnavailable(f"ECS started no task now: {reasons}")
             raise RuntimeError(f"ECS started no task: {reasons}")
         return {"task_arn": response["tasks"][0]["taskArn"]}
