@@ -58,6 +58,7 @@ from deploy import template as deployment
 from deploy.template import PACKAGED_JUPYTER_DATA, RUNTIME
 from devstack.embedded_aws import EmbeddedAws as GuardedMoto
 from devstack.state import StateFolder
+from tests.local_stack import code_notebook
 
 pytestmark = pytest.mark.sim
 
@@ -649,37 +650,18 @@ def test_packaged_functions_serve_the_seed_samples_and_run_a_notebook_as_lambda_
     assert api.json("GET", BASE + "/_count")["Total Notebooks"] == 0
 
 
-DATA_STACK_NOTEBOOK = {
-    "nbformat": 4,
-    "nbformat_minor": 5,
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    "cells": [
-        {
-            "cell_type": "code",
-            "id": "d1",
-            "metadata": {},
-            "execution_count": None,
-            "outputs": [],
-            "source": "import sys\n"
-            "warm = [name for name in ('numpy', 'pandas', 'matplotlib.pyplot') if name in sys.modules]\n"
-            "import numpy as np, pandas as pd, scipy, matplotlib\n"
-            "import matplotlib.pyplot as plt\n"
-            "from scipy import stats\n"
-            "frame = pd.DataFrame({'x': np.arange(10.0)}).assign(y=lambda f: f.x ** 2)\n"
-            "fit = stats.linregress(frame.x, frame.y)\n"
-            "print('numpy', np.__file__, 'slope', round(fit.slope, 6), 'sum', int(frame.y.sum()))\n"
-            "print('python', *sys.version_info[:2], 'numpy', np.__version__, 'preloaded', *warm)",
-        },
-        {
-            "cell_type": "code",
-            "id": "d2",
-            "metadata": {},
-            "execution_count": None,
-            "outputs": [],
-            "source": "frame.plot(x='x', y='y', title='squares')\nplt.show()",
-        },
-    ],
-}
+DATA_STACK_NOTEBOOK = code_notebook(
+    "import sys\n"
+    "warm = [name for name in ('numpy', 'pandas', 'matplotlib.pyplot') if name in sys.modules]\n"
+    "import numpy as np, pandas as pd, scipy, matplotlib\n"
+    "import matplotlib.pyplot as plt\n"
+    "from scipy import stats\n"
+    "frame = pd.DataFrame({'x': np.arange(10.0)}).assign(y=lambda f: f.x ** 2)\n"
+    "fit = stats.linregress(frame.x, frame.y)\n"
+    "print('numpy', np.__file__, 'slope', round(fit.slope, 6), 'sum', int(frame.y.sum()))\n"
+    "print('python', *sys.version_info[:2], 'numpy', np.__version__, 'preloaded', *warm)",
+    "frame.plot(x='x', y='y', title='squares')\nplt.show()",
+)
 
 
 @simulation_only
@@ -713,31 +695,12 @@ def test_the_runner_image_runs_a_notebook_of_the_data_stack_and_its_html_shows_t
     assert re.search(r'<img[^>]+src="data:image/png;base64,[A-Za-z0-9+/]{1000,}', page["body"])
 
 
-KERNEL_USER_NOTEBOOK = {
-    "nbformat": 4,
-    "nbformat_minor": 5,
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    "cells": [
-        {
-            "cell_type": "code",
-            "id": "k1",
-            "metadata": {},
-            "execution_count": None,
-            "outputs": [],
-            "source": "import os, signal\n"
-            "open('written-in-the-working-folder', 'w').write('x')\n"
-            "print('kernel', os.getresuid(), os.getgroups(), 'pid', os.getpid())",
-        },
-        {
-            "cell_type": "code",
-            "id": "k2",
-            "metadata": {},
-            "execution_count": None,
-            "outputs": [],
-            "source": "os.kill(os.getpid(), signal.SIGTERM)",  # nbclient's Autokill: as under papermill
-        },
-    ],
-}
+KERNEL_USER_NOTEBOOK = code_notebook(
+    "import os, signal\n"
+    "open('written-in-the-working-folder', 'w').write('x')\n"
+    "print('kernel', os.getresuid(), os.getgroups(), 'pid', os.getpid())",
+    "os.kill(os.getpid(), signal.SIGTERM)",  # nbclient's Autokill: as under papermill
+)
 
 
 @simulation_only
