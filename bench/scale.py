@@ -78,7 +78,10 @@ def environment():
         AWS_DEFAULT_REGION="us-east-1",
         AWS_REGION="us-east-1",
         NOTEBOOKS_DISPATCH="lambda",
+        # The 1,000-id requests go past the per-user and deployment quotas' defaults.
         NOTEBOOKS_MAX_SCHEDULED="1000",
+        NOTEBOOKS_MAX_SCHEDULED_TOTAL="1000",
+        NOTEBOOKS_MAX_ACTIVE_RUNS="3000",
         NOTEBOOKS_RUNNER_ARN="arn:aws:lambda:us-east-1:123456789012:function:notebooks-dev-runner",
     )
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):

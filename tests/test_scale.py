@@ -407,7 +407,7 @@ def test_active_runs_quota_is_a_429_and_frees_as_runs_end(api, stack, dispatched
     ids = [api.create()["notebook_id"] for _ in range(3)]
     api.json("POST", BASE + "/_run", {"nbkIds": ids[:2], "module": "m"})
     status, message = error(api.call("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"}))
-    assert status == 429 and "at most 2" in message
+    assert status == 429 and "at most 2 per user" in message and "2 now and 1 more asked" in message
     assert api.json("GET", f"{BASE}/{ids[2]}/runs") == [] and len(dispatched.events) == 2
     stack.records.finish(dispatched.events[0]["drain"]["run_id"], "failed", expected_status="queued")
     api.json("POST", BASE + "/_run", {"nbkIds": ids[2:], "module": "m"})

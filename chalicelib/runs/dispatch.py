@@ -28,11 +28,12 @@ def dynamo_seconds(seconds: float) -> Decimal:
     return Decimal(str(seconds))
 
 
-def quota_error(limit: int, active) -> errors.QuotaExceeded:
-    """The 429 of a request that would take its owner past `limit` active runs."""
+def quota_error(limit: int, active, adding: int) -> errors.QuotaExceeded:
+    """The 429 of a request for `adding` runs that would take its owner past `limit` active
+    runs."""
     return errors.QuotaExceeded(
         f"Too many runs queued or running: at most {limit} per user "
-        f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now; try again when some have ended",
+        f"(NOTEBOOKS_MAX_ACTIVE_RUNS), {active} now and {adding} more asked; try again when some have ended",
     )
 
 
@@ -112,7 +113,7 @@ class RunDispatch:
                 return runs
             if why == "quota":
                 active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
-                raise quota_error(self._settings.active_runs_quota(), active)
+                raise quota_error(self._settings.active_runs_quota(), active, len(runs))
             if why == "exists":  # a concurrent attempt with the same client token got there first
                 taken = self._table.get_many(run["run_id"] for run in runs)
                 runs = [run for run in runs if run["run_id"] not in taken]

@@ -161,4 +161,4 @@ class RunStarter:
     def _check_quota(self, owner: str, adding: int) -> None:
         active = int(self._table.notebooks.counts(owner).get("runs_active", 0))
         if active + adding > self._settings.active_runs_quota():
-            raise quota_error(self._settings.active_runs_quota(), active)
+            raise quota_error(self._settings.active_runs_quota(), active, adding)
