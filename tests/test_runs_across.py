@@ -55,6 +55,7 @@ def test_runs_across_notebooks_newest_first_by_status_and_notebook(api, stack, d
     assert [run["run_id"] for run in api.json("GET", f"{RUNS}?notebook_id={good}")] == [queued, succeeded]
     assert [run["run_id"] for run in api.json("GET", f"{RUNS}?notebook_id={good}&status=queued")] == [queued]
     assert [run["run_id"] for run in api.json("GET", RUNS, user="bob")] == [bobs]
+    assert api.json("GET", RUNS + "?status=&notebook_id=&limit=&next_token=") == everything  # empty: no filter
 
     # A run that ends moves between the status listings.
     run_all(executor, dispatched)
@@ -75,6 +76,24 @@ def test_runs_across_notebooks_page_with_the_next_token(api, stack, dispatched):
     assert error(api.call("GET", f"{RUNS}?next_token={token}", user="bob")) == (400, "next_token is invalid")
     assert error(api.call("GET", f"{RUNS}?status=queued&next_token={token}")) == (400, "next_token is invalid")
     assert error(api.call("GET", f"{RUNS}?next_token=bm90LWpzb24")) == (400, "next_token is invalid")
+
+
+def test_a_notebooks_runs_in_a_status_fill_each_page(api, stack, dispatched, executor):
+    """Of one notebook, a status page holds `limit` matching runs while more match: the
+    runs of other statuses in between never make a short or empty page."""
+    notebook_id = api.create(content=notebook_of("print('ok')"))["notebook_id"]
+    succeeded = [start(api, notebook_id) for _ in range(3)]
+    run_all(executor, dispatched)
+    queued = start(api, notebook_id)  # newest: queued, then the three succeeded
+    query = f"notebook_id={notebook_id}&status=succeeded&limit=1"
+    first = api.call("GET", f"{RUNS}?{query}")
+    assert [run["run_id"] for run in json.loads(first.body)] == [succeeded[-1]]
+    runs, pages = every_page(api, query)
+    assert [run["run_id"] for run in runs] == succeeded[::-1] and pages in (3, 4)
+    runs, _ = every_page(api, f"notebook_id={notebook_id}&status=succeeded&limit=2")
+    assert [run["run_id"] for run in runs] == succeeded[::-1]
+    assert [run["run_id"] for run in every_page(api, f"notebook_id={notebook_id}&status=queued&limit=1")[0]] == [queued]
+    assert api.json("GET", f"{RUNS}?notebook_id={notebook_id}&status=failed&limit=1") == []
 
 
 def token(key: dict) -> str:

@@ -140,10 +140,7 @@ class RunService:
     def for_notebook(self, owner: str, notebook_id, limit=None, next_token=None) -> tuple:
         """(the notebook's runs newest first, next page's token or None): all of them (at
         most `max_runs_kept`), or a page of `limit`."""
-        item = self._notebooks.require(owner, notebook_id)
-        nid = item["notebook_id"]
-        prefix = f"{RUN_PREFIX}{nid}#"
-        start = payloads.page_key(next_token, lambda key: payloads.is_run_pointer_key(key, owner, prefix))
+        nid, start = self._pointer_start(owner, notebook_id, next_token)
         if limit is None and start is None:
             pointers, last_key = self._table.notebooks.all_run_pointers(owner, nid), None
         else:
@@ -152,6 +149,33 @@ class RunService:
         views = [run_view(self.reap(runs[p["run_id"]])) for p in pointers if p["run_id"] in runs]
         return views, payloads.page_token(last_key)
 
+    def _pointer_start(self, owner: str, notebook_id, next_token) -> tuple:
+        """(the owner's notebook's id, the run-pointer key a page starts after, or None)."""
+        nid = self._notebooks.require(owner, notebook_id)["notebook_id"]
+        prefix = f"{RUN_PREFIX}{nid}#"
+        return nid, payloads.page_key(next_token, lambda key: payloads.is_run_pointer_key(key, owner, prefix))
+
+    def _for_notebook_in_status(self, owner: str, notebook_id, status: str, limit, next_token) -> tuple:
+        """(the notebook's runs in `status` newest first, next page's token or None): all
+        of them, or the first `limit` after the token. The token is the pointer of the
+        page's last run, so a page is never short while more runs match. A notebook keeps
+        at most `max_runs_kept` runs: that bounds what a page reads, whatever is stored."""
+        nid, start = self._pointer_start(owner, notebook_id, next_token)
+        found: list = []
+        while True:
+            pointers, last_key = self._table.notebooks.run_pointers(owner, nid, RUNS_PAGE, start)
+            runs = self._table.get_many(pointer["run_id"] for pointer in pointers)
+            for pointer in pointers:
+                run = runs.get(pointer["run_id"])
+                view = run_view(self.reap(run)) if run else None
+                if view is not None and view["status"] == status:
+                    found.append(view)
+                    if len(found) == limit:
+                        return found, payloads.page_token({"owner": owner, "sk": pointer["sk"]})
+            if last_key is None:
+                return found, None
+            start = last_key
+
     def across_notebooks(self, owner: str, status=None, notebook_id=None, limit=None, next_token=None) -> tuple:
         """(a page of the owner's runs newest first, next page's token or None), of all
         notebooks or of `notebook_id`, all or those in `status`. Across notebooks a page
@@ -159,9 +183,10 @@ class RunService:
         of one notebook, its runs (at most `max_runs_kept`) page as `for_notebook`'s do."""
         if status is not None and status not in list(RunStatus):
             raise errors.InvalidInput("status must be one of " + ", ".join(RunStatus))
+        if notebook_id is not None and status is not None:
+            return self._for_notebook_in_status(owner, notebook_id, status, limit, next_token)
         if notebook_id is not None:
-            runs, token = self.for_notebook(owner, notebook_id, limit, next_token)
-            return [run for run in runs if status in (None, run["status"])], token
+            return self.for_notebook(owner, notebook_id, limit, next_token)
         index_key = ("owner_status", f"{owner}#{status}") if status else ("owner", owner)
         start = payloads.page_key(
             next_token,
