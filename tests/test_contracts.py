@@ -323,6 +323,22 @@ def test_a_notebook_written_with_an_unknown_top_level_field_is_refused_naming_it
     assert status == 400 and "'cels' was unexpected" in message
 
 
+def test_an_error_quoting_a_huge_name_stays_small(api):
+    """A message quotes the client's names, cut short: a 3 MB unknown field (6 MB as
+    JSON's escapes) was answered in full, past what Lambda may return."""
+    notebook_id = api.create()["notebook_id"]
+    huge = "é" * 1_000_000
+    response = api.call("POST", BASE + "/_run", {huge: 1})
+    status, message = error(response)
+    assert status == 400 and len(response.body) < 10_000
+    assert message.startswith("Error occurred during notebook execution: Unknown field: " + "é" * 99 + "… (")
+    # Any message, nbformat's here, is cut at MAX_MESSAGE_CHARS.
+    response = api.call("PUT", f"{BASE}/{notebook_id}/content", {**nbformat.v4.new_notebook(), huge: []})
+    status, message = error(response)
+    assert status == 400 and len(response.body) < 10_000
+    assert "é" * 50 in message and message.endswith("…") and len(message) == api_errors.MAX_MESSAGE_CHARS
+
+
 @pytest.mark.usefixtures("dispatched")  # nothing executes
 def test_the_seeds_own_fields_stay_valid(api):
     """The seed's Run sample as written (unquoted keys, `module`), and every field of the

@@ -20,6 +20,10 @@ from chalicelib.common.errors import (
 )
 
 AUTH_HEADERS = {"WWW-Authenticate": 'Basic realm="notebooks"'}
+# A message quotes what the client sent (an unknown field, nbformat's complaint about a
+# property); past this many characters it is cut, so that an answer stays far below
+# Lambda's 6 MB response limit whatever the body held.
+MAX_MESSAGE_CHARS = 1000
 
 
 class ApiError(ChaliceUnhandledError):
@@ -40,7 +44,10 @@ class ApiError(ChaliceUnhandledError):
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:
-    """A response with the seed's error body and HTTP status `status`."""
+    """A response with the seed's error body and HTTP status `status`; a message over
+    MAX_MESSAGE_CHARS is cut there, marked with an ellipsis."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return Response(
         body={"error": {"status": status, "message": message}},
         status_code=status,

@@ -32,7 +32,8 @@ def known_fields(body: dict, fields: tuple) -> dict:
     is not (a typo such as `paramters` would otherwise be ignored silently)."""
     for name in body:
         if name not in fields:
-            raise InvalidInput(f"Unknown field: {name} (this request takes {', '.join(fields)})", field=name)
+            shown = name if len(name) <= 100 else name[:99] + "…"
+            raise InvalidInput(f"Unknown field: {shown} (this request takes {', '.join(fields)})", field=name)
     return body
 
 
