@@ -400,7 +400,7 @@ def test_fargate_runs_the_same_image_with_the_fargate_entry_point_and_configured
     assert environment["NOTEBOOKS_PRELOAD_MODULES"] == ""
     assert Settings.from_env({"NOTEBOOKS_PRELOAD_MODULES": ""}).preload_modules == ()
     runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
-    assert "NOTEBOOKS_PRELOAD_MODULES" not in runner  # the runner function's warm kernel: the default
+    assert runner["NOTEBOOKS_PRELOAD_MODULES"] == {"Ref": "PreloadModules"}  # the runner function's warm kernel
     for name in ("NOTEBOOKS_BUCKET", "NOTEBOOKS_TABLE", "NOTEBOOKS_RUNS_TABLE", "NOTEBOOKS_RULE_PREFIX"):
         assert environment[name] == runner[name]
     assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": "RunnerTaskLogGroup"}
@@ -554,6 +554,10 @@ def test_the_fair_queue_and_the_rule_budget_are_sized_by_parameters(template, re
             {k: _resolved(v, {**defaults, "RunnerReservedConcurrency": "0"}, False) for k, v in variables.items()}
         )
         assert unreserved.runner_capacity == 10
+        # What the waiting kernel preloads: a parameter, empty turning it off.
+        assert settings.preload_modules == ("numpy", "pandas", "matplotlib")
+        emptied = {**defaults, "PreloadModules": ""}
+        assert Settings.from_env({k: _resolved(v, emptied, False) for k, v in variables.items()}).preload_modules == ()
     runner = resources["Runner"]["Properties"]["Environment"]["Variables"]
     assert runner["NOTEBOOKS_RUNNER_FUNCTION"] == {"Fn::Sub": "${AWS::StackName}-runner"}
     assert resources["Runner"]["Properties"]["FunctionName"] == runner["NOTEBOOKS_RUNNER_FUNCTION"]

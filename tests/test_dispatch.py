@@ -20,6 +20,7 @@ from chalicelib.common.config import REPORT_GRACE_SECONDS, Settings
 from chalicelib.common.errors import InvalidInput
 from chalicelib.common.model import Pool
 from chalicelib.runner import fargate_task
+from chalicelib.runner.notebook_runner import NotebookRunner
 from chalicelib.runs import service as runs_module
 from chalicelib.runs.engines import CapacityUnavailable, EngineRouter, FargateTasks
 from chalicelib.runs.records import TASK_START_SECONDS
@@ -573,7 +574,11 @@ def task_kernel_as_this_user(monkeypatch):
     monkeypatch.setattr(fargate_task, "kernel_user", lambda: None)
 
 
-def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployment, task_kernel_as_this_user):
+def test_the_fargate_task_executes_its_run_with_the_runner_handler(
+    api, deployment, task_kernel_as_this_user, monkeypatch
+):
+    prewarmed = []  # a task serves one run: no kernel is started after it
+    monkeypatch.setattr(NotebookRunner, "prewarm", lambda runner: prewarmed.append(runner))
     notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
     [run] = start(api, notebook_id, timeout=3600)["runs"]
     # Started before its run was claimed for it (a task of another deployment, by hand): nothing.
@@ -587,6 +592,7 @@ def test_the_fargate_task_executes_its_run_with_the_runner_handler(api, deployme
     assert (record["status"], record["engine"]) == ("succeeded", "fargate")
     assert stream_text(api.json("GET", f"{RUNS}/{run['run_id']}/output")) == "42\n"
     assert {"drain": {"pool": "fargate"}} in deployment.invoked  # its end frees its slot for the next
+    assert prewarmed == []
     check_invariants(deployment.services.settings)
     # A second start of the task: nothing.
     assert fargate_task.serve(run["run_id"]) == {"run_id": run["run_id"], "status": "skipped"}

@@ -81,6 +81,27 @@ def stream_text(notebook):
     )
 
 
+def test_a_run_queued_behind_is_drained_before_the_next_kernel_starts(api, stack, dispatched):
+    """The waiting kernel's start and preloaded imports take a second or more after each
+    run: the drain that lets a queued run start elsewhere is sent first."""
+    drains_sent_at_prewarm = []
+
+    class Recording(KernelPerRun):
+        def prewarm(self) -> None:
+            drains_sent_at_prewarm.append(len(dispatched.events))
+
+    runner = Recording(run_timeout=20)
+    try:
+        executor = stack.executor_on(runner)
+        notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
+        assert executor.handle(dispatched.events.pop(0))["status"] == "succeeded"
+    finally:
+        runner.close()
+    # One drain at the claim (another free slot), one at the end (this one): both before.
+    assert drains_sent_at_prewarm == [2]
+
+
 def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatched, executor):
     notebook_id = api.create(content=notebook_of("print(6 * 7)"))["notebook_id"]
     raw = '{nbkIds: ["%s"], module: "notebooks"}' % notebook_id

@@ -99,6 +99,9 @@ class RunExecutor:
             return {"run_id": run["run_id"], "status": self._execute_claimed(run)}
         finally:
             self._run_dispatch.drain()
+            # Only then the next run's kernel, whose preloaded imports take a second or
+            # more: the run queued behind this one starts meanwhile, wherever it can.
+            self._runner.prewarm()
 
     def record_firing(self, owner: str, notebook_id: str):
         """Record the run of a schedule rule's firing; its run id, or None when no
@@ -117,7 +120,8 @@ class RunExecutor:
     def execute(self, run_id: str) -> str:
         """Execute the run the fair queue claimed for this Fargate task (RunRecords.adopt),
         then drain the Fargate pool (its slot is free again); the run's final status
-        ("skipped" if not this task's to run)."""
+        ("skipped" if not this task's to run). A task serves one run: no kernel is
+        started after it."""
         run = self._records.adopt(run_id)
         if run is None:
             return "skipped"  # whoever ended it delivers its webhook
@@ -188,8 +192,6 @@ class RunExecutor:
             ):
                 self._deliver_webhook(run_id)
             return RunStatus.FAILED
-        finally:
-            self._runner.prewarm()  # the next run's kernel starts now, after this one is recorded
 
     def cancel(self) -> None:
         """Stop the run executing, or about to, as a cancel does (its Fargate task is being

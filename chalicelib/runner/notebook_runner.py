@@ -22,6 +22,7 @@ process during a run. It must be used from one thread (kernel and client share t
 thread's event loop, see jupyter_core.utils.run_sync).
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -458,6 +459,19 @@ class _RunnerEngine(NBClientEngine):
 papermill_engines.register(_ENGINE_NAME, _RunnerEngine)
 
 
+def installed_modules(names) -> tuple:
+    """Those of `names` whose top-level package is installed; each other one is logged
+    once, here in the runner's own log (a typo in NOTEBOOKS_PRELOAD_MODULES), and left out
+    rather than reported in every run's log. Nothing is imported."""
+    found = []
+    for name in names:
+        if importlib.util.find_spec(name.partition(".")[0]) is None:
+            logger.warning("NOTEBOOKS_PRELOAD_MODULES: no module %r is installed; it is not preloaded", name)
+        else:
+            found.append(name)
+    return tuple(found)
+
+
 class NotebookRunner:
     """Executes notebooks one at a time, each on a fresh kernel, within `run_timeout` seconds.
 
@@ -486,7 +500,7 @@ class NotebookRunner:
         `kernel_uid` (for a runner running as root: a Fargate task): the user kernels run
         as, apart from this process's."""
         self.run_timeout = run_timeout
-        self._preload = tuple(preload)
+        self._preload = installed_modules(preload)
         self.progress_interval = progress_interval
         self.checkpoint_interval = checkpoint_interval
         self._shared_tmp = shared_tmp
@@ -506,10 +520,11 @@ class NotebookRunner:
         no run waits; execute() uses the kernel.
         Raises sandbox.SandboxError once a run could not be cleaned up after.
         """
-        self._prewarmed()
+        self._prewarmed(self._preload)
 
-    def _prewarmed(self) -> tuple["_Kernel", sandbox.ProcessSweep]:
-        """prewarm(), giving the waiting kernel and the sweep of what its run starts."""
+    def _prewarmed(self, preload: tuple) -> tuple["_Kernel", sandbox.ProcessSweep]:
+        """The waiting kernel if it is alive, else a new one importing `preload`; and the
+        sweep of what its run starts."""
         if self._broken:
             raise sandbox.SandboxError(f"a previous run could not be cleaned up after: {self._broken}")
         if self._waiting is not None and self._processes is not None:  # set together, below
@@ -523,15 +538,15 @@ class NotebookRunner:
         processes = self._processes = sandbox.ProcessSweep(whole_user=whole_user)
         self._clear_before_kernel(whole_user)
         processes.start()  # whatever exists before the kernel is not the run's
-        kernel = self._waiting = self._start_kernel()
+        kernel = self._waiting = self._start_kernel(preload)
         return kernel, processes
 
-    def _start_kernel(self) -> "_Kernel":
+    def _start_kernel(self, preload: tuple) -> "_Kernel":
         """A new kernel, ready; one that dies at start is started again, up to
         KERNEL_START_ATTEMPTS in all."""
         for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
             try:
-                return _Kernel(self._shared_tmp, self._preload, self._kernel_uid)
+                return _Kernel(self._shared_tmp, preload, self._kernel_uid)
             except RuntimeError as error:  # jupyter_client's, from its wait for the kernel
                 if "died" not in str(error) or attempt == KERNEL_START_ATTEMPTS:
                     raise
@@ -563,7 +578,8 @@ class NotebookRunner:
         """Execute `notebook` with papermill, injecting `parameters` (None or {}: none),
         within `timeout` seconds (None: the runner's run_timeout).
 
-        Uses the prewarmed kernel if one is alive, else starts one. Afterwards that kernel
+        Uses the prewarmed kernel if one is alive, else starts one that preloads nothing
+        (the run waits for it). Afterwards that kernel
         and every process the run started are killed, and its folders (and with
         `shared_tmp`, everything in it) removed. It does not prewarm the next one.
 
@@ -588,7 +604,9 @@ class NotebookRunner:
         refusal = unsupported_kernel(notebook)
         if refusal:
             return Execution(notebook=notebook, error={"cell_index": None, "ename": "NoSuchKernel", "evalue": refusal})
-        kernel, processes = self._prewarmed()
+        # A kernel started for a run that is waiting for it imports nothing ahead: the run
+        # pays only for what it imports itself.
+        kernel, processes = self._prewarmed(preload=())
         self._waiting = None
         run = _Run(
             kernel=kernel,
