@@ -24,6 +24,7 @@ import compileall
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
     shutil.rmtree(site, ignore_errors=True)
     site.parent.mkdir(parents=True, exist_ok=True)
     files = [option for name in requirements for option in ("-r", str(ROOT / name))]
-    subprocess.run(
+    installed = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -117,14 +118,30 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
             "-c",
             str(ROOT / "constraints.txt"),
         ],
-        check=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    if installed.returncode != 0:
+        sys.stderr.write(installed.stderr)
+        raise SystemExit(_not_installable(installed.stderr))
     _compile(site)
     (site / ".complete").touch()
     for stale in cache.glob(f"{label}-*"):  # installed for other pins
         if stale != site:
             shutil.rmtree(stale)
     return site
+
+
+def _not_installable(pip_errors: str) -> str:
+    """Why `make package` stops when pip could not install the pins, naming the libraries
+    pip names: most often a release that publishes wheels for a newer glibc only."""
+    names = sorted(set(re.findall(r"(?:No matching distribution found for|Cannot install) ([\w.\-]+)", pip_errors)))
+    return (
+        f"pip could not install {', '.join(names) or 'the pins'} as wheels for CPython {LAMBDA_PYTHON} on "
+        f"glibc 2.{LAMBDA_GLIBC_MINOR} or older ({PLATFORMS[-1]} or older tags), which is what Lambda's {RUNTIME} "
+        f"runs: a release with wheels for a newer glibc only (manylinux_2_{LAMBDA_GLIBC_MINOR + 1} or later) cannot "
+        "ship. Pin an older release that has such a wheel, then `make constraints` (pip's own message is above)."
+    )
 
 
 def chalice_package(out: Path) -> tuple:
