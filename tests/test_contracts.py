@@ -401,22 +401,36 @@ def test_a_bodiless_request_needs_no_content_type(api):
         assert response.status_code == 200, response.body
 
 
-def test_a_form_or_file_upload_of_content_is_told_what_to_send(api, stack):
+def test_a_form_or_file_upload_of_a_notebook_is_told_what_to_send(api, stack):
     notebook_id = api.create()["notebook_id"]
     boundary = uuid.uuid4().hex
+    notebook = json.dumps(nbformat.v4.new_notebook())
     multipart = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.ipynb"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n{json.dumps(nbformat.v4.new_notebook())}\r\n--{boundary}--\r\n"
+        f"Content-Type: application/octet-stream\r\n\r\n{notebook}\r\n--{boundary}--\r\n"
     ).encode()
+    uploads = (
+        (f"multipart/form-data; boundary={boundary}", multipart),  # curl -F file=@x.ipynb
+        ("application/x-www-form-urlencoded", b"file=notebook"),  # curl -d @x.ipynb
+        ("application/octet-stream", notebook.encode()),
+        ("application/x-ipynb+json", notebook.encode()),  # a notebook's own media type
+    )
     before = stored_state(stack.settings)
-    for content_type, body in (
-        (f"multipart/form-data; boundary={boundary}", multipart),
-        ("application/x-www-form-urlencoded", b"file=notebook"),
-    ):
+    for content_type, body in uploads:
         response = api.call("PUT", f"{BASE}/{notebook_id}/content", raw=body, headers={"Content-Type": content_type})
         assert error(response) == (
             415,
             "Content-Type must be application/json: send the notebook's JSON itself as the request body, "
             "with Content-Type: application/json",
-        )
+        ), content_type
+        for create in (BASE, BASE + "/"):
+            response = api.call("POST", create, raw=body, headers={"Content-Type": content_type})
+            assert error(response) == (
+                415,
+                'Content-Type must be application/json: send {"notebook_name": "...", "content": '
+                "<the notebook's JSON>} as the request body, with Content-Type: application/json",
+            ), content_type
+    # Elsewhere, the label alone: a rename is not an upload.
+    response = api.call("PUT", BASE, raw=b"file=x", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert error(response) == (415, "Content-Type must be application/json")
     assert stored_state(stack.settings) == before

@@ -67,9 +67,14 @@ def seed_failures(message: str, explain: bool):
 
 JSON = "application/json"
 _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
-# Where a notebook's JSON is the body itself; a form or file upload there is told so.
-CONTENT_PATH = "/_notebooks/notebooks/{notebook_id}/content"
-UPLOAD_HINT = ": send the notebook's JSON itself as the request body, with Content-Type: application/json"
+# Where a notebook is uploaded, a body of another type (a form, a file as curl -F or -T
+# sends it, a notebook's own media type) is told what to send.
+UPLOAD_HINTS = {
+    ("PUT", "/_notebooks/notebooks/{notebook_id}/content"): ": send the notebook's JSON itself as the request body, "
+    "with Content-Type: application/json",
+    ("POST", "/_notebooks/notebooks"): ': send {"notebook_name": "...", "content": <the notebook\'s JSON>} as the request '
+    "body, with Content-Type: application/json",
+}
 
 
 def require_json(request) -> None:
@@ -85,7 +90,7 @@ def require_json(request) -> None:
             return
     elif media_type == JSON:
         return
-    hint = UPLOAD_HINT if media_type in _FORMS and request.path == CONTENT_PATH else ""
+    hint = UPLOAD_HINTS.get((request.method, request.path.rstrip("/")), "")
     raise ApiError(415, f"Content-Type must be {JSON}{hint}")
 
 
