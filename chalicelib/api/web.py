@@ -72,8 +72,8 @@ _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 UPLOAD_HINTS = {
     ("PUT", "/_notebooks/notebooks/{notebook_id}/content"): ": send the notebook's JSON itself as the request body, "
     "with Content-Type: application/json",
-    ("POST", "/_notebooks/notebooks"): ': send {"notebook_name": "...", "content": <the notebook\'s JSON>} as the request '
-    "body, with Content-Type: application/json",
+    ("POST", "/_notebooks/notebooks"): ': send {"notebook_name": "...", "content": <the notebook\'s JSON>} '
+    "as the request body, with Content-Type: application/json",
 }
 
 
