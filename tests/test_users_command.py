@@ -17,19 +17,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
             "EndpointConnectionError",  # a stack that is not running
         ),
+        (
+            {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "127.0.0.1:9"},
+            "Invalid endpoint: 127.0.0.1:9",  # botocore's ValueError: no scheme
+        ),
     ],
 )
 def test_an_unreachable_users_table_is_one_line_saying_what_to_do(aws, reason, tmp_path):
+    result = users_command(["list"], aws, tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert reason in line and "devstack.stack env" in line and "NOTEBOOKS_USERS_TABLE" in line, line
+
+
+def users_command(argv, env_changes, home, stdin=""):
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "NOTEBOOKS_"))}
-    env.update(HOME=str(tmp_path), AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1", **aws)
-    result = subprocess.run(
-        [sys.executable, "-m", "chalicelib.auth.users", "list"],
+    env.update(HOME=str(home), AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1", **env_changes)
+    return subprocess.run(
+        [sys.executable, "-m", "chalicelib.auth.users", *argv],
         env=env,
         cwd=ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1 and result.stdout == ""
+
+
+def test_a_setting_that_does_not_parse_is_one_line(tmp_path):
+    result = users_command(["list"], {"NOTEBOOKS_RUN_TIMEOUT": "abc"}, tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert reason in line and "devstack.stack env" in line and "NOTEBOOKS_USERS_TABLE" in line, line
+    assert line.startswith("error: ") and "NOTEBOOKS_RUN_TIMEOUT" in line, line
+
+
+def test_a_password_with_no_terminal_or_no_line_is_one_line(tmp_path):
+    credentials = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    for argv, line in [
+        (["add", "zed"], "error: no terminal to read the password from: pipe it in with --password-stdin"),
+        (["add", "zed", "--password-stdin"], "error: no password given (standard input ended)"),
+    ]:
+        result = users_command(argv, credentials, tmp_path)  # standard input: empty, not a terminal
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n"), argv

@@ -101,18 +101,29 @@ def main(argv=None) -> int:
     remove = commands.add_parser("remove", help="remove a user")
     remove.add_argument("name")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:  # a setting that does not parse
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         store = UserStore(aws.dynamodb_table(settings.users_table, settings.region), settings.password_scrypt_n)
         return _run(args, store)
-    except (BotoCoreError, ClientError) as error:
+    except (BotoCoreError, ClientError, ValueError) as error:  # ValueError: botocore's, for an endpoint URL
+        reason = aws.failure_reason(error) if not isinstance(error, ValueError) else str(error)
         print(
-            f"error: cannot reach the users table {settings.users_table!r} ({aws.failure_reason(error)}). "
+            f"error: cannot reach the users table {settings.users_table!r} ({reason}). "
             'Local stack: with `make dev` running, run `eval "$(.venv/bin/python -m devstack.stack env)"` first; '
             "deployed stack: set AWS credentials, AWS_REGION and NOTEBOOKS_USERS_TABLE (a stack output).",
             file=sys.stderr,
         )
         return 1
+    except EOFError:
+        print("error: no password given (standard input ended)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args, store: UserStore) -> int:
@@ -121,7 +132,13 @@ def _run(args, store: UserStore) -> int:
         print("\n".join(store.names()))
     elif args.command == "add":
         if args.password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            password = line.rstrip("\n")
+        elif not sys.stdin.isatty():
+            print("error: no terminal to read the password from: pipe it in with --password-stdin", file=sys.stderr)
+            return 2
         else:
             password = getpass.getpass(f"Password for {args.name}: ")
         try:

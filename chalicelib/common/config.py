@@ -20,13 +20,23 @@ LAMBDA_RUN_LIMIT = 900.0 - REPORT_GRACE_SECONDS
 
 
 def _int(env, name, default):
-    value = env.get(name)
-    return int(value) if value not in (None, "") else default
+    return _number(env, name, default, int)
 
 
 def _float(env, name, default):
+    return _number(env, name, default, float)
+
+
+def _number(env, name, default, kind):
+    """The setting `name` as a `kind` number, `default` when unset or empty; a ValueError
+    naming the setting when it is not such a number."""
     value = env.get(name)
-    return float(value) if value not in (None, "") else default
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}") from None
 
 
 def _list(env, name) -> tuple:
