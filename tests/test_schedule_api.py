@@ -157,6 +157,23 @@ def test_a_schedule_keeps_its_parameters_shows_them_and_every_firing_runs_with_t
     assert api.json("GET", f"{BASE}/{notebook_id}")["schedule"]["parameters"] == {}
 
 
+def test_a_firing_whose_parameters_the_notebook_no_longer_declares_fails_naming_them(api, executor):
+    """The content changed after the schedule was set: its firing ends `failed` before the
+    notebook starts, as a Run with those parameters would be refused, not run with
+    parameters papermill would inject anyway."""
+    content = notebook_of("print(f'n={n}')", parameters_cell="n: int = 1")
+    notebook_id = api.create(content=content)["notebook_id"]
+    body = {"nbk_ids": [notebook_id], "until": future(), "parameters": {"n": 2}}
+    assert api.json("POST", BASE + "/_schedule", body) == "Success"
+    api.json("PUT", f"{BASE}/{notebook_id}/content", notebook_of("print('no parameters now')"))
+    outcome = executor.handle(scheduled_event(notebook_id))
+    assert outcome["status"] == "failed"
+    run = api.json("GET", f"/_notebooks/runs/{outcome['run_id']}")
+    assert run["error"]["ename"] == "InvalidParameters"
+    assert run["error"]["evalue"] == "Unknown parameter 'n': the notebook's parameters cell does not declare it"
+    assert error(api.call("GET", f"/_notebooks/runs/{outcome['run_id']}/output"))[0] == 404  # never started
+
+
 def test_the_first_firing_past_until_removes_the_schedule_and_runs_nothing(api, stack, executor):
     notebook_id = api.create()["notebook_id"]
     api.json("POST", BASE + "/_schedule", {"nbk_ids": [notebook_id], "until": future(days=1)})

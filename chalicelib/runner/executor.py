@@ -15,8 +15,11 @@ from typing import Optional
 import nbformat
 
 from chalicelib.common import runner_events
+from chalicelib.common.errors import InvalidInput
 from chalicelib.common.model import Pool, RunStatus, Trigger
 from chalicelib.common.periodic import Periodic
+from chalicelib.notebooks.parameters import check as check_parameters
+from chalicelib.notebooks.parameters import declared as declared_parameters
 from chalicelib.runs.dispatch import RunDispatch
 from chalicelib.runs.log import CONTENT_TYPE as LOG_CONTENT_TYPE
 from chalicelib.runs.log import LiveLog, capped, log_key, log_text
@@ -136,18 +139,17 @@ class RunExecutor:
         try:
             found = self._files.get_version(notebook_key(owner, notebook_id), run.get("notebook_version"))
             if found is None:
-                if self._records.finish(
-                    run_id,
-                    RunStatus.FAILED,
-                    error={
-                        "cell_index": None,
-                        "ename": "NotebookMissing",
-                        "evalue": "The notebook (or its version) was deleted before it ran",
-                    },
-                ):
-                    self._deliver_webhook(run_id)
-                return RunStatus.FAILED
+                return self._fail_unstarted(
+                    run_id, "NotebookMissing", "The notebook (or its version) was deleted before it ran"
+                )
             data, version = found
+            parameters = json.loads(run.get("parameters", "{}"))
+            try:
+                # A Run's were checked when asked for; a schedule's, when it was set, against
+                # content that may have changed since.
+                check_parameters(parameters, declared_parameters(json.loads(data)) if parameters else [])
+            except InvalidInput as refused:
+                return self._fail_unstarted(run_id, "InvalidParameters", refused.message)
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
                 self._records.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._records.max_output_bytes
@@ -166,7 +168,7 @@ class RunExecutor:
             ):
                 execution = self._runner.execute(
                     nbformat.reads(data.decode("utf-8"), as_version=4),
-                    parameters=json.loads(run.get("parameters", "{}")),
+                    parameters=parameters,
                     timeout=self._records.timeout_of(run),
                     on_progress=lambda done, total: self._records.progress(run_id, done, total),
                     on_checkpoint=lambda notebook: self._files.put(target, fit_output(notebook, limit)[0]),
@@ -192,6 +194,12 @@ class RunExecutor:
             ):
                 self._deliver_webhook(run_id)
             return RunStatus.FAILED
+
+    def _fail_unstarted(self, run_id: str, ename: str, evalue: str) -> str:
+        """End a claimed run `failed` before its notebook starts, with its webhook."""
+        if self._records.finish(run_id, RunStatus.FAILED, error={"cell_index": None, "ename": ename, "evalue": evalue}):
+            self._deliver_webhook(run_id)
+        return RunStatus.FAILED
 
     def cancel(self) -> None:
         """Stop the run executing, or about to, as a cancel does (its Fargate task is being
