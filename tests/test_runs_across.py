@@ -8,6 +8,7 @@ import uuid
 import boto3
 import pytest
 
+from devstack.stack import provision
 from tests.conftest import error
 from tests.helpers import AwsCalls
 from tests.test_runs import BASE, notebook_of, run_all
@@ -166,3 +167,23 @@ def test_a_page_costs_the_same_at_10_and_1000_stored_runs(api, stack):
         assert page.status_code == 200 and len(json.loads(page.body)) == 10
         costs.append((dict(calls.calls), calls.items_read))
     assert costs[0] == costs[1], costs
+
+
+def test_a_local_stacks_state_from_before_the_status_index_gets_it_with_its_runs_keyed(api, stack, dispatched):
+    """`make dev` on state saved by an earlier version: its runs table lacks the index, and
+    its runs the key; provisioning adds both, and the status listing finds those runs."""
+    run_id = start(api, api.create()["notebook_id"])
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    runs_table = stack.settings.runs_table
+    client.update_table(
+        TableName=runs_table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by_owner_status"}}]
+    )
+    client.update_item(TableName=runs_table, Key={"run_id": {"S": run_id}}, UpdateExpression="REMOVE owner_status")
+    indexes = client.describe_table(TableName=runs_table)["Table"]["GlobalSecondaryIndexes"]
+    assert "by_owner_status" not in {index["IndexName"] for index in indexes}
+
+    provision(stack.settings)
+
+    assert [run["run_id"] for run in api.json("GET", RUNS + "?status=queued")] == [run_id]
+    provision(stack.settings)  # once added, nothing more to do
+    assert [run["run_id"] for run in api.json("GET", RUNS + "?status=queued")] == [run_id]

@@ -52,6 +52,7 @@ TOKEN_PREFIX = "token#"
 SCHEDULED_PREFIX = "s_"
 BY_CREATED = "by_created"
 # Indexes of the runs table: an owner's runs, and an owner's runs in one status, newest first.
+GSI = "GlobalSecondaryIndexes"
 RUNS_BY_OWNER = "by_owner"
 RUNS_BY_OWNER_STATUS = "by_owner_status"
 BY_STATUS = "by_status"
@@ -114,7 +115,7 @@ def table_definitions(settings) -> list:
                 active_status=string,
                 deadline_at=number,
             ),
-            "GlobalSecondaryIndexes": [
+            GSI: [
                 {"IndexName": RUNS_BY_OWNER, "KeySchema": key("owner", "created_at"), "Projection": everything},
                 {
                     "IndexName": RUNS_BY_OWNER_STATUS,
@@ -138,16 +139,31 @@ def table_definitions(settings) -> list:
     ]
 
 
-def create_tables(dynamodb, settings) -> None:
-    """Create the tables that do not exist yet (local stack and tests)."""
+def create_tables(dynamodb, settings) -> list:
+    """Create the tables that do not exist yet, and the global secondary indexes that an
+    existing one lacks (a local stack's state from an earlier version); the names of the
+    indexes added to existing tables (local stack and tests)."""
     existing = set(dynamodb.list_tables()["TableNames"])
+    added = []
     for definition in table_definitions(settings):
-        if definition["TableName"] not in existing:
+        name = definition["TableName"]
+        if name not in existing:
             dynamodb.create_table(**definition)
-            dynamodb.get_waiter("table_exists").wait(TableName=definition["TableName"])
+            dynamodb.get_waiter("table_exists").wait(TableName=name)
+            continue
+        has = {index["IndexName"] for index in dynamodb.describe_table(TableName=name)["Table"].get(GSI, [])}
+        for index in definition.get(GSI, []):
+            if index["IndexName"] not in has:  # DynamoDB adds one index per update
+                dynamodb.update_table(
+                    TableName=name,
+                    AttributeDefinitions=definition["AttributeDefinitions"],
+                    GlobalSecondaryIndexUpdates=[{"Create": index}],
+                )
+                added.append(index["IndexName"])
     dynamodb.update_time_to_live(
         TableName=settings.notebooks_table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
     )
+    return added
 
 
 class NameTaken(Exception):
