@@ -46,7 +46,7 @@ class KernelPerRun(NotebookRunner):
     which in a test no run ever uses (tests/test_runner.py and tests/test_isolation.py
     test prewarming; test_faults.py and test_schedule_api.py run an executor that prewarms)."""
 
-    def prewarm(self) -> None:
+    def prewarm(self, preload: bool = True) -> None:
         pass
 
 
@@ -82,24 +82,27 @@ def stream_text(notebook):
 
 
 def test_a_run_queued_behind_is_drained_before_the_next_kernel_starts(api, stack, dispatched):
-    """The waiting kernel's start and preloaded imports take a second or more after each
-    run: the drain that lets a queued run start elsewhere is sent first."""
-    drains_sent_at_prewarm = []
+    """After each run the runner starts the next kernel: after the drain that lets a
+    queued run start elsewhere, and with the preloaded imports (a second or more) only
+    when no run waits, as a waiting one may be this runner's next."""
+    prewarms = []  # (drains sent so far, whether it preloads)
 
     class Recording(KernelPerRun):
-        def prewarm(self) -> None:
-            drains_sent_at_prewarm.append(len(dispatched.events))
+        def prewarm(self, preload: bool = True) -> None:
+            prewarms.append((len(dispatched.events), preload))
 
     runner = Recording(run_timeout=20)
     try:
         executor = stack.executor_on(runner)
-        notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
-        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
-        assert executor.handle(dispatched.events.pop(0))["status"] == "succeeded"
+        first, second = (api.create(content=notebook_of("print(1)"))["notebook_id"] for _ in range(2))
+        api.json("POST", BASE + "/_run", {"nbkIds": [first, second], "module": "m"})
+        assert executor.handle(dispatched.events.pop(0))["status"] == "succeeded"  # the other run still waits
+        assert prewarms == [(1 + 2, False)]  # a drain at the claim (a free slot), one at the end: both before
+        dispatched.events.clear()
+        assert executor.handle({"drain": {}})["status"] == "succeeded"  # the last one
+        assert prewarms[1:] == [(2, True)]
     finally:
         runner.close()
-    # One drain at the claim (another free slot), one at the end (this one): both before.
-    assert drains_sent_at_prewarm == [2]
 
 
 def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatched, executor):

@@ -102,9 +102,10 @@ class RunExecutor:
             return {"run_id": run["run_id"], "status": self._execute_claimed(run)}
         finally:
             self._run_dispatch.drain()
-            # Only then the next run's kernel, whose preloaded imports take a second or
-            # more: the run queued behind this one starts meanwhile, wherever it can.
-            self._runner.prewarm()
+            # Only then the next run's kernel, so the run queued behind this one starts
+            # meanwhile wherever it can; and the preloaded imports (a second or more) only
+            # when no run waits, as one may be this runner's next.
+            self._runner.prewarm(preload=not self._queue.has_waiting())
 
     def record_firing(self, owner: str, notebook_id: str):
         """Record the run of a schedule rule's firing; its run id, or None when no

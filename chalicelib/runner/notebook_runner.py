@@ -513,14 +513,15 @@ class NotebookRunner:
         self._executing_lock = threading.Lock()
         sandbox.adopt_orphans()  # a run's orphaned processes stay ours to find and end
 
-    def prewarm(self) -> None:
-        """Start a fresh kernel ahead of need (no-op if a fresh, live one is already waiting).
+    def prewarm(self, preload: bool = True) -> None:
+        """Start a fresh kernel ahead of need (no-op if a fresh, live one is already waiting),
+        importing the `preload` modules unless `preload` is False.
 
         Kernel start (~0.6 s) and the preloaded imports then happen before the run, while
         no run waits; execute() uses the kernel.
         Raises sandbox.SandboxError once a run could not be cleaned up after.
         """
-        self._prewarmed(self._preload)
+        self._prewarmed(self._preload if preload else ())
 
     def _prewarmed(self, preload: tuple) -> tuple["_Kernel", sandbox.ProcessSweep]:
         """The waiting kernel if it is alive, else a new one importing `preload`; and the

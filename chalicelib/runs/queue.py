@@ -65,6 +65,10 @@ class FairQueue:
                     return claimed
         return None
 
+    def has_waiting(self, pool: Pool = Pool.RUNNER) -> bool:
+        """Whether a run waits for `pool` (by the index: a moment behind)."""
+        return bool(self._table.with_status(RunStatus.QUEUED, limit=1, pool=pool))
+
     def _queued_by_owner(self, hint, pool: Pool) -> dict:
         """owner -> their queued runs waiting for `pool`, oldest first."""
         queued = self._table.with_status(RunStatus.QUEUED, limit=CANDIDATES, pool=pool)
