@@ -6,6 +6,8 @@ environment. One stack serves the whole module; notebooks are tiny and run on a 
 import http.server
 import json
 import os
+import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -15,8 +17,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-from notebooks_client import ApiError, Client
-from notebooks_client.cli import parameters_of
+from notebooks_client import ApiError, Client, UnexpectedAnswer
+from notebooks_client.cli import when
+from notebooks_client.parameters import parameters_of
 
 from devstack.stack import free_port
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
@@ -75,6 +78,13 @@ def succeeds(served, *args) -> str:
     return done.stdout
 
 
+def succeeds_at(stand_in, *args) -> str:
+    """The stdout of a command against the stand-in that must exit 0."""
+    done = notebooks(None, *args, url=stand_in.url)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
 def one_line_error(done: subprocess.CompletedProcess, *expected) -> None:
     """A user error: non-zero exit, nothing on stdout, one line on stderr naming the cause."""
     assert done.returncode != 0 and done.stdout == "", (done.stdout, done.stderr)
@@ -100,8 +110,13 @@ def test_the_package_imports_neither_boto3_nor_papermill():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 
-def test_a_parameter_value_is_json_where_it_parses_else_a_string():
+def test_a_parameter_value_is_python_s_constant_else_json_where_it_parses_else_a_string():
     pairs = [
+        ("yes", "True"),
+        ("no", "False"),
+        ("nothing", "None"),
+        ("huge", "1e400"),
+        ("object", '{"a": 1}'),
         ("n", "7"),
         ("x", "1.5"),
         ("s", "hello"),
@@ -114,6 +129,11 @@ def test_a_parameter_value_is_json_where_it_parses_else_a_string():
         ("n", "8"),
     ]
     assert parameters_of(pairs) == {
+        "yes": True,
+        "no": False,
+        "nothing": None,
+        "huge": "1e400",  # infinite as a float: JSON cannot carry it
+        "object": {"a": 1},
         "n": 8,
         "x": 1.5,
         "s": "hello",
@@ -124,6 +144,20 @@ def test_a_parameter_value_is_json_where_it_parses_else_a_string():
         "nan": "NaN",
         "deep": "[" * 5000,
     }
+
+
+def test_a_parameter_declared_as_str_is_sent_as_written():
+    declarations = [
+        {"name": "s", "type": "str", "default": "'a'", "help": ""},
+        {"name": "maybe", "type": "Optional[str]", "default": "'a'", "help": ""},
+        {"name": "unset", "type": "str", "default": "None", "help": ""},
+        {"name": "n", "type": "int", "default": "1", "help": ""},
+    ]
+    pairs = [("s", "123"), ("maybe", "[1]"), ("unset", "true"), ("n", "123")]
+    assert parameters_of(pairs, declarations) == {"s": "123", "maybe": "[1]", "unset": "true", "n": 123}
+    # None stays None where None fits the parameter; a plain str takes the word
+    none = [("s", "None"), ("maybe", "None"), ("unset", "null")]
+    assert parameters_of(none, declarations) == {"s": "None", "maybe": None, "unset": None}
 
 
 @pytest.mark.stack
@@ -222,10 +256,14 @@ def test_rm_and_schedule_and_unschedule(served, files):
     assert succeeds(served, "unschedule", first) == ""
     assert admin(served).get_notebook(first)["status"] == "Not Scheduled"
 
-    assert succeeds(served, "rm", first, second) == ""
+    assert succeeds(served, "rm", first) == ""
+    assert succeeds(served, "rm", first, second) == ""  # one of them deleted: done
     ids = {nb["notebook_id"] for nb in json.loads(succeeds(served, "ls", "--json"))}
     assert not ids & {first, second}
-    one_line_error(notebooks(served, "rm", first), "No notebooks deleted")
+    gone = notebooks(served, "rm", first)
+    one_line_error(gone, "notebooks: no notebook deleted: you have no notebook with this id")
+    assert gone.returncode == 1 and "HTTP 200" not in gone.stderr
+    one_line_error(notebooks(served, "rm", first, second), "you have no notebook with these ids")
 
 
 @pytest.mark.stack
@@ -280,25 +318,32 @@ def test_python_client_pages_follows_output_links_and_raises_api_errors(served, 
 
 @pytest.fixture
 def stand_in():
-    """A stand-in API on a free port: `answer(path)` gives each GET's (status, headers, body);
-    `seen` records each GET's path and Authorization header."""
-    seen = []
+    """A stand-in API on a free port: `answer(path)` gives each request's (status, headers,
+    body), whatever its method (a Content-Length in headers is sent as given); `seen`
+    records each request's path and Authorization header, `sent` its method, path and JSON
+    body (None without one)."""
+    seen, sent = [], []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
             seen.append((self.path, self.headers.get("Authorization")))
+            sent.append((self.command, self.path, json.loads(body) if body else None))
             status, headers, body = server.answer(self.path)
             self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = answer
 
         def log_message(self, *args):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.seen, server.url = seen, f"http://127.0.0.1:{server.server_port}"
+    server.seen, server.sent, server.url = seen, sent, f"http://127.0.0.1:{server.server_port}"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield server
     server.shutdown()
@@ -308,14 +353,36 @@ def stand_in():
 JSON = {"Content-Type": "application/json"}
 
 
+def notebook_object(notebook_id: str) -> dict:
+    """The fields of a notebook object that the client reads."""
+    return {"notebook_id": notebook_id, "notebook_name": f"{notebook_id}.ipynb", "status": "Not Scheduled"}
+
+
+def run_object(run_id: str, status: str = "succeeded", **fields) -> dict:
+    """The fields of a run object that the client reads."""
+    return {
+        "run_id": run_id,
+        "notebook_id": "n",
+        "status": status,
+        "trigger": "manual",
+        "created_at": 0,
+        "error": None,
+        **fields,
+    }
+
+
+def as_json(value) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
 def test_a_redirect_is_followed_without_credentials_and_paging_goes_on_after_it(stand_in):
     def answer(path):
         if path.startswith("/_notebooks/notebooks/_all") and "next_token" not in path:
             return 303, {"Location": "/download?signature=s", "X-Next-Token": "page-2"}, b""
-        return 200, JSON, b'[{"notebook_id": "a"}]' if path.startswith("/download") else b'[{"notebook_id": "b"}]'
+        return 200, JSON, as_json([notebook_object("a" if path.startswith("/download") else "b")])
 
     stand_in.answer = answer
-    assert Client(stand_in.url, "admin", "pw").list_notebooks() == [{"notebook_id": "a"}, {"notebook_id": "b"}]
+    assert Client(stand_in.url, "admin", "pw").list_notebooks() == [notebook_object("a"), notebook_object("b")]
     [(first, first_auth), (download, download_auth), (second, second_auth)] = stand_in.seen
     assert first_auth == second_auth == "Basic YWRtaW46cHc=" and download_auth is None
     assert download == "/download?signature=s" and "next_token=page-2" in second
@@ -330,19 +397,23 @@ def test_a_download_link_that_is_not_http_is_refused(stand_in, location):
 
 
 def test_an_unknown_charset_is_read_as_utf8(stand_in):
-    stand_in.answer = lambda path: (200, {"Content-Type": "application/json; charset=no-such"}, b'{"status": "ok"}')
-    assert Client(stand_in.url, "admin", "pw").get_run(str(uuid.uuid4())) == {"status": "ok"}
+    stand_in.answer = lambda path: (
+        200,
+        {"Content-Type": "application/json; charset=no-such"},
+        as_json(run_object("r")),
+    )
+    assert Client(stand_in.url, "admin", "pw").get_run("r") == run_object("r")
 
 
 def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_all_runs(stand_in):
     def answer(path):
         if path.startswith("/_notebooks/notebooks/n/runs?"):
-            return 200, JSON, b'[{"run_id": "2", "status": "failed"}, {"run_id": "1", "status": "succeeded"}]'
+            return 200, JSON, as_json([run_object("2", "failed"), run_object("1", "succeeded")])
         return 404, JSON, b'{"error": {"status": 404, "message": "Not found"}}'
 
     stand_in.answer = answer
     client = Client(stand_in.url, "admin", "pw")
-    assert client.list_runs("n", "failed") == [{"run_id": "2", "status": "failed"}]
+    assert client.list_runs("n", "failed") == [run_object("2", "failed")]
     assert [run["run_id"] for run in client.list_runs("n")] == ["2", "1"]
     with pytest.raises(ApiError, match="lists runs by notebook only"):
         client.list_runs(status="failed")
@@ -354,13 +425,13 @@ def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
         [
             (503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}'),
             (502, {}, b"<html>Bad gateway</html>"),
-            (200, JSON, b'{"run_id": "r", "status": "succeeded"}'),
+            (200, JSON, as_json(run_object("r"))),
             (404, JSON, b'{"error": {"status": 404, "message": "Run not found"}}'),
         ]
     )
     stand_in.answer = lambda path: next(answers)
     client = Client(stand_in.url, "admin", "pw")
-    assert client.wait("r", poll_seconds=0.01) == {"run_id": "r", "status": "succeeded"}
+    assert client.wait("r", poll_seconds=0.01) == run_object("r")
     with pytest.raises(ApiError) as raised:
         client.wait("r", poll_seconds=0.01)
     assert (raised.value.status, raised.value.message) == (404, "Run not found")
@@ -399,3 +470,285 @@ def test_runs_across_notebooks(served, files):
     assert eventually_listed(served, {bad_run}, "--status", "failed")
     table = succeeds(served, "runs", "--notebook", ok).splitlines()
     assert table[0].startswith("RUN ID") and table[1].startswith(ok_run)
+
+
+@pytest.mark.stack
+def test_typed_parameters_follow_papermill_and_the_declared_str(served, files):
+    cell = "s: str = 'a'\nflag: bool = False\nnothing: int = None"
+    notebook_id = created(served, files("declared.ipynb", "print(repr(s), flag, nothing)", parameters=cell))
+    done = notebooks(
+        served, "run", notebook_id, "-p", "s", "123", "-p", "flag", "True", "-p", "nothing", "None", "--wait"
+    )
+    assert done.returncode == 0 and "'123' True None" in done.stderr, done
+    run_id = done.stdout.strip()
+    again = succeeds(served, "rerun", run_id, "-p", "s", "[4]").strip()
+    assert admin(served).wait(again, poll_seconds=0.2)["parameters"] == {"s": "[4]", "flag": True, "nothing": None}
+    until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
+    assert succeeds(served, "schedule", notebook_id, "--until", until, "-p", "s", "1.5", "-p", "flag", "False") == ""
+    assert admin(served).get_notebook(notebook_id)["schedule"]["parameters"] == {"s": "1.5", "flag": False}
+    one_line_error(notebooks(served, "run", notebook_id, "-p", "flag", "1"), "Parameter 'flag' must be of type bool")
+    # the declarations cannot be read (no such notebook, no such run): the server answers
+    unknown = str(uuid.uuid4())
+    one_line_error(notebooks(served, "run", unknown, "-p", "s", "1"), "Notebook ID invalid.", "400")
+    one_line_error(notebooks(served, "rerun", unknown, "-p", "s", "1"), "Run not found", "404")
+
+
+NOT_THE_API = [
+    pytest.param((200, {"Content-Type": "text/html"}, b"<html>hi</html>"), id="html"),
+    pytest.param((200, JSON, b"{}"), id="empty-object"),
+    pytest.param((200, JSON, b'"Success"'), id="a-json-string"),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_THE_API)
+def test_a_server_that_is_not_the_api_is_one_line_naming_the_url(stand_in, files, answer):
+    stand_in.answer = lambda path: answer
+    until = "2030-01-01 00:00"
+    commands = [
+        ["ls"],
+        ["create", files("any.ipynb", "1")],
+        ["params", "x"],
+        ["run", "x"],
+        ["run", "x", "-p", "n", "1", "--wait"],
+        ["status", "abc"],
+        ["logs", "abc"],
+        ["logs", "abc", "--follow"],
+        ["cancel", "abc"],
+        ["rerun", "abc"],
+        ["rerun", "abc", "-p", "n", "1"],
+        ["output", "abc"],
+        ["runs"],
+        ["runs", "--notebook", "x"],
+        ["schedule", "x", "--until", until, "-p", "n", "1"],
+    ]
+    if answer[2] != b'"Success"':  # the answer of these three
+        commands += [["rm", "x"], ["schedule", "x", "--until", until], ["unschedule", "x"]]
+    for command in commands:
+        done = notebooks(None, *command, url=stand_in.url)
+        one_line_error(done, f"notebooks: unexpected answer from {stand_in.url}: not the notebooks API? (")
+        assert done.returncode == 1, (command, done.stderr)
+
+    client = Client(stand_in.url, "admin", "pw")
+    for call in (client.list_notebooks, client.list_runs, lambda: client.get_run("r"), lambda: client.run("n")):
+        with pytest.raises(UnexpectedAnswer) as raised:
+            call()
+        assert isinstance(raised.value, ApiError) and raised.value.status == 200
+
+
+def test_a_list_that_links_back_to_a_page_it_gave_is_an_unexpected_answer(stand_in):
+    def answer(path):
+        token = "b" if "next_token=a" in path else "a"
+        return 200, {**JSON, "X-Next-Token": token}, as_json([notebook_object(token)])
+
+    stand_in.answer = answer
+    with pytest.raises(UnexpectedAnswer, match="links back to a page"):
+        Client(stand_in.url, "admin", "pw").list_notebooks()
+    assert len(stand_in.seen) == 3
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", ""],
+        ["cancel", ""],
+        ["rerun", ""],
+        ["output", ""],
+        ["logs", ""],
+        ["rm", "x", ""],
+        ["params", ""],
+        ["run", ""],
+        ["schedule", "", "--until", "2030-01-01 00:00"],
+        ["unschedule", ""],
+        ["runs", "--notebook", ""],
+    ],
+)
+def test_an_empty_id_is_a_usage_error(stand_in, command):
+    done = notebooks(None, *command, url=stand_in.url)
+    one_line_error(done, "an id cannot be empty")
+    assert done.returncode == 2 and stand_in.seen == []
+
+
+def test_an_id_is_one_path_segment_whatever_it_holds(stand_in):
+    stand_in.answer = lambda path: (200, JSON, as_json(run_object("r")))
+    for run_id in ("../notebooks/_all", "..", "a?b#c", "50%"):
+        succeeds_against = notebooks(None, "status", run_id, url=stand_in.url)
+        assert succeeds_against.returncode == 0, succeeds_against.stderr
+    assert [path for path, _ in stand_in.seen] == [
+        "/_notebooks/runs/%2E%2E%2Fnotebooks%2F_all",
+        "/_notebooks/runs/%2E%2E",
+        "/_notebooks/runs/a%3Fb%23c",
+        "/_notebooks/runs/50%25",
+    ]
+
+
+@pytest.mark.stack
+def test_an_id_reaches_no_other_route_of_the_stack(served):
+    for run_id in ("../notebooks/_all", "..", "_all?x=1"):
+        one_line_error(notebooks(served, "status", run_id), "Run not found", "404")
+    one_line_error(notebooks(served, "cancel", "../notebooks/_run"), "Run not found", "404")
+
+
+def test_an_option_given_empty_wins_over_the_environment(stand_in):
+    stand_in.answer = lambda path: (200, JSON, b"[]")
+    done = notebooks(None, "ls", "--password", "", url=stand_in.url, password="secret")
+    assert done.returncode == 0, done.stderr
+    assert stand_in.seen[-1][1] == "Basic YWRtaW46"  # admin:
+    one_line_error(notebooks(None, "--user", "", "ls", url=stand_in.url), "no username")
+    one_line_error(notebooks(None, "ls", "--url", "", url=stand_in.url), "invalid URL ''")
+    assert len(stand_in.seen) == 1
+
+
+def test_stdout_closed_by_its_reader_ends_quietly(stand_in):
+    stand_in.answer = lambda path: (200, JSON, as_json([notebook_object("a")]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `notebooks ls | head -0`: the reader has left
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # buffered, as usual
+    env.update(NOTEBOOKS_URL=stand_in.url, NOTEBOOKS_USER="a", NOTEBOOKS_PASSWORD="b")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "notebooks_client", "ls"],
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == ""
+
+
+def test_a_timeout_that_is_not_a_finite_number_is_a_usage_error(stand_in):
+    for value in ("nan", "inf", "soon"):
+        done = notebooks(None, "run", "x", "--timeout", value, url=stand_in.url)
+        one_line_error(done, "argument --timeout")
+        assert done.returncode == 2
+    assert stand_in.seen == []
+
+
+def test_a_time_beyond_what_a_datetime_holds_is_shown_as_given():
+    assert when(10**20) == str(10**20) and when(0) == "1970-01-01 00:00:00" and when(None) == "-"
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_an_answer_cut_short_is_an_error_without_an_answer(stand_in, status):
+    stand_in.answer = lambda path: (status, {**JSON, "Content-Length": "100"}, b"[")
+    with pytest.raises(ApiError) as raised:
+        Client(stand_in.url, "admin", "pw").list_notebooks()
+    assert raised.value.status is None and raised.value.message.startswith(f"cannot reach {stand_in.url}: ")
+    one_line_error(notebooks(None, "ls", url=stand_in.url), "cannot reach")
+
+
+def test_json_nested_deeper_than_python_reads_is_an_unexpected_answer(stand_in):
+    stand_in.answer = lambda path: (200, JSON, b"[" * 100_000)
+    with pytest.raises(UnexpectedAnswer, match="not an array of notebook objects"):
+        Client(stand_in.url, "admin", "pw").list_notebooks()
+
+
+def test_a_url_with_credentials_or_control_characters_is_refused_without_echoing_the_password(stand_in):
+    for url, expected in [
+        ("http://admin:hunter2@127.0.0.1:8000", "invalid URL: give the username and password as settings"),
+        ("http://127.0.0.1:8000\r\nX-Injected: 1", "invalid URL"),
+        ("http://[::1", "invalid URL 'http://[::1': Invalid IPv6 URL"),
+    ]:
+        done = notebooks(None, "ls", url=url)
+        one_line_error(done, expected)
+        assert "hunter2" not in done.stderr
+
+
+def test_a_character_the_output_cannot_encode_is_written_escaped(stand_in, tmp_path):
+    executed = {"cells": [{"cell_type": "code", "source": "\ud800 é", "outputs": []}]}
+    stand_in.answer = lambda path: (200, JSON, json.dumps(executed).encode("utf-8"))
+    assert json.loads(succeeds_at(stand_in, "output", "r")) == executed
+    assert succeeds_at(stand_in, "output", "r", "-o", str(tmp_path / "out.ipynb")) == ""
+    assert json.loads((tmp_path / "out.ipynb").read_text(encoding="utf-8")) == executed
+
+
+def test_rerun_reads_values_with_the_declarations_of_the_runs_notebook(stand_in):
+    declared = {"parameters": [{"name": "s", "type": "str", "default": "'a'", "help": ""}]}
+    answers = {
+        "/_notebooks/runs/r": as_json(run_object("r")),
+        "/_notebooks/notebooks/n/parameters": as_json(declared),
+        "/_notebooks/runs/r/rerun": as_json({"runs": [{"run_id": "r2", "notebook_id": "n", "status": "queued"}]}),
+    }
+    stand_in.answer = lambda path: (200, JSON, answers[path])
+    assert succeeds_at(stand_in, "rerun", "r", "-p", "s", "123", "-p", "t", "5") == "r2\n"
+    assert stand_in.sent == [
+        ("GET", "/_notebooks/runs/r", None),
+        ("GET", "/_notebooks/notebooks/n/parameters", None),
+        ("POST", "/_notebooks/runs/r/rerun", {"parameters": {"s": "123", "t": 5}}),
+    ]
+    stand_in.sent.clear()  # only strings: nothing to ask
+    assert succeeds_at(stand_in, "rerun", "r", "-p", "s", "hello") == "r2\n"
+    assert stand_in.sent == [("POST", "/_notebooks/runs/r/rerun", {"parameters": {"s": "hello"}})]
+
+    unavailable = (503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}')
+    stand_in.answer = lambda path: unavailable if path.endswith("/parameters") else (200, JSON, answers[path])
+    one_line_error(notebooks(None, "rerun", "r", "-p", "s", "1", url=stand_in.url), "Service unavailable (HTTP 503)")
+
+
+def test_ctrl_c_during_run_wait_says_the_run_goes_on(stand_in):
+    started = {"runs": [{"run_id": "r", "notebook_id": "n", "status": "queued"}]}
+    stand_in.answer = lambda path: (
+        (200, JSON, as_json(started)) if path.endswith("/_run") else (200, JSON, as_json(run_object("r", "running")))
+    )
+    env = {**os.environ, "NOTEBOOKS_URL": stand_in.url, "NOTEBOOKS_USER": "a", "NOTEBOOKS_PASSWORD": "b"}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "notebooks_client", "run", "n", "--wait"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout.readline() == "r\n"  # the run started: the command waits for its end
+        waiting.send_signal(signal.SIGINT)
+        stdout, stderr = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 130 and stdout == ""
+    assert stderr == "notebooks: interrupted: run r goes on ('notebooks cancel r' stops it)\n"
+
+
+def test_a_closed_stdout_drops_the_output_without_a_traceback(stand_in):
+    stand_in.answer = lambda path: (200, JSON, as_json([notebook_object("a")]))
+    env = {**os.environ, "NOTEBOOKS_URL": stand_in.url, "NOTEBOOKS_USER": "a", "NOTEBOOKS_PASSWORD": "b"}
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m notebooks_client ls >&-', sys.executable],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 0 and closed.stderr == ""
+
+
+def test_ctrl_d_at_the_password_prompt_is_an_error_without_a_traceback(stand_in):
+    terminal, its_other_end = pty.openpty()
+    env = {name: value for name, value in os.environ.items() if name != "NOTEBOOKS_PASSWORD"}
+    env.update(NOTEBOOKS_URL=stand_in.url, NOTEBOOKS_USER="a")
+    asking = subprocess.Popen(
+        [sys.executable, "-m", "notebooks_client", "ls"],
+        env=env,
+        stdin=its_other_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # no controlling terminal: getpass prompts on stderr, reads stdin
+    )
+    os.close(its_other_end)
+    try:
+        said = b""
+        while b"Password for a: " not in said:  # echo is off only once the prompt is out
+            chunk = os.read(asking.stderr.fileno(), 1024)
+            assert chunk, said
+            said += chunk
+        os.write(terminal, b"\x04")  # Ctrl-D
+        stdout, rest = asking.communicate(timeout=60)
+    finally:
+        asking.kill()
+        os.close(terminal)
+    assert asking.returncode == 1 and stdout == b"" and stand_in.seen == []
+    assert (said + rest).decode() == "Password for a: \nnotebooks: no password given\n"

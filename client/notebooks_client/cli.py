@@ -9,12 +9,15 @@ cancelled.
 
 import argparse
 import getpass
+import io
 import json
+import math
 import os
 import sys
 from datetime import datetime, timezone
 
-from .client import ApiError, Client
+from .client import ApiError, Client, UnexpectedAnswer
+from .parameters import parameters_of, takes_text
 
 PROG = "notebooks"
 EXIT_FAILED = 1
@@ -33,29 +36,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def parameter_value(text: str):
-    """A `-p` value as papermill reads one: JSON where it parses (numbers, true, null,
-    lists, objects, quoted strings), else the text itself."""
+def identifier(text: str) -> str:
+    """An id on the command line: anything but empty (an empty one would name another route)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an id cannot be empty")
+    return text
 
-    def not_json(constant):
-        raise ValueError(constant)  # NaN and Infinity are not JSON, whatever Python's json reads
 
+def seconds(text: str) -> float:
+    """A finite number of seconds (JSON carries no NaN or Infinity)."""
+    value = float(text)  # a ValueError is argparse's "invalid seconds value"
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def unless_refused(request, fallback):
+    """What `request()` returns; `fallback` when the API refuses it with a client error (4xx)."""
     try:
-        return json.loads(text, parse_constant=not_json)
-    except (ValueError, RecursionError):  # nested too deep for Python's JSON reader: not JSON here
-        return text
+        return request()
+    except ApiError as error:
+        if error.status is None or not 400 <= error.status < 500:
+            raise
+        return fallback
 
 
-def parameters_of(pairs) -> dict:
-    """The `-p NAME VALUE` pairs as a parameters object (a later NAME wins)."""
-    return {name: parameter_value(value) for name, value in pairs or []}
+def read_parameters(client: Client, pairs, notebook_ids: list) -> dict:
+    """The `-p` pairs as a parameters object, read with the declarations of the notebooks
+    (notebooks_client.parameters); these are asked for (one request a notebook) only when
+    some value reads as other than a string. A notebook whose declarations the API refuses
+    (a 4xx: no such notebook, ...) is left out: the request that follows says why."""
+    if not takes_text(pairs):
+        return parameters_of(pairs)
+    declarations = []
+    for notebook_id in notebook_ids:
+        declarations.extend(unless_refused(lambda notebook_id=notebook_id: client.parameters(notebook_id), []))
+    return parameters_of(pairs, declarations)
 
 
 def when(epoch_ms) -> str:
     """Epoch milliseconds as `YYYY-MM-DD HH:MM:SS` UTC; `-` for none."""
     if not isinstance(epoch_ms, (int, float)) or isinstance(epoch_ms, bool):
         return "-"
-    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # beyond the years a datetime holds
+        return str(epoch_ms)
 
 
 def print_table(headers: list, rows: list) -> None:
@@ -93,7 +119,8 @@ def write_text(path, text: str) -> None:
         sys.stdout.write(text)
         return
     try:
-        with open(path, "w", encoding="utf-8") as output_file:
+        # A lone surrogate (JSON's "\ud800") is written as that escape: no UnicodeEncodeError.
+        with open(path, "w", encoding="utf-8", errors="backslashreplace") as output_file:
             output_file.write(text)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror}") from None
@@ -145,8 +172,15 @@ def list_notebooks(client: Client, args) -> int:
 
 
 def remove(client: Client, args) -> int:
-    """`notebooks rm ID...`: delete the notebooks."""
-    client.delete(args.notebook_ids)
+    """`notebooks rm ID...`: delete the notebooks; exit 1 when none was deleted."""
+    try:
+        client.delete(args.notebook_ids)
+    except ApiError as error:
+        if error.status != 200 or isinstance(error, UnexpectedAnswer):
+            raise
+        # The seed's "No notebooks deleted" (an error body under HTTP 200): none was the caller's.
+        ids = "this id" if len(args.notebook_ids) == 1 else "these ids"
+        raise UserError(f"no notebook deleted: you have no notebook with {ids}") from None
     return 0
 
 
@@ -165,11 +199,13 @@ def show_parameters(client: Client, args) -> int:
 def run(client: Client, args) -> int:
     """`notebooks run ID [-p NAME VALUE]... [--timeout S] [--wait]`: print the run id; with
     `--wait`, follow its log on stderr until it ends."""
-    started = client.run(args.notebook_id, parameters_of(args.parameters), args.timeout)
-    print(started["run_id"], flush=True)
-    if not args.wait:
-        return 0
-    return outcome(client.wait(started["run_id"], on_log=to_stream(sys.stderr)))
+    parameters = read_parameters(client, args.parameters, [args.notebook_id])
+    run_id = client.run(args.notebook_id, parameters, args.timeout)["run_id"]
+    try:
+        print(run_id, flush=True)
+        return outcome(client.wait(run_id, on_log=to_stream(sys.stderr))) if args.wait else 0
+    except KeyboardInterrupt:  # the run is the server's: it goes on
+        raise KeyboardInterrupt(f"run {run_id} goes on ('{PROG} cancel {run_id}' stops it)") from None
 
 
 def list_runs(client: Client, args) -> int:
@@ -217,7 +253,10 @@ def cancel(client: Client, args) -> int:
 
 def rerun(client: Client, args) -> int:
     """`notebooks rerun RUN_ID [-p NAME VALUE]...`: print the new run's id."""
-    print(client.rerun(args.run_id, parameters_of(args.parameters))["run_id"])
+    notebook_ids = []
+    if takes_text(args.parameters):  # the declarations are those of the run's notebook
+        notebook_ids = unless_refused(lambda: [client.get_run(args.run_id)["notebook_id"]], [])
+    print(client.rerun(args.run_id, read_parameters(client, args.parameters, notebook_ids))["run_id"])
     return 0
 
 
@@ -239,7 +278,7 @@ def schedule(client: Client, args) -> int:
         time_of_day=args.time,
         period=args.period,
         timezone=args.timezone,
-        parameters=parameters_of(args.parameters) or None,
+        parameters=read_parameters(client, args.parameters, args.notebook_ids) or None,
     )
     return 0
 
@@ -274,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             dest="parameters",
             metavar=("NAME", "VALUE"),
-            help="a papermill parameter; VALUE is read as JSON where it parses, else as a string",
+            help="a papermill parameter; VALUE is True, False, None, else JSON where it parses, else a string"
+            " (as written for a parameter the notebook declares as str)",
         )
 
     sub = command("create", create, "upload a notebook file; prints its id")
@@ -283,62 +323,71 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("ls", list_notebooks, "list your notebooks")
     sub.add_argument("--json", action="store_true", help="the API's notebook objects as JSON")
     sub = command("rm", remove, "delete notebooks, with their schedules and runs")
-    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    sub.add_argument("notebook_ids", nargs="+", type=identifier, metavar="ID")
     sub = command("params", show_parameters, "the parameters a notebook declares")
-    sub.add_argument("notebook_id", metavar="ID")
+    sub.add_argument("notebook_id", type=identifier, metavar="ID")
     sub.add_argument("--json", action="store_true", help="as JSON")
     sub = command("run", run, "run a notebook; prints the run id")
-    sub.add_argument("notebook_id", metavar="ID")
+    sub.add_argument("notebook_id", type=identifier, metavar="ID")
     parameter_option(sub)
-    sub.add_argument("--timeout", type=float, metavar="S", help="stop the run after S seconds")
+    sub.add_argument("--timeout", type=seconds, metavar="S", help="stop the run after S seconds")
     sub.add_argument(
         "--wait", action="store_true", help="follow the log on stderr until the run ends; exit 1 unless it succeeded"
     )
     sub = command("runs", list_runs, "list runs, newest first")
-    sub.add_argument("--notebook", metavar="ID", help="only this notebook's runs")
+    sub.add_argument("--notebook", type=identifier, metavar="ID", help="only this notebook's runs")
     sub.add_argument("--status", metavar="S", help="only runs of this status (queued, running, succeeded, ...)")
     sub.add_argument("--json", action="store_true", help="the API's run objects as JSON")
     sub = command("status", status, "a run's details, as JSON")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=identifier, metavar="RUN_ID")
     sub = command("logs", logs, "a run's log: its output and error tracebacks")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=identifier, metavar="RUN_ID")
     sub.add_argument(
         "--follow", action="store_true", help="print the log as it grows until the run ends; exit 1 unless it succeeded"
     )
     sub = command("cancel", cancel, "cancel a queued or running run; prints its status then")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=identifier, metavar="RUN_ID")
     sub = command("rerun", rerun, "run a past run's notebook version again; prints the new run id")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=identifier, metavar="RUN_ID")
     parameter_option(sub)
     sub = command("output", output, "a run's executed notebook")
-    sub.add_argument("run_id", metavar="RUN_ID")
+    sub.add_argument("run_id", type=identifier, metavar="RUN_ID")
     sub.add_argument("--html", action="store_true", help="rendered as an HTML page")
     sub.add_argument("-o", "--output", dest="output_file", metavar="FILE", help="write it to FILE, not stdout")
     sub = command("schedule", schedule, "run notebooks on a schedule")
-    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    sub.add_argument("notebook_ids", nargs="+", type=identifier, metavar="ID")
     sub.add_argument("--until", required=True, metavar="'YYYY-MM-DD HH:MM'", help="the schedule's end")
     sub.add_argument("--time", metavar="HH:MM", help="time of day (default: the time in --until)")
     sub.add_argument("--period", metavar="DAY", help="a weekday (default: every day)")
     sub.add_argument("--timezone", metavar="ZONE", help="an IANA zone (default: the deployment's)")
     parameter_option(sub)
     sub = command("unschedule", unschedule, "remove notebooks' schedules")
-    sub.add_argument("notebook_ids", nargs="+", metavar="ID")
+    sub.add_argument("notebook_ids", nargs="+", type=identifier, metavar="ID")
     return parser
+
+
+def setting(args, option: str, variable: str):
+    """The option's value when given, even empty; else the environment variable's, or None."""
+    return getattr(args, option) if hasattr(args, option) else os.environ.get(variable)
 
 
 def client_from(args) -> Client:
     """A client from the options, else the environment (a password asked for on a terminal)."""
-    url = getattr(args, "url", None) or os.environ.get("NOTEBOOKS_URL")
-    user = getattr(args, "user", None) or os.environ.get("NOTEBOOKS_USER")
-    password = getattr(args, "password", None) or os.environ.get("NOTEBOOKS_PASSWORD")
-    if not url:
+    url = setting(args, "url", "NOTEBOOKS_URL")
+    user = setting(args, "user", "NOTEBOOKS_USER")
+    password = setting(args, "password", "NOTEBOOKS_PASSWORD")
+    if url is None:
         raise UserError("no API URL: give --url or set NOTEBOOKS_URL")
     if not user:
         raise UserError("no username: give --user or set NOTEBOOKS_USER")
     if password is None:
         if not sys.stdin.isatty():
             raise UserError("no password: give --password or set NOTEBOOKS_PASSWORD")
-        password = getpass.getpass(f"Password for {user}: ")
+        try:
+            password = getpass.getpass(f"Password for {user}: ")
+        except EOFError:  # Ctrl-D at the prompt
+            print(file=sys.stderr)  # the error on a line of its own, not after the prompt
+            raise UserError("no password given") from None
     try:
         return Client(url, user, password)
     except ValueError as error:
@@ -347,9 +396,17 @@ def client_from(args) -> Client:
 
 def main(argv=None) -> int:
     """Run the command in `argv` (default: sys.argv); its exit status."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # started with it closed (`>&-`): what goes there is dropped
+            setattr(sys, name, open(os.devnull, "w"))
+        stream = getattr(sys, name)
+        if isinstance(stream, io.TextIOWrapper):  # what it cannot encode is written escaped, not a traceback
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(client_from(args), args)
+        status = args.handler(client_from(args), args)
+        sys.stdout.flush()  # here, not at exit, so that a reader who left is the BrokenPipeError below
+        return status
     except ApiError as error:
         hint = ": check the username and password (--user, --password)" if error.status == 401 else ""
         print(f"{PROG}: {error}{hint}", file=sys.stderr)
@@ -357,8 +414,8 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interruption:
+        print(f"{PROG}: interrupted" + (f": {interruption}" if str(interruption) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `notebooks ls | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

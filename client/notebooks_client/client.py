@@ -1,7 +1,9 @@
 """The notebooks API over HTTP, with the standard library only (urllib).
 
 Every method returns what the API answers, as plain dicts, lists or text. Every failure,
-an error answer of the API or a server that cannot be reached, raises `ApiError`.
+an error answer of the API or a server that cannot be reached, raises `ApiError`; an
+answer of another shape than the API's (another server at the URL) raises its subclass
+`UnexpectedAnswer`.
 """
 
 import base64
@@ -13,6 +15,8 @@ import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from typing import Callable, Mapping, NamedTuple, Optional
+
+from . import answers
 
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
@@ -42,6 +46,14 @@ class ApiError(Exception):
         return self.message if self.status is None else f"{self.message} (HTTP {self.status})"
 
 
+class UnexpectedAnswer(ApiError):
+    """An answer that is not of the shape the notebooks API answers: the URL is most likely
+    not the API's. `status` is the answer's HTTP status; the message says what came."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class _Answer(NamedTuple):
     """A successful answer: its decoded body (JSON value, or text) and the API's headers
     (those of the first answer when it was a redirect: `X-Next-Token` is there)."""
@@ -69,9 +81,14 @@ class Client:
     def __init__(
         self, url: str, user: str, password: str, page_size: int = PAGE_SIZE, request_timeout: float = REQUEST_TIMEOUT
     ):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as error:  # e.g. "Invalid IPv6 URL"
+            raise ValueError(f"invalid URL {url!r}: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc or not url.isprintable() or " " in url:
             raise ValueError(f"invalid URL {url!r}: expected http://HOST[:PORT] or https://HOST[/PATH]")
+        if "@" in parts.netloc:  # urllib would take it for part of the host, and say it in errors
+            raise ValueError("invalid URL: give the username and password as settings, not in the URL")
         self.url = url.rstrip("/")
         token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
         self._authorization = f"Basic {token}"
@@ -84,23 +101,25 @@ class Client:
         """Create a notebook from `content` (an nbformat v4 notebook; omitted: an empty
         one) named `name` (omitted: the API names it); the API's answer, `notebook_id` in it."""
         body = {key: value for key, value in (("notebook_name", name), ("content", content)) if value is not None}
-        return self._call("POST", NOTEBOOKS, body).body
+        return self._call("POST", NOTEBOOKS, answers.CREATED, body).body
 
     def list_notebooks(self) -> list:
         """All of the caller's notebooks, oldest first (every page, followed)."""
-        return self._all_pages(NOTEBOOKS + "/_all", {})
+        return self._all_pages(NOTEBOOKS + "/_all", {}, answers.NOTEBOOKS)
 
     def get_notebook(self, notebook_id: str) -> dict:
         """One notebook's details."""
-        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}").body
+        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}", answers.NOTEBOOK).body
 
     def delete(self, notebook_ids: list) -> None:
         """Delete these notebooks with their schedules, runs and outputs."""
-        self._call("DELETE", NOTEBOOKS, {"nbk_ids": list(notebook_ids)})
+        self._call("DELETE", NOTEBOOKS, answers.SUCCESS, {"nbk_ids": list(notebook_ids)})
 
     def parameters(self, notebook_id: str) -> list:
         """What the notebook's `parameters` cell declares: [{"name", "type", "default", "help"}]."""
-        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}/parameters").body["parameters"]
+        return self._call("GET", f"{NOTEBOOKS}/{_quoted(notebook_id)}/parameters", answers.PARAMETERS).body[
+            "parameters"
+        ]
 
     def schedule(
         self,
@@ -120,11 +139,11 @@ class Client:
             "until": until,
             **{key: value for key, value in optional.items() if value is not None},
         }
-        self._call("POST", NOTEBOOKS + "/_schedule", body)
+        self._call("POST", NOTEBOOKS + "/_schedule", answers.SUCCESS, body)
 
     def unschedule(self, notebook_ids: list) -> None:
         """Remove the schedules of these notebooks."""
-        self._call("POST", NOTEBOOKS + "/_unschedule", {"nbk_ids": list(notebook_ids)})
+        self._call("POST", NOTEBOOKS + "/_unschedule", answers.SUCCESS, {"nbk_ids": list(notebook_ids)})
 
     # Runs
 
@@ -144,7 +163,7 @@ class Client:
         body = {"nbkIds": [notebook_id], "module": MODULE, "parameters": parameters or {}}
         if timeout is not None:
             body["timeout"] = timeout
-        [started] = self._call("POST", NOTEBOOKS + "/_run", body).body["runs"]
+        [started] = self._call("POST", NOTEBOOKS + "/_run", answers.ONE_STARTED, body).body["runs"]
         return self.wait(started["run_id"], on_log, poll_seconds) if wait else started
 
     def wait(self, run_id: str, on_log: Optional[Callable[[str], None]] = None, poll_seconds: float = 1.0) -> dict:
@@ -179,59 +198,66 @@ class Client:
         notebook's runs come from that notebook's list, filtered by status here."""
         query = {key: value for key, value in (("notebook_id", notebook_id), ("status", status)) if value}
         try:
-            return self._all_pages(RUNS, query)
+            return self._all_pages(RUNS, query, answers.RUNS)
         except ApiError as error:
             if not _is_missing_route(error):
                 raise
             if not notebook_id:
                 raise ApiError(error.status, "this server lists runs by notebook only: give a notebook id") from None
-        runs = self._all_pages(f"{NOTEBOOKS}/{_quoted(notebook_id)}/runs", {})
+        runs = self._all_pages(f"{NOTEBOOKS}/{_quoted(notebook_id)}/runs", {}, answers.RUNS)
         return [run for run in runs if not status or run["status"] == status]
 
     def get_run(self, run_id: str) -> dict:
         """The run object: status, progress, error, parameters, times."""
-        return self._call("GET", f"{RUNS}/{_quoted(run_id)}").body
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}", answers.RUN).body
 
     def log(self, run_id: str) -> str:
         """The run's log so far: its stream output and error tracebacks."""
-        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/log").body
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/log", answers.LOG).body
 
     def cancel(self, run_id: str) -> dict:
         """Cancel a queued or running run; the run object as it is then."""
-        return self._call("POST", f"{RUNS}/{_quoted(run_id)}/cancel").body
+        return self._call("POST", f"{RUNS}/{_quoted(run_id)}/cancel", answers.RUN).body
 
     def rerun(self, run_id: str, parameters: Optional[dict] = None) -> dict:
         """Run the notebook version of a past run again, its parameters updated with
         `parameters`; {"run_id", "notebook_id", "status"} of the new run."""
         body = {"parameters": parameters} if parameters else None
-        [started] = self._call("POST", f"{RUNS}/{_quoted(run_id)}/rerun", body).body["runs"]
+        [started] = self._call("POST", f"{RUNS}/{_quoted(run_id)}/rerun", answers.ONE_STARTED, body).body["runs"]
         return started
 
     def output(self, run_id: str) -> dict:
         """The executed notebook (nbformat JSON as a dict)."""
-        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output").body
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output", answers.EXECUTED).body
 
     def output_html(self, run_id: str) -> str:
         """The executed notebook rendered as an HTML page."""
-        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output", query={"format": "html"}).body
+        return self._call("GET", f"{RUNS}/{_quoted(run_id)}/output", answers.HTML, query={"format": "html"}).body
 
     # HTTP
 
-    def _all_pages(self, path: str, query: dict) -> list:
-        """Every item of a paged list, following `X-Next-Token` from page to page."""
-        items, next_token = [], None
+    def _all_pages(self, path: str, query: dict, shape: answers.Shape) -> list:
+        """Every item of a paged list (each page fitting `shape`), following `X-Next-Token`
+        from page to page."""
+        items, next_token, tokens_seen = [], None, set()
         while True:
             page_query = {**query, "limit": self._page_size, **({"next_token": next_token} if next_token else {})}
-            answer = self._call("GET", path, query=page_query)
+            answer = self._call("GET", path, shape, query=page_query)
             items.extend(answer.body)
             next_token = answer.headers.get("X-Next-Token")
             if not next_token:
                 return items
+            if next_token in tokens_seen:  # a page seen before: following the links would never end
+                raise UnexpectedAnswer(
+                    200, f"unexpected answer from {self.url}: not the notebooks API? (GET {path} links back to a page)"
+                )
+            tokens_seen.add(next_token)
 
-    def _call(self, method: str, path: str, body=None, query: Optional[dict] = None) -> _Answer:
-        """One API request; a `303 See Other` is followed (a GET, without credentials: the
-        link carries its own signature). An error body is raised as ApiError, even under
-        HTTP 200 (the seed's "No notebooks deleted")."""
+    def _call(self, method: str, path: str, shape: answers.Shape, body=None, query: Optional[dict] = None) -> _Answer:
+        """One API request, whose successful answer must fit `shape`; a `303 See Other` is
+        followed (a GET, without credentials: the link carries its own signature). An error
+        body is raised as ApiError, even under HTTP 200 (the seed's "No notebooks deleted");
+        an answer of another shape than `shape`, as UnexpectedAnswer."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = {"Authorization": self._authorization, "User-Agent": USER_AGENT}
         data = None
@@ -252,16 +278,25 @@ class Client:
         message = _seed_error(payload.json)
         if message is not None:
             raise ApiError(status, message)
-        return _Answer(payload.json if payload.is_json else payload.text, api_headers)
+        value = payload.text if shape.content_type else payload.json
+        typed = payload.content_type == shape.content_type if shape.content_type else payload.is_json
+        if not (typed and shape.fits(value)):
+            raise UnexpectedAnswer(
+                status,
+                f"unexpected answer from {self.url}: not the notebooks API? ({method} {path} answered "
+                f"HTTP {status} {payload.content_type}, not {shape.expected})",
+            )
+        return _Answer(value, api_headers)
 
     def _send(self, request: urllib.request.Request) -> tuple:
         """(status, headers, _Payload) of one HTTP exchange; ApiError(None, ...) when none."""
         try:
-            with _OPENER.open(request, timeout=self._request_timeout) as response:
+            try:
+                response = _OPENER.open(request, timeout=self._request_timeout)
+            except urllib.error.HTTPError as error:  # an answer all the same: 3xx, 4xx, 5xx
+                response = error
+            with response:  # the body is read here, where its failure is caught below
                 return response.status, response.headers, _Payload(response.headers, response.read())
-        except urllib.error.HTTPError as error:  # an answer all the same: 3xx, 4xx, 5xx
-            with error:
-                return error.code, error.headers, _Payload(error.headers, error.read())
         except urllib.error.URLError as error:
             raise ApiError(None, f"cannot reach {_origin(request.full_url)}: {_reason(error.reason)}") from None
         except (socket.timeout, TimeoutError):
@@ -280,13 +315,13 @@ class _Payload:
             self.text = raw.decode(headers.get_content_charset() or "utf-8", errors="replace")
         except LookupError:  # a charset Python does not know: read it as UTF-8
             self.text = raw.decode("utf-8", errors="replace")
-        content_type = headers.get_content_type()  # S3 serves notebooks as application/x-ipynb+json
-        self.is_json = content_type == "application/json" or content_type.endswith("+json")
+        self.content_type = headers.get_content_type()  # S3 serves notebooks as application/x-ipynb+json
+        self.is_json = self.content_type == "application/json" or self.content_type.endswith("+json")
         self.json = None
         if self.is_json:
             try:
                 self.json = json.loads(self.text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python reads
                 self.is_json = False
 
 
@@ -310,8 +345,9 @@ def _is_missing_route(error: ApiError) -> bool:
 
 
 def _quoted(identifier: str) -> str:
-    """An id as one path segment, whatever it holds."""
-    return urllib.parse.quote(identifier, safe="")
+    """An id as one path segment, whatever it holds: `/`, `?`, `#` and `%` percent-encoded,
+    and `.` too, so that `..` is no segment a server or proxy would resolve."""
+    return urllib.parse.quote(identifier, safe="").replace(".", "%2E")
 
 
 def _origin(url: str) -> str:
