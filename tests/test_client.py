@@ -579,6 +579,11 @@ def test_an_id_is_one_path_segment_whatever_it_holds(stand_in):
         "/_notebooks/runs/a%3Fb%23c",
         "/_notebooks/runs/50%25",
     ]
+    client = Client(stand_in.url, "admin", "pw")
+    for call in (client.get_run, client.cancel, client.output, client.parameters, client.get_notebook):
+        with pytest.raises(ValueError, match="an id cannot be empty"):
+            call("")
+    assert len(stand_in.seen) == 4
 
 
 @pytest.mark.stack

@@ -346,7 +346,10 @@ def _is_missing_route(error: ApiError) -> bool:
 
 def _quoted(identifier: str) -> str:
     """An id as one path segment, whatever it holds: `/`, `?`, `#` and `%` percent-encoded,
-    and `.` too, so that `..` is no segment a server or proxy would resolve."""
+    and `.` too, so that `..` is no segment a server or proxy would resolve. An empty id
+    (it would name another route) raises ValueError."""
+    if not identifier:
+        raise ValueError("an id cannot be empty")
     return urllib.parse.quote(identifier, safe="").replace(".", "%2E")
 
 
