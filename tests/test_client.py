@@ -757,3 +757,18 @@ def test_ctrl_d_at_the_password_prompt_is_an_error_without_a_traceback(stand_in)
         os.close(terminal)
     assert asking.returncode == 1 and stdout == b"" and stand_in.seen == []
     assert (said + rest).decode() == "Password for a: \nnotebooks: no password given\n"
+
+
+def test_what_the_server_says_stays_on_one_line_without_control_codes(stand_in):
+    error = {"cell_index": 0, "ename": "ValueError", "evalue": "first\nsecond \x1b[31mred"}
+    stand_in.answer = lambda path: (
+        (200, {"Content-Type": "text/plain"}, b"")
+        if path.endswith("/log")
+        else (200, JSON, as_json(run_object("r", "failed", error=error)))
+    )
+    done = notebooks(None, "logs", "r", "--follow", url=stand_in.url)
+    assert done.returncode == 1
+    assert done.stderr == "notebooks: run r failed: ValueError: first\\nsecond \\x1b[31mred (cell 0)\n"
+    refused = (400, JSON, as_json({"error": {"status": 400, "message": "bad\r\nX-Injected: 1"}}))
+    stand_in.answer = lambda path: refused
+    one_line_error(notebooks(None, "status", "r", url=stand_in.url), "notebooks: bad\\r\\nX-Injected: 1 (HTTP 400)")

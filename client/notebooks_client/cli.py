@@ -136,6 +136,13 @@ def to_stream(stream):
     return write
 
 
+def say(message: str) -> None:
+    """An error or outcome as one line on stderr: what the server sent (an exception's
+    message, an error text) cannot break the line or send terminal control codes."""
+    line = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+    print(f"{PROG}: {line}", file=sys.stderr)
+
+
 def outcome(run: dict) -> int:
     """The exit status for an ended run: 0 when it succeeded; else 1, saying why on stderr."""
     if run["status"] == "succeeded":
@@ -143,7 +150,7 @@ def outcome(run: dict) -> int:
     error = run.get("error") or {}
     cause = f": {error.get('ename')}: {error.get('evalue')}" if error.get("ename") else ""
     cell = f" (cell {error['cell_index']})" if error.get("cell_index") is not None else ""
-    print(f"{PROG}: run {run['run_id']} {run['status']}{cause}{cell}", file=sys.stderr)
+    say(f"run {run['run_id']} {run['status']}{cause}{cell}")
     return EXIT_FAILED
 
 
@@ -409,13 +416,13 @@ def main(argv=None) -> int:
         return status
     except ApiError as error:
         hint = ": check the username and password (--user, --password)" if error.status == 401 else ""
-        print(f"{PROG}: {error}{hint}", file=sys.stderr)
+        say(f"{error}{hint}")
         return EXIT_FAILED
     except UserError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        say(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt as interruption:
-        print(f"{PROG}: interrupted" + (f": {interruption}" if str(interruption) else ""), file=sys.stderr)
+        say("interrupted" + (f": {interruption}" if str(interruption) else ""))
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `notebooks ls | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
