@@ -176,8 +176,10 @@ def notebook_runs(notebook_id):
 
 @route(RUNS, ["GET"], "Error occurred while retrieving runs")
 def list_runs():
-    # An empty value is no filter: a form or a template leaves its empty fields in the query.
-    query = {name: value for name, value in (app.current_request.query_params or {}).items() if value != ""}
+    query = app.current_request.query_params or {}
+    # An empty filter is none: a form leaves its empty fields in the query. (limit and
+    # next_token are read as List reads them.)
+    query = {name: value for name, value in query.items() if value != "" or name not in ("status", "notebook_id")}
     limit = payloads.page_limit(query.get("limit"), services.get().settings.max_ids)
     runs, next_token = services.get().runs.across_notebooks(
         caller(), query.get("status"), query.get("notebook_id"), limit, query.get("next_token")

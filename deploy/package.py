@@ -121,8 +121,8 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
         stderr=subprocess.PIPE,
         text=True,
     )
+    sys.stderr.write(installed.stderr)  # pip's warnings, or why it failed
     if installed.returncode != 0:
-        sys.stderr.write(installed.stderr)
         raise SystemExit(_not_installable(installed.stderr))
     _compile(site)
     (site / ".complete").touch()
@@ -134,13 +134,14 @@ def dependencies(requirements=ZIP_REQUIREMENTS, cache: Path = BUILD / "cache") -
 
 def _not_installable(pip_errors: str) -> str:
     """Why `make package` stops when pip could not install the pins, naming the libraries
-    pip names: most often a release that publishes wheels for a newer glibc only."""
+    pip names. Most often a release publishes wheels for a newer glibc only."""
     names = sorted(set(re.findall(r"(?:No matching distribution found for|Cannot install) ([\w.\-]+)", pip_errors)))
     return (
         f"pip could not install {', '.join(names) or 'the pins'} as wheels for CPython {LAMBDA_PYTHON} on "
         f"glibc 2.{LAMBDA_GLIBC_MINOR} or older ({PLATFORMS[-1]} or older tags), which is what Lambda's {RUNTIME} "
-        f"runs: a release with wheels for a newer glibc only (manylinux_2_{LAMBDA_GLIBC_MINOR + 1} or later) cannot "
-        "ship. Pin an older release that has such a wheel, then `make constraints` (pip's own message is above)."
+        "runs (pip's own message is above). A release with wheels for a newer glibc only "
+        f"(manylinux_2_{LAMBDA_GLIBC_MINOR + 1} or later), or with no wheel for this platform, cannot ship: pin "
+        "one that has such a wheel, then `make constraints`."
     )
 
 

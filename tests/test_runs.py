@@ -8,6 +8,7 @@ import time
 import boto3
 import nbformat
 import pytest
+from botocore.exceptions import ClientError
 
 from chalicelib.api.responses import ENVELOPE_BYTES
 from chalicelib.runner.notebook_runner import NotebookRunner
@@ -103,6 +104,27 @@ def test_a_run_queued_behind_is_drained_before_the_next_kernel_starts(api, stack
         assert prewarms[1:] == [(2, True)]
     finally:
         runner.close()
+
+
+def test_a_queue_that_cannot_be_read_after_a_run_is_not_the_runs_failure(api, stack, dispatched, monkeypatch):
+    prewarms = []
+
+    class Recording(KernelPerRun):
+        def prewarm(self, preload: bool = True) -> None:
+            prewarms.append(preload)
+
+    def unreadable(pool=None):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Query")
+
+    monkeypatch.setattr(stack.queue, "has_waiting", unreadable)
+    runner = Recording(run_timeout=20)
+    try:
+        notebook_id = api.create(content=notebook_of("print(1)"))["notebook_id"]
+        api.json("POST", BASE + "/_run", {"nbkIds": [notebook_id], "module": "m"})
+        assert stack.executor_on(runner).handle(dispatched.events.pop(0))["status"] == "succeeded"
+    finally:
+        runner.close()
+    assert prewarms == [False]  # a plain kernel, as when runs wait
 
 
 def test_seed_run_sample_with_unquoted_keys_runs_to_success(api, stack, dispatched, executor):

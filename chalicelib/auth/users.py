@@ -107,10 +107,13 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        store = UserStore(aws.dynamodb_table(settings.users_table, settings.region), settings.password_scrypt_n)
-        return _run(args, store)
-    except (BotoCoreError, ClientError, ValueError) as error:  # ValueError: botocore's, for an endpoint URL
-        reason = aws.failure_reason(error) if not isinstance(error, ValueError) else str(error)
+        try:
+            table = aws.dynamodb_table(settings.users_table, settings.region)
+        except ValueError as error:  # botocore's, for an endpoint URL it cannot use
+            raise _Unreachable(str(error)) from None
+        return _run(args, UserStore(table, settings.password_scrypt_n))
+    except (BotoCoreError, ClientError, _Unreachable) as error:
+        reason = str(error) if isinstance(error, _Unreachable) else aws.failure_reason(error)
         print(
             f"error: cannot reach the users table {settings.users_table!r} ({reason}). "
             'Local stack: with `make dev` running, run `eval "$(.venv/bin/python -m devstack.stack env)"` first; '
@@ -126,6 +129,10 @@ def main(argv=None) -> int:
         return 130
 
 
+class _Unreachable(Exception):
+    """The users table cannot be reached as configured."""
+
+
 def _run(args, store: UserStore) -> int:
     """One users command on `store`; its exit status."""
     if args.command == "list":
@@ -136,9 +143,6 @@ def _run(args, store: UserStore) -> int:
             if not line:
                 raise EOFError
             password = line.rstrip("\n")
-        elif not sys.stdin.isatty():
-            print("error: no terminal to read the password from: pipe it in with --password-stdin", file=sys.stderr)
-            return 2
         else:
             password = getpass.getpass(f"Password for {args.name}: ")
         try:

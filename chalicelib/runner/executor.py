@@ -101,11 +101,22 @@ class RunExecutor:
         try:
             return {"run_id": run["run_id"], "status": self._execute_claimed(run)}
         finally:
-            self._run_dispatch.drain()
-            # Only then the next run's kernel, so the run queued behind this one starts
-            # meanwhile wherever it can; and the preloaded imports (a second or more) only
-            # when no run waits, as one may be this runner's next.
-            self._runner.prewarm(preload=not self._queue.has_waiting())
+            try:
+                self._run_dispatch.drain()
+            finally:
+                # Only then the next run's kernel, so the run queued behind this one starts
+                # meanwhile wherever it can; and the preloaded imports (a second or more)
+                # only when no run waits, as one may be this runner's next.
+                self._runner.prewarm(preload=not self._runs_waiting())
+
+    def _runs_waiting(self) -> bool:
+        """Whether runs wait in the queue; True when the queue cannot be read (its run
+        has ended: that is not its failure)."""
+        try:
+            return self._queue.has_waiting()
+        except Exception:  # whatever it is, it only decides whether the next kernel preloads
+            log.warning("could not read the queue; the next kernel preloads nothing", exc_info=True)
+            return True
 
     def record_firing(self, owner: str, notebook_id: str):
         """Record the run of a schedule rule's firing; its run id, or None when no

@@ -162,8 +162,11 @@ class RunService:
         at most `max_runs_kept` runs: that bounds what a page reads, whatever is stored."""
         nid, start = self._pointer_start(owner, notebook_id, next_token)
         found: list = []
+        # Read as many as the page holds, then twice as many each round while it is short.
+        reading = min(limit or RUNS_PAGE, RUNS_PAGE)
         while True:
-            pointers, last_key = self._table.notebooks.run_pointers(owner, nid, RUNS_PAGE, start)
+            pointers, last_key = self._table.notebooks.run_pointers(owner, nid, reading, start)
+            reading = min(2 * reading, RUNS_PAGE)
             runs = self._table.get_many(pointer["run_id"] for pointer in pointers)
             for pointer in pointers:
                 run = runs.get(pointer["run_id"])
@@ -374,7 +377,7 @@ class RunService:
             ended = {**run, **changes}
             webhook = self._announce(ended)
             return {**ended, "webhook": webhook} if webhook else ended
-        return self._table.get(run["run_id"])
+        return self._table.get(run["run_id"]) or run  # deleted meanwhile: as it was read
 
 
 def _unstarted_task(run: dict) -> bool:

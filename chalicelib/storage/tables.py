@@ -139,12 +139,11 @@ def table_definitions(settings) -> list:
     ]
 
 
-def create_tables(dynamodb, settings) -> list:
+def create_tables(dynamodb, settings) -> None:
     """Create the tables that do not exist yet, and the global secondary indexes that an
-    existing one lacks (a local stack's state from an earlier version); the names of the
-    indexes added to existing tables (local stack and tests)."""
+    existing one lacks (a local stack's state from an earlier version) (local stack and
+    tests)."""
     existing = set(dynamodb.list_tables()["TableNames"])
-    added = []
     for definition in table_definitions(settings):
         name = definition["TableName"]
         if name not in existing:
@@ -159,11 +158,9 @@ def create_tables(dynamodb, settings) -> list:
                     AttributeDefinitions=definition["AttributeDefinitions"],
                     GlobalSecondaryIndexUpdates=[{"Create": index}],
                 )
-                added.append(index["IndexName"])
     dynamodb.update_time_to_live(
         TableName=settings.notebooks_table, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
     )
-    return added
 
 
 class NameTaken(Exception):
