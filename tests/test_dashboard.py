@@ -124,6 +124,8 @@ REPORT["cells"].insert(
     },
 )
 LABEL = "<b>from the form</b> & more"
+# A name a page that wrote HTML would run (a CSP violation at least): shown as text.
+NAME = "<img src=x onerror=alert(1)> report.ipynb"
 
 
 def running_stack(**env):
@@ -208,6 +210,7 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
 
     notebook_file = tmp_path / "report.ipynb"
     notebook_file.write_text(json.dumps(REPORT))
+    (tmp_path / "other.ipynb").write_text(json.dumps(code_notebook("print(1)")))
     context = signed_in(chromium)
     expect.set_options(timeout=WAIT_MS)
     watched = Watched(context)
@@ -220,28 +223,47 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#no-notebooks")).to_be_visible()
         watched.shot("1-empty")
 
-        # Upload: the notebook is listed and opened, with a form from its parameters.
+        # Upload under a name that is HTML: the notebook is listed and opened, as text, with
+        # a form from its parameters (empty fields, the defaults as placeholders).
         page.set_input_files("#upload-file", str(notebook_file))
+        page.fill("#upload-name", NAME)
         page.click("#upload-button")
         expect(page.locator("#notebooks tbody tr")).to_have_count(1)
-        expect(page.locator("#notebooks tbody tr td").first).to_have_text("report.ipynb")
-        expect(page.locator("#detail-name")).to_have_text("report.ipynb")
-        assert page.get_attribute("input[name=label]", "type") == "text"
-        assert page.get_attribute("input[name=n]", "type") == "number"
-        assert page.get_attribute("input[name=pause]", "type") == "number"
-        assert page.get_attribute("input[name=verbose]", "type") == "checkbox"
+        expect(page.locator("#notebooks tbody tr td").first).to_have_text(NAME)
+        expect(page.locator("#detail-name")).to_have_text(NAME)
+        assert page.locator("img").count() == 0
+        form = page.locator("#run-form")
+        assert form.locator("input[name=label]").get_attribute("type") == "text"
+        assert form.locator("input[name=n]").get_attribute("type") == "number"
+        assert form.locator("input[name=pause]").get_attribute("type") == "number"
+        assert form.locator("[name=verbose]").evaluate("e => e.tagName") == "SELECT"
+        for name, default in (("label", '"plain"'), ("n", "1"), ("pause", "0.0")):
+            expect(form.locator(f"input[name={name}]")).to_have_value("")
+            assert form.locator(f"input[name={name}]").get_attribute("placeholder") == default
         expect(page.locator("#schedule-timezone")).to_have_value("Europe/Paris")  # the browser's zone
         watched.shot("2-notebook")
 
-        # Run with values from the form: typed JSON reaches the notebook.
-        page.fill("input[name=label]", LABEL)
-        page.fill("input[name=n]", "3")
-        page.check("input[name=verbose]")
+        # A value the field cannot send is refused on the page, naming the parameter.
+        form.locator("input[name=n]").fill("1.5")
         page.click("#run-button")
+        expect(page.locator("#message")).to_have_text(re.compile("Parameter n must be a whole number, not 1.5"))
+        assert form.locator("input[name=n]").get_attribute("aria-invalid") == "true"
+        expect(page.locator("#no-runs")).to_be_visible()
+
+        # Run with values from the form (a double click runs once): typed JSON reaches the
+        # notebook; a field edited then emptied is left out, so its default applies.
+        form.locator("input[name=label]").fill(LABEL)
+        form.locator("input[name=n]").fill("3")
+        form.locator("input[name=pause]").fill("0.25")
+        form.locator("input[name=pause]").fill("")
+        form.locator("[name=verbose]").select_option("true")
+        page.dblclick("#run-button")
         expect(page.locator("#run-status")).to_have_text("succeeded")
+        expect(page.locator("#message")).to_be_hidden()
         run_id = page.text_content("#run-id")
         run = requests.get(f"{ui_stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
         assert run["parameters"] == {"label": LABEL, "n": 3, "verbose": True}
+        expect(page.locator("#run-meta")).to_contain_text(f"manual run of {NAME}")
         expect(page.locator("#run-log")).to_contain_text(f"step 2 of {LABEL}")
         expect(page.locator("#run-progress-text")).to_have_text("4 / 4 cells")  # papermill adds a cell for the values
 
@@ -250,7 +272,7 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         frame = page.frame_locator("#output-frame")
         expect(frame.locator("body")).to_contain_text(f"step 2 of {LABEL}")
         expect(frame.locator("body")).to_contain_text("verbose 6")
-        expect(page.locator("#runs tbody tr")).to_have_count(1)
+        expect(page.locator("#runs tbody tr")).to_have_count(1)  # the double click ran it once
         expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("1")
         watched.shot("3-run-succeeded")
 
@@ -264,8 +286,9 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#runs tbody tr")).to_have_count(2)
 
         # A long run: its live log while it runs, then cancel.
-        page.fill("input[name=n]", "600")
-        page.fill("input[name=pause]", "0.5")
+        form.locator("input[name=n]").fill("600")
+        form.locator("input[name=pause]").fill("0.5")
+        page.fill("#run-timeout", "300")
         page.click("#run-button")
         expect(page.locator("#run-id")).not_to_have_text(rerun_id)
         long_run_id = page.text_content("#run-id")
@@ -280,22 +303,57 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#rerun")).to_be_visible()
         expect(page.locator("#runs tbody tr")).to_have_count(3)
 
-        # Schedule in a time zone, then unschedule.
+        # Another notebook opened: nothing of the first one's stays (its run, its forms).
+        page.set_input_files("#upload-file", str(tmp_path / "other.ipynb"))
+        page.click("#upload-button")
+        expect(page.locator("#detail-name")).to_have_text("other.ipynb")
+        expect(page.locator("#run")).to_be_hidden()
+        expect(page.locator("#run-parameters")).to_have_text(re.compile("declares no parameters"))
+        expect(page.locator("#run-timeout")).to_have_value("")
+        page.locator("#notebooks tbody tr").first.locator("button").click()
+        expect(page.locator("#detail-name")).to_have_text(NAME)
+
+        # Schedule in a time zone with parameters from the form (the run form's fields).
+        schedule_form = page.locator("#schedule-form")
         page.fill("#schedule-until", "2030-01-07T09:30")
         page.select_option("#schedule-period", "Monday")
         page.select_option("#schedule-timezone", "America/New_York")
+        schedule_form.locator("input[name=n]").fill("7")
+        schedule_form.locator("[name=verbose]").select_option("false")
         page.click("#schedule-button")
         expect(page.locator("#detail-status")).to_have_text("Scheduled")
-        expect(page.locator("#notebooks tbody tr td").nth(1)).to_have_text("Scheduled")
+        first_row = page.locator("#notebooks tbody tr").first.locator("td")
+        expect(first_row.nth(1)).to_have_text("Scheduled")
+        # List's schedule has no zone: the row has it from Fetch.
+        expect(first_row.nth(2)).to_have_text("Mondays at 09:30 (America/New_York) until 2030-01-07 09:30")
         expect(page.locator("#schedule-current")).to_contain_text("Mondays at 09:30 (America/New_York)")
+        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7, verbose=false")
         notebook_id = requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json()[0]["notebook_id"]
         schedule = requests.get(f"{ui_stack.url}{BASE}/{notebook_id}", auth=ADMIN).json()["schedule"]
         assert (schedule["until"], schedule["timezone"]) == ("2030-01-07 09:30", "America/New_York")
-        assert schedule["period"].lower() == "monday"
+        assert schedule["period"].lower() == "monday" and schedule["parameters"] == {"n": 7, "verbose": False}
         watched.shot("5-scheduled")
+
+        # Opened afresh, the form holds the schedule as it is: scheduling again with another
+        # time keeps its parameters, and an emptied field leaves its parameter out.
+        page.reload()
+        page.locator("#notebooks tbody tr").first.locator("button").click()
+        expect(schedule_form.locator("input[name=n]")).to_have_value("7")
+        expect(schedule_form.locator("[name=verbose]")).to_have_value("false")
+        expect(schedule_form.locator("input[name=label]")).to_have_value("")
+        expect(page.locator("#schedule-timezone")).to_have_value("America/New_York")
+        expect(page.locator("#schedule-until")).to_have_value("2030-01-07T09:30")
+        page.fill("#schedule-time", "07:15")
+        schedule_form.locator("[name=verbose]").select_option("")
+        page.click("#schedule-button")
+        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7")
+        schedule = requests.get(f"{ui_stack.url}{BASE}/{notebook_id}", auth=ADMIN).json()["schedule"]
+        assert (schedule["time"], schedule["parameters"]) == ("07:15", {"n": 7})
+
         page.click("#unschedule-button")
         expect(page.locator("#detail-status")).to_have_text("Not Scheduled")
-        expect(page.locator("#notebooks tbody tr td").nth(1)).to_have_text("Not Scheduled")
+        expect(first_row.nth(1)).to_have_text("Not Scheduled")
+        expect(page.locator("#unschedule-button")).to_be_hidden()
         assert requests.get(f"{ui_stack.url}{BASE}/{notebook_id}", auth=ADMIN).json()["schedule"]["until"] is None
 
         assert watched.violations() == []
@@ -312,9 +370,11 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         # Delete, confirmed in the browser's dialog.
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#delete-notebook")
-        expect(page.locator("#no-notebooks")).to_be_visible()
         expect(page.locator("#detail")).to_be_hidden()
-        assert requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json() == []
+        expect(page.locator("#notebooks tbody tr")).to_have_count(1)
+        assert [
+            notebook["notebook_name"] for notebook in requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json()
+        ] == ["other.ipynb"]
 
         assert watched.violations() == []
         assert watched.problems == []

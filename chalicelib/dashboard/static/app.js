@@ -17,7 +17,9 @@
   const BADGES = new Set(['queued', 'running', 'succeeded', 'failed', 'cancelled', 'scheduled', 'not-scheduled']);
 
   const $ = (id) => document.getElementById(id);
-  const state = { notebookId: null, runId: null, pollTimer: null, nextToken: null };
+  // notebookId: the notebook shown; opening: the one last asked for (an earlier click's
+  // slower answer is dropped); runId: the run shown.
+  const state = { notebookId: null, notebookName: '', opening: null, runId: null, pollTimer: null, nextToken: null };
 
   // --- HTTP -----------------------------------------------------------------------
 
@@ -99,12 +101,19 @@
     return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
   }
 
+  // List's `schedule` has no `timezone` (the seed's three fields): the zone shows where
+  // the page has Fetch's. Fetch's null zone is a schedule made before zones existed.
   function describeSchedule(schedule) {
     if (!schedule || !schedule.until) {
       return 'Not scheduled';
     }
-    const day = schedule.period ? `${schedule.period}s` : 'Every day';
-    const zone = schedule.timezone ? ` (${schedule.timezone})` : '';
+    const day = schedule.period ? `${capitalised(schedule.period)}s` : 'Every day';
+    let zone = '';
+    if (schedule.timezone) {
+      zone = ` (${schedule.timezone})`;
+    } else if ('timezone' in schedule) {
+      zone = ' (time zone not recorded)';
+    }
     const time = schedule.time || schedule.until.slice(11, 16); // omitted: the time of day in `until`
     return `${day} at ${time}${zone} until ${schedule.until}`;
   }
@@ -121,10 +130,12 @@
     }
   }
 
-  // Runs `work` with `button` disabled; any failure becomes the page's message.
-  async function act(button, work) {
-    if (button) {
-      button.disabled = true;
+  // Runs `work` with `buttons` (one, a list, or none) disabled, so that a double click
+  // sends one request; any failure becomes the page's message.
+  async function act(buttons, work) {
+    const controls = [].concat(buttons || []);
+    for (const control of controls) {
+      control.disabled = true;
     }
     $('message').hidden = true; // what an earlier action said no longer applies
     try {
@@ -132,8 +143,8 @@
     } catch (error) {
       showMessage(error instanceof ApiError ? error.message : `Unexpected error: ${error.message}`);
     } finally {
-      if (button) {
-        button.disabled = false;
+      for (const control of controls) {
+        control.disabled = false;
       }
     }
   }
@@ -149,16 +160,31 @@
   function notebookRow(notebook) {
     const name = el('button', { type: 'button', className: 'link', textContent: notebook.notebook_name });
     name.addEventListener('click', () => act(null, () => selectNotebook(notebook.notebook_id)));
+    const scheduleCell = el('td', { textContent: describeSchedule(notebook.schedule) });
+    if (notebook.status === 'Scheduled') {
+      showZone(scheduleCell, notebook.notebook_id);
+    }
     const row = el('tr', {}, [
       el('td', {}, [name]),
       el('td', {}, [badge(el('span'), notebook.status)]),
-      el('td', { textContent: describeSchedule(notebook.schedule) }),
+      scheduleCell,
       el('td', { className: 'number', textContent: String(notebook.no_of_runs) }),
       el('td', { textContent: typeof notebook.last_run === 'number' ? formatTime(notebook.last_run) : 'never' }),
     ]);
     row.dataset.notebookId = notebook.notebook_id;
     row.classList.toggle('selected', notebook.notebook_id === state.notebookId);
     return row;
+  }
+
+  // `cell` describes the notebook's schedule from Fetch, which has its time zone (List's
+  // has not): one request a scheduled notebook shown, at most a page's.
+  async function showZone(cell, notebookId) {
+    try {
+      const notebook = await api('GET', `notebooks/${encodeURIComponent(notebookId)}`);
+      cell.textContent = describeSchedule(notebook.schedule);
+    } catch (error) {
+      cell.append(' (time zone not known: open the notebook)');
+    }
   }
 
   async function loadNotebooks(more = false) {
@@ -204,10 +230,14 @@
   // --- One notebook ---------------------------------------------------------------
 
   async function selectNotebook(notebookId) {
+    state.opening = notebookId;
     const [notebook, declared] = await Promise.all([
       api('GET', `notebooks/${encodeURIComponent(notebookId)}`),
       api('GET', `notebooks/${encodeURIComponent(notebookId)}/parameters`),
     ]);
+    if (state.opening !== notebookId) {
+      return; // another notebook was clicked since: that one is shown
+    }
     const changed = state.notebookId !== notebookId;
     state.notebookId = notebookId;
     for (const row of $('notebooks').tBodies[0].rows) {
@@ -215,8 +245,10 @@
     }
     showNotebook(notebook);
     if (changed) {
-      buildParameters(declared.parameters);
-      fillScheduleForm(notebook.schedule);
+      // Nothing typed for the notebook shown before stays in the forms.
+      $('run-form').reset();
+      buildParameters($('run-parameters'), declared.parameters);
+      fillScheduleForm(notebook.schedule, declared.parameters);
       stopPolling(); // the run shown was another notebook's
       state.runId = null;
       $('run').hidden = true;
@@ -229,6 +261,7 @@
   }
 
   function showNotebook(notebook) {
+    state.notebookName = notebook.notebook_name;
     $('detail-name').textContent = notebook.notebook_name;
     badge($('detail-status'), notebook.status);
     $('detail-meta').textContent =
@@ -240,7 +273,11 @@
       text += ` · next run ${formatTime(schedule.next_run)} (your time)`;
     }
     $('schedule-current').textContent = text;
-    $('unschedule-button').disabled = notebook.status !== 'Scheduled';
+    const scheduled = notebook.status === 'Scheduled';
+    $('schedule-current-parameters').textContent = scheduled ? `Parameters: ${formatParameters(schedule.parameters)}` : '';
+    $('schedule-current-parameters').hidden = !scheduled;
+    // Hidden, not disabled: a button's disabled state is act()'s, while it works.
+    $('unschedule-button').hidden = !scheduled;
   }
 
   async function refreshNotebook() {
@@ -249,108 +286,156 @@
     }
   }
 
-  // --- Parameters -----------------------------------------------------------------
+  // --- Parameters (one builder for the run form and the schedule form) -----------------
 
   function kindOf(type) {
     const name = String(type).trim().replace(/^['"]|['"]$/g, '');
     return ['int', 'float', 'bool', 'str'].includes(name) ? name : 'any';
   }
 
-  // The default as written in the cell, as the input's starting value where it reads plainly.
-  function startingValue(kind, text) {
-    const value = String(text).trim();
-    if (kind === 'int' || kind === 'float') {
-      return value !== '' && Number.isFinite(Number(value)) ? value : '';
+  // Whether `text` is read as JSON by an `any` field (else it is sent as text).
+  function readsAsJson(text) {
+    try {
+      JSON.parse(text);
+      return true;
+    } catch (error) {
+      return false;
     }
-    if (kind === 'str') {
-      const quoted = /^(['"])([^'"\\]*)\1$/.exec(value);
-      return quoted ? quoted[2] : '';
-    }
-    return '';
   }
 
-  function parameterField(parameter) {
+  // What a field of `kind` holds to send `value` again.
+  function fieldText(kind, value) {
+    if (kind === 'bool') {
+      return value ? 'true' : 'false';
+    }
+    if (typeof value === 'string' && (kind === 'str' || !readsAsJson(value))) {
+      return value;
+    }
+    return JSON.stringify(value);
+  }
+
+  // A field for one declared parameter. An empty field (for bool: "default") is not sent,
+  // so the notebook's own default applies: it is shown as the placeholder, as written.
+  function parameterField(parameter, value) {
     const kind = kindOf(parameter.type);
+    const written = String(parameter.default);
     let input;
     if (kind === 'bool') {
-      input = el('input', { type: 'checkbox', checked: String(parameter.default).trim() === 'True' });
+      input = el('select', {}, [
+        el('option', { value: '', textContent: `default (${written})` }),
+        el('option', { value: 'true', textContent: 'True' }),
+        el('option', { value: 'false', textContent: 'False' }),
+      ]);
     } else if (kind === 'int' || kind === 'float') {
-      input = el('input', { type: 'number', step: kind === 'int' ? '1' : 'any' });
-      input.value = startingValue(kind, parameter.default);
+      input = el('input', { type: 'number', step: kind === 'int' ? '1' : 'any', placeholder: written });
     } else {
-      input = el('input', { type: 'text', placeholder: kind === 'any' ? 'a JSON value, or text' : '' });
-      input.value = startingValue(kind, parameter.default);
+      input = el('input', { type: 'text', placeholder: kind === 'any' ? `${written} (a JSON value, or text)` : written });
     }
     input.name = parameter.name;
     input.dataset.kind = kind;
     input.classList.add('parameter');
-    // Only values the user changed are sent: the others keep the notebook's own defaults.
-    input.addEventListener(kind === 'bool' ? 'change' : 'input', () => { input.dataset.changed = 'yes'; });
-    const label = el('label', { className: kind === 'bool' ? 'field field-check' : 'field' }, [
+    if (value !== undefined) {
+      input.value = fieldText(kind, value);
+    }
+    input.addEventListener('input', () => input.removeAttribute('aria-invalid'));
+    const notes = [`default ${written}`];
+    if (parameter.help) {
+      notes.push(parameter.help);
+    }
+    return el('label', { className: 'field' }, [
       el('span', { className: 'field-name' }, [
         parameter.name,
         ' ',
         el('span', { className: 'type', textContent: parameter.type === 'None' ? 'any type' : parameter.type }),
       ]),
       input,
+      el('span', { className: 'hint', textContent: notes.join(' · ') }),
     ]);
-    const notes = [`default ${parameter.default}`];
-    if (parameter.help) {
-      notes.push(parameter.help);
+  }
+
+  // `container` filled with a field for each declared parameter, holding `values` where given.
+  function buildParameters(container, declared, values = {}) {
+    if (declared.length === 0) {
+      container.replaceChildren(el('p', { className: 'hint' }, [
+        'This notebook declares no parameters (no cell tagged ', el('code', { textContent: 'parameters' }), ').',
+      ]));
+      return;
     }
-    label.append(el('span', { className: 'hint', textContent: notes.join(' · ') }));
-    return label;
+    container.replaceChildren(...declared.map((parameter) => parameterField(parameter, values[parameter.name])));
   }
 
-  function buildParameters(parameters) {
-    $('parameters').replaceChildren(...parameters.map(parameterField));
-    $('no-parameters').hidden = parameters.length > 0;
+  // The page's message for a field whose value cannot be sent, the field marked and focused.
+  function invalid(input, message) {
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return new ApiError(message);
   }
 
+  // A number field's value: undefined when empty (not given). The forms do not use the
+  // browser's validation (novalidate), which blocks a submit with no message on the page.
+  function numberValue(input, label, whole) {
+    const raw = input.value.trim();
+    if (raw === '' && !input.validity.badInput) {
+      return undefined;
+    }
+    const number = Number(raw);
+    if (raw === '' || !Number.isFinite(number) || (whole && !Number.isSafeInteger(number))) {
+      throw invalid(input, `${label} must be ${whole ? 'a whole number' : 'a number'}${raw ? `, not ${raw}` : ''}`);
+    }
+    return number;
+  }
+
+  // A parameter field's value: undefined when empty (not given).
   function parameterValue(input) {
     const { kind } = input.dataset;
-    const raw = input.value;
-    if (kind === 'bool') {
-      return input.checked;
-    }
     if (kind === 'int' || kind === 'float') {
-      const number = Number(raw);
-      if (raw.trim() === '' || !Number.isFinite(number) || (kind === 'int' && !Number.isInteger(number))) {
-        throw new ApiError(`Parameter ${input.name} must be ${kind === 'int' ? 'a whole number' : 'a number'}`);
-      }
-      return number;
+      return numberValue(input, `Parameter ${input.name}`, kind === 'int');
     }
-    if (kind === 'any') {
-      try {
-        return JSON.parse(raw); // as papermill's -p: JSON where it parses, else text
-      } catch (error) {
-        return raw;
-      }
+    const raw = input.value;
+    if (raw === '') {
+      return undefined;
+    }
+    if (kind === 'bool') {
+      return raw === 'true';
+    }
+    if (kind === 'any' && readsAsJson(raw)) {
+      return JSON.parse(raw); // as papermill's -p: JSON where it parses, else text
     }
     return raw;
   }
 
-  function chosenParameters() {
+  // The values given in `container`'s fields, by name.
+  function chosenParameters(container) {
     const values = {};
-    for (const input of $('parameters').querySelectorAll('input.parameter')) {
-      if (input.dataset.changed === 'yes') {
-        values[input.name] = parameterValue(input);
+    for (const input of container.querySelectorAll('.parameter')) {
+      const value = parameterValue(input);
+      if (value !== undefined) {
+        values[input.name] = value;
       }
     }
     return values;
   }
 
+  function formatParameters(values) {
+    const entries = Object.entries(values || {});
+    return entries.length ? entries.map(([name, value]) => `${name}=${JSON.stringify(value)}`).join(', ') : '—';
+  }
+
   async function runNotebook() {
-    const body = { nbkIds: [state.notebookId], module: 'notebooks' };
-    const parameters = chosenParameters();
+    const notebookId = state.notebookId;
+    const body = { nbkIds: [notebookId], module: 'notebooks' };
+    const parameters = chosenParameters($('run-parameters'));
     if (Object.keys(parameters).length > 0) {
       body.parameters = parameters;
     }
-    const timeout = $('run-timeout').value.trim();
-    if (timeout !== '') {
-      body.timeout = Number(timeout);
+    const timeout = numberValue($('run-timeout'), 'Timeout', true);
+    if (timeout !== undefined) {
+      body.timeout = timeout;
     }
     const started = await api('POST', 'notebooks/_run', body);
+    if (notebookId !== state.notebookId) {
+      return; // another notebook was opened meanwhile: its page stays
+    }
     await loadRuns();
     await showRun(started.runs[0].run_id);
   }
@@ -376,9 +461,21 @@
     select.value = zone;
   }
 
-  function fillScheduleForm(schedule) {
+  // The schedule form for `schedule` (Fetch's), or a new one when not scheduled: Schedule
+  // replaces the whole schedule, so the form starts from what the current one has,
+  // its parameters included.
+  function fillScheduleForm(schedule, declared) {
     $('schedule-form').reset();
-    if (schedule && schedule.until) {
+    const scheduled = Boolean(schedule && schedule.until);
+    const values = (scheduled && schedule.parameters) || {};
+    buildParameters($('schedule-parameters'), declared, values);
+    const names = new Set(declared.map((parameter) => parameter.name));
+    const dropped = Object.keys(values).filter((name) => !names.has(name));
+    $('schedule-dropped').textContent = dropped.length
+      ? `The schedule also passes ${dropped.join(', ')}, which the notebook no longer declares: scheduling again leaves ${dropped.length === 1 ? 'it' : 'them'} out.`
+      : '';
+    $('schedule-dropped').hidden = dropped.length === 0;
+    if (scheduled) {
       $('schedule-until').value = schedule.until.replace(' ', 'T');
       $('schedule-time').value = schedule.time || '';
       $('schedule-period').value = schedule.period ? capitalised(schedule.period) : '';
@@ -395,16 +492,21 @@
   async function schedule() {
     const until = $('schedule-until').value;
     if (!until) {
-      throw new ApiError('Until is required');
+      throw invalid($('schedule-until'), 'Until needs a date and a time');
     }
-    const body = { nbk_ids: [state.notebookId], until: until.replace('T', ' ').slice(0, 16) };
+    // Schedule sets the whole schedule: the parameters are always sent, {} for none.
+    const body = {
+      nbk_ids: [state.notebookId],
+      until: until.replace('T', ' ').slice(0, 16),
+      timezone: $('schedule-timezone').value,
+      parameters: chosenParameters($('schedule-parameters')),
+    };
     if ($('schedule-time').value) {
       body.time = $('schedule-time').value.slice(0, 5);
     }
     if ($('schedule-period').value) {
       body.period = $('schedule-period').value;
     }
-    body.timezone = $('schedule-timezone').value;
     await api('POST', 'notebooks/_schedule', body);
     showMessage('Scheduled', 'info');
     await Promise.all([refreshNotebook(), refreshList()]);
@@ -417,17 +519,19 @@
   }
 
   async function deleteNotebook() {
-    const name = $('detail-name').textContent;
+    const { notebookId, notebookName: name } = state;
     if (!window.confirm(`Delete ${name} and its schedule?`)) {
       return;
     }
-    await api('DELETE', 'notebooks', { nbk_ids: [state.notebookId] });
-    state.notebookId = null;
-    stopPolling();
-    state.runId = null;
-    $('detail').hidden = true;
-    $('run').hidden = true;
+    await api('DELETE', 'notebooks', { nbk_ids: [notebookId] });
     showMessage(`Deleted ${name}`, 'info');
+    if (notebookId === state.notebookId) {
+      state.notebookId = null;
+      stopPolling();
+      state.runId = null;
+      $('detail').hidden = true;
+      $('run').hidden = true;
+    }
     await refreshList();
   }
 
@@ -447,7 +551,7 @@
   function runRow(run) {
     const open = el('button', { type: 'button', className: 'secondary small', textContent: 'Open' });
     open.addEventListener('click', () => act(open, () => showRun(run.run_id)));
-    const parameters = Object.keys(run.parameters || {}).length ? JSON.stringify(run.parameters) : '—';
+    const parameters = formatParameters(run.parameters);
     const row = el('tr', {}, [
       el('td', {}, [badge(el('span'), run.status)]),
       el('td', { textContent: run.trigger }),
@@ -540,7 +644,8 @@
 
   function renderRun(run) {
     badge($('run-status'), run.status);
-    const meta = [`${run.trigger} run`, `created ${formatTime(run.created_at)}`];
+    // The runs shown are the open notebook's: its name says whose run this is.
+    const meta = [`${run.trigger} run of ${state.notebookName}`, `created ${formatTime(run.created_at)}`];
     if (typeof run.started_at === 'number') {
       meta.push(`started ${formatTime(run.started_at)}`);
     }
@@ -551,7 +656,7 @@
       meta.push(`on ${run.engine}`);
     }
     if (Object.keys(run.parameters || {}).length) {
-      meta.push(`parameters ${JSON.stringify(run.parameters)}`);
+      meta.push(`parameters ${formatParameters(run.parameters)}`);
     }
     $('run-meta').textContent = meta.join(' · ');
     const { done, total } = run.progress || { done: 0, total: 0 };
@@ -628,14 +733,19 @@
   }
 
   async function rerun() {
+    const notebookId = state.notebookId;
     const started = await api('POST', runPath(state.runId, '/rerun'), {});
+    if (notebookId !== state.notebookId) {
+      return; // another notebook was opened meanwhile: its page stays
+    }
     await loadRuns();
     await showRun(started.runs[0].run_id);
   }
 
   // --- Start ----------------------------------------------------------------------
 
-  // `handler` on `type` events of element `id`, its button disabled while it works.
+  // `handler` on `type` events of element `id`, its buttons (a form's: all of them)
+  // disabled while it works.
   function on(id, type, handler) {
     const element = $(id);
     const isForm = element.tagName === 'FORM';
@@ -643,7 +753,7 @@
       if (isForm) {
         event.preventDefault(); // the page does the request: no navigation
       }
-      act(isForm ? element.querySelector('button[type=submit]') : element, handler);
+      act(isForm ? Array.from(element.querySelectorAll('button')) : element, handler);
     });
   }
 
