@@ -310,7 +310,29 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#run")).to_be_hidden()
         expect(page.locator("#run-parameters")).to_have_text(re.compile("declares no parameters"))
         expect(page.locator("#run-timeout")).to_have_value("")
-        page.locator("#notebooks tbody tr").first.locator("button").click()
+
+        # A click whose answer comes after a later click's shows nothing: the later one stays.
+        rows = page.locator("#notebooks tbody tr")
+        notebook_id, other_id = [
+            item["notebook_id"] for item in requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json()
+        ]
+        held = []
+        page.route(f"**{BASE}/{notebook_id}", lambda route: held.append(route))
+        with page.expect_request(f"**{BASE}/{notebook_id}"):
+            rows.first.locator("button").click()
+        with page.expect_response(f"**{BASE}/{other_id}/runs?*"):  # the last request of opening it
+            rows.nth(1).locator("button").click()
+        while not held:
+            page.wait_for_timeout(50)  # the route's handler runs while Playwright waits
+        with page.expect_response(f"**{BASE}/{notebook_id}") as late:
+            held[0].continue_()
+        late.value.finished()
+        page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 200))")  # the page reads the late answer
+        page.unroute(f"**{BASE}/{notebook_id}")
+        expect(page.locator("#detail-name")).to_have_text("other.ipynb")
+        expect(page.locator("#run-parameters")).to_have_text(re.compile("declares no parameters"))
+
+        rows.first.locator("button").click()
         expect(page.locator("#detail-name")).to_have_text(NAME)
 
         # Schedule in a time zone with parameters from the form (the run form's fields).
