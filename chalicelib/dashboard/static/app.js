@@ -23,7 +23,13 @@
 
   // --- HTTP -----------------------------------------------------------------------
 
-  class ApiError extends Error {}
+  // A failure to show as the page's message; `status`: the API's, when it answered one.
+  class ApiError extends Error {
+    constructor(message, status = null) {
+      super(message);
+      this.status = status;
+    }
+  }
 
   async function request(method, path, body, options = {}) {
     const init = { method, credentials: 'same-origin', headers: {}, redirect: options.redirect || 'follow' };
@@ -53,7 +59,7 @@
     // The seed answers some failures with status 200 and an error body.
     if (!response.ok || (data && typeof data === 'object' && data.error)) {
       const message = data && data.error && data.error.message ? data.error.message : `HTTP ${response.status}`;
-      throw new ApiError(message);
+      throw new ApiError(message, data && data.error && data.error.status ? data.error.status : response.status);
     }
     return { response, data };
   }
@@ -361,7 +367,10 @@
       ]));
       return;
     }
-    container.replaceChildren(...declared.map((parameter) => parameterField(parameter, values[parameter.name])));
+    container.replaceChildren(
+      el('p', { className: 'hint', textContent: "An empty field is not sent: the notebook's default applies." }),
+      ...declared.map((parameter) => parameterField(parameter, values[parameter.name])),
+    );
   }
 
   // The page's message for a field whose value cannot be sent, the field marked and focused.
@@ -630,6 +639,9 @@
     } catch (error) {
       if (runId === state.runId) {
         showMessage(error.message);
+      }
+      if (error.status === 404) {
+        return; // the run is gone (its notebook deleted elsewhere): nothing more to watch
       }
     }
     if (runId !== state.runId) {
