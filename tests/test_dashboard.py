@@ -398,6 +398,24 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
             notebook["notebook_name"] for notebook in requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json()
         ] == ["other.ipynb"]
 
+        # More notebooks than a page: the table drawn again (a schedule made) keeps the rows
+        # "Show more" added, and shows the zone of a schedule on the second page.
+        for number in range(50):
+            created = requests.post(f"{ui_stack.url}{BASE}", json={"notebook_name": f"more-{number:02}"}, auth=ADMIN)
+            created.raise_for_status()
+        page.reload()
+        expect(rows).to_have_count(50)
+        page.click("#more-notebooks")
+        expect(rows).to_have_count(51)
+        expect(page.locator("#more-notebooks")).to_be_hidden()
+        rows.last.locator("button").click()
+        expect(page.locator("#detail-name")).to_have_text("more-49.ipynb")
+        page.fill("#schedule-until", "2030-01-07T09:30")
+        page.select_option("#schedule-timezone", "Australia/Sydney")
+        page.click("#schedule-button")
+        expect(rows.last.locator("td").nth(2)).to_have_text("Every day at 09:30 (Australia/Sydney) until 2030-01-07 09:30")
+        expect(rows).to_have_count(51)
+
         assert watched.violations() == []
         assert watched.problems == []
     finally:

@@ -168,6 +168,7 @@
     name.addEventListener('click', () => act(null, () => selectNotebook(notebook.notebook_id)));
     const scheduleCell = el('td', { textContent: describeSchedule(notebook.schedule) });
     if (notebook.status === 'Scheduled') {
+      scheduleCell.textContent = describeSchedule({ ...notebook.schedule, timezone: '…' }); // until Fetch says
       showZone(scheduleCell, notebook.notebook_id);
     }
     const row = el('tr', {}, [
@@ -193,13 +194,17 @@
     }
   }
 
+  // The next page ("Show more"), or the list again from the start: as many rows as shown
+  // (the API's 1,000 at most), so a refresh does not take away the pages the user opened.
   async function loadNotebooks(more = false) {
+    const body = $('notebooks').tBodies[0];
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (more && state.nextToken) {
       query.set('next_token', state.nextToken);
+    } else {
+      query.set('limit', String(Math.min(1000, Math.max(PAGE_SIZE, body.rows.length))));
     }
     const { response, data } = await request('GET', `notebooks/_all?${query}`);
-    const body = $('notebooks').tBodies[0];
     if (!more) {
       body.replaceChildren();
     }
