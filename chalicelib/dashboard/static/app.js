@@ -184,7 +184,7 @@
   }
 
   // `cell` describes the notebook's schedule from Fetch, which has its time zone (List's
-  // has not): one request a scheduled notebook shown, at most a page's.
+  // has not): one request a scheduled notebook listed.
   async function showZone(cell, notebookId) {
     try {
       const notebook = await api('GET', `notebooks/${encodeURIComponent(notebookId)}`);
@@ -292,8 +292,12 @@
   }
 
   async function refreshNotebook() {
-    if (state.notebookId) {
-      showNotebook(await api('GET', `notebooks/${encodeURIComponent(state.notebookId)}`));
+    const notebookId = state.notebookId;
+    if (notebookId) {
+      const notebook = await api('GET', `notebooks/${encodeURIComponent(notebookId)}`);
+      if (notebookId === state.notebookId) { // else another notebook was opened meanwhile
+        showNotebook(notebook);
+      }
     }
   }
 
