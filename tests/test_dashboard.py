@@ -413,7 +413,9 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         page.fill("#schedule-until", "2030-01-07T09:30")
         page.select_option("#schedule-timezone", "Australia/Sydney")
         page.click("#schedule-button")
-        expect(rows.last.locator("td").nth(2)).to_have_text("Every day at 09:30 (Australia/Sydney) until 2030-01-07 09:30")
+        expect(rows.last.locator("td").nth(2)).to_have_text(
+            "Every day at 09:30 (Australia/Sydney) until 2030-01-07 09:30"
+        )
         expect(rows).to_have_count(51)
 
         assert watched.violations() == []
