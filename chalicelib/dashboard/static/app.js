@@ -277,7 +277,7 @@
     badge($('detail-status'), notebook.status);
     $('detail-meta').textContent =
       `Created ${formatTime(notebook.created_at)} by ${notebook.created_by} · updated ${formatTime(notebook.updated_at)}` +
-      ` · ${notebook.no_of_runs} runs · id ${notebook.notebook_id}`;
+      ` · ${notebook.no_of_runs} run${notebook.no_of_runs === 1 ? '' : 's'} · id ${notebook.notebook_id}`;
     const schedule = notebook.schedule || {};
     let text = describeSchedule(schedule);
     if (typeof schedule.next_run === 'number') {
