@@ -20,6 +20,7 @@ from chalicelib.api.requests import (
     RunRequest,
     ScheduleRequest,
     WebhookRequest,
+    known_fields,
 )
 from chalicelib.common.config import Settings
 from chalicelib.common.errors import NOTEBOOK_ID_MISSING, InvalidInput, SandboxError
@@ -222,12 +223,14 @@ def get_webhook(notebook_id):
 
 @route(NOTEBOOKS + "/{notebook_id}/webhook", ["DELETE"], "Error occurred while removing the webhook")
 def delete_webhook(notebook_id):
+    known_fields(body(), ())  # none: a body may be empty or {}
     services.get().webhooks.delete(caller(), notebook_id)
     return word("Success")
 
 
 @route(RUNS + "/{run_id}/cancel", ["POST"], "Error occurred while cancelling the run")
 def cancel_run(run_id):
+    known_fields(body(), ())
     return services.get().runs.cancel(caller(), run_id)
 
 

@@ -290,6 +290,9 @@ UNKNOWN_FIELD_CASES = [
         "",
     ),
     ("POST", RUNS + f"/{SOME_ID}/rerun", {"parameters": {}, "timeout": 5, "module": "m"}, "module", ""),
+    # Bodiless requests: a body, if any, may only be {}.
+    ("POST", RUNS + f"/{SOME_ID}/cancel", {"reason": "typo"}, "reason", ""),
+    ("DELETE", BASE + f"/{SOME_ID}/webhook", {"url": "https://example.com"}, "url", ""),
 ]
 
 
@@ -302,6 +305,16 @@ def test_a_field_the_body_does_not_define_is_a_400_naming_it_and_changes_nothing
     assert status == 400
     assert message.startswith(f"{prefix}Unknown field: {unknown} (this request takes "), message
     assert stored_state(stack.settings) == before
+
+
+@pytest.mark.usefixtures("dispatched")  # nothing executes
+def test_a_bodiless_request_takes_an_empty_object(api, stack):
+    run_id = api.json("POST", BASE + "/_run", {"nbkIds": [api.create()["notebook_id"]], "module": "m"})["runs"][0][
+        "run_id"
+    ]
+    status, message = error(api.call("POST", f"{RUNS}/{run_id}/cancel", {"reason": "typo"}))
+    assert (status, message) == (400, "Unknown field: reason (this request takes no fields)")
+    assert api.json("POST", f"{RUNS}/{run_id}/cancel", {})["status"] == "cancelled"
 
 
 def test_a_typo_in_a_run_names_the_field_and_runs_nothing(api, stack):

@@ -33,7 +33,8 @@ def known_fields(body: dict, fields: tuple) -> dict:
     for name in body:
         if name not in fields:
             shown = name if len(name) <= 100 else name[:99] + "…"
-            raise InvalidInput(f"Unknown field: {shown} (this request takes {', '.join(fields)})", field=name)
+            takes = ", ".join(fields) or "no fields"
+            raise InvalidInput(f"Unknown field: {shown} (this request takes {takes})", field=name)
     return body
 
 
