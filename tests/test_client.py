@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -21,11 +22,14 @@ from notebooks_client import ApiError, Client, UnexpectedAnswer
 from notebooks_client.cli import when
 from notebooks_client.parameters import parameters_of
 
+from chalicelib.runs.log import capped
 from devstack.stack import free_port
 from tests.local_stack import ADMIN, RunningStack, code_notebook, remove_state, state_folder
 
 # Outputs over this many bytes are answered with a 303 to a download link.
 RESPONSE_LIMIT = 500_000
+# A run's stored log keeps at most this many bytes (the deployment's 1 MiB, made small).
+LOG_LIMIT = 20_000
 PARAMETERS_CELL = "count: int = 1\nlabel = 'a'"
 PRINTS_PARAMETERS = "print(type(count).__name__, count, repr(label))"
 
@@ -34,7 +38,12 @@ PRINTS_PARAMETERS = "print(type(count).__name__, count, repr(label))"
 def served():
     """The local stack, as `make dev` runs it, on a free port."""
     state = state_folder()
-    stack = RunningStack(state, free_port(), NOTEBOOKS_MAX_RESPONSE_BYTES=str(RESPONSE_LIMIT))
+    stack = RunningStack(
+        state,
+        free_port(),
+        NOTEBOOKS_MAX_RESPONSE_BYTES=str(RESPONSE_LIMIT),
+        NOTEBOOKS_MAX_LOG_BYTES=str(LOG_LIMIT),
+    )
     try:
         yield stack.started()
     finally:
@@ -158,6 +167,23 @@ def test_a_parameter_declared_as_str_is_sent_as_written():
     # None stays None where None fits the parameter; a plain str takes the word
     none = [("s", "None"), ("maybe", "None"), ("unset", "null")]
     assert parameters_of(none, declarations) == {"s": "None", "maybe": None, "unset": None}
+    # a JSON string too: its quotes are part of what was written
+    assert parameters_of([("s", '"q"'), ("maybe", '"7"')], declarations) == {"s": '"q"', "maybe": '"7"'}
+
+
+def test_a_parameter_declared_as_int_or_float_reads_what_python_reads_where_json_does_not():
+    declarations = [
+        {"name": "n", "type": "int", "default": "1", "help": ""},
+        {"name": "maybe", "type": "Optional[int]", "default": "None", "help": ""},
+        {"name": "pause", "type": "float", "default": "1.0", "help": ""},
+    ]
+    pairs = [("n", "007"), ("maybe", "+3"), ("pause", ".5"), ("other", "007")]
+    assert parameters_of(pairs, declarations) == {"n": 7, "maybe": 3, "pause": 0.5, "other": "007"}
+    assert parameters_of([("pause", "1e3"), ("n", "12")], declarations) == {"pause": 1000.0, "n": 12}
+    # what neither JSON nor Python reads as a finite number stays text: the server says why
+    refused = [("n", "seven"), ("pause", "nan"), ("maybe", "1.5e")]
+    assert parameters_of(refused, declarations) == {"n": "seven", "pause": "nan", "maybe": "1.5e"}
+    assert parameters_of([("n", "1.5")], declarations) == {"n": 1.5}  # JSON: as read
 
 
 @pytest.mark.stack
@@ -209,6 +235,22 @@ def test_wait_exits_1_for_a_failing_notebook(served, files):
     assert done.stderr.splitlines()[-1] == (
         f"notebooks: run {run_id} failed: ZeroDivisionError: division by zero (cell 1)"
     )
+
+
+@pytest.mark.stack
+def test_wait_follows_a_log_past_its_cap_to_its_end(served, files):
+    printer = 'import time\nfor i in range(16):\n    print(f"chunk {i} " + "x" * 2000, flush=True)\n    time.sleep(0.6)'
+    notebook_id = created(served, files("long-log.ipynb", printer, "print('THE END')", "raise RuntimeError('boom')"))
+    done = notebooks(served, "run", notebook_id, "--wait")
+    assert done.returncode == 1, done
+    stored = succeeds(served, "logs", done.stdout.strip())
+    assert len(stored.encode("utf-8")) <= LOG_LIMIT and "[... log cut here: " in stored  # the server cut it
+    followed = done.stderr.rsplit("notebooks: run ", 1)[0]  # the log, before the outcome's line
+    last_part = stored.split(" ...]\n")[-1]
+    assert followed.endswith(last_part) and "THE END\n" in last_part and "RuntimeError: boom" in last_part
+    assert followed.startswith("chunk 0 ")
+    # Each part seen before it was cut: the whole log; else the marker where it missed some.
+    assert followed.count("chunk ") == 16 or "[... log cut here: " in followed, followed
 
 
 @pytest.mark.stack
@@ -415,9 +457,62 @@ def test_runs_fall_back_to_the_notebooks_runs_on_a_server_without_the_list_of_al
     client = Client(stand_in.url, "admin", "pw")
     assert client.list_runs("n", "failed") == [run_object("2", "failed")]
     assert [run["run_id"] for run in client.list_runs("n")] == ["2", "1"]
+    assert [run["run_id"] for run in client.list_runs("n", limit=1)] == ["2"]
+    assert [run["run_id"] for run in client.list_runs("n", "succeeded", limit=1)] == ["1"]
     with pytest.raises(ApiError, match="lists runs by notebook only"):
         client.list_runs(status="failed")
     assert stand_in.seen[0][0].startswith("/_notebooks/runs?") and "notebook_id=n" in stand_in.seen[0][0]
+
+
+def endless_runs(path):
+    """A list of runs that never ends: each page as long as asked for, with a next page."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    page = int(query.get("next_token", ["0"])[0])
+    size = int(query["limit"][0])
+    runs = [run_object(f"{page}-{n}", "failed" if n % 2 else "succeeded") for n in range(size)]
+    return 200, {**JSON, "X-Next-Token": str(page + 1)}, as_json(runs)
+
+
+def test_runs_lists_the_newest_100_or_limit_and_reads_no_page_more(stand_in):
+    stand_in.answer = endless_runs
+    table = succeeds_at(stand_in, "runs").splitlines()
+    assert len(table) == 1 + 100 and table[1].startswith("0-0 ")
+    assert [path for path, _ in stand_in.seen] == ["/_notebooks/runs?limit=100"]
+    assert [run["run_id"] for run in json.loads(succeeds_at(stand_in, "runs", "--limit", "3", "--json"))] == [
+        "0-0",
+        "0-1",
+        "0-2",
+    ]
+    assert stand_in.seen[-1][0] == "/_notebooks/runs?limit=3"
+    client = Client(stand_in.url, "admin", "pw", page_size=2)
+    assert [run["run_id"] for run in client.list_runs(limit=3)] == ["0-0", "0-1", "1-0"]
+    assert [path for path, _ in stand_in.seen[-2:]] == [
+        "/_notebooks/runs?limit=2",
+        "/_notebooks/runs?limit=1&next_token=1",
+    ]
+    with pytest.raises(ValueError, match="limit"):
+        client.list_runs(limit=0)
+    help_text = succeeds_at(stand_in, "runs", "--help")
+    assert "--limit N" in help_text and "default: 100; 0: all" in " ".join(help_text.split())
+    for wrong in ("-1", "ten"):
+        done = notebooks(None, "runs", "--limit", wrong, url=stand_in.url)
+        one_line_error(done, "argument --limit")
+        assert done.returncode == 2
+
+
+def test_runs_limit_0_reads_every_page(stand_in):
+    def answer(path):
+        if "next_token=last" in path:
+            return 200, JSON, as_json([run_object("c")])
+        return 200, {**JSON, "X-Next-Token": "last"}, as_json([run_object("a"), run_object("b")])
+
+    stand_in.answer = answer
+    listed = json.loads(succeeds_at(stand_in, "runs", "--limit", "0", "--json"))
+    assert [run["run_id"] for run in listed] == ["a", "b", "c"]
+    assert [path for path, _ in stand_in.seen] == [
+        "/_notebooks/runs?limit=1000",
+        "/_notebooks/runs?limit=1000&next_token=last",
+    ]
 
 
 def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
@@ -435,6 +530,42 @@ def test_wait_outlasts_a_few_failed_polls_but_not_a_client_error(stand_in):
     with pytest.raises(ApiError) as raised:
         client.wait("r", poll_seconds=0.01)
     assert (raised.value.status, raised.value.message) == (404, "Run not found")
+
+
+def follow(stand_in, logs: list, status: str = "failed") -> str:
+    """What `Client.wait(on_log=...)` writes of a run whose polls find these stored logs
+    in turn (the run running, then ended at the last)."""
+    polls = iter(range(len(logs)))
+    state = {}
+
+    def answer(path):
+        if path.endswith("/log"):
+            return 200, {"Content-Type": "text/plain; charset=utf-8"}, logs[state["poll"]].encode("utf-8")
+        state["poll"] = next(polls)
+        return 200, JSON, as_json(run_object("r", status if state["poll"] == len(logs) - 1 else "running"))
+
+    stand_in.answer = answer
+    written = []
+    assert Client(stand_in.url, "a", "b").wait("r", on_log=written.append, poll_seconds=0)["status"] == status
+    return "".join(written)
+
+
+def test_wait_writes_a_log_cut_by_the_server_whole_when_it_saw_each_part(stand_in):
+    lines = [f"line {i} {'é' * (i % 7)}\n" for i in range(400)]
+    full = "".join(lines) + "Traceback (most recent call last):\nRuntimeError: boom\n"
+    growing = [capped("".join(lines[:n]), 1000) for n in range(0, 400, 5)] + [capped(full, 1000)]
+    assert follow(stand_in, growing) == full
+
+
+def test_wait_writes_the_marker_where_it_missed_part_of_a_log_and_ends_as_the_log_ends(stand_in):
+    full = "".join(f"line {i}\n" for i in range(1000)) + "THE END\n"
+    seen = full[: full.index("line 600\n")]  # the first poll's, already cut
+    last_part = capped(full, 1000).split(" ...]\n")[1]
+    missed = len(full.encode("utf-8")) - len(seen.encode("utf-8")) - len(last_part.encode("utf-8"))
+    followed = follow(stand_in, [capped(seen, 1000), capped(full, 1000)])
+    assert followed.startswith(capped(seen, 1000) + f"\n[... log cut here: {missed} bytes left out; ")
+    assert followed.endswith(" ...]\n" + last_part) and last_part.endswith("line 999\nTHE END\n")
+    assert followed.count("[... log cut here: ") == 2
 
 
 @pytest.mark.stack
@@ -474,15 +605,17 @@ def test_runs_across_notebooks(served, files):
 
 @pytest.mark.stack
 def test_typed_parameters_follow_papermill_and_the_declared_str(served, files):
-    cell = "s: str = 'a'\nflag: bool = False\nnothing: int = None"
-    notebook_id = created(served, files("declared.ipynb", "print(repr(s), flag, nothing)", parameters=cell))
+    cell = "s: str = 'a'\nflag: bool = False\nnothing: int = None\npause: float = 1.0\nn: int = 0"
+    shows = "print(repr(s), flag, nothing, repr(pause), repr(n))"
+    notebook_id = created(served, files("declared.ipynb", shows, parameters=cell))
     done = notebooks(
         served, "run", notebook_id, "-p", "s", "123", "-p", "flag", "True", "-p", "nothing", "None", "--wait"
     )
-    assert done.returncode == 0 and "'123' True None" in done.stderr, done
+    assert done.returncode == 0 and "'123' True None 1.0 0" in done.stderr, done
     run_id = done.stdout.strip()
-    again = succeeds(served, "rerun", run_id, "-p", "s", "[4]").strip()
-    assert admin(served).wait(again, poll_seconds=0.2)["parameters"] == {"s": "[4]", "flag": True, "nothing": None}
+    again = succeeds(served, "rerun", run_id, "-p", "s", '"q"', "-p", "pause", ".5", "-p", "n", "+3").strip()
+    follow = notebooks(served, "logs", again, "--follow")
+    assert follow.returncode == 0 and follow.stdout == "'\"q\"' True None 0.5 3\n", follow
     until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
     assert succeeds(served, "schedule", notebook_id, "--until", until, "-p", "s", "1.5", "-p", "flag", "False") == ""
     assert admin(served).get_notebook(notebook_id)["schedule"]["parameters"] == {"s": "1.5", "flag": False}
@@ -580,10 +713,31 @@ def test_an_id_is_one_path_segment_whatever_it_holds(stand_in):
         "/_notebooks/runs/50%25",
     ]
     client = Client(stand_in.url, "admin", "pw")
-    for call in (client.get_run, client.cancel, client.output, client.parameters, client.get_notebook):
+    for call in (
+        client.get_run,
+        client.cancel,
+        client.output,
+        client.parameters,
+        client.get_notebook,
+        client.list_runs,
+    ):
         with pytest.raises(ValueError, match="an id cannot be empty"):
             call("")
     assert len(stand_in.seen) == 4
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["create", "FILE", "--name", ""], "a name cannot be empty"),
+        (["runs", "--status", ""], "a status cannot be empty"),
+    ],
+)
+def test_an_empty_option_is_a_usage_error(stand_in, files, command, expected):
+    command = [files("named.ipynb", "1") if word == "FILE" else word for word in command]
+    done = notebooks(None, *command, url=stand_in.url)
+    one_line_error(done, expected)
+    assert done.returncode == 2 and stand_in.seen == []
 
 
 @pytest.mark.stack
@@ -684,9 +838,12 @@ def test_rerun_reads_values_with_the_declarations_of_the_runs_notebook(stand_in)
         ("GET", "/_notebooks/notebooks/n/parameters", None),
         ("POST", "/_notebooks/runs/r/rerun", {"parameters": {"s": "123", "t": 5}}),
     ]
-    stand_in.sent.clear()  # only strings: nothing to ask
-    assert succeeds_at(stand_in, "rerun", "r", "-p", "s", "hello") == "r2\n"
-    assert stand_in.sent == [("POST", "/_notebooks/runs/r/rerun", {"parameters": {"s": "hello"}})]
+    stand_in.sent.clear()  # a JSON string for a str: as written, quotes included
+    assert succeeds_at(stand_in, "rerun", "r", "-p", "s", '"q"') == "r2\n"
+    assert stand_in.sent[-1] == ("POST", "/_notebooks/runs/r/rerun", {"parameters": {"s": '"q"'}})
+    stand_in.sent.clear()  # no -p: nothing to ask
+    assert succeeds_at(stand_in, "rerun", "r") == "r2\n"
+    assert stand_in.sent == [("POST", "/_notebooks/runs/r/rerun", None)]
 
     unavailable = (503, JSON, b'{"error": {"status": 503, "message": "Service unavailable"}}')
     stand_in.answer = lambda path: unavailable if path.endswith("/parameters") else (200, JSON, answers[path])

@@ -17,12 +17,14 @@ import sys
 from datetime import datetime, timezone
 
 from .client import ApiError, Client, UnexpectedAnswer
-from .parameters import parameters_of, takes_text
+from .parameters import parameters_of
 
 PROG = "notebooks"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# The runs `notebooks runs` lists without --limit: the newest.
+RUNS_LISTED = 100
 
 
 class UserError(Exception):
@@ -36,11 +38,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def identifier(text: str) -> str:
-    """An id on the command line: anything but empty (an empty one would name another route)."""
-    if not text:
-        raise argparse.ArgumentTypeError("an id cannot be empty")
-    return text
+def not_empty(what: str):
+    """An argument type: any text but an empty one, refused as `WHAT cannot be empty`."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"{what} cannot be empty")
+        return text
+
+    return check
+
+
+# An id on the command line: an empty one would name another route.
+identifier = not_empty("an id")
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more."""
+    value = int(text)  # a ValueError is argparse's "invalid count value"
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (0 or more)")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -63,11 +81,11 @@ def unless_refused(request, fallback):
 
 def read_parameters(client: Client, pairs, notebook_ids: list) -> dict:
     """The `-p` pairs as a parameters object, read with the declarations of the notebooks
-    (notebooks_client.parameters); these are asked for (one request a notebook) only when
-    some value reads as other than a string. A notebook whose declarations the API refuses
-    (a 4xx: no such notebook, ...) is left out: the request that follows says why."""
-    if not takes_text(pairs):
-        return parameters_of(pairs)
+    (notebooks_client.parameters), asked for (one request a notebook) when there are pairs.
+    A notebook whose declarations the API refuses (a 4xx: no such notebook, ...) is left
+    out: the request that follows says why."""
+    if not pairs:
+        return {}
     declarations = []
     for notebook_id in notebook_ids:
         declarations.extend(unless_refused(lambda notebook_id=notebook_id: client.parameters(notebook_id), []))
@@ -160,7 +178,7 @@ def outcome(run: dict) -> int:
 def create(client: Client, args) -> int:
     """`notebooks create FILE [--name NAME]`: upload the file; print the notebook id."""
     content = read_notebook(args.file)
-    name = args.name or os.path.basename(args.file)
+    name = os.path.basename(args.file) if args.name is None else args.name
     print(client.create(content, name)["notebook_id"])
     return 0
 
@@ -216,8 +234,9 @@ def run(client: Client, args) -> int:
 
 
 def list_runs(client: Client, args) -> int:
-    """`notebooks runs [--notebook ID] [--status S] [--json]`: runs, newest first."""
-    runs = client.list_runs(args.notebook, args.status)
+    """`notebooks runs [--notebook ID] [--status S] [--limit N] [--json]`: the newest N
+    runs (0: all), newest first."""
+    runs = client.list_runs(args.notebook, args.status, limit=args.limit or None)
     if args.json:
         print_json(runs)
     else:
@@ -261,7 +280,7 @@ def cancel(client: Client, args) -> int:
 def rerun(client: Client, args) -> int:
     """`notebooks rerun RUN_ID [-p NAME VALUE]...`: print the new run's id."""
     notebook_ids = []
-    if takes_text(args.parameters):  # the declarations are those of the run's notebook
+    if args.parameters:  # the declarations are those of the run's notebook
         notebook_ids = unless_refused(lambda: [client.get_run(args.run_id)["notebook_id"]], [])
     print(client.rerun(args.run_id, read_parameters(client, args.parameters, notebook_ids))["run_id"])
     return 0
@@ -321,12 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
             dest="parameters",
             metavar=("NAME", "VALUE"),
             help="a papermill parameter; VALUE is True, False, None, else JSON where it parses, else a string"
-            " (as written for a parameter the notebook declares as str)",
+            " (as written for a parameter the notebook declares as str; read by int() or float() for one"
+            " declared as int or float)",
         )
 
     sub = command("create", create, "upload a notebook file; prints its id")
     sub.add_argument("file", metavar="FILE.ipynb")
-    sub.add_argument("--name", help="the notebook's name (default: the file's name)")
+    sub.add_argument("--name", type=not_empty("a name"), help="the notebook's name (default: the file's name)")
     sub = command("ls", list_notebooks, "list your notebooks")
     sub.add_argument("--json", action="store_true", help="the API's notebook objects as JSON")
     sub = command("rm", remove, "delete notebooks, with their schedules and runs")
@@ -343,7 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command("runs", list_runs, "list runs, newest first")
     sub.add_argument("--notebook", type=identifier, metavar="ID", help="only this notebook's runs")
-    sub.add_argument("--status", metavar="S", help="only runs of this status (queued, running, succeeded, ...)")
+    sub.add_argument(
+        "--status",
+        type=not_empty("a status"),
+        metavar="S",
+        help="only runs of this status (queued, running, succeeded, ...)",
+    )
+    sub.add_argument(
+        "--limit",
+        type=count,
+        default=RUNS_LISTED,
+        metavar="N",
+        help=f"only the newest N runs (default: {RUNS_LISTED}; 0: all of them)",
+    )
     sub.add_argument("--json", action="store_true", help="the API's run objects as JSON")
     sub = command("status", status, "a run's details, as JSON")
     sub.add_argument("run_id", type=identifier, metavar="RUN_ID")

@@ -17,6 +17,7 @@ from http.client import HTTPException
 from typing import Callable, Mapping, NamedTuple, Optional
 
 from . import answers
+from .logs import LogFollower
 
 NOTEBOOKS = "/_notebooks/notebooks"
 RUNS = "/_notebooks/runs"
@@ -168,11 +169,13 @@ class Client:
 
     def wait(self, run_id: str, on_log: Optional[Callable[[str], None]] = None, poll_seconds: float = 1.0) -> dict:
         """The run object once the run has ended (succeeded, failed or cancelled), polled
-        every `poll_seconds`; `on_log`, if given, is called with each new piece of its log.
+        every `poll_seconds`; `on_log`, if given, is called with each new piece of its log
+        (see notebooks_client.logs): once the run has ended, what it was given ends with
+        what the run's stored log ends with, past the server's cap on a log's size too.
 
         Up to WAIT_FAILURES_TOLERATED polls in a row may fail for want of an answer or
         with a 5xx (a restarting server, a dropped connection): the run goes on meanwhile."""
-        log_seen, failures = 0, 0
+        follower, failures = LogFollower(on_log) if on_log is not None else None, 0
         while True:
             try:
                 run = self.get_run(run_id)
@@ -184,28 +187,40 @@ class Client:
                 time.sleep(poll_seconds)
                 continue
             failures = 0
-            if len(log) > log_seen:
-                on_log(log[log_seen:])
-                log_seen = len(log)
+            if follower is not None:
+                follower.update(log)
             if run["status"] in FINAL_STATUSES:
                 return run
             time.sleep(poll_seconds)
 
-    def list_runs(self, notebook_id: Optional[str] = None, status: Optional[str] = None) -> list:
-        """Runs newest first, all of them or those of one notebook, of one status.
+    def list_runs(
+        self, notebook_id: Optional[str] = None, status: Optional[str] = None, limit: Optional[int] = None
+    ) -> list:
+        """Runs newest first, all of them or those of one notebook (an empty id raises
+        ValueError), of one status; the first `limit` of them (omitted: all; pages are read
+        only as far as they are needed).
 
         A server without the list of all runs (GET /_notebooks/runs) answers 404; then one
         notebook's runs come from that notebook's list, filtered by status here."""
+        if notebook_id is not None:
+            _quoted(notebook_id)  # an empty one raises ValueError
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be 1 or more (None: all), not {limit!r}")
         query = {key: value for key, value in (("notebook_id", notebook_id), ("status", status)) if value}
         try:
-            return self._all_pages(RUNS, query, answers.RUNS)
+            return self._all_pages(RUNS, query, answers.RUNS, limit)
         except ApiError as error:
             if not _is_missing_route(error):
                 raise
             if not notebook_id:
                 raise ApiError(error.status, "this server lists runs by notebook only: give a notebook id") from None
-        runs = self._all_pages(f"{NOTEBOOKS}/{_quoted(notebook_id)}/runs", {}, answers.RUNS)
-        return [run for run in runs if not status or run["status"] == status]
+        return self._all_pages(
+            f"{NOTEBOOKS}/{_quoted(notebook_id)}/runs",
+            {},
+            answers.RUNS,
+            limit,
+            keep=lambda run: not status or run["status"] == status,
+        )
 
     def get_run(self, run_id: str) -> dict:
         """The run object: status, progress, error, parameters, times."""
@@ -236,15 +251,25 @@ class Client:
 
     # HTTP
 
-    def _all_pages(self, path: str, query: dict, shape: answers.Shape) -> list:
-        """Every item of a paged list (each page fitting `shape`), following `X-Next-Token`
-        from page to page."""
+    def _all_pages(
+        self,
+        path: str,
+        query: dict,
+        shape: answers.Shape,
+        limit: Optional[int] = None,
+        keep: Optional[Callable[[dict], bool]] = None,
+    ) -> list:
+        """The items of a paged list (each page fitting `shape`) that `keep` keeps (omitted:
+        all), following `X-Next-Token` from page to page: every one, or the first `limit`."""
         items, next_token, tokens_seen = [], None, set()
         while True:
-            page_query = {**query, "limit": self._page_size, **({"next_token": next_token} if next_token else {})}
+            size = self._page_size if limit is None or keep else min(self._page_size, limit - len(items))
+            page_query = {**query, "limit": size, **({"next_token": next_token} if next_token else {})}
             answer = self._call("GET", path, shape, query=page_query)
-            items.extend(answer.body)
+            items.extend(item for item in answer.body if keep is None or keep(item))
             next_token = answer.headers.get("X-Next-Token")
+            if limit is not None and len(items) >= limit:
+                return items[:limit]
             if not next_token:
                 return items
             if next_token in tokens_seen:  # a page seen before: following the links would never end
