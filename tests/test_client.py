@@ -568,6 +568,21 @@ def test_wait_writes_the_marker_where_it_missed_part_of_a_log_and_ends_as_the_lo
     assert followed.count("[... log cut here: ") == 2
 
 
+def test_wait_writes_a_rewritten_log_from_its_first_change_on(stand_in):
+    # an output cleared and written again: the log's start stays, its end changes
+    assert follow(stand_in, ["step 1\n", "step 2\n", "step 2\ndone\n"], "succeeded") == "step 1\n2\ndone\n"
+    assert follow(stand_in, ["é", "è"], "succeeded") == "éè"  # "é" and "è" share a first byte: whole characters
+
+
+def test_wait_takes_a_marker_the_notebook_printed_for_text(stand_in):
+    printed = (
+        "\n[... log cut here: 5 bytes left out; a run's log keeps at most 1000 bytes (NOTEBOOKS_MAX_LOG_BYTES) ...]\n"
+    )
+    lines = [printed] + [f"line {i}\n" for i in range(300)]
+    growing = [capped("".join(lines[:n]), 1000) for n in range(1, 301, 5)] + [capped("".join(lines), 1000)]
+    assert follow(stand_in, growing, "succeeded") == "".join(lines)
+
+
 @pytest.mark.stack
 def test_schedule_with_parameters(served, files):
     notebook_id = created(served, files("scheduled.ipynb", PRINTS_PARAMETERS, parameters=PARAMETERS_CELL))
