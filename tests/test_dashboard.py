@@ -110,7 +110,8 @@ def test_outputs_may_be_framed_by_the_api_origin_only_and_still_run_no_script():
 
 REPORT = code_notebook(
     "import time\nfor step in range(n):\n    print(f'step {step} of {label}', flush=True)\n    time.sleep(pause)\n",
-    "print('verbose' if verbose else 'quiet', n * 2)",
+    "print('verbose' if verbose else 'quiet', n * 2)\n"
+    "print('flag is truthy' if flag else 'flag is falsy', repr(nothing), repr(os2))",
 )
 REPORT["cells"].insert(
     0,
@@ -120,7 +121,9 @@ REPORT["cells"].insert(
         "metadata": {"tags": ["parameters"]},
         "execution_count": None,
         "outputs": [],
-        "source": 'label: str = "plain"\nn: int = 1\npause: float = 0.0\nverbose: bool = False',
+        "source": "from typing import Optional\n"
+        'label: str = "plain"\nn: int = 1\npause: float = 0.0\nverbose: bool = False\n'
+        "flag = True\nnothing = 0\nos2: Optional[str] = None",
     },
 )
 LABEL = "<b>from the form</b> & more"
@@ -257,12 +260,23 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         form.locator("input[name=pause]").fill("0.25")
         form.locator("input[name=pause]").fill("")
         form.locator("[name=verbose]").select_option("true")
+        # Untyped: True, False and None as papermill's -p reads them; Optional[str]: text.
+        form.locator("input[name=flag]").fill("False")
+        form.locator("input[name=nothing]").fill("None")
+        form.locator("input[name=os2]").fill("123")
         page.dblclick("#run-button")
         expect(page.locator("#run-status")).to_have_text("succeeded")
         expect(page.locator("#message")).to_be_hidden()
         run_id = page.text_content("#run-id")
         run = requests.get(f"{ui_stack.url}/_notebooks/runs/{run_id}", auth=ADMIN).json()
-        assert run["parameters"] == {"label": LABEL, "n": 3, "verbose": True}
+        assert run["parameters"] == {
+            "label": LABEL,
+            "n": 3,
+            "verbose": True,
+            "flag": False,
+            "nothing": None,
+            "os2": "123",
+        }
         expect(page.locator("#run-meta")).to_contain_text(f"manual run of {NAME}")
         expect(page.locator("#run-log")).to_contain_text(f"step 2 of {LABEL}")
         expect(page.locator("#run-progress-text")).to_have_text("4 / 4 cells")  # papermill adds a cell for the values
@@ -272,14 +286,34 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         frame = page.frame_locator("#output-frame")
         expect(frame.locator("body")).to_contain_text(f"step 2 of {LABEL}")
         expect(frame.locator("body")).to_contain_text("verbose 6")
+        expect(frame.locator("body")).to_contain_text("flag is falsy None '123'")
         expect(page.locator("#runs tbody tr")).to_have_count(1)  # the double click ran it once
         expect(page.locator("#notebooks tbody tr td").nth(3)).to_have_text("1")
         watched.shot("3-run-succeeded")
 
-        # Rerun: a new run with the same parameters.
+        # Rerun: a new run with the same parameters. The notebooks list fails to load as it
+        # ends: the run's end and its log show all the same, with the failure as the message.
+        failing_list = f"**{BASE}/_all?*"
+        page.route(
+            failing_list,
+            lambda route: route.fulfill(
+                status=500,
+                content_type="application/json",
+                body=json.dumps({"error": {"status": 500, "message": "injected: no list"}}),
+            ),
+        )
         page.click("#rerun")
         expect(page.locator("#run-id")).not_to_have_text(run_id)
         expect(page.locator("#run-status")).to_have_text("succeeded")
+        expect(page.locator("#message")).to_have_text(re.compile("injected: no list"))
+        expect(page.locator("#cancel-run")).to_be_hidden()
+        expect(page.locator("#rerun")).to_be_visible()
+        expect(page.locator("#run-log")).to_contain_text(f"step 2 of {LABEL}")
+        expect(page.locator("#output")).to_be_visible()
+        page.unroute(failing_list)
+        failures = [problem for problem in watched.problems if "status of 500" in problem and "/_all" in problem]
+        assert failures and len(failures) == len(watched.problems)
+        watched.problems.clear()
         rerun_id = page.text_content("#run-id")
         rerun = requests.get(f"{ui_stack.url}/_notebooks/runs/{rerun_id}", auth=ADMIN).json()
         assert rerun["trigger"] == "rerun" and rerun["parameters"] == run["parameters"]
@@ -296,6 +330,27 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#run-log")).to_contain_text("step 1 of")
         expect(page.locator("#cancel-run")).to_be_visible()
         watched.shot("4-run-live")
+
+        # Open clicked on the run watched while a look at it is under way: one loop goes on.
+        looks, holding = [], [True]
+        page.route(
+            f"**/_notebooks/runs/{long_run_id}",
+            lambda route: looks.append(route) if holding[0] else route.continue_(),
+        )
+        while not looks:
+            page.wait_for_timeout(50)  # the loop's next look, held
+        page.locator(f"#runs tbody tr[data-run-id='{long_run_id}'] button").click()
+        while len(looks) < 2:
+            page.wait_for_timeout(50)  # the first look of the loop Open starts, held
+        for look in looks[:2]:
+            look.continue_()
+        while len(looks) < 3:
+            page.wait_for_timeout(50)
+        page.wait_for_timeout(2000)  # two poll intervals: a second loop would look again meanwhile
+        assert len(looks) == 3
+        holding[0] = False
+        looks[2].continue_()
+        page.unroute(f"**/_notebooks/runs/{long_run_id}")
         page.click("#cancel-run")
         expect(page.locator("#run-status")).to_have_text("cancelled")
         expect(page.locator("#run-id")).to_have_text(long_run_id)  # that run, not another started by a stray click
@@ -303,11 +358,21 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(page.locator("#rerun")).to_be_visible()
         expect(page.locator("#runs tbody tr")).to_have_count(3)
 
-        # Another notebook opened: nothing of the first one's stays (its run, its forms).
+        # Another notebook opened: nothing of the first one's stays (its run, its forms),
+        # its runs not even while the new one's are loading.
+        runs_of_any = re.compile(r".*/_notebooks/notebooks/[^/]+/runs\?.*")
+        held_runs = []
+        page.route(runs_of_any, lambda route: held_runs.append(route))
         page.set_input_files("#upload-file", str(tmp_path / "other.ipynb"))
         page.click("#upload-button")
         expect(page.locator("#detail-name")).to_have_text("other.ipynb")
+        expect(page.locator("#runs tbody tr")).to_have_count(0)
         expect(page.locator("#run")).to_be_hidden()
+        while not held_runs:
+            page.wait_for_timeout(50)
+        held_runs[0].continue_()
+        page.unroute(runs_of_any)
+        expect(page.locator("#no-runs")).to_be_visible()
         expect(page.locator("#run-parameters")).to_have_text(re.compile("declares no parameters"))
         expect(page.locator("#run-timeout")).to_have_value("")
 
@@ -342,6 +407,7 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         page.select_option("#schedule-timezone", "America/New_York")
         schedule_form.locator("input[name=n]").fill("7")
         schedule_form.locator("[name=verbose]").select_option("false")
+        schedule_form.locator("input[name=os2]").fill("None")  # an Optional[str]'s None
         page.click("#schedule-button")
         expect(page.locator("#detail-status")).to_have_text("Scheduled")
         first_row = page.locator("#notebooks tbody tr").first.locator("td")
@@ -349,11 +415,12 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         # List's schedule has no zone: the row has it from Fetch.
         expect(first_row.nth(2)).to_have_text("Mondays at 09:30 (America/New_York) until 2030-01-07 09:30")
         expect(page.locator("#schedule-current")).to_contain_text("Mondays at 09:30 (America/New_York)")
-        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7, verbose=false")
+        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7, verbose=false, os2=null")
         notebook_id = requests.get(f"{ui_stack.url}{BASE}/_all", auth=ADMIN).json()[0]["notebook_id"]
         schedule = requests.get(f"{ui_stack.url}{BASE}/{notebook_id}", auth=ADMIN).json()["schedule"]
         assert (schedule["until"], schedule["timezone"]) == ("2030-01-07 09:30", "America/New_York")
-        assert schedule["period"].lower() == "monday" and schedule["parameters"] == {"n": 7, "verbose": False}
+        assert schedule["period"].lower() == "monday"
+        assert schedule["parameters"] == {"n": 7, "verbose": False, "os2": None}
         watched.shot("5-scheduled")
 
         # Opened afresh, the form holds the schedule as it is: scheduling again with another
@@ -363,14 +430,15 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         expect(schedule_form.locator("input[name=n]")).to_have_value("7")
         expect(schedule_form.locator("[name=verbose]")).to_have_value("false")
         expect(schedule_form.locator("input[name=label]")).to_have_value("")
+        expect(schedule_form.locator("input[name=os2]")).to_have_value("None")
         expect(page.locator("#schedule-timezone")).to_have_value("America/New_York")
         expect(page.locator("#schedule-until")).to_have_value("2030-01-07T09:30")
         page.fill("#schedule-time", "07:15")
         schedule_form.locator("[name=verbose]").select_option("")
         page.click("#schedule-button")
-        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7")
+        expect(page.locator("#schedule-current-parameters")).to_have_text("Parameters: n=7, os2=null")
         schedule = requests.get(f"{ui_stack.url}{BASE}/{notebook_id}", auth=ADMIN).json()["schedule"]
-        assert (schedule["time"], schedule["parameters"]) == ("07:15", {"n": 7})
+        assert (schedule["time"], schedule["parameters"]) == ("07:15", {"n": 7, "os2": None})
 
         page.click("#unschedule-button")
         expect(page.locator("#detail-status")).to_have_text("Not Scheduled")
@@ -417,6 +485,28 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
             "Every day at 09:30 (Australia/Sydney) until 2030-01-07 09:30"
         )
         expect(rows).to_have_count(51)
+
+        # The list drawn again (another schedule made) reads with Fetch only the notebook whose
+        # schedule changed, once (the open notebook's Fetch): the other's zone is known.
+        fetches = []
+
+        def fetched(request):
+            if re.search(rf"{BASE}/[^/_?][^/?]*$", request.url):
+                fetches.append(request.url.rsplit("/", 1)[1])
+
+        other_row = page.locator("#notebooks tbody tr", has_text="other.ipynb")
+        other_row.locator("button").click()
+        expect(page.locator("#detail-name")).to_have_text("other.ipynb")
+        page.on("request", fetched)
+        page.fill("#schedule-until", "2030-02-01T08:00")
+        page.click("#schedule-button")
+        expect(other_row.locator("td").nth(2)).to_have_text("Every day at 08:00 (Europe/Paris) until 2030-02-01 08:00")
+        expect(page.locator("#schedule-button")).to_be_enabled()
+        expect(rows.last.locator("td").nth(2)).to_have_text(
+            "Every day at 09:30 (Australia/Sydney) until 2030-01-07 09:30"
+        )
+        page.remove_listener("request", fetched)
+        assert fetches == [other_id]
 
         assert watched.violations() == []
         assert watched.problems == []

@@ -19,7 +19,12 @@
   const $ = (id) => document.getElementById(id);
   // notebookId: the notebook shown; opening: the one last asked for (an earlier click's
   // slower answer is dropped); runId: the run shown.
-  const state = { notebookId: null, notebookName: '', opening: null, runId: null, pollTimer: null, nextToken: null };
+  // pollGeneration: counts the polling loops started; only the latest one goes on.
+  const state = { notebookId: null, notebookName: '', opening: null, runId: null, pollTimer: null, pollGeneration: 0, nextToken: null };
+  // Each scheduled notebook's schedule as Fetch describes it (List's has no time zone), by
+  // notebook id: { key: its until, time and period, text }. A redraw of the list reads
+  // with Fetch only the rows whose schedule is not known or changed.
+  const zones = new Map();
 
   // --- HTTP -----------------------------------------------------------------------
 
@@ -168,8 +173,13 @@
     name.addEventListener('click', () => act(null, () => selectNotebook(notebook.notebook_id)));
     const scheduleCell = el('td', { textContent: describeSchedule(notebook.schedule) });
     if (notebook.status === 'Scheduled') {
-      scheduleCell.textContent = describeSchedule({ ...notebook.schedule, timezone: '…' }); // until Fetch says
-      showZone(scheduleCell, notebook.notebook_id);
+      const known = zones.get(notebook.notebook_id);
+      if (known && known.key === scheduleKey(notebook.schedule)) {
+        scheduleCell.textContent = known.text;
+      } else {
+        scheduleCell.textContent = describeSchedule({ ...notebook.schedule, timezone: '…' }); // until Fetch says
+        showZone(scheduleCell, notebook.notebook_id);
+      }
     }
     const row = el('tr', {}, [
       el('td', {}, [name]),
@@ -183,11 +193,27 @@
     return row;
   }
 
+  // What List and Fetch both say of a schedule: a change of it is a change of schedule.
+  function scheduleKey(schedule) {
+    const { until = null, time = null, period = null } = schedule || {};
+    return JSON.stringify([until, time, period]);
+  }
+
+  // `notebook` (Fetch's answer) remembered for the list's schedule column.
+  function rememberZone(notebook) {
+    if (notebook.schedule && notebook.schedule.until) {
+      zones.set(notebook.notebook_id, { key: scheduleKey(notebook.schedule), text: describeSchedule(notebook.schedule) });
+    } else {
+      zones.delete(notebook.notebook_id);
+    }
+  }
+
   // `cell` describes the notebook's schedule from Fetch, which has its time zone (List's
-  // has not): one request a scheduled notebook listed.
+  // has not): one request a scheduled notebook whose schedule the page does not know.
   async function showZone(cell, notebookId) {
     try {
       const notebook = await api('GET', `notebooks/${encodeURIComponent(notebookId)}`);
+      rememberZone(notebook);
       cell.textContent = describeSchedule(notebook.schedule);
     } catch (error) {
       cell.append(' (time zone not known: open the notebook)');
@@ -249,6 +275,7 @@
     if (state.opening !== notebookId) {
       return; // another notebook was clicked since: that one is shown
     }
+    rememberZone(notebook);
     const changed = state.notebookId !== notebookId;
     state.notebookId = notebookId;
     for (const row of $('notebooks').tBodies[0].rows) {
@@ -263,8 +290,15 @@
       stopPolling(); // the run shown was another notebook's
       state.runId = null;
       $('run').hidden = true;
+      // Nor its runs: until this one's are loaded, none can be opened under its name.
+      $('runs').tBodies[0].replaceChildren();
+      $('runs').hidden = true;
+      $('no-runs').hidden = true;
     }
     await loadRuns();
+    if (state.notebookId !== notebookId) {
+      return; // another notebook was opened meanwhile: its page stays
+    }
     $('detail').hidden = false;
     if (changed) {
       $('detail').scrollIntoView({ block: 'start' });
@@ -295,6 +329,7 @@
     const notebookId = state.notebookId;
     if (notebookId) {
       const notebook = await api('GET', `notebooks/${encodeURIComponent(notebookId)}`);
+      rememberZone(notebook);
       if (notebookId === state.notebookId) { // else another notebook was opened meanwhile
         showNotebook(notebook);
       }
@@ -303,13 +338,32 @@
 
   // --- Parameters (one builder for the run form and the schedule form) -----------------
 
+  // The annotations of a string that may be None: the API checks these as such.
+  const OPTIONAL_STR = new Set(['Optional[str]', 'Union[str,None]', 'Union[None,str]']);
+
+  // The field for a declared type: int, float, bool, str (text as written, `Optional[str]`
+  // included), or any (read as papermill's -p reads a value: see parameterValue).
   function kindOf(type) {
-    const name = String(type).trim().replace(/^['"]|['"]$/g, '');
+    const name = typeName(type);
+    if (OPTIONAL_STR.has(name)) {
+      return 'str';
+    }
     return ['int', 'float', 'bool', 'str'].includes(name) ? name : 'any';
   }
 
-  // Whether `text` is read as JSON by an `any` field (else it is sent as text).
-  function readsAsJson(text) {
+  // A declared type as the page compares it: unquoted, without spaces.
+  function typeName(type) {
+    return String(type).trim().replace(/^['"]|['"]$/g, '').replace(/\s+/g, '');
+  }
+
+  // Papermill's -p reads these words as Python's constants before anything else.
+  const PYTHON_CONSTANTS = new Map([['True', true], ['False', false], ['None', null]]);
+
+  // Whether `text` is read as something other than text by an `any` field.
+  function readsAsValue(text) {
+    if (PYTHON_CONSTANTS.has(text)) {
+      return true;
+    }
     try {
       JSON.parse(text);
       return true;
@@ -318,12 +372,16 @@
     }
   }
 
-  // What a field of `kind` holds to send `value` again.
-  function fieldText(kind, value) {
+  // What a field of `kind` holds to send `value` again (`nullable`: a str field that
+  // sends None for the word None).
+  function fieldText(kind, value, nullable) {
     if (kind === 'bool') {
       return value ? 'true' : 'false';
     }
-    if (typeof value === 'string' && (kind === 'str' || !readsAsJson(value))) {
+    if (kind === 'str' && nullable && value === null) {
+      return 'None';
+    }
+    if (typeof value === 'string' && (kind === 'str' || !readsAsValue(value))) {
       return value;
     }
     return JSON.stringify(value);
@@ -334,6 +392,8 @@
   function parameterField(parameter, value) {
     const kind = kindOf(parameter.type);
     const written = String(parameter.default);
+    // The API takes null for an Optional[str], and for a parameter whose default is None.
+    const nullable = OPTIONAL_STR.has(typeName(parameter.type)) || (kind === 'str' && written === 'None');
     let input;
     if (kind === 'bool') {
       input = el('select', {}, [
@@ -344,13 +404,15 @@
     } else if (kind === 'int' || kind === 'float') {
       input = el('input', { type: 'number', step: kind === 'int' ? '1' : 'any', placeholder: written });
     } else {
-      input = el('input', { type: 'text', placeholder: kind === 'any' ? `${written} (a JSON value, or text)` : written });
+      const hint = { any: ' (True, False, None, a JSON value, or text)', str: nullable ? ' (text, or None)' : '' }[kind];
+      input = el('input', { type: 'text', placeholder: `${written}${hint}` });
     }
     input.name = parameter.name;
     input.dataset.kind = kind;
+    input.dataset.nullable = nullable ? 'true' : '';
     input.classList.add('parameter');
     if (value !== undefined) {
-      input.value = fieldText(kind, value);
+      input.value = fieldText(kind, value, nullable);
     }
     input.addEventListener('input', () => input.removeAttribute('aria-invalid'));
     const notes = [`default ${written}`];
@@ -416,10 +478,14 @@
     if (kind === 'bool') {
       return raw === 'true';
     }
-    if (kind === 'any' && readsAsJson(raw)) {
-      return JSON.parse(raw); // as papermill's -p: JSON where it parses, else text
+    if (kind === 'str') {
+      return raw === 'None' && input.dataset.nullable ? null : raw; // text as written
     }
-    return raw;
+    // As papermill's -p: True, False and None as Python's, then JSON where it parses, else text.
+    if (PYTHON_CONSTANTS.has(raw)) {
+      return PYTHON_CONSTANTS.get(raw);
+    }
+    return readsAsValue(raw) ? JSON.parse(raw) : raw;
   }
 
   // The values given in `container`'s fields, by name.
@@ -451,11 +517,19 @@
       body.timeout = timeout;
     }
     const started = await api('POST', 'notebooks/_run', body);
+    await showStarted(notebookId, started.runs[0].run_id);
+  }
+
+  // The run just started of `notebookId`, unless another notebook was opened meanwhile
+  // (its page stays).
+  async function showStarted(notebookId, runId) {
     if (notebookId !== state.notebookId) {
-      return; // another notebook was opened meanwhile: its page stays
+      return;
     }
     await loadRuns();
-    await showRun(started.runs[0].run_id);
+    if (notebookId === state.notebookId) {
+      await showRun(runId);
+    }
   }
 
   // --- Schedule -------------------------------------------------------------------
@@ -508,13 +582,14 @@
   }
 
   async function schedule() {
+    const notebookId = state.notebookId;
     const until = $('schedule-until').value;
     if (!until) {
       throw invalid($('schedule-until'), 'Until needs a date and a time');
     }
     // Schedule sets the whole schedule: the parameters are always sent, {} for none.
     const body = {
-      nbk_ids: [state.notebookId],
+      nbk_ids: [notebookId],
       until: until.replace('T', ' ').slice(0, 16),
       timezone: $('schedule-timezone').value,
       parameters: chosenParameters($('schedule-parameters')),
@@ -527,13 +602,23 @@
     }
     await api('POST', 'notebooks/_schedule', body);
     showMessage('Scheduled', 'info');
-    await Promise.all([refreshNotebook(), refreshList()]);
+    await scheduleChanged(notebookId);
   }
 
   async function unschedule() {
-    await api('POST', 'notebooks/_unschedule', { nbk_ids: [state.notebookId] });
+    const notebookId = state.notebookId;
+    await api('POST', 'notebooks/_unschedule', { nbk_ids: [notebookId] });
     showMessage('Unscheduled', 'info');
-    await Promise.all([refreshNotebook(), refreshList()]);
+    await scheduleChanged(notebookId);
+  }
+
+  // The page after `notebookId`'s schedule changed: its zone read again (the same until,
+  // time and period may have another zone), by the notebook's Fetch when it is open, before
+  // the list is drawn, so that the list has it without a request of its own.
+  async function scheduleChanged(notebookId) {
+    zones.delete(notebookId);
+    await refreshNotebook();
+    await refreshList();
   }
 
   async function deleteNotebook() {
@@ -542,6 +627,7 @@
       return;
     }
     await api('DELETE', 'notebooks', { nbk_ids: [notebookId] });
+    zones.delete(notebookId);
     showMessage(`Deleted ${name}`, 'info');
     if (notebookId === state.notebookId) {
       state.notebookId = null;
@@ -596,9 +682,12 @@
     return `runs/${encodeURIComponent(runId)}${suffix}`;
   }
 
+  // Ends the polling loop: its timer, and a look at the run under way, whose answer then
+  // sets no new timer.
   function stopPolling() {
     clearTimeout(state.pollTimer);
     state.pollTimer = null;
+    state.pollGeneration += 1;
   }
 
   async function showRun(runId) {
@@ -623,44 +712,52 @@
     // Scrolled before the run is shown, never after: a page that jumps once the run's
     // Cancel shows would put another button (Run, say) under the pointer.
     $('run').scrollIntoView({ block: 'start' });
-    await poll(runId, true);
+    await poll(runId, state.pollGeneration, true);
   }
 
-  // One look at the run and its log; again in POLL_MS while it has not ended.
-  async function poll(runId, first = false) {
+  // One look at the run and its log; again in POLL_MS while it has not ended, unless
+  // another loop was started since (`generation` is no longer the latest).
+  async function poll(runId, generation, first = false) {
+    const current = () => generation === state.pollGeneration && runId === state.runId;
     let run;
+    let refreshFailure = null;
     try {
       run = await api('GET', runPath(runId));
-      if (runId !== state.runId) {
+      if (!current()) {
         return;
       }
       if (FINAL.has(run.status) && !first) {
         // The run ended while we watched: the notebook's run count and lists changed.
         // They are redrawn before the end shows, so nothing above the run moves once
-        // its Rerun button is there to click.
-        await Promise.all([loadRuns(), refreshNotebook(), loadNotebooks()]);
-        if (runId !== state.runId) {
+        // its Rerun button is there to click; their failure does not hide the end.
+        const redrawn = await Promise.allSettled([loadRuns(), refreshNotebook(), loadNotebooks()]);
+        const failed = redrawn.find((outcome) => outcome.status === 'rejected');
+        refreshFailure = failed ? failed.reason : null;
+        if (!current()) {
           return;
         }
       }
       renderRun(run);
       await loadLog(runId);
     } catch (error) {
-      if (runId === state.runId) {
+      if (current()) {
         showMessage(error.message);
       }
       if (error.status === 404) {
         return; // the run is gone (its notebook deleted elsewhere): nothing more to watch
       }
     }
-    if (runId !== state.runId) {
+    if (!current()) {
       return;
+    }
+    if (refreshFailure) {
+      showMessage(refreshFailure.message);
     }
     if (run && FINAL.has(run.status)) {
       showOutput(run);
       return;
     }
-    state.pollTimer = setTimeout(() => poll(runId), POLL_MS);
+    state.pollTimer = setTimeout(() => poll(runId, generation), POLL_MS);
   }
 
   function renderRun(run) {
@@ -754,13 +851,9 @@
   }
 
   async function rerun() {
-    const notebookId = state.notebookId;
-    const started = await api('POST', runPath(state.runId, '/rerun'), {});
-    if (notebookId !== state.notebookId) {
-      return; // another notebook was opened meanwhile: its page stays
-    }
-    await loadRuns();
-    await showRun(started.runs[0].run_id);
+    const { notebookId, runId } = state;
+    const started = await api('POST', runPath(runId, '/rerun'), {});
+    await showStarted(notebookId, started.runs[0].run_id);
   }
 
   // --- Start ----------------------------------------------------------------------
