@@ -568,10 +568,21 @@ def test_wait_writes_the_marker_where_it_missed_part_of_a_log_and_ends_as_the_lo
     assert followed.count("[... log cut here: ") == 2
 
 
-def test_wait_writes_a_rewritten_log_from_its_first_change_on(stand_in):
-    # an output cleared and written again: the log's start stays, its end changes
-    assert follow(stand_in, ["step 1\n", "step 2\n", "step 2\ndone\n"], "succeeded") == "step 1\n2\ndone\n"
+def test_wait_writes_a_rewritten_log_from_its_changed_line_on(stand_in):
+    # an output cleared and written again: the changed line again, whole (never "2" alone)
+    assert follow(stand_in, ["step 1\n", "step 2\n", "step 2\ndone\n"], "succeeded") == "step 1\nstep 2\ndone\n"
+    assert follow(stand_in, ["loss: 0.51\n", "loss: 0.47\n", "loss: 0.47\ndone\n"], "succeeded") == (
+        "loss: 0.51\nloss: 0.47\ndone\n"
+    )
+    assert follow(stand_in, ["a\nb", "a\nc"], "succeeded") == "a\nbc"  # an unended last line, changed: whole
     assert follow(stand_in, ["é", "è"], "succeeded") == "éè"  # "é" and "è" share a first byte: whole characters
+
+
+def test_wait_writes_a_log_cleared_after_its_cut_whole(stand_in):
+    """Past the cap, then the output cleared: the short log is written, so the output
+    still ends as the stored log ends."""
+    cut = capped("x" * 3000 + "\n", 1000)
+    assert follow(stand_in, [cut, "result 42\n"], "succeeded") == cut + "result 42\n"
 
 
 def test_wait_takes_a_marker_the_notebook_printed_for_text(stand_in):

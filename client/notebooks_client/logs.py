@@ -10,7 +10,8 @@ places each stored log in the whole log by these numbers (byte offsets) and writ
 what is new: a follower that saw the text before it was cut writes the whole log, and one
 that missed a piece writes the marker instead, saying how many bytes it missed. Whatever
 happens, what it writes ends with what the stored log ends with (its last lines: a
-traceback), unless the log shrank since.
+traceback). A log rewritten (an output cleared) is written again from the changed line on,
+or whole once it is shorter than what was written past a cut.
 """
 
 import re
@@ -89,8 +90,10 @@ class LogFollower:
             if low < high:
                 old = self._known.data[low - self._known.start : high - self._known.start]
                 ours = piece.data[low - piece.start : high - piece.start]
-                if ours != old:  # rewritten (the notebook cleared an output): from the first change on
-                    resume = low + _agreed(old, ours)
+                if ours != old:  # rewritten (the notebook cleared an output): from the changed line on
+                    resume = _line_start(piece, low + _agreed(old, ours))
+            elif marker is None and piece.end < self._written:
+                resume = piece.start  # the whole log is now shorter than the part written: all of it again
             if resume < piece.end:
                 out.append(piece.data[resume - piece.start :])
                 self._known, self._written = piece, piece.end
@@ -103,6 +106,12 @@ def _missed(marker: re.Match, missed: int) -> bytes:
     text = marker.group(0)
     at = marker.start("cut") - marker.start()
     return (text[:at] + str(missed) + text[at + len(marker["cut"]) :]).encode("utf-8")
+
+
+def _line_start(piece: _Piece, at: int) -> int:
+    """Where, in the whole log, the line of `piece` holding byte `at` starts (the piece's
+    start at the most), so a changed line is written whole, never its changed end alone."""
+    return piece.start + piece.data.rfind(b"\n", 0, at - piece.start) + 1
 
 
 def _agreed(old: bytes, new: bytes) -> int:
