@@ -507,6 +507,12 @@ def test_the_whole_workflow_in_the_dashboard(ui_stack, chromium, tmp_path):
         )
         page.remove_listener("request", fetched)
         assert fetches == [other_id]
+        # A schedule whose zone alone changed elsewhere (here: the API) shows at the next redraw.
+        last_id = rows.last.get_attribute("data-notebook-id")
+        body = {"nbk_ids": [last_id], "until": "2030-01-07 09:30", "timezone": "Asia/Tokyo"}
+        requests.post(f"{ui_stack.url}{BASE}/_schedule", json=body, auth=ADMIN).raise_for_status()
+        page.click("#schedule-button")  # other.ipynb's again: the list is drawn again
+        expect(rows.last.locator("td").nth(2)).to_have_text("Every day at 09:30 (Asia/Tokyo) until 2030-01-07 09:30")
 
         assert watched.violations() == []
         assert watched.problems == []

@@ -174,7 +174,7 @@
     const scheduleCell = el('td', { textContent: describeSchedule(notebook.schedule) });
     if (notebook.status === 'Scheduled') {
       const known = zones.get(notebook.notebook_id);
-      if (known && known.key === scheduleKey(notebook.schedule)) {
+      if (known && known.key === scheduleKey(notebook)) {
         scheduleCell.textContent = known.text;
       } else {
         scheduleCell.textContent = describeSchedule({ ...notebook.schedule, timezone: '…' }); // until Fetch says
@@ -193,16 +193,17 @@
     return row;
   }
 
-  // What List and Fetch both say of a schedule: a change of it is a change of schedule.
-  function scheduleKey(schedule) {
-    const { until = null, time = null, period = null } = schedule || {};
-    return JSON.stringify([until, time, period]);
+  // What List and Fetch both say of a notebook's schedule, and when the notebook last
+  // changed: a schedule changed elsewhere, its zone alone included, changes the key.
+  function scheduleKey(notebook) {
+    const { until = null, time = null, period = null } = notebook.schedule || {};
+    return JSON.stringify([notebook.updated_at, until, time, period]);
   }
 
   // `notebook` (Fetch's answer) remembered for the list's schedule column.
   function rememberZone(notebook) {
     if (notebook.schedule && notebook.schedule.until) {
-      zones.set(notebook.notebook_id, { key: scheduleKey(notebook.schedule), text: describeSchedule(notebook.schedule) });
+      zones.set(notebook.notebook_id, { key: scheduleKey(notebook), text: describeSchedule(notebook.schedule) });
     } else {
       zones.delete(notebook.notebook_id);
     }
