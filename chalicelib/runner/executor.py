@@ -155,13 +155,15 @@ class RunExecutor:
                     run_id, "NotebookMissing", "The notebook (or its version) was deleted before it ran"
                 )
             data, version = found
+            notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
             parameters = json.loads(run.get("parameters", "{}"))
-            try:
-                # A Run's were checked when asked for; a schedule's, when it was set, against
-                # content that may have changed since.
-                check_parameters(parameters, declared_parameters(json.loads(data)) if parameters else [])
-            except InvalidInput as refused:
-                return self._fail_unstarted(run_id, "InvalidParameters", refused.message)
+            if run.get("trigger") == Trigger.SCHEDULE and parameters:
+                # A Run's and a rerun's were checked against this version when asked for; a
+                # schedule's when it was set, against content that may have changed since.
+                try:
+                    check_parameters(parameters, declared_parameters(notebook))
+                except InvalidInput as refused:
+                    return self._fail_unstarted(run_id, "InvalidParameters", refused.message)
             if run.get("notebook_version") is None:  # recorded before versions: pinned now
                 self._records.pin_version(run_id, version)
             target, limit = output_key(owner, notebook_id, run_id), self._records.max_output_bytes
@@ -179,7 +181,7 @@ class RunExecutor:
                 live,
             ):
                 execution = self._runner.execute(
-                    nbformat.reads(data.decode("utf-8"), as_version=4),
+                    notebook,
                     parameters=parameters,
                     timeout=self._records.timeout_of(run),
                     on_progress=lambda done, total: self._records.progress(run_id, done, total),
