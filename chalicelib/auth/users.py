@@ -107,20 +107,13 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        try:
-            table = aws.dynamodb_table(settings.users_table, settings.region)
-        except ValueError as error:  # botocore's, for an endpoint URL it cannot use
-            raise _Unreachable(str(error)) from None
+        table = aws.dynamodb_table(settings.users_table, settings.region)
+    except ValueError as error:  # botocore's, for an endpoint URL it cannot use
+        return _unreachable(settings, str(error))
+    try:
         return _run(args, UserStore(table, settings.password_scrypt_n))
-    except (BotoCoreError, ClientError, _Unreachable) as error:
-        reason = str(error) if isinstance(error, _Unreachable) else aws.failure_reason(error)
-        print(
-            f"error: cannot reach the users table {settings.users_table!r} ({reason}). "
-            'Local stack: with `make dev` running, run `eval "$(.venv/bin/python -m devstack.stack env)"` first; '
-            "deployed stack: set AWS credentials, AWS_REGION and NOTEBOOKS_USERS_TABLE (a stack output).",
-            file=sys.stderr,
-        )
-        return 1
+    except (BotoCoreError, ClientError) as error:
+        return _unreachable(settings, aws.failure_reason(error))
     except EOFError:
         print("error: no password given (standard input ended)", file=sys.stderr)
         return 2
@@ -129,8 +122,15 @@ def main(argv=None) -> int:
         return 130
 
 
-class _Unreachable(Exception):
-    """The users table cannot be reached as configured."""
+def _unreachable(settings: Settings, reason: str) -> int:
+    """Say in one line that the users table cannot be reached, and what to do; exit status 1."""
+    print(
+        f"error: cannot reach the users table {settings.users_table!r} ({reason}). "
+        'Local stack: with `make dev` running, run `eval "$(.venv/bin/python -m devstack.stack env)"` first; '
+        "deployed stack: set AWS credentials, AWS_REGION and NOTEBOOKS_USERS_TABLE (a stack output).",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _run(args, store: UserStore) -> int:
