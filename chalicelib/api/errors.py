@@ -43,13 +43,16 @@ class ApiError(ChaliceUnhandledError):
         return error_response(self.status, self.message, self.headers)
 
 
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters, the last an ellipsis, where it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:
     """A response with the seed's error body and HTTP status `status`; a message over
     MAX_MESSAGE_CHARS is cut there, marked with an ellipsis."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return Response(
-        body={"error": {"status": status, "message": message}},
+        body={"error": {"status": status, "message": cut(message, MAX_MESSAGE_CHARS)}},
         status_code=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from chalicelib.api import payloads
+from chalicelib.api.errors import cut
 from chalicelib.common.config import Settings
 from chalicelib.common.errors import NOTEBOOK_IDS_REQUIRED, RUN_IDS_REQUIRED, InvalidInput
 
@@ -32,9 +33,8 @@ def known_fields(body: dict, fields: tuple) -> dict:
     is not (a typo such as `paramters` would otherwise be ignored silently)."""
     for name in body:
         if name not in fields:
-            shown = name if len(name) <= 100 else name[:99] + "…"
             takes = ", ".join(fields) or "no fields"
-            raise InvalidInput(f"Unknown field: {shown} (this request takes {takes})", field=name)
+            raise InvalidInput(f"Unknown field: {cut(name, 100)} (this request takes {takes})", field=name)
     return body
 
 
