@@ -34,7 +34,7 @@ from chalicelib.common import aws
 from chalicelib.common.config import Settings
 from chalicelib.runner import sandbox
 from chalicelib.storage.run_table import owner_status
-from chalicelib.storage.tables import create_tables
+from chalicelib.storage.tables import create_tables, every_page
 from devstack.credentials import new_credentials, send_secrets, split_environment
 from devstack.state import StateFolder, atomic_write
 
@@ -62,23 +62,23 @@ def provision(settings: Settings, users=()) -> None:
             store.add(name, password)
 
 
-def key_runs_by_owner_status(runs) -> int:
+def key_runs_by_owner_status(runs) -> None:
     """Give each run of state from before the `by_owner_status` index (`make dev`'s of an
-    earlier version) the key that lists it by status; how many. A Scan, at each start:
-    a start cut short after the index was added leaves none unkeyed."""
-    keyed, scan = 0, {"FilterExpression": Attr("owner_status").not_exists()}
-    while True:
-        page = runs.scan(**scan)
-        for run in page["Items"]:
-            runs.update_item(
-                Key={"run_id": run["run_id"]},
-                UpdateExpression="SET owner_status = :key",
-                ExpressionAttributeValues={":key": owner_status(run["owner"], run["status"])},
-            )
-            keyed += 1
-        if "LastEvaluatedKey" not in page:
-            return keyed
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    earlier version) the key that lists it by status. A Scan, at each start: a start cut
+    short after the index was added leaves none unkeyed."""
+
+    def unkeyed(start):
+        page = runs.scan(
+            FilterExpression=Attr("owner_status").not_exists(), **({"ExclusiveStartKey": start} if start else {})
+        )
+        return page["Items"], page.get("LastEvaluatedKey")
+
+    for run in every_page(unkeyed):
+        runs.update_item(
+            Key={"run_id": run["run_id"]},
+            UpdateExpression="SET owner_status = :key",
+            ExpressionAttributeValues={":key": owner_status(run["owner"], run["status"])},
+        )
 
 
 def free_port() -> int:
